@@ -1,0 +1,153 @@
+// weightd::Client: a worker's connection to a weightd server.
+//
+// Typical worker loop (sync mode):
+//   auto client = weightd::Client::Connect({.address = "127.0.0.1:7070",
+//                                           .worker_id = "trainer-0"});
+//   std::vector<weightd::TensorRef> tensors = {{"fc1.w", {784, 128}, w1}, ...};
+//   (*client)->Join(tensors);            // creates or pulls the shared value
+//   for (...) {
+//     ... train locally, updating the buffers behind `tensors` ...
+//     (*client)->PushPull(tensors, {.weight = samples});  // average in place
+//   }
+//   (*client)->Leave();
+//
+// Buffers: every call reads from and writes into the caller's spans; the
+// client never keeps its own copy of a tensor. Spans must stay valid for the
+// duration of the call only.
+//
+// Thread safety: a Client is not thread-safe; use one per thread (they may
+// share nothing but the server).
+#ifndef WEIGHTD_CLIENT_CLIENT_H_
+#define WEIGHTD_CLIENT_CLIENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+
+namespace weightd {
+
+// A named tensor held by the caller: its shape and its float32 storage.
+// `data.size()` must equal the product of `shape` (1 for an empty shape).
+struct TensorRef {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  absl::Span<float> data;
+};
+
+enum class UpdateKind {
+  kWeights,  // The payload is the worker's weights (model averaging).
+  kDelta,    // The payload is a change, applied with the server's lr.
+};
+
+struct ClientOptions {
+  // gRPC target, e.g. "127.0.0.1:7070" or "unix:/run/weightd.sock".
+  std::string address;
+  // Stable worker name ([A-Za-z0-9_.:/-], at most 256 bytes).
+  std::string worker_id;
+  // Deadline of each call, including the wait for a sync round to close.
+  absl::Duration call_timeout = absl::Minutes(10);
+  // How long Connect waits for the server to become reachable.
+  absl::Duration connect_timeout = absl::Seconds(30);
+};
+
+struct PushOptions {
+  UpdateKind kind = UpdateKind::kWeights;
+  // Weight of this contribution in the mean (e.g. samples seen). > 0.
+  double weight = 1.0;
+};
+
+// Server-wide figures, from GetStatus.
+struct ServerStatus {
+  std::uint64_t bytes_received = 0;  // Payload bytes in joins and pushes.
+  std::uint64_t bytes_sent = 0;      // Payload bytes in pulls.
+  std::uint64_t rounds_closed = 0;   // Over all tensors.
+};
+
+// Traffic counters of one client (payload bytes only).
+struct ClientStats {
+  std::uint64_t bytes_pushed = 0;
+  std::uint64_t bytes_pulled = 0;
+};
+
+class Client {
+ public:
+  // Opens a channel to `options.address` and waits up to
+  // `options.connect_timeout` for it to connect. UNAVAILABLE if it does not;
+  // INVALID_ARGUMENT for a bad worker id.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(
+      const ClientOptions& options);
+
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Declares `tensors` and starts membership. For each tensor the server
+  // did not hold yet, the caller's buffer becomes its initial value; for
+  // each it held, the shared value is pulled into the caller's buffer.
+  // Errors: INVALID_ARGUMENT (bad name/shape/size), ALREADY_EXISTS (a tensor
+  // of that name exists with another shape), UNAVAILABLE.
+  absl::Status Join(absl::Span<const TensorRef> tensors);
+
+  // Contributes the values in the callers' buffers to the open round of each
+  // tensor (sync) or applies them (async). Does not wait for the round.
+  // The tensors must have been declared in Join.
+  absl::Status Push(absl::Span<const TensorRef> tensors,
+                    const PushOptions& options = {});
+
+  // Writes each tensor's value into the caller's buffer. If this client
+  // pushed a tensor since it last pulled it, waits (up to call_timeout) for
+  // the round of that push to close, so the caller gets the averaged value.
+  absl::Status Pull(absl::Span<const TensorRef> tensors);
+
+  // Push, then overwrite the buffers with the result of that round (sync:
+  // waits for it to close) in one call.
+  absl::Status PushPull(absl::Span<const TensorRef> tensors,
+                        const PushOptions& options = {});
+
+  // Ends membership; later calls need a new Join.
+  absl::Status Leave();
+
+  // Server-wide traffic and round counters.
+  absl::StatusOr<ServerStatus> GetStatus();
+
+  // Version of the value of `name` the caller last received or created.
+  // NOT_FOUND if this client has not joined with it.
+  absl::StatusOr<std::uint64_t> Version(const std::string& name) const;
+
+  const ClientStats& stats() const { return stats_; }
+  const std::string& worker_id() const { return worker_id_; }
+
+ private:
+  struct Channel;
+  struct Tracked {
+    std::vector<std::int64_t> shape;
+    std::uint64_t elements = 0;
+    std::uint64_t version = 0;      // Of the value the caller holds.
+    std::uint64_t wait_version = 0; // Pull waits for this (after a push).
+  };
+
+  Client(ClientOptions options, std::unique_ptr<Channel> channel);
+  absl::Status CheckRefs(absl::Span<const TensorRef> tensors) const;
+  absl::Status DoPush(absl::Span<const TensorRef> tensors,
+                      const PushOptions& options, bool pull_result);
+
+  ClientOptions options_;
+  std::string worker_id_;
+  std::unique_ptr<Channel> channel_;
+  std::uint64_t lease_id_ = 0;
+  std::uint64_t chunk_bytes_ = 0;
+  std::uint64_t next_sequence_ = 1;
+  absl::flat_hash_map<std::string, Tracked> tracked_;
+  ClientStats stats_;
+};
+
+}  // namespace weightd
+
+#endif  // WEIGHTD_CLIENT_CLIENT_H_

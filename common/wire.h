@@ -1,0 +1,42 @@
+// Tensor payload encoding: raw little-endian float32, in chunks.
+#ifndef WEIGHTD_COMMON_WIRE_H_
+#define WEIGHTD_COMMON_WIRE_H_
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "absl/base/config.h"
+
+namespace weightd {
+
+#ifndef ABSL_IS_LITTLE_ENDIAN
+#error "weightd's wire format is little-endian float32; port the codec first"
+#endif
+
+inline constexpr std::size_t kFloatBytes = sizeof(float);
+static_assert(kFloatBytes == 4, "float must be IEEE-754 binary32");
+
+inline constexpr std::uint64_t kDefaultChunkBytes = 1 << 20;
+// Chunk sizes a server accepts: multiples of 4 in [kMinChunkBytes, kMaxChunkBytes].
+inline constexpr std::uint64_t kMinChunkBytes = 4 << 10;
+inline constexpr std::uint64_t kMaxChunkBytes = 16 << 20;
+
+// Number of bytes chunk `offset` of a tensor of `tensor_bytes` must carry.
+inline std::uint64_t ChunkLength(std::uint64_t tensor_bytes,
+                                 std::uint64_t chunk_bytes,
+                                 std::uint64_t offset) {
+  return offset >= tensor_bytes ? 0
+                                : std::min(chunk_bytes, tensor_bytes - offset);
+}
+
+// Copies `bytes` little-endian float32 values into `out` (host order is
+// little-endian, so this is a plain copy that tolerates any alignment).
+inline void DecodeFloats(const char* bytes, std::size_t count, float* out) {
+  std::memcpy(out, bytes, count * kFloatBytes);
+}
+
+}  // namespace weightd
+
+#endif  // WEIGHTD_COMMON_WIRE_H_

@@ -1,0 +1,54 @@
+// Settings of the tensor store and the vocabulary they use.
+#ifndef WEIGHTD_SERVER_CORE_OPTIONS_H_
+#define WEIGHTD_SERVER_CORE_OPTIONS_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/wire.h"
+
+namespace weightd::core {
+
+enum class Mode {
+  kSync,   // Round r of a tensor closes when all its participants contributed.
+  kAsync,  // Every push is applied as soon as it completes.
+};
+
+enum class UpdateKind {
+  kWeights,  // Payload is weights: averaged (sync) or mixed in (async).
+  kDelta,    // Payload is a change: value += server_lr * mean (or each) delta.
+};
+
+// Reported once per closed round (sync) or applied push (async).
+struct RoundClosed {
+  std::string tensor;
+  std::uint64_t round = 0;        // The round that closed; version is round + 1.
+  std::uint32_t contributors = 0; // Complete contributions averaged.
+  std::uint64_t bytes = 0;        // Payload bytes accumulated for the round.
+  absl::Duration duration;        // From first accepted chunk to close.
+};
+
+struct StoreOptions {
+  Mode mode = Mode::kSync;
+  // Step size for delta updates.
+  double server_lr = 1.0;
+  // Async weights: value += async_mix * (pushed - value). In (0, 1].
+  double async_mix = 0.5;
+  // Storage and wire chunk size; a multiple of 4 in [kMinChunkBytes, kMaxChunkBytes].
+  std::uint64_t chunk_bytes = kDefaultChunkBytes;
+  // Accept NaN / Inf in payloads (rejected with INVALID_ARGUMENT by default).
+  bool allow_non_finite = false;
+  // Largest tensor a Join may create.
+  std::uint64_t max_tensor_bytes = std::uint64_t{4} << 30;
+  // Time source (tests inject a fake).
+  std::function<absl::Time()> now = [] { return absl::Now(); };
+  // Called outside every lock, on the thread that closed the round.
+  std::function<void(const RoundClosed&)> on_round_closed;
+};
+
+}  // namespace weightd::core
+
+#endif  // WEIGHTD_SERVER_CORE_OPTIONS_H_

@@ -1,0 +1,178 @@
+// SharedTensor: one named tensor, its sharing group and its open round.
+// Internal to the core; the service talks to TensorStore.
+#ifndef WEIGHTD_SERVER_CORE_SHARED_TENSOR_H_
+#define WEIGHTD_SERVER_CORE_SHARED_TENSOR_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/core/options.h"
+
+namespace weightd::core {
+
+// Work to run once every lock is released: waiter callbacks and round
+// observers must never run under a tensor's lock.
+class Deferred {
+ public:
+  Deferred() = default;
+  Deferred(const Deferred&) = delete;
+  Deferred& operator=(const Deferred&) = delete;
+  ~Deferred() { Run(); }
+
+  void Add(std::function<void()> fn) { fns_.push_back(std::move(fn)); }
+  void Run() {
+    std::vector<std::function<void()>> fns;
+    fns.swap(fns_);
+    for (auto& fn : fns) fn();
+  }
+
+ private:
+  std::vector<std::function<void()>> fns_;
+};
+
+// An immutable published value, shared with the pulls streaming it.
+using TensorValue = std::shared_ptr<const std::vector<float>>;
+
+struct TensorSnapshot {
+  TensorValue value;
+  std::uint64_t version = 0;
+};
+
+// What a completed (or re-sent) push of one tensor produced.
+struct ContributionResult {
+  std::uint64_t round = 0;          // Sync: its round. Async: version produced.
+  std::uint64_t ready_version = 0;  // The first version that includes it.
+  std::uint64_t version = 0;        // The tensor's version now.
+  bool duplicate = false;           // It had completed before; not re-applied.
+};
+
+// Identifies one push of one worker to this tensor.
+struct ContributionKey {
+  absl::string_view worker;
+  std::uint64_t sequence = 0;
+  std::uint64_t round = 0;
+  UpdateKind kind = UpdateKind::kWeights;
+};
+
+// Thread-safe. Lock order: TensorStore::mu_ before SharedTensor::mu_.
+class SharedTensor {
+ public:
+  // `initial` must hold exactly the element count of `shape`.
+  SharedTensor(std::string name, std::vector<std::int64_t> shape,
+               std::vector<float> initial, const StoreOptions* options);
+  SharedTensor(const SharedTensor&) = delete;
+  SharedTensor& operator=(const SharedTensor&) = delete;
+
+  const std::string& name() const { return name_; }
+  const std::vector<std::int64_t>& shape() const { return shape_; }
+  std::uint64_t elements() const { return elements_; }
+  std::uint64_t bytes() const { return elements_ * 4; }
+
+  void AddParticipant(absl::string_view worker);
+  // The group shrinks; a sync round waiting only on `worker` closes.
+  void RemoveParticipant(absl::string_view worker, Deferred& deferred);
+
+  // Non-mutating check that `key` may start (or resume) a contribution.
+  // ABORTED (stale sequence or closed round), FAILED_PRECONDITION (round not
+  // open, unfinished earlier push, other update kind), ALREADY_EXISTS
+  // (worker already contributed to the round), INVALID_ARGUMENT.
+  absl::Status CheckContribution(const ContributionKey& key) const;
+
+  // Accumulates the chunk at byte `offset` (already validated for alignment
+  // and length by the caller) into the open round. A chunk the same push
+  // already delivered (a resend) is skipped. INVALID_ARGUMENT for NaN/Inf,
+  // plus every code of CheckContribution.
+  absl::Status AddChunk(const ContributionKey& key, double weight,
+                        std::uint64_t offset, const char* data,
+                        std::uint64_t length);
+
+  // Marks the push complete; in sync mode may close the round, in async
+  // mode applies it. INVALID_ARGUMENT if not all bytes arrived, ABORTED if
+  // the push was superseded by a newer one of the same worker.
+  absl::StatusOr<ContributionResult> Complete(absl::string_view worker,
+                                              std::uint64_t sequence,
+                                              Deferred& deferred);
+
+  TensorSnapshot Snapshot() const;
+  std::uint64_t version() const;
+  std::uint32_t participant_count() const;
+  std::uint32_t contributed_count() const;
+  // Bytes held by value and accumulator (for memory accounting and tests).
+  std::uint64_t AllocatedBytes() const;
+
+  using WaitCallback = std::function<void(absl::Status)>;
+  // If the version is already >= min_version returns nullopt and does not
+  // call `done`. Otherwise calls `done(OK)` once it is, from the thread
+  // that publishes it, outside the lock, and returns an id for CancelWait.
+  std::optional<std::uint64_t> WaitForVersion(std::uint64_t min_version,
+                                              WaitCallback done);
+  // True if the waiter was removed before being called.
+  bool CancelWait(std::uint64_t id);
+  // Calls every waiter with `status` (the store is closing).
+  void FailWaiters(const absl::Status& status, Deferred& deferred);
+
+ private:
+  struct Contribution {
+    std::uint64_t sequence = 0;
+    std::uint64_t round = 0;
+    UpdateKind kind = UpdateKind::kWeights;
+    std::uint64_t progress = 0;  // Bytes applied, a prefix of the tensor.
+    bool complete = false;
+    std::uint64_t ready_version = 0;  // Set when complete.
+  };
+  struct Waiter {
+    std::uint64_t id;
+    std::uint64_t min_version;
+    WaitCallback done;
+  };
+
+  absl::Status CheckNewLocked(const ContributionKey& key,
+                              const Contribution* previous) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool RoundCompleteLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Folds the accumulator into a new published value; version += 1.
+  void CloseRoundLocked(Deferred& deferred) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::string name_;
+  const std::vector<std::int64_t> shape_;
+  const std::uint64_t elements_;
+  const StoreOptions* const options_;  // Owned by the store; outlives this.
+  const std::uint64_t chunk_elements_;
+
+  mutable absl::Mutex mu_;
+  std::shared_ptr<std::vector<float>> value_ ABSL_GUARDED_BY(mu_);
+  std::uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_set<std::string> participants_ ABSL_GUARDED_BY(mu_);
+  // Last push of every worker that ever pushed: dedupe and round state.
+  absl::flat_hash_map<std::string, Contribution> contributions_
+      ABSL_GUARDED_BY(mu_);
+
+  // The open round: sum of weight * payload, and the weight summed per chunk
+  // (a chunk the round received from nobody keeps its old value).
+  std::vector<float> acc_ ABSL_GUARDED_BY(mu_);
+  bool acc_zeroed_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<double> chunk_weight_ ABSL_GUARDED_BY(mu_);
+  std::optional<UpdateKind> acc_kind_ ABSL_GUARDED_BY(mu_);
+  std::uint32_t round_contributors_ ABSL_GUARDED_BY(mu_) = 0;
+  std::uint64_t round_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time round_start_ ABSL_GUARDED_BY(mu_);
+
+  std::vector<Waiter> waiters_ ABSL_GUARDED_BY(mu_);
+  std::uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 1;
+};
+
+}  // namespace weightd::core
+
+#endif  // WEIGHTD_SERVER_CORE_SHARED_TENSOR_H_

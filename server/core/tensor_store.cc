@@ -1,0 +1,474 @@
+#include "server/core/tensor_store.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/names.h"
+#include "common/status_macros.h"
+#include "common/wire.h"
+#include "server/core/kernels.h"
+
+namespace weightd::core {
+namespace {
+
+std::string ShapeString(const std::vector<std::int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+}
+
+absl::Status Closed() {
+  return absl::UnavailableError("the server is shutting down");
+}
+
+}  // namespace
+
+absl::StatusOr<std::uint64_t> ElementCount(
+    const std::vector<std::int64_t>& shape, std::uint64_t max_bytes) {
+  const std::uint64_t max_elements = max_bytes / kFloatBytes;
+  std::uint64_t count = 1;
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dimension ", i, " of shape ", ShapeString(shape), " is ", shape[i],
+          "; dimensions must be >= 1"));
+    }
+    const auto dim = static_cast<std::uint64_t>(shape[i]);
+    if (dim > max_elements || count > max_elements / dim) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "a tensor of shape ", ShapeString(shape), " exceeds the limit of ",
+          max_bytes, " bytes per tensor"));
+    }
+    count *= dim;
+  }
+  return count;
+}
+
+// ---------------------------------------------------------------------------
+// VersionWait
+
+struct VersionWait::State {
+  absl::Mutex mu;
+  bool finished ABSL_GUARDED_BY(mu) = false;
+  std::size_t pending ABSL_GUARDED_BY(mu) = 0;
+  std::function<void(absl::Status)> done ABSL_GUARDED_BY(mu);
+
+  // One tensor reached its version (OK) or the store closed (not OK).
+  void Arrive(const absl::Status& status) {
+    std::function<void(absl::Status)> fire;
+    {
+      absl::MutexLock lock(&mu);
+      if (finished) return;
+      if (status.ok() && --pending > 0) return;
+      finished = true;
+      fire = std::move(done);
+    }
+    fire(status);
+  }
+};
+
+VersionWait::~VersionWait() { Cancel(); }
+
+bool VersionWait::Cancel() {
+  {
+    absl::MutexLock lock(&state_->mu);
+    if (state_->finished) return false;
+    state_->finished = true;
+    state_->done = nullptr;
+  }
+  for (auto& [tensor, id] : ids_) tensor->CancelWait(id);
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// PushSession
+
+PushSession::PushSession(TensorStore* store, std::string worker,
+                         PushHeader header,
+                         std::vector<std::shared_ptr<SharedTensor>> tensors)
+    : store_(store),
+      worker_(std::move(worker)),
+      header_(std::move(header)),
+      tensors_(std::move(tensors)),
+      next_offset_(tensors_.size(), 0) {}
+
+absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
+                                   absl::string_view data) {
+  if (!error_.ok()) return error_;
+  auto fail = [this](absl::Status status) {
+    error_ = status;
+    return status;
+  };
+  if (index >= tensors_.size()) {
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("chunk names tensor index ", index, "; the push lists ",
+                     tensors_.size(), " tensors")));
+  }
+  SharedTensor& tensor = *tensors_[index];
+  if (offset >= tensor.bytes()) {
+    return fail(absl::OutOfRangeError(
+        absl::StrCat("chunk offset ", offset, " is past the end of tensor ",
+                     tensor.name(), " (", tensor.bytes(), " bytes)")));
+  }
+  if (offset != next_offset_[index]) {
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+        "chunk of tensor ", tensor.name(), " at offset ", offset,
+        "; expected offset ", next_offset_[index],
+        " (a tensor's chunks arrive in order, each chunk_bytes long)")));
+  }
+  const std::uint64_t expected =
+      ChunkLength(tensor.bytes(), store_->options().chunk_bytes, offset);
+  if (data.size() != expected) {
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("chunk of tensor ", tensor.name(), " at offset ", offset,
+                     " carries ", data.size(), " bytes; expected ", expected)));
+  }
+  const ContributionKey key{worker_, header_.sequence,
+                            header_.entries[index].round, header_.kind};
+  if (absl::Status s =
+          tensor.AddChunk(key, header_.weight, offset, data.data(), expected);
+      !s.ok()) {
+    return fail(s);
+  }
+  next_offset_[index] += expected;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<PushResult>> PushSession::Finish() {
+  if (!error_.ok()) return error_;
+  for (std::size_t i = 0; i < tensors_.size(); ++i) {
+    if (next_offset_[i] != tensors_[i]->bytes()) {
+      error_ = absl::InvalidArgumentError(absl::StrCat(
+          "push ended after ", next_offset_[i], " of ", tensors_[i]->bytes(),
+          " bytes of tensor ", tensors_[i]->name(),
+          "; every listed tensor must be sent whole"));
+      return error_;
+    }
+  }
+  Deferred deferred;
+  std::vector<PushResult> results;
+  results.reserve(tensors_.size());
+  for (const auto& tensor : tensors_) {
+    absl::StatusOr<ContributionResult> outcome =
+        tensor->Complete(worker_, header_.sequence, deferred);
+    if (!outcome.ok()) {
+      error_ = outcome.status();
+      return error_;
+    }
+    results.push_back(PushResult{tensor->name(), *outcome});
+  }
+  return results;
+}
+
+// ---------------------------------------------------------------------------
+// TensorStore
+
+absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Create(
+    StoreOptions options) {
+  const std::uint64_t chunk = options.chunk_bytes;
+  if (chunk % kFloatBytes != 0 || chunk < kMinChunkBytes ||
+      chunk > kMaxChunkBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk_bytes is ", chunk, "; it must be a multiple of 4 in [",
+        kMinChunkBytes, ", ", kMaxChunkBytes, "]"));
+  }
+  if (!std::isfinite(options.server_lr) || options.server_lr <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "server_lr is ", options.server_lr, "; it must be finite and > 0"));
+  }
+  if (!(options.async_mix > 0 && options.async_mix <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "async_mix is ", options.async_mix, "; it must be in (0, 1]"));
+  }
+  if (options.max_tensor_bytes < kFloatBytes) {
+    return absl::InvalidArgumentError("max_tensor_bytes must be >= 4");
+  }
+  return std::unique_ptr<TensorStore>(new TensorStore(std::move(options)));
+}
+
+TensorStore::TensorStore(StoreOptions options) : options_(std::move(options)) {
+  // Count closed rounds ahead of the caller's observer.
+  options_.on_round_closed = [this, user = std::move(options_.on_round_closed)](
+                                 const RoundClosed& closed) {
+    rounds_closed_.fetch_add(1, std::memory_order_relaxed);
+    if (user) user(closed);
+  };
+}
+
+TensorStore::~TensorStore() = default;
+
+absl::StatusOr<TensorStore::Worker*> TensorStore::WorkerForLeaseLocked(
+    std::uint64_t lease_id) {
+  auto it = leases_.find(lease_id);
+  if (lease_id == 0 || it == leases_.end()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "lease ", lease_id,
+        " is not held by any joined worker; call Join first"));
+  }
+  return &workers_.at(it->second);
+}
+
+absl::StatusOr<std::shared_ptr<SharedTensor>> TensorStore::FindLocked(
+    absl::string_view name) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) {
+    return absl::NotFoundError(absl::StrCat(
+        "no tensor named \"", name, "\"; a worker must declare it in Join"));
+  }
+  return it->second;
+}
+
+TensorInfo TensorStore::InfoOf(const SharedTensor& tensor) {
+  return TensorInfo{tensor.name(), tensor.shape(), tensor.version(),
+                    tensor.participant_count(), tensor.contributed_count()};
+}
+
+absl::StatusOr<JoinResult> TensorStore::Join(
+    absl::string_view worker_id, std::vector<Declaration> declarations) {
+  WEIGHTD_RETURN_IF_ERROR(ValidateName("worker id", worker_id));
+  if (declarations.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "worker ", worker_id, " declares no tensors; declare at least one"));
+  }
+  absl::flat_hash_set<absl::string_view> seen;
+  for (const Declaration& d : declarations) {
+    WEIGHTD_RETURN_IF_ERROR(ValidateName("tensor name", d.name));
+    if (!seen.insert(d.name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", d.name, " is declared twice"));
+    }
+    WEIGHTD_ASSIGN_OR_RETURN(std::uint64_t count,
+                             ElementCount(d.shape, options_.max_tensor_bytes));
+    if (d.initial_value.size() != count) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "initial value of tensor ", d.name, " has ",
+          d.initial_value.size() * kFloatBytes, " bytes; shape ",
+          ShapeString(d.shape), " needs ", count * kFloatBytes));
+    }
+    if (!options_.allow_non_finite &&
+        !AllFinite(reinterpret_cast<const char*>(d.initial_value.data()),
+                   count)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "initial value of tensor ", d.name, " contains NaN or Inf"));
+    }
+  }
+
+  Deferred deferred;  // Runs after the lock is released.
+  absl::MutexLock lock(&mu_);
+  if (closed_) return Closed();
+  for (const Declaration& d : declarations) {
+    auto it = tensors_.find(d.name);
+    if (it != tensors_.end() && it->second->shape() != d.shape) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "tensor ", d.name, " already exists with shape ",
+          ShapeString(it->second->shape()), "; worker ", worker_id,
+          " declared ", ShapeString(d.shape)));
+    }
+  }
+
+  Worker& worker = workers_[worker_id];
+  if (!worker.id.empty()) {
+    // A re-join replaces the old membership.
+    leases_.erase(worker.lease_id);
+    for (const std::string& name : worker.tensors) {
+      if (!seen.contains(name)) {
+        tensors_.at(name)->RemoveParticipant(worker_id, deferred);
+      }
+    }
+  }
+  worker.id = std::string(worker_id);
+  do {
+    worker.lease_id = absl::Uniform<std::uint64_t>(bitgen_);
+  } while (worker.lease_id == 0 || leases_.contains(worker.lease_id));
+  leases_[worker.lease_id] = worker.id;
+  worker.tensors.clear();
+
+  JoinResult result;
+  result.lease_id = worker.lease_id;
+  result.next_sequence = worker.max_sequence + 1;
+  for (Declaration& d : declarations) {
+    auto& slot = tensors_[d.name];
+    const bool created = slot == nullptr;
+    if (created) {
+      slot = std::make_shared<SharedTensor>(d.name, d.shape,
+                                            std::move(d.initial_value),
+                                            &options_);
+    }
+    slot->AddParticipant(worker.id);
+    worker.tensors.push_back(d.name);
+    result.tensors.push_back(JoinedTensor{InfoOf(*slot), created});
+  }
+  std::sort(worker.tensors.begin(), worker.tensors.end());
+  return result;
+}
+
+absl::Status TensorStore::Leave(std::uint64_t lease_id) {
+  Deferred deferred;
+  absl::MutexLock lock(&mu_);
+  WEIGHTD_ASSIGN_OR_RETURN(Worker * worker, WorkerForLeaseLocked(lease_id));
+  for (const std::string& name : worker->tensors) {
+    tensors_.at(name)->RemoveParticipant(worker->id, deferred);
+  }
+  // The worker entry stays (without a lease) so that a re-join continues
+  // its push sequence; each tensor keeps its push history for dedupe.
+  leases_.erase(lease_id);
+  worker->lease_id = 0;
+  worker->tensors.clear();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<PushSession>> TensorStore::BeginPush(
+    PushHeader header) {
+  if (header.sequence == 0) {
+    return absl::InvalidArgumentError("push sequence must be >= 1");
+  }
+  if (!std::isfinite(header.weight) || header.weight <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "push weight is ", header.weight, "; it must be finite and > 0"));
+  }
+  if (header.entries.empty()) {
+    return absl::InvalidArgumentError("push lists no tensors");
+  }
+  absl::flat_hash_set<absl::string_view> seen;
+  for (const PushHeader::Entry& e : header.entries) {
+    if (!seen.insert(e.name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("push lists tensor ", e.name, " twice"));
+    }
+  }
+
+  absl::MutexLock lock(&mu_);
+  if (closed_) return Closed();
+  WEIGHTD_ASSIGN_OR_RETURN(Worker * worker,
+                           WorkerForLeaseLocked(header.lease_id));
+  std::vector<std::shared_ptr<SharedTensor>> tensors;
+  tensors.reserve(header.entries.size());
+  for (const PushHeader::Entry& e : header.entries) {
+    WEIGHTD_ASSIGN_OR_RETURN(std::shared_ptr<SharedTensor> tensor,
+                             FindLocked(e.name));
+    if (!std::binary_search(worker->tensors.begin(), worker->tensors.end(),
+                            e.name)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("worker ", worker->id, " did not declare tensor ",
+                       e.name, " in its Join"));
+    }
+    WEIGHTD_RETURN_IF_ERROR(tensor->CheckContribution(
+        ContributionKey{worker->id, header.sequence, e.round, header.kind}));
+    tensors.push_back(std::move(tensor));
+  }
+  worker->max_sequence = std::max(worker->max_sequence, header.sequence);
+  return std::unique_ptr<PushSession>(new PushSession(
+      this, worker->id, std::move(header), std::move(tensors)));
+}
+
+absl::StatusOr<std::unique_ptr<VersionWait>> TensorStore::WaitForVersions(
+    const VersionRequest& request, std::function<void(absl::Status)> done) {
+  absl::flat_hash_set<absl::string_view> seen;
+  for (const auto& [name, version] : request) {
+    if (!seen.insert(name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", name, " is requested twice"));
+    }
+  }
+  std::unique_ptr<VersionWait> wait(new VersionWait());
+  wait->state_ = std::make_shared<VersionWait::State>();
+  {
+    absl::MutexLock lock(&wait->state_->mu);
+    wait->state_->pending = request.size() + 1;  // +1: released below.
+    wait->state_->done = std::move(done);
+  }
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    if (closed_) return Closed();
+    std::vector<std::shared_ptr<SharedTensor>> tensors;
+    for (const auto& [name, version] : request) {
+      WEIGHTD_ASSIGN_OR_RETURN(std::shared_ptr<SharedTensor> tensor,
+                               FindLocked(name));
+      tensors.push_back(std::move(tensor));
+    }
+    // Registered under mu_ so that Close() either sees every waiter or
+    // happened before (and we returned UNAVAILABLE above).
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      std::optional<std::uint64_t> id = tensors[i]->WaitForVersion(
+          request[i].second,
+          [state = wait->state_](absl::Status s) { state->Arrive(s); });
+      if (id.has_value()) {
+        wait->ids_.emplace_back(tensors[i], *id);
+      } else {
+        absl::MutexLock state_lock(&wait->state_->mu);
+        --wait->state_->pending;  // Already there; never the last (+1 above).
+      }
+    }
+  }
+  wait->state_->Arrive(absl::OkStatus());
+  return wait;
+}
+
+absl::StatusOr<std::vector<TensorSnapshot>> TensorStore::Snapshot(
+    const std::vector<std::string>& names) const {
+  std::vector<std::shared_ptr<SharedTensor>> tensors;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (const std::string& name : names) {
+      WEIGHTD_ASSIGN_OR_RETURN(std::shared_ptr<SharedTensor> tensor,
+                               FindLocked(name));
+      tensors.push_back(std::move(tensor));
+    }
+  }
+  std::vector<TensorSnapshot> snapshots;
+  snapshots.reserve(tensors.size());
+  for (const auto& tensor : tensors) snapshots.push_back(tensor->Snapshot());
+  return snapshots;
+}
+
+absl::StatusOr<TensorInfo> TensorStore::Describe(absl::string_view name) const {
+  absl::ReaderMutexLock lock(&mu_);
+  WEIGHTD_ASSIGN_OR_RETURN(std::shared_ptr<SharedTensor> tensor,
+                           FindLocked(name));
+  return InfoOf(*tensor);
+}
+
+StoreStatus TensorStore::Status() const {
+  StoreStatus status;
+  absl::ReaderMutexLock lock(&mu_);
+  for (const auto& [name, tensor] : tensors_) {
+    status.tensors.push_back(InfoOf(*tensor));
+  }
+  std::sort(status.tensors.begin(), status.tensors.end(),
+            [](const TensorInfo& a, const TensorInfo& b) {
+              return a.name < b.name;
+            });
+  for (const auto& [id, worker] : workers_) {
+    if (worker.lease_id == 0) continue;  // Left.
+    status.workers.push_back(WorkerInfo{id, worker.lease_id, worker.tensors});
+  }
+  std::sort(status.workers.begin(), status.workers.end(),
+            [](const WorkerInfo& a, const WorkerInfo& b) {
+              return a.worker_id < b.worker_id;
+            });
+  status.rounds_closed = rounds_closed_.load(std::memory_order_relaxed);
+  return status;
+}
+
+std::uint64_t TensorStore::AllocatedBytes() const {
+  absl::ReaderMutexLock lock(&mu_);
+  std::uint64_t total = 0;
+  for (const auto& [name, tensor] : tensors_) total += tensor->AllocatedBytes();
+  return total;
+}
+
+void TensorStore::Close() {
+  Deferred deferred;
+  absl::MutexLock lock(&mu_);
+  if (closed_) return;
+  closed_ = true;
+  const absl::Status status = Closed();
+  for (const auto& [name, tensor] : tensors_) {
+    tensor->FailWaiters(status, deferred);
+  }
+}
+
+}  // namespace weightd::core

@@ -1,0 +1,229 @@
+// TensorStore: the shared tensors of one weightd server, the workers that
+// share them, and the rounds that average their contributions.
+//
+// Free of gRPC: the service layer converts wire messages into these calls.
+// Every method is thread-safe. Callbacks the store invokes (round observers,
+// version waits) run outside its locks, on the thread whose call caused them.
+#ifndef WEIGHTD_SERVER_CORE_TENSOR_STORE_H_
+#define WEIGHTD_SERVER_CORE_TENSOR_STORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/random/random.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "server/core/options.h"
+#include "server/core/shared_tensor.h"
+
+namespace weightd::core {
+
+// A tensor as a worker declares it at Join.
+struct Declaration {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  // Exactly the shape's element count. Becomes the value if the tensor is new.
+  std::vector<float> initial_value;
+};
+
+struct TensorInfo {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::uint64_t version = 0;
+  std::uint32_t participants = 0;
+  std::uint32_t contributed = 0;
+};
+
+struct JoinedTensor {
+  TensorInfo info;
+  bool created = false;
+};
+
+struct JoinResult {
+  std::uint64_t lease_id = 0;
+  std::uint64_t next_sequence = 1;
+  std::vector<JoinedTensor> tensors;  // In declaration order.
+};
+
+struct PushHeader {
+  std::uint64_t lease_id = 0;
+  std::uint64_t sequence = 0;
+  UpdateKind kind = UpdateKind::kWeights;
+  double weight = 1.0;
+  struct Entry {
+    std::string name;
+    std::uint64_t round = 0;
+  };
+  std::vector<Entry> entries;
+};
+
+struct PushResult {
+  std::string name;
+  ContributionResult outcome;
+};
+
+struct WorkerInfo {
+  std::string worker_id;
+  std::uint64_t lease_id = 0;
+  std::vector<std::string> tensors;  // Sorted.
+};
+
+struct StoreStatus {
+  std::vector<TensorInfo> tensors;  // Sorted by name.
+  std::vector<WorkerInfo> workers;  // Sorted by id.
+  std::uint64_t rounds_closed = 0;
+};
+
+// Computes the element count of `shape`: INVALID_ARGUMENT for a dimension
+// < 1, OUT_OF_RANGE if it exceeds `max_bytes` as float32.
+absl::StatusOr<std::uint64_t> ElementCount(
+    const std::vector<std::int64_t>& shape, std::uint64_t max_bytes);
+
+class TensorStore;
+
+// One push in flight: created by TensorStore::BeginPush, fed chunks in
+// order, then finished. Not thread-safe (one stream drives it). If it is
+// destroyed unfinished, the chunks it applied stay applied; a resend with the
+// same sequence skips them.
+class PushSession {
+ public:
+  PushSession(const PushSession&) = delete;
+  PushSession& operator=(const PushSession&) = delete;
+
+  const PushHeader& header() const { return header_; }
+
+  // Applies one chunk of header().entries[index]. INVALID_ARGUMENT for an
+  // index past the list, an offset out of order or unaligned, a wrong
+  // length, or NaN/Inf; OUT_OF_RANGE for an offset past the tensor's end;
+  // plus the codes of SharedTensor::AddChunk. After an error the session is
+  // dead: every later call returns the same error.
+  absl::Status AddChunk(std::uint32_t index, std::uint64_t offset,
+                        absl::string_view data);
+
+  // Completes the push for every tensor. INVALID_ARGUMENT if a tensor did
+  // not arrive whole; ABORTED if superseded or its round closed meanwhile.
+  absl::StatusOr<std::vector<PushResult>> Finish();
+
+ private:
+  friend class TensorStore;
+  PushSession(TensorStore* store, std::string worker, PushHeader header,
+              std::vector<std::shared_ptr<SharedTensor>> tensors);
+
+  TensorStore* const store_;
+  const std::string worker_;
+  const PushHeader header_;
+  const std::vector<std::shared_ptr<SharedTensor>> tensors_;
+  std::vector<std::uint64_t> next_offset_;
+  absl::Status error_;
+};
+
+// Waits for several tensors to reach versions. Destroying it cancels it.
+class VersionWait {
+ public:
+  ~VersionWait();
+  VersionWait(const VersionWait&) = delete;
+  VersionWait& operator=(const VersionWait&) = delete;
+
+  // Stops the wait. True if `done` had not been called and now never will
+  // be; false if it has been or is being called.
+  bool Cancel();
+
+ private:
+  friend class TensorStore;
+  struct State;
+  VersionWait() = default;
+
+  std::shared_ptr<State> state_;
+  std::vector<std::pair<std::shared_ptr<SharedTensor>, std::uint64_t>> ids_;
+};
+
+class TensorStore {
+ public:
+  // INVALID_ARGUMENT for bad options.
+  static absl::StatusOr<std::unique_ptr<TensorStore>> Create(
+      StoreOptions options);
+  ~TensorStore();
+  TensorStore(const TensorStore&) = delete;
+  TensorStore& operator=(const TensorStore&) = delete;
+
+  const StoreOptions& options() const { return options_; }
+
+  // Starts (or replaces, for a known worker id) a membership. All-or-nothing:
+  // on error nothing changed. INVALID_ARGUMENT (names, shapes, value sizes,
+  // duplicates, NaN), OUT_OF_RANGE (tensor too large), ALREADY_EXISTS (a
+  // tensor of that name exists with another shape), UNAVAILABLE (closed).
+  absl::StatusOr<JoinResult> Join(absl::string_view worker_id,
+                                  std::vector<Declaration> declarations);
+
+  // Ends a membership. FAILED_PRECONDITION for an unknown lease.
+  absl::Status Leave(std::uint64_t lease_id);
+
+  // Validates a push header against the tensors' state; nothing changes
+  // until chunks arrive. FAILED_PRECONDITION (unknown lease, tensor not
+  // declared by this worker, round not open), NOT_FOUND (unknown tensor),
+  // INVALID_ARGUMENT (weight, kind, duplicates), ABORTED (closed round, stale
+  // sequence), ALREADY_EXISTS (already contributed), UNAVAILABLE (closed).
+  absl::StatusOr<std::unique_ptr<PushSession>> BeginPush(PushHeader header);
+
+  // Calls `done(OK)` once every named tensor has reached its version, or
+  // `done(UNAVAILABLE)` if the store closes first. If all are already
+  // there, calls `done(OK)` before returning. NOT_FOUND for an unknown
+  // tensor, INVALID_ARGUMENT for a repeated one.
+  using VersionRequest = std::vector<std::pair<std::string, std::uint64_t>>;
+  absl::StatusOr<std::unique_ptr<VersionWait>> WaitForVersions(
+      const VersionRequest& request, std::function<void(absl::Status)> done);
+
+  // The current value and version of each named tensor. NOT_FOUND.
+  absl::StatusOr<std::vector<TensorSnapshot>> Snapshot(
+      const std::vector<std::string>& names) const;
+
+  // Tensor metadata (no payloads).
+  absl::StatusOr<TensorInfo> Describe(absl::string_view name) const;
+
+  StoreStatus Status() const;
+
+  // Bytes held by all tensors' values and accumulators.
+  std::uint64_t AllocatedBytes() const;
+
+  // Refuses new work (UNAVAILABLE) and fails every pending version wait
+  // with UNAVAILABLE. Idempotent.
+  void Close();
+
+ private:
+  struct Worker {
+    std::string id;
+    std::uint64_t lease_id = 0;
+    std::vector<std::string> tensors;
+    std::uint64_t max_sequence = 0;
+  };
+
+  explicit TensorStore(StoreOptions options);
+  absl::StatusOr<Worker*> WorkerForLeaseLocked(std::uint64_t lease_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::shared_ptr<SharedTensor>> FindLocked(
+      absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  static TensorInfo InfoOf(const SharedTensor& tensor);
+
+  StoreOptions options_;
+  std::atomic<std::uint64_t> rounds_closed_{0};
+
+  mutable absl::Mutex mu_;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  absl::flat_hash_map<std::string, std::shared_ptr<SharedTensor>> tensors_
+      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::uint64_t, std::string> leases_ ABSL_GUARDED_BY(mu_);
+  absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace weightd::core
+
+#endif  // WEIGHTD_SERVER_CORE_TENSOR_STORE_H_

@@ -1,0 +1,504 @@
+#include "server/core/tensor_store.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
+
+namespace weightd::core {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::weightd::testing::IsOk;
+using ::weightd::testing::StatusIs;
+
+constexpr std::uint64_t kChunk = kMinChunkBytes;  // 1024 floats a chunk.
+
+absl::string_view Bytes(const std::vector<float>& v, std::uint64_t offset,
+                       std::uint64_t length) {
+  return absl::string_view(reinterpret_cast<const char*>(v.data()) + offset,
+                          length);
+}
+
+class TensorStoreTest : public ::testing::Test {
+ protected:
+  void MakeStore(Mode mode = Mode::kSync, double server_lr = 1.0) {
+    StoreOptions options;
+    options.mode = mode;
+    options.server_lr = server_lr;
+    options.chunk_bytes = kChunk;
+    options.on_round_closed = [this](const RoundClosed& c) {
+      absl::MutexLock lock(&closed_mu_);
+      closed_.push_back(c);
+    };
+    auto store = TensorStore::Create(options);
+    ASSERT_THAT(store, IsOk());
+    store_ = std::move(*store);
+  }
+
+  // Joins `worker` declaring each (name, initial value) as a 1-D tensor.
+  std::uint64_t Join(const std::string& worker,
+                     std::vector<std::pair<std::string, std::vector<float>>>
+                         tensors) {
+    std::vector<Declaration> declarations;
+    for (auto& [name, value] : tensors) {
+      declarations.push_back(Declaration{
+          name, {static_cast<std::int64_t>(value.size())}, value});
+    }
+    auto joined = store_->Join(worker, std::move(declarations));
+    EXPECT_THAT(joined, IsOk());
+    return joined.ok() ? joined->lease_id : 0;
+  }
+
+  // Sends a whole push: header, every tensor's chunks in order, finish.
+  absl::StatusOr<std::vector<PushResult>> Push(
+      std::uint64_t lease, std::uint64_t sequence,
+      std::vector<std::tuple<std::string, std::uint64_t, std::vector<float>>>
+          tensors,
+      double weight = 1.0, UpdateKind kind = UpdateKind::kWeights) {
+    PushHeader header{lease, sequence, kind, weight, {}};
+    for (auto& [name, round, value] : tensors) {
+      header.entries.push_back({name, round});
+    }
+    auto session = store_->BeginPush(std::move(header));
+    if (!session.ok()) return session.status();
+    for (std::uint32_t i = 0; i < tensors.size(); ++i) {
+      const std::vector<float>& value = std::get<2>(tensors[i]);
+      const std::uint64_t bytes = value.size() * 4;
+      for (std::uint64_t off = 0; off < bytes; off += kChunk) {
+        absl::Status s = (*session)->AddChunk(
+            i, off, Bytes(value, off, ChunkLength(bytes, kChunk, off)));
+        if (!s.ok()) return s;
+      }
+    }
+    return (*session)->Finish();
+  }
+
+  std::vector<float> Value(const std::string& name) {
+    auto snap = store_->Snapshot({name});
+    EXPECT_THAT(snap, IsOk());
+    return snap.ok() ? *(*snap)[0].value : std::vector<float>{};
+  }
+  std::uint64_t Version(const std::string& name) {
+    auto info = store_->Describe(name);
+    EXPECT_THAT(info, IsOk());
+    return info.ok() ? info->version : 0;
+  }
+
+  std::unique_ptr<TensorStore> store_;
+  absl::Mutex closed_mu_;
+  std::vector<RoundClosed> closed_ ABSL_GUARDED_BY(closed_mu_);
+};
+
+TEST_F(TensorStoreTest, FirstJoinCreatesLaterJoinKeepsSharedValue) {
+  MakeStore();
+  Join("a", {{"w", {1, 2}}});
+  auto joined = store_->Join("b", {Declaration{"w", {2}, {7, 7}}});
+  ASSERT_THAT(joined, IsOk());
+  EXPECT_FALSE(joined->tensors[0].created);
+  EXPECT_EQ(joined->tensors[0].info.participants, 2u);
+  EXPECT_THAT(Value("w"), ElementsAre(1, 2));
+}
+
+TEST_F(TensorStoreTest, RoundClosesWhenEveryParticipantContributed) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {0, 0}}});
+  const auto b = Join("b", {{"w", {0, 0}}});
+  auto first = Push(a, 1, {{"w", 0, {2, 4}}});
+  ASSERT_THAT(first, IsOk());
+  EXPECT_EQ((*first)[0].outcome.version, 0u);  // Still waiting for b.
+  EXPECT_EQ(Version("w"), 0u);
+  ASSERT_THAT(Push(b, 1, {{"w", 0, {4, 8}}}), IsOk());
+  EXPECT_EQ(Version("w"), 1u);
+  EXPECT_THAT(Value("w"), ElementsAre(3, 6));
+  ASSERT_EQ(closed_.size(), 1u);
+  EXPECT_EQ(closed_[0].tensor, "w");
+  EXPECT_EQ(closed_[0].round, 0u);
+  EXPECT_EQ(closed_[0].contributors, 2u);
+  EXPECT_EQ(closed_[0].bytes, 16u);
+}
+
+TEST_F(TensorStoreTest, WeightedMeanIsExact) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {0, 0, 0}}});
+  const auto b = Join("b", {{"w", {0, 0, 0}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {1, 10, -4}}}, /*weight=*/3), IsOk());
+  ASSERT_THAT(Push(b, 1, {{"w", 0, {5, 2, 4}}}, /*weight=*/1), IsOk());
+  // (3*1 + 5)/4 = 2, (30 + 2)/4 = 8, (-12 + 4)/4 = -2.
+  EXPECT_THAT(Value("w"), ElementsAre(2, 8, -2));
+}
+
+TEST_F(TensorStoreTest, DeltaRoundAppliesServerLearningRate) {
+  MakeStore(Mode::kSync, /*server_lr=*/0.5);
+  const auto a = Join("a", {{"w", {1, 1}}});
+  const auto b = Join("b", {{"w", {1, 1}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {2, 4}}}, 1, UpdateKind::kDelta), IsOk());
+  ASSERT_THAT(Push(b, 1, {{"w", 0, {6, 0}}}, 1, UpdateKind::kDelta), IsOk());
+  EXPECT_THAT(Value("w"), ElementsAre(1 + 0.5 * 4, 1 + 0.5 * 2));
+}
+
+TEST_F(TensorStoreTest, MixedUpdateKindsInOneRoundAreRefused) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {1}}});
+  const auto b = Join("b", {{"w", {1}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {2}}}, 1, UpdateKind::kDelta), IsOk());
+  EXPECT_THAT(Push(b, 1, {{"w", 0, {2}}}, 1, UpdateKind::kWeights),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("collecting delta")));
+}
+
+TEST_F(TensorStoreTest, SharingGroupClosesWithoutNonHolders) {
+  MakeStore();
+  // Two classifiers share "enc"; each keeps a private head.
+  const auto a = Join("a", {{"enc", {0, 0}}, {"head10", {0}}});
+  const auto b = Join("b", {{"enc", {0, 0}}, {"head10", {0}}});
+  const auto c = Join("c", {{"enc", {0, 0}}, {"head2", {0}}});
+  ASSERT_THAT(Push(a, 1, {{"enc", 0, {3, 3}}, {"head10", 0, {1}}}), IsOk());
+  ASSERT_THAT(Push(b, 1, {{"enc", 0, {6, 6}}, {"head10", 0, {3}}}), IsOk());
+  // head10 is held by a and b only: it closed without c.
+  EXPECT_EQ(Version("head10"), 1u);
+  EXPECT_THAT(Value("head10"), ElementsAre(2));
+  EXPECT_EQ(Version("enc"), 0u);  // enc still waits for c.
+  ASSERT_THAT(Push(c, 1, {{"enc", 0, {0, 0}}, {"head2", 0, {5}}}), IsOk());
+  EXPECT_THAT(Value("enc"), ElementsAre(3, 3));
+  EXPECT_THAT(Value("head2"), ElementsAre(5));
+}
+
+TEST_F(TensorStoreTest, LeavingParticipantReleasesTheRound) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {0}}});
+  const auto b = Join("b", {{"w", {0}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {4}}}), IsOk());
+  EXPECT_EQ(Version("w"), 0u);
+  ASSERT_THAT(store_->Leave(b), IsOk());
+  EXPECT_EQ(Version("w"), 1u);
+  EXPECT_THAT(Value("w"), ElementsAre(4));
+}
+
+TEST_F(TensorStoreTest, ShapeMismatchIsRefusedAndChangesNothing) {
+  MakeStore();
+  Join("a", {{"w", {1, 2}}});
+  auto joined = store_->Join(
+      "b", {Declaration{"v", {1}, {9}}, Declaration{"w", {3}, {0, 0, 0}}});
+  EXPECT_THAT(joined, StatusIs(absl::StatusCode::kAlreadyExists,
+                               HasSubstr("already exists with shape [2]")));
+  EXPECT_THAT(store_->Describe("v"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(store_->Status().workers.size(), 1u);
+  EXPECT_THAT(Value("w"), ElementsAre(1, 2));
+}
+
+TEST_F(TensorStoreTest, BadDeclarationsAreInvalid) {
+  MakeStore();
+  EXPECT_THAT(store_->Join("a", {Declaration{"", {1}, {0}}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty")));
+  EXPECT_THAT(store_->Join("a", {Declaration{"w", {0}, {}}}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(store_->Join("a", {Declaration{"w", {2}, {0}}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("needs 8")));
+  EXPECT_THAT(store_->Join("a", {Declaration{"w", {1}, {NAN}}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("NaN")));
+  EXPECT_THAT(store_->Join("bad id", {Declaration{"w", {1}, {0}}}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      store_->Join("a", {Declaration{"w", {1 << 30, 1 << 30}, {}}}),
+      StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_TRUE(store_->Status().tensors.empty());
+}
+
+TEST_F(TensorStoreTest, DuplicatePushIsAppliedOnce) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {0}}});
+  const auto b = Join("b", {{"w", {0}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {2}}}), IsOk());
+  auto again = Push(a, 1, {{"w", 0, {2}}});
+  ASSERT_THAT(again, IsOk());
+  EXPECT_TRUE((*again)[0].outcome.duplicate);
+  ASSERT_THAT(Push(b, 1, {{"w", 0, {4}}}), IsOk());
+  EXPECT_THAT(Value("w"), ElementsAre(3));  // Not (2 + 2 + 4) / 3.
+  // A resend after the round closed still answers OK with the outcome.
+  auto late_resend = Push(a, 1, {{"w", 0, {2}}});
+  ASSERT_THAT(late_resend, IsOk());
+  EXPECT_TRUE((*late_resend)[0].outcome.duplicate);
+  EXPECT_EQ((*late_resend)[0].outcome.ready_version, 1u);
+  EXPECT_EQ(Version("w"), 1u);
+}
+
+TEST_F(TensorStoreTest, InterruptedPushResumesWithoutDoubleCounting) {
+  MakeStore();
+  std::vector<float> big(3000, 1.0f);  // 3 chunks.
+  const auto a = Join("a", {{"w", std::vector<float>(3000, 0)}});
+  {
+    auto session = store_->BeginPush(PushHeader{a, 1, UpdateKind::kWeights,
+                                                1.0, {{"w", 0}}});
+    ASSERT_THAT(session, IsOk());
+    ASSERT_THAT((*session)->AddChunk(0, 0, Bytes(big, 0, kChunk)), IsOk());
+    // The stream breaks here: the session is dropped unfinished.
+  }
+  std::vector<float> resent(3000, 1.0f);
+  ASSERT_THAT(Push(a, 1, {{"w", 0, resent}}), IsOk());
+  EXPECT_EQ(Version("w"), 1u);
+  EXPECT_THAT(Value("w"), ::testing::Each(1.0f));
+}
+
+TEST_F(TensorStoreTest, LatePushIsAborted) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {0}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {1}}}), IsOk());
+  ASSERT_EQ(Version("w"), 1u);
+  EXPECT_THAT(Push(a, 2, {{"w", 0, {5}}}),
+              StatusIs(absl::StatusCode::kAborted,
+                       HasSubstr("current round is 1")));
+  EXPECT_THAT(Push(a, 3, {{"w", 7, {5}}}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("not open")));
+  EXPECT_THAT(Value("w"), ElementsAre(1));
+}
+
+TEST_F(TensorStoreTest, SecondContributionToSameRoundIsRefused) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {0}}});
+  Join("b", {{"w", {0}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {1}}}), IsOk());
+  EXPECT_THAT(Push(a, 2, {{"w", 0, {9}}}),
+              StatusIs(absl::StatusCode::kAlreadyExists));
+  EXPECT_THAT(Push(a, 0, {{"w", 0, {9}}}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST_F(TensorStoreTest, BadChunksAreRefusedAndChangeNothing) {
+  MakeStore();
+  std::vector<float> value(2000, 0.5f);
+  const auto a = Join("a", {{"w", value}});
+  auto begin = [&] {
+    return store_->BeginPush(
+        PushHeader{a, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
+  };
+  std::vector<float> payload(2000, 3.0f);
+  {
+    auto s = begin();
+    ASSERT_THAT(s, IsOk());
+    EXPECT_THAT((*s)->AddChunk(1, 0, Bytes(payload, 0, kChunk)),
+                StatusIs(absl::StatusCode::kInvalidArgument));
+  }
+  {
+    auto s = begin();
+    EXPECT_THAT((*s)->AddChunk(0, kChunk, Bytes(payload, kChunk, 3808)),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("expected offset 0")));
+  }
+  {
+    auto s = begin();
+    EXPECT_THAT((*s)->AddChunk(0, 8000, Bytes(payload, 0, 4)),
+                StatusIs(absl::StatusCode::kOutOfRange));
+  }
+  {
+    auto s = begin();
+    EXPECT_THAT((*s)->AddChunk(0, 0, Bytes(payload, 0, 100)),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("expected 4096")));
+  }
+  {
+    auto s = begin();
+    std::vector<float> nan = payload;
+    nan[5] = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_THAT((*s)->AddChunk(0, 0, Bytes(nan, 0, kChunk)),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("NaN")));
+    // The session is dead after an error.
+    EXPECT_THAT((*s)->Finish(), StatusIs(absl::StatusCode::kInvalidArgument));
+  }
+  {
+    auto s = begin();
+    EXPECT_THAT((*s)->Finish(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                         HasSubstr("after 0 of 8000")));
+  }
+  EXPECT_EQ(Version("w"), 0u);
+  EXPECT_THAT(Value("w"), ::testing::Each(0.5f));
+}
+
+TEST_F(TensorStoreTest, BadHeadersAreRefused) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {0}}});
+  Join("b", {{"v", {0}}});
+  using E = PushHeader::Entry;
+  EXPECT_THAT(store_->BeginPush({0, 1, UpdateKind::kWeights, 1, {E{"w", 0}}}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("call Join first")));
+  EXPECT_THAT(store_->BeginPush({a, 1, UpdateKind::kWeights, 1, {E{"x", 0}}}),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store_->BeginPush({a, 1, UpdateKind::kWeights, 1, {E{"v", 0}}}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("did not declare")));
+  EXPECT_THAT(store_->BeginPush({a, 1, UpdateKind::kWeights, -1, {E{"w", 0}}}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      store_->BeginPush({a, 1, UpdateKind::kWeights, 1, {E{"w", 0}, E{"w", 0}}}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("twice")));
+}
+
+TEST_F(TensorStoreTest, AsyncAppliesEveryPushOnArrival) {
+  StoreOptions options;
+  options.mode = Mode::kAsync;
+  options.async_mix = 0.5;
+  options.server_lr = 0.1;
+  options.chunk_bytes = kChunk;
+  store_ = std::move(TensorStore::Create(options)).value();
+  const auto a = Join("a", {{"w", {0, 0}}});
+  Join("b", {{"w", {0, 0}}});
+  auto pushed = Push(a, 1, {{"w", 0, {4, 8}}});
+  ASSERT_THAT(pushed, IsOk());
+  EXPECT_EQ((*pushed)[0].outcome.ready_version, 1u);
+  EXPECT_THAT(Value("w"), ElementsAre(2, 4));  // Halfway toward the push.
+  ASSERT_THAT(Push(a, 2, {{"w", 0, {10, 20}}}, 1, UpdateKind::kDelta), IsOk());
+  EXPECT_THAT(Value("w"), ElementsAre(3, 6));  // += 0.1 * delta.
+  EXPECT_EQ(Version("w"), 2u);
+}
+
+TEST_F(TensorStoreTest, RoundKeepsNoPerWorkerBuffers) {
+  MakeStore();
+  constexpr int kWorkers = 8;
+  const std::vector<float> zero(64 * 1024, 0.0f);  // 256 KiB, 64 chunks.
+  std::vector<std::uint64_t> leases;
+  for (int w = 0; w < kWorkers; ++w) {
+    leases.push_back(Join("w" + std::to_string(w), {{"t", zero}}));
+  }
+  std::vector<std::unique_ptr<PushSession>> sessions;
+  const std::vector<float> ones(zero.size(), 1.0f);
+  for (int w = 0; w < kWorkers; ++w) {
+    auto s = store_->BeginPush(PushHeader{leases[w], 1, UpdateKind::kWeights,
+                                          1.0, {{"t", 0}}});
+    ASSERT_THAT(s, IsOk());
+    // Every worker has half its payload in flight at once.
+    for (std::uint64_t off = 0; off < zero.size() * 2; off += kChunk) {
+      ASSERT_THAT((*s)->AddChunk(0, off, Bytes(ones, off, kChunk)), IsOk());
+    }
+    sessions.push_back(std::move(*s));
+  }
+  const std::uint64_t tensor_bytes = zero.size() * 4;
+  // Value plus one accumulator (and per-chunk weights), whatever W is.
+  EXPECT_LE(store_->AllocatedBytes(), 2 * tensor_bytes + 4096);
+  EXPECT_GE(store_->AllocatedBytes(), 2 * tensor_bytes);
+}
+
+TEST_F(TensorStoreTest, WaitForVersionsFiresWhenAllArrive) {
+  MakeStore();
+  const auto a = Join("a", {{"x", {0}}, {"y", {0}}});
+  std::vector<absl::Status> fired;
+  auto wait = store_->WaitForVersions(
+      {{"x", 1}, {"y", 1}}, [&](absl::Status s) { fired.push_back(s); });
+  ASSERT_THAT(wait, IsOk());
+  ASSERT_THAT(Push(a, 1, {{"x", 0, {1}}}), IsOk());
+  EXPECT_TRUE(fired.empty());
+  ASSERT_THAT(Push(a, 2, {{"y", 0, {1}}}), IsOk());
+  ASSERT_EQ(fired.size(), 1u);
+  EXPECT_THAT(fired[0], IsOk());
+  EXPECT_FALSE((*wait)->Cancel());
+}
+
+TEST_F(TensorStoreTest, WaitAlreadySatisfiedFiresImmediately) {
+  MakeStore();
+  Join("a", {{"x", {0}}});
+  int fired = 0;
+  auto wait = store_->WaitForVersions({{"x", 0}}, [&](absl::Status) { ++fired; });
+  ASSERT_THAT(wait, IsOk());
+  EXPECT_EQ(fired, 1);
+  EXPECT_THAT(store_->WaitForVersions({{"nope", 0}}, [](absl::Status) {}),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(TensorStoreTest, CancelledWaitNeverFires) {
+  MakeStore();
+  const auto a = Join("a", {{"x", {0}}});
+  int fired = 0;
+  auto wait = store_->WaitForVersions({{"x", 1}}, [&](absl::Status) { ++fired; });
+  ASSERT_THAT(wait, IsOk());
+  EXPECT_TRUE((*wait)->Cancel());
+  ASSERT_THAT(Push(a, 1, {{"x", 0, {1}}}), IsOk());
+  EXPECT_EQ(fired, 0);
+}
+
+TEST_F(TensorStoreTest, CloseFailsWaitersAndRefusesWork) {
+  MakeStore();
+  const auto a = Join("a", {{"x", {0}}});
+  std::vector<absl::Status> fired;
+  auto wait = store_->WaitForVersions(
+      {{"x", 5}}, [&](absl::Status s) { fired.push_back(s); });
+  ASSERT_THAT(wait, IsOk());
+  store_->Close();
+  ASSERT_EQ(fired.size(), 1u);
+  EXPECT_THAT(fired[0], StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(Push(a, 1, {{"x", 0, {1}}}),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(store_->Join("b", {Declaration{"x", {1}, {0}}}),
+              StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST_F(TensorStoreTest, RejoinIsNeverCountedTwice) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {0}}});
+  Join("b", {{"w", {0}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {2}}}), IsOk());
+  // a restarts and re-joins: its old lease dies, its contribution stays.
+  auto rejoined = store_->Join("a", {Declaration{"w", {1}, {0}}});
+  ASSERT_THAT(rejoined, IsOk());
+  EXPECT_EQ(rejoined->next_sequence, 2u);
+  EXPECT_THAT(Push(a, 2, {{"w", 0, {2}}}),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(Push(rejoined->lease_id, 2, {{"w", 0, {2}}}),
+              StatusIs(absl::StatusCode::kAlreadyExists));
+  EXPECT_EQ(store_->Describe("w")->participants, 2u);
+}
+
+// Many workers push many rounds concurrently while pullers snapshot; run
+// under TSan by scripts/test.sh.
+TEST_F(TensorStoreTest, ConcurrentRoundsAverageCorrectly) {
+  MakeStore();
+  constexpr int kWorkers = 4;
+  constexpr int kRounds = 30;
+  const std::vector<float> zero(2500, 0.0f);  // 3 chunks.
+  std::vector<std::uint64_t> leases;
+  for (int w = 0; w < kWorkers; ++w) {
+    leases.push_back(Join("w" + std::to_string(w), {{"t", zero}}));
+  }
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int w = 0; w < kWorkers; ++w) {
+    threads.emplace_back([&, w] {
+      for (int r = 0; r < kRounds; ++r) {
+        // Worker w pushes the value (w + 1); the mean is 2.5 every round.
+        std::vector<float> mine(zero.size(), static_cast<float>(w + 1));
+        if (!Push(leases[w], r + 1, {{"t", static_cast<std::uint64_t>(r), mine}})
+                 .ok()) {
+          ++failures;
+          return;
+        }
+        absl::Notification done;
+        auto wait = store_->WaitForVersions(
+            {{"t", static_cast<std::uint64_t>(r + 1)}},
+            [&](absl::Status) { done.Notify(); });
+        if (!wait.ok() ||
+            !done.WaitForNotificationWithTimeout(absl::Seconds(30))) {
+          ++failures;
+          return;
+        }
+        auto snap = store_->Snapshot({"t"});
+        if (!snap.ok() || (*(*snap)[0].value)[0] != 2.5f) ++failures;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(Version("t"), static_cast<std::uint64_t>(kRounds));
+  EXPECT_EQ(closed_.size(), static_cast<std::size_t>(kRounds));
+}
+
+}  // namespace
+}  // namespace weightd::core
