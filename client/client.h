@@ -144,6 +144,7 @@ class Client {
   std::uint64_t lease_id_ = 0;
   std::uint64_t chunk_bytes_ = 0;
   std::uint64_t next_sequence_ = 1;
+  bool sync_mode_ = true;
   absl::flat_hash_map<std::string, Tracked> tracked_;
   ClientStats stats_;
 };

@@ -1,0 +1,138 @@
+// weightd: the parameter server daemon.
+//
+// flags / WEIGHTD_* env -> ServerOptions -> Server -> wait for SIGTERM/SIGINT.
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/env_flags.h"
+#include "common/wire.h"
+#include "server/service/server.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:7070",
+          "Address to serve gRPC on: HOST:PORT (PORT 0 picks a free port) or "
+          "unix:PATH for a Unix-domain socket.");
+ABSL_FLAG(std::string, mode, "sync",
+          "sync: a tensor's round closes when every worker holding it has "
+          "pushed; async: every push is applied on arrival.");
+ABSL_FLAG(double, server_lr, 1.0,
+          "Server learning rate for delta updates: value += server_lr * "
+          "(mean) delta.");
+ABSL_FLAG(double, async_mix, 0.5,
+          "Async weights pushes: value += async_mix * (pushed - value). In "
+          "(0, 1].");
+ABSL_FLAG(uint64_t, chunk_bytes, weightd::kDefaultChunkBytes,
+          "Size of the chunks tensors travel in, in bytes; a multiple of 4 "
+          "between 4 KiB and 16 MiB.");
+ABSL_FLAG(uint64_t, max_tensor_bytes, uint64_t{4} << 30,
+          "Largest tensor a worker may declare, in bytes.");
+ABSL_FLAG(bool, allow_non_finite, false,
+          "Accept NaN and Inf in pushed values (rejected by default).");
+ABSL_FLAG(std::string, log_level, "info",
+          "Log level: trace, debug, info, warn, error, off.");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
+          "On SIGTERM/SIGINT, how long in-flight calls may finish before "
+          "they are cancelled.");
+ABSL_FLAG(std::string, ready_file, "",
+          "If set, write the address clients can dial to this file once "
+          "serving (for scripts that start weightd on port 0).");
+
+namespace {
+
+constexpr const char* kUsage =
+    "weightd: holds shared weight tensors; workers push what they learned "
+    "and pull the average.\n\n"
+    "Usage: weightd [--flag=value ...]\n"
+    "Every flag can also be set through the environment as WEIGHTD_<FLAG> "
+    "(e.g. WEIGHTD_LISTEN=0.0.0.0:7070); the command line wins.";
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "weightd: %s\n", message.c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  weightd::ShowFlagsOfFileInHelp("server/main.cc");
+  absl::SetProgramUsageMessage(kUsage);
+  const std::vector<std::string> flag_names = {
+      "listen",        "mode",         "server_lr",      "async_mix",
+      "chunk_bytes",   "max_tensor_bytes", "allow_non_finite", "log_level",
+      "shutdown_grace", "ready_file"};
+  if (absl::Status s = weightd::ApplyEnvironmentToFlags("WEIGHTD_", flag_names);
+      !s.ok()) {
+    return Fail(std::string(s.message()));
+  }
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() > 1) {
+    return Fail(absl::StrCat("unexpected argument \"", positional[1],
+                             "\"; see --help"));
+  }
+
+  const std::string level = absl::GetFlag(FLAGS_log_level);
+  const spdlog::level::level_enum parsed = spdlog::level::from_str(level);
+  if (parsed == spdlog::level::off && level != "off") {
+    return Fail(absl::StrCat("--log_level=", level, " is not a log level"));
+  }
+  spdlog::set_level(parsed);
+
+  weightd::service::ServerOptions options;
+  options.listen_address = absl::GetFlag(FLAGS_listen);
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  if (mode == "sync") {
+    options.store.mode = weightd::core::Mode::kSync;
+  } else if (mode == "async") {
+    options.store.mode = weightd::core::Mode::kAsync;
+  } else {
+    return Fail(absl::StrCat("--mode=", mode, ": use sync or async"));
+  }
+  options.store.server_lr = absl::GetFlag(FLAGS_server_lr);
+  options.store.async_mix = absl::GetFlag(FLAGS_async_mix);
+  options.store.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
+  options.store.max_tensor_bytes = absl::GetFlag(FLAGS_max_tensor_bytes);
+  options.store.allow_non_finite = absl::GetFlag(FLAGS_allow_non_finite);
+  options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
+
+  // Signals are taken synchronously by sigwait below; block them before any
+  // gRPC thread exists so that every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto server = weightd::service::Server::Start(options);
+  if (!server.ok()) return Fail(std::string(server.status().message()));
+  spdlog::info("weightd serving on {} (mode={} chunk_bytes={} server_lr={})",
+               (*server)->address(), mode, options.store.chunk_bytes,
+               options.store.server_lr);
+
+  const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
+  if (!ready_file.empty()) {
+    // Write then rename, so a reader never sees a partial address.
+    const std::string tmp = ready_file + ".tmp";
+    std::ofstream(tmp) << (*server)->address() << "\n";
+    if (std::rename(tmp.c_str(), ready_file.c_str()) != 0) {
+      return Fail(absl::StrCat("cannot write --ready_file ", ready_file));
+    }
+  }
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  spdlog::info("received {}; draining (grace {})",
+               signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
+               absl::FormatDuration(options.shutdown_grace));
+  (*server)->Shutdown();
+  spdlog::info("weightd stopped");
+  return 0;
+}

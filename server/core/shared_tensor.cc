@@ -64,7 +64,8 @@ absl::Status SharedTensor::CheckNewLocked(const ContributionKey& key,
         "round ", key.round, " of tensor ", name_,
         " is not open; the current round is ", version_));
   }
-  if (previous != nullptr && previous->round == version_) {
+  if (previous != nullptr && previous->round == version_ &&
+      (previous->complete || previous->progress > 0)) {
     if (previous->complete) {
       return absl::AlreadyExistsError(absl::StrCat(
           "worker ", key.worker, " already contributed to round ", version_,
@@ -99,6 +100,13 @@ absl::Status SharedTensor::CheckContribution(const ContributionKey& key) const {
 absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
                                     std::uint64_t offset, const char* data,
                                     std::uint64_t length) {
+  const std::uint64_t count = length / 4;
+  // Checked before the lock and before any state changes.
+  if (!options_->allow_non_finite && !AllFinite(data, count)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk at byte ", offset, " of tensor ", name_,
+        " contains NaN or Inf; nothing of it was applied"));
+  }
   absl::MutexLock lock(&mu_);
   auto it = contributions_.find(key.worker);
   if (it == contributions_.end() || it->second.sequence != key.sequence) {
@@ -123,12 +131,6 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
         "round ", c.round, " of tensor ", name_,
         " closed before this push completed; the current round is ",
         version_));
-  }
-  const std::uint64_t count = length / 4;
-  if (!options_->allow_non_finite && !AllFinite(data, count)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk at byte ", offset, " of tensor ", name_,
-        " contains NaN or Inf; nothing of it was applied"));
   }
   if (acc_.size() != elements_) {
     acc_.assign(elements_, 0.0f);
@@ -269,7 +271,7 @@ void SharedTensor::CloseRoundLocked(Deferred& deferred) {
 
 TensorSnapshot SharedTensor::Snapshot() const {
   absl::MutexLock lock(&mu_);
-  return TensorSnapshot{value_, version_};
+  return TensorSnapshot{value_, version_, shape_};
 }
 
 std::uint64_t SharedTensor::version() const {

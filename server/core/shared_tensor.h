@@ -48,6 +48,7 @@ using TensorValue = std::shared_ptr<const std::vector<float>>;
 struct TensorSnapshot {
   TensorValue value;
   std::uint64_t version = 0;
+  std::vector<std::int64_t> shape;
 };
 
 // What a completed (or re-sent) push of one tensor produced.

@@ -102,6 +102,7 @@ absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
     error_ = status;
     return status;
   };
+  if (store_->closed()) return fail(Closed());
   if (index >= tensors_.size()) {
     return fail(absl::InvalidArgumentError(
         absl::StrCat("chunk names tensor index ", index, "; the push lists ",
@@ -139,6 +140,7 @@ absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
 
 absl::StatusOr<std::vector<PushResult>> PushSession::Finish() {
   if (!error_.ok()) return error_;
+  if (store_->closed()) return error_ = Closed();
   for (std::size_t i = 0; i < tensors_.size(); ++i) {
     if (next_offset_[i] != tensors_[i]->bytes()) {
       error_ = absl::InvalidArgumentError(absl::StrCat(
@@ -258,7 +260,7 @@ absl::StatusOr<JoinResult> TensorStore::Join(
 
   Deferred deferred;  // Runs after the lock is released.
   absl::MutexLock lock(&mu_);
-  if (closed_) return Closed();
+  if (closed()) return Closed();
   for (const Declaration& d : declarations) {
     auto it = tensors_.find(d.name);
     if (it != tensors_.end() && it->second->shape() != d.shape) {
@@ -341,7 +343,7 @@ absl::StatusOr<std::unique_ptr<PushSession>> TensorStore::BeginPush(
   }
 
   absl::MutexLock lock(&mu_);
-  if (closed_) return Closed();
+  if (closed()) return Closed();
   WEIGHTD_ASSIGN_OR_RETURN(Worker * worker,
                            WorkerForLeaseLocked(header.lease_id));
   std::vector<std::shared_ptr<SharedTensor>> tensors;
@@ -382,7 +384,7 @@ absl::StatusOr<std::unique_ptr<VersionWait>> TensorStore::WaitForVersions(
   }
   {
     absl::ReaderMutexLock lock(&mu_);
-    if (closed_) return Closed();
+    if (closed()) return Closed();
     std::vector<std::shared_ptr<SharedTensor>> tensors;
     for (const auto& [name, version] : request) {
       WEIGHTD_ASSIGN_OR_RETURN(std::shared_ptr<SharedTensor> tensor,
@@ -463,8 +465,8 @@ std::uint64_t TensorStore::AllocatedBytes() const {
 void TensorStore::Close() {
   Deferred deferred;
   absl::MutexLock lock(&mu_);
-  if (closed_) return;
-  closed_ = true;
+  if (closed()) return;
+  closing_.store(true, std::memory_order_release);
   const absl::Status status = Closed();
   for (const auto& [name, tensor] : tensors_) {
     tensor->FailWaiters(status, deferred);

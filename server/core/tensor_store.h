@@ -100,7 +100,8 @@ class PushSession {
 
   const PushHeader& header() const { return header_; }
 
-  // Applies one chunk of header().entries[index]. INVALID_ARGUMENT for an
+  // Applies one chunk of header().entries[index]. UNAVAILABLE once the store
+  // is closing; INVALID_ARGUMENT for an
   // index past the list, an offset out of order or unaligned, a wrong
   // length, or NaN/Inf; OUT_OF_RANGE for an offset past the tensor's end;
   // plus the codes of SharedTensor::AddChunk. After an error the session is
@@ -193,6 +194,9 @@ class TensorStore {
   // Bytes held by all tensors' values and accumulators.
   std::uint64_t AllocatedBytes() const;
 
+  // True once Close() was called.
+  bool closed() const { return closing_.load(std::memory_order_acquire); }
+
   // Refuses new work (UNAVAILABLE) and fails every pending version wait
   // with UNAVAILABLE. Idempotent.
   void Close();
@@ -214,9 +218,10 @@ class TensorStore {
 
   StoreOptions options_;
   std::atomic<std::uint64_t> rounds_closed_{0};
+  // Written under mu_ (so waits registered under mu_ see it), read anywhere.
+  std::atomic<bool> closing_{false};
 
   mutable absl::Mutex mu_;
-  bool closed_ ABSL_GUARDED_BY(mu_) = false;
   absl::flat_hash_map<std::string, std::shared_ptr<SharedTensor>> tensors_
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);

@@ -324,6 +324,16 @@ TEST_F(TensorStoreTest, BadChunksAreRefusedAndChangeNothing) {
   EXPECT_THAT(Value("w"), ::testing::Each(0.5f));
 }
 
+TEST_F(TensorStoreTest, RejectedPushDoesNotBlockTheNextOne) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {0, 0}}});
+  EXPECT_THAT(Push(a, 1, {{"w", 0, {1, NAN}}}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  // Nothing of sequence 1 was applied: a fresh sequence may take the round.
+  ASSERT_THAT(Push(a, 2, {{"w", 0, {1, 2}}}), IsOk());
+  EXPECT_THAT(Value("w"), ElementsAre(1, 2));
+}
+
 TEST_F(TensorStoreTest, BadHeadersAreRefused) {
   MakeStore();
   const auto a = Join("a", {{"w", {0}}});

@@ -1,0 +1,374 @@
+#include "client/client.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "common/grpc_status.h"
+#include "common/names.h"
+#include "common/status_macros.h"
+#include "common/wire.h"
+#include "weightd/v1/weightd.grpc.pb.h"
+
+namespace weightd {
+namespace {
+
+// Room for headers listing thousands of tensors next to a chunk.
+constexpr int kMaxMessageBytes = 64 << 20;
+
+std::uint64_t ElementsOf(const std::vector<std::int64_t>& shape) {
+  std::uint64_t n = 1;
+  for (std::int64_t d : shape) n *= d < 0 ? 0 : static_cast<std::uint64_t>(d);
+  return n;
+}
+
+absl::Status Annotate(const grpc::Status& status, absl::string_view call) {
+  absl::Status s = FromGrpcStatus(status);
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrCat(call, ": ", s.message()));
+}
+
+// Reads a pull-shaped stream (header, then chunks) into the callers' spans.
+// Checks everything the server sends: a bad server cannot make the client
+// write outside the spans. UNAVAILABLE if the stream ended early (Finish()
+// then says why); DATA_LOSS if the server sent something malformed, after
+// cancelling the call so that Finish() does not wait for the rest.
+template <typename Response, typename Stream>
+absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
+                         absl::Span<const TensorRef> tensors,
+                         std::vector<std::uint64_t>& versions,
+                         std::uint64_t& bytes_read) {
+  auto malformed = [&context](absl::string_view what) {
+    context.TryCancel();
+    return absl::DataLossError(absl::StrCat("server sent ", what));
+  };
+  Response msg;
+  if (!stream.Read(&msg)) {
+    return absl::UnavailableError("stream ended before the pull header");
+  }
+  if (!msg.has_header() ||
+      msg.header().tensors_size() != static_cast<int>(tensors.size())) {
+    return malformed("a malformed pull header");
+  }
+  versions.resize(tensors.size());
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const v1::TensorInfo& info = msg.header().tensors(static_cast<int>(i));
+    if (info.name() != tensors[i].name ||
+        ElementsOf({info.shape().begin(), info.shape().end()}) !=
+            tensors[i].data.size()) {
+      return malformed(absl::StrCat("tensor ", info.name(), " for ",
+                                    tensors[i].name, " or a different size"));
+    }
+    versions[i] = info.version();
+  }
+  std::vector<std::uint64_t> next(tensors.size(), 0);
+  while (stream.Read(&msg)) {
+    if (!msg.has_chunk()) {
+      return malformed("a second pull header");
+    }
+    const v1::TensorChunk& chunk = msg.chunk();
+    const std::uint32_t i = chunk.tensor_index();
+    if (i >= tensors.size() || chunk.offset() != next[i] ||
+        chunk.offset() + chunk.data().size() >
+            tensors[i].data.size() * kFloatBytes) {
+      return malformed("a chunk out of place");
+    }
+    std::memcpy(reinterpret_cast<char*>(tensors[i].data.data()) +
+                    chunk.offset(),
+                chunk.data().data(), chunk.data().size());
+    next[i] += chunk.data().size();
+    bytes_read += chunk.data().size();
+  }
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    if (next[i] != tensors[i].data.size() * kFloatBytes) {
+      return absl::DataLossError(absl::StrCat(
+          "pull of ", tensors[i].name, " ended after ", next[i], " bytes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Writes chunks of one payload, reusing one message so the chunk buffer is
+// allocated once per call.
+template <typename Request, typename Stream>
+bool WriteChunks(Stream& stream, std::uint32_t index,
+                 absl::Span<const float> data, std::uint64_t chunk_bytes,
+                 Request& msg, std::uint64_t& bytes_written) {
+  const std::uint64_t bytes = data.size() * kFloatBytes;
+  const char* base = reinterpret_cast<const char*>(data.data());
+  for (std::uint64_t off = 0; off < bytes; off += chunk_bytes) {
+    const std::uint64_t len = ChunkLength(bytes, chunk_bytes, off);
+    v1::TensorChunk* chunk;
+    if constexpr (std::is_same_v<Request, v1::JoinRequest>) {
+      chunk = msg.mutable_initial_value();
+    } else {
+      chunk = msg.mutable_chunk();
+    }
+    chunk->set_tensor_index(index);
+    chunk->set_offset(off);
+    chunk->mutable_data()->assign(base + off, len);
+    if (!stream.Write(msg)) return false;
+    bytes_written += len;
+  }
+  return true;
+}
+
+}  // namespace
+
+struct Client::Channel {
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Weightd::Stub> stub;
+};
+
+Client::Client(ClientOptions options, std::unique_ptr<Channel> channel)
+    : options_(std::move(options)),
+      worker_id_(options_.worker_id),
+      channel_(std::move(channel)) {}
+
+Client::~Client() = default;
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
+    const ClientOptions& options) {
+  WEIGHTD_RETURN_IF_ERROR(ValidateName("worker id", options.worker_id));
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  auto channel = std::make_unique<Channel>();
+  channel->channel = grpc::CreateCustomChannel(
+      options.address, grpc::InsecureChannelCredentials(), args);
+  channel->stub = v1::Weightd::NewStub(channel->channel);
+  const auto deadline = std::chrono::system_clock::now() +
+                        absl::ToChronoMilliseconds(options.connect_timeout);
+  if (!channel->channel->WaitForConnected(deadline)) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot reach weightd at ", options.address, " within ",
+                     absl::FormatDuration(options.connect_timeout)));
+  }
+  std::unique_ptr<Client> client(new Client(options, std::move(channel)));
+  // The chunk size is the server's: learn it before sending any payload.
+  grpc::ClientContext context;
+  context.set_deadline(deadline);
+  v1::GetStatusResponse status;
+  WEIGHTD_RETURN_IF_ERROR(Annotate(
+      client->channel_->stub->GetStatus(&context, {}, &status), "GetStatus"));
+  client->chunk_bytes_ = status.chunk_bytes();
+  if (client->chunk_bytes_ < kMinChunkBytes ||
+      client->chunk_bytes_ % kFloatBytes != 0) {
+    return absl::DataLossError("server announced an invalid chunk size");
+  }
+  return client;
+}
+
+absl::Status Client::CheckRefs(absl::Span<const TensorRef> tensors) const {
+  if (tensors.empty()) return absl::InvalidArgumentError("no tensors given");
+  for (const TensorRef& t : tensors) {
+    auto it = tracked_.find(t.name);
+    if (it == tracked_.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("tensor ", t.name, " was not declared in Join"));
+    }
+    if (t.data.size() != it->second.elements) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("buffer of tensor ", t.name, " holds ", t.data.size(),
+                       " floats; its shape needs ", it->second.elements));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Client::Join(absl::Span<const TensorRef> tensors) {
+  if (tensors.empty()) return absl::InvalidArgumentError("no tensors given");
+  for (const TensorRef& t : tensors) {
+    if (t.data.size() != ElementsOf(t.shape)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "buffer of tensor ", t.name, " holds ", t.data.size(),
+          " floats; shape [", absl::StrJoin(t.shape, ","), "] needs ",
+          ElementsOf(t.shape)));
+    }
+  }
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(options_.call_timeout));
+  v1::JoinResponse response;
+  auto stream = channel_->stub->Join(&context, &response);
+  v1::JoinRequest msg;
+  v1::JoinHeader* header = msg.mutable_header();
+  header->set_worker_id(worker_id_);
+  for (const TensorRef& t : tensors) {
+    v1::TensorDeclaration* d = header->add_tensors();
+    d->set_name(t.name);
+    for (std::int64_t dim : t.shape) d->add_shape(dim);
+  }
+  bool ok = stream->Write(msg);
+  msg.Clear();
+  for (std::uint32_t i = 0; ok && i < tensors.size(); ++i) {
+    ok = WriteChunks(*stream, i, tensors[i].data, chunk_bytes_, msg,
+                     stats_.bytes_pushed);
+  }
+  if (ok) stream->WritesDone();
+  WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Join"));
+  if (response.tensors_size() != static_cast<int>(tensors.size())) {
+    return absl::DataLossError("server answered Join for other tensors");
+  }
+  lease_id_ = response.lease_id();
+  chunk_bytes_ = response.chunk_bytes();
+  sync_mode_ = response.mode() != v1::MODE_ASYNC;
+  next_sequence_ = response.next_sequence();
+  tracked_.clear();
+  std::vector<TensorRef> existing;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const v1::JoinedTensor& joined = response.tensors(static_cast<int>(i));
+    Tracked& t = tracked_[tensors[i].name];
+    t.shape = tensors[i].shape;
+    t.elements = tensors[i].data.size();
+    t.version = joined.info().version();
+    t.wait_version = 0;
+    if (!joined.created()) existing.push_back(tensors[i]);
+  }
+  // Weight transfer: a model joining later starts from the shared value.
+  if (!existing.empty()) WEIGHTD_RETURN_IF_ERROR(Pull(existing));
+  return absl::OkStatus();
+}
+
+absl::Status Client::Push(absl::Span<const TensorRef> tensors,
+                          const PushOptions& options) {
+  return DoPush(tensors, options, /*pull_result=*/false);
+}
+
+absl::Status Client::PushPull(absl::Span<const TensorRef> tensors,
+                              const PushOptions& options) {
+  return DoPush(tensors, options, /*pull_result=*/true);
+}
+
+absl::Status Client::DoPush(absl::Span<const TensorRef> tensors,
+                            const PushOptions& options, bool pull_result) {
+  WEIGHTD_RETURN_IF_ERROR(CheckRefs(tensors));
+  v1::PushHeader header;
+  header.set_lease_id(lease_id_);
+  header.set_sequence(next_sequence_++);
+  header.set_kind(options.kind == UpdateKind::kWeights ? v1::UPDATE_KIND_WEIGHTS
+                                                       : v1::UPDATE_KIND_DELTA);
+  header.set_weight(options.weight);
+  for (const TensorRef& t : tensors) {
+    v1::PushedTensor* p = header.add_tensors();
+    p->set_name(t.name);
+    p->set_round(tracked_.at(t.name).version);
+  }
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(options_.call_timeout));
+
+  if (!pull_result) {
+    v1::PushResponse response;
+    auto stream = channel_->stub->Push(&context, &response);
+    v1::PushRequest msg;
+    *msg.mutable_header() = header;
+    bool ok = stream->Write(msg);
+    msg.Clear();
+    for (std::uint32_t i = 0; ok && i < tensors.size(); ++i) {
+      ok = WriteChunks(*stream, i, tensors[i].data, chunk_bytes_, msg,
+                       stats_.bytes_pushed);
+    }
+    if (ok) stream->WritesDone();
+    WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Push"));
+    if (response.tensors_size() != static_cast<int>(tensors.size())) {
+      return absl::DataLossError("server answered Push for other tensors");
+    }
+    for (const v1::PushedResult& r : response.tensors()) {
+      Tracked& t = tracked_.at(r.name());
+      // Sync: the round's result is the next version. Async: the version
+      // this push produced.
+      t.wait_version = sync_mode_ ? r.round() + 1 : r.round();
+    }
+    return absl::OkStatus();
+  }
+
+  auto stream = channel_->stub->PushPull(&context);
+  v1::PushPullRequest msg;
+  *msg.mutable_header() = header;
+  bool ok = stream->Write(msg);
+  msg.Clear();
+  for (std::uint32_t i = 0; ok && i < tensors.size(); ++i) {
+    ok = WriteChunks(*stream, i, tensors[i].data, chunk_bytes_, msg,
+                     stats_.bytes_pushed);
+  }
+  if (ok) stream->WritesDone();
+  std::vector<std::uint64_t> versions;
+  absl::Status read = ReadTensors<v1::PushPullResponse>(
+      *stream, context, tensors, versions, stats_.bytes_pulled);
+  WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "PushPull"));
+  WEIGHTD_RETURN_IF_ERROR(read);
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    Tracked& t = tracked_.at(tensors[i].name);
+    t.version = versions[i];
+    t.wait_version = 0;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Client::Pull(absl::Span<const TensorRef> tensors) {
+  WEIGHTD_RETURN_IF_ERROR(CheckRefs(tensors));
+  v1::PullRequest request;
+  request.set_lease_id(lease_id_);
+  for (const TensorRef& t : tensors) {
+    v1::PulledTensor* p = request.add_tensors();
+    p->set_name(t.name);
+    p->set_min_version(tracked_.at(t.name).wait_version);
+  }
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(options_.call_timeout));
+  auto stream = channel_->stub->Pull(&context, request);
+  std::vector<std::uint64_t> versions;
+  absl::Status read = ReadTensors<v1::PullResponse>(
+      *stream, context, tensors, versions, stats_.bytes_pulled);
+  WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Pull"));
+  WEIGHTD_RETURN_IF_ERROR(read);
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    Tracked& t = tracked_.at(tensors[i].name);
+    t.version = versions[i];
+    t.wait_version = 0;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Client::Leave() {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(options_.call_timeout));
+  v1::LeaveRequest request;
+  request.set_lease_id(lease_id_);
+  v1::LeaveResponse response;
+  WEIGHTD_RETURN_IF_ERROR(Annotate(
+      channel_->stub->Leave(&context, request, &response), "Leave"));
+  lease_id_ = 0;
+  tracked_.clear();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ServerStatus> Client::GetStatus() {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(options_.call_timeout));
+  v1::GetStatusResponse response;
+  WEIGHTD_RETURN_IF_ERROR(Annotate(
+      channel_->stub->GetStatus(&context, {}, &response), "GetStatus"));
+  return ServerStatus{response.bytes_received(), response.bytes_sent(),
+                      response.rounds_closed()};
+}
+
+absl::StatusOr<std::uint64_t> Client::Version(const std::string& name) const {
+  auto it = tracked_.find(name);
+  if (it == tracked_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("tensor ", name, " was not declared in Join"));
+  }
+  return it->second.version;
+}
+
+}  // namespace weightd

@@ -1,0 +1,69 @@
+// Server: a running weightd endpoint (store + gRPC service + health), as the
+// daemon and the service tests use it.
+#ifndef WEIGHTD_SERVER_SERVICE_SERVER_H_
+#define WEIGHTD_SERVER_SERVICE_SERVER_H_
+
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/core/options.h"
+#include "server/core/tensor_store.h"
+
+namespace grpc {
+class Server;
+}  // namespace grpc
+
+namespace weightd::service {
+
+class WeightdService;
+
+struct ServerOptions {
+  // gRPC listen address: "127.0.0.1:7070", "0.0.0.0:0" (any free port),
+  // "unix:/path.sock".
+  std::string listen_address = "127.0.0.1:7070";
+  core::StoreOptions store;
+  // How long Shutdown() lets in-flight calls finish before cancelling them.
+  absl::Duration shutdown_grace = absl::Seconds(5);
+  // Log one info line per closed round.
+  bool log_rounds = true;
+};
+
+class Server {
+ public:
+  // Binds, starts serving and marks health SERVING. INVALID_ARGUMENT for bad
+  // options; UNAVAILABLE if the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options);
+  ~Server();  // Shutdown() if still running.
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // The port actually bound (useful with port 0); 0 for unix sockets.
+  int port() const { return port_; }
+  // An address clients can dial, e.g. "127.0.0.1:41234".
+  const std::string& address() const { return address_; }
+  core::TensorStore& store() { return *store_; }
+  const WeightdService& service() const { return *service_; }
+
+  // Graceful stop: health NOT_SERVING, waiting calls end with UNAVAILABLE,
+  // new calls are refused, in-flight streams get `shutdown_grace` to finish.
+  // Idempotent; thread-safe.
+  void Shutdown();
+
+ private:
+  Server() = default;
+
+  ServerOptions options_;
+  int port_ = 0;
+  std::string address_;
+  std::unique_ptr<core::TensorStore> store_;
+  std::unique_ptr<WeightdService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::once_flag shutdown_once_;
+};
+
+}  // namespace weightd::service
+
+#endif  // WEIGHTD_SERVER_SERVICE_SERVER_H_

@@ -1,0 +1,550 @@
+#include "server/service/weightd_service.h"
+
+#include <cstring>
+#include <optional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/grpc_status.h"
+#include "common/status_macros.h"
+#include "common/wire.h"
+
+namespace weightd::service {
+namespace {
+
+absl::StatusOr<core::UpdateKind> KindFromProto(v1::UpdateKind kind) {
+  switch (kind) {
+    case v1::UPDATE_KIND_WEIGHTS:
+      return core::UpdateKind::kWeights;
+    case v1::UPDATE_KIND_DELTA:
+      return core::UpdateKind::kDelta;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("push header has update kind ", static_cast<int>(kind),
+                       "; use UPDATE_KIND_WEIGHTS or UPDATE_KIND_DELTA"));
+  }
+}
+
+v1::Mode ModeToProto(core::Mode mode) {
+  return mode == core::Mode::kSync ? v1::MODE_SYNC : v1::MODE_ASYNC;
+}
+
+void InfoToProto(const core::TensorInfo& info, v1::TensorInfo* out) {
+  out->set_name(info.name);
+  for (std::int64_t d : info.shape) out->add_shape(d);
+  out->set_version(info.version);
+  out->set_participants(info.participants);
+  out->set_contributed(info.contributed);
+}
+
+absl::StatusOr<core::PushHeader> PushHeaderFromProto(const v1::PushHeader& h) {
+  core::PushHeader header;
+  header.lease_id = h.lease_id();
+  header.sequence = h.sequence();
+  WEIGHTD_ASSIGN_OR_RETURN(header.kind, KindFromProto(h.kind()));
+  header.weight = h.has_weight() ? h.weight() : 1.0;
+  header.entries.reserve(h.tensors_size());
+  for (const v1::PushedTensor& t : h.tensors()) {
+    header.entries.push_back({t.name(), t.round()});
+  }
+  return header;
+}
+
+absl::Status MissingHeader(absl::string_view call) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the first message of a ", call, " call must carry the header"));
+}
+
+absl::Status RepeatedHeader(absl::string_view call) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("a ", call, " call carries exactly one header"));
+}
+
+// Streams snapshots of tensors as one header message, then their chunks.
+template <typename Response>
+class TensorStreamer {
+ public:
+  TensorStreamer(std::vector<std::string> names,
+                 std::vector<core::TensorSnapshot> snapshots,
+                 std::uint64_t chunk_bytes)
+      : names_(std::move(names)),
+        snapshots_(std::move(snapshots)),
+        chunk_bytes_(chunk_bytes) {}
+
+  // Fills `msg` with the next message and returns its payload bytes, or
+  // returns nullopt when everything was sent.
+  std::optional<std::uint64_t> Next(Response* msg) {
+    if (!header_sent_) {
+      header_sent_ = true;
+      v1::PullHeader* header = msg->mutable_header();
+      for (std::size_t i = 0; i < snapshots_.size(); ++i) {
+        v1::TensorInfo* info = header->add_tensors();
+        info->set_name(names_[i]);
+        for (std::int64_t d : snapshots_[i].shape) info->add_shape(d);
+        info->set_version(snapshots_[i].version);
+      }
+      return 0;
+    }
+    while (tensor_ < snapshots_.size()) {
+      const std::vector<float>& value = *snapshots_[tensor_].value;
+      const std::uint64_t bytes = value.size() * kFloatBytes;
+      if (offset_ < bytes) {
+        const std::uint64_t length = ChunkLength(bytes, chunk_bytes_, offset_);
+        v1::TensorChunk* chunk = msg->mutable_chunk();
+        chunk->set_tensor_index(static_cast<std::uint32_t>(tensor_));
+        chunk->set_offset(offset_);
+        chunk->mutable_data()->assign(
+            reinterpret_cast<const char*>(value.data()) + offset_, length);
+        offset_ += length;
+        return length;
+      }
+      ++tensor_;
+      offset_ = 0;
+    }
+    return std::nullopt;
+  }
+
+ private:
+  const std::vector<std::string> names_;
+  const std::vector<core::TensorSnapshot> snapshots_;
+  const std::uint64_t chunk_bytes_;
+  bool header_sent_ = false;
+  std::size_t tensor_ = 0;
+  std::uint64_t offset_ = 0;
+};
+
+// The write half shared by Pull and PushPull: wait for versions, then stream
+// the tensors. `Reactor` is a ServerWriteReactor or ServerBidiReactor whose
+// Finish must be called exactly once; cancellation can race with the wait.
+template <typename Reactor, typename Response>
+class WaitThenStream {
+ public:
+  WaitThenStream(Reactor* reactor, core::TensorStore* store,
+                 TrafficCounters* traffic)
+      : reactor_(reactor), store_(store), traffic_(traffic) {}
+
+  // Waits until every `(name, version)` is reached, then streams the names.
+  void Start(core::TensorStore::VersionRequest request) {
+    for (const auto& [name, version] : request) names_.push_back(name);
+    auto wait = store_->WaitForVersions(
+        request, [this](absl::Status s) { OnVersionsReady(std::move(s)); });
+    if (!wait.ok()) return FinishOnce(wait.status());
+    std::optional<absl::Status> ready;
+    bool cancelled;
+    {
+      absl::MutexLock lock(&mu_);
+      wait_ = std::move(*wait);
+      started_ = true;
+      ready = std::move(early_ready_);
+      cancelled = cancelled_;
+    }
+    if (ready.has_value()) return Stream(*ready);
+    if (cancelled) CancelWait();
+  }
+
+  // From the reactor's OnCancel.
+  void OnCancel() {
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      if (!started_) return;  // Start() will see cancelled_.
+    }
+    CancelWait();
+  }
+
+  // From the reactor's OnWriteDone.
+  void OnWriteDone(bool ok) {
+    if (!ok) return FinishOnce(absl::CancelledError("the client went away"));
+    WriteNext();
+  }
+
+  void FinishOnce(const absl::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    reactor_->Finish(ToGrpcStatus(status));  // Last touch of this object.
+  }
+
+ private:
+  // wait_ is set once, in Start(), before this can run.
+  void CancelWait() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    if (wait_->Cancel()) {
+      FinishOnce(absl::CancelledError("the call was cancelled while waiting"));
+    }
+  }
+
+  void OnVersionsReady(absl::Status status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!started_) {  // Fired inside WaitForVersions: Start() streams.
+        early_ready_ = std::move(status);
+        return;
+      }
+    }
+    Stream(status);
+  }
+
+  void Stream(const absl::Status& status) {
+    if (!status.ok()) return FinishOnce(status);
+    auto snapshots = store_->Snapshot(names_);
+    if (!snapshots.ok()) return FinishOnce(snapshots.status());
+    streamer_.emplace(names_, std::move(*snapshots),
+                      store_->options().chunk_bytes);
+    WriteNext();
+  }
+
+  void WriteNext() {
+    response_.Clear();
+    std::optional<std::uint64_t> bytes = streamer_->Next(&response_);
+    if (!bytes.has_value()) return FinishOnce(absl::OkStatus());
+    traffic_->bytes_sent.fetch_add(*bytes, std::memory_order_relaxed);
+    reactor_->StartWrite(&response_);  // Last touch of this object.
+  }
+
+  Reactor* const reactor_;
+  core::TensorStore* const store_;
+  TrafficCounters* const traffic_;
+  std::vector<std::string> names_;
+  std::optional<TensorStreamer<Response>> streamer_;
+  Response response_;
+
+  absl::Mutex mu_;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<absl::Status> early_ready_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<core::VersionWait> wait_ ABSL_GUARDED_BY(mu_);
+};
+
+// ---------------------------------------------------------------------------
+
+class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
+ public:
+  JoinReactor(core::TensorStore* store, TrafficCounters* traffic,
+              grpc::CallbackServerContext* context, v1::JoinResponse* response)
+      : store_(store), traffic_(traffic), context_(context),
+        response_(response) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      if (context_->IsCancelled()) {
+        return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+      }
+      return Finish(ToGrpcStatus(Complete()));
+    }
+    if (absl::Status s = Handle(); !s.ok()) return Finish(ToGrpcStatus(s));
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Handle() {
+    if (request_.has_header()) {
+      if (have_header_) return RepeatedHeader("Join");
+      have_header_ = true;
+      worker_id_ = request_.header().worker_id();
+      for (const v1::TensorDeclaration& d : request_.header().tensors()) {
+        core::Declaration decl;
+        decl.name = d.name();
+        decl.shape.assign(d.shape().begin(), d.shape().end());
+        WEIGHTD_ASSIGN_OR_RETURN(
+            std::uint64_t count,
+            core::ElementCount(decl.shape, store_->options().max_tensor_bytes));
+        declarations_.push_back(std::move(decl));
+        elements_.push_back(count);
+      }
+      next_offset_.assign(declarations_.size(), 0);
+      return absl::OkStatus();
+    }
+    if (!have_header_) return MissingHeader("Join");
+    if (!request_.has_initial_value()) {
+      return absl::InvalidArgumentError("Join message carries nothing");
+    }
+    const v1::TensorChunk& chunk = request_.initial_value();
+    const std::uint32_t i = chunk.tensor_index();
+    if (i >= declarations_.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk names tensor index ", i, "; the Join declares ",
+                       declarations_.size(), " tensors"));
+    }
+    core::Declaration& decl = declarations_[i];
+    const std::uint64_t bytes = elements_[i] * kFloatBytes;
+    if (chunk.offset() >= bytes) {
+      return absl::OutOfRangeError(
+          absl::StrCat("chunk offset ", chunk.offset(),
+                       " is past the end of tensor ", decl.name, " (", bytes,
+                       " bytes)"));
+    }
+    if (chunk.offset() != next_offset_[i]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk of tensor ", decl.name, " at offset ",
+                       chunk.offset(), "; expected offset ", next_offset_[i]));
+    }
+    const std::uint64_t expected =
+        ChunkLength(bytes, store_->options().chunk_bytes, chunk.offset());
+    if (chunk.data().size() != expected) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk of tensor ", decl.name, " at offset ", chunk.offset(),
+          " carries ", chunk.data().size(), " bytes; expected ", expected));
+    }
+    // Storage is allocated by the first chunk, not by the header, so a
+    // header alone cannot make the server allocate.
+    if (decl.initial_value.empty()) decl.initial_value.resize(elements_[i]);
+    std::memcpy(reinterpret_cast<char*>(decl.initial_value.data()) +
+                    chunk.offset(),
+                chunk.data().data(), expected);
+    next_offset_[i] += expected;
+    traffic_->bytes_received.fetch_add(expected, std::memory_order_relaxed);
+    return absl::OkStatus();
+  }
+
+  absl::Status Complete() {
+    if (!have_header_) return MissingHeader("Join");
+    for (std::size_t i = 0; i < declarations_.size(); ++i) {
+      if (next_offset_[i] != elements_[i] * kFloatBytes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Join ended after ", next_offset_[i], " of ",
+            elements_[i] * kFloatBytes, " bytes of the initial value of ",
+            declarations_[i].name));
+      }
+    }
+    WEIGHTD_ASSIGN_OR_RETURN(
+        core::JoinResult joined,
+        store_->Join(worker_id_, std::move(declarations_)));
+    response_->set_lease_id(joined.lease_id);
+    response_->set_chunk_bytes(store_->options().chunk_bytes);
+    response_->set_mode(ModeToProto(store_->options().mode));
+    response_->set_next_sequence(joined.next_sequence);
+    for (const core::JoinedTensor& t : joined.tensors) {
+      v1::JoinedTensor* out = response_->add_tensors();
+      InfoToProto(t.info, out->mutable_info());
+      out->set_created(t.created);
+    }
+    return absl::OkStatus();
+  }
+
+  core::TensorStore* const store_;
+  TrafficCounters* const traffic_;
+  grpc::CallbackServerContext* const context_;
+  v1::JoinResponse* const response_;
+  v1::JoinRequest request_;
+  bool have_header_ = false;
+  std::string worker_id_;
+  std::vector<core::Declaration> declarations_;
+  std::vector<std::uint64_t> elements_;
+  std::vector<std::uint64_t> next_offset_;
+};
+
+// Reads a push stream (header, then chunks) into a core::PushSession.
+// Shared by Push and PushPull, whose request messages have the same shape.
+class PushReader {
+ public:
+  PushReader(core::TensorStore* store, TrafficCounters* traffic)
+      : store_(store), traffic_(traffic) {}
+
+  template <typename Request>
+  absl::Status Handle(const Request& request, absl::string_view call) {
+    if (request.has_header()) {
+      if (session_ != nullptr) return RepeatedHeader(call);
+      WEIGHTD_ASSIGN_OR_RETURN(core::PushHeader header,
+                               PushHeaderFromProto(request.header()));
+      WEIGHTD_ASSIGN_OR_RETURN(session_, store_->BeginPush(std::move(header)));
+      return absl::OkStatus();
+    }
+    if (session_ == nullptr) return MissingHeader(call);
+    if (!request.has_chunk()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(call, " message carries nothing"));
+    }
+    const v1::TensorChunk& chunk = request.chunk();
+    WEIGHTD_RETURN_IF_ERROR(session_->AddChunk(
+        chunk.tensor_index(), chunk.offset(), chunk.data()));
+    traffic_->bytes_received.fetch_add(chunk.data().size(),
+                                       std::memory_order_relaxed);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<core::PushResult>> Finish(absl::string_view call) {
+    if (session_ == nullptr) return MissingHeader(call);
+    return session_->Finish();
+  }
+
+ private:
+  core::TensorStore* const store_;
+  TrafficCounters* const traffic_;
+  std::unique_ptr<core::PushSession> session_;
+};
+
+class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
+ public:
+  PushReactor(core::TensorStore* store, TrafficCounters* traffic,
+              grpc::CallbackServerContext* context, v1::PushResponse* response)
+      : reader_(store, traffic), context_(context), response_(response) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      if (context_->IsCancelled()) {
+        return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+      }
+      absl::StatusOr<std::vector<core::PushResult>> results =
+          reader_.Finish("Push");
+      if (!results.ok()) return Finish(ToGrpcStatus(results.status()));
+      for (const core::PushResult& r : *results) {
+        v1::PushedResult* out = response_->add_tensors();
+        out->set_name(r.name);
+        out->set_round(r.outcome.round);
+        out->set_version(r.outcome.version);
+        out->set_duplicate(r.outcome.duplicate);
+      }
+      return Finish(grpc::Status::OK);
+    }
+    if (absl::Status s = reader_.Handle(request_, "Push"); !s.ok()) {
+      return Finish(ToGrpcStatus(s));
+    }
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  PushReader reader_;
+  grpc::CallbackServerContext* const context_;
+  v1::PushResponse* const response_;
+  v1::PushRequest request_;
+};
+
+class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
+ public:
+  PullReactor(core::TensorStore* store, TrafficCounters* traffic,
+              const v1::PullRequest* request)
+      : stream_(this, store, traffic) {
+    core::TensorStore::VersionRequest wanted;
+    for (const v1::PulledTensor& t : request->tensors()) {
+      wanted.emplace_back(t.name(), t.min_version());
+    }
+    if (wanted.empty()) {
+      stream_.FinishOnce(absl::InvalidArgumentError("Pull names no tensors"));
+      return;
+    }
+    stream_.Start(std::move(wanted));
+  }
+
+  void OnCancel() override { stream_.OnCancel(); }
+  void OnWriteDone(bool ok) override { stream_.OnWriteDone(ok); }
+  void OnDone() override { delete this; }
+
+ private:
+  WaitThenStream<PullReactor, v1::PullResponse> stream_;
+};
+
+class PushPullReactor final
+    : public grpc::ServerBidiReactor<v1::PushPullRequest, v1::PushPullResponse> {
+ public:
+  PushPullReactor(core::TensorStore* store, TrafficCounters* traffic,
+                  grpc::CallbackServerContext* context)
+      : reader_(store, traffic), context_(context),
+        stream_(this, store, traffic) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      if (context_->IsCancelled()) {
+        return stream_.FinishOnce(absl::CancelledError("cancelled"));
+      }
+      absl::StatusOr<std::vector<core::PushResult>> results =
+          reader_.Finish("PushPull");
+      if (!results.ok()) return stream_.FinishOnce(results.status());
+      core::TensorStore::VersionRequest wanted;
+      for (const core::PushResult& r : *results) {
+        wanted.emplace_back(r.name, r.outcome.ready_version);
+      }
+      return stream_.Start(std::move(wanted));
+    }
+    if (absl::Status s = reader_.Handle(request_, "PushPull"); !s.ok()) {
+      return stream_.FinishOnce(s);
+    }
+    StartRead(&request_);
+  }
+
+  void OnCancel() override { stream_.OnCancel(); }
+  void OnWriteDone(bool ok) override { stream_.OnWriteDone(ok); }
+  void OnDone() override { delete this; }
+
+ private:
+  PushReader reader_;
+  grpc::CallbackServerContext* const context_;
+  v1::PushPullRequest request_;
+  WaitThenStream<PushPullReactor, v1::PushPullResponse> stream_;
+};
+
+}  // namespace
+
+WeightdService::WeightdService(core::TensorStore* store) : store_(store) {}
+
+grpc::ServerReadReactor<v1::JoinRequest>* WeightdService::Join(
+    grpc::CallbackServerContext* context, v1::JoinResponse* response) {
+  return new JoinReactor(store_, &traffic_, context, response);
+}
+
+grpc::ServerReadReactor<v1::PushRequest>* WeightdService::Push(
+    grpc::CallbackServerContext* context, v1::PushResponse* response) {
+  return new PushReactor(store_, &traffic_, context, response);
+}
+
+grpc::ServerWriteReactor<v1::PullResponse>* WeightdService::Pull(
+    grpc::CallbackServerContext* context, const v1::PullRequest* request) {
+  return new PullReactor(store_, &traffic_, request);
+}
+
+grpc::ServerBidiReactor<v1::PushPullRequest, v1::PushPullResponse>*
+WeightdService::PushPull(grpc::CallbackServerContext* context) {
+  return new PushPullReactor(store_, &traffic_, context);
+}
+
+grpc::ServerUnaryReactor* WeightdService::Leave(
+    grpc::CallbackServerContext* context, const v1::LeaveRequest* request,
+    v1::LeaveResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(store_->Leave(request->lease_id())));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* WeightdService::GetStatus(
+    grpc::CallbackServerContext* context, const v1::GetStatusRequest* request,
+    v1::GetStatusResponse* response) {
+  const core::StoreStatus status = store_->Status();
+  const core::StoreOptions& options = store_->options();
+  response->set_mode(ModeToProto(options.mode));
+  response->set_chunk_bytes(options.chunk_bytes);
+  response->set_server_lr(options.server_lr);
+  for (const core::TensorInfo& t : status.tensors) {
+    InfoToProto(t, response->add_tensors());
+  }
+  for (const core::WorkerInfo& w : status.workers) {
+    v1::WorkerInfo* out = response->add_workers();
+    out->set_worker_id(w.worker_id);
+    out->set_lease_id(w.lease_id);
+    for (const std::string& t : w.tensors) out->add_tensors(t);
+  }
+  response->set_bytes_received(
+      traffic_.bytes_received.load(std::memory_order_relaxed));
+  response->set_bytes_sent(traffic_.bytes_sent.load(std::memory_order_relaxed));
+  response->set_rounds_closed(status.rounds_closed);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace weightd::service

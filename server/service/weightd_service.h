@@ -1,0 +1,56 @@
+// WeightdService: the gRPC adapter over core::TensorStore.
+//
+// Converts wire messages to core calls and core results to wire messages;
+// holds no policy. Built on the callback API: no handler ever blocks a gRPC
+// thread (a pull waiting for a round is a reactor finished later by the
+// push that closes it).
+#ifndef WEIGHTD_SERVER_SERVICE_WEIGHTD_SERVICE_H_
+#define WEIGHTD_SERVER_SERVICE_WEIGHTD_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "server/core/tensor_store.h"
+#include "weightd/v1/weightd.grpc.pb.h"
+
+namespace weightd::service {
+
+// Payload traffic since start.
+struct TrafficCounters {
+  std::atomic<std::uint64_t> bytes_received{0};
+  std::atomic<std::uint64_t> bytes_sent{0};
+};
+
+class WeightdService final : public v1::Weightd::CallbackService {
+ public:
+  // `store` must outlive the service and every call in flight.
+  explicit WeightdService(core::TensorStore* store);
+
+  const TrafficCounters& traffic() const { return traffic_; }
+
+  grpc::ServerReadReactor<v1::JoinRequest>* Join(
+      grpc::CallbackServerContext* context,
+      v1::JoinResponse* response) override;
+  grpc::ServerReadReactor<v1::PushRequest>* Push(
+      grpc::CallbackServerContext* context,
+      v1::PushResponse* response) override;
+  grpc::ServerWriteReactor<v1::PullResponse>* Pull(
+      grpc::CallbackServerContext* context,
+      const v1::PullRequest* request) override;
+  grpc::ServerBidiReactor<v1::PushPullRequest, v1::PushPullResponse>*
+  PushPull(grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* Leave(grpc::CallbackServerContext* context,
+                                  const v1::LeaveRequest* request,
+                                  v1::LeaveResponse* response) override;
+  grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
+                                      const v1::GetStatusRequest* request,
+                                      v1::GetStatusResponse* response) override;
+
+ private:
+  core::TensorStore* const store_;
+  TrafficCounters traffic_;
+};
+
+}  // namespace weightd::service
+
+#endif  // WEIGHTD_SERVER_SERVICE_WEIGHTD_SERVICE_H_

@@ -1,0 +1,414 @@
+// Service tests: a real weightd server on 127.0.0.1 (port 0), driven through
+// the real client and through raw stubs for the malformed calls.
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/generic/generic_stub.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/client.h"
+#include "common/grpc_status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/service/server.h"
+#include "tests/testing/status_matchers.h"
+#include "weightd/v1/weightd.grpc.pb.h"
+
+namespace weightd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+using ::weightd::testing::IsOk;
+using ::weightd::testing::StatusIs;
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { StartServer(core::Mode::kSync); }
+
+  void StartServer(core::Mode mode) {
+    service::ServerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    options.store.mode = mode;
+    options.store.chunk_bytes = kMinChunkBytes;  // Many chunks on small data.
+    options.shutdown_grace = absl::Seconds(2);
+    auto server = service::Server::Start(options);
+    ASSERT_THAT(server, IsOk());
+    server_ = std::move(*server);
+    channel_ = grpc::CreateChannel(server_->address(),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = v1::Weightd::NewStub(channel_);
+  }
+
+  std::unique_ptr<Client> Connect(const std::string& worker) {
+    ClientOptions options;
+    options.address = server_->address();
+    options.worker_id = worker;
+    options.call_timeout = absl::Seconds(60);
+    auto client = Client::Connect(options);
+    EXPECT_THAT(client, IsOk());
+    return client.ok() ? std::move(*client) : nullptr;
+  }
+
+  // The stored value of `name`, read through the store (not the wire).
+  std::vector<float> Stored(const std::string& name) {
+    auto snap = server_->store().Snapshot({name});
+    EXPECT_THAT(snap, IsOk());
+    return snap.ok() ? *(*snap)[0].value : std::vector<float>{};
+  }
+
+  // Sends `messages` as a raw Push stream; returns the final status.
+  absl::Status RawPush(const std::vector<v1::PushRequest>& messages) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(30));
+    v1::PushResponse response;
+    auto stream = stub_->Push(&context, &response);
+    for (const auto& m : messages) {
+      if (!stream->Write(m)) break;
+    }
+    stream->WritesDone();
+    return FromGrpcStatus(stream->Finish());
+  }
+
+  std::unique_ptr<service::Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Weightd::Stub> stub_;
+};
+
+v1::PushRequest Header(std::uint64_t lease, std::uint64_t sequence,
+                       const std::string& name, std::uint64_t round = 0) {
+  v1::PushRequest m;
+  v1::PushHeader* h = m.mutable_header();
+  h->set_lease_id(lease);
+  h->set_sequence(sequence);
+  h->set_kind(v1::UPDATE_KIND_WEIGHTS);
+  v1::PushedTensor* t = h->add_tensors();
+  t->set_name(name);
+  t->set_round(round);
+  return m;
+}
+
+v1::PushRequest Chunk(std::uint32_t index, std::uint64_t offset,
+                      const std::vector<float>& values) {
+  v1::PushRequest m;
+  m.mutable_chunk()->set_tensor_index(index);
+  m.mutable_chunk()->set_offset(offset);
+  m.mutable_chunk()->set_data(
+      std::string(reinterpret_cast<const char*>(values.data()),
+                  values.size() * sizeof(float)));
+  return m;
+}
+
+TEST_F(ServiceTest, ThreeWorkerSyncRoundThroughTheClient) {
+  constexpr int kWorkers = 3;
+  constexpr std::size_t kSize = 3000;  // 3 chunks of 4 KiB.
+  std::vector<std::vector<float>> weights(kWorkers);
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int w = 0; w < kWorkers; ++w) {
+    weights[w].assign(kSize, 0.0f);
+    clients.push_back(Connect(absl::StrCat("worker-", w)));
+    ASSERT_NE(clients.back(), nullptr);
+    ASSERT_THAT(clients[w]->Join({TensorRef{"layer", {3, 1000},
+                                            absl::MakeSpan(weights[w])}}),
+                IsOk());
+  }
+  std::vector<absl::Status> results(kWorkers);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kWorkers; ++w) {
+    threads.emplace_back([&, w] {
+      std::fill(weights[w].begin(), weights[w].end(), float(w + 1));
+      // Weighted by samples: 1, 2, 3 -> (1 + 4 + 9) / 6.
+      results[w] = clients[w]->PushPull(
+          {TensorRef{"layer", {3, 1000}, absl::MakeSpan(weights[w])}},
+          PushOptions{UpdateKind::kWeights, double(w + 1)});
+    });
+  }
+  for (auto& t : threads) t.join();
+  const float mean = 14.0f / 6.0f;
+  for (int w = 0; w < kWorkers; ++w) {
+    EXPECT_THAT(results[w], IsOk());
+    EXPECT_THAT(weights[w], ::testing::Each(mean));
+    EXPECT_EQ(*clients[w]->Version("layer"), 1u);
+  }
+  EXPECT_THAT(Stored("layer"), ::testing::Each(mean));
+}
+
+TEST_F(ServiceTest, LateJoinerStartsFromSharedWeights) {
+  std::vector<float> a(10, 1.5f), b(10, -7.0f);
+  auto ca = Connect("a");
+  ASSERT_THAT(ca->Join({TensorRef{"enc", {10}, absl::MakeSpan(a)}}), IsOk());
+  a.assign(10, 4.0f);
+  ASSERT_THAT(ca->PushPull({TensorRef{"enc", {10}, absl::MakeSpan(a)}}), IsOk());
+  auto cb = Connect("b");
+  ASSERT_THAT(cb->Join({TensorRef{"enc", {10}, absl::MakeSpan(b)}}), IsOk());
+  EXPECT_THAT(b, ::testing::Each(4.0f));
+  EXPECT_EQ(*cb->Version("enc"), 1u);
+}
+
+TEST_F(ServiceTest, PullWaitsForVersionWithinDeadline) {
+  std::vector<float> a(4, 0.0f), b(4, 0.0f);
+  auto ca = Connect("a");
+  auto cb = Connect("b");
+  ASSERT_THAT(ca->Join({TensorRef{"w", {4}, absl::MakeSpan(a)}}), IsOk());
+  ASSERT_THAT(cb->Join({TensorRef{"w", {4}, absl::MakeSpan(b)}}), IsOk());
+
+  // Version 1 does not exist: the wait ends at the call's deadline.
+  v1::PullRequest request;
+  v1::PulledTensor* t = request.add_tensors();
+  t->set_name("w");
+  t->set_min_version(1);
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::milliseconds(300));
+    auto stream = stub_->Pull(&context, request);
+    v1::PullResponse msg;
+    EXPECT_FALSE(stream->Read(&msg));
+    EXPECT_EQ(stream->Finish().error_code(),
+              grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+
+  // A waiting pull returns once the round closes.
+  std::vector<float> pulled(4, -1.0f);
+  std::uint64_t pulled_version = 0;
+  grpc::Status pull_status;
+  std::thread waiter([&] {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(60));
+    auto stream = stub_->Pull(&context, request);
+    v1::PullResponse msg;
+    if (stream->Read(&msg) && msg.has_header()) {
+      pulled_version = msg.header().tensors(0).version();
+    }
+    while (stream->Read(&msg)) {
+      std::memcpy(pulled.data(), msg.chunk().data().data(), 16);
+    }
+    pull_status = stream->Finish();
+  });
+  a.assign(4, 2.0f);
+  b.assign(4, 6.0f);
+  ASSERT_THAT(ca->Push({TensorRef{"w", {4}, absl::MakeSpan(a)}}), IsOk());
+  ASSERT_THAT(cb->Push({TensorRef{"w", {4}, absl::MakeSpan(b)}}), IsOk());
+  waiter.join();
+  EXPECT_TRUE(pull_status.ok()) << pull_status.error_message();
+  EXPECT_EQ(pulled_version, 1u);
+  EXPECT_THAT(pulled, ::testing::Each(4.0f));
+  // The client's Pull after its Push waits for that round, too.
+  ASSERT_THAT(ca->Pull({TensorRef{"w", {4}, absl::MakeSpan(a)}}), IsOk());
+  EXPECT_THAT(a, ::testing::Each(4.0f));
+}
+
+TEST_F(ServiceTest, HugeTensorRoundTripIsBitExact) {
+  constexpr std::size_t kElements = (256u << 20) / sizeof(float);  // 256 MiB.
+  std::vector<float> original(kElements);
+  std::mt19937 rng(42);
+  std::uniform_int_distribution<std::uint32_t> bits;
+  for (float& f : original) {
+    // Random finite floats across every exponent, sign and mantissa.
+    std::uint32_t u = bits(rng);
+    if ((u & 0x7f800000u) == 0x7f800000u) u &= ~0x00800000u;
+    std::memcpy(&f, &u, 4);
+  }
+  // A 1 MiB chunk here, as in production.
+  server_.reset();
+  service::ServerOptions options;
+  options.listen_address = "127.0.0.1:0";
+  auto server = service::Server::Start(options);
+  ASSERT_THAT(server, IsOk());
+  server_ = std::move(*server);
+
+  std::vector<float> mine = original;
+  auto a = Connect("a");
+  const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(kElements)};
+  ASSERT_THAT(a->Join({TensorRef{"big", shape, absl::MakeSpan(mine)}}), IsOk());
+  // One participant: the round's mean is its own push, bit for bit.
+  ASSERT_THAT(a->PushPull({TensorRef{"big", shape, absl::MakeSpan(mine)}}),
+              IsOk());
+  EXPECT_EQ(std::memcmp(mine.data(), original.data(), kElements * 4), 0);
+  std::vector<float> other(kElements, 0.0f);
+  auto b = Connect("b");
+  ASSERT_THAT(b->Join({TensorRef{"big", shape, absl::MakeSpan(other)}}), IsOk());
+  EXPECT_EQ(std::memcmp(other.data(), original.data(), kElements * 4), 0);
+  EXPECT_EQ(a->stats().bytes_pushed, 2 * kElements * 4);
+}
+
+// Every malformed call gets its specific code and leaves the value alone.
+TEST_F(ServiceTest, BadInputGetsSpecificCodesAndChangesNothing) {
+  std::vector<float> initial(2000);
+  for (std::size_t i = 0; i < initial.size(); ++i) initial[i] = float(i) / 7;
+  std::vector<float> mine = initial;
+  auto client = Connect("a");
+  ASSERT_THAT(client->Join({TensorRef{"w", {2000}, absl::MakeSpan(mine)}}),
+              IsOk());
+  const std::uint64_t lease =
+      server_->store().Status().workers.at(0).lease_id;
+  std::vector<float> chunk(1024, 1.0f);
+
+  EXPECT_THAT(RawPush({Header(lease, 11, "nope"), Chunk(0, 0, chunk)}),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("nope")));
+  EXPECT_THAT(RawPush({Header(0, 1, "w"), Chunk(0, 0, chunk)}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("call Join first")));
+  EXPECT_THAT(RawPush({Header(lease, 12, ""), Chunk(0, 0, chunk)}),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(RawPush({Chunk(0, 0, chunk)}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("must carry the header")));
+  EXPECT_THAT(RawPush({Header(lease, 13, "w"), Header(lease, 14, "w")}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("exactly one header")));
+  v1::PushRequest no_kind = Header(lease, 15, "w");
+  no_kind.mutable_header()->set_kind(v1::UPDATE_KIND_UNSPECIFIED);
+  EXPECT_THAT(RawPush({no_kind}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("update kind")));
+  // Chunk length, offset, index.
+  EXPECT_THAT(RawPush({Header(lease, 16, "w"),
+                       Chunk(0, 0, std::vector<float>(1000, 1.0f))}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("expected 4096")));
+  EXPECT_THAT(RawPush({Header(lease, 17, "w"), Chunk(0, 4096, chunk)}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("expected offset 0")));
+  EXPECT_THAT(RawPush({Header(lease, 18, "w"), Chunk(0, 1 << 20, chunk)}),
+              StatusIs(absl::StatusCode::kOutOfRange));
+  EXPECT_THAT(RawPush({Header(lease, 19, "w"), Chunk(3, 0, chunk)}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("tensor index 3")));
+  // NaN (rejected by default), and a truncated stream.
+  std::vector<float> nan = chunk;
+  nan[17] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THAT(RawPush({Header(lease, 20, "w"), Chunk(0, 0, nan)}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("NaN")));
+  std::vector<float> inf = chunk;
+  inf[0] = std::numeric_limits<float>::infinity();
+  EXPECT_THAT(RawPush({Header(lease, 21, "w"), Chunk(0, 0, inf)}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("Inf")));
+  EXPECT_THAT(RawPush({Header(lease, 22, "w")}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("after 0 of 8000 bytes")));
+  // A push to a round that is not open.
+  EXPECT_THAT(RawPush({Header(lease, 23, "w", /*round=*/5), Chunk(0, 0, chunk)}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("not open")));
+
+  // Join: empty name, shape mismatch, size mismatch.
+  std::vector<float> small(3, 0.0f);
+  auto other = Connect("b");
+  EXPECT_THAT(other->Join({TensorRef{"", {3}, absl::MakeSpan(small)}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty")));
+  EXPECT_THAT(other->Join({TensorRef{"w", {3}, absl::MakeSpan(small)}}),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("already exists with shape [2000]")));
+  EXPECT_THAT(other->Join({TensorRef{"w", {4}, absl::MakeSpan(small)}}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  // Pull of an unknown tensor, leave with a bogus lease.
+  EXPECT_THAT(other->Pull({TensorRef{"w", {2000}, absl::MakeSpan(mine)}}),
+              StatusIs(absl::StatusCode::kNotFound));  // Not joined here.
+  {
+    grpc::ClientContext context;
+    v1::PullRequest request;
+    request.add_tensors()->set_name("nope");
+    auto stream = stub_->Pull(&context, request);
+    v1::PullResponse msg;
+    while (stream->Read(&msg)) {
+    }
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext context;
+    v1::LeaveRequest request;
+    request.set_lease_id(12345);
+    v1::LeaveResponse response;
+    EXPECT_EQ(stub_->Leave(&context, request, &response).error_code(),
+              grpc::StatusCode::FAILED_PRECONDITION);
+  }
+
+  // Nothing changed, bit for bit, and the daemon still serves.
+  const std::vector<float> stored = Stored("w");
+  ASSERT_EQ(stored.size(), initial.size());
+  EXPECT_EQ(std::memcmp(stored.data(), initial.data(), initial.size() * 4), 0);
+  EXPECT_EQ(server_->store().Describe("w")->version, 0u);
+  std::vector<float> pulled(2000, 0.0f);
+  ASSERT_THAT(client->Pull({TensorRef{"w", {2000}, absl::MakeSpan(pulled)}}),
+              IsOk());
+  EXPECT_EQ(std::memcmp(pulled.data(), initial.data(), initial.size() * 4), 0);
+}
+
+TEST_F(ServiceTest, HealthIsServingAndShutdownReleasesWaiters) {
+  auto health = grpc::CreateChannel(server_->address(),
+                                    grpc::InsecureChannelCredentials());
+  {
+    grpc::ClientContext context;
+    // grpc.health.v1.HealthCheckRequest{service: ""} encodes as no bytes.
+    grpc::Slice empty("");
+    grpc::ByteBuffer request(&empty, 1), response;
+    grpc::GenericStub generic(health);
+    grpc::Status status;
+    bool done = false;
+    absl::Mutex mu;
+    generic.UnaryCall(&context, "/grpc.health.v1.Health/Check",
+                      grpc::StubOptions(), &request, &response,
+                      [&](grpc::Status s) {
+                        absl::MutexLock lock(&mu);
+                        status = s;
+                        done = true;
+                      });
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(&done));
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(response.Dump(&slices).ok());
+    std::string bytes;
+    for (const auto& s : slices) bytes += std::string(s.begin(), s.end());
+    EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // status: SERVING
+  }
+
+  std::vector<float> a(4, 0.0f), b(4, 0.0f);
+  auto ca = Connect("a");
+  auto cb = Connect("b");
+  ASSERT_THAT(ca->Join({TensorRef{"w", {4}, absl::MakeSpan(a)}}), IsOk());
+  ASSERT_THAT(cb->Join({TensorRef{"w", {4}, absl::MakeSpan(b)}}), IsOk());
+  // a waits for a round b never joins; shutdown must release it.
+  absl::Status waited;
+  std::thread waiter([&] {
+    waited = ca->PushPull({TensorRef{"w", {4}, absl::MakeSpan(a)}});
+  });
+  // Shut down only once a's contribution is recorded (it is waiting).
+  for (int i = 0; i < 2000 && server_->store().Describe("w")->contributed == 0;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(server_->store().Describe("w")->contributed, 1u);
+  server_->Shutdown();
+  waiter.join();
+  EXPECT_THAT(waited, StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST_F(ServiceTest, AsyncModeAppliesPushesImmediately) {
+  server_.reset();
+  StartServer(core::Mode::kAsync);
+  std::vector<float> a(8, 0.0f), b(8, 0.0f);
+  auto ca = Connect("a");
+  auto cb = Connect("b");
+  ASSERT_THAT(ca->Join({TensorRef{"w", {8}, absl::MakeSpan(a)}}), IsOk());
+  ASSERT_THAT(cb->Join({TensorRef{"w", {8}, absl::MakeSpan(b)}}), IsOk());
+  a.assign(8, 2.0f);
+  // b never pushes; a is not held back.
+  ASSERT_THAT(ca->PushPull({TensorRef{"w", {8}, absl::MakeSpan(a)}}), IsOk());
+  EXPECT_THAT(a, ::testing::Each(1.0f));  // Halfway (async_mix 0.5).
+  EXPECT_EQ(*ca->Version("w"), 1u);
+}
+
+}  // namespace
+}  // namespace weightd
