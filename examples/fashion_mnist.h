@@ -45,8 +45,7 @@ enum class Split {
 // open or read failures); DATA_LOSS if a file is not a well-formed IDX file
 // of the expected kind (magic number, dimensions, length, trailing bytes, a
 // label above 9) or the two files disagree on the count.
-absl::StatusOr<Dataset> LoadFashionMnist(absl::string_view dir,
-                                         Split split);
+absl::StatusOr<Dataset> LoadFashionMnist(absl::string_view dir, Split split);
 
 // Shard `index` of `count`: the examples i of `data` with i % count == index,
 // in their original order. The shards of 0..count-1 partition `data`; striding

@@ -1,5 +1,6 @@
 #include "examples/mlp.h"
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -9,8 +10,6 @@
 #include <numeric>
 #include <random>
 #include <vector>
-
-#include <Eigen/Core>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -106,8 +105,7 @@ Mlp::Mlp(const MlpOptions& options)
       hidden_weights_(static_cast<std::size_t>(options.inputs) *
                       options.hidden),
       hidden_bias_(options.hidden, 0.0f),
-      head_weights_(static_cast<std::size_t>(options.hidden) *
-                    options.classes),
+      head_weights_(static_cast<std::size_t>(options.hidden) * options.classes),
       head_bias_(options.classes, 0.0f) {
   // libstdc++'s normal_distribution is deterministic for a given engine
   // state, so a seed always yields the same model with this toolchain.
@@ -151,15 +149,11 @@ absl::StatusOr<double> Mlp::TrainStep(const Dataset& data,
     labels[j] = data.labels[index];
   }
 
-  MatrixMap w1(hidden_weights_.data(), options_.hidden, inputs);
-  VectorMap b1(hidden_bias_.data(), options_.hidden);
-  MatrixMap w2(head_weights_.data(), options_.classes, options_.hidden);
-  VectorMap b2(head_bias_.data(), options_.classes);
-
   Matrix hidden;
   Matrix probs;
-  Forward(ViewParams(options_, w1.data(), b1.data(), w2.data(), b2.data()), x,
-          &hidden, &probs);
+  Forward(ViewParams(options_, hidden_weights_.data(), hidden_bias_.data(),
+                     head_weights_.data(), head_bias_.data()),
+          x, &hidden, &probs);
   int correct = 0;
   const double loss = SoftmaxCrossEntropy(labels.data(), &probs, &correct) / n;
 
@@ -167,6 +161,11 @@ absl::StatusOr<double> Mlp::TrainStep(const Dataset& data,
   for (int j = 0; j < n; ++j) probs(labels[j], j) -= 1.0f;
   probs *= 1.0f / static_cast<float>(n);
   const Matrix& d_logits = probs;
+
+  MatrixMap w1(hidden_weights_.data(), options_.hidden, inputs);
+  VectorMap b1(hidden_bias_.data(), options_.hidden);
+  MatrixMap w2(head_weights_.data(), options_.classes, options_.hidden);
+  VectorMap b2(head_bias_.data(), options_.classes);
 
   // Back through the head (before updating it), then through the ReLU.
   Matrix d_hidden = w2.transpose() * d_logits;
@@ -210,10 +209,14 @@ std::vector<TensorRef> Mlp::Tensors(absl::string_view hidden_prefix,
   const std::int64_t hidden = options_.hidden;
   const std::int64_t classes = options_.classes;
   return {
-      {absl::StrCat(hidden_prefix, "/w"), {inputs, hidden},
+      {absl::StrCat(hidden_prefix, "/w"),
+       {inputs, hidden},
        absl::MakeSpan(hidden_weights_)},
-      {absl::StrCat(hidden_prefix, "/b"), {hidden}, absl::MakeSpan(hidden_bias_)},
-      {absl::StrCat(head_prefix, "/w"), {hidden, classes},
+      {absl::StrCat(hidden_prefix, "/b"),
+       {hidden},
+       absl::MakeSpan(hidden_bias_)},
+      {absl::StrCat(head_prefix, "/w"),
+       {hidden, classes},
        absl::MakeSpan(head_weights_)},
       {absl::StrCat(head_prefix, "/b"), {classes}, absl::MakeSpan(head_bias_)},
   };

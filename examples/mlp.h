@@ -41,10 +41,10 @@ struct Evaluation {
 // movable, so spans from Tensors() stay valid for the model's lifetime.
 class Mlp {
  public:
-  // Hidden and head weights ~ N(0, 2 / fan_in) (He), biases 0.
+  // He initialisation: weights normal with mean 0 and variance 2 / fan_in,
+  // biases 0.
   // INVALID_ARGUMENT unless inputs >= 1, hidden >= 1 and classes >= 2.
-  static absl::StatusOr<std::unique_ptr<Mlp>> Create(
-      const MlpOptions& options);
+  static absl::StatusOr<std::unique_ptr<Mlp>> Create(const MlpOptions& options);
 
   Mlp(const Mlp&) = delete;
   Mlp& operator=(const Mlp&) = delete;
@@ -67,8 +67,6 @@ class Mlp {
   // keeping their heads apart under different ones.
   std::vector<TensorRef> Tensors(absl::string_view hidden_prefix,
                                  absl::string_view head_prefix);
-
-  const MlpOptions& options() const { return options_; }
 
  private:
   explicit Mlp(const MlpOptions& options);

@@ -262,7 +262,7 @@ void SharedTensor::CloseRoundLocked(Deferred& deferred) {
   }
   auto ready = std::stable_partition(
       waiters_.begin(), waiters_.end(),
-      [this](const Waiter& w) { return w.min_version > version_; });
+      [version = version_](const Waiter& w) { return w.min_version > version; });
   for (auto it = ready; it != waiters_.end(); ++it) {
     deferred.Add([done = std::move(it->done)] { done(absl::OkStatus()); });
   }

@@ -1,0 +1,299 @@
+// weightd_worker: trains a one-hidden-layer MLP on one shard of Fashion-MNIST
+// and averages its weights with the other workers through a weightd server
+// (local SGD: --local_steps SGD steps on local data, then one averaging round).
+//
+// Four workers of one task, the first printing progress:
+//   weightd_worker --server=127.0.0.1:7070 --workers=4 --rank=0 --eval
+//   weightd_worker --server=127.0.0.1:7070 --workers=4 --rank=1   (2, 3 alike)
+// Two tasks sharing only the hidden layer: run ranks 0-2 as above and
+//   weightd_worker --workers=4 --rank=3 --task=upper2 --train_limit=300 --eval
+// The same upper2 worker without the others' help (same 300 labels):
+//   weightd_worker --standalone --workers=4 --rank=3 --task=upper2
+//                  --train_limit=300
+//
+// Shared tensors: hidden/w, hidden/b (every worker), <task>/head/w,
+// <task>/head/b (workers of the task, with --share_head) and
+// metrics/<task>/train_loss, a 1-element tensor in which each worker pushes
+// its mean loss of the round weighted by its samples, so that the average the
+// server returns is the task's mean train loss over all its workers.
+//
+// The worker with --eval prints, after every round,
+//   round R  train_loss L  test_acc A  bytes B  secs S
+// (B: payload bytes the server has received and sent so far; S: seconds since
+// this worker started) and finally `final test accuracy: 0.XXXX`. On error it
+// prints the status to stderr and exits with 1.
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/types/span.h"
+#include "client/client.h"
+#include "common/status_macros.h"
+#include "examples/fashion_mnist.h"
+#include "examples/mlp.h"
+
+ABSL_FLAG(std::string, server, "127.0.0.1:7070",
+          "Address (gRPC target) of the weightd server.");
+ABSL_FLAG(std::string, worker_id, "", "Worker id; empty means <task>-<rank>.");
+ABSL_FLAG(int, rank, 0,
+          "Which shard of the training set to train on, "
+          "0..workers-1.");
+ABSL_FLAG(int, workers, 1,
+          "Number of shards the 60000 training images are split into.");
+ABSL_FLAG(int, rounds, 50, "Number of averaging rounds.");
+ABSL_FLAG(int, local_steps, 400, "SGD steps before each averaging round.");
+ABSL_FLAG(int, batch, 16, "Mini-batch size.");
+ABSL_FLAG(double, lr, 0.15,
+          "Learning rate of the first round; it decays to 0 on a cosine over "
+          "the rounds.");
+ABSL_FLAG(int, hidden, 128, "Hidden units.");
+ABSL_FLAG(std::uint64_t, seed, 1,
+          "Seeds the initial model (the first worker to join sets the shared "
+          "one) and, with --rank, the order of the mini-batches.");
+ABSL_FLAG(std::string, task, "fashion10",
+          "fashion10: the 10 Fashion-MNIST classes; upper2: upper-body "
+          "garment (T-shirt/top, Pullover, Coat, Shirt) or not.");
+ABSL_FLAG(int, train_limit, 0,
+          "Train on the first N examples of the shard only (0: all of it).");
+ABSL_FLAG(bool, share_head, true,
+          "Average the head with the other workers of the task too; the "
+          "hidden layer is always averaged.");
+ABSL_FLAG(bool, eval, false,
+          "Evaluate the averaged model on the 10000 test images after every "
+          "round and print the progress.");
+ABSL_FLAG(bool, standalone, false,
+          "Train alone, without a server (implies --eval).");
+ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
+          "Directory holding the gzipped Fashion-MNIST IDX files.");
+
+namespace weightd::examples {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+struct WorkerConfig {
+  std::string server;
+  std::string worker_id;
+  int rank = 0;
+  int workers = 1;
+  int rounds = 1;
+  int local_steps = 1;
+  int batch = 1;
+  float lr = 0;
+  int hidden = 1;
+  std::uint64_t seed = 0;
+  std::string task;
+  int classes = 0;
+  int train_limit = 0;
+  bool share_head = true;
+  bool eval = false;
+  bool standalone = false;
+  std::string data_dir;
+};
+
+// Reads and checks the flags. INVALID_ARGUMENT names the first bad one.
+absl::StatusOr<WorkerConfig> ConfigFromFlags() {
+  WorkerConfig config;
+  config.server = absl::GetFlag(FLAGS_server);
+  config.rank = absl::GetFlag(FLAGS_rank);
+  config.workers = absl::GetFlag(FLAGS_workers);
+  config.rounds = absl::GetFlag(FLAGS_rounds);
+  config.local_steps = absl::GetFlag(FLAGS_local_steps);
+  config.batch = absl::GetFlag(FLAGS_batch);
+  config.lr = static_cast<float>(absl::GetFlag(FLAGS_lr));
+  config.hidden = absl::GetFlag(FLAGS_hidden);
+  config.seed = absl::GetFlag(FLAGS_seed);
+  config.task = absl::GetFlag(FLAGS_task);
+  config.train_limit = absl::GetFlag(FLAGS_train_limit);
+  config.share_head = absl::GetFlag(FLAGS_share_head);
+  config.standalone = absl::GetFlag(FLAGS_standalone);
+  config.eval = absl::GetFlag(FLAGS_eval) || config.standalone;
+  config.data_dir = absl::GetFlag(FLAGS_data_dir);
+  config.worker_id = absl::GetFlag(FLAGS_worker_id);
+  if (config.worker_id.empty()) {
+    config.worker_id = absl::StrCat(config.task, "-", config.rank);
+  }
+
+  if (config.task == "fashion10") {
+    config.classes = kFashionClasses;
+  } else if (config.task == "upper2") {
+    config.classes = kUpperBodyClasses;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--task=", config.task, ": expected fashion10 or upper2"));
+  }
+  if (config.workers < 1) {
+    return absl::InvalidArgumentError("--workers must be >= 1");
+  }
+  if (config.rank < 0 || config.rank >= config.workers) {
+    return absl::InvalidArgumentError("--rank must be in [0, --workers)");
+  }
+  if (config.rounds < 1 || config.local_steps < 1 || config.batch < 1 ||
+      config.hidden < 1) {
+    return absl::InvalidArgumentError(
+        "--rounds, --local_steps, --batch and --hidden must be >= 1");
+  }
+  if (!(config.lr > 0 && std::isfinite(config.lr))) {
+    return absl::InvalidArgumentError("--lr must be positive and finite");
+  }
+  if (config.train_limit < 0) {
+    return absl::InvalidArgumentError("--train_limit must be >= 0");
+  }
+  return config;
+}
+
+// The worker's training data: its shard, cut to --train_limit and labeled
+// for its task.
+absl::StatusOr<Dataset> LoadTrainShard(const WorkerConfig& config) {
+  WEIGHTD_ASSIGN_OR_RETURN(Dataset all,
+                           LoadFashionMnist(config.data_dir, Split::kTrain));
+  WEIGHTD_ASSIGN_OR_RETURN(Dataset shard,
+                           Shard(all, config.rank, config.workers));
+  if (config.train_limit > 0) Truncate(&shard, config.train_limit);
+  if (config.task == "upper2") ToUpperBodyLabels(&shard);
+  return shard;
+}
+
+absl::StatusOr<Dataset> LoadTestSet(const WorkerConfig& config) {
+  WEIGHTD_ASSIGN_OR_RETURN(Dataset test,
+                           LoadFashionMnist(config.data_dir, Split::kTest));
+  if (config.task == "upper2") ToUpperBodyLabels(&test);
+  return test;
+}
+
+// Cosine decay from `lr` in round 1 towards 0 after the last round. Every
+// worker computes the same rate, and the small late steps let the averaged
+// model settle instead of hovering at the noise level of a constant rate.
+float RoundLearningRate(float lr, int round, int rounds) {
+  constexpr double kPi = 3.14159265358979323846;
+  const double progress = static_cast<double>(round - 1) / rounds;
+  return static_cast<float>(lr * 0.5 * (1 + std::cos(kPi * progress)));
+}
+
+// Trains for config.rounds rounds, averaging `shared` (which must include
+// `*train_loss`) through `client` after each one; `client` is null when
+// standalone. The tensors must already be joined.
+absl::Status TrainRounds(const WorkerConfig& config, const Dataset& train,
+                         const Dataset& test, Mlp* model,
+                         absl::Span<const TensorRef> shared, float* train_loss,
+                         Client* client, SteadyClock::time_point start) {
+  // A batch order of its own for every worker.
+  WEIGHTD_ASSIGN_OR_RETURN(
+      std::unique_ptr<BatchSampler> sampler,
+      BatchSampler::Create(
+          train.size(), config.batch,
+          config.seed ^ (0x9E3779B97F4A7C15ULL * (config.rank + 1))));
+  const double samples_per_round =
+      static_cast<double>(config.local_steps) * config.batch;
+  double accuracy = 0;
+  for (int round = 1; round <= config.rounds; ++round) {
+    const float lr = RoundLearningRate(config.lr, round, config.rounds);
+    double loss_sum = 0;
+    for (int step = 0; step < config.local_steps; ++step) {
+      WEIGHTD_ASSIGN_OR_RETURN(double loss,
+                               model->TrainStep(train, sampler->Next(), lr));
+      loss_sum += loss;
+    }
+    *train_loss = static_cast<float>(loss_sum / config.local_steps);
+    std::uint64_t bytes = 0;
+    if (client != nullptr) {
+      WEIGHTD_RETURN_IF_ERROR(client->PushPull(
+          shared, {.kind = UpdateKind::kWeights, .weight = samples_per_round}));
+    }
+    if (!config.eval) continue;
+
+    WEIGHTD_ASSIGN_OR_RETURN(Evaluation evaluation, model->Evaluate(test));
+    accuracy = evaluation.accuracy;
+    if (client != nullptr) {
+      WEIGHTD_ASSIGN_OR_RETURN(ServerStatus server, client->GetStatus());
+      bytes = server.bytes_received + server.bytes_sent;
+    }
+    const std::chrono::duration<double> elapsed = SteadyClock::now() - start;
+    absl::PrintF(
+        "round %d  train_loss %.4f  test_acc %.4f  bytes %d  secs %.1f\n",
+        round, *train_loss, accuracy, bytes, elapsed.count());
+    std::fflush(stdout);
+  }
+  if (config.eval) {
+    absl::PrintF("final test accuracy: %.4f\n", accuracy);
+    std::fflush(stdout);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Run(const WorkerConfig& config, SteadyClock::time_point start) {
+  // Data first: a bad --data_dir fails before the server sees this worker.
+  WEIGHTD_ASSIGN_OR_RETURN(const Dataset train, LoadTrainShard(config));
+  Dataset test;
+  if (config.eval) {
+    WEIGHTD_ASSIGN_OR_RETURN(test, LoadTestSet(config));
+  }
+  WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<Mlp> model,
+                           Mlp::Create({.inputs = train.pixels(),
+                                        .hidden = config.hidden,
+                                        .classes = config.classes,
+                                        .seed = config.seed}));
+
+  // Tensors() order: hidden w, hidden b, head w, head b.
+  std::vector<TensorRef> shared =
+      model->Tensors("hidden", absl::StrCat(config.task, "/head"));
+  if (!config.share_head) shared.resize(2);
+  float train_loss = 0;
+  shared.push_back({absl::StrCat("metrics/", config.task, "/train_loss"),
+                    {1},
+                    absl::MakeSpan(&train_loss, 1)});
+
+  if (config.standalone) {
+    return TrainRounds(config, train, test, model.get(), shared, &train_loss,
+                       nullptr, start);
+  }
+  WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<Client> client,
+                           Client::Connect({.address = config.server,
+                                            .worker_id = config.worker_id}));
+  absl::Status status = client->Join(shared);
+  if (status.ok()) {
+    status = TrainRounds(config, train, test, model.get(), shared, &train_loss,
+                         client.get(), start);
+  }
+  // Leave even after an error, so that the server stops waiting for this
+  // worker in sync rounds; the first error wins.
+  status.Update(client->Leave());
+  return status;
+}
+
+}  // namespace
+}  // namespace weightd::examples
+
+int main(int argc, char** argv) {
+  const auto start = std::chrono::steady_clock::now();
+  absl::SetProgramUsageMessage(
+      "Trains a Fashion-MNIST MLP on one data shard, averaging its weights "
+      "with other workers through a weightd server.");
+  const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() > 1) {
+    std::cerr << "weightd_worker: unexpected argument " << positional[1]
+              << "\n";
+    return 1;
+  }
+  absl::StatusOr<weightd::examples::WorkerConfig> config =
+      weightd::examples::ConfigFromFlags();
+  absl::Status status = config.status();
+  if (status.ok()) status = weightd::examples::Run(*config, start);
+  if (!status.ok()) {
+    std::cerr << "weightd_worker: " << status << "\n";
+    return 1;
+  }
+  return 0;
+}

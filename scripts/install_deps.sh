@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages weightd needs, one line per package group.
+# Idempotent: a group whose packages are all installed is only reported.
+# Usage: scripts/install_deps.sh [group ...]   (default: every group)
+set -euo pipefail
+
+declare -A GROUPS_=(
+  [build]="cmake ninja-build g++ pkg-config"
+  [grpc]="libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev libspdlog-dev"
+  [test]="googletest libgtest-dev libgmock-dev clang iproute2 procps"
+  [demo]="libeigen3-dev zlib1g-dev dataset-fashion-mnist"
+)
+ORDER=(build grpc test demo)
+[[ $# -gt 0 ]] && ORDER=("$@")
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "install_deps: need root or sudo" >&2; exit 1; }
+  SUDO="sudo"
+fi
+
+updated=0
+for group in "${ORDER[@]}"; do
+  pkgs=${GROUPS_[$group]:?unknown group $group}
+  missing=()
+  for p in $pkgs; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "deps: $group: installed"
+    continue
+  fi
+  echo "deps: $group: installing ${missing[*]}"
+  if [[ $updated -eq 0 ]]; then
+    $SUDO apt-get update -qq >/dev/null
+    updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+done
