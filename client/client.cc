@@ -337,6 +337,20 @@ absl::Status Client::Pull(absl::Span<const TensorRef> tensors) {
   return absl::OkStatus();
 }
 
+absl::Status Client::Barrier(absl::string_view name, int count) {
+  if (count < 1) return absl::InvalidArgumentError("barrier count must be >= 1");
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(options_.call_timeout));
+  v1::BarrierRequest request;
+  request.set_lease_id(lease_id_);
+  request.set_name(std::string(name));
+  request.set_count(static_cast<std::uint32_t>(count));
+  v1::BarrierResponse response;
+  return Annotate(channel_->stub->Barrier(&context, request, &response),
+                  "Barrier");
+}
+
 absl::Status Client::Leave() {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +

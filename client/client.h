@@ -28,6 +28,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 
@@ -110,6 +111,13 @@ class Client {
   // waits for it to close) in one call.
   absl::Status PushPull(absl::Span<const TensorRef> tensors,
                         const PushOptions& options = {});
+
+  // Returns once `count` workers (this one included) have called Barrier
+  // with the same `name`, or at call_timeout (DEADLINE_EXCEEDED). E.g. a sync
+  // job calls Barrier("start", workers) after Join so that its first round
+  // averages every worker. FAILED_PRECONDITION before Join; INVALID_ARGUMENT
+  // for a bad name or a count other than the waiting workers'.
+  absl::Status Barrier(absl::string_view name, int count);
 
   // Ends membership; later calls need a new Join.
   absl::Status Leave();

@@ -73,6 +73,10 @@ ABSL_FLAG(bool, share_head, true,
 ABSL_FLAG(bool, eval, false,
           "Evaluate the averaged model on the 10000 test images after every "
           "round and print the progress.");
+ABSL_FLAG(bool, start_barrier, true,
+          "After Join, wait until --workers workers have joined, so that the "
+          "first round averages all of them (turn off for a worker that "
+          "joins a running job).");
 ABSL_FLAG(bool, standalone, false,
           "Train alone, without a server (implies --eval).");
 ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
@@ -99,6 +103,7 @@ struct WorkerConfig {
   int train_limit = 0;
   bool share_head = true;
   bool eval = false;
+  bool start_barrier = true;
   bool standalone = false;
   std::string data_dir;
 };
@@ -118,6 +123,7 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
   config.task = absl::GetFlag(FLAGS_task);
   config.train_limit = absl::GetFlag(FLAGS_train_limit);
   config.share_head = absl::GetFlag(FLAGS_share_head);
+  config.start_barrier = absl::GetFlag(FLAGS_start_barrier);
   config.standalone = absl::GetFlag(FLAGS_standalone);
   config.eval = absl::GetFlag(FLAGS_eval) || config.standalone;
   config.data_dir = absl::GetFlag(FLAGS_data_dir);
@@ -263,6 +269,9 @@ absl::Status Run(const WorkerConfig& config, SteadyClock::time_point start) {
                            Client::Connect({.address = config.server,
                                             .worker_id = config.worker_id}));
   absl::Status status = client->Join(shared);
+  if (status.ok() && config.start_barrier) {
+    status = client->Barrier("start", config.workers);
+  }
   if (status.ok()) {
     status = TrainRounds(config, train, test, model.get(), shared, &train_loss,
                          client.get(), start);

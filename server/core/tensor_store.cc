@@ -48,9 +48,12 @@ absl::StatusOr<std::uint64_t> ElementCount(
 }
 
 // ---------------------------------------------------------------------------
-// VersionWait
+// Version waits
 
-struct VersionWait::State {
+namespace {
+
+// Counts the tensors of one WaitForVersions still below their version.
+struct VersionCountdown {
   absl::Mutex mu;
   bool finished ABSL_GUARDED_BY(mu) = false;
   std::size_t pending ABSL_GUARDED_BY(mu) = 0;
@@ -68,20 +71,18 @@ struct VersionWait::State {
     }
     fire(status);
   }
+
+  // True if `done` had not fired; it then never will.
+  bool Cancel() {
+    absl::MutexLock lock(&mu);
+    if (finished) return false;
+    finished = true;
+    done = nullptr;
+    return true;
+  }
 };
 
-VersionWait::~VersionWait() { Cancel(); }
-
-bool VersionWait::Cancel() {
-  {
-    absl::MutexLock lock(&state_->mu);
-    if (state_->finished) return false;
-    state_->finished = true;
-    state_->done = nullptr;
-  }
-  for (auto& [tensor, id] : ids_) tensor->CancelWait(id);
-  return true;
-}
+}  // namespace
 
 // ---------------------------------------------------------------------------
 // PushSession
@@ -366,7 +367,7 @@ absl::StatusOr<std::unique_ptr<PushSession>> TensorStore::BeginPush(
       this, worker->id, std::move(header), std::move(tensors)));
 }
 
-absl::StatusOr<std::unique_ptr<VersionWait>> TensorStore::WaitForVersions(
+absl::StatusOr<std::unique_ptr<Wait>> TensorStore::WaitForVersions(
     const VersionRequest& request, std::function<void(absl::Status)> done) {
   absl::flat_hash_set<absl::string_view> seen;
   for (const auto& [name, version] : request) {
@@ -375,13 +376,13 @@ absl::StatusOr<std::unique_ptr<VersionWait>> TensorStore::WaitForVersions(
           absl::StrCat("tensor ", name, " is requested twice"));
     }
   }
-  std::unique_ptr<VersionWait> wait(new VersionWait());
-  wait->state_ = std::make_shared<VersionWait::State>();
+  auto countdown = std::make_shared<VersionCountdown>();
   {
-    absl::MutexLock lock(&wait->state_->mu);
-    wait->state_->pending = request.size() + 1;  // +1: released below.
-    wait->state_->done = std::move(done);
+    absl::MutexLock lock(&countdown->mu);
+    countdown->pending = request.size() + 1;  // +1: released below.
+    countdown->done = std::move(done);
   }
+  std::vector<std::pair<std::shared_ptr<SharedTensor>, std::uint64_t>> ids;
   {
     absl::ReaderMutexLock lock(&mu_);
     if (closed()) return Closed();
@@ -396,17 +397,100 @@ absl::StatusOr<std::unique_ptr<VersionWait>> TensorStore::WaitForVersions(
     for (std::size_t i = 0; i < tensors.size(); ++i) {
       std::optional<std::uint64_t> id = tensors[i]->WaitForVersion(
           request[i].second,
-          [state = wait->state_](absl::Status s) { state->Arrive(s); });
+          [countdown](absl::Status s) { countdown->Arrive(s); });
       if (id.has_value()) {
-        wait->ids_.emplace_back(tensors[i], *id);
+        ids.emplace_back(tensors[i], *id);
       } else {
-        absl::MutexLock state_lock(&wait->state_->mu);
-        --wait->state_->pending;  // Already there; never the last (+1 above).
+        absl::MutexLock countdown_lock(&countdown->mu);
+        --countdown->pending;  // Already there; never the last (+1 above).
       }
     }
   }
-  wait->state_->Arrive(absl::OkStatus());
-  return wait;
+  countdown->Arrive(absl::OkStatus());
+  return std::make_unique<Wait>([countdown, ids = std::move(ids)] {
+    if (!countdown->Cancel()) return false;
+    for (const auto& [tensor, id] : ids) tensor->CancelWait(id);
+    return true;
+  });
+}
+
+absl::StatusOr<std::unique_ptr<Wait>> TensorStore::EnterBarrier(
+    std::uint64_t lease_id, absl::string_view name, std::uint32_t count,
+    std::function<void(absl::Status)> done) {
+  WEIGHTD_RETURN_IF_ERROR(ValidateName("barrier name", name));
+  if (count < 1 || count > kMaxBarrierCount) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("barrier count is ", count, "; it must be in [1, ",
+                     kMaxBarrierCount, "]"));
+  }
+  std::string worker;
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed()) return Closed();
+    WEIGHTD_ASSIGN_OR_RETURN(Worker * w, WorkerForLeaseLocked(lease_id));
+    worker = w->id;
+  }
+  std::vector<std::function<void(absl::Status)>> release;
+  std::function<void(absl::Status)> superseded;
+  std::uint64_t id;
+  {
+    absl::MutexLock lock(&barrier_mu_);
+    // Close() sets closing_ before it fails the barriers under barrier_mu_.
+    if (closed()) return Closed();
+    Barrier& barrier = barriers_[name];
+    if (barrier.waiting.empty()) barrier.count = count;
+    if (barrier.count != count) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "barrier ", name, " is waiting for ", barrier.count,
+          " workers; this call asks for ", count));
+    }
+    id = next_barrier_id_++;
+    auto [it, inserted] =
+        barrier.waiting.try_emplace(worker, Barrier::Entry{id, nullptr});
+    if (!inserted) superseded = std::move(it->second.done);
+    it->second = Barrier::Entry{id, std::move(done)};
+    if (barrier.waiting.size() == barrier.count) {
+      for (auto& [w, entry] : barrier.waiting) {
+        release.push_back(std::move(entry.done));
+      }
+      barriers_.erase(std::string(name));
+    }
+  }
+  if (superseded) {
+    superseded(absl::AbortedError(absl::StrCat(
+        "worker ", worker, " entered barrier ", name, " again")));
+  }
+  for (auto& fn : release) fn(absl::OkStatus());
+  return std::make_unique<Wait>(
+      [this, name = std::string(name), id] { return CancelBarrier(name, id); });
+}
+
+bool TensorStore::CancelBarrier(const std::string& name, std::uint64_t id) {
+  absl::MutexLock lock(&barrier_mu_);
+  auto it = barriers_.find(name);
+  if (it == barriers_.end()) return false;
+  auto& waiting = it->second.waiting;
+  for (auto entry = waiting.begin(); entry != waiting.end(); ++entry) {
+    if (entry->second.id != id) continue;
+    waiting.erase(entry);
+    if (waiting.empty()) barriers_.erase(it);
+    return true;
+  }
+  return false;
+}
+
+void TensorStore::FailBarriers(const absl::Status& status) {
+  std::vector<std::function<void(absl::Status)>> fail;
+  {
+    absl::MutexLock lock(&barrier_mu_);
+    for (auto& [name, barrier] : barriers_) {
+      for (auto& [worker, entry] : barrier.waiting) {
+        fail.push_back(std::move(entry.done));
+      }
+    }
+    barriers_.clear();
+  }
+  for (auto& fn : fail) fn(status);
 }
 
 absl::StatusOr<std::vector<TensorSnapshot>> TensorStore::Snapshot(
@@ -463,14 +547,17 @@ std::uint64_t TensorStore::AllocatedBytes() const {
 }
 
 void TensorStore::Close() {
-  Deferred deferred;
-  absl::MutexLock lock(&mu_);
-  if (closed()) return;
-  closing_.store(true, std::memory_order_release);
   const absl::Status status = Closed();
-  for (const auto& [name, tensor] : tensors_) {
-    tensor->FailWaiters(status, deferred);
+  {
+    Deferred deferred;
+    absl::MutexLock lock(&mu_);
+    if (closed()) return;
+    closing_.store(true, std::memory_order_release);
+    for (const auto& [name, tensor] : tensors_) {
+      tensor->FailWaiters(status, deferred);
+    }
   }
+  FailBarriers(status);
 }
 
 }  // namespace weightd::core

@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include "absl/strings/string_view.h"
 #include <vector>
 
@@ -126,24 +127,24 @@ class PushSession {
   absl::Status error_;
 };
 
-// Waits for several tensors to reach versions. Destroying it cancels it.
-class VersionWait {
+// A pending wait registered with the store (for versions or a barrier).
+// Destroying it cancels it.
+class Wait {
  public:
-  ~VersionWait();
-  VersionWait(const VersionWait&) = delete;
-  VersionWait& operator=(const VersionWait&) = delete;
+  explicit Wait(std::function<bool()> cancel) : cancel_(std::move(cancel)) {}
+  ~Wait() { Cancel(); }
+  Wait(const Wait&) = delete;
+  Wait& operator=(const Wait&) = delete;
 
-  // Stops the wait. True if `done` had not been called and now never will
-  // be; false if it has been or is being called.
-  bool Cancel();
+  // Stops the wait. True if its callback had not been called and now never
+  // will be; false if it has been or is being called. Idempotent.
+  bool Cancel() {
+    if (!cancel_) return false;
+    return std::exchange(cancel_, nullptr)();
+  }
 
  private:
-  friend class TensorStore;
-  struct State;
-  VersionWait() = default;
-
-  std::shared_ptr<State> state_;
-  std::vector<std::pair<std::shared_ptr<SharedTensor>, std::uint64_t>> ids_;
+  std::function<bool()> cancel_;
 };
 
 class TensorStore {
@@ -179,8 +180,21 @@ class TensorStore {
   // there, calls `done(OK)` before returning. NOT_FOUND for an unknown
   // tensor, INVALID_ARGUMENT for a repeated one.
   using VersionRequest = std::vector<std::pair<std::string, std::uint64_t>>;
-  absl::StatusOr<std::unique_ptr<VersionWait>> WaitForVersions(
+  absl::StatusOr<std::unique_ptr<Wait>> WaitForVersions(
       const VersionRequest& request, std::function<void(absl::Status)> done);
+
+  // Calls `done(OK)` once `count` distinct workers (this one included) have
+  // entered barrier `name`; the barrier then resets for its next use. A
+  // worker entering again while it waits replaces its earlier entry, whose
+  // callback gets ABORTED. `done(UNAVAILABLE)` if the store closes first.
+  // Callbacks run outside the store's locks, possibly before this returns.
+  // FAILED_PRECONDITION (unknown lease), INVALID_ARGUMENT (name, count < 1
+  // or > kMaxBarrierCount, or a count other than that of the workers
+  // already waiting), UNAVAILABLE (closed).
+  static constexpr std::uint32_t kMaxBarrierCount = 1 << 20;
+  absl::StatusOr<std::unique_ptr<Wait>> EnterBarrier(
+      std::uint64_t lease_id, absl::string_view name, std::uint32_t count,
+      std::function<void(absl::Status)> done);
 
   // The current value and version of each named tensor. NOT_FOUND.
   absl::StatusOr<std::vector<TensorSnapshot>> Snapshot(
@@ -216,6 +230,17 @@ class TensorStore {
       absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   static TensorInfo InfoOf(const SharedTensor& tensor);
 
+  struct Barrier {
+    std::uint32_t count = 0;
+    struct Entry {
+      std::uint64_t id;
+      std::function<void(absl::Status)> done;
+    };
+    absl::flat_hash_map<std::string, Entry> waiting;  // By worker id.
+  };
+  bool CancelBarrier(const std::string& name, std::uint64_t id);
+  void FailBarriers(const absl::Status& status);
+
   StoreOptions options_;
   std::atomic<std::uint64_t> rounds_closed_{0};
   // Written under mu_ (so waits registered under mu_ see it), read anywhere.
@@ -227,6 +252,12 @@ class TensorStore {
   absl::flat_hash_map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::uint64_t, std::string> leases_ ABSL_GUARDED_BY(mu_);
   absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
+
+  // Separate from mu_: never held together with it.
+  absl::Mutex barrier_mu_;
+  absl::flat_hash_map<std::string, Barrier> barriers_
+      ABSL_GUARDED_BY(barrier_mu_);
+  std::uint64_t next_barrier_id_ ABSL_GUARDED_BY(barrier_mu_) = 1;
 };
 
 }  // namespace weightd::core

@@ -117,32 +117,36 @@ class TensorStreamer {
   std::uint64_t offset_ = 0;
 };
 
-// The write half shared by Pull and PushPull: wait for versions, then stream
-// the tensors. `Reactor` is a ServerWriteReactor or ServerBidiReactor whose
-// Finish must be called exactly once; cancellation can race with the wait.
-template <typename Reactor, typename Response>
-class WaitThenStream {
- public:
-  WaitThenStream(Reactor* reactor, core::TensorStore* store,
-                 TrafficCounters* traffic)
-      : reactor_(reactor), store_(store), traffic_(traffic) {}
+using WaitDone = std::function<void(absl::Status)>;
 
-  // Waits until every `(name, version)` is reached, then streams the names.
-  void Start(core::TensorStore::VersionRequest request) {
-    for (const auto& [name, version] : request) names_.push_back(name);
-    auto wait = store_->WaitForVersions(
-        request, [this](absl::Status s) { OnVersionsReady(std::move(s)); });
+// Runs one core wait on behalf of a reactor whose Finish must be called
+// exactly once, while the call's cancellation may race with the wait firing.
+// `Reactor` is any server reactor (unary, write or bidi).
+template <typename Reactor>
+class ReactorWait {
+ public:
+  explicit ReactorWait(Reactor* reactor) : reactor_(reactor) {}
+
+  using Register =
+      std::function<absl::StatusOr<std::unique_ptr<core::Wait>>(WaitDone)>;
+
+  // Registers the wait through `start`; `ready` runs once it fires (also
+  // when it fires inside `start`, but only after `start` returned), unless
+  // the call was cancelled first.
+  void Start(const Register& start, WaitDone ready) {
+    ready_ = std::move(ready);
+    auto wait = start([this](absl::Status s) { OnFired(std::move(s)); });
     if (!wait.ok()) return FinishOnce(wait.status());
-    std::optional<absl::Status> ready;
+    std::optional<absl::Status> fired;
     bool cancelled;
     {
       absl::MutexLock lock(&mu_);
       wait_ = std::move(*wait);
       started_ = true;
-      ready = std::move(early_ready_);
+      fired = std::move(early_);
       cancelled = cancelled_;
     }
-    if (ready.has_value()) return Stream(*ready);
+    if (fired.has_value()) return ready_(*fired);
     if (cancelled) CancelWait();
   }
 
@@ -156,19 +160,14 @@ class WaitThenStream {
     CancelWait();
   }
 
-  // From the reactor's OnWriteDone.
-  void OnWriteDone(bool ok) {
-    if (!ok) return FinishOnce(absl::CancelledError("the client went away"));
-    WriteNext();
-  }
-
+  // Finishes the call unless it already was. The last touch of this object.
   void FinishOnce(const absl::Status& status) {
     {
       absl::MutexLock lock(&mu_);
       if (finished_) return;
       finished_ = true;
     }
-    reactor_->Finish(ToGrpcStatus(status));  // Last touch of this object.
+    reactor_->Finish(ToGrpcStatus(status));
   }
 
  private:
@@ -179,17 +178,56 @@ class WaitThenStream {
     }
   }
 
-  void OnVersionsReady(absl::Status status) {
+  void OnFired(absl::Status status) {
     {
       absl::MutexLock lock(&mu_);
-      if (!started_) {  // Fired inside WaitForVersions: Start() streams.
-        early_ready_ = std::move(status);
+      if (!started_) {  // Fired inside start(): Start() continues.
+        early_ = std::move(status);
         return;
       }
     }
-    Stream(status);
+    ready_(status);
   }
 
+  Reactor* const reactor_;
+  WaitDone ready_;
+  absl::Mutex mu_;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<absl::Status> early_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<core::Wait> wait_ ABSL_GUARDED_BY(mu_);
+};
+
+// The write half shared by Pull and PushPull: wait for versions, then stream
+// the tensors.
+template <typename Reactor, typename Response>
+class WaitThenStream {
+ public:
+  WaitThenStream(Reactor* reactor, core::TensorStore* store,
+                 TrafficCounters* traffic)
+      : reactor_(reactor), wait_(reactor), store_(store), traffic_(traffic) {}
+
+  // Waits until every `(name, version)` is reached, then streams the names.
+  void Start(core::TensorStore::VersionRequest request) {
+    for (const auto& [name, version] : request) names_.push_back(name);
+    wait_.Start(
+        [this, &request](WaitDone done) {
+          return store_->WaitForVersions(request, std::move(done));
+        },
+        [this](absl::Status status) { Stream(status); });
+  }
+
+  void OnCancel() { wait_.OnCancel(); }
+  void FinishOnce(const absl::Status& status) { wait_.FinishOnce(status); }
+
+  // From the reactor's OnWriteDone.
+  void OnWriteDone(bool ok) {
+    if (!ok) return FinishOnce(absl::CancelledError("the client went away"));
+    WriteNext();
+  }
+
+ private:
   void Stream(const absl::Status& status) {
     if (!status.ok()) return FinishOnce(status);
     auto snapshots = store_->Snapshot(names_);
@@ -208,18 +246,31 @@ class WaitThenStream {
   }
 
   Reactor* const reactor_;
+  ReactorWait<Reactor> wait_;
   core::TensorStore* const store_;
   TrafficCounters* const traffic_;
   std::vector<std::string> names_;
   std::optional<TensorStreamer<Response>> streamer_;
   Response response_;
+};
 
-  absl::Mutex mu_;
-  bool started_ ABSL_GUARDED_BY(mu_) = false;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  std::optional<absl::Status> early_ready_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<core::VersionWait> wait_ ABSL_GUARDED_BY(mu_);
+class BarrierReactor final : public grpc::ServerUnaryReactor {
+ public:
+  BarrierReactor(core::TensorStore* store, const v1::BarrierRequest* request)
+      : wait_(this) {
+    wait_.Start(
+        [store, request](WaitDone done) {
+          return store->EnterBarrier(request->lease_id(), request->name(),
+                                     request->count(), std::move(done));
+        },
+        [this](absl::Status status) { wait_.FinishOnce(status); });
+  }
+
+  void OnCancel() override { wait_.OnCancel(); }
+  void OnDone() override { delete this; }
+
+ private:
+  ReactorWait<BarrierReactor> wait_;
 };
 
 // ---------------------------------------------------------------------------
@@ -519,6 +570,12 @@ grpc::ServerUnaryReactor* WeightdService::Leave(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(store_->Leave(request->lease_id())));
   return reactor;
+}
+
+grpc::ServerUnaryReactor* WeightdService::Barrier(
+    grpc::CallbackServerContext* context, const v1::BarrierRequest* request,
+    v1::BarrierResponse* response) {
+  return new BarrierReactor(store_, request);
 }
 
 grpc::ServerUnaryReactor* WeightdService::GetStatus(

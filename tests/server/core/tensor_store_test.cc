@@ -451,6 +451,68 @@ TEST_F(TensorStoreTest, CloseFailsWaitersAndRefusesWork) {
               StatusIs(absl::StatusCode::kUnavailable));
 }
 
+TEST_F(TensorStoreTest, BarrierReleasesWhenCountArrivesAndResets) {
+  MakeStore();
+  const auto a = Join("a", {{"x", {0}}});
+  const auto b = Join("b", {{"x", {0}}});
+  std::vector<std::string> released;
+  auto wa = store_->EnterBarrier(a, "start", 2,
+                                 [&](absl::Status s) {
+                                   EXPECT_THAT(s, IsOk());
+                                   released.push_back("a");
+                                 });
+  ASSERT_THAT(wa, IsOk());
+  EXPECT_TRUE(released.empty());
+  EXPECT_THAT(store_->EnterBarrier(b, "start", 3, [](absl::Status) {}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("waiting for 2")));
+  auto wb = store_->EnterBarrier(b, "start", 2,
+                                 [&](absl::Status) { released.push_back("b"); });
+  ASSERT_THAT(wb, IsOk());
+  EXPECT_THAT(released, ::testing::UnorderedElementsAre("a", "b"));
+  // The next generation starts empty.
+  int next = 0;
+  auto again = store_->EnterBarrier(a, "start", 2, [&](absl::Status) { ++next; });
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(next, 0);
+  EXPECT_TRUE((*again)->Cancel());
+  EXPECT_THAT(store_->EnterBarrier(0, "start", 2, [](absl::Status) {}),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(store_->EnterBarrier(a, "", 2, [](absl::Status) {}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(store_->EnterBarrier(a, "s", 0, [](absl::Status) {}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST_F(TensorStoreTest, CancelledBarrierEntryDoesNotCount) {
+  MakeStore();
+  const auto a = Join("a", {{"x", {0}}});
+  const auto b = Join("b", {{"x", {0}}});
+  const auto c = Join("c", {{"x", {0}}});
+  int fired = 0;
+  auto wa = store_->EnterBarrier(a, "s", 2, [&](absl::Status) { ++fired; });
+  ASSERT_THAT(wa, IsOk());
+  EXPECT_TRUE((*wa)->Cancel());
+  auto wb = store_->EnterBarrier(b, "s", 2, [&](absl::Status) { ++fired; });
+  EXPECT_EQ(fired, 0);  // a's cancelled entry is gone.
+  auto wc = store_->EnterBarrier(c, "s", 2, [&](absl::Status) { ++fired; });
+  EXPECT_EQ(fired, 2);
+}
+
+TEST_F(TensorStoreTest, CloseFailsBarrierWaiters) {
+  MakeStore();
+  const auto a = Join("a", {{"x", {0}}});
+  std::vector<absl::Status> fired;
+  auto wait = store_->EnterBarrier(a, "s", 2,
+                                   [&](absl::Status s) { fired.push_back(s); });
+  ASSERT_THAT(wait, IsOk());
+  store_->Close();
+  ASSERT_EQ(fired.size(), 1u);
+  EXPECT_THAT(fired[0], StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(store_->EnterBarrier(a, "s", 1, [](absl::Status) {}),
+              StatusIs(absl::StatusCode::kUnavailable));
+}
+
 TEST_F(TensorStoreTest, RejoinIsNeverCountedTwice) {
   MakeStore();
   const auto a = Join("a", {{"w", {0}}});

@@ -395,6 +395,47 @@ TEST_F(ServiceTest, HealthIsServingAndShutdownReleasesWaiters) {
   EXPECT_THAT(waited, StatusIs(absl::StatusCode::kUnavailable));
 }
 
+TEST_F(ServiceTest, BarrierReleasesAllWorkersTogether) {
+  constexpr int kWorkers = 3;
+  std::vector<std::vector<float>> buffers(kWorkers, std::vector<float>(2));
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int w = 0; w < kWorkers; ++w) {
+    clients.push_back(Connect(absl::StrCat("w", w)));
+    ASSERT_THAT(clients[w]->Join({TensorRef{"x", {2},
+                                            absl::MakeSpan(buffers[w])}}),
+                IsOk());
+  }
+  std::vector<absl::Status> results(kWorkers);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kWorkers; ++w) {
+    threads.emplace_back(
+        [&, w] { results[w] = clients[w]->Barrier("start", kWorkers); });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& r : results) EXPECT_THAT(r, IsOk());
+  EXPECT_THAT(clients[0]->Barrier("start", 0),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  // Deadline-bounded: a barrier nobody else enters ends DEADLINE_EXCEEDED.
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(200));
+  v1::BarrierRequest request;
+  request.set_lease_id(server_->store().Status().workers.at(0).lease_id);
+  request.set_name("lonely");
+  request.set_count(2);
+  v1::BarrierResponse response;
+  EXPECT_EQ(stub_->Barrier(&context, request, &response).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+  // The cancelled entry was withdrawn: two new entries release together.
+  std::vector<absl::Status> pair(2);
+  std::thread t0([&] { pair[0] = clients[1]->Barrier("lonely", 2); });
+  std::thread t1([&] { pair[1] = clients[2]->Barrier("lonely", 2); });
+  t0.join();
+  t1.join();
+  EXPECT_THAT(pair[0], IsOk());
+  EXPECT_THAT(pair[1], IsOk());
+}
+
 TEST_F(ServiceTest, AsyncModeAppliesPushesImmediately) {
   server_.reset();
   StartServer(core::Mode::kAsync);
