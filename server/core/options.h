@@ -29,6 +29,8 @@ struct RoundClosed {
   std::uint32_t contributors = 0; // Complete contributions averaged.
   std::uint64_t bytes = 0;        // Payload bytes accumulated for the round.
   absl::Duration duration;        // From first accepted chunk to close.
+  // Chunks whose mean was not finite (overflow): they kept their old value.
+  std::uint64_t non_finite_chunks = 0;
 };
 
 struct StoreOptions {

@@ -1,6 +1,8 @@
 #include "server/core/shared_tensor.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -47,12 +49,12 @@ absl::Status SharedTensor::CheckNewLocked(const ContributionKey& key,
         " is older than its last push (sequence ", previous->sequence,
         ") to tensor ", name_));
   }
+  if (options_->mode == Mode::kAsync) return absl::OkStatus();
   if (acc_kind_.has_value() && *acc_kind_ != key.kind) {
     return absl::FailedPreconditionError(absl::StrCat(
         "tensor ", name_, " is collecting ", KindName(*acc_kind_),
         " updates in its open round; this push is ", KindName(key.kind)));
   }
-  if (options_->mode == Mode::kAsync) return absl::OkStatus();
   if (key.round < version_) {
     return absl::AbortedError(absl::StrCat(
         "round ", key.round, " of tensor ", name_,
@@ -65,17 +67,12 @@ absl::Status SharedTensor::CheckNewLocked(const ContributionKey& key,
         " is not open; the current round is ", version_));
   }
   if (previous != nullptr && previous->round == version_ &&
-      (previous->complete || previous->progress > 0)) {
-    if (previous->complete) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "worker ", key.worker, " already contributed to round ", version_,
-          " of tensor ", name_, " (push sequence ", previous->sequence, ")"));
-    }
-    return absl::FailedPreconditionError(absl::StrCat(
-        "push sequence ", previous->sequence, " of worker ", key.worker,
-        " to round ", version_, " of tensor ", name_,
-        " is unfinished; resend it with that sequence"));
+      previous->complete) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "worker ", key.worker, " already contributed to round ", version_,
+        " of tensor ", name_, " (push sequence ", previous->sequence, ")"));
   }
+  // An unfinished contribution of this worker to the round is resumed.
   return absl::OkStatus();
 }
 
@@ -100,37 +97,50 @@ absl::Status SharedTensor::CheckContribution(const ContributionKey& key) const {
 absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
                                     std::uint64_t offset, const char* data,
                                     std::uint64_t length) {
-  const std::uint64_t count = length / 4;
-  // Checked before the lock and before any state changes.
-  if (!options_->allow_non_finite && !AllFinite(data, count)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk at byte ", offset, " of tensor ", name_,
-        " contains NaN or Inf; nothing of it was applied"));
-  }
   absl::MutexLock lock(&mu_);
   auto it = contributions_.find(key.worker);
-  if (it == contributions_.end() || it->second.sequence != key.sequence) {
+  if (it != contributions_.end() && it->second.sequence == key.sequence) {
+    if (it->second.kind != key.kind || it->second.round != key.round) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "push sequence ", key.sequence, " of worker ", key.worker,
+          " was already used for a different round or update kind of tensor ",
+          name_));
+    }
+  } else {
     const Contribution* previous =
         it == contributions_.end() ? nullptr : &it->second;
     if (absl::Status s = CheckNewLocked(key, previous); !s.ok()) return s;
-    Contribution fresh;
-    fresh.sequence = key.sequence;
-    fresh.round = options_->mode == Mode::kSync ? version_ : key.round;
-    fresh.kind = key.kind;
-    it = contributions_.insert_or_assign(std::string(key.worker), fresh).first;
+    if (previous != nullptr && previous->round == version_) {
+      // Resume the unfinished contribution: the chunks it delivered stay
+      // counted and are skipped below.
+      it->second.sequence = key.sequence;
+      it->second.kind = key.kind;
+    } else {
+      Contribution fresh;
+      fresh.sequence = key.sequence;
+      fresh.round = version_;
+      fresh.kind = key.kind;
+      it = contributions_.insert_or_assign(std::string(key.worker), fresh)
+               .first;
+    }
   }
   Contribution& c = it->second;
-  if (offset < c.progress) return absl::OkStatus();  // Resent: applied once.
+  if (offset < c.progress) return absl::OkStatus();  // Delivered before.
   if (offset > c.progress) {
     return absl::InternalError(absl::StrCat(
         "chunk at byte ", offset, " of tensor ", name_, " arrived before byte ",
         c.progress));
   }
-  if (options_->mode == Mode::kSync && c.round != version_) {
+  if (c.round != version_) {
     return absl::AbortedError(absl::StrCat(
         "round ", c.round, " of tensor ", name_,
         " closed before this push completed; the current round is ",
         version_));
+  }
+  if (acc_kind_.has_value() && *acc_kind_ != key.kind) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "tensor ", name_, " is collecting ", KindName(*acc_kind_),
+        " updates in its open round; this push is ", KindName(key.kind)));
   }
   if (acc_.size() != elements_) {
     acc_.assign(elements_, 0.0f);
@@ -143,14 +153,10 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
                          0.0);
     round_start_ = options_->now();
   }
-  // Async deltas are summed (each applied whole); everything else is a
-  // weighted mean.
-  const bool summed =
-      options_->mode == Mode::kAsync && key.kind == UpdateKind::kDelta;
-  const double w = summed ? 1.0 : weight;
   const std::uint64_t first = offset / 4;
-  AccumulateScaled(data, count, static_cast<float>(w), acc_.data() + first);
-  chunk_weight_[first / chunk_elements_] += w;
+  AccumulateScaled(data, length / 4, static_cast<float>(weight),
+                   acc_.data() + first);
+  chunk_weight_[first / chunk_elements_] += weight;
   acc_kind_ = key.kind;
   c.progress += length;
   round_bytes_ += length;
@@ -170,33 +176,87 @@ absl::StatusOr<ContributionResult> SharedTensor::Complete(
   if (c.progress < bytes()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "push ended after ", c.progress, " of ", bytes(), " bytes of tensor ",
-        name_, "; resend the whole tensor with the same sequence"));
+        name_, "; resend the whole tensor"));
   }
   ContributionResult result;
   if (c.complete) {
     result.duplicate = true;
   } else {
-    if (options_->mode == Mode::kSync && c.round != version_) {
+    if (c.round != version_) {
       return absl::AbortedError(absl::StrCat(
           "round ", c.round, " of tensor ", name_,
           " closed before this push completed; the current round is ",
           version_));
     }
     c.complete = true;
+    c.ready_version = c.round + 1;
     ++round_contributors_;
-    if (options_->mode == Mode::kSync) {
-      c.ready_version = c.round + 1;
-      if (RoundCompleteLocked()) CloseRoundLocked(deferred);
-    } else {
-      CloseRoundLocked(deferred);
-      c.round = version_;
-      c.ready_version = version_;
-    }
+    if (RoundCompleteLocked()) CloseRoundLocked(deferred);
   }
   result.round = c.round;
   result.ready_version = c.ready_version;
   result.version = version_;
   return result;
+}
+
+absl::StatusOr<ContributionResult> SharedTensor::ApplyPush(
+    const ContributionKey& key, absl::Span<const float> payload,
+    Deferred& deferred) {
+  absl::MutexLock lock(&mu_);
+  auto it = contributions_.find(key.worker);
+  if (it != contributions_.end() && it->second.sequence == key.sequence) {
+    if (it->second.kind != key.kind) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "push sequence ", key.sequence, " of worker ", key.worker,
+          " was already used for another update kind of tensor ", name_));
+    }
+    return ContributionResult{it->second.round, it->second.ready_version,
+                              version_, /*duplicate=*/true};
+  }
+  const Contribution* previous =
+      it == contributions_.end() ? nullptr : &it->second;
+  if (absl::Status s = CheckNewLocked(key, previous); !s.ok()) return s;
+
+  const absl::Time start = options_->now();
+  const float* old = value_->data();
+  const float* x = payload.data();
+  const bool delta = key.kind == UpdateKind::kDelta;
+  const float step = static_cast<float>(delta ? options_->server_lr
+                                              : options_->async_mix);
+  auto updated = [&](std::uint64_t i) {
+    return delta ? old[i] + step * x[i] : old[i] + step * (x[i] - old[i]);
+  };
+  if (!options_->allow_non_finite) {
+    // Checked before anything is written: the push applies whole or not.
+    for (std::uint64_t i = 0; i < elements_; ++i) {
+      if (!std::isfinite(updated(i))) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "applying this push to tensor ", name_,
+            " would overflow float32 at element ", i, "; nothing was applied"));
+      }
+    }
+  }
+  // A pull still streaming the current value keeps it: write a copy then.
+  std::shared_ptr<std::vector<float>> target =
+      value_.use_count() == 1 ? value_
+                              : std::make_shared<std::vector<float>>(*value_);
+  std::atomic_thread_fence(std::memory_order_acquire);  // See CloseRoundLocked.
+  old = value_->data();
+  float* out = target->data();
+  for (std::uint64_t i = 0; i < elements_; ++i) out[i] = updated(i);
+  value_ = std::move(target);
+
+  Contribution& c = contributions_[key.worker];
+  c.sequence = key.sequence;
+  c.kind = key.kind;
+  c.progress = bytes();
+  c.complete = true;
+  PublishLocked(RoundClosed{name_, version_, 1, bytes(),
+                            options_->now() - start, 0},
+                deferred);
+  c.round = version_;
+  c.ready_version = version_;
+  return ContributionResult{c.round, c.ready_version, version_, false};
 }
 
 bool SharedTensor::RoundCompleteLocked() const {
@@ -214,51 +274,63 @@ bool SharedTensor::RoundCompleteLocked() const {
 void SharedTensor::CloseRoundLocked(Deferred& deferred) {
   const float* old = value_->data();
   float* acc = acc_.data();
-  const bool async = options_->mode == Mode::kAsync;
   const bool delta = acc_kind_ == UpdateKind::kDelta;
   const float lr = static_cast<float>(options_->server_lr);
-  const float mix = static_cast<float>(options_->async_mix);
+  std::uint64_t non_finite_chunks = 0;
   for (std::size_t k = 0; k < chunk_weight_.size(); ++k) {
     const std::uint64_t begin = k * chunk_elements_;
     const std::uint64_t end = std::min(elements_, begin + chunk_elements_);
     const double w = chunk_weight_[k];
     if (w == 0.0) {
       std::copy(old + begin, old + end, acc + begin);
-    } else if (async && delta) {
-      for (std::uint64_t i = begin; i < end; ++i) acc[i] = old[i] + lr * acc[i];
-    } else if (delta) {
+      continue;
+    }
+    if (delta) {
       for (std::uint64_t i = begin; i < end; ++i) {
         acc[i] = old[i] + lr * static_cast<float>(acc[i] / w);
-      }
-    } else if (async) {
-      for (std::uint64_t i = begin; i < end; ++i) {
-        acc[i] = old[i] + mix * (static_cast<float>(acc[i] / w) - old[i]);
       }
     } else {
       for (std::uint64_t i = begin; i < end; ++i) {
         acc[i] = static_cast<float>(acc[i] / w);
       }
     }
+    // Finite inputs can still overflow in the sum: such a chunk keeps its
+    // old value rather than publishing Inf or NaN.
+    if (!options_->allow_non_finite &&
+        !AllFinite(reinterpret_cast<const char*>(acc + begin), end - begin)) {
+      std::copy(old + begin, old + end, acc + begin);
+      ++non_finite_chunks;
+    }
   }
   auto fresh = std::make_shared<std::vector<float>>(std::move(acc_));
   // Reuse the old value's storage for the next round unless a pull is still
-  // streaming it.
+  // streaming it. use_count() is a relaxed load: the fence orders the
+  // pull's last reads (before its release of the reference) before our
+  // reuse of the storage.
   if (value_.use_count() == 1) {
+    std::atomic_thread_fence(std::memory_order_acquire);
     acc_ = std::move(*value_);
   } else {
     acc_ = std::vector<float>();
   }
   value_ = std::move(fresh);
 
-  RoundClosed closed{name_, version_, round_contributors_, round_bytes_,
-                     options_->now() - round_start_};
-  ++version_;
+  const RoundClosed closed{name_,        version_,
+                           round_contributors_, round_bytes_,
+                           options_->now() - round_start_, non_finite_chunks};
   acc_zeroed_ = false;
   acc_kind_.reset();
   round_contributors_ = 0;
   round_bytes_ = 0;
+  PublishLocked(closed, deferred);
+}
+
+void SharedTensor::PublishLocked(RoundClosed closed, Deferred& deferred) {
+  ++version_;
   if (options_->on_round_closed) {
-    deferred.Add([cb = options_->on_round_closed, closed] { cb(closed); });
+    deferred.Add([cb = options_->on_round_closed, closed = std::move(closed)] {
+      cb(closed);
+    });
   }
   auto ready = std::stable_partition(
       waiters_.begin(), waiters_.end(),

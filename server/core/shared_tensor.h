@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "server/core/options.h"
 
 namespace weightd::core {
@@ -85,26 +86,36 @@ class SharedTensor {
   // The group shrinks; a sync round waiting only on `worker` closes.
   void RemoveParticipant(absl::string_view worker, Deferred& deferred);
 
-  // Non-mutating check that `key` may start (or resume) a contribution.
+  // Non-mutating check that `key` may start, resume or resend a push.
   // ABORTED (stale sequence or closed round), FAILED_PRECONDITION (round not
-  // open, unfinished earlier push, other update kind), ALREADY_EXISTS
-  // (worker already contributed to the round), INVALID_ARGUMENT.
+  // open, other update kind collecting), ALREADY_EXISTS (the worker already
+  // contributed to the round), INVALID_ARGUMENT (a sequence reused for
+  // another round or kind).
   absl::Status CheckContribution(const ContributionKey& key) const;
 
-  // Accumulates the chunk at byte `offset` (already validated for alignment
-  // and length by the caller) into the open round. A chunk the same push
-  // already delivered (a resend) is skipped. INVALID_ARGUMENT for NaN/Inf,
-  // plus every code of CheckContribution.
+  // Sync mode. Sums the chunk at byte `offset` (validated by the caller:
+  // aligned, right length, finite) into the open round. A chunk this
+  // worker's contribution to the round already delivered is skipped, so a
+  // resend, or a new push after an interrupted one, applies each chunk once.
+  // Codes as CheckContribution.
   absl::Status AddChunk(const ContributionKey& key, double weight,
                         std::uint64_t offset, const char* data,
                         std::uint64_t length);
 
-  // Marks the push complete; in sync mode may close the round, in async
-  // mode applies it. INVALID_ARGUMENT if not all bytes arrived, ABORTED if
-  // the push was superseded by a newer one of the same worker.
+  // Sync mode. Marks the push complete and closes the round if it was the
+  // last one missing. INVALID_ARGUMENT if not all bytes arrived, ABORTED if
+  // the push was superseded or its round closed meanwhile.
   absl::StatusOr<ContributionResult> Complete(absl::string_view worker,
                                               std::uint64_t sequence,
                                               Deferred& deferred);
+
+  // Async mode. Applies a whole push (`payload` holds elements() values) at
+  // once and publishes a new version; a resend of an applied push is a
+  // duplicate. INVALID_ARGUMENT if the result would not be finite (nothing
+  // applied), plus the codes of CheckContribution.
+  absl::StatusOr<ContributionResult> ApplyPush(const ContributionKey& key,
+                                               absl::Span<const float> payload,
+                                               Deferred& deferred);
 
   TensorSnapshot Snapshot() const;
   std::uint64_t version() const;
@@ -139,11 +150,15 @@ class SharedTensor {
     WaitCallback done;
   };
 
+  // Checks of a push that is not a resend of `previous`.
   absl::Status CheckNewLocked(const ContributionKey& key,
                               const Contribution* previous) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Round closed / version published: observer and waiters.
+  void PublishLocked(RoundClosed closed, Deferred& deferred)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool RoundCompleteLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Folds the accumulator into a new published value; version += 1.
+  // Sync: folds the accumulator into a new published value; version += 1.
   void CloseRoundLocked(Deferred& deferred) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string name_;
@@ -160,8 +175,8 @@ class SharedTensor {
   absl::flat_hash_map<std::string, Contribution> contributions_
       ABSL_GUARDED_BY(mu_);
 
-  // The open round: sum of weight * payload, and the weight summed per chunk
-  // (a chunk the round received from nobody keeps its old value).
+  // Sync: the open round's sum of weight * payload, and the weight summed
+  // per chunk (a chunk the round received from nobody keeps its old value).
   std::vector<float> acc_ ABSL_GUARDED_BY(mu_);
   bool acc_zeroed_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<double> chunk_weight_ ABSL_GUARDED_BY(mu_);

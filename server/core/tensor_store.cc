@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -28,6 +29,10 @@ absl::Status Closed() {
 
 absl::StatusOr<std::uint64_t> ElementCount(
     const std::vector<std::int64_t>& shape, std::uint64_t max_bytes) {
+  if (shape.size() > kMaxRank) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shape has ", shape.size(), " dimensions; the limit is ", kMaxRank));
+  }
   const std::uint64_t max_elements = max_bytes / kFloatBytes;
   std::uint64_t count = 1;
   for (std::size_t i = 0; i < shape.size(); ++i) {
@@ -94,7 +99,9 @@ PushSession::PushSession(TensorStore* store, std::string worker,
       worker_(std::move(worker)),
       header_(std::move(header)),
       tensors_(std::move(tensors)),
-      next_offset_(tensors_.size(), 0) {}
+      next_offset_(tensors_.size(), 0) {
+  if (store_->options().mode == Mode::kAsync) staged_.resize(tensors_.size());
+}
 
 absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
                                    absl::string_view data) {
@@ -128,12 +135,26 @@ absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
         absl::StrCat("chunk of tensor ", tensor.name(), " at offset ", offset,
                      " carries ", data.size(), " bytes; expected ", expected)));
   }
-  const ContributionKey key{worker_, header_.sequence,
-                            header_.entries[index].round, header_.kind};
-  if (absl::Status s =
-          tensor.AddChunk(key, header_.weight, offset, data.data(), expected);
-      !s.ok()) {
-    return fail(s);
+  if (!store_->options().allow_non_finite &&
+      !AllFinite(data.data(), expected / kFloatBytes)) {
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+        "chunk of tensor ", tensor.name(), " at offset ", offset,
+        " contains NaN or Inf; nothing of it was applied")));
+  }
+  if (!staged_.empty()) {
+    // Async: staged whole, applied by Finish().
+    std::vector<float>& staged = staged_[index];
+    staged.resize((offset + expected) / kFloatBytes);
+    std::memcpy(reinterpret_cast<char*>(staged.data()) + offset, data.data(),
+                expected);
+  } else {
+    const ContributionKey key{worker_, header_.sequence,
+                              header_.entries[index].round, header_.kind};
+    if (absl::Status s = tensor.AddChunk(key, header_.weight, offset,
+                                         data.data(), expected);
+        !s.ok()) {
+      return fail(s);
+    }
   }
   next_offset_[index] += expected;
   return absl::OkStatus();
@@ -154,9 +175,15 @@ absl::StatusOr<std::vector<PushResult>> PushSession::Finish() {
   Deferred deferred;
   std::vector<PushResult> results;
   results.reserve(tensors_.size());
-  for (const auto& tensor : tensors_) {
+  for (std::size_t i = 0; i < tensors_.size(); ++i) {
+    const auto& tensor = tensors_[i];
     absl::StatusOr<ContributionResult> outcome =
-        tensor->Complete(worker_, header_.sequence, deferred);
+        staged_.empty()
+            ? tensor->Complete(worker_, header_.sequence, deferred)
+            : tensor->ApplyPush(
+                  ContributionKey{worker_, header_.sequence,
+                                  header_.entries[i].round, header_.kind},
+                  staged_[i], deferred);
     if (!outcome.ok()) {
       error_ = outcome.status();
       return error_;
@@ -236,6 +263,11 @@ absl::StatusOr<JoinResult> TensorStore::Join(
     return absl::InvalidArgumentError(absl::StrCat(
         "worker ", worker_id, " declares no tensors; declare at least one"));
   }
+  if (declarations.size() > kMaxTensorsPerCall) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("worker ", worker_id, " declares ", declarations.size(),
+                     " tensors; the limit is ", kMaxTensorsPerCall));
+  }
   absl::flat_hash_set<absl::string_view> seen;
   for (const Declaration& d : declarations) {
     WEIGHTD_RETURN_IF_ERROR(ValidateName("tensor name", d.name));
@@ -245,7 +277,7 @@ absl::StatusOr<JoinResult> TensorStore::Join(
     }
     WEIGHTD_ASSIGN_OR_RETURN(std::uint64_t count,
                              ElementCount(d.shape, options_.max_tensor_bytes));
-    if (d.initial_value.size() != count) {
+    if (!d.initial_value.empty() && d.initial_value.size() != count) {
       return absl::InvalidArgumentError(absl::StrCat(
           "initial value of tensor ", d.name, " has ",
           d.initial_value.size() * kFloatBytes, " bytes; shape ",
@@ -253,7 +285,7 @@ absl::StatusOr<JoinResult> TensorStore::Join(
     }
     if (!options_.allow_non_finite &&
         !AllFinite(reinterpret_cast<const char*>(d.initial_value.data()),
-                   count)) {
+                   d.initial_value.size())) {
       return absl::InvalidArgumentError(absl::StrCat(
           "initial value of tensor ", d.name, " contains NaN or Inf"));
     }
@@ -264,6 +296,11 @@ absl::StatusOr<JoinResult> TensorStore::Join(
   if (closed()) return Closed();
   for (const Declaration& d : declarations) {
     auto it = tensors_.find(d.name);
+    if (it == tensors_.end() && d.initial_value.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", d.name, " does not exist yet; its declaration must "
+          "carry an initial value"));
+    }
     if (it != tensors_.end() && it->second->shape() != d.shape) {
       return absl::AlreadyExistsError(absl::StrCat(
           "tensor ", d.name, " already exists with shape ",
@@ -328,9 +365,15 @@ absl::StatusOr<std::unique_ptr<PushSession>> TensorStore::BeginPush(
   if (header.sequence == 0) {
     return absl::InvalidArgumentError("push sequence must be >= 1");
   }
-  if (!std::isfinite(header.weight) || header.weight <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "push weight is ", header.weight, "; it must be finite and > 0"));
+  if (!(header.weight >= kMinPushWeight && header.weight <= kMaxPushWeight)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("push weight is ", header.weight, "; it must be in [",
+                     kMinPushWeight, ", ", kMaxPushWeight, "]"));
+  }
+  if (header.entries.size() > kMaxTensorsPerCall) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("push lists ", header.entries.size(),
+                     " tensors; the limit is ", kMaxTensorsPerCall));
   }
   if (header.entries.empty()) {
     return absl::InvalidArgumentError("push lists no tensors");

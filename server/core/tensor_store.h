@@ -31,7 +31,8 @@ namespace weightd::core {
 struct Declaration {
   std::string name;
   std::vector<std::int64_t> shape;
-  // Exactly the shape's element count. Becomes the value if the tensor is new.
+  // Exactly the shape's element count; becomes the value if the tensor is
+  // new. May be empty for a tensor that exists (its value is kept anyway).
   std::vector<float> initial_value;
 };
 
@@ -83,17 +84,28 @@ struct StoreStatus {
   std::uint64_t rounds_closed = 0;
 };
 
+// Limits on what one Join may declare.
+inline constexpr std::size_t kMaxRank = 32;
+inline constexpr std::size_t kMaxTensorsPerCall = 1 << 16;
+// Push weights a float32 sum can carry without under- or overflow.
+inline constexpr double kMinPushWeight = 1e-6;
+inline constexpr double kMaxPushWeight = 1e15;
+
 // Computes the element count of `shape`: INVALID_ARGUMENT for a dimension
-// < 1, OUT_OF_RANGE if it exceeds `max_bytes` as float32.
+// < 1 or more than kMaxRank dimensions, RESOURCE_EXHAUSTED if it exceeds
+// `max_bytes` as float32.
 absl::StatusOr<std::uint64_t> ElementCount(
     const std::vector<std::int64_t>& shape, std::uint64_t max_bytes);
 
 class TensorStore;
 
 // One push in flight: created by TensorStore::BeginPush, fed chunks in
-// order, then finished. Not thread-safe (one stream drives it). If it is
-// destroyed unfinished, the chunks it applied stay applied; a resend with the
-// same sequence skips them.
+// order, then finished. Not thread-safe (one stream drives it).
+// Sync mode: chunks are summed into the open round as they arrive; if the
+// session ends unfinished, the chunks it delivered stay in the round and the
+// worker's next push to that round continues after them (each chunk counts
+// once). Async mode: chunks are staged in the session and the push is applied
+// whole by Finish(), or not at all.
 class PushSession {
  public:
   PushSession(const PushSession&) = delete;
@@ -101,17 +113,20 @@ class PushSession {
 
   const PushHeader& header() const { return header_; }
 
-  // Applies one chunk of header().entries[index]. UNAVAILABLE once the store
-  // is closing; INVALID_ARGUMENT for an
-  // index past the list, an offset out of order or unaligned, a wrong
-  // length, or NaN/Inf; OUT_OF_RANGE for an offset past the tensor's end;
-  // plus the codes of SharedTensor::AddChunk. After an error the session is
-  // dead: every later call returns the same error.
+  // Takes one chunk of header().entries[index]. UNAVAILABLE once the store
+  // is closing; INVALID_ARGUMENT for an index past the list, an offset out of
+  // order or unaligned, a wrong length, or NaN/Inf; OUT_OF_RANGE for an
+  // offset past the tensor's end; plus the codes of
+  // SharedTensor::CheckContribution. After an error the session is dead:
+  // every later call returns the same error.
   absl::Status AddChunk(std::uint32_t index, std::uint64_t offset,
                         absl::string_view data);
 
-  // Completes the push for every tensor. INVALID_ARGUMENT if a tensor did
-  // not arrive whole; ABORTED if superseded or its round closed meanwhile.
+  // Completes the push for every tensor (sync: may close rounds; async:
+  // applies it). INVALID_ARGUMENT if a tensor did not arrive whole or (async)
+  // the result would overflow; ABORTED if superseded or its round closed
+  // meanwhile. Tensors are completed in order: on an error the ones before
+  // it are completed.
   absl::StatusOr<std::vector<PushResult>> Finish();
 
  private:
@@ -124,6 +139,7 @@ class PushSession {
   const PushHeader header_;
   const std::vector<std::shared_ptr<SharedTensor>> tensors_;
   std::vector<std::uint64_t> next_offset_;
+  std::vector<std::vector<float>> staged_;  // Async mode only.
   absl::Status error_;
 };
 
@@ -160,8 +176,9 @@ class TensorStore {
 
   // Starts (or replaces, for a known worker id) a membership. All-or-nothing:
   // on error nothing changed. INVALID_ARGUMENT (names, shapes, value sizes,
-  // duplicates, NaN), OUT_OF_RANGE (tensor too large), ALREADY_EXISTS (a
-  // tensor of that name exists with another shape), UNAVAILABLE (closed).
+  // duplicates, NaN, a missing value for a new tensor), RESOURCE_EXHAUSTED
+  // (a tensor too large, too many tensors), ALREADY_EXISTS (a tensor of that
+  // name exists with another shape), UNAVAILABLE (closed).
   absl::StatusOr<JoinResult> Join(absl::string_view worker_id,
                                   std::vector<Declaration> declarations);
 
@@ -171,7 +188,8 @@ class TensorStore {
   // Validates a push header against the tensors' state; nothing changes
   // until chunks arrive. FAILED_PRECONDITION (unknown lease, tensor not
   // declared by this worker, round not open), NOT_FOUND (unknown tensor),
-  // INVALID_ARGUMENT (weight, kind, duplicates), ABORTED (closed round, stale
+  // INVALID_ARGUMENT (weight outside [kMinPushWeight, kMaxPushWeight], kind,
+  // duplicates), ABORTED (closed round, stale
   // sequence), ALREADY_EXISTS (already contributed), UNAVAILABLE (closed).
   absl::StatusOr<std::unique_ptr<PushSession>> BeginPush(PushHeader header);
 

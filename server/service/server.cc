@@ -32,6 +32,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                        "bytes={} ms={:.1f}",
                        c.tensor, c.round, c.contributors, c.bytes,
                        absl::ToDoubleMilliseconds(c.duration));
+          if (c.non_finite_chunks > 0) {
+            spdlog::warn("round {} of tensor {}: the mean of {} chunk(s) "
+                         "overflowed float32; they kept their old value",
+                         c.round, c.tensor, c.non_finite_chunks);
+          }
           if (user) user(c);
         };
   }

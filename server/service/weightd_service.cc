@@ -303,13 +303,23 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
       if (have_header_) return RepeatedHeader("Join");
       have_header_ = true;
       worker_id_ = request_.header().worker_id();
-      for (const v1::TensorDeclaration& d : request_.header().tensors()) {
+      const auto& tensors = request_.header().tensors();
+      if (tensors.size() > static_cast<int>(core::kMaxTensorsPerCall)) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("Join declares ", tensors.size(),
+                         " tensors; the limit is ", core::kMaxTensorsPerCall));
+      }
+      for (const v1::TensorDeclaration& d : tensors) {
         core::Declaration decl;
         decl.name = d.name();
         decl.shape.assign(d.shape().begin(), d.shape().end());
         WEIGHTD_ASSIGN_OR_RETURN(
             std::uint64_t count,
             core::ElementCount(decl.shape, store_->options().max_tensor_bytes));
+        // A tensor that exists keeps its value: its chunks are checked, not
+        // kept.
+        absl::StatusOr<core::TensorInfo> existing = store_->Describe(d.name());
+        keep_.push_back(!existing.ok() || existing->shape != decl.shape);
         declarations_.push_back(std::move(decl));
         elements_.push_back(count);
       }
@@ -347,12 +357,13 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
           "chunk of tensor ", decl.name, " at offset ", chunk.offset(),
           " carries ", chunk.data().size(), " bytes; expected ", expected));
     }
-    // Storage is allocated by the first chunk, not by the header, so a
-    // header alone cannot make the server allocate.
-    if (decl.initial_value.empty()) decl.initial_value.resize(elements_[i]);
-    std::memcpy(reinterpret_cast<char*>(decl.initial_value.data()) +
-                    chunk.offset(),
-                chunk.data().data(), expected);
+    if (keep_[i]) {
+      // Grows with the bytes received: a header alone allocates nothing.
+      decl.initial_value.resize((chunk.offset() + expected) / kFloatBytes);
+      std::memcpy(reinterpret_cast<char*>(decl.initial_value.data()) +
+                      chunk.offset(),
+                  chunk.data().data(), expected);
+    }
     next_offset_[i] += expected;
     traffic_->bytes_received.fetch_add(expected, std::memory_order_relaxed);
     return absl::OkStatus();
@@ -391,6 +402,7 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
   bool have_header_ = false;
   std::string worker_id_;
   std::vector<core::Declaration> declarations_;
+  std::vector<bool> keep_;  // Whether to keep the initial value's bytes.
   std::vector<std::uint64_t> elements_;
   std::vector<std::uint64_t> next_offset_;
 };
@@ -586,14 +598,20 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
   response->set_mode(ModeToProto(options.mode));
   response->set_chunk_bytes(options.chunk_bytes);
   response->set_server_lr(options.server_lr);
-  for (const core::TensorInfo& t : status.tensors) {
-    InfoToProto(t, response->add_tensors());
+  response->set_tensor_count(status.tensors.size());
+  response->set_worker_count(status.workers.size());
+  if (request->include_tensors()) {
+    for (const core::TensorInfo& t : status.tensors) {
+      InfoToProto(t, response->add_tensors());
+    }
   }
-  for (const core::WorkerInfo& w : status.workers) {
-    v1::WorkerInfo* out = response->add_workers();
-    out->set_worker_id(w.worker_id);
-    out->set_lease_id(w.lease_id);
-    for (const std::string& t : w.tensors) out->add_tensors(t);
+  if (request->include_workers()) {
+    for (const core::WorkerInfo& w : status.workers) {
+      v1::WorkerInfo* out = response->add_workers();
+      out->set_worker_id(w.worker_id);
+      out->set_lease_id(w.lease_id);
+      for (const std::string& t : w.tensors) out->add_tensors(t);
+    }
   }
   response->set_bytes_received(
       traffic_.bytes_received.load(std::memory_order_relaxed));

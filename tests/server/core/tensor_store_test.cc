@@ -35,6 +35,7 @@ class TensorStoreTest : public ::testing::Test {
     StoreOptions options;
     options.mode = mode;
     options.server_lr = server_lr;
+    options.async_mix = 0.5;
     options.chunk_bytes = kChunk;
     options.on_round_closed = [this](const RoundClosed& c) {
       absl::MutexLock lock(&closed_mu_);
@@ -334,6 +335,82 @@ TEST_F(TensorStoreTest, RejectedPushDoesNotBlockTheNextOne) {
   EXPECT_THAT(Value("w"), ElementsAre(1, 2));
 }
 
+TEST_F(TensorStoreTest, InterruptedContributionResumesWithNewSequence) {
+  MakeStore();
+  const auto a = Join("a", {{"x", std::vector<float>(2000, 0)},
+                            {"y", std::vector<float>(2000, 0)}});
+  const auto b = Join("b", {{"x", std::vector<float>(2000, 0)},
+                            {"y", std::vector<float>(2000, 0)}});
+  std::vector<float> bad(2000, 1.0f);
+  bad[1500] = NAN;  // In y's second chunk: x and y's first chunk are in.
+  EXPECT_THAT(Push(a, 1, {{"x", 0, std::vector<float>(2000, 1)}, {"y", 0, bad}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("NaN")));
+  // The client moves to a new sequence; the round resumes where it stopped.
+  ASSERT_THAT(Push(a, 2, {{"x", 0, std::vector<float>(2000, 1)},
+                          {"y", 0, std::vector<float>(2000, 1)}}),
+              IsOk());
+  ASSERT_THAT(Push(b, 1, {{"x", 0, std::vector<float>(2000, 3)},
+                          {"y", 0, std::vector<float>(2000, 3)}}),
+              IsOk());
+  EXPECT_EQ(Version("x"), 1u);
+  EXPECT_EQ(Version("y"), 1u);
+  EXPECT_THAT(Value("x"), ::testing::Each(2.0f));  // Each chunk counted once.
+  EXPECT_THAT(Value("y"), ::testing::Each(2.0f));
+}
+
+TEST_F(TensorStoreTest, SequenceReusedForAnotherKindIsRefused) {
+  MakeStore();
+  const auto a = Join("a", {{"w", std::vector<float>(2000, 0)}});
+  Join("b", {{"w", std::vector<float>(2000, 0)}});
+  auto first = store_->BeginPush({a, 1, UpdateKind::kWeights, 1, {{"w", 0}}});
+  ASSERT_THAT(first, IsOk());
+  std::vector<float> ones(2000, 1.0f);
+  ASSERT_THAT((*first)->AddChunk(0, 0, Bytes(ones, 0, kChunk)), IsOk());
+  auto other = store_->BeginPush({a, 1, UpdateKind::kDelta, 1, {{"w", 0}}});
+  EXPECT_THAT(other, StatusIs(absl::StatusCode::kInvalidArgument,
+                              HasSubstr("different round or update kind")));
+}
+
+TEST_F(TensorStoreTest, WeightOutsideFloatRangeIsRefused) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {0}}});
+  EXPECT_THAT(Push(a, 1, {{"w", 0, {1}}}, /*weight=*/1e39),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("[")));
+  EXPECT_THAT(Push(a, 2, {{"w", 0, {1}}}, /*weight=*/1e-46),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Value("w"), ElementsAre(0));
+}
+
+TEST_F(TensorStoreTest, OverflowingMeanKeepsTheOldChunk) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {1, 2}}});
+  const auto b = Join("b", {{"w", {1, 2}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {3e38f, 4}}}), IsOk());
+  ASSERT_THAT(Push(b, 1, {{"w", 0, {3e38f, 6}}}), IsOk());
+  // 3e38 + 3e38 overflows float32: the chunk keeps its value, reported.
+  EXPECT_EQ(Version("w"), 1u);
+  EXPECT_THAT(Value("w"), ElementsAre(1, 2));
+  absl::MutexLock lock(&closed_mu_);
+  ASSERT_EQ(closed_.size(), 1u);
+  EXPECT_EQ(closed_[0].non_finite_chunks, 1u);
+}
+
+TEST_F(TensorStoreTest, JoinLimitsRankAndNeedsAValueForNewTensors) {
+  MakeStore();
+  EXPECT_THAT(store_->Join("a", {Declaration{"w", std::vector<std::int64_t>(33, 1),
+                                             {0}}}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("33 dimensions")));
+  EXPECT_THAT(store_->Join("a", {Declaration{"w", {2}, {}}}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("initial value")));
+  Join("a", {{"w", {5, 6}}});
+  // An existing tensor needs no value (the server ignores it anyway).
+  auto joined = store_->Join("b", {Declaration{"w", {2}, {}}});
+  ASSERT_THAT(joined, IsOk());
+  EXPECT_THAT(Value("w"), ElementsAre(5, 6));
+}
+
 TEST_F(TensorStoreTest, BadHeadersAreRefused) {
   MakeStore();
   const auto a = Join("a", {{"w", {0}}});
@@ -355,12 +432,7 @@ TEST_F(TensorStoreTest, BadHeadersAreRefused) {
 }
 
 TEST_F(TensorStoreTest, AsyncAppliesEveryPushOnArrival) {
-  StoreOptions options;
-  options.mode = Mode::kAsync;
-  options.async_mix = 0.5;
-  options.server_lr = 0.1;
-  options.chunk_bytes = kChunk;
-  store_ = std::move(TensorStore::Create(options)).value();
+  MakeStore(Mode::kAsync, /*server_lr=*/0.1);
   const auto a = Join("a", {{"w", {0, 0}}});
   Join("b", {{"w", {0, 0}}});
   auto pushed = Push(a, 1, {{"w", 0, {4, 8}}});
@@ -370,6 +442,87 @@ TEST_F(TensorStoreTest, AsyncAppliesEveryPushOnArrival) {
   ASSERT_THAT(Push(a, 2, {{"w", 0, {10, 20}}}, 1, UpdateKind::kDelta), IsOk());
   EXPECT_THAT(Value("w"), ElementsAre(3, 6));  // += 0.1 * delta.
   EXPECT_EQ(Version("w"), 2u);
+  // A resend is a duplicate; a stale sequence is aborted.
+  auto again = Push(a, 2, {{"w", 0, {10, 20}}}, 1, UpdateKind::kDelta);
+  ASSERT_THAT(again, IsOk());
+  EXPECT_TRUE((*again)[0].outcome.duplicate);
+  EXPECT_THAT(Push(a, 1, {{"w", 0, {1, 1}}}),
+              StatusIs(absl::StatusCode::kAborted));
+  EXPECT_THAT(Value("w"), ElementsAre(3, 6));
+}
+
+TEST_F(TensorStoreTest, AsyncPushAppliesWholeOrNotAtAll) {
+  MakeStore(Mode::kAsync);
+  std::vector<float> initial(3000, 1.0f);
+  const auto a = Join("a", {{"w", initial}});
+  const auto b = Join("b", {{"w", initial}});
+  // a's push breaks after one chunk; b's push completes meanwhile.
+  auto partial = store_->BeginPush({a, 1, UpdateKind::kWeights, 1, {{"w", 0}}});
+  ASSERT_THAT(partial, IsOk());
+  std::vector<float> big(3000, 101.0f);
+  ASSERT_THAT((*partial)->AddChunk(0, 0, Bytes(big, 0, kChunk)), IsOk());
+  ASSERT_THAT(Push(b, 1, {{"w", 0, std::vector<float>(3000, 3.0f)}}), IsOk());
+  EXPECT_THAT(Value("w"), ::testing::Each(2.0f));  // Only b's push.
+  partial->reset();
+  // A push with NaN in its last chunk applies nothing.
+  std::vector<float> nan(3000, 5.0f);
+  nan[2999] = NAN;
+  EXPECT_THAT(Push(a, 2, {{"w", 0, nan}}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Value("w"), ::testing::Each(2.0f));
+  EXPECT_EQ(Version("w"), 1u);
+  // A delta in flight does not block weights pushes.
+  auto delta = store_->BeginPush({a, 3, UpdateKind::kDelta, 1, {{"w", 0}}});
+  ASSERT_THAT(delta, IsOk());
+  ASSERT_THAT((*delta)->AddChunk(0, 0, Bytes(big, 0, kChunk)), IsOk());
+  EXPECT_THAT(Push(b, 2, {{"w", 0, std::vector<float>(3000, 2.0f)}}), IsOk());
+}
+
+TEST_F(TensorStoreTest, AsyncOverflowIsRefusedWhole) {
+  MakeStore(Mode::kAsync, /*server_lr=*/1.0);
+  const auto a = Join("a", {{"w", {3e38f, 1}}});
+  EXPECT_THAT(Push(a, 1, {{"w", 0, {3e38f, 1}}}, 1, UpdateKind::kDelta),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("overflow")));
+  EXPECT_THAT(Value("w"), ElementsAre(3e38f, 1));
+}
+
+// Workers push and pull concurrently in async mode while pulls hold old
+// values; every pushed value is a constant, so every value ever published
+// must be constant too (no torn or half-applied pushes).
+TEST_F(TensorStoreTest, ConcurrentAsyncPushesNeverTear) {
+  MakeStore(Mode::kAsync);
+  constexpr int kWorkers = 4;
+  constexpr int kPushes = 50;
+  const std::vector<float> zero(2500, 0.0f);
+  std::vector<std::uint64_t> leases;
+  for (int w = 0; w < kWorkers; ++w) {
+    leases.push_back(Join("w" + std::to_string(w), {{"t", zero}}));
+  }
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kWorkers; ++w) {
+    threads.emplace_back([&, w] {
+      for (int p = 0; p < kPushes; ++p) {
+        std::vector<float> mine(zero.size(), static_cast<float>(w + p));
+        if (!Push(leases[w], p + 1, {{"t", 0, mine}}).ok()) ++failures;
+        auto snap = store_->Snapshot({"t"});
+        if (!snap.ok()) {
+          ++failures;
+          continue;
+        }
+        const std::vector<float>& v = *(*snap)[0].value;
+        for (float f : v) {
+          if (f != v[0]) {
+            ++failures;
+            break;
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(Version("t"), static_cast<std::uint64_t>(kWorkers * kPushes));
 }
 
 TEST_F(TensorStoreTest, RoundKeepsNoPerWorkerBuffers) {
@@ -529,8 +682,7 @@ TEST_F(TensorStoreTest, RejoinIsNeverCountedTwice) {
   EXPECT_EQ(store_->Describe("w")->participants, 2u);
 }
 
-// Many workers push many rounds concurrently while pullers snapshot; run
-// under TSan by scripts/test.sh.
+// Many workers push many rounds concurrently while pullers snapshot.
 TEST_F(TensorStoreTest, ConcurrentRoundsAverageCorrectly) {
   MakeStore();
   constexpr int kWorkers = 4;

@@ -345,6 +345,61 @@ TEST_F(ServiceTest, BadInputGetsSpecificCodesAndChangesNothing) {
   EXPECT_EQ(std::memcmp(pulled.data(), initial.data(), initial.size() * 4), 0);
 }
 
+TEST_F(ServiceTest, RejectedPushIsRetriedAndTheRoundCloses) {
+  std::vector<float> ax(4, 0), ay(4, 0), bx(4, 0), by(4, 0);
+  auto a = Connect("a");
+  auto b = Connect("b");
+  std::vector<TensorRef> at = {{"x", {4}, absl::MakeSpan(ax)},
+                               {"y", {4}, absl::MakeSpan(ay)}};
+  std::vector<TensorRef> bt = {{"x", {4}, absl::MakeSpan(bx)},
+                               {"y", {4}, absl::MakeSpan(by)}};
+  ASSERT_THAT(a->Join(at), IsOk());
+  ASSERT_THAT(b->Join(bt), IsOk());
+  ax.assign(4, 1);
+  ay.assign(4, 1);
+  ay[3] = std::numeric_limits<float>::quiet_NaN();
+  // x arrived whole before y's NaN was found: rejected, nothing published.
+  EXPECT_THAT(a->PushPull(at), StatusIs(absl::StatusCode::kInvalidArgument,
+                                        HasSubstr("NaN")));
+  EXPECT_EQ(server_->store().Describe("x")->version, 0u);
+  ay[3] = 1;
+  absl::Status b_status;
+  std::thread tb([&] {
+    bx.assign(4, 3);
+    by.assign(4, 3);
+    b_status = b->PushPull(bt);
+  });
+  EXPECT_THAT(a->PushPull(at), IsOk());  // The fixed retry joins the round.
+  tb.join();
+  EXPECT_THAT(b_status, IsOk());
+  EXPECT_THAT(ax, ::testing::Each(2.0f));
+  EXPECT_THAT(ay, ::testing::Each(2.0f));
+  EXPECT_THAT(bx, ::testing::Each(2.0f));
+}
+
+TEST_F(ServiceTest, JoinHeaderAloneAllocatesNothingAndIsRefused) {
+  grpc::ClientContext context;
+  v1::JoinResponse response;
+  auto stream = stub_->Join(&context, &response);
+  v1::JoinRequest header;
+  header.mutable_header()->set_worker_id("greedy");
+  for (int i = 0; i < 4; ++i) {
+    v1::TensorDeclaration* d = header.mutable_header()->add_tensors();
+    d->set_name(absl::StrCat("t", i));
+    d->add_shape(256 << 20);  // 1 GiB each, never sent.
+  }
+  ASSERT_TRUE(stream->Write(header));
+  v1::JoinRequest chunk;
+  chunk.mutable_initial_value()->set_data(std::string(kMinChunkBytes, '\0'));
+  ASSERT_TRUE(stream->Write(chunk));
+  stream->WritesDone();
+  const absl::Status status = FromGrpcStatus(stream->Finish());
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kInvalidArgument,
+                               HasSubstr("Join ended after 4096 of 1073741824")));
+  EXPECT_LT(server_->store().AllocatedBytes(), 1u << 20);
+  EXPECT_TRUE(server_->store().Status().tensors.empty());
+}
+
 TEST_F(ServiceTest, HealthIsServingAndShutdownReleasesWaiters) {
   auto health = grpc::CreateChannel(server_->address(),
                                     grpc::InsecureChannelCredentials());
