@@ -192,8 +192,7 @@ absl::Status Client::Join(absl::Span<const TensorRef> tensors) {
     }
   }
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       absl::ToChronoMilliseconds(options_.call_timeout));
+  context.set_deadline(CallDeadline());
   v1::JoinResponse response;
   auto stream = channel_->stub->Join(&context, &response);
   v1::JoinRequest msg;
@@ -260,21 +259,12 @@ absl::Status Client::DoPush(absl::Span<const TensorRef> tensors,
     p->set_round(tracked_.at(t.name).version);
   }
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       absl::ToChronoMilliseconds(options_.call_timeout));
+  context.set_deadline(CallDeadline());
 
   if (!pull_result) {
     v1::PushResponse response;
     auto stream = channel_->stub->Push(&context, &response);
-    v1::PushRequest msg;
-    *msg.mutable_header() = header;
-    bool ok = stream->Write(msg);
-    msg.Clear();
-    for (std::uint32_t i = 0; ok && i < tensors.size(); ++i) {
-      ok = WriteChunks(*stream, i, tensors[i].data, chunk_bytes_, msg,
-                       stats_.bytes_pushed);
-    }
-    if (ok) stream->WritesDone();
+    WritePush<v1::PushRequest>(*stream, header, tensors);
     WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Push"));
     if (response.tensors_size() != static_cast<int>(tensors.size())) {
       return absl::DataLossError("server answered Push for other tensors");
@@ -289,26 +279,43 @@ absl::Status Client::DoPush(absl::Span<const TensorRef> tensors,
   }
 
   auto stream = channel_->stub->PushPull(&context);
-  v1::PushPullRequest msg;
-  *msg.mutable_header() = header;
-  bool ok = stream->Write(msg);
-  msg.Clear();
-  for (std::uint32_t i = 0; ok && i < tensors.size(); ++i) {
-    ok = WriteChunks(*stream, i, tensors[i].data, chunk_bytes_, msg,
-                     stats_.bytes_pushed);
-  }
-  if (ok) stream->WritesDone();
+  WritePush<v1::PushPullRequest>(*stream, header, tensors);
   std::vector<std::uint64_t> versions;
   absl::Status read = ReadTensors<v1::PushPullResponse>(
       *stream, context, tensors, versions, stats_.bytes_pulled);
   WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "PushPull"));
   WEIGHTD_RETURN_IF_ERROR(read);
+  RecordPulled(tensors, versions);
+  return absl::OkStatus();
+}
+
+template <typename Request, typename Stream>
+void Client::WritePush(Stream& stream, const v1::PushHeader& header,
+                       absl::Span<const TensorRef> tensors) {
+  Request msg;
+  *msg.mutable_header() = header;
+  bool ok = stream.Write(msg);
+  msg.Clear();
+  for (std::uint32_t i = 0; ok && i < tensors.size(); ++i) {
+    ok = WriteChunks(stream, i, tensors[i].data, chunk_bytes_, msg,
+                     stats_.bytes_pushed);
+  }
+  // On a failed write the server has ended the call; Finish() says why.
+  if (ok) stream.WritesDone();
+}
+
+void Client::RecordPulled(absl::Span<const TensorRef> tensors,
+                          const std::vector<std::uint64_t>& versions) {
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     Tracked& t = tracked_.at(tensors[i].name);
     t.version = versions[i];
     t.wait_version = 0;
   }
-  return absl::OkStatus();
+}
+
+std::chrono::system_clock::time_point Client::CallDeadline() const {
+  return std::chrono::system_clock::now() +
+         absl::ToChronoMilliseconds(options_.call_timeout);
 }
 
 absl::Status Client::Pull(absl::Span<const TensorRef> tensors) {
@@ -321,27 +328,21 @@ absl::Status Client::Pull(absl::Span<const TensorRef> tensors) {
     p->set_min_version(tracked_.at(t.name).wait_version);
   }
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       absl::ToChronoMilliseconds(options_.call_timeout));
+  context.set_deadline(CallDeadline());
   auto stream = channel_->stub->Pull(&context, request);
   std::vector<std::uint64_t> versions;
   absl::Status read = ReadTensors<v1::PullResponse>(
       *stream, context, tensors, versions, stats_.bytes_pulled);
   WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Pull"));
   WEIGHTD_RETURN_IF_ERROR(read);
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    Tracked& t = tracked_.at(tensors[i].name);
-    t.version = versions[i];
-    t.wait_version = 0;
-  }
+  RecordPulled(tensors, versions);
   return absl::OkStatus();
 }
 
 absl::Status Client::Barrier(absl::string_view name, int count) {
   if (count < 1) return absl::InvalidArgumentError("barrier count must be >= 1");
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       absl::ToChronoMilliseconds(options_.call_timeout));
+  context.set_deadline(CallDeadline());
   v1::BarrierRequest request;
   request.set_lease_id(lease_id_);
   request.set_name(std::string(name));
@@ -353,8 +354,7 @@ absl::Status Client::Barrier(absl::string_view name, int count) {
 
 absl::Status Client::Leave() {
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       absl::ToChronoMilliseconds(options_.call_timeout));
+  context.set_deadline(CallDeadline());
   v1::LeaveRequest request;
   request.set_lease_id(lease_id_);
   v1::LeaveResponse response;
@@ -367,8 +367,7 @@ absl::Status Client::Leave() {
 
 absl::StatusOr<ServerStatus> Client::GetStatus() {
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       absl::ToChronoMilliseconds(options_.call_timeout));
+  context.set_deadline(CallDeadline());
   v1::GetStatusResponse response;
   WEIGHTD_RETURN_IF_ERROR(Annotate(
       channel_->stub->GetStatus(&context, {}, &response), "GetStatus"));

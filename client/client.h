@@ -20,6 +20,7 @@
 #ifndef WEIGHTD_CLIENT_CLIENT_H_
 #define WEIGHTD_CLIENT_CLIENT_H_
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -33,6 +34,9 @@
 #include "absl/types/span.h"
 
 namespace weightd {
+namespace v1 {
+class PushHeader;  // The wire type stays out of this header.
+}  // namespace v1
 
 // A named tensor held by the caller: its shape and its float32 storage.
 // `data.size()` must equal the product of `shape` (1 for an empty shape).
@@ -142,6 +146,14 @@ class Client {
   };
 
   Client(ClientOptions options, std::unique_ptr<Channel> channel);
+  std::chrono::system_clock::time_point CallDeadline() const;
+  // Writes a push header and every tensor's chunks, then half-closes.
+  template <typename Request, typename Stream>
+  void WritePush(Stream& stream, const v1::PushHeader& header,
+                 absl::Span<const TensorRef> tensors);
+  // The tensors now hold `versions`; pulls need not wait for them.
+  void RecordPulled(absl::Span<const TensorRef> tensors,
+                    const std::vector<std::uint64_t>& versions);
   absl::Status CheckRefs(absl::Span<const TensorRef> tensors) const;
   absl::Status DoPush(absl::Span<const TensorRef> tensors,
                       const PushOptions& options, bool pull_result);
