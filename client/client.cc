@@ -130,7 +130,49 @@ Client::Client(ClientOptions options, std::unique_ptr<Channel> channel)
       worker_id_(options_.worker_id),
       channel_(std::move(channel)) {}
 
-Client::~Client() = default;
+Client::~Client() { StopHeartbeat(); }
+
+void Client::StartHeartbeat(std::uint64_t lease, absl::Duration interval) {
+  StopHeartbeat();
+  {
+    absl::MutexLock lock(&heartbeat_mu_);
+    heartbeat_stop_ = false;
+  }
+  lease_lost_ = false;
+  heartbeat_ = std::thread([this, lease, interval] {
+    v1::HeartbeatRequest request;
+    request.set_lease_id(lease);
+    for (;;) {
+      {
+        absl::MutexLock lock(&heartbeat_mu_);
+        if (heartbeat_mu_.AwaitWithTimeout(absl::Condition(&heartbeat_stop_),
+                                           interval)) {
+          return;
+        }
+      }
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() +
+                           absl::ToChronoMilliseconds(interval));
+      v1::HeartbeatResponse response;
+      const grpc::Status status =
+          channel_->stub->Heartbeat(&context, request, &response);
+      if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+        lease_lost_ = true;
+        return;
+      }
+      // Other failures (server restarting, network) are retried next beat.
+    }
+  });
+}
+
+void Client::StopHeartbeat() {
+  if (!heartbeat_.joinable()) return;
+  {
+    absl::MutexLock lock(&heartbeat_mu_);
+    heartbeat_stop_ = true;
+  }
+  heartbeat_.join();
+}
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
     const ClientOptions& options) {
@@ -217,6 +259,10 @@ absl::Status Client::Join(absl::Span<const TensorRef> tensors) {
   lease_id_ = response.lease_id();
   chunk_bytes_ = response.chunk_bytes();
   sync_mode_ = response.mode() != v1::MODE_ASYNC;
+  if (options_.heartbeat && response.lease_timeout_ms() > 0) {
+    StartHeartbeat(lease_id_,
+                   absl::Milliseconds(response.lease_timeout_ms()) / 3);
+  }
   next_sequence_ = response.next_sequence();
   tracked_.clear();
   std::vector<TensorRef> existing;
@@ -358,6 +404,7 @@ absl::Status Client::Leave() {
   v1::LeaveRequest request;
   request.set_lease_id(lease_id_);
   v1::LeaveResponse response;
+  StopHeartbeat();
   WEIGHTD_RETURN_IF_ERROR(Annotate(
       channel_->stub->Leave(&context, request, &response), "Leave"));
   lease_id_ = 0;

@@ -16,20 +16,23 @@
 // duration of the call only.
 //
 // Thread safety: a Client is not thread-safe; use one per thread (they may
-// share nothing but the server).
+// share nothing but the server). Its heartbeat thread is internal.
 #ifndef WEIGHTD_CLIENT_CLIENT_H_
 #define WEIGHTD_CLIENT_CLIENT_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 
@@ -60,6 +63,10 @@ struct ClientOptions {
   absl::Duration call_timeout = absl::Minutes(10);
   // How long Connect waits for the server to become reachable.
   absl::Duration connect_timeout = absl::Seconds(30);
+  // While joined, a background thread renews the lease every third of the
+  // server's lease timeout, so that a worker busy training or waiting for a
+  // round is not dropped. Off: only the worker's own calls renew it.
+  bool heartbeat = true;
 };
 
 struct PushOptions {
@@ -133,6 +140,10 @@ class Client {
   // NOT_FOUND if this client has not joined with it.
   absl::StatusOr<std::uint64_t> Version(const std::string& name) const;
 
+  // True once a heartbeat was refused: the server dropped this worker's
+  // lease (it was silent too long, or the server restarted). Join again.
+  bool lease_lost() const { return lease_lost_.load(); }
+
   const ClientStats& stats() const { return stats_; }
   const std::string& worker_id() const { return worker_id_; }
 
@@ -158,6 +169,10 @@ class Client {
   absl::Status DoPush(absl::Span<const TensorRef> tensors,
                       const PushOptions& options, bool pull_result);
 
+  // Heartbeats for `lease` every `interval` until StopHeartbeat().
+  void StartHeartbeat(std::uint64_t lease, absl::Duration interval);
+  void StopHeartbeat();
+
   ClientOptions options_;
   std::string worker_id_;
   std::unique_ptr<Channel> channel_;
@@ -167,6 +182,11 @@ class Client {
   bool sync_mode_ = true;
   absl::flat_hash_map<std::string, Tracked> tracked_;
   ClientStats stats_;
+
+  std::thread heartbeat_;
+  absl::Mutex heartbeat_mu_;
+  bool heartbeat_stop_ ABSL_GUARDED_BY(heartbeat_mu_) = false;
+  std::atomic<bool> lease_lost_{false};
 };
 
 }  // namespace weightd

@@ -37,6 +37,10 @@ ABSL_FLAG(uint64_t, max_tensor_bytes, uint64_t{4} << 30,
           "Largest tensor a worker may declare, in bytes.");
 ABSL_FLAG(bool, allow_non_finite, false,
           "Accept NaN and Inf in pushed values (rejected by default).");
+ABSL_FLAG(absl::Duration, lease_timeout, absl::Seconds(6),
+          "A worker that makes no call (push, barrier, heartbeat) for this "
+          "long is dropped from its sharing groups; sync rounds stop waiting "
+          "for it. Clients heartbeat every third of it.");
 ABSL_FLAG(std::string, log_level, "info",
           "Log level: trace, debug, info, warn, error, off.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
@@ -68,7 +72,7 @@ int main(int argc, char** argv) {
   const std::vector<std::string> flag_names = {
       "listen",        "mode",         "server_lr",      "async_mix",
       "chunk_bytes",   "max_tensor_bytes", "allow_non_finite", "log_level",
-      "shutdown_grace", "ready_file"};
+      "shutdown_grace", "ready_file", "lease_timeout"};
   if (absl::Status s = weightd::ApplyEnvironmentToFlags("WEIGHTD_", flag_names);
       !s.ok()) {
     return Fail(std::string(s.message()));
@@ -101,6 +105,7 @@ int main(int argc, char** argv) {
   options.store.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
   options.store.max_tensor_bytes = absl::GetFlag(FLAGS_max_tensor_bytes);
   options.store.allow_non_finite = absl::GetFlag(FLAGS_allow_non_finite);
+  options.store.lease_timeout = absl::GetFlag(FLAGS_lease_timeout);
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
 
   // Signals are taken synchronously by sigwait below; block them before any

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -33,6 +34,13 @@ struct RoundClosed {
   std::uint64_t non_finite_chunks = 0;
 };
 
+// Reported when a worker's lease runs out.
+struct WorkerExpired {
+  std::string worker_id;
+  std::vector<std::string> tensors;  // The sharing groups it left.
+  absl::Duration silent_for;         // Since its last call.
+};
+
 struct StoreOptions {
   Mode mode = Mode::kSync;
   // Step size for delta updates.
@@ -45,10 +53,16 @@ struct StoreOptions {
   bool allow_non_finite = false;
   // Largest tensor a Join may create.
   std::uint64_t max_tensor_bytes = std::uint64_t{4} << 30;
+  // A joined worker that makes no call for this long (pushes, barriers,
+  // heartbeats) loses its lease and leaves every sharing group, so that sync
+  // rounds stop waiting for it. Enforced by TensorStore::ExpireLeases().
+  absl::Duration lease_timeout = absl::Seconds(6);
   // Time source (tests inject a fake).
   std::function<absl::Time()> now = [] { return absl::Now(); };
   // Called outside every lock, on the thread that closed the round.
   std::function<void(const RoundClosed&)> on_round_closed;
+  // Called outside every lock for each expired lease.
+  std::function<void(const WorkerExpired&)> on_worker_expired;
 };
 
 }  // namespace weightd::core

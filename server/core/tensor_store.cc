@@ -213,6 +213,9 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Create(
     return absl::InvalidArgumentError(absl::StrCat(
         "async_mix is ", options.async_mix, "; it must be in (0, 1]"));
   }
+  if (options.lease_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("lease_timeout must be > 0");
+  }
   if (options.max_tensor_bytes < kFloatBytes) {
     return absl::InvalidArgumentError("max_tensor_bytes must be >= 4");
   }
@@ -238,7 +241,20 @@ absl::StatusOr<TensorStore::Worker*> TensorStore::WorkerForLeaseLocked(
         "lease ", lease_id,
         " is not held by any joined worker; call Join first"));
   }
-  return &workers_.at(it->second);
+  Worker* worker = &workers_.at(it->second);
+  worker->last_seen = options_.now();
+  return worker;
+}
+
+void TensorStore::EndMembershipLocked(Worker& worker, Deferred& deferred) {
+  for (const std::string& name : worker.tensors) {
+    tensors_.at(name)->RemoveParticipant(worker.id, deferred);
+  }
+  // The worker entry stays (without a lease) so that a re-join continues
+  // its push sequence; each tensor keeps its push history for dedupe.
+  leases_.erase(worker.lease_id);
+  worker.lease_id = 0;
+  worker.tensors.clear();
 }
 
 absl::StatusOr<std::shared_ptr<SharedTensor>> TensorStore::FindLocked(
@@ -320,6 +336,7 @@ absl::StatusOr<JoinResult> TensorStore::Join(
     }
   }
   worker.id = std::string(worker_id);
+  worker.last_seen = options_.now();
   do {
     worker.lease_id = absl::Uniform<std::uint64_t>(bitgen_);
   } while (worker.lease_id == 0 || leases_.contains(worker.lease_id));
@@ -349,15 +366,37 @@ absl::Status TensorStore::Leave(std::uint64_t lease_id) {
   Deferred deferred;
   absl::MutexLock lock(&mu_);
   WEIGHTD_ASSIGN_OR_RETURN(Worker * worker, WorkerForLeaseLocked(lease_id));
-  for (const std::string& name : worker->tensors) {
-    tensors_.at(name)->RemoveParticipant(worker->id, deferred);
-  }
-  // The worker entry stays (without a lease) so that a re-join continues
-  // its push sequence; each tensor keeps its push history for dedupe.
-  leases_.erase(lease_id);
-  worker->lease_id = 0;
-  worker->tensors.clear();
+  EndMembershipLocked(*worker, deferred);
   return absl::OkStatus();
+}
+
+absl::Status TensorStore::Heartbeat(std::uint64_t lease_id) {
+  absl::MutexLock lock(&mu_);
+  if (closed()) return Closed();
+  return WorkerForLeaseLocked(lease_id).status();
+}
+
+int TensorStore::ExpireLeases() {
+  Deferred deferred;
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = options_.now();
+  int expired = 0;
+  for (auto& [id, worker] : workers_) {
+    if (worker.lease_id == 0 ||
+        now - worker.last_seen < options_.lease_timeout) {
+      continue;
+    }
+    if (options_.on_worker_expired) {
+      deferred.Add([cb = options_.on_worker_expired,
+                    info = WorkerExpired{worker.id, worker.tensors,
+                                         now - worker.last_seen}] {
+        cb(info);
+      });
+    }
+    EndMembershipLocked(worker, deferred);
+    ++expired;
+  }
+  return expired;
 }
 
 absl::StatusOr<std::unique_ptr<PushSession>> TensorStore::BeginPush(

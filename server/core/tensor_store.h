@@ -185,6 +185,16 @@ class TensorStore {
   // Ends a membership. FAILED_PRECONDITION for an unknown lease.
   absl::Status Leave(std::uint64_t lease_id);
 
+  // Renews a lease (every call that carries a lease renews it too).
+  // FAILED_PRECONDITION if the lease is unknown or expired: re-join.
+  absl::Status Heartbeat(std::uint64_t lease_id);
+
+  // Ends every membership whose lease was not renewed for
+  // options().lease_timeout, as Leave would (rounds waiting only on such a
+  // worker close). Returns how many expired. The server calls it
+  // periodically; tests call it after advancing their clock.
+  int ExpireLeases();
+
   // Validates a push header against the tensors' state; nothing changes
   // until chunks arrive. FAILED_PRECONDITION (unknown lease, tensor not
   // declared by this worker, round not open), NOT_FOUND (unknown tensor),
@@ -236,13 +246,19 @@ class TensorStore {
  private:
   struct Worker {
     std::string id;
-    std::uint64_t lease_id = 0;
+    std::uint64_t lease_id = 0;  // 0: not a member (left or expired).
     std::vector<std::string> tensors;
     std::uint64_t max_sequence = 0;
+    absl::Time last_seen;
   };
 
   explicit TensorStore(StoreOptions options);
+  // The worker holding `lease_id`, whose lease this renews.
+  // FAILED_PRECONDITION if none does.
   absl::StatusOr<Worker*> WorkerForLeaseLocked(std::uint64_t lease_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends `worker`'s membership (Leave and expiry).
+  void EndMembershipLocked(Worker& worker, Deferred& deferred)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::shared_ptr<SharedTensor>> FindLocked(
       absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);

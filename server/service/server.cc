@@ -9,6 +9,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "server/service/weightd_service.h"
@@ -40,6 +41,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
           if (user) user(c);
         };
   }
+  options.store.on_worker_expired =
+      [user = std::move(options.store.on_worker_expired)](
+          const core::WorkerExpired& e) {
+        spdlog::warn("worker {} dropped: no call for {} (lease expired); it "
+                     "left tensors {}",
+                     e.worker_id, absl::FormatDuration(e.silent_for),
+                     absl::StrJoin(e.tensors, ","));
+        if (user) user(e);
+      };
   WEIGHTD_ASSIGN_OR_RETURN(server->store_,
                            core::TensorStore::Create(options.store));
   server->service_ = std::make_unique<WeightdService>(server->store_.get());
@@ -73,13 +83,26 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   }
   server->server_->GetHealthCheckService()->SetServingStatus(true);
   server->options_ = std::move(options);
+  server->expirer_ = std::thread([s = server.get()] { s->ExpireLeasesLoop(); });
   return server;
+}
+
+void Server::ExpireLeasesLoop() {
+  const absl::Duration period = std::max(
+      absl::Milliseconds(10), store_->options().lease_timeout / 4);
+  while (!stop_expiring_.WaitForNotificationWithTimeout(period)) {
+    store_->ExpireLeases();
+  }
 }
 
 Server::~Server() { Shutdown(); }
 
 void Server::Shutdown() {
   std::call_once(shutdown_once_, [this] {
+    if (expirer_.joinable()) {
+      stop_expiring_.Notify();
+      expirer_.join();
+    }
     if (server_ == nullptr) return;  // Start() failed.
     server_->GetHealthCheckService()->Shutdown();  // All NOT_SERVING.
     store_->Close();  // Waiters end with UNAVAILABLE; new work is refused.

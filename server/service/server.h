@@ -5,9 +5,11 @@
 
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "server/core/options.h"
 #include "server/core/tensor_store.h"
@@ -62,6 +64,11 @@ class Server {
   std::unique_ptr<WeightdService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::once_flag shutdown_once_;
+
+  // Expires leases every lease_timeout / 4 until Shutdown().
+  void ExpireLeasesLoop();
+  absl::Notification stop_expiring_;
+  std::thread expirer_;
 };
 
 }  // namespace weightd::service

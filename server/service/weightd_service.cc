@@ -383,6 +383,8 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
         core::JoinResult joined,
         store_->Join(worker_id_, std::move(declarations_)));
     response_->set_lease_id(joined.lease_id);
+    response_->set_lease_timeout_ms(
+        absl::ToInt64Milliseconds(store_->options().lease_timeout));
     response_->set_chunk_bytes(store_->options().chunk_bytes);
     response_->set_mode(ModeToProto(store_->options().mode));
     response_->set_next_sequence(joined.next_sequence);
@@ -581,6 +583,14 @@ grpc::ServerUnaryReactor* WeightdService::Leave(
     v1::LeaveResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(store_->Leave(request->lease_id())));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* WeightdService::Heartbeat(
+    grpc::CallbackServerContext* context, const v1::HeartbeatRequest* request,
+    v1::HeartbeatResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(store_->Heartbeat(request->lease_id())));
   return reactor;
 }
 

@@ -682,6 +682,67 @@ TEST_F(TensorStoreTest, RejoinIsNeverCountedTwice) {
   EXPECT_EQ(store_->Describe("w")->participants, 2u);
 }
 
+class LeaseTest : public TensorStoreTest {
+ protected:
+  void SetUp() override {
+    StoreOptions options;
+    options.chunk_bytes = kChunk;
+    options.lease_timeout = absl::Seconds(6);
+    options.now = [this] { return now_; };
+    options.on_worker_expired = [this](const WorkerExpired& e) {
+      expired_.push_back(e);
+    };
+    store_ = std::move(TensorStore::Create(options)).value();
+  }
+  void Advance(absl::Duration d) { now_ += d; }
+
+  absl::Time now_ = absl::UnixEpoch();
+  std::vector<WorkerExpired> expired_;
+};
+
+TEST_F(LeaseTest, SilentWorkerExpiresAndTheRoundClosesWithoutIt) {
+  const auto a = Join("a", {{"w", {0}}, {"own", {0}}});
+  const auto b = Join("b", {{"w", {0}}});
+  Advance(absl::Seconds(5));
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {4}}}), IsOk());  // Renews a.
+  EXPECT_EQ(store_->ExpireLeases(), 0);
+  Advance(absl::Seconds(2));  // b silent for 7 s, a for 2 s.
+  EXPECT_EQ(store_->ExpireLeases(), 1);
+  ASSERT_EQ(expired_.size(), 1u);
+  EXPECT_EQ(expired_[0].worker_id, "b");
+  EXPECT_THAT(expired_[0].tensors, ElementsAre("w"));
+  EXPECT_EQ(expired_[0].silent_for, absl::Seconds(7));
+  // The round waited only on b: it closed with a's contribution alone.
+  EXPECT_EQ(Version("w"), 1u);
+  EXPECT_THAT(Value("w"), ElementsAre(4));
+  EXPECT_EQ(store_->Describe("w")->participants, 1u);
+  // b's late push is refused until it re-joins; then it is in the group once.
+  EXPECT_THAT(Push(b, 1, {{"w", 0, {100}}}),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(store_->Heartbeat(b),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  auto rejoined = store_->Join("b", {Declaration{"w", {1}, {}}});
+  ASSERT_THAT(rejoined, IsOk());
+  EXPECT_EQ(rejoined->tensors[0].info.version, 1u);
+  EXPECT_EQ(store_->Describe("w")->participants, 2u);
+  // A push for the round that closed without it is aborted, not mixed in.
+  EXPECT_THAT(Push(rejoined->lease_id, 2, {{"w", 0, {100}}}),
+              StatusIs(absl::StatusCode::kAborted));
+  EXPECT_THAT(Value("w"), ElementsAre(4));
+}
+
+TEST_F(LeaseTest, HeartbeatsKeepALeaseAlive) {
+  const auto a = Join("a", {{"w", {0}}});
+  for (int i = 0; i < 5; ++i) {
+    Advance(absl::Seconds(5));
+    ASSERT_THAT(store_->Heartbeat(a), IsOk());
+    EXPECT_EQ(store_->ExpireLeases(), 0);
+  }
+  Advance(absl::Seconds(6));
+  EXPECT_EQ(store_->ExpireLeases(), 1);
+  EXPECT_TRUE(store_->Status().workers.empty());
+}
+
 // Many workers push many rounds concurrently while pullers snapshot.
 TEST_F(TensorStoreTest, ConcurrentRoundsAverageCorrectly) {
   MakeStore();

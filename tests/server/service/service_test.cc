@@ -491,6 +491,42 @@ TEST_F(ServiceTest, BarrierReleasesAllWorkersTogether) {
   EXPECT_THAT(pair[1], IsOk());
 }
 
+// A worker that stops calling is dropped after the lease timeout and the
+// round closes without it; a worker waiting in PushPull for longer than the
+// lease timeout is kept alive by its client's heartbeat.
+TEST_F(ServiceTest, SilentWorkerIsDroppedWhileWaitingWorkerHeartbeats) {
+  server_.reset();
+  service::ServerOptions options;
+  options.listen_address = "127.0.0.1:0";
+  options.store.lease_timeout = absl::Milliseconds(300);
+  auto server = service::Server::Start(options);
+  ASSERT_THAT(server, IsOk());
+  server_ = std::move(*server);
+
+  std::vector<float> a(4, 0.0f), b(4, 0.0f);
+  auto ca = Connect("a");
+  ClientOptions silent;
+  silent.address = server_->address();
+  silent.worker_id = "b";
+  silent.heartbeat = false;
+  auto cb = std::move(Client::Connect(silent)).value();
+  ASSERT_THAT(ca->Join({TensorRef{"w", {4}, absl::MakeSpan(a)}}), IsOk());
+  ASSERT_THAT(cb->Join({TensorRef{"w", {4}, absl::MakeSpan(b)}}), IsOk());
+  a.assign(4, 5.0f);
+  // Returns once b's lease expires and the round closes without it.
+  ASSERT_THAT(ca->PushPull({TensorRef{"w", {4}, absl::MakeSpan(a)}}), IsOk());
+  EXPECT_THAT(a, ::testing::Each(5.0f));
+  EXPECT_EQ(server_->store().Describe("w")->participants, 1u);
+  const core::StoreStatus status = server_->store().Status();
+  ASSERT_EQ(status.workers.size(), 1u);
+  EXPECT_EQ(status.workers[0].worker_id, "a");
+  EXPECT_FALSE(ca->lease_lost());
+  b.assign(4, 9.0f);
+  EXPECT_THAT(cb->Push({TensorRef{"w", {4}, absl::MakeSpan(b)}}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("call Join first")));
+}
+
 TEST_F(ServiceTest, AsyncModeAppliesPushesImmediately) {
   server_.reset();
   StartServer(core::Mode::kAsync);
