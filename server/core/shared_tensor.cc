@@ -341,6 +341,42 @@ void SharedTensor::PublishLocked(RoundClosed closed, Deferred& deferred) {
   waiters_.erase(ready, waiters_.end());
 }
 
+void SharedTensor::Restore(std::uint64_t version,
+                           const std::vector<SavedContribution>& pushes) {
+  absl::MutexLock lock(&mu_);
+  version_ = version;
+  for (const SavedContribution& p : pushes) {
+    Contribution& c = contributions_[p.worker];
+    c.sequence = p.sequence;
+    c.round = p.round;
+    c.kind = p.kind;
+    c.progress = bytes();
+    c.complete = true;
+    c.ready_version = p.ready_version;
+  }
+}
+
+std::pair<TensorSnapshot, std::vector<SavedContribution>> SharedTensor::Save()
+    const {
+  absl::MutexLock lock(&mu_);
+  std::vector<SavedContribution> pushes;
+  for (const auto& [worker, c] : contributions_) {
+    // Sync: a push to the open round lives in the accumulator, which a
+    // snapshot does not keep; after a restore it is a new push.
+    if (!c.complete ||
+        (options_->mode == Mode::kSync && c.round >= version_)) {
+      continue;
+    }
+    pushes.push_back(
+        SavedContribution{worker, c.sequence, c.round, c.kind, c.ready_version});
+  }
+  std::sort(pushes.begin(), pushes.end(),
+            [](const SavedContribution& a, const SavedContribution& b) {
+              return a.worker < b.worker;
+            });
+  return {TensorSnapshot{value_, version_, shape_}, std::move(pushes)};
+}
+
 TensorSnapshot SharedTensor::Snapshot() const {
   absl::MutexLock lock(&mu_);
   return TensorSnapshot{value_, version_, shape_};

@@ -60,6 +60,15 @@ struct ContributionResult {
   bool duplicate = false;           // It had completed before; not re-applied.
 };
 
+// A completed push as a snapshot keeps it (for dedupe after a restart).
+struct SavedContribution {
+  std::string worker;
+  std::uint64_t sequence = 0;
+  std::uint64_t round = 0;  // Sync: its round. Async: the version it made.
+  UpdateKind kind = UpdateKind::kWeights;
+  std::uint64_t ready_version = 0;
+};
+
 // Identifies one push of one worker to this tensor.
 struct ContributionKey {
   absl::string_view worker;
@@ -81,6 +90,14 @@ class SharedTensor {
   const std::vector<std::int64_t>& shape() const { return shape_; }
   std::uint64_t elements() const { return elements_; }
   std::uint64_t bytes() const { return elements_ * 4; }
+
+  // Sets the version and the push history from a snapshot (see
+  // TensorStore::Restore); only before the tensor is shared.
+  void Restore(std::uint64_t version,
+               const std::vector<SavedContribution>& pushes);
+  // The published value and version, with the completed pushes of closed
+  // rounds (what a snapshot keeps).
+  std::pair<TensorSnapshot, std::vector<SavedContribution>> Save() const;
 
   void AddParticipant(absl::string_view worker);
   // The group shrinks; a sync round waiting only on `worker` closes.

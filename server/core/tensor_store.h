@@ -78,6 +78,31 @@ struct WorkerInfo {
   std::vector<std::string> tensors;  // Sorted.
 };
 
+// Everything a restarted server needs to continue where a snapshot was
+// taken: published values with their versions, the push history of closed
+// rounds (so a resent push is still recognised), and the memberships.
+// Contributions to a round still open are not part of it: after a restore
+// their pushes are new pushes.
+struct SavedTensor {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::uint64_t version = 0;
+  TensorValue value;  // Shared with the live store: no copy is made.
+  std::vector<SavedContribution> contributions;
+};
+
+struct SavedWorker {
+  std::string id;
+  std::uint64_t lease_id = 0;  // 0: not a member (left or expired).
+  std::uint64_t max_sequence = 0;
+  std::vector<std::string> tensors;  // Sorted.
+};
+
+struct StoreState {
+  std::vector<SavedTensor> tensors;
+  std::vector<SavedWorker> workers;
+};
+
 struct StoreStatus {
   std::vector<TensorInfo> tensors;  // Sorted by name.
   std::vector<WorkerInfo> workers;  // Sorted by id.
@@ -168,6 +193,15 @@ class TensorStore {
   // INVALID_ARGUMENT for bad options.
   static absl::StatusOr<std::unique_ptr<TensorStore>> Create(
       StoreOptions options);
+  // A store that continues from `state` (a snapshot): restored members get
+  // a fresh lease period to come back. INVALID_ARGUMENT if `state` is
+  // inconsistent (unknown tensors, sizes that do not match shapes, ...).
+  static absl::StatusOr<std::unique_ptr<TensorStore>> Restore(
+      StoreOptions options, StoreState state);
+
+  // A consistent copy of the state to snapshot (values are shared, not
+  // copied; cheap). Open rounds are left out, see StoreState.
+  StoreState Save() const;
   ~TensorStore();
   TensorStore(const TensorStore&) = delete;
   TensorStore& operator=(const TensorStore&) = delete;

@@ -1,0 +1,366 @@
+#include "server/storage/snapshot.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/match.h"
+#include "absl/strings/strip.h"
+#include "common/status_macros.h"
+
+namespace weightd::storage {
+namespace {
+
+constexpr char kMagic[8] = {'W', 'D', 'S', 'N', 'A', 'P', '0', '1'};
+constexpr char kTrailer[8] = {'W', 'D', 'S', 'N', 'E', 'N', 'D', '1'};
+constexpr std::size_t kBufferBytes = 1 << 20;
+
+absl::Status ErrnoStatus(absl::string_view what, const std::string& path) {
+  const int e = errno;
+  const std::string message =
+      absl::StrCat(what, " ", path, ": ", std::strerror(e));
+  if (e == ENOENT) return absl::NotFoundError(message);
+  if (e == ENOSPC || e == EDQUOT) return absl::ResourceExhaustedError(message);
+  return absl::InternalError(message);
+}
+
+// Buffered appends to a file descriptor, with a running CRC-32.
+class Writer {
+ public:
+  Writer(int fd, std::string path) : fd_(fd), path_(std::move(path)) {
+    buffer_.reserve(kBufferBytes);
+  }
+
+  void Bytes(const void* data, std::size_t n) {
+    if (!status_.ok()) return;
+    crc_ = crc32_z(crc_, static_cast<const Bytef*>(data), n);
+    const char* p = static_cast<const char*>(data);
+    while (n > 0) {
+      const std::size_t take = std::min(n, kBufferBytes - buffer_.size());
+      buffer_.append(p, take);
+      p += take;
+      n -= take;
+      if (buffer_.size() == kBufferBytes) Flush();
+    }
+  }
+  template <typename T>
+  void Pod(T value) {
+    Bytes(&value, sizeof(value));
+  }
+  void Str(const std::string& s) {
+    Pod(static_cast<std::uint32_t>(s.size()));
+    Bytes(s.data(), s.size());
+  }
+  std::uint32_t crc() const { return static_cast<std::uint32_t>(crc_); }
+
+  // Writes out the buffer; the first error sticks.
+  absl::Status Flush() {
+    const char* p = buffer_.data();
+    std::size_t n = buffer_.size();
+    while (status_.ok() && n > 0) {
+      const ssize_t wrote = ::write(fd_, p, n);
+      if (wrote < 0 && errno == EINTR) continue;
+      if (wrote < 0) {
+        status_ = ErrnoStatus("cannot write", path_);
+        break;
+      }
+      p += wrote;
+      n -= static_cast<std::size_t>(wrote);
+    }
+    buffer_.clear();
+    return status_;
+  }
+
+ private:
+  const int fd_;
+  const std::string path_;
+  std::string buffer_;
+  uLong crc_ = crc32_z(0L, Z_NULL, 0);
+  absl::Status status_;
+};
+
+// Buffered reads that never go past the end of the file.
+class Reader {
+ public:
+  Reader(int fd, std::uint64_t size, std::string path)
+      : fd_(fd), remaining_(size), path_(std::move(path)) {}
+
+  absl::Status Bytes(void* out, std::size_t n) {
+    if (n > remaining_) return Truncated();
+    char* p = static_cast<char*>(out);
+    std::size_t left = n;
+    while (left > 0) {
+      const ssize_t got = ::read(fd_, p, left);
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) return ErrnoStatus("cannot read", path_);
+      if (got == 0) return Truncated();
+      p += got;
+      left -= static_cast<std::size_t>(got);
+    }
+    remaining_ -= n;
+    crc_ = crc32_z(crc_, static_cast<const Bytef*>(out), n);
+    return absl::OkStatus();
+  }
+  template <typename T>
+  absl::Status Pod(T* value) {
+    return Bytes(value, sizeof(*value));
+  }
+  // A count of items of at least `min_item_bytes` each: more than the rest
+  // of the file could hold means the file is corrupt.
+  absl::StatusOr<std::uint64_t> Count(std::uint64_t min_item_bytes) {
+    std::uint64_t n;
+    WEIGHTD_RETURN_IF_ERROR(Pod(&n));
+    if (min_item_bytes > 0 && n > remaining_ / min_item_bytes) {
+      return Corrupt("a count larger than the rest of the file (truncated?)");
+    }
+    return n;
+  }
+  absl::StatusOr<std::string> Str() {
+    std::uint32_t n;
+    WEIGHTD_RETURN_IF_ERROR(Pod(&n));
+    if (n > remaining_) return Truncated();
+    std::string s(n, '\0');
+    WEIGHTD_RETURN_IF_ERROR(Bytes(s.data(), n));
+    return s;
+  }
+  std::uint32_t crc() const { return static_cast<std::uint32_t>(crc_); }
+  std::uint64_t remaining() const { return remaining_; }
+
+  absl::Status Truncated() const {
+    return absl::DataLossError(
+        absl::StrCat("snapshot ", path_, " is truncated"));
+  }
+  absl::Status Corrupt(absl::string_view what) const {
+    return absl::DataLossError(
+        absl::StrCat("snapshot ", path_, " is corrupt: ", what));
+  }
+
+ private:
+  const int fd_;
+  std::uint64_t remaining_;
+  const std::string path_;
+  uLong crc_ = crc32_z(0L, Z_NULL, 0);
+};
+
+void Encode(const core::StoreState& state, Writer& w) {
+  w.Bytes(kMagic, sizeof(kMagic));
+  w.Pod<std::uint64_t>(state.tensors.size());
+  for (const core::SavedTensor& t : state.tensors) {
+    w.Str(t.name);
+    w.Pod<std::uint32_t>(static_cast<std::uint32_t>(t.shape.size()));
+    for (std::int64_t d : t.shape) w.Pod<std::int64_t>(d);
+    w.Pod<std::uint64_t>(t.version);
+    w.Pod<std::uint64_t>(t.value->size());
+    w.Bytes(t.value->data(), t.value->size() * sizeof(float));
+    w.Pod<std::uint64_t>(t.contributions.size());
+    for (const core::SavedContribution& c : t.contributions) {
+      w.Str(c.worker);
+      w.Pod<std::uint64_t>(c.sequence);
+      w.Pod<std::uint64_t>(c.round);
+      w.Pod<std::uint8_t>(c.kind == core::UpdateKind::kWeights ? 0 : 1);
+      w.Pod<std::uint64_t>(c.ready_version);
+    }
+  }
+  w.Pod<std::uint64_t>(state.workers.size());
+  for (const core::SavedWorker& worker : state.workers) {
+    w.Str(worker.id);
+    w.Pod<std::uint64_t>(worker.lease_id);
+    w.Pod<std::uint64_t>(worker.max_sequence);
+    w.Pod<std::uint32_t>(static_cast<std::uint32_t>(worker.tensors.size()));
+    for (const std::string& name : worker.tensors) w.Str(name);
+  }
+}
+
+absl::StatusOr<core::StoreState> Decode(Reader& r) {
+  char magic[sizeof(kMagic)];
+  WEIGHTD_RETURN_IF_ERROR(r.Bytes(magic, sizeof(magic)));
+  if (std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) {
+    return r.Corrupt("not a weightd snapshot (bad magic)");
+  }
+  core::StoreState state;
+  WEIGHTD_ASSIGN_OR_RETURN(std::uint64_t tensors, r.Count(16));
+  for (std::uint64_t i = 0; i < tensors; ++i) {
+    core::SavedTensor t;
+    WEIGHTD_ASSIGN_OR_RETURN(t.name, r.Str());
+    std::uint32_t rank;
+    WEIGHTD_RETURN_IF_ERROR(r.Pod(&rank));
+    if (rank > core::kMaxRank) return r.Corrupt("a tensor rank over the limit");
+    t.shape.resize(rank);
+    for (std::int64_t& d : t.shape) WEIGHTD_RETURN_IF_ERROR(r.Pod(&d));
+    WEIGHTD_RETURN_IF_ERROR(r.Pod(&t.version));
+    WEIGHTD_ASSIGN_OR_RETURN(std::uint64_t elements, r.Count(sizeof(float)));
+    auto value = std::make_shared<std::vector<float>>(elements);
+    WEIGHTD_RETURN_IF_ERROR(r.Bytes(value->data(), elements * sizeof(float)));
+    t.value = std::move(value);
+    WEIGHTD_ASSIGN_OR_RETURN(std::uint64_t pushes, r.Count(29));
+    for (std::uint64_t k = 0; k < pushes; ++k) {
+      core::SavedContribution c;
+      WEIGHTD_ASSIGN_OR_RETURN(c.worker, r.Str());
+      std::uint8_t kind;
+      WEIGHTD_RETURN_IF_ERROR(r.Pod(&c.sequence));
+      WEIGHTD_RETURN_IF_ERROR(r.Pod(&c.round));
+      WEIGHTD_RETURN_IF_ERROR(r.Pod(&kind));
+      if (kind > 1) return r.Corrupt("an unknown update kind");
+      c.kind = kind == 0 ? core::UpdateKind::kWeights : core::UpdateKind::kDelta;
+      WEIGHTD_RETURN_IF_ERROR(r.Pod(&c.ready_version));
+      t.contributions.push_back(std::move(c));
+    }
+    state.tensors.push_back(std::move(t));
+  }
+  WEIGHTD_ASSIGN_OR_RETURN(std::uint64_t workers, r.Count(24));
+  for (std::uint64_t i = 0; i < workers; ++i) {
+    core::SavedWorker w;
+    WEIGHTD_ASSIGN_OR_RETURN(w.id, r.Str());
+    WEIGHTD_RETURN_IF_ERROR(r.Pod(&w.lease_id));
+    WEIGHTD_RETURN_IF_ERROR(r.Pod(&w.max_sequence));
+    std::uint32_t n;
+    WEIGHTD_RETURN_IF_ERROR(r.Pod(&n));
+    if (n > r.remaining() / 4) {
+      return r.Corrupt("a count larger than the rest of the file (truncated?)");
+    }
+    for (std::uint32_t k = 0; k < n; ++k) {
+      WEIGHTD_ASSIGN_OR_RETURN(std::string name, r.Str());
+      w.tensors.push_back(std::move(name));
+    }
+    state.workers.push_back(std::move(w));
+  }
+  const std::uint32_t computed = r.crc();
+  std::uint32_t stored;
+  WEIGHTD_RETURN_IF_ERROR(r.Pod(&stored));
+  char trailer[sizeof(kTrailer)];
+  WEIGHTD_RETURN_IF_ERROR(r.Bytes(trailer, sizeof(trailer)));
+  if (stored != computed) return r.Corrupt("checksum mismatch");
+  if (std::memcmp(trailer, kTrailer, sizeof(kTrailer)) != 0 ||
+      r.remaining() != 0) {
+    return r.Corrupt("bad trailer");
+  }
+  return state;
+}
+
+absl::Status SyncDirectoryOf(const std::string& path) {
+  const std::string::size_type slash = path.rfind('/');
+  const std::string dir =
+      slash == std::string::npos ? "." : path.substr(0, std::max<std::size_t>(slash, 1));
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus("cannot open directory", dir);
+  const int rc = ::fsync(fd);
+  absl::Status status = rc == 0 ? absl::OkStatus()
+                                : ErrnoStatus("cannot fsync directory", dir);
+  ::close(fd);
+  return status;
+}
+
+}  // namespace
+
+absl::Status WriteSnapshotFile(const std::string& path,
+                               const core::StoreState& state) {
+  const std::string tmp = path + ".tmp";
+  const int fd =
+      ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus("cannot create", tmp);
+  Writer w(fd, tmp);
+  Encode(state, w);
+  const std::uint32_t crc = w.crc();
+  w.Pod<std::uint32_t>(crc);
+  w.Bytes(kTrailer, sizeof(kTrailer));
+  absl::Status status = w.Flush();
+  if (status.ok() && ::fsync(fd) != 0) status = ErrnoStatus("cannot fsync", tmp);
+  if (::close(fd) != 0 && status.ok()) status = ErrnoStatus("cannot close", tmp);
+  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
+    status = ErrnoStatus("cannot rename to", path);
+  }
+  if (!status.ok()) {
+    ::unlink(tmp.c_str());
+    return status;
+  }
+  return SyncDirectoryOf(path);
+}
+
+absl::StatusOr<core::StoreState> ReadSnapshotFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus("cannot open", path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    absl::Status s = ErrnoStatus("cannot stat", path);
+    ::close(fd);
+    return s;
+  }
+  Reader r(fd, static_cast<std::uint64_t>(st.st_size), path);
+  absl::StatusOr<core::StoreState> state = Decode(r);
+  ::close(fd);
+  return state;
+}
+
+absl::StatusOr<std::unique_ptr<SnapshotDir>> SnapshotDir::Open(
+    std::string dir) {
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create snapshot directory ", dir, ": ",
+                     std::strerror(errno)));
+  }
+  std::unique_ptr<SnapshotDir> snapshots(new SnapshotDir(std::move(dir)));
+  const auto files = snapshots->List();
+  if (!files.empty()) snapshots->next_number_ = files.front().first + 1;
+  return snapshots;
+}
+
+std::vector<std::pair<std::uint64_t, std::string>> SnapshotDir::List() const {
+  std::vector<std::pair<std::uint64_t, std::string>> files;
+  DIR* d = ::opendir(dir_.c_str());
+  if (d == nullptr) return files;
+  while (const dirent* e = ::readdir(d)) {
+    absl::string_view name = e->d_name;
+    std::uint64_t number;
+    if (absl::ConsumePrefix(&name, "snapshot-") &&
+        absl::ConsumeSuffix(&name, ".wds") &&
+        absl::SimpleAtoi(name, &number)) {
+      files.emplace_back(number, absl::StrCat(dir_, "/", e->d_name));
+    }
+  }
+  ::closedir(d);
+  std::sort(files.rbegin(), files.rend());
+  return files;
+}
+
+absl::StatusOr<std::string> SnapshotDir::Write(const core::StoreState& state) {
+  const std::string path =
+      absl::StrFormat("%s/snapshot-%012d.wds", dir_, next_number_);
+  WEIGHTD_RETURN_IF_ERROR(WriteSnapshotFile(path, state));
+  ++next_number_;
+  const auto files = List();
+  for (std::size_t i = 2; i < files.size(); ++i) {
+    ::unlink(files[i].second.c_str());
+  }
+  return path;
+}
+
+absl::StatusOr<SnapshotDir::Loaded> SnapshotDir::LoadNewest() const {
+  Loaded loaded;
+  for (const auto& [number, path] : List()) {
+    absl::StatusOr<core::StoreState> state = ReadSnapshotFile(path);
+    if (state.ok()) {
+      loaded.path = path;
+      loaded.state = std::move(*state);
+      return loaded;
+    }
+    loaded.skipped.emplace_back(path, state.status());
+  }
+  std::string why;
+  for (const auto& [path, status] : loaded.skipped) {
+    absl::StrAppend(&why, "; ", status.message());
+  }
+  return absl::NotFoundError(
+      absl::StrCat("no usable snapshot in ", dir_, why));
+}
+
+}  // namespace weightd::storage

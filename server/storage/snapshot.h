@@ -1,0 +1,75 @@
+// Snapshots of a TensorStore on disk: one file per snapshot, written
+// atomically, checked by a CRC-32 on load.
+//
+// File format (little-endian), version 1:
+//   "WDSNAP01"                         magic
+//   u64 tensor count, then per tensor:
+//     str name, u32 rank, i64 dims[rank], u64 version, u64 elements,
+//     f32 values[elements], u64 push count, then per push:
+//       str worker, u64 sequence, u64 round, u8 kind, u64 ready_version
+//   u64 worker count, then per worker:
+//     str id, u64 lease, u64 max_sequence, u32 n, str tensors[n]
+//   u32 CRC-32 (zlib) of every byte above
+//   "WDSNEND1"                         trailer
+// where str is u32 length + bytes.
+#ifndef WEIGHTD_SERVER_STORAGE_SNAPSHOT_H_
+#define WEIGHTD_SERVER_STORAGE_SNAPSHOT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "server/core/tensor_store.h"
+
+namespace weightd::storage {
+
+// Writes `state` to `path` so that `path` holds either its old content or
+// the complete new snapshot, whatever happens: the bytes go to `path`.tmp,
+// which is fsynced, renamed to `path`, and the directory fsynced. On error
+// (disk full, ...) `path` is untouched and the temporary file removed.
+absl::Status WriteSnapshotFile(const std::string& path,
+                               const core::StoreState& state);
+
+// Reads a snapshot written by WriteSnapshotFile. NOT_FOUND if the file does
+// not exist; DATA_LOSS if it is truncated, corrupt (checksum) or malformed.
+// Never trusts a length in the file beyond the file's size.
+absl::StatusOr<core::StoreState> ReadSnapshotFile(const std::string& path);
+
+// A directory of numbered snapshots (snapshot-<n>.wds). Keeps the newest
+// two, so that a damaged newest one falls back to the one before.
+class SnapshotDir {
+ public:
+  // Creates `dir` if needed. FAILED_PRECONDITION if it cannot.
+  static absl::StatusOr<std::unique_ptr<SnapshotDir>> Open(std::string dir);
+
+  // Writes `state` as the next snapshot, then removes all but the newest two.
+  // Returns the file written. Not thread-safe: one writer.
+  absl::StatusOr<std::string> Write(const core::StoreState& state);
+
+  struct Loaded {
+    std::string path;
+    core::StoreState state;
+    // Newer files that could not be used, each with the reason.
+    std::vector<std::pair<std::string, absl::Status>> skipped;
+  };
+  // The newest snapshot that reads back whole. NOT_FOUND if the directory
+  // holds none (`skipped` then lists the unusable ones in the message).
+  absl::StatusOr<Loaded> LoadNewest() const;
+
+  const std::string& dir() const { return dir_; }
+
+ private:
+  explicit SnapshotDir(std::string dir) : dir_(std::move(dir)) {}
+  // Snapshot files present, newest first, with their numbers.
+  std::vector<std::pair<std::uint64_t, std::string>> List() const;
+
+  const std::string dir_;
+  std::uint64_t next_number_ = 1;
+};
+
+}  // namespace weightd::storage
+
+#endif  // WEIGHTD_SERVER_STORAGE_SNAPSHOT_H_

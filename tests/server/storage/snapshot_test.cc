@@ -1,0 +1,205 @@
+#include "server/storage/snapshot.h"
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "common/status_macros.h"
+#include "tests/testing/status_matchers.h"
+
+namespace weightd::storage {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::weightd::testing::IsOk;
+using ::weightd::testing::StatusIs;
+
+class SnapshotTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/weightd-snapshot-test.XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    std::system(("rm -rf '" + dir_ + "'").c_str());
+  }
+
+  // A store with two workers, one closed round and one open round.
+  std::unique_ptr<core::TensorStore> MakeStore() {
+    core::StoreOptions options;
+    options.chunk_bytes = kMinChunkBytes;
+    auto store = std::move(core::TensorStore::Create(options)).value();
+    auto a = store->Join("a", {core::Declaration{"w", {2, 2}, {1, 2, 3, 4}},
+                               core::Declaration{"own", {1}, {7}}});
+    auto b = store->Join("b", {core::Declaration{"w", {2, 2}, {}}});
+    EXPECT_THAT(a, IsOk());
+    EXPECT_THAT(b, IsOk());
+    lease_a_ = a->lease_id;
+    lease_b_ = b->lease_id;
+    EXPECT_THAT(Push(*store, lease_a_, 1, 0, {3, 3, 3, 3}), IsOk());
+    EXPECT_THAT(Push(*store, lease_b_, 1, 0, {5, 5, 5, 5}), IsOk());  // v1.
+    EXPECT_THAT(Push(*store, lease_a_, 2, 1, {9, 9, 9, 9}), IsOk());  // Open.
+    return store;
+  }
+
+  static absl::Status Push(core::TensorStore& store, std::uint64_t lease,
+                           std::uint64_t sequence, std::uint64_t round,
+                           std::vector<float> value) {
+    auto session = store.BeginPush(
+        {lease, sequence, core::UpdateKind::kWeights, 1.0, {{"w", round}}});
+    if (!session.ok()) return session.status();
+    WEIGHTD_RETURN_IF_ERROR((*session)->AddChunk(
+        0, 0,
+        absl::string_view(reinterpret_cast<const char*>(value.data()),
+                          value.size() * 4)));
+    return (*session)->Finish().status();
+  }
+
+  std::string dir_;
+  std::uint64_t lease_a_ = 0;
+  std::uint64_t lease_b_ = 0;
+};
+
+TEST_F(SnapshotTest, RoundTripRestoresValuesVersionsMembersAndDedupe) {
+  auto store = MakeStore();
+  const std::string path = dir_ + "/one.wds";
+  ASSERT_THAT(WriteSnapshotFile(path, store->Save()), IsOk());
+  auto state = ReadSnapshotFile(path);
+  ASSERT_THAT(state, IsOk());
+  core::StoreOptions options;
+  options.chunk_bytes = kMinChunkBytes;
+  auto restored = core::TensorStore::Restore(options, std::move(*state));
+  ASSERT_THAT(restored, IsOk());
+  auto& r = **restored;
+  EXPECT_EQ(r.Describe("w")->version, 1u);
+  EXPECT_EQ(r.Describe("w")->participants, 2u);
+  EXPECT_THAT(*(*r.Snapshot({"w"}))[0].value, ElementsAre(4, 4, 4, 4));
+  EXPECT_THAT(*(*r.Snapshot({"own"}))[0].value, ElementsAre(7));
+  // Leases survive: the workers continue without re-joining.
+  // b's push of round 0 is remembered: a resend is a duplicate...
+  auto again = r.BeginPush(
+      {lease_b_, 1, core::UpdateKind::kWeights, 1.0, {{"w", 0}}});
+  ASSERT_THAT(again, IsOk());
+  std::vector<float> five(4, 5.0f);
+  ASSERT_THAT((*again)->AddChunk(0, 0, absl::string_view(
+                                           reinterpret_cast<const char*>(
+                                               five.data()), 16)),
+              IsOk());
+  auto results = (*again)->Finish();
+  ASSERT_THAT(results, IsOk());
+  EXPECT_TRUE((*results)[0].outcome.duplicate);
+  // ...while a's push to the open round was not saved: its resend counts.
+  ASSERT_THAT(Push(r, lease_a_, 2, 1, {9, 9, 9, 9}), IsOk());
+  ASSERT_THAT(Push(r, lease_b_, 2, 1, {1, 1, 1, 1}), IsOk());
+  EXPECT_EQ(r.Describe("w")->version, 2u);
+  EXPECT_THAT(*(*r.Snapshot({"w"}))[0].value, ElementsAre(5, 5, 5, 5));
+}
+
+TEST_F(SnapshotTest, CorruptOrTruncatedFilesAreDataLoss) {
+  auto store = MakeStore();
+  const std::string path = dir_ + "/s.wds";
+  ASSERT_THAT(WriteSnapshotFile(path, store->Save()), IsOk());
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  ASSERT_GT(bytes.size(), 60u);
+  auto write = [&](const std::string& content) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << content;
+  };
+  // Every single flipped byte and every truncation is detected.
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    std::string flipped = bytes;
+    flipped[i] ^= 0x20;
+    write(flipped);
+    EXPECT_THAT(ReadSnapshotFile(path), StatusIs(absl::StatusCode::kDataLoss))
+        << "flipped byte " << i;
+    write(bytes.substr(0, i));
+    EXPECT_THAT(ReadSnapshotFile(path), StatusIs(absl::StatusCode::kDataLoss))
+        << "truncated to " << i;
+  }
+  write(bytes + "x");
+  EXPECT_THAT(ReadSnapshotFile(path), StatusIs(absl::StatusCode::kDataLoss));
+  write(bytes);
+  EXPECT_THAT(ReadSnapshotFile(path), IsOk());
+  EXPECT_THAT(ReadSnapshotFile(dir_ + "/missing.wds"),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(SnapshotTest, DirectoryFallsBackToThePreviousGoodSnapshot) {
+  auto store = MakeStore();
+  auto snapshots = SnapshotDir::Open(dir_ + "/snaps");
+  ASSERT_THAT(snapshots, IsOk());
+  EXPECT_THAT((*snapshots)->LoadNewest(),
+              StatusIs(absl::StatusCode::kNotFound));
+  auto first = (*snapshots)->Write(store->Save());
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT(Push(*store, lease_b_, 2, 1, {1, 1, 1, 1}), IsOk());  // v2.
+  auto second = (*snapshots)->Write(store->Save());
+  ASSERT_THAT(second, IsOk());
+  auto third = (*snapshots)->Write(store->Save());
+  ASSERT_THAT(third, IsOk());
+  // Only the newest two are kept.
+  EXPECT_NE(::access(first->c_str(), F_OK), 0);
+  {
+    auto loaded = (*snapshots)->LoadNewest();
+    ASSERT_THAT(loaded, IsOk());
+    EXPECT_EQ(loaded->path, *third);
+    EXPECT_TRUE(loaded->skipped.empty());
+  }
+  // A torn newest file: the one before it is used, and the skip reported.
+  ::truncate(third->c_str(), 30);
+  auto loaded = (*snapshots)->LoadNewest();
+  ASSERT_THAT(loaded, IsOk());
+  EXPECT_EQ(loaded->path, *second);
+  ASSERT_EQ(loaded->skipped.size(), 1u);
+  EXPECT_EQ(loaded->skipped[0].first, *third);
+  EXPECT_THAT(loaded->skipped[0].second,
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("truncated")));
+  // A reopened directory continues the numbering.
+  auto reopened = SnapshotDir::Open(dir_ + "/snaps");
+  auto fourth = (*reopened)->Write(store->Save());
+  ASSERT_THAT(fourth, IsOk());
+  EXPECT_GT(*fourth, *third);
+}
+
+// Disk full, staged with the file-size limit: the write fails cleanly, the
+// previous snapshot stays intact and no temporary file is left.
+TEST_F(SnapshotTest, WriteErrorLeavesThePreviousSnapshotIntact) {
+  auto store = MakeStore();
+  const std::string path = dir_ + "/s.wds";
+  ASSERT_THAT(WriteSnapshotFile(path, store->Save()), IsOk());
+  core::StoreOptions options;
+  auto big = std::move(core::TensorStore::Create(options)).value();
+  ASSERT_THAT(big->Join("x", {core::Declaration{"big", {1 << 20},
+                                                std::vector<float>(1 << 20)}}),
+              IsOk());
+  struct rlimit old_limit;
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  struct rlimit small = old_limit;
+  small.rlim_cur = 64 << 10;
+  ::signal(SIGXFSZ, SIG_IGN);
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  const absl::Status failed = WriteSnapshotFile(path, big->Save());
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  EXPECT_FALSE(failed.ok());
+  EXPECT_THAT(failed.message(), HasSubstr("cannot write"));
+  EXPECT_NE(::access((path + ".tmp").c_str(), F_OK), 0);
+  auto state = ReadSnapshotFile(path);
+  ASSERT_THAT(state, IsOk());
+  EXPECT_EQ(state->tensors.size(), 2u);  // The old one: w and own.
+}
+
+}  // namespace
+}  // namespace weightd::storage
