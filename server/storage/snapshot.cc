@@ -50,7 +50,7 @@ class Writer {
       buffer_.append(p, take);
       p += take;
       n -= take;
-      if (buffer_.size() == kBufferBytes) Flush();
+      if (buffer_.size() == kBufferBytes) (void)Flush();  // Error sticks.
     }
   }
   template <typename T>
