@@ -11,6 +11,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/env_flags.h"
@@ -41,6 +42,18 @@ ABSL_FLAG(absl::Duration, lease_timeout, absl::Seconds(6),
           "A worker that makes no call (push, barrier, heartbeat) for this "
           "long is dropped from its sharing groups; sync rounds stop waiting "
           "for it. Clients heartbeat every third of it.");
+ABSL_FLAG(std::string, snapshot_dir, "",
+          "Directory for snapshots. At start the newest usable one is loaded "
+          "(a torn or corrupt one is skipped and logged); more are written "
+          "per --snapshot_every and a final one on SIGTERM/SIGINT. Empty: "
+          "no snapshots, the state lives in memory only.");
+ABSL_FLAG(std::string, snapshot_every, "100",
+          "Snapshot cadence with --snapshot_dir: a number of closed rounds, "
+          "counted over all tensors (e.g. 100), or a duration (e.g. 30s, 5m; "
+          "only if a round closed since the last snapshot).");
+ABSL_FLAG(std::string, restore, "",
+          "Start from this snapshot file (it must be usable), e.g. one "
+          "copied from another server's --snapshot_dir.");
 ABSL_FLAG(std::string, log_level, "info",
           "Log level: trace, debug, info, warn, error, off.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
@@ -72,7 +85,8 @@ int main(int argc, char** argv) {
   const std::vector<std::string> flag_names = {
       "listen",        "mode",         "server_lr",      "async_mix",
       "chunk_bytes",   "max_tensor_bytes", "allow_non_finite", "log_level",
-      "shutdown_grace", "ready_file", "lease_timeout"};
+      "shutdown_grace", "ready_file", "lease_timeout", "snapshot_dir",
+      "snapshot_every", "restore"};
   if (absl::Status s = weightd::ApplyEnvironmentToFlags("WEIGHTD_", flag_names);
       !s.ok()) {
     return Fail(std::string(s.message()));
@@ -107,6 +121,20 @@ int main(int argc, char** argv) {
   options.store.allow_non_finite = absl::GetFlag(FLAGS_allow_non_finite);
   options.store.lease_timeout = absl::GetFlag(FLAGS_lease_timeout);
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
+  options.snapshot_dir = absl::GetFlag(FLAGS_snapshot_dir);
+  options.restore_path = absl::GetFlag(FLAGS_restore);
+  const std::string every = absl::GetFlag(FLAGS_snapshot_every);
+  std::uint64_t rounds = 0;
+  absl::Duration interval;
+  if (absl::SimpleAtoi(every, &rounds) && rounds > 0) {
+    options.snapshot_every.every_rounds = rounds;
+  } else if (absl::ParseDuration(every, &interval) &&
+             interval > absl::ZeroDuration()) {
+    options.snapshot_every.every = interval;
+  } else {
+    return Fail(absl::StrCat("--snapshot_every=", every,
+                             ": use a number of rounds (100) or a duration (30s)"));
+  }
 
   // Signals are taken synchronously by sigwait below; block them before any
   // gRPC thread exists so that every thread inherits the mask.

@@ -50,9 +50,30 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                      absl::StrJoin(e.tensors, ","));
         if (user) user(e);
       };
-  WEIGHTD_ASSIGN_OR_RETURN(server->store_,
-                           core::TensorStore::Create(options.store));
-  server->service_ = std::make_unique<WeightdService>(server->store_.get());
+  options.store.on_round_closed =
+      [s = server.get(), user = std::move(options.store.on_round_closed)](
+          const core::RoundClosed& c) {
+        if (storage::Snapshotter* sink = s->round_sink_.load()) {
+          sink->OnRoundClosed();
+        }
+        if (user) user(c);
+      };
+  WEIGHTD_RETURN_IF_ERROR(server->BuildStore(options));
+  if (server->snapshot_dir_ != nullptr && !server->unusable_snapshots_) {
+    server->snapshotter_ = std::make_unique<storage::Snapshotter>(
+        server->store_.get(), server->snapshot_dir_.get(),
+        options.snapshot_every, [](const absl::StatusOr<std::string>& w) {
+          if (w.ok()) {
+            spdlog::info("snapshot written: {}", *w);
+          } else {
+            spdlog::error("snapshot failed (the previous one is intact): {}",
+                          w.status().ToString());
+          }
+        });
+    server->round_sink_ = server->snapshotter_.get();
+  }
+  server->service_ = std::make_unique<WeightdService>(
+      server->store_.get(), server->snapshotter_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
@@ -81,10 +102,50 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     if (host.empty() || host == "0.0.0.0" || host == "[::]") host = "127.0.0.1";
     server->address_ = absl::StrCat(host, ":", port);
   }
-  server->server_->GetHealthCheckService()->SetServingStatus(true);
+  server->server_->GetHealthCheckService()->SetServingStatus(
+      !server->unusable_snapshots_);
   server->options_ = std::move(options);
   server->expirer_ = std::thread([s = server.get()] { s->ExpireLeasesLoop(); });
   return server;
+}
+
+absl::Status Server::BuildStore(ServerOptions& options) {
+  if (!options.restore_path.empty()) {
+    WEIGHTD_ASSIGN_OR_RETURN(core::StoreState state,
+                             storage::ReadSnapshotFile(options.restore_path));
+    WEIGHTD_ASSIGN_OR_RETURN(
+        store_, core::TensorStore::Restore(options.store, std::move(state)));
+    spdlog::info("restored from {}", options.restore_path);
+  }
+  if (!options.snapshot_dir.empty()) {
+    WEIGHTD_ASSIGN_OR_RETURN(snapshot_dir_,
+                             storage::SnapshotDir::Open(options.snapshot_dir));
+  }
+  if (store_ == nullptr && snapshot_dir_ != nullptr) {
+    absl::StatusOr<storage::SnapshotDir::Loaded> loaded =
+        snapshot_dir_->LoadNewest();
+    if (loaded.ok()) {
+      for (const auto& [path, why] : loaded->skipped) {
+        spdlog::warn("snapshot {} skipped: {}", path, why.ToString());
+      }
+      WEIGHTD_ASSIGN_OR_RETURN(
+          store_,
+          core::TensorStore::Restore(options.store, std::move(loaded->state)));
+      spdlog::info("restored from {}", loaded->path);
+    } else if (absl::IsDataLoss(loaded.status())) {
+      spdlog::error("{}; serving NOT_SERVING and refusing calls: repair or "
+                    "move the snapshots away and restart",
+                    loaded.status().ToString());
+      unusable_snapshots_ = true;
+    } else if (!absl::IsNotFound(loaded.status())) {
+      return loaded.status();
+    }
+  }
+  if (store_ == nullptr) {
+    WEIGHTD_ASSIGN_OR_RETURN(store_, core::TensorStore::Create(options.store));
+  }
+  if (unusable_snapshots_) store_->Close();
+  return absl::OkStatus();
 }
 
 void Server::ExpireLeasesLoop() {
@@ -111,6 +172,10 @@ void Server::Shutdown() {
         absl::ToChronoMilliseconds(options_.shutdown_grace);
     server_->Shutdown(deadline);
     server_->Wait();
+    if (snapshotter_ != nullptr) {
+      round_sink_ = nullptr;
+      (void)snapshotter_->Stop();  // The final snapshot; logged by its callback.
+    }
   });
 }
 

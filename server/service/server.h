@@ -3,6 +3,7 @@
 #ifndef WEIGHTD_SERVER_SERVICE_SERVER_H_
 #define WEIGHTD_SERVER_SERVICE_SERVER_H_
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -13,6 +14,8 @@
 #include "absl/time/time.h"
 #include "server/core/options.h"
 #include "server/core/tensor_store.h"
+#include "server/storage/snapshot.h"
+#include "server/storage/snapshotter.h"
 
 namespace grpc {
 class Server;
@@ -31,6 +34,15 @@ struct ServerOptions {
   absl::Duration shutdown_grace = absl::Seconds(5);
   // Log one info line per closed round.
   bool log_rounds = true;
+  // Snapshots. With a directory, the server starts from the newest usable
+  // snapshot in it (or empty if there is none), writes more at the cadence
+  // below and a final one at shutdown. If the directory holds snapshots but
+  // none is usable, the server starts with health NOT_SERVING and refuses
+  // every call (UNAVAILABLE) rather than silently starting empty.
+  std::string snapshot_dir;
+  storage::SnapshotterOptions snapshot_every;
+  // Start from this snapshot file instead (it must be usable).
+  std::string restore_path;
 };
 
 class Server {
@@ -47,6 +59,8 @@ class Server {
   // An address clients can dial, e.g. "127.0.0.1:41234".
   const std::string& address() const { return address_; }
   core::TensorStore& store() { return *store_; }
+  // Null without a snapshot directory.
+  storage::Snapshotter* snapshotter() { return snapshotter_.get(); }
   const WeightdService& service() const { return *service_; }
 
   // Graceful stop: health NOT_SERVING, waiting calls end with UNAVAILABLE,
@@ -60,7 +74,13 @@ class Server {
   ServerOptions options_;
   int port_ = 0;
   std::string address_;
+  absl::Status BuildStore(ServerOptions& options);
+
   std::unique_ptr<core::TensorStore> store_;
+  bool unusable_snapshots_ = false;  // Serve NOT_SERVING, refuse all calls.
+  std::unique_ptr<storage::SnapshotDir> snapshot_dir_;
+  std::unique_ptr<storage::Snapshotter> snapshotter_;
+  std::atomic<storage::Snapshotter*> round_sink_{nullptr};
   std::unique_ptr<WeightdService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::once_flag shutdown_once_;

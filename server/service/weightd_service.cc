@@ -556,7 +556,9 @@ class PushPullReactor final
 
 }  // namespace
 
-WeightdService::WeightdService(core::TensorStore* store) : store_(store) {}
+WeightdService::WeightdService(core::TensorStore* store,
+                               storage::Snapshotter* snapshotter)
+    : store_(store), snapshotter_(snapshotter) {}
 
 grpc::ServerReadReactor<v1::JoinRequest>* WeightdService::Join(
     grpc::CallbackServerContext* context, v1::JoinResponse* response) {
@@ -600,6 +602,26 @@ grpc::ServerUnaryReactor* WeightdService::Barrier(
   return new BarrierReactor(store_, request);
 }
 
+grpc::ServerUnaryReactor* WeightdService::TakeSnapshot(
+    grpc::CallbackServerContext* context,
+    const v1::TakeSnapshotRequest* request,
+    v1::TakeSnapshotResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (snapshotter_ == nullptr) {
+    reactor->Finish(grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        "this server runs without --snapshot_dir; there is nowhere to write"));
+    return reactor;
+  }
+  // Written on the snapshot thread; the call finishes from there.
+  snapshotter_->Request(
+      [reactor, response](absl::StatusOr<std::string> written) {
+        if (written.ok()) response->set_path(*written);
+        reactor->Finish(ToGrpcStatus(written.status()));
+      });
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* WeightdService::GetStatus(
     grpc::CallbackServerContext* context, const v1::GetStatusRequest* request,
     v1::GetStatusResponse* response) {
@@ -627,6 +649,10 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
       traffic_.bytes_received.load(std::memory_order_relaxed));
   response->set_bytes_sent(traffic_.bytes_sent.load(std::memory_order_relaxed));
   response->set_rounds_closed(status.rounds_closed);
+  if (snapshotter_ != nullptr) {
+    response->set_snapshots_written(snapshotter_->written());
+    response->set_snapshot_failures(snapshotter_->failed());
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

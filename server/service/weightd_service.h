@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "server/core/tensor_store.h"
+#include "server/storage/snapshotter.h"
 #include "weightd/v1/weightd.grpc.pb.h"
 
 namespace weightd::service {
@@ -23,8 +24,9 @@ struct TrafficCounters {
 
 class WeightdService final : public v1::Weightd::CallbackService {
  public:
-  // `store` must outlive the service and every call in flight.
-  explicit WeightdService(core::TensorStore* store);
+  // `store` (and `snapshotter`, null without snapshots) must outlive the
+  // service and every call in flight.
+  WeightdService(core::TensorStore* store, storage::Snapshotter* snapshotter);
 
   const TrafficCounters& traffic() const { return traffic_; }
 
@@ -48,12 +50,17 @@ class WeightdService final : public v1::Weightd::CallbackService {
   grpc::ServerUnaryReactor* Barrier(grpc::CallbackServerContext* context,
                                     const v1::BarrierRequest* request,
                                     v1::BarrierResponse* response) override;
+  grpc::ServerUnaryReactor* TakeSnapshot(
+      grpc::CallbackServerContext* context,
+      const v1::TakeSnapshotRequest* request,
+      v1::TakeSnapshotResponse* response) override;
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
                                       const v1::GetStatusRequest* request,
                                       v1::GetStatusResponse* response) override;
 
  private:
   core::TensorStore* const store_;
+  storage::Snapshotter* const snapshotter_;
   TrafficCounters traffic_;
 };
 

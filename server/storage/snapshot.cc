@@ -355,11 +355,14 @@ absl::StatusOr<SnapshotDir::Loaded> SnapshotDir::LoadNewest() const {
     }
     loaded.skipped.emplace_back(path, state.status());
   }
+  if (loaded.skipped.empty()) {
+    return absl::NotFoundError(absl::StrCat("no snapshot in ", dir_));
+  }
   std::string why;
   for (const auto& [path, status] : loaded.skipped) {
     absl::StrAppend(&why, "; ", status.message());
   }
-  return absl::NotFoundError(
+  return absl::DataLossError(
       absl::StrCat("no usable snapshot in ", dir_, why));
 }
 

@@ -56,7 +56,8 @@ class SnapshotDir {
     std::vector<std::pair<std::string, absl::Status>> skipped;
   };
   // The newest snapshot that reads back whole. NOT_FOUND if the directory
-  // holds none (`skipped` then lists the unusable ones in the message).
+  // holds no snapshot file; DATA_LOSS (naming each file and why) if it holds
+  // some but none is usable.
   absl::StatusOr<Loaded> LoadNewest() const;
 
   const std::string& dir() const { return dir_; }

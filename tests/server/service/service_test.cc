@@ -527,6 +527,96 @@ TEST_F(ServiceTest, SilentWorkerIsDroppedWhileWaitingWorkerHeartbeats) {
                        HasSubstr("call Join first")));
 }
 
+class SnapshotServiceTest : public ServiceTest {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/weightd-service-snap.XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    Restart();
+  }
+  void TearDown() override {
+    server_.reset();
+    std::system(("rm -rf '" + dir_ + "'").c_str());
+  }
+  void Restart() {
+    server_.reset();  // Shutdown writes the final snapshot.
+    service::ServerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    options.snapshot_dir = dir_ + "/snaps";
+    options.snapshot_every.every_rounds = 1;
+    auto server = service::Server::Start(options);
+    ASSERT_THAT(server, IsOk());
+    server_ = std::move(*server);
+    channel_ = grpc::CreateChannel(server_->address(),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = v1::Weightd::NewStub(channel_);
+  }
+  std::string dir_;
+};
+
+TEST_F(SnapshotServiceTest, RestartContinuesFromTheFinalSnapshot) {
+  std::vector<float> w(3000, 1.0f);
+  {
+    auto client = Connect("a");
+    ASSERT_THAT(client->Join({TensorRef{"w", {3000}, absl::MakeSpan(w)}}),
+                IsOk());
+    for (int round = 0; round < 3; ++round) {
+      std::fill(w.begin(), w.end(), float(round + 10));
+      ASSERT_THAT(client->PushPull({TensorRef{"w", {3000}, absl::MakeSpan(w)}}),
+                  IsOk());
+    }
+    // An admin snapshot names its file.
+    grpc::ClientContext context;
+    v1::TakeSnapshotResponse response;
+    ASSERT_TRUE(stub_->TakeSnapshot(&context, {}, &response).ok());
+    EXPECT_THAT(response.path(), HasSubstr("/snaps/snapshot-"));
+  }
+  Restart();
+  auto info = server_->store().Describe("w");
+  ASSERT_THAT(info, IsOk());
+  EXPECT_EQ(info->version, 3u);
+  EXPECT_THAT(*(*server_->store().Snapshot({"w"}))[0].value,
+              ::testing::Each(12.0f));
+  // The worker comes back under its id and continues from the saved value.
+  std::vector<float> back(3000, 0.0f);
+  auto client = Connect("a");
+  ASSERT_THAT(client->Join({TensorRef{"w", {3000}, absl::MakeSpan(back)}}),
+              IsOk());
+  EXPECT_THAT(back, ::testing::Each(12.0f));
+  EXPECT_EQ(*client->Version("w"), 3u);
+}
+
+TEST_F(SnapshotServiceTest, UnusableSnapshotsMeanNotServing) {
+  std::vector<float> w(4, 1.0f);
+  {
+    auto client = Connect("a");
+    ASSERT_THAT(client->Join({TensorRef{"w", {4}, absl::MakeSpan(w)}}), IsOk());
+    ASSERT_THAT(client->PushPull({TensorRef{"w", {4}, absl::MakeSpan(w)}}),
+                IsOk());
+  }
+  server_.reset();
+  // Damage every snapshot in the directory.
+  std::system(("for f in '" + dir_ + "'/snaps/*.wds; do truncate -s 20 \"$f\"; done")
+                  .c_str());
+  Restart();
+  EXPECT_TRUE(server_->store().closed());
+  ClientOptions options;
+  options.address = server_->address();
+  options.worker_id = "a";
+  auto client = Client::Connect(options);
+  ASSERT_THAT(client, IsOk());  // It answers, but...
+  EXPECT_THAT((*client)->Join({TensorRef{"w", {4}, absl::MakeSpan(w)}}),
+              StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST_F(ServiceTest, TakeSnapshotWithoutDirectoryIsFailedPrecondition) {
+  grpc::ClientContext context;
+  v1::TakeSnapshotResponse response;
+  EXPECT_EQ(stub_->TakeSnapshot(&context, {}, &response).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
 TEST_F(ServiceTest, AsyncModeAppliesPushesImmediately) {
   server_.reset();
   StartServer(core::Mode::kAsync);

@@ -167,6 +167,11 @@ TEST_F(SnapshotTest, DirectoryFallsBackToThePreviousGoodSnapshot) {
   EXPECT_EQ(loaded->skipped[0].first, *third);
   EXPECT_THAT(loaded->skipped[0].second,
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("truncated")));
+  // Nothing usable left: DATA_LOSS names the files.
+  ::truncate(second->c_str(), 10);
+  EXPECT_THAT((*snapshots)->LoadNewest(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("no usable snapshot")));
   // A reopened directory continues the numbering.
   auto reopened = SnapshotDir::Open(dir_ + "/snaps");
   auto fourth = (*reopened)->Write(store->Save());

@@ -1,0 +1,100 @@
+#include "server/storage/snapshotter.h"
+
+#include <utility>
+
+namespace weightd::storage {
+
+Snapshotter::Snapshotter(core::TensorStore* store, SnapshotDir* dir,
+                         SnapshotterOptions options, Done on_written)
+    : store_(store),
+      dir_(dir),
+      options_(options),
+      on_written_(std::move(on_written)),
+      thread_([this] { Loop(); }) {}
+
+Snapshotter::~Snapshotter() { (void)Stop(); }  // Reported by on_written.
+
+bool Snapshotter::FinalWrittenLocked() const { return final_.has_value(); }
+
+void Snapshotter::OnRoundClosed() {
+  absl::MutexLock lock(&mu_);
+  ++rounds_since_;
+}
+
+void Snapshotter::Request(Done done) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stop_) {
+      requests_.push_back(std::move(done));
+      return;
+    }
+  }
+  done(absl::UnavailableError(
+      "the server is shutting down; it writes a final snapshot itself"));
+}
+
+bool Snapshotter::DueLocked() const {
+  return stop_ || !requests_.empty() ||
+         (options_.every_rounds > 0 && rounds_since_ >= options_.every_rounds);
+}
+
+absl::StatusOr<std::string> Snapshotter::WriteOnce() {
+  absl::MutexLock lock(&write_mu_);
+  absl::StatusOr<std::string> written = dir_->Write(store_->Save());
+  if (written.ok()) {
+    ++written_;
+  } else {
+    ++failed_;
+  }
+  if (on_written_) on_written_(written);
+  return written;
+}
+
+void Snapshotter::Loop() {
+  // Wakes for a request, for enough rounds, or for the interval.
+  const absl::Duration poll =
+      options_.every > absl::ZeroDuration() ? options_.every
+                                            : absl::InfiniteDuration();
+  absl::Time last = absl::Now();
+  for (;;) {
+    std::vector<Done> requests;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithDeadline(absl::Condition(this, &Snapshotter::DueLocked),
+                            last + poll);
+      if (stop_) return;
+      const bool interval = options_.every > absl::ZeroDuration() &&
+                            absl::Now() >= last + options_.every &&
+                            rounds_since_ > 0;
+      if (!interval && !DueLocked()) continue;
+      requests.swap(requests_);
+      rounds_since_ = 0;
+    }
+    last = absl::Now();
+    absl::StatusOr<std::string> written = WriteOnce();
+    for (Done& done : requests) done(written);
+  }
+}
+
+absl::StatusOr<std::string> Snapshotter::Stop() {
+  std::vector<Done> requests;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stop_) {
+      mu_.Await(absl::Condition(this, &Snapshotter::FinalWrittenLocked));
+      return *final_;
+    }
+    stop_ = true;
+  }
+  thread_.join();
+  absl::StatusOr<std::string> written = WriteOnce();
+  {
+    absl::MutexLock lock(&mu_);
+    requests.swap(requests_);
+    final_ = written;
+  }
+  for (Done& done : requests) done(written);
+  return written;
+}
+
+}  // namespace weightd::storage

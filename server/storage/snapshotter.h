@@ -1,0 +1,83 @@
+// Snapshotter: takes snapshots of a TensorStore into a SnapshotDir on a
+// background thread: every N closed rounds, every T seconds, on request, and
+// once more at shutdown.
+#ifndef WEIGHTD_SERVER_STORAGE_SNAPSHOTTER_H_
+#define WEIGHTD_SERVER_STORAGE_SNAPSHOTTER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/core/tensor_store.h"
+#include "server/storage/snapshot.h"
+
+namespace weightd::storage {
+
+struct SnapshotterOptions {
+  // Take a snapshot once this many rounds closed since the last one (0: off).
+  std::uint64_t every_rounds = 0;
+  // Take a snapshot at this interval if any round closed since (0: off).
+  absl::Duration every = absl::ZeroDuration();
+};
+
+class Snapshotter {
+ public:
+  using Done = std::function<void(absl::StatusOr<std::string>)>;
+
+  // `store` and `dir` must outlive the Snapshotter. `on_written` is called
+  // (on the snapshot thread) with the file written or the error, after each
+  // attempt. Thread-safe.
+  Snapshotter(core::TensorStore* store, SnapshotDir* dir,
+              SnapshotterOptions options, Done on_written);
+  ~Snapshotter();  // Stop().
+  Snapshotter(const Snapshotter&) = delete;
+  Snapshotter& operator=(const Snapshotter&) = delete;
+
+  // Counts a closed round (wire to StoreOptions::on_round_closed).
+  void OnRoundClosed();
+
+  // Takes a snapshot soon, on the snapshot thread; `done` gets the file or
+  // the error (UNAVAILABLE once stopping). Does not block.
+  void Request(Done done);
+
+  // Stops the thread, then writes one last snapshot on the calling thread
+  // and returns it. Idempotent: later calls return the first result.
+  absl::StatusOr<std::string> Stop();
+
+  std::uint64_t written() const { return written_.load(); }
+  std::uint64_t failed() const { return failed_.load(); }
+
+ private:
+  void Loop();
+  absl::StatusOr<std::string> WriteOnce();
+  bool DueLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool FinalWrittenLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  core::TensorStore* const store_;
+  SnapshotDir* const dir_;
+  const SnapshotterOptions options_;
+  const Done on_written_;
+  std::atomic<std::uint64_t> written_{0};
+  std::atomic<std::uint64_t> failed_{0};
+
+  mutable absl::Mutex mu_;
+  std::uint64_t rounds_since_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<Done> requests_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<absl::StatusOr<std::string>> final_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex write_mu_;  // One writer at a time (thread and Stop()).
+  std::thread thread_;
+};
+
+}  // namespace weightd::storage
+
+#endif  // WEIGHTD_SERVER_STORAGE_SNAPSHOTTER_H_
