@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/random/distributions.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
 #include "common/names.h"
@@ -180,6 +181,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
+  // Reconnect quickly after a server restart; our own retries pace calls.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   auto channel = std::make_unique<Channel>();
   channel->channel = grpc::CreateCustomChannel(
       options.address, grpc::InsecureChannelCredentials(), args);
@@ -233,37 +238,11 @@ absl::Status Client::Join(absl::Span<const TensorRef> tensors) {
           ElementsOf(t.shape)));
     }
   }
-  grpc::ClientContext context;
-  context.set_deadline(CallDeadline());
+  std::vector<Declared> declared;
+  for (const TensorRef& t : tensors) declared.push_back({t.name, t.shape, t.data});
   v1::JoinResponse response;
-  auto stream = channel_->stub->Join(&context, &response);
-  v1::JoinRequest msg;
-  v1::JoinHeader* header = msg.mutable_header();
-  header->set_worker_id(worker_id_);
-  for (const TensorRef& t : tensors) {
-    v1::TensorDeclaration* d = header->add_tensors();
-    d->set_name(t.name);
-    for (std::int64_t dim : t.shape) d->add_shape(dim);
-  }
-  bool ok = stream->Write(msg);
-  msg.Clear();
-  for (std::uint32_t i = 0; ok && i < tensors.size(); ++i) {
-    ok = WriteChunks(*stream, i, tensors[i].data, chunk_bytes_, msg,
-                     stats_.bytes_pushed);
-  }
-  if (ok) stream->WritesDone();
-  WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Join"));
-  if (response.tensors_size() != static_cast<int>(tensors.size())) {
-    return absl::DataLossError("server answered Join for other tensors");
-  }
-  lease_id_ = response.lease_id();
-  chunk_bytes_ = response.chunk_bytes();
-  sync_mode_ = response.mode() != v1::MODE_ASYNC;
-  if (options_.heartbeat && response.lease_timeout_ms() > 0) {
-    StartHeartbeat(lease_id_,
-                   absl::Milliseconds(response.lease_timeout_ms()) / 3);
-  }
-  next_sequence_ = response.next_sequence();
+  WEIGHTD_RETURN_IF_ERROR(
+      Retrying([&] { return JoinOnce(declared, &response); }));
   tracked_.clear();
   std::vector<TensorRef> existing;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
@@ -272,12 +251,101 @@ absl::Status Client::Join(absl::Span<const TensorRef> tensors) {
     t.shape = tensors[i].shape;
     t.elements = tensors[i].data.size();
     t.version = joined.info().version();
-    t.wait_version = 0;
     if (!joined.created()) existing.push_back(tensors[i]);
   }
   // Weight transfer: a model joining later starts from the shared value.
   if (!existing.empty()) WEIGHTD_RETURN_IF_ERROR(Pull(existing));
   return absl::OkStatus();
+}
+
+absl::Status Client::JoinOnce(absl::Span<const Declared> declared,
+                              v1::JoinResponse* response) {
+  grpc::ClientContext context;
+  context.set_deadline(CallDeadline());
+  response->Clear();
+  auto stream = channel_->stub->Join(&context, response);
+  v1::JoinRequest msg;
+  v1::JoinHeader* header = msg.mutable_header();
+  header->set_worker_id(worker_id_);
+  for (const Declared& d : declared) {
+    v1::TensorDeclaration* out = header->add_tensors();
+    out->set_name(d.name);
+    for (std::int64_t dim : d.shape) out->add_shape(dim);
+  }
+  bool ok = stream->Write(msg);
+  msg.Clear();
+  for (std::uint32_t i = 0; ok && i < declared.size(); ++i) {
+    ok = WriteChunks(*stream, i, declared[i].value, chunk_bytes_, msg,
+                     stats_.bytes_pushed);
+  }
+  if (ok) stream->WritesDone();
+  WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Join"));
+  if (response->tensors_size() != static_cast<int>(declared.size())) {
+    return absl::DataLossError("server answered Join for other tensors");
+  }
+  lease_id_ = response->lease_id();
+  chunk_bytes_ = response->chunk_bytes();
+  sync_mode_ = response->mode() != v1::MODE_ASYNC;
+  next_sequence_ = response->next_sequence();
+  if (options_.heartbeat && response->lease_timeout_ms() > 0) {
+    StartHeartbeat(lease_id_,
+                   absl::Milliseconds(response->lease_timeout_ms()) / 3);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Client::Rejoin(absl::Span<const TensorRef> in_hand) {
+  // Every tracked tensor is declared again; the values in hand go along in
+  // case the server lost a tensor (restarted without a snapshot).
+  std::vector<Declared> declared;
+  for (const auto& [name, t] : tracked_) {
+    absl::Span<const float> value;
+    for (const TensorRef& r : in_hand) {
+      if (r.name == name) value = r.data;
+    }
+    declared.push_back({name, t.shape, value});
+  }
+  v1::JoinResponse response;
+  WEIGHTD_RETURN_IF_ERROR(
+      Retrying([&] { return JoinOnce(declared, &response); }));
+  for (std::size_t i = 0; i < declared.size(); ++i) {
+    Tracked& t = tracked_.at(declared[i].name);
+    t.version = response.tensors(static_cast<int>(i)).info().version();
+    t.wait_version = 0;
+  }
+  return absl::OkStatus();
+}
+
+bool Client::LeaseLost() {
+  if (lease_lost_) return true;
+  grpc::ClientContext context;
+  context.set_deadline(CallDeadline());
+  v1::HeartbeatRequest request;
+  request.set_lease_id(lease_id_);
+  v1::HeartbeatResponse response;
+  return channel_->stub->Heartbeat(&context, request, &response)
+             .error_code() == grpc::StatusCode::FAILED_PRECONDITION;
+}
+
+absl::Status Client::Retrying(absl::FunctionRef<absl::Status()> attempt) {
+  const absl::Time give_up = absl::Now() + options_.retry_budget;
+  absl::Duration backoff = options_.initial_backoff;
+  for (int attempts = 1;; ++attempts) {
+    absl::Status status = attempt();
+    if (status.ok() ||
+        !(absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status))) {
+      return status;
+    }
+    const absl::Duration pause =
+        backoff * absl::Uniform(bitgen_, 0.5, 1.5);  // Jitter.
+    if (absl::Now() + pause > give_up) {
+      return absl::Status(status.code(),
+                          absl::StrCat(status.message(), " (gave up after ",
+                                       attempts, " attempts)"));
+    }
+    absl::SleepFor(pause);
+    backoff = std::min(backoff * 2, options_.max_backoff);
+  }
 }
 
 absl::Status Client::Push(absl::Span<const TensorRef> tensors,
@@ -293,9 +361,37 @@ absl::Status Client::PushPull(absl::Span<const TensorRef> tensors,
 absl::Status Client::DoPush(absl::Span<const TensorRef> tensors,
                             const PushOptions& options, bool pull_result) {
   WEIGHTD_RETURN_IF_ERROR(CheckRefs(tensors));
+  // A resend after a transient failure keeps its sequence: the server
+  // applies it once.
+  std::uint64_t sequence = next_sequence_++;
+  for (int rejoins = 0;; ++rejoins) {
+    absl::Status status = Retrying([&] {
+      return PushOnce(tensors, options, pull_result, sequence);
+    });
+    if (status.ok()) return status;
+    if (absl::IsAborted(status) && pull_result) {
+      // The round moved on without this push (it closed without this
+      // worker, or the server restarted from an older snapshot): continue
+      // from the current shared value.
+      for (const TensorRef& t : tensors) tracked_.at(t.name).wait_version = 0;
+      return Pull(tensors);
+    }
+    if (absl::IsFailedPrecondition(status) && rejoins < kMaxRejoins &&
+        LeaseLost()) {
+      WEIGHTD_RETURN_IF_ERROR(Rejoin(tensors));
+      sequence = next_sequence_++;  // A new membership: a new push.
+      continue;
+    }
+    return status;
+  }
+}
+
+absl::Status Client::PushOnce(absl::Span<const TensorRef> tensors,
+                              const PushOptions& options, bool pull_result,
+                              std::uint64_t sequence) {
   v1::PushHeader header;
   header.set_lease_id(lease_id_);
-  header.set_sequence(next_sequence_++);
+  header.set_sequence(sequence);
   header.set_kind(options.kind == UpdateKind::kWeights ? v1::UPDATE_KIND_WEIGHTS
                                                        : v1::UPDATE_KIND_DELTA);
   header.set_weight(options.weight);
@@ -366,6 +462,10 @@ std::chrono::system_clock::time_point Client::CallDeadline() const {
 
 absl::Status Client::Pull(absl::Span<const TensorRef> tensors) {
   WEIGHTD_RETURN_IF_ERROR(CheckRefs(tensors));
+  return Retrying([&] { return PullOnce(tensors); });
+}
+
+absl::Status Client::PullOnce(absl::Span<const TensorRef> tensors) {
   v1::PullRequest request;
   request.set_lease_id(lease_id_);
   for (const TensorRef& t : tensors) {
@@ -387,26 +487,32 @@ absl::Status Client::Pull(absl::Span<const TensorRef> tensors) {
 
 absl::Status Client::Barrier(absl::string_view name, int count) {
   if (count < 1) return absl::InvalidArgumentError("barrier count must be >= 1");
-  grpc::ClientContext context;
-  context.set_deadline(CallDeadline());
   v1::BarrierRequest request;
-  request.set_lease_id(lease_id_);
   request.set_name(std::string(name));
   request.set_count(static_cast<std::uint32_t>(count));
-  v1::BarrierResponse response;
-  return Annotate(channel_->stub->Barrier(&context, request, &response),
-                  "Barrier");
+  return Retrying([&] {
+    grpc::ClientContext context;
+    context.set_deadline(CallDeadline());
+    request.set_lease_id(lease_id_);
+    v1::BarrierResponse response;
+    return Annotate(channel_->stub->Barrier(&context, request, &response),
+                    "Barrier");
+  });
 }
 
 absl::Status Client::Leave() {
-  grpc::ClientContext context;
-  context.set_deadline(CallDeadline());
   v1::LeaveRequest request;
   request.set_lease_id(lease_id_);
   v1::LeaveResponse response;
   StopHeartbeat();
-  WEIGHTD_RETURN_IF_ERROR(Annotate(
-      channel_->stub->Leave(&context, request, &response), "Leave"));
+  absl::Status status = Retrying([&] {
+    grpc::ClientContext attempt;
+    attempt.set_deadline(CallDeadline());
+    return Annotate(channel_->stub->Leave(&attempt, request, &response),
+                    "Leave");
+  });
+  // A lease the server already dropped has nothing left to end.
+  if (!status.ok() && !absl::IsFailedPrecondition(status)) return status;
   lease_id_ = 0;
   tracked_.clear();
   return absl::OkStatus();

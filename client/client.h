@@ -29,6 +29,8 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
+#include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -38,7 +40,8 @@
 
 namespace weightd {
 namespace v1 {
-class PushHeader;  // The wire type stays out of this header.
+class JoinResponse;  // The wire types stay out of this header.
+class PushHeader;
 }  // namespace v1
 
 // A named tensor held by the caller: its shape and its float32 storage.
@@ -67,6 +70,13 @@ struct ClientOptions {
   // server's lease timeout, so that a worker busy training or waiting for a
   // round is not dropped. Off: only the worker's own calls renew it.
   bool heartbeat = true;
+  // Calls failing with UNAVAILABLE (server down or restarting, network) or
+  // DEADLINE_EXCEEDED are retried, after an exponential backoff with
+  // jitter, for at most this long per call; a resent push keeps its
+  // sequence, so the server applies it once. Zero: no retries.
+  absl::Duration retry_budget = absl::Minutes(2);
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(2);
 };
 
 struct PushOptions {
@@ -109,7 +119,10 @@ class Client {
 
   // Contributes the values in the callers' buffers to the open round of each
   // tensor (sync) or applies them (async). Does not wait for the round.
-  // The tensors must have been declared in Join.
+  // The tensors must have been declared in Join. Transient failures are
+  // retried (see ClientOptions); if the server lost this worker's lease
+  // (expired, or a restart without snapshot), the client joins again and
+  // pushes anew. ABORTED: the round moved on without this push.
   absl::Status Push(absl::Span<const TensorRef> tensors,
                     const PushOptions& options = {});
 
@@ -119,7 +132,11 @@ class Client {
   absl::Status Pull(absl::Span<const TensorRef> tensors);
 
   // Push, then overwrite the buffers with the result of that round (sync:
-  // waits for it to close) in one call.
+  // waits for it to close) in one call. Retries and re-joins as Push. If
+  // the round moved on without this push (ABORTED: it closed without this
+  // worker, or the server restarted from an older snapshot), the buffers
+  // get the current shared value instead and the call returns OK, so a
+  // training loop simply continues.
   absl::Status PushPull(absl::Span<const TensorRef> tensors,
                         const PushOptions& options = {});
 
@@ -156,7 +173,29 @@ class Client {
     std::uint64_t wait_version = 0; // Pull waits for this (after a push).
   };
 
+  // A tensor for Join: its value is sent only if not empty.
+  struct Declared {
+    std::string name;
+    std::vector<std::int64_t> shape;
+    absl::Span<const float> value;
+  };
+  static constexpr int kMaxRejoins = 3;
+
   Client(ClientOptions options, std::unique_ptr<Channel> channel);
+  // One attempt of each call; the public calls wrap them in Retrying().
+  absl::Status JoinOnce(absl::Span<const Declared> declared,
+                        v1::JoinResponse* response);
+  absl::Status PushOnce(absl::Span<const TensorRef> tensors,
+                        const PushOptions& options, bool pull_result,
+                        std::uint64_t sequence);
+  absl::Status PullOnce(absl::Span<const TensorRef> tensors);
+  // Runs `attempt` until it succeeds, fails for good, or the retry budget
+  // is spent.
+  absl::Status Retrying(absl::FunctionRef<absl::Status()> attempt);
+  // True if the server no longer knows this client's lease.
+  bool LeaseLost();
+  // Joins again with every tracked tensor (values from `in_hand`).
+  absl::Status Rejoin(absl::Span<const TensorRef> in_hand);
   std::chrono::system_clock::time_point CallDeadline() const;
   // Writes a push header and every tensor's chunks, then half-closes.
   template <typename Request, typename Stream>
@@ -187,6 +226,7 @@ class Client {
   absl::Mutex heartbeat_mu_;
   bool heartbeat_stop_ ABSL_GUARDED_BY(heartbeat_mu_) = false;
   std::atomic<bool> lease_lost_{false};
+  absl::BitGen bitgen_;  // Backoff jitter.
 };
 
 }  // namespace weightd

@@ -62,9 +62,11 @@ absl::Status SharedTensor::CheckNewLocked(const ContributionKey& key,
         ": pull the current value and continue"));
   }
   if (key.round > version_) {
-    return absl::FailedPreconditionError(absl::StrCat(
+    // E.g. a server restored from an older snapshot: the worker is ahead.
+    return absl::AbortedError(absl::StrCat(
         "round ", key.round, " of tensor ", name_,
-        " is not open; the current round is ", version_));
+        " is not open; the current round is ", version_,
+        ": pull the current value and continue"));
   }
   if (previous != nullptr && previous->round == version_ &&
       previous->complete) {

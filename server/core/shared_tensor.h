@@ -104,8 +104,8 @@ class SharedTensor {
   void RemoveParticipant(absl::string_view worker, Deferred& deferred);
 
   // Non-mutating check that `key` may start, resume or resend a push.
-  // ABORTED (stale sequence or closed round), FAILED_PRECONDITION (round not
-  // open, other update kind collecting), ALREADY_EXISTS (the worker already
+  // ABORTED (stale sequence, round closed or not open yet),
+  // FAILED_PRECONDITION (other update kind collecting), ALREADY_EXISTS (the worker already
   // contributed to the round), INVALID_ARGUMENT (a sequence reused for
   // another round or kind).
   absl::Status CheckContribution(const ContributionKey& key) const;

@@ -231,9 +231,9 @@ class TensorStore {
 
   // Validates a push header against the tensors' state; nothing changes
   // until chunks arrive. FAILED_PRECONDITION (unknown lease, tensor not
-  // declared by this worker, round not open), NOT_FOUND (unknown tensor),
+  // declared by this worker), NOT_FOUND (unknown tensor),
   // INVALID_ARGUMENT (weight outside [kMinPushWeight, kMaxPushWeight], kind,
-  // duplicates), ABORTED (closed round, stale
+  // duplicates), ABORTED (round closed or not open yet, stale
   // sequence), ALREADY_EXISTS (already contributed), UNAVAILABLE (closed).
   absl::StatusOr<std::unique_ptr<PushSession>> BeginPush(PushHeader header);
 

@@ -372,7 +372,9 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
   absl::Status Complete() {
     if (!have_header_) return MissingHeader("Join");
     for (std::size_t i = 0; i < declarations_.size(); ++i) {
-      if (next_offset_[i] != elements_[i] * kFloatBytes) {
+      // No bytes at all: no value offered (the tensor must exist).
+      if (next_offset_[i] != 0 &&
+          next_offset_[i] != elements_[i] * kFloatBytes) {
         return absl::InvalidArgumentError(absl::StrCat(
             "Join ended after ", next_offset_[i], " of ",
             elements_[i] * kFloatBytes, " bytes of the initial value of ",

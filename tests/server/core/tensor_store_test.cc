@@ -259,8 +259,7 @@ TEST_F(TensorStoreTest, LatePushIsAborted) {
               StatusIs(absl::StatusCode::kAborted,
                        HasSubstr("current round is 1")));
   EXPECT_THAT(Push(a, 3, {{"w", 7, {5}}}),
-              StatusIs(absl::StatusCode::kFailedPrecondition,
-                       HasSubstr("not open")));
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("not open")));
   EXPECT_THAT(Value("w"), ElementsAre(1));
 }
 
