@@ -519,11 +519,13 @@ absl::Status Client::Leave() {
 }
 
 absl::StatusOr<ServerStatus> Client::GetStatus() {
-  grpc::ClientContext context;
-  context.set_deadline(CallDeadline());
   v1::GetStatusResponse response;
-  WEIGHTD_RETURN_IF_ERROR(Annotate(
-      channel_->stub->GetStatus(&context, {}, &response), "GetStatus"));
+  WEIGHTD_RETURN_IF_ERROR(Retrying([&] {
+    grpc::ClientContext context;
+    context.set_deadline(CallDeadline());
+    return Annotate(channel_->stub->GetStatus(&context, {}, &response),
+                    "GetStatus");
+  }));
   return ServerStatus{response.bytes_received(), response.bytes_sent(),
                       response.rounds_closed()};
 }
