@@ -75,8 +75,8 @@ ABSL_FLAG(bool, eval, false,
           "round and print the progress.");
 ABSL_FLAG(bool, start_barrier, true,
           "After Join, wait until --workers workers have joined, so that the "
-          "first round averages all of them (turn off for a worker that "
-          "joins a running job).");
+          "first round averages all of them (skipped when the job is already "
+          "under way, e.g. for a restarted worker).");
 ABSL_FLAG(bool, standalone, false,
           "Train alone, without a server (implies --eval).");
 ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
@@ -269,7 +269,9 @@ absl::Status Run(const WorkerConfig& config, SteadyClock::time_point start) {
                            Client::Connect({.address = config.server,
                                             .worker_id = config.worker_id}));
   absl::Status status = client->Join(shared);
-  if (status.ok() && config.start_barrier) {
+  // A worker joining a job already under way (e.g. restarted) does not wait
+  // for the start: the shared layer is past version 0.
+  if (status.ok() && config.start_barrier && *client->Version("hidden/w") == 0) {
     status = client->Barrier("start", config.workers);
   }
   if (status.ok()) {

@@ -85,7 +85,7 @@ class Server {
   std::unique_ptr<grpc::Server> server_;
   std::once_flag shutdown_once_;
 
-  // Expires leases every lease_timeout / 4 until Shutdown().
+  // Expires leases every lease_timeout / 4 (at most 250 ms) until Shutdown().
   void ExpireLeasesLoop();
   absl::Notification stop_expiring_;
   std::thread expirer_;
