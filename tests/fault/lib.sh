@@ -1,0 +1,64 @@
+# Shared helpers of the fault-injection scripts (sourced, not run).
+# Every process a script starts through these is killed on exit, and its
+# scratch directory removed.
+set -euo pipefail
+
+# fault_init BUILD_DIR NAME: sets weightd, worker, weightctl and work.
+fault_init() {
+  build=$1
+  weightd=$build/server/weightd
+  worker=$build/examples/weightd_worker
+  weightctl=$build/tools/weightctl
+  work=$(mktemp -d "${TMPDIR:-/tmp}/weightd-$2.XXXXXX")
+  pids=()
+  trap fault_cleanup EXIT
+}
+
+fault_cleanup() {
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+
+fail() {
+  echo "FAIL: $*"
+  for log in "$work"/*.log; do
+    [[ -f $log ]] || continue
+    echo "--- last lines of $(basename "$log")"
+    tail -n 8 "$log"
+  done
+  exit 1
+}
+
+# start_weightd LOG ADDRESS [FLAGS...]: starts the daemon and waits (10 s at
+# most) until it serves; sets server_pid and address.
+start_weightd() {
+  local log=$1 listen=$2
+  shift 2
+  rm -f "$work/ready"
+  "$weightd" --listen="$listen" --ready_file="$work/ready" "$@" >"$log" 2>&1 &
+  server_pid=$!
+  pids+=("$server_pid")
+  for _ in $(seq 100); do
+    [[ -s $work/ready ]] && break
+    kill -0 "$server_pid" 2>/dev/null || fail "weightd exited at start"
+    sleep 0.1
+  done
+  [[ -s $work/ready ]] || fail "weightd did not start within 10 s"
+  address=$(cat "$work/ready")
+}
+
+# stop_weightd: SIGTERM, and the daemon must exit 0 within 15 s.
+stop_weightd() {
+  kill -TERM "$server_pid"
+  timeout 15 tail --pid="$server_pid" -f /dev/null || fail "weightd did not stop"
+  wait "$server_pid" || fail "weightd exited with an error after SIGTERM"
+}
+
+# wait_for_line FILE REGEX SECONDS: waits until FILE has a matching line.
+wait_for_line() {
+  local deadline=$((SECONDS + $3))
+  until grep -qE "$2" "$1" 2>/dev/null; do
+    ((SECONDS < deadline)) || fail "no line matching '$2' in $(basename "$1") within $3 s"
+    sleep 0.05
+  done
+}

@@ -1,0 +1,137 @@
+// weightctl: talks to a running weightd.
+//
+//   weightctl health   [--server=ADDR]   exit 0 if SERVING, 1 if not
+//   weightctl status   [--server=ADDR]   settings, counters, tensors, workers
+//   weightctl snapshot [--server=ADDR]   write a snapshot now, print its file
+//
+// ADDR defaults to $WEIGHTD_SERVER, then 127.0.0.1:7070. Exit codes: 0 ok,
+// 1 the server answered with a failure (or is not serving), 2 usage or
+// connection errors.
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "weightd/v1/weightd.grpc.pb.h"
+
+ABSL_FLAG(std::string, server, "",
+          "weightd address (default: $WEIGHTD_SERVER, else 127.0.0.1:7070).");
+ABSL_FLAG(absl::Duration, timeout, absl::Seconds(5), "Deadline of the call.");
+
+namespace {
+
+constexpr const char* kUsage =
+    "weightctl COMMAND [--server=ADDR]\n"
+    "  health    exit 0 if the daemon is SERVING, 1 if not\n"
+    "  status    print settings, counters, tensors and workers\n"
+    "  snapshot  write a snapshot now and print its file";
+
+std::chrono::system_clock::time_point Deadline() {
+  return std::chrono::system_clock::now() +
+         absl::ToChronoMilliseconds(absl::GetFlag(FLAGS_timeout));
+}
+
+int Failed(const char* what, const grpc::Status& status) {
+  std::fprintf(stderr, "weightctl: %s: %s: %s\n", what,
+               status.error_code() == grpc::StatusCode::UNAVAILABLE
+                   ? "UNAVAILABLE"
+                   : "error",
+               status.error_message().c_str());
+  return status.error_code() == grpc::StatusCode::UNAVAILABLE ? 2 : 1;
+}
+
+int Health(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(Deadline());
+  grpc::health::v1::HealthCheckResponse response;
+  const grpc::Status status = stub->Check(&context, {}, &response);
+  if (!status.ok()) return Failed("health", status);
+  std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
+                          response.status())
+                          .c_str());
+  return response.status() == grpc::health::v1::HealthCheckResponse::SERVING
+             ? 0
+             : 1;
+}
+
+int Status(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = weightd::v1::Weightd::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(Deadline());
+  weightd::v1::GetStatusRequest request;
+  request.set_include_tensors(true);
+  request.set_include_workers(true);
+  weightd::v1::GetStatusResponse r;
+  const grpc::Status status = stub->GetStatus(&context, request, &r);
+  if (!status.ok()) return Failed("status", status);
+  std::printf("mode %s  chunk_bytes %llu  server_lr %g\n",
+              weightd::v1::Mode_Name(r.mode()).c_str(),
+              static_cast<unsigned long long>(r.chunk_bytes()), r.server_lr());
+  std::printf(
+      "rounds_closed %llu  bytes_received %llu  bytes_sent %llu  "
+      "snapshots_written %llu  snapshot_failures %llu\n",
+      static_cast<unsigned long long>(r.rounds_closed()),
+      static_cast<unsigned long long>(r.bytes_received()),
+      static_cast<unsigned long long>(r.bytes_sent()),
+      static_cast<unsigned long long>(r.snapshots_written()),
+      static_cast<unsigned long long>(r.snapshot_failures()));
+  std::printf("tensors %u\n", r.tensor_count());
+  for (const auto& t : r.tensors()) {
+    std::printf("  %s [%s] version %llu participants %u contributed %u\n",
+                t.name().c_str(), absl::StrJoin(t.shape(), ",").c_str(),
+                static_cast<unsigned long long>(t.version()), t.participants(),
+                t.contributed());
+  }
+  std::printf("workers %u\n", r.worker_count());
+  for (const auto& w : r.workers()) {
+    std::printf("  %s tensors %s\n", w.worker_id().c_str(),
+                absl::StrJoin(w.tensors(), ",").c_str());
+  }
+  return 0;
+}
+
+int Snapshot(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = weightd::v1::Weightd::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(Deadline());
+  weightd::v1::TakeSnapshotResponse response;
+  const grpc::Status status = stub->TakeSnapshot(&context, {}, &response);
+  if (!status.ok()) return Failed("snapshot", status);
+  std::printf("%s\n", response.path().c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() != 2) {
+    std::fprintf(stderr, "%s\n", kUsage);
+    return 2;
+  }
+  std::string address = absl::GetFlag(FLAGS_server);
+  if (address.empty()) {
+    const char* env = std::getenv("WEIGHTD_SERVER");
+    address = env != nullptr ? env : "127.0.0.1:7070";
+  }
+  auto channel =
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  const std::string command = args[1];
+  if (command == "health") return Health(channel);
+  if (command == "status") return Status(channel);
+  if (command == "snapshot") return Snapshot(channel);
+  std::fprintf(stderr, "weightctl: unknown command %s\n%s\n", command.c_str(),
+               kUsage);
+  return 2;
+}
