@@ -1,7 +1,6 @@
 // Service tests: a real weightd server on 127.0.0.1 (port 0), driven through
 // the real client and through raw stubs for the malformed calls.
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/generic/generic_stub.h>
 
 #include <chrono>
 #include <cmath>
@@ -17,6 +16,7 @@
 #include "client/client.h"
 #include "common/grpc_status.h"
 #include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "server/service/server.h"
 #include "tests/testing/status_matchers.h"
@@ -37,11 +37,19 @@ class ServiceTest : public ::testing::Test {
 
   void StartServer(core::Mode mode) {
     service::ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
     options.store.mode = mode;
     options.store.chunk_bytes = kMinChunkBytes;  // Many chunks on small data.
     options.shutdown_grace = absl::Seconds(2);
-    auto server = service::Server::Start(options);
+    Start(std::move(options));
+  }
+
+  // Replaces the running server (on 127.0.0.1:0 unless `options` says).
+  void Start(service::ServerOptions options) {
+    server_.reset();
+    if (options.listen_address == service::ServerOptions().listen_address) {
+      options.listen_address = "127.0.0.1:0";
+    }
+    auto server = service::Server::Start(std::move(options));
     ASSERT_THAT(server, IsOk());
     server_ = std::move(*server);
     channel_ = grpc::CreateChannel(server_->address(),
@@ -221,13 +229,7 @@ TEST_F(ServiceTest, HugeTensorRoundTripIsBitExact) {
     if ((u & 0x7f800000u) == 0x7f800000u) u &= ~0x00800000u;
     std::memcpy(&f, &u, 4);
   }
-  // A 1 MiB chunk here, as in production.
-  server_.reset();
-  service::ServerOptions options;
-  options.listen_address = "127.0.0.1:0";
-  auto server = service::Server::Start(options);
-  ASSERT_THAT(server, IsOk());
-  server_ = std::move(*server);
+  Start({});  // Default options: 1 MiB chunks, as in production.
 
   std::vector<float> mine = original;
   auto a = Connect("a");
@@ -402,32 +404,13 @@ TEST_F(ServiceTest, JoinHeaderAloneAllocatesNothingAndIsRefused) {
 }
 
 TEST_F(ServiceTest, HealthIsServingAndShutdownReleasesWaiters) {
-  auto health = grpc::CreateChannel(server_->address(),
-                                    grpc::InsecureChannelCredentials());
   {
+    auto health = grpc::health::v1::Health::NewStub(channel_);
     grpc::ClientContext context;
-    // grpc.health.v1.HealthCheckRequest{service: ""} encodes as no bytes.
-    grpc::Slice empty("");
-    grpc::ByteBuffer request(&empty, 1), response;
-    grpc::GenericStub generic(health);
-    grpc::Status status;
-    bool done = false;
-    absl::Mutex mu;
-    generic.UnaryCall(&context, "/grpc.health.v1.Health/Check",
-                      grpc::StubOptions(), &request, &response,
-                      [&](grpc::Status s) {
-                        absl::MutexLock lock(&mu);
-                        status = s;
-                        done = true;
-                      });
-    absl::MutexLock lock(&mu);
-    mu.Await(absl::Condition(&done));
-    ASSERT_TRUE(status.ok()) << status.error_message();
-    std::vector<grpc::Slice> slices;
-    ASSERT_TRUE(response.Dump(&slices).ok());
-    std::string bytes;
-    for (const auto& s : slices) bytes += std::string(s.begin(), s.end());
-    EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // status: SERVING
+    grpc::health::v1::HealthCheckResponse response;
+    ASSERT_TRUE(health->Check(&context, {}, &response).ok());
+    EXPECT_EQ(response.status(),
+              grpc::health::v1::HealthCheckResponse::SERVING);
   }
 
   std::vector<float> a(4, 0.0f), b(4, 0.0f);
@@ -498,13 +481,9 @@ TEST_F(ServiceTest, BarrierReleasesAllWorkersTogether) {
 // round closes without it; a worker waiting in PushPull for longer than the
 // lease timeout is kept alive by its client's heartbeat.
 TEST_F(ServiceTest, SilentWorkerIsDroppedWhileWaitingWorkerHeartbeats) {
-  server_.reset();
   service::ServerOptions options;
-  options.listen_address = "127.0.0.1:0";
   options.store.lease_timeout = absl::Milliseconds(300);
-  auto server = service::Server::Start(options);
-  ASSERT_THAT(server, IsOk());
-  server_ = std::move(*server);
+  Start(std::move(options));
 
   std::vector<float> a(4, 0.0f), b(4, 0.0f);
   auto ca = Connect("a");
@@ -547,18 +526,13 @@ class SnapshotServiceTest : public ServiceTest {
     server_.reset();
     std::system(("rm -rf '" + dir_ + "'").c_str());
   }
-  void Restart() {
-    server_.reset();  // Shutdown writes the final snapshot.
+  // The old server's shutdown writes its final snapshot.
+  void Restart(std::string listen_address = "127.0.0.1:0") {
     service::ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
+    options.listen_address = std::move(listen_address);
     options.snapshot_dir = dir_ + "/snaps";
     options.snapshot_every.every_rounds = 1;
-    auto server = service::Server::Start(options);
-    ASSERT_THAT(server, IsOk());
-    server_ = std::move(*server);
-    channel_ = grpc::CreateChannel(server_->address(),
-                                   grpc::InsecureChannelCredentials());
-    stub_ = v1::Weightd::NewStub(channel_);
+    Start(std::move(options));
   }
   std::string dir_;
 };
@@ -615,12 +589,7 @@ TEST_F(SnapshotServiceTest, ClientRidesThroughARestartOnTheSamePort) {
     std::fill(w.begin(), w.end(), 3.0f);
     pushed = client->PushPull({TensorRef{"w", {8}, absl::MakeSpan(w)}});
   });
-  service::ServerOptions again;
-  again.listen_address = absl::StrCat("127.0.0.1:", port);
-  again.snapshot_dir = dir_ + "/snaps";
-  auto server = service::Server::Start(again);
-  ASSERT_THAT(server, IsOk());
-  server_ = std::move(*server);
+  Restart(absl::StrCat("127.0.0.1:", port));
   worker.join();
   EXPECT_THAT(pushed, IsOk());
   EXPECT_THAT(w, ::testing::Each(3.0f));
@@ -659,7 +628,6 @@ TEST_F(ServiceTest, TakeSnapshotWithoutDirectoryIsFailedPrecondition) {
 }
 
 TEST_F(ServiceTest, AsyncModeAppliesPushesImmediately) {
-  server_.reset();
   StartServer(core::Mode::kAsync);
   std::vector<float> a(8, 0.0f), b(8, 0.0f);
   auto ca = Connect("a");
