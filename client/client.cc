@@ -369,18 +369,31 @@ absl::Status Client::DoPush(absl::Span<const TensorRef> tensors,
       return PushOnce(tensors, options, pull_result, sequence);
     });
     if (status.ok()) return status;
+    if (absl::IsFailedPrecondition(status) && rejoins < kMaxRejoins &&
+        LeaseLost()) {
+      std::vector<std::uint64_t> rounds;
+      for (const TensorRef& t : tensors) rounds.push_back(tracked_.at(t.name).version);
+      WEIGHTD_RETURN_IF_ERROR(Rejoin(tensors));
+      bool moved = false;
+      for (std::size_t i = 0; i < tensors.size(); ++i) {
+        moved |= tracked_.at(tensors[i].name).version != rounds[i];
+      }
+      if (!moved) {
+        sequence = next_sequence_++;  // A new membership: a new push.
+        continue;
+      }
+      // The rounds went on while this worker was away: its update is late
+      // and must not be mixed into a later round.
+      status = absl::AbortedError(
+          "this worker's lease expired and the rounds moved on without it");
+    }
     if (absl::IsAborted(status) && pull_result) {
       // The round moved on without this push (it closed without this
       // worker, or the server restarted from an older snapshot): continue
       // from the current shared value.
+      ++stats_.rounds_missed;
       for (const TensorRef& t : tensors) tracked_.at(t.name).wait_version = 0;
       return Pull(tensors);
-    }
-    if (absl::IsFailedPrecondition(status) && rejoins < kMaxRejoins &&
-        LeaseLost()) {
-      WEIGHTD_RETURN_IF_ERROR(Rejoin(tensors));
-      sequence = next_sequence_++;  // A new membership: a new push.
-      continue;
     }
     return status;
   }

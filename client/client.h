@@ -96,6 +96,9 @@ struct ServerStatus {
 struct ClientStats {
   std::uint64_t bytes_pushed = 0;
   std::uint64_t bytes_pulled = 0;
+  // PushPulls whose round moved on without them (answered with the current
+  // value instead).
+  std::uint64_t rounds_missed = 0;
 };
 
 class Client {
@@ -122,7 +125,8 @@ class Client {
   // The tensors must have been declared in Join. Transient failures are
   // retried (see ClientOptions); if the server lost this worker's lease
   // (expired, or a restart without snapshot), the client joins again and
-  // pushes anew. ABORTED: the round moved on without this push.
+  // pushes anew, unless the rounds moved on meanwhile. ABORTED: the round
+  // moved on without this push.
   absl::Status Push(absl::Span<const TensorRef> tensors,
                     const PushOptions& options = {});
 

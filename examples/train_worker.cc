@@ -232,6 +232,13 @@ absl::Status TrainRounds(const WorkerConfig& config, const Dataset& train,
         round, *train_loss, accuracy, bytes, elapsed.count());
     std::fflush(stdout);
   }
+  if (client != nullptr && client->stats().rounds_missed > 0) {
+    // stderr: the eval worker's last stdout line stays the accuracy.
+    absl::FPrintF(stderr,
+                  "weightd_worker: %d round(s) moved on without this worker; "
+                  "it continued from the shared value\n",
+                  client->stats().rounds_missed);
+  }
   if (config.eval) {
     absl::PrintF("final test accuracy: %.4f\n", accuracy);
     std::fflush(stdout);

@@ -503,15 +503,19 @@ TEST_F(ServiceTest, SilentWorkerIsDroppedWhileWaitingWorkerHeartbeats) {
   ASSERT_EQ(status.workers.size(), 1u);
   EXPECT_EQ(status.workers[0].worker_id, "a");
   EXPECT_FALSE(ca->lease_lost());
-  // b's next push finds its lease gone: the client joins again and pushes
-  // to the open round, never into the one that closed without it.
+  // b's late push finds its lease gone: the client joins again, sees the
+  // round closed without it and reports ABORTED; its update is never mixed
+  // into a later round. Its PushPull instead moves on to the shared value.
   b.assign(4, 9.0f);
-  EXPECT_THAT(cb->Push({TensorRef{"w", {4}, absl::MakeSpan(b)}}), IsOk());
+  EXPECT_THAT(cb->Push({TensorRef{"w", {4}, absl::MakeSpan(b)}}),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("moved on")));
   const core::TensorInfo info = *server_->store().Describe("w");
-  EXPECT_EQ(info.participants, 2u);
+  EXPECT_EQ(info.participants, 2u);  // b is back in the group.
   EXPECT_EQ(info.version, 1u);
-  EXPECT_EQ(info.contributed, 1u);
+  EXPECT_EQ(info.contributed, 0u);
   EXPECT_THAT(Stored("w"), ::testing::Each(5.0f));
+  ASSERT_THAT(cb->PushPull({TensorRef{"w", {4}, absl::MakeSpan(b)}}), IsOk());
+  EXPECT_EQ(server_->store().Describe("w")->contributed, 1u);  // Round 1.
 }
 
 class SnapshotServiceTest : public ServiceTest {
