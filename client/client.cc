@@ -327,6 +327,16 @@ bool Client::LeaseLost() {
              .error_code() == grpc::StatusCode::FAILED_PRECONDITION;
 }
 
+absl::Status Client::UnaryWithRetries(
+    absl::string_view name,
+    absl::FunctionRef<grpc::Status(grpc::ClientContext*)> call) {
+  return Retrying([&] {
+    grpc::ClientContext context;
+    context.set_deadline(CallDeadline());
+    return Annotate(call(&context), name);
+  });
+}
+
 absl::Status Client::Retrying(absl::FunctionRef<absl::Status()> attempt) {
   const absl::Time give_up = absl::Now() + options_.retry_budget;
   absl::Duration backoff = options_.initial_backoff;
@@ -503,13 +513,10 @@ absl::Status Client::Barrier(absl::string_view name, int count) {
   v1::BarrierRequest request;
   request.set_name(std::string(name));
   request.set_count(static_cast<std::uint32_t>(count));
-  return Retrying([&] {
-    grpc::ClientContext context;
-    context.set_deadline(CallDeadline());
-    request.set_lease_id(lease_id_);
-    v1::BarrierResponse response;
-    return Annotate(channel_->stub->Barrier(&context, request, &response),
-                    "Barrier");
+  v1::BarrierResponse response;
+  return UnaryWithRetries("Barrier", [&](grpc::ClientContext* context) {
+    request.set_lease_id(lease_id_);  // Current even after a re-join.
+    return channel_->stub->Barrier(context, request, &response);
   });
 }
 
@@ -518,12 +525,10 @@ absl::Status Client::Leave() {
   request.set_lease_id(lease_id_);
   v1::LeaveResponse response;
   StopHeartbeat();
-  absl::Status status = Retrying([&] {
-    grpc::ClientContext attempt;
-    attempt.set_deadline(CallDeadline());
-    return Annotate(channel_->stub->Leave(&attempt, request, &response),
-                    "Leave");
-  });
+  absl::Status status =
+      UnaryWithRetries("Leave", [&](grpc::ClientContext* context) {
+        return channel_->stub->Leave(context, request, &response);
+      });
   // A lease the server already dropped has nothing left to end.
   if (!status.ok() && !absl::IsFailedPrecondition(status)) return status;
   lease_id_ = 0;
@@ -533,12 +538,10 @@ absl::Status Client::Leave() {
 
 absl::StatusOr<ServerStatus> Client::GetStatus() {
   v1::GetStatusResponse response;
-  WEIGHTD_RETURN_IF_ERROR(Retrying([&] {
-    grpc::ClientContext context;
-    context.set_deadline(CallDeadline());
-    return Annotate(channel_->stub->GetStatus(&context, {}, &response),
-                    "GetStatus");
-  }));
+  WEIGHTD_RETURN_IF_ERROR(
+      UnaryWithRetries("GetStatus", [&](grpc::ClientContext* context) {
+        return channel_->stub->GetStatus(context, {}, &response);
+      }));
   return ServerStatus{response.bytes_received(), response.bytes_sent(),
                       response.rounds_closed()};
 }

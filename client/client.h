@@ -38,6 +38,11 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 
+namespace grpc {
+class ClientContext;
+class Status;
+}  // namespace grpc
+
 namespace weightd {
 namespace v1 {
 class JoinResponse;  // The wire types stay out of this header.
@@ -196,6 +201,11 @@ class Client {
   // Runs `attempt` until it succeeds, fails for good, or the retry budget
   // is spent.
   absl::Status Retrying(absl::FunctionRef<absl::Status()> attempt);
+  // A unary call, each attempt with a fresh context and the call deadline;
+  // errors are prefixed with `name`.
+  absl::Status UnaryWithRetries(
+      absl::string_view name,
+      absl::FunctionRef<grpc::Status(grpc::ClientContext*)> call);
   // True if the server no longer knows this client's lease.
   bool LeaseLost();
   // Joins again with every tracked tensor (values from `in_hand`).

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 
 #include "absl/base/config.h"
 
@@ -29,12 +28,6 @@ inline std::uint64_t ChunkLength(std::uint64_t tensor_bytes,
                                  std::uint64_t offset) {
   return offset >= tensor_bytes ? 0
                                 : std::min(chunk_bytes, tensor_bytes - offset);
-}
-
-// Copies `bytes` little-endian float32 values into `out` (host order is
-// little-endian, so this is a plain copy that tolerates any alignment).
-inline void DecodeFloats(const char* bytes, std::size_t count, float* out) {
-  std::memcpy(out, bytes, count * kFloatBytes);
 }
 
 }  // namespace weightd

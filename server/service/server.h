@@ -59,9 +59,6 @@ class Server {
   // An address clients can dial, e.g. "127.0.0.1:41234".
   const std::string& address() const { return address_; }
   core::TensorStore& store() { return *store_; }
-  // Null without a snapshot directory.
-  storage::Snapshotter* snapshotter() { return snapshotter_.get(); }
-  const WeightdService& service() const { return *service_; }
 
   // Graceful stop: health NOT_SERVING, waiting calls end with UNAVAILABLE,
   // new calls are refused, in-flight streams get `shutdown_grace` to finish.

@@ -28,8 +28,6 @@ class WeightdService final : public v1::Weightd::CallbackService {
   // service and every call in flight.
   WeightdService(core::TensorStore* store, storage::Snapshotter* snapshotter);
 
-  const TrafficCounters& traffic() const { return traffic_; }
-
   grpc::ServerReadReactor<v1::JoinRequest>* Join(
       grpc::CallbackServerContext* context,
       v1::JoinResponse* response) override;

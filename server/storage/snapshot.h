@@ -60,8 +60,6 @@ class SnapshotDir {
   // some but none is usable.
   absl::StatusOr<Loaded> LoadNewest() const;
 
-  const std::string& dir() const { return dir_; }
-
  private:
   explicit SnapshotDir(std::string dir) : dir_(std::move(dir)) {}
   // Snapshot files present, newest first, with their numbers.
