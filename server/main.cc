@@ -36,6 +36,23 @@ ABSL_FLAG(uint64_t, chunk_bytes, weightd::kDefaultChunkBytes,
           "between 4 KiB and 16 MiB.");
 ABSL_FLAG(uint64_t, max_tensor_bytes, uint64_t{4} << 30,
           "Largest tensor a worker may declare, in bytes.");
+ABSL_FLAG(uint64_t, max_total_bytes, 0,
+          "Largest sum of all tensors' sizes, in bytes; a Join that would "
+          "exceed it gets RESOURCE_EXHAUSTED. The server needs about twice "
+          "this in memory (value plus accumulator). 0: no limit.");
+ABSL_FLAG(uint32_t, max_workers, 10000,
+          "Most workers that may be members at once; a Join of another gets "
+          "RESOURCE_EXHAUSTED. 0: no limit.");
+ABSL_FLAG(std::string, round_quorum, "all",
+          "Sync mode: how many of a tensor's workers must have pushed before "
+          "its round may close without the rest, once --round_timeout has "
+          "passed since the round's first push: a count (3), a fraction "
+          "(0.75, rounded up) or all. Pushes of the others to that round "
+          "get ABORTED; the client then pulls the current value.");
+ABSL_FLAG(absl::Duration, round_timeout, absl::ZeroDuration(),
+          "With --round_quorum: how long a round waits for the workers "
+          "beyond its quorum, from its first push. 0s: it closes as soon as "
+          "the quorum has pushed.");
 ABSL_FLAG(bool, allow_non_finite, false,
           "Accept NaN and Inf in pushed values (rejected by default).");
 ABSL_FLAG(absl::Duration, lease_timeout, absl::Seconds(6),
@@ -86,7 +103,8 @@ int main(int argc, char** argv) {
       "listen",        "mode",         "server_lr",      "async_mix",
       "chunk_bytes",   "max_tensor_bytes", "allow_non_finite", "log_level",
       "shutdown_grace", "ready_file", "lease_timeout", "snapshot_dir",
-      "snapshot_every", "restore"};
+      "snapshot_every", "restore", "max_total_bytes", "max_workers",
+      "round_quorum", "round_timeout"};
   if (absl::Status s = weightd::ApplyEnvironmentToFlags("WEIGHTD_", flag_names);
       !s.ok()) {
     return Fail(std::string(s.message()));
@@ -120,7 +138,26 @@ int main(int argc, char** argv) {
   options.store.max_tensor_bytes = absl::GetFlag(FLAGS_max_tensor_bytes);
   options.store.allow_non_finite = absl::GetFlag(FLAGS_allow_non_finite);
   options.store.lease_timeout = absl::GetFlag(FLAGS_lease_timeout);
-  options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
+  options.store.max_total_bytes = absl::GetFlag(FLAGS_max_total_bytes);
+  options.store.max_workers = absl::GetFlag(FLAGS_max_workers);
+  options.store.round_timeout = absl::GetFlag(FLAGS_round_timeout);
+  const std::string quorum = absl::GetFlag(FLAGS_round_quorum);
+  std::uint32_t quorum_count = 0;
+  double quorum_fraction = 0;
+  if (quorum == "all") {
+    options.store.round_quorum = {};
+  } else if (absl::SimpleAtoi(quorum, &quorum_count) && quorum_count > 0) {
+    options.store.round_quorum.count = quorum_count;
+  } else if (absl::SimpleAtod(quorum, &quorum_fraction) &&
+             quorum_fraction > 0 && quorum_fraction <= 1) {
+    options.store.round_quorum.fraction = quorum_fraction;
+  } else {
+    return Fail(absl::StrCat("--round_quorum=", quorum,
+                             ": use a count (3), a fraction (0.75) or all"));
+  }
+  if (options.store.round_timeout < absl::ZeroDuration()) {
+    return Fail("--round_timeout must be >= 0s");
+  }  options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   options.snapshot_dir = absl::GetFlag(FLAGS_snapshot_dir);
   options.restore_path = absl::GetFlag(FLAGS_restore);
   const std::string every = absl::GetFlag(FLAGS_snapshot_every);
@@ -144,6 +181,11 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  options.on_listening = [](const std::string& address) {
+    spdlog::info("listening on {}; loading state (calls get UNAVAILABLE "
+                 "until then)",
+                 address);
+  };
   auto server = weightd::service::Server::Start(options);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   spdlog::info("weightd serving on {} (mode={} chunk_bytes={} server_lr={})",

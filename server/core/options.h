@@ -2,6 +2,8 @@
 #ifndef WEIGHTD_SERVER_CORE_OPTIONS_H_
 #define WEIGHTD_SERVER_CORE_OPTIONS_H_
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -32,6 +34,8 @@ struct RoundClosed {
   absl::Duration duration;        // From first accepted chunk to close.
   // Chunks whose mean was not finite (overflow): they kept their old value.
   std::uint64_t non_finite_chunks = 0;
+  // Participants it closed without (on its quorum, at its timeout).
+  std::uint32_t missing = 0;
 };
 
 // Reported when a worker's lease runs out.
@@ -39,6 +43,22 @@ struct WorkerExpired {
   std::string worker_id;
   std::vector<std::string> tensors;  // The sharing groups it left.
   absl::Duration silent_for;         // Since its last call.
+};
+
+// How many of a tensor's participants must have contributed before a sync
+// round may close without the others (see StoreOptions::round_timeout).
+struct RoundQuorum {
+  // A count of participants if > 0 (capped at the group's size) ...
+  std::uint32_t count = 0;
+  // ... else this fraction of them, rounded up. 1: every participant.
+  double fraction = 1.0;
+
+  // The number of complete contributions that suffices for `participants`.
+  std::uint32_t Needed(std::uint32_t participants) const {
+    if (count > 0) return std::min(count, participants);
+    return static_cast<std::uint32_t>(
+        std::ceil(fraction * participants - 1e-9));
+  }
 };
 
 struct StoreOptions {
@@ -53,10 +73,21 @@ struct StoreOptions {
   bool allow_non_finite = false;
   // Largest tensor a Join may create.
   std::uint64_t max_tensor_bytes = std::uint64_t{4} << 30;
+  // Largest sum of all tensors' sizes (0: no limit). The server holds about
+  // twice this (published value plus the open round's accumulator).
+  std::uint64_t max_total_bytes = 0;
+  // Most workers that may be members at once (0: no limit).
+  std::uint32_t max_workers = 0;
   // A joined worker that makes no call for this long (pushes, barriers,
   // heartbeats) loses its lease and leaves every sharing group, so that sync
   // rounds stop waiting for it. Enforced by TensorStore::ExpireLeases().
   absl::Duration lease_timeout = absl::Seconds(6);
+  // Sync rounds close when every participant contributed, or once the
+  // quorum has contributed and `round_timeout` has passed since the round's
+  // first chunk (checked by TensorStore::CloseOverdueRounds()). Pushes of
+  // the others to the closed round are then ABORTED.
+  RoundQuorum round_quorum;
+  absl::Duration round_timeout = absl::ZeroDuration();
   // Time source (tests inject a fake).
   std::function<absl::Time()> now = [] { return absl::Now(); };
   // Called outside every lock, on the thread that closed the round.

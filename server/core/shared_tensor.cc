@@ -36,7 +36,7 @@ void SharedTensor::RemoveParticipant(absl::string_view worker,
                                      Deferred& deferred) {
   absl::MutexLock lock(&mu_);
   participants_.erase(std::string(worker));
-  if (options_->mode == Mode::kSync && RoundCompleteLocked()) {
+  if (options_->mode == Mode::kSync && RoundCanCloseLocked()) {
     CloseRoundLocked(deferred);
   }
 }
@@ -193,7 +193,7 @@ absl::StatusOr<ContributionResult> SharedTensor::Complete(
     c.complete = true;
     c.ready_version = c.round + 1;
     ++round_contributors_;
-    if (RoundCompleteLocked()) CloseRoundLocked(deferred);
+    if (RoundCanCloseLocked()) CloseRoundLocked(deferred);
   }
   result.round = c.round;
   result.ready_version = c.ready_version;
@@ -261,15 +261,31 @@ absl::StatusOr<ContributionResult> SharedTensor::ApplyPush(
   return ContributionResult{c.round, c.ready_version, version_, false};
 }
 
-bool SharedTensor::RoundCompleteLocked() const {
-  if (round_contributors_ == 0) return false;
+std::uint32_t SharedTensor::CompleteParticipantsLocked() const {
+  std::uint32_t n = 0;
   for (const std::string& p : participants_) {
     auto it = contributions_.find(p);
-    if (it == contributions_.end() || it->second.round != version_ ||
-        !it->second.complete) {
-      return false;
+    if (it != contributions_.end() && it->second.round == version_ &&
+        it->second.complete) {
+      ++n;
     }
   }
+  return n;
+}
+
+bool SharedTensor::RoundCanCloseLocked() const {
+  if (round_contributors_ == 0) return false;
+  const auto group = static_cast<std::uint32_t>(participants_.size());
+  const std::uint32_t complete = CompleteParticipantsLocked();
+  if (complete == group) return true;
+  return options_->now() - round_start_ >= options_->round_timeout &&
+         complete >= options_->round_quorum.Needed(group);
+}
+
+bool SharedTensor::CloseIfOverdue(Deferred& deferred) {
+  absl::MutexLock lock(&mu_);
+  if (options_->mode != Mode::kSync || !RoundCanCloseLocked()) return false;
+  CloseRoundLocked(deferred);
   return true;
 }
 
@@ -317,9 +333,15 @@ void SharedTensor::CloseRoundLocked(Deferred& deferred) {
   }
   value_ = std::move(fresh);
 
-  const RoundClosed closed{name_,        version_,
-                           round_contributors_, round_bytes_,
-                           options_->now() - round_start_, non_finite_chunks};
+  const RoundClosed closed{
+      name_,
+      version_,
+      round_contributors_,
+      round_bytes_,
+      options_->now() - round_start_,
+      non_finite_chunks,
+      static_cast<std::uint32_t>(participants_.size()) -
+          CompleteParticipantsLocked()};
   acc_zeroed_ = false;
   acc_kind_.reset();
   round_contributors_ = 0;
@@ -396,15 +418,7 @@ std::uint32_t SharedTensor::participant_count() const {
 
 std::uint32_t SharedTensor::contributed_count() const {
   absl::MutexLock lock(&mu_);
-  std::uint32_t n = 0;
-  for (const std::string& p : participants_) {
-    auto it = contributions_.find(p);
-    if (it != contributions_.end() && it->second.round == version_ &&
-        it->second.complete) {
-      ++n;
-    }
-  }
-  return n;
+  return CompleteParticipantsLocked();
 }
 
 std::uint64_t SharedTensor::AllocatedBytes() const {

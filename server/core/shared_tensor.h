@@ -136,6 +136,10 @@ class SharedTensor {
 
   TensorSnapshot Snapshot() const;
   std::uint64_t version() const;
+  // Sync: closes the open round if its quorum contributed and its timeout
+  // passed (see StoreOptions::round_quorum). True if it closed.
+  bool CloseIfOverdue(Deferred& deferred);
+
   std::uint32_t participant_count() const;
   std::uint32_t contributed_count() const;
   // Bytes held by value and accumulator (for memory accounting and tests).
@@ -174,7 +178,12 @@ class SharedTensor {
   // Round closed / version published: observer and waiters.
   void PublishLocked(RoundClosed closed, Deferred& deferred)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool RoundCompleteLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Participants whose contribution to the open round is complete.
+  std::uint32_t CompleteParticipantsLocked() const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sync: every participant contributed, or the quorum did and the round's
+  // timeout passed.
+  bool RoundCanCloseLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sync: folds the accumulator into a new published value; version += 1.
   void CloseRoundLocked(Deferred& deferred) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

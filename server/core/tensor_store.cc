@@ -219,6 +219,15 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Create(
   if (options.max_tensor_bytes < kFloatBytes) {
     return absl::InvalidArgumentError("max_tensor_bytes must be >= 4");
   }
+  if (!(options.round_quorum.fraction > 0 &&
+        options.round_quorum.fraction <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("round quorum fraction is ", options.round_quorum.fraction,
+                     "; it must be in (0, 1]"));
+  }
+  if (options.round_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("round_timeout must be >= 0");
+  }
   return std::unique_ptr<TensorStore>(new TensorStore(std::move(options)));
 }
 
@@ -243,6 +252,7 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Restore(
     }
     // The value is immutable once published, so the copy here is the one
     // place a restored value is duplicated.
+    store->tensor_bytes_ += count * kFloatBytes;
     slot = std::make_shared<SharedTensor>(t.name, t.shape, *t.value,
                                           &store->options_);
     slot->Restore(t.version, t.contributions);
@@ -386,7 +396,13 @@ absl::StatusOr<JoinResult> TensorStore::Join(
 
   Deferred deferred;  // Runs after the lock is released.
   absl::MutexLock lock(&mu_);
-  if (closed()) return Closed();
+  std::uint64_t new_bytes = 0;
+  for (const Declaration& d : declarations) {
+    if (!tensors_.contains(d.name)) {
+      new_bytes += d.initial_value.size() * kFloatBytes;
+    }
+  }
+  WEIGHTD_RETURN_IF_ERROR(AdmitJoinLocked(worker_id, new_bytes));
   for (const Declaration& d : declarations) {
     auto it = tensors_.find(d.name);
     if (it == tensors_.end() && d.initial_value.empty()) {
@@ -427,6 +443,7 @@ absl::StatusOr<JoinResult> TensorStore::Join(
     auto& slot = tensors_[d.name];
     const bool created = slot == nullptr;
     if (created) {
+      tensor_bytes_ += d.initial_value.size() * kFloatBytes;
       slot = std::make_shared<SharedTensor>(d.name, d.shape,
                                             std::move(d.initial_value),
                                             &options_);
@@ -437,6 +454,33 @@ absl::StatusOr<JoinResult> TensorStore::Join(
   }
   std::sort(worker.tensors.begin(), worker.tensors.end());
   return result;
+}
+
+absl::Status TensorStore::AdmitJoin(absl::string_view worker_id,
+                                    std::uint64_t new_bytes) const {
+  absl::ReaderMutexLock lock(&mu_);
+  return AdmitJoinLocked(worker_id, new_bytes);
+}
+
+absl::Status TensorStore::AdmitJoinLocked(absl::string_view worker_id,
+                                          std::uint64_t new_bytes) const {
+  if (closed()) return Closed();
+  if (options_.max_workers > 0 && leases_.size() >= options_.max_workers) {
+    auto it = workers_.find(worker_id);
+    if (it == workers_.end() || it->second.lease_id == 0) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "worker ", worker_id, " cannot join: ", leases_.size(),
+          " workers are members, the server's limit (--max_workers)"));
+    }
+  }
+  if (options_.max_total_bytes > 0 &&
+      new_bytes > options_.max_total_bytes - tensor_bytes_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "worker ", worker_id, " would create ", new_bytes,
+        " bytes of tensors; the server holds ", tensor_bytes_, " of at most ",
+        options_.max_total_bytes, " (--max_total_bytes)"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status TensorStore::Leave(std::uint64_t lease_id) {
@@ -474,6 +518,24 @@ int TensorStore::ExpireLeases() {
     ++expired;
   }
   return expired;
+}
+
+int TensorStore::CloseOverdueRounds() {
+  const RoundQuorum& quorum = options_.round_quorum;
+  if (options_.mode != Mode::kSync ||
+      (quorum.count == 0 && quorum.fraction >= 1.0)) {
+    return 0;  // Rounds close only when complete, as each push checks.
+  }
+  std::vector<std::shared_ptr<SharedTensor>> tensors;
+  {
+    absl::MutexLock lock(&mu_);
+    tensors.reserve(tensors_.size());
+    for (const auto& [name, tensor] : tensors_) tensors.push_back(tensor);
+  }
+  Deferred deferred;
+  int closed = 0;
+  for (const auto& tensor : tensors) closed += tensor->CloseIfOverdue(deferred);
+  return closed;
 }
 
 absl::StatusOr<std::unique_ptr<PushSession>> TensorStore::BeginPush(

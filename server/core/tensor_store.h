@@ -216,6 +216,13 @@ class TensorStore {
   absl::StatusOr<JoinResult> Join(absl::string_view worker_id,
                                   std::vector<Declaration> declarations);
 
+  // Whether a Join of `worker_id` that creates tensors of `new_bytes` in all
+  // fits the store's limits: RESOURCE_EXHAUSTED (max_workers,
+  // max_total_bytes), UNAVAILABLE (closed). Join checks it again; the
+  // service asks before buffering initial values.
+  absl::Status AdmitJoin(absl::string_view worker_id,
+                         std::uint64_t new_bytes) const;
+
   // Ends a membership. FAILED_PRECONDITION for an unknown lease.
   absl::Status Leave(std::uint64_t lease_id);
 
@@ -228,6 +235,11 @@ class TensorStore {
   // worker close). Returns how many expired. The server calls it
   // periodically; tests call it after advancing their clock.
   int ExpireLeases();
+
+  // Closes every sync round whose quorum contributed and whose
+  // options().round_timeout passed. Returns how many closed. The server
+  // calls it periodically, beside ExpireLeases.
+  int CloseOverdueRounds();
 
   // Validates a push header against the tensors' state; nothing changes
   // until chunks arrive. FAILED_PRECONDITION (unknown lease, tensor not
@@ -294,6 +306,9 @@ class TensorStore {
   // Ends `worker`'s membership (Leave and expiry).
   void EndMembershipLocked(Worker& worker, Deferred& deferred)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status AdmitJoinLocked(absl::string_view worker_id,
+                               std::uint64_t new_bytes) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::shared_ptr<SharedTensor>> FindLocked(
       absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   static TensorInfo InfoOf(const SharedTensor& tensor);
@@ -319,6 +334,7 @@ class TensorStore {
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::uint64_t, std::string> leases_ ABSL_GUARDED_BY(mu_);
+  std::uint64_t tensor_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // Sum of sizes.
   absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
 
   // Separate from mu_: never held together with it.

@@ -33,6 +33,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                        "bytes={} ms={:.1f}",
                        c.tensor, c.round, c.contributors, c.bytes,
                        absl::ToDoubleMilliseconds(c.duration));
+          if (c.missing > 0) {
+            spdlog::info("round {} of tensor {} closed on its quorum, "
+                         "without {} participant(s)",
+                         c.round, c.tensor, c.missing);
+          }
           if (c.non_finite_chunks > 0) {
             spdlog::warn("round {} of tensor {}: the mean of {} chunk(s) "
                          "overflowed float32; they kept their old value",
@@ -58,23 +63,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
         }
         if (user) user(c);
       };
-  WEIGHTD_RETURN_IF_ERROR(server->BuildStore(options));
-  if (server->snapshot_dir_ != nullptr && !server->unusable_snapshots_) {
-    server->snapshotter_ = std::make_unique<storage::Snapshotter>(
-        server->store_.get(), server->snapshot_dir_.get(),
-        options.snapshot_every, [](const absl::StatusOr<std::string>& w) {
-          if (w.ok()) {
-            spdlog::info("snapshot written: {}", *w);
-          } else {
-            spdlog::error("snapshot failed (the previous one is intact): {}",
-                          w.status().ToString());
-          }
-        });
-    server->round_sink_ = server->snapshotter_.get();
-  }
-  server->service_ = std::make_unique<WeightdService>(
-      server->store_.get(), server->snapshotter_.get());
+  server->options_ = options;
 
+  // Listen first: while a large snapshot loads, health says NOT_SERVING and
+  // calls get UNAVAILABLE instead of "connection refused".
+  server->service_ = std::make_unique<WeightdService>();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -92,6 +85,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
         "cannot listen on ", options.listen_address,
         " (address in use, or not an address of this host?)"));
   }
+  server->server_->GetHealthCheckService()->SetServingStatus(false);
   server->port_ = port;
   if (unix_socket) {
     server->address_ = options.listen_address;
@@ -102,10 +96,27 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     if (host.empty() || host == "0.0.0.0" || host == "[::]") host = "127.0.0.1";
     server->address_ = absl::StrCat(host, ":", port);
   }
+  if (options.on_listening) options.on_listening(server->address_);
+
+  WEIGHTD_RETURN_IF_ERROR(server->BuildStore(options));
+  if (server->snapshot_dir_ != nullptr && !server->unusable_snapshots_) {
+    server->snapshotter_ = std::make_unique<storage::Snapshotter>(
+        server->store_.get(), server->snapshot_dir_.get(),
+        options.snapshot_every, [](const absl::StatusOr<std::string>& w) {
+          if (w.ok()) {
+            spdlog::info("snapshot written: {}", *w);
+          } else {
+            spdlog::error("snapshot failed (the previous one is intact): {}",
+                          w.status().ToString());
+          }
+        });
+    server->round_sink_ = server->snapshotter_.get();
+  }
+  server->service_->Attach(server->store_.get(), server->snapshotter_.get());
   server->server_->GetHealthCheckService()->SetServingStatus(
       !server->unusable_snapshots_);
-  server->options_ = std::move(options);
-  server->expirer_ = std::thread([s = server.get()] { s->ExpireLeasesLoop(); });
+  server->housekeeper_ =
+      std::thread([s = server.get()] { s->HousekeepingLoop(); });
   return server;
 }
 
@@ -148,14 +159,18 @@ absl::Status Server::BuildStore(ServerOptions& options) {
   return absl::OkStatus();
 }
 
-void Server::ExpireLeasesLoop() {
-  // Often enough that a round waiting on a dead worker closes at most
-  // 250 ms after its lease ran out.
-  const absl::Duration period =
-      std::clamp(store_->options().lease_timeout / 4, absl::Milliseconds(10),
-                 absl::Milliseconds(250));
-  while (!stop_expiring_.WaitForNotificationWithTimeout(period)) {
+void Server::HousekeepingLoop() {
+  // Often enough that a round waiting on a dead worker, or past its
+  // timeout, closes at most 250 ms late.
+  const core::StoreOptions& o = store_->options();
+  absl::Duration period = o.lease_timeout / 4;
+  if (o.round_timeout > absl::ZeroDuration()) {
+    period = std::min(period, o.round_timeout / 4);
+  }
+  period = std::clamp(period, absl::Milliseconds(10), absl::Milliseconds(250));
+  while (!stop_housekeeping_.WaitForNotificationWithTimeout(period)) {
     store_->ExpireLeases();
+    store_->CloseOverdueRounds();
   }
 }
 
@@ -163,13 +178,14 @@ Server::~Server() { Shutdown(); }
 
 void Server::Shutdown() {
   std::call_once(shutdown_once_, [this] {
-    if (expirer_.joinable()) {
-      stop_expiring_.Notify();
-      expirer_.join();
+    if (housekeeper_.joinable()) {
+      stop_housekeeping_.Notify();
+      housekeeper_.join();
     }
     if (server_ == nullptr) return;  // Start() failed.
     server_->GetHealthCheckService()->Shutdown();  // All NOT_SERVING.
-    store_->Close();  // Waiters end with UNAVAILABLE; new work is refused.
+    // Waiters end with UNAVAILABLE; new work is refused.
+    if (store_ != nullptr) store_->Close();
     const auto deadline =
         std::chrono::system_clock::now() +
         absl::ToChronoMilliseconds(options_.shutdown_grace);

@@ -4,6 +4,7 @@
 #define WEIGHTD_SERVER_SERVICE_SERVER_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -43,12 +44,17 @@ struct ServerOptions {
   storage::SnapshotterOptions snapshot_every;
   // Start from this snapshot file instead (it must be usable).
   std::string restore_path;
+  // Called with the dialable address once the server listens, before it
+  // restores its state (until then calls get UNAVAILABLE, health is
+  // NOT_SERVING).
+  std::function<void(const std::string& address)> on_listening;
 };
 
 class Server {
  public:
-  // Binds, starts serving and marks health SERVING. INVALID_ARGUMENT for bad
-  // options; UNAVAILABLE if the address cannot be bound.
+  // Binds, restores the state (snapshot), then serves and marks health
+  // SERVING. INVALID_ARGUMENT for bad options; UNAVAILABLE if the address
+  // cannot be bound; the snapshot's error if it cannot be restored.
   static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options);
   ~Server();  // Shutdown() if still running.
   Server(const Server&) = delete;
@@ -82,10 +88,10 @@ class Server {
   std::unique_ptr<grpc::Server> server_;
   std::once_flag shutdown_once_;
 
-  // Expires leases every lease_timeout / 4 (at most 250 ms) until Shutdown().
-  void ExpireLeasesLoop();
-  absl::Notification stop_expiring_;
-  std::thread expirer_;
+  // Until Shutdown(): expires leases and closes rounds past their timeout.
+  void HousekeepingLoop();
+  absl::Notification stop_housekeeping_;
+  std::thread housekeeper_;
 };
 
 }  // namespace weightd::service

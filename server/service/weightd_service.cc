@@ -324,7 +324,12 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
         elements_.push_back(count);
       }
       next_offset_.assign(declarations_.size(), 0);
-      return absl::OkStatus();
+      // Refused before any initial value is buffered.
+      std::uint64_t new_bytes = 0;
+      for (std::size_t i = 0; i < keep_.size(); ++i) {
+        if (keep_[i]) new_bytes += elements_[i] * kFloatBytes;
+      }
+      return store_->AdmitJoin(worker_id_, new_bytes);
     }
     if (!have_header_) return MissingHeader("Join");
     if (!request_.has_initial_value()) {
@@ -556,58 +561,106 @@ class PushPullReactor final
   WaitThenStream<PushPullReactor, v1::PushPullResponse> stream_;
 };
 
+// The answer to every call that arrives before the store is attached.
+grpc::Status NotReady() {
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                      "weightd is restoring its state from a snapshot and "
+                      "does not serve yet; retry shortly");
+}
+
+template <typename Reactor>
+class NotReadyReactor final : public Reactor {
+ public:
+  NotReadyReactor() { this->Finish(NotReady()); }
+  void OnDone() override { delete this; }
+};
+
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
+                                      const grpc::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
+
 }  // namespace
 
-WeightdService::WeightdService(core::TensorStore* store,
-                               storage::Snapshotter* snapshotter)
-    : store_(store), snapshotter_(snapshotter) {}
+void WeightdService::Attach(core::TensorStore* store,
+                            storage::Snapshotter* snapshotter) {
+  snapshotter_ = snapshotter;
+  store_.store(store, std::memory_order_release);
+}
+
+core::TensorStore* WeightdService::store() const {
+  return store_.load(std::memory_order_acquire);
+}
 
 grpc::ServerReadReactor<v1::JoinRequest>* WeightdService::Join(
     grpc::CallbackServerContext* context, v1::JoinResponse* response) {
-  return new JoinReactor(store_, &traffic_, context, response);
+  core::TensorStore* store = this->store();
+  if (store == nullptr) {
+    return new NotReadyReactor<grpc::ServerReadReactor<v1::JoinRequest>>();
+  }
+  return new JoinReactor(store, &traffic_, context, response);
 }
 
 grpc::ServerReadReactor<v1::PushRequest>* WeightdService::Push(
     grpc::CallbackServerContext* context, v1::PushResponse* response) {
-  return new PushReactor(store_, &traffic_, context, response);
+  core::TensorStore* store = this->store();
+  if (store == nullptr) {
+    return new NotReadyReactor<grpc::ServerReadReactor<v1::PushRequest>>();
+  }
+  return new PushReactor(store, &traffic_, context, response);
 }
 
 grpc::ServerWriteReactor<v1::PullResponse>* WeightdService::Pull(
     grpc::CallbackServerContext* context, const v1::PullRequest* request) {
-  return new PullReactor(store_, &traffic_, request);
+  core::TensorStore* store = this->store();
+  if (store == nullptr) {
+    return new NotReadyReactor<grpc::ServerWriteReactor<v1::PullResponse>>();
+  }
+  return new PullReactor(store, &traffic_, request);
 }
 
 grpc::ServerBidiReactor<v1::PushPullRequest, v1::PushPullResponse>*
 WeightdService::PushPull(grpc::CallbackServerContext* context) {
-  return new PushPullReactor(store_, &traffic_, context);
+  core::TensorStore* store = this->store();
+  if (store == nullptr) {
+    return new NotReadyReactor<grpc::ServerBidiReactor<
+        v1::PushPullRequest, v1::PushPullResponse>>();
+  }
+  return new PushPullReactor(store, &traffic_, context);
 }
 
 grpc::ServerUnaryReactor* WeightdService::Leave(
     grpc::CallbackServerContext* context, const v1::LeaveRequest* request,
     v1::LeaveResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(store_->Leave(request->lease_id())));
-  return reactor;
+  core::TensorStore* store = this->store();
+  if (store == nullptr) return FinishUnary(context, NotReady());
+  return FinishUnary(context, ToGrpcStatus(store->Leave(request->lease_id())));
 }
 
 grpc::ServerUnaryReactor* WeightdService::Heartbeat(
     grpc::CallbackServerContext* context, const v1::HeartbeatRequest* request,
     v1::HeartbeatResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(store_->Heartbeat(request->lease_id())));
-  return reactor;
+  core::TensorStore* store = this->store();
+  if (store == nullptr) return FinishUnary(context, NotReady());
+  return FinishUnary(context,
+                     ToGrpcStatus(store->Heartbeat(request->lease_id())));
 }
 
 grpc::ServerUnaryReactor* WeightdService::Barrier(
     grpc::CallbackServerContext* context, const v1::BarrierRequest* request,
     v1::BarrierResponse* response) {
-  return new BarrierReactor(store_, request);
+  core::TensorStore* store = this->store();
+  if (store == nullptr) return FinishUnary(context, NotReady());
+  return new BarrierReactor(store, request);
 }
 
 grpc::ServerUnaryReactor* WeightdService::TakeSnapshot(
     grpc::CallbackServerContext* context,
     const v1::TakeSnapshotRequest* request,
     v1::TakeSnapshotResponse* response) {
+  if (store() == nullptr) return FinishUnary(context, NotReady());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (snapshotter_ == nullptr) {
     reactor->Finish(grpc::Status(
@@ -627,8 +680,10 @@ grpc::ServerUnaryReactor* WeightdService::TakeSnapshot(
 grpc::ServerUnaryReactor* WeightdService::GetStatus(
     grpc::CallbackServerContext* context, const v1::GetStatusRequest* request,
     v1::GetStatusResponse* response) {
-  const core::StoreStatus status = store_->Status();
-  const core::StoreOptions& options = store_->options();
+  core::TensorStore* store = this->store();
+  if (store == nullptr) return FinishUnary(context, NotReady());
+  const core::StoreStatus status = store->Status();
+  const core::StoreOptions& options = store->options();
   response->set_mode(ModeToProto(options.mode));
   response->set_chunk_bytes(options.chunk_bytes);
   response->set_server_lr(options.server_lr);
@@ -655,9 +710,7 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
     response->set_snapshots_written(snapshotter_->written());
     response->set_snapshot_failures(snapshotter_->failed());
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return FinishUnary(context, grpc::Status::OK);
 }
 
 }  // namespace weightd::service

@@ -24,9 +24,12 @@ struct TrafficCounters {
 
 class WeightdService final : public v1::Weightd::CallbackService {
  public:
-  // `store` (and `snapshotter`, null without snapshots) must outlive the
-  // service and every call in flight.
-  WeightdService(core::TensorStore* store, storage::Snapshotter* snapshotter);
+  // Until Attach(), every call gets UNAVAILABLE (the server is restoring).
+  WeightdService() = default;
+
+  // Starts serving from `store`, once. `store` (and `snapshotter`, null
+  // without snapshots) must outlive the service and every call in flight.
+  void Attach(core::TensorStore* store, storage::Snapshotter* snapshotter);
 
   grpc::ServerReadReactor<v1::JoinRequest>* Join(
       grpc::CallbackServerContext* context,
@@ -57,8 +60,12 @@ class WeightdService final : public v1::Weightd::CallbackService {
                                       v1::GetStatusResponse* response) override;
 
  private:
-  core::TensorStore* const store_;
-  storage::Snapshotter* const snapshotter_;
+  core::TensorStore* store() const;  // Null until Attach().
+
+  // Written once by Attach(); snapshotter_ before store_ (release), read
+  // only after store_ was seen non-null (acquire).
+  std::atomic<core::TensorStore*> store_{nullptr};
+  storage::Snapshotter* snapshotter_ = nullptr;
   TrafficCounters traffic_;
 };
 

@@ -742,6 +742,146 @@ TEST_F(LeaseTest, HeartbeatsKeepALeaseAlive) {
   EXPECT_TRUE(store_->Status().workers.empty());
 }
 
+class QuorumTest : public TensorStoreTest {
+ protected:
+  void MakeQuorumStore(RoundQuorum quorum, absl::Duration timeout) {
+    StoreOptions options;
+    options.chunk_bytes = kChunk;
+    options.round_quorum = quorum;
+    options.round_timeout = timeout;
+    options.now = [this] { return now_; };
+    options.on_round_closed = [this](const RoundClosed& c) {
+      absl::MutexLock lock(&closed_mu_);
+      closed_.push_back(c);
+    };
+    store_ = std::move(TensorStore::Create(options)).value();
+  }
+  absl::Time now_ = absl::UnixEpoch();
+};
+
+TEST_F(QuorumTest, RoundClosesOnItsQuorumOnceTheTimeoutPassed) {
+  MakeQuorumStore(RoundQuorum{.count = 2}, absl::Seconds(5));
+  const auto a = Join("a", {{"w", {0, 0}}});
+  const auto b = Join("b", {{"w", {0, 0}}});
+  const auto c = Join("c", {{"w", {0, 0}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {1, 2}}}), IsOk());
+  now_ += absl::Seconds(1);
+  ASSERT_THAT(Push(b, 1, {{"w", 0, {3, 6}}}, /*weight=*/3.0), IsOk());
+  // Quorum met, but the timeout (from the round's first chunk) has not
+  // passed: the round still waits for c.
+  now_ += absl::Seconds(3);
+  EXPECT_EQ(store_->CloseOverdueRounds(), 0);
+  EXPECT_EQ(Version("w"), 0u);
+  now_ += absl::Seconds(1);
+  EXPECT_EQ(store_->CloseOverdueRounds(), 1);
+  EXPECT_EQ(Version("w"), 1u);
+  EXPECT_THAT(Value("w"), ElementsAre(2.5, 5));  // (1 + 3*3) / 4, (2 + 3*6) / 4
+  {
+    absl::MutexLock lock(&closed_mu_);
+    ASSERT_EQ(closed_.size(), 1u);
+    EXPECT_EQ(closed_[0].contributors, 2u);
+    EXPECT_EQ(closed_[0].missing, 1u);
+  }
+  // c's push to the closed round is aborted, naming the current round, and
+  // changes nothing; c is still a participant of the next round.
+  EXPECT_THAT(Push(c, 1, {{"w", 0, {100, 100}}}),
+              StatusIs(absl::StatusCode::kAborted,
+                       HasSubstr("the current round is 1")));
+  EXPECT_THAT(Value("w"), ElementsAre(2.5, 5));
+  EXPECT_EQ(store_->Describe("w")->participants, 3u);
+  EXPECT_EQ(store_->CloseOverdueRounds(), 0);  // Round 1 has no push yet.
+}
+
+TEST_F(QuorumTest, LastQuorumPushClosesAnOverdueRound) {
+  MakeQuorumStore(RoundQuorum{.fraction = 0.5}, absl::Seconds(2));
+  std::vector<std::uint64_t> leases;
+  for (const char* w : {"a", "b", "c", "d"}) leases.push_back(Join(w, {{"w", {0}}}));
+  ASSERT_THAT(Push(leases[0], 1, {{"w", 0, {4}}}), IsOk());
+  now_ += absl::Seconds(3);
+  // Timeout passed, but 1 of 4 is below half: no close.
+  EXPECT_EQ(store_->CloseOverdueRounds(), 0);
+  auto second = Push(leases[1], 1, {{"w", 0, {8}}});
+  ASSERT_THAT(second, IsOk());
+  EXPECT_EQ((*second)[0].outcome.version, 1u);  // Closed by this push.
+  EXPECT_THAT(Value("w"), ElementsAre(6));
+}
+
+TEST_F(QuorumTest, ZeroTimeoutClosesAsSoonAsTheQuorumPushed) {
+  MakeQuorumStore(RoundQuorum{.count = 1}, absl::ZeroDuration());
+  const auto a = Join("a", {{"w", {0}}});
+  const auto b = Join("b", {{"w", {0}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {4}}}), IsOk());
+  EXPECT_EQ(Version("w"), 1u);
+  ASSERT_THAT(Push(b, 1, {{"w", 0, {8}}}),
+              StatusIs(absl::StatusCode::kAborted));
+  ASSERT_THAT(Push(b, 2, {{"w", 1, {8}}}), IsOk());
+  EXPECT_EQ(Version("w"), 2u);
+  EXPECT_THAT(Value("w"), ElementsAre(8));
+}
+
+TEST_F(QuorumTest, DefaultQuorumWaitsForEveryone) {
+  MakeQuorumStore(RoundQuorum{}, absl::ZeroDuration());
+  const auto a = Join("a", {{"w", {0}}});
+  Join("b", {{"w", {0}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {4}}}), IsOk());
+  now_ += absl::Hours(1);
+  EXPECT_EQ(store_->CloseOverdueRounds(), 0);
+  EXPECT_EQ(Version("w"), 0u);
+}
+
+TEST_F(TensorStoreTest, BadQuorumOptionsAreRefused) {
+  StoreOptions options;
+  options.round_quorum.fraction = 0;
+  EXPECT_THAT(TensorStore::Create(options),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  options.round_quorum.fraction = 1.5;
+  EXPECT_THAT(TensorStore::Create(options),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  options.round_quorum.fraction = 1;
+  options.round_timeout = absl::Seconds(-1);
+  EXPECT_THAT(TensorStore::Create(options),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST_F(TensorStoreTest, WorkerLimitRefusesNewMembersNotRejoins) {
+  StoreOptions options;
+  options.chunk_bytes = kChunk;
+  options.max_workers = 2;
+  store_ = std::move(TensorStore::Create(options)).value();
+  Join("a", {{"w", {1}}});
+  Join("b", {{"w", {1}}});
+  EXPECT_THAT(store_->Join("c", {Declaration{"w", {1}, {}}}),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("--max_workers")));
+  EXPECT_THAT(store_->AdmitJoin("c", 0),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(store_->Join("a", {Declaration{"w", {1}, {}}}), IsOk());
+  ASSERT_THAT(store_->Leave(store_->Status().workers[0].lease_id), IsOk());
+  EXPECT_THAT(store_->Join("c", {Declaration{"w", {1}, {}}}), IsOk());
+  EXPECT_EQ(store_->Describe("w")->participants, 2u);
+}
+
+TEST_F(TensorStoreTest, TotalBytesLimitRefusesNewTensorsAndChangesNothing) {
+  StoreOptions options;
+  options.chunk_bytes = kChunk;
+  options.max_total_bytes = 40;  // 10 floats.
+  store_ = std::move(TensorStore::Create(options)).value();
+  Join("a", {{"w", std::vector<float>(8, 1.0f)}});
+  EXPECT_THAT(store_->Join("b", {Declaration{"w", {8}, {}},
+                                 Declaration{"v", {3}, {1, 2, 3}}}),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("--max_total_bytes")));
+  EXPECT_THAT(store_->Describe("v"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(store_->Describe("w")->participants, 1u);
+  EXPECT_THAT(Value("w"), ::testing::Each(1.0f));
+  // What fits is still accepted, and a tensor that exists costs nothing.
+  EXPECT_THAT(store_->Join("b", {Declaration{"w", {8}, {}},
+                                 Declaration{"v", {2}, {1, 2}}}),
+              IsOk());
+  EXPECT_THAT(store_->AdmitJoin("c", 4),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+}
+
 // Many workers push many rounds concurrently while pullers snapshot.
 TEST_F(TensorStoreTest, ConcurrentRoundsAverageCorrectly) {
   MakeStore();

@@ -621,6 +621,149 @@ TEST_F(SnapshotServiceTest, UnusableSnapshotsMeanNotServing) {
               StatusIs(absl::StatusCode::kUnavailable));
 }
 
+// While a server restores its state it already listens: every call gets
+// UNAVAILABLE with a reason, and health says NOT_SERVING.
+TEST_F(SnapshotServiceTest, CallsGetUnavailableWhileRestoring) {
+  std::vector<float> w(4, 5.0f);
+  {
+    auto client = Connect("a");
+    ASSERT_THAT(client->Join({TensorRef{"w", {4}, absl::MakeSpan(w)}}), IsOk());
+  }
+  server_.reset();  // Final snapshot: there is something to restore.
+  bool checked = false;
+  service::ServerOptions options;
+  options.listen_address = "127.0.0.1:0";
+  options.snapshot_dir = dir_ + "/snaps";
+  options.on_listening = [&](const std::string& address) {
+    auto channel =
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+    auto stub = v1::Weightd::NewStub(channel);
+    {
+      grpc::ClientContext context;
+      v1::GetStatusResponse response;
+      grpc::Status status = stub->GetStatus(&context, {}, &response);
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+      EXPECT_THAT(status.error_message(), HasSubstr("restoring"));
+    }
+    {
+      grpc::ClientContext context;
+      v1::JoinResponse response;
+      auto stream = stub->Join(&context, &response);
+      v1::JoinRequest header;
+      header.mutable_header()->set_worker_id("b");
+      stream->Write(header);
+      stream->WritesDone();
+      EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+    }
+    {
+      grpc::ClientContext context;
+      v1::PullRequest request;
+      request.add_tensors()->set_name("w");
+      auto reader = stub->Pull(&context, request);
+      v1::PullResponse response;
+      while (reader->Read(&response)) {
+      }
+      EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+    }
+    auto health = grpc::health::v1::Health::NewStub(channel);
+    grpc::ClientContext context;
+    grpc::health::v1::HealthCheckResponse response;
+    ASSERT_TRUE(health->Check(&context, {}, &response).ok());
+    EXPECT_EQ(response.status(),
+              grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+    checked = true;
+  };
+  Start(std::move(options));
+  EXPECT_TRUE(checked);
+  // Restored, then serving.
+  EXPECT_THAT(Stored("w"), ::testing::Each(5.0f));
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  grpc::ClientContext context;
+  grpc::health::v1::HealthCheckResponse response;
+  ASSERT_TRUE(health->Check(&context, {}, &response).ok());
+  EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+// --round_quorum: a straggler's PushPull to a round that closed without it
+// returns OK with the current value (the training loop just continues), and
+// it takes part in the next round.
+TEST_F(ServiceTest, QuorumClosesWithoutStragglerWhoPullsAndContinues) {
+  service::ServerOptions options;
+  options.store.chunk_bytes = kMinChunkBytes;
+  options.store.round_quorum.count = 2;
+  options.store.round_timeout = absl::Seconds(1);
+  Start(std::move(options));
+  std::vector<std::vector<float>> w(3, std::vector<float>(2000, 0.0f));
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int i = 0; i < 3; ++i) {
+    clients.push_back(Connect(absl::StrCat("w", i)));
+    ASSERT_THAT(clients[i]->Join({TensorRef{"t", {2000}, absl::MakeSpan(w[i])}}),
+                IsOk());
+  }
+  auto ref = [&](int i) { return TensorRef{"t", {2000}, absl::MakeSpan(w[i])}; };
+  std::vector<absl::Status> results(2);
+  std::vector<std::thread> fast;
+  for (int i = 0; i < 2; ++i) {
+    fast.emplace_back([&, i] {
+      std::fill(w[i].begin(), w[i].end(), float(2 * i + 2));  // 2 and 4.
+      results[i] = clients[i]->PushPull({ref(i)});
+    });
+  }
+  for (auto& t : fast) t.join();
+  ASSERT_THAT(results[0], IsOk());
+  ASSERT_THAT(results[1], IsOk());
+  EXPECT_THAT(w[0], ::testing::Each(3.0f));
+  EXPECT_EQ(server_->store().Describe("t")->version, 1u);
+
+  // The straggler pushes to round 0, which closed without it.
+  std::fill(w[2].begin(), w[2].end(), 100.0f);
+  ASSERT_THAT(clients[2]->PushPull({ref(2)}), IsOk());
+  EXPECT_THAT(w[2], ::testing::Each(3.0f));  // The current value, not 100.
+  EXPECT_EQ(clients[2]->stats().rounds_missed, 1u);
+  EXPECT_THAT(Stored("t"), ::testing::Each(3.0f));
+
+  // Next round: all three in time, all three averaged.
+  std::vector<std::thread> all;
+  std::vector<absl::Status> again(3);
+  for (int i = 0; i < 3; ++i) {
+    all.emplace_back([&, i] {
+      std::fill(w[i].begin(), w[i].end(), float(i + 1));  // 1, 2, 3.
+      again[i] = clients[i]->PushPull({ref(i)});
+    });
+  }
+  for (auto& t : all) t.join();
+  for (const absl::Status& s : again) EXPECT_THAT(s, IsOk());
+  EXPECT_EQ(server_->store().Describe("t")->version, 2u);
+  EXPECT_THAT(Stored("t"), ::testing::Each(2.0f));
+}
+
+// Limits: a Join over them gets RESOURCE_EXHAUSTED before any value is
+// buffered, and the stored weights and members stay as they were.
+TEST_F(ServiceTest, JoinsOverTheLimitsAreResourceExhausted) {
+  service::ServerOptions options;
+  options.store.chunk_bytes = kMinChunkBytes;
+  options.store.max_workers = 1;
+  options.store.max_total_bytes = 64 << 10;
+  Start(std::move(options));
+  std::vector<float> w(1000, 7.0f);
+  auto a = Connect("a");
+  ASSERT_THAT(a->Join({TensorRef{"w", {1000}, absl::MakeSpan(w)}}), IsOk());
+  std::vector<float> other(1000, 1.0f);
+  auto b = Connect("b");
+  EXPECT_THAT(b->Join({TensorRef{"w", {1000}, absl::MakeSpan(other)}}),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("--max_workers")));
+  std::vector<float> big(1 << 14, 1.0f);  // 64 KiB more than fits.
+  EXPECT_THAT(a->Join({TensorRef{"w", {1000}, absl::MakeSpan(w)},
+                       TensorRef{"big", {1 << 14}, absl::MakeSpan(big)}}),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("--max_total_bytes")));
+  EXPECT_THAT(server_->store().Describe("big"),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(Stored("w"), ::testing::Each(7.0f));
+  EXPECT_EQ(server_->store().Status().workers.size(), 1u);
+}
+
 TEST_F(ServiceTest, TakeSnapshotWithoutDirectoryIsFailedPrecondition) {
   grpc::ClientContext context;
   v1::TakeSnapshotResponse response;
