@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/match.h"
 #include "absl/strings/strip.h"
+#include "common/crash_point.h"
 #include "common/status_macros.h"
 
 namespace weightd::storage {
@@ -270,11 +271,14 @@ absl::Status WriteSnapshotFile(const std::string& path,
   if (fd < 0) return ErrnoStatus("cannot create", tmp);
   Writer w(fd, tmp);
   Encode(state, w);
+  CrashPoint("snapshot_mid_write");  // Part of the body is on disk.
   const std::uint32_t crc = w.crc();
   w.Pod<std::uint32_t>(crc);
   w.Bytes(kTrailer, sizeof(kTrailer));
   absl::Status status = w.Flush();
+  CrashPoint("snapshot_before_fsync");
   if (status.ok() && ::fsync(fd) != 0) status = ErrnoStatus("cannot fsync", tmp);
+  CrashPoint("snapshot_after_fsync");
   if (::close(fd) != 0 && status.ok()) status = ErrnoStatus("cannot close", tmp);
   if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
     status = ErrnoStatus("cannot rename to", path);
@@ -283,6 +287,7 @@ absl::Status WriteSnapshotFile(const std::string& path,
     ::unlink(tmp.c_str());
     return status;
   }
+  CrashPoint("snapshot_after_rename");  // Before the directory's fsync.
   return SyncDirectoryOf(path);
 }
 
@@ -309,6 +314,7 @@ absl::StatusOr<std::unique_ptr<SnapshotDir>> SnapshotDir::Open(
                      std::strerror(errno)));
   }
   std::unique_ptr<SnapshotDir> snapshots(new SnapshotDir(std::move(dir)));
+  snapshots->RemoveUnfinished();
   const auto files = snapshots->List();
   if (!files.empty()) snapshots->next_number_ = files.front().first + 1;
   return snapshots;
@@ -330,6 +336,20 @@ std::vector<std::pair<std::uint64_t, std::string>> SnapshotDir::List() const {
   ::closedir(d);
   std::sort(files.rbegin(), files.rend());
   return files;
+}
+
+void SnapshotDir::RemoveUnfinished() const {
+  DIR* d = ::opendir(dir_.c_str());
+  if (d == nullptr) return;
+  std::vector<std::string> unfinished;
+  while (const dirent* e = ::readdir(d)) {
+    absl::string_view name = e->d_name;
+    if (absl::StartsWith(name, "snapshot-") && absl::EndsWith(name, ".wds.tmp")) {
+      unfinished.push_back(absl::StrCat(dir_, "/", name));
+    }
+  }
+  ::closedir(d);
+  for (const std::string& path : unfinished) ::unlink(path.c_str());
 }
 
 absl::StatusOr<std::string> SnapshotDir::Write(const core::StoreState& state) {

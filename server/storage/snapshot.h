@@ -42,7 +42,8 @@ absl::StatusOr<core::StoreState> ReadSnapshotFile(const std::string& path);
 // two, so that a damaged newest one falls back to the one before.
 class SnapshotDir {
  public:
-  // Creates `dir` if needed. FAILED_PRECONDITION if it cannot.
+  // Creates `dir` if needed and deletes the temporary files of writes a
+  // crash interrupted. FAILED_PRECONDITION if it cannot be created.
   static absl::StatusOr<std::unique_ptr<SnapshotDir>> Open(std::string dir);
 
   // Writes `state` as the next snapshot, then removes all but the newest two.
@@ -62,6 +63,7 @@ class SnapshotDir {
 
  private:
   explicit SnapshotDir(std::string dir) : dir_(std::move(dir)) {}
+  void RemoveUnfinished() const;
   // Snapshot files present, newest first, with their numbers.
   std::vector<std::pair<std::uint64_t, std::string>> List() const;
 

@@ -179,6 +179,26 @@ TEST_F(SnapshotTest, DirectoryFallsBackToThePreviousGoodSnapshot) {
   EXPECT_GT(*fourth, *third);
 }
 
+// A crash mid-write leaves snapshot-N.wds.tmp: it is never loaded, and
+// reopening the directory deletes it.
+TEST_F(SnapshotTest, UnfinishedWritesAreIgnoredAndRemoved) {
+  auto store = MakeStore();
+  auto snapshots = SnapshotDir::Open(dir_ + "/snaps");
+  ASSERT_THAT(snapshots, IsOk());
+  auto good = (*snapshots)->Write(store->Save());
+  ASSERT_THAT(good, IsOk());
+  const std::string torn = dir_ + "/snaps/snapshot-000000000002.wds.tmp";
+  ASSERT_EQ(std::system(("head -c 40 '" + *good + "' > '" + torn + "'").c_str()),
+            0);
+  auto loaded = (*snapshots)->LoadNewest();
+  ASSERT_THAT(loaded, IsOk());
+  EXPECT_EQ(loaded->path, *good);
+  EXPECT_TRUE(loaded->skipped.empty());
+  ASSERT_THAT(SnapshotDir::Open(dir_ + "/snaps"), IsOk());
+  EXPECT_NE(::access(torn.c_str(), F_OK), 0);
+  EXPECT_EQ(::access(good->c_str(), F_OK), 0);
+}
+
 // Disk full, staged with the file-size limit: the write fails cleanly, the
 // previous snapshot stays intact and no temporary file is left.
 TEST_F(SnapshotTest, WriteErrorLeavesThePreviousSnapshotIntact) {
