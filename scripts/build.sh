@@ -8,6 +8,8 @@ dir=${1:-build/release}
 shift || true
 if [[ ! -f "$dir/build.ninja" ]]; then
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+elif (($# > 0)); then
+  cmake -S . -B "$dir" "$@" >/dev/null  # Options may have changed.
 fi
 echo "build: $dir"
 # Two compile jobs by default: the reference machine has 2 cores. Progress

@@ -18,7 +18,7 @@ CXX=clang++ scripts/build.sh build/thread-safety \
 # The unit and service tests again under AddressSanitizer (with leak
 # checks) and UndefinedBehaviorSanitizer, built with clang.
 CXX=clang++ scripts/build.sh build/asan \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWEIGHTD_BUILD_EXAMPLES=OFF \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWEIGHTD_BUILD_EXAMPLES=OFF -DWEIGHTD_FUZZ=ON \
   "-DCMAKE_CXX_FLAGS=-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
   "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined"
 

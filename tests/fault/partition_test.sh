@@ -33,7 +33,8 @@ ip -n "$server_ns" addr add "$server_ip/24" dev br0
 ip -n "$server_ns" link set br0 up
 for rank in 0 1 2 3; do
   ns=weightd-fault4-$$-worker$rank
-  ip netns add "$ns" && netns+=("$ns")
+  ip netns add "$ns" || fail "cannot create namespace $ns"
+  netns+=("$ns")
   ip -n "$ns" link set lo up
   # Created in place: no interface ever appears in the caller's namespace.
   ip link add "port$rank" netns "$server_ns" type veth peer name eth0 netns "$ns"
@@ -59,22 +60,24 @@ wait_for_line "$work/server.log" 'round closed tensor=hidden/w round=5 ' 60
 
 # Cut worker 3's cable (its port on the bridge) for cut_s seconds.
 closed_re='round closed tensor=hidden/w '
-before=$(grep -c "$closed_re" "$work/server.log")
+cut_line=$(wc -l <"$work/server.log")
 ip -n "$server_ns" link set port3 down
 cut_at=$SECONDS
 echo "link of worker 3 down for ${cut_s}s (lease timeout ${lease_s}s)"
 wait_for_line "$work/server.log" 'worker fashion10-3 dropped' $((lease_s + 3))
 sleep $((cut_s - (SECONDS - cut_at)))  # The wait above took lease_s + 3 s at most.
-during=$(($(grep -c "$closed_re" "$work/server.log") - before))
-without=$(tail -n +$((before + 1)) "$work/server.log" | grep -c "$closed_re.*contributors=3 " || true)
+up_line=$(wc -l <"$work/server.log")
 kill -0 "${worker_pid[3]}" 2>/dev/null || fail "worker 3 exited while its link was down"
 printed=$(grep -c '^round ' "$work/worker-3.log" || true)
 ip -n "$server_ns" link set port3 up
+up_at=$(date +%s.%N)
+sed -n "$((cut_line + 1)),${up_line}p" "$work/server.log" | grep "$closed_re" >"$work/during.txt" || true
+during=$(wc -l <"$work/during.txt")
+without=$(grep -c 'contributors=3 ' "$work/during.txt" || true)
 echo "link back up; $during round(s) of hidden/w closed while it was down, $without with 3 contributors"
 ((without >= 3)) || fail "only $without round(s) closed without worker 3 in ${cut_s}s"
 
 # Worker 3 resumes: its next round ends within 30 s of the link coming back.
-up_at=$(date +%s.%N)
 wait_for_line "$work/worker-3.log" "^round $((printed + 1)) " 30
 resumed=$(awk -v a="$up_at" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 echo "worker 3 resumed ${resumed}s after the link came back (round $((printed + 1)))"
@@ -88,7 +91,7 @@ for rank in 0 1 2 3; do
   grep -q '^final test accuracy: ' "$work/worker-$rank.log" || fail "worker $rank printed no accuracy"
 done
 stop_weightd
-rejoined=$(tail -n +$((before + during + 1)) "$work/server.log" | grep -c "$closed_re.*contributors=4 " || true)
+rejoined=$(tail -n +$((up_line + 1)) "$work/server.log" | grep -c "$closed_re.*contributors=4 " || true)
 ((rejoined > 0)) || fail "no round closed with all 4 workers after the link came back"
 
 # No duplicate: no round counts a worker twice, none closes twice.
