@@ -1,9 +1,10 @@
 // Crash points: fault injection for the crash tests (tests/fault).
 //
-// Setting WEIGHTD_CRASH_AT=<name> in a process's environment makes it kill
-// itself with SIGKILL, exactly as `kill -9` would, the first time it reaches
-// CrashPoint("<name>"), after printing "crash point <name> reached" to
-// stderr. Without the variable a crash point costs one branch.
+// A component that was handed the name of an armed crash point (weightd's
+// --crash_at flag) calls CrashPoint(armed, "<name>") at each point of
+// interest; at the armed one the process prints "crash point <name>
+// reached" to stderr and kills itself with SIGKILL, exactly as `kill -9`
+// would. Unarmed (empty), a crash point costs one comparison.
 #ifndef WEIGHTD_COMMON_CRASH_POINT_H_
 #define WEIGHTD_COMMON_CRASH_POINT_H_
 
@@ -11,7 +12,7 @@
 
 namespace weightd {
 
-void CrashPoint(absl::string_view name);
+void CrashPoint(absl::string_view armed, absl::string_view name);
 
 }  // namespace weightd
 

@@ -16,11 +16,23 @@ CXX=clang++ scripts/build.sh build/thread-safety \
   -DWEIGHTD_BUILD_TESTS=OFF -DWEIGHTD_BUILD_EXAMPLES=OFF
 
 # The unit and service tests again under AddressSanitizer (with leak
-# checks) and UndefinedBehaviorSanitizer, built with clang.
+# checks) and UndefinedBehaviorSanitizer, built with clang, plus the
+# libFuzzer target (run for 60 s as a ctest test labelled fuzz).
 CXX=clang++ scripts/build.sh build/asan \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWEIGHTD_BUILD_EXAMPLES=OFF -DWEIGHTD_FUZZ=ON \
   "-DCMAKE_CXX_FLAGS=-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
   "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined"
+
+# ThreadSanitizer: the gRPC-free libraries, which hold every lock of the
+# server's state, and their unit tests, against Debian's Abseil source
+# rebuilt with TSan (Debian's binary Abseil is not instrumented). Debian's
+# gRPC is not instrumented either, so the service tests cannot run here.
+scripts/tsan_abseil.sh build/tsan-deps
+CXX=clang++ scripts/build.sh build/tsan \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWEIGHTD_CORE_ONLY=ON \
+  -DWEIGHTD_BUILD_EXAMPLES=OFF "-DCMAKE_PREFIX_PATH=$PWD/build/tsan-deps" \
+  "-DCMAKE_CXX_FLAGS=-fsanitize=thread -fno-omit-frame-pointer" \
+  "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread"
 
 echo "test: ctest in build/release"
 status=0
@@ -31,4 +43,7 @@ echo "test: ctest under ASan/UBSan in build/asan"
 ASAN_OPTIONS=detect_leaks=1:detect_container_overflow=0 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build/asan --output-on-failure -j 2 --timeout 900 "$@" || status=1
+echo "test: ctest under TSan in build/tsan"
+TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp" \
+  ctest --test-dir build/tsan --output-on-failure -j 2 --timeout 900 "$@" || status=1
 exit $status

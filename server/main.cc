@@ -71,6 +71,11 @@ ABSL_FLAG(std::string, snapshot_every, "100",
 ABSL_FLAG(std::string, restore, "",
           "Start from this snapshot file (it must be usable), e.g. one "
           "copied from another server's --snapshot_dir.");
+ABSL_FLAG(std::string, crash_at, "",
+          "Fault injection for crash tests: SIGKILL this process at the "
+          "named point of a snapshot write (snapshot_mid_write, "
+          "snapshot_before_fsync, snapshot_after_fsync, "
+          "snapshot_after_rename). Never set it in production.");
 ABSL_FLAG(std::string, log_level, "info",
           "Log level: trace, debug, info, warn, error, off.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
@@ -104,7 +109,7 @@ int main(int argc, char** argv) {
       "chunk_bytes",   "max_tensor_bytes", "allow_non_finite", "log_level",
       "shutdown_grace", "ready_file", "lease_timeout", "snapshot_dir",
       "snapshot_every", "restore", "max_total_bytes", "max_workers",
-      "round_quorum", "round_timeout"};
+      "round_quorum", "round_timeout", "crash_at"};
   if (absl::Status s = weightd::ApplyEnvironmentToFlags("WEIGHTD_", flag_names);
       !s.ok()) {
     return Fail(std::string(s.message()));
@@ -160,6 +165,7 @@ int main(int argc, char** argv) {
   }  options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   options.snapshot_dir = absl::GetFlag(FLAGS_snapshot_dir);
   options.restore_path = absl::GetFlag(FLAGS_restore);
+  options.crash_at = absl::GetFlag(FLAGS_crash_at);
   const std::string every = absl::GetFlag(FLAGS_snapshot_every);
   std::uint64_t rounds = 0;
   absl::Duration interval;
@@ -208,6 +214,13 @@ int main(int argc, char** argv) {
                signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
                absl::FormatDuration(options.shutdown_grace));
   (*server)->Shutdown();
+  if (!(*server)->final_snapshot().ok()) {
+    // The state since the last good snapshot is lost: say so in the exit
+    // status too, so that a supervisor notices.
+    spdlog::error("weightd stopped without its final snapshot: {}",
+                  (*server)->final_snapshot().ToString());
+    return 1;
+  }
   spdlog::info("weightd stopped");
   return 0;
 }

@@ -106,7 +106,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
           if (w.ok()) {
             spdlog::info("snapshot written: {}", *w);
           } else {
-            spdlog::error("snapshot failed (the previous one is intact): {}",
+            spdlog::error("snapshot failed (earlier snapshots are untouched): {}",
                           w.status().ToString());
           }
         });
@@ -130,7 +130,8 @@ absl::Status Server::BuildStore(ServerOptions& options) {
   }
   if (!options.snapshot_dir.empty()) {
     WEIGHTD_ASSIGN_OR_RETURN(snapshot_dir_,
-                             storage::SnapshotDir::Open(options.snapshot_dir));
+                             storage::SnapshotDir::Open(options.snapshot_dir,
+                                                       options.crash_at));
   }
   if (store_ == nullptr && snapshot_dir_ != nullptr) {
     absl::StatusOr<storage::SnapshotDir::Loaded> loaded =
@@ -193,7 +194,8 @@ void Server::Shutdown() {
     server_->Wait();
     if (snapshotter_ != nullptr) {
       round_sink_ = nullptr;
-      (void)snapshotter_->Stop();  // The final snapshot; logged by its callback.
+      // The final snapshot; logged by its callback.
+      final_snapshot_ = snapshotter_->Stop().status();
     }
   });
 }

@@ -44,6 +44,9 @@ struct ServerOptions {
   storage::SnapshotterOptions snapshot_every;
   // Start from this snapshot file instead (it must be usable).
   std::string restore_path;
+  // Fault injection for the crash tests: a crash point of the snapshot
+  // write to die at (see storage::WriteSnapshotFile). Empty: none.
+  std::string crash_at;
   // Called with the dialable address once the server listens, before it
   // restores its state (until then calls get UNAVAILABLE, health is
   // NOT_SERVING).
@@ -70,6 +73,9 @@ class Server {
   // new calls are refused, in-flight streams get `shutdown_grace` to finish.
   // Idempotent; thread-safe.
   void Shutdown();
+  // After Shutdown(): whether the final snapshot was written (OK without a
+  // snapshot directory).
+  const absl::Status& final_snapshot() const { return final_snapshot_; }
 
  private:
   Server() = default;
@@ -87,6 +93,7 @@ class Server {
   std::unique_ptr<WeightdService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::once_flag shutdown_once_;
+  absl::Status final_snapshot_;
 
   // Until Shutdown(): expires leases and closes rounds past their timeout.
   void HousekeepingLoop();

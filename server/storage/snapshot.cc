@@ -264,21 +264,22 @@ absl::Status SyncDirectoryOf(const std::string& path) {
 }  // namespace
 
 absl::Status WriteSnapshotFile(const std::string& path,
-                               const core::StoreState& state) {
+                               const core::StoreState& state,
+                               absl::string_view crash_at) {
   const std::string tmp = path + ".tmp";
   const int fd =
       ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus("cannot create", tmp);
   Writer w(fd, tmp);
   Encode(state, w);
-  CrashPoint("snapshot_mid_write");  // Part of the body is on disk.
+  CrashPoint(crash_at, "snapshot_mid_write");  // Part of the body is on disk.
   const std::uint32_t crc = w.crc();
   w.Pod<std::uint32_t>(crc);
   w.Bytes(kTrailer, sizeof(kTrailer));
   absl::Status status = w.Flush();
-  CrashPoint("snapshot_before_fsync");
+  CrashPoint(crash_at, "snapshot_before_fsync");
   if (status.ok() && ::fsync(fd) != 0) status = ErrnoStatus("cannot fsync", tmp);
-  CrashPoint("snapshot_after_fsync");
+  CrashPoint(crash_at, "snapshot_after_fsync");
   if (::close(fd) != 0 && status.ok()) status = ErrnoStatus("cannot close", tmp);
   if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
     status = ErrnoStatus("cannot rename to", path);
@@ -287,7 +288,7 @@ absl::Status WriteSnapshotFile(const std::string& path,
     ::unlink(tmp.c_str());
     return status;
   }
-  CrashPoint("snapshot_after_rename");  // Before the directory's fsync.
+  CrashPoint(crash_at, "snapshot_after_rename");  // Before the directory's fsync.
   return SyncDirectoryOf(path);
 }
 
@@ -307,13 +308,14 @@ absl::StatusOr<core::StoreState> ReadSnapshotFile(const std::string& path) {
 }
 
 absl::StatusOr<std::unique_ptr<SnapshotDir>> SnapshotDir::Open(
-    std::string dir) {
+    std::string dir, std::string crash_at) {
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create snapshot directory ", dir, ": ",
                      std::strerror(errno)));
   }
-  std::unique_ptr<SnapshotDir> snapshots(new SnapshotDir(std::move(dir)));
+  std::unique_ptr<SnapshotDir> snapshots(
+      new SnapshotDir(std::move(dir), std::move(crash_at)));
   snapshots->RemoveUnfinished();
   const auto files = snapshots->List();
   if (!files.empty()) snapshots->next_number_ = files.front().first + 1;
@@ -355,7 +357,7 @@ void SnapshotDir::RemoveUnfinished() const {
 absl::StatusOr<std::string> SnapshotDir::Write(const core::StoreState& state) {
   const std::string path =
       absl::StrFormat("%s/snapshot-%012d.wds", dir_, next_number_);
-  WEIGHTD_RETURN_IF_ERROR(WriteSnapshotFile(path, state));
+  WEIGHTD_RETURN_IF_ERROR(WriteSnapshotFile(path, state, crash_at_));
   ++next_number_;
   const auto files = List();
   for (std::size_t i = 2; i < files.size(); ++i) {

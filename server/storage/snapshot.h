@@ -30,8 +30,12 @@ namespace weightd::storage {
 // the complete new snapshot, whatever happens: the bytes go to `path`.tmp,
 // which is fsynced, renamed to `path`, and the directory fsynced. On error
 // (disk full, ...) `path` is untouched and the temporary file removed.
+// `crash_at` may name a crash point (common/crash_point.h) to die at:
+// snapshot_mid_write, snapshot_before_fsync, snapshot_after_fsync or
+// snapshot_after_rename.
 absl::Status WriteSnapshotFile(const std::string& path,
-                               const core::StoreState& state);
+                               const core::StoreState& state,
+                               absl::string_view crash_at = {});
 
 // Reads a snapshot written by WriteSnapshotFile. NOT_FOUND if the file does
 // not exist; DATA_LOSS if it is truncated, corrupt (checksum) or malformed.
@@ -44,7 +48,10 @@ class SnapshotDir {
  public:
   // Creates `dir` if needed and deletes the temporary files of writes a
   // crash interrupted. FAILED_PRECONDITION if it cannot be created.
-  static absl::StatusOr<std::unique_ptr<SnapshotDir>> Open(std::string dir);
+  // `crash_at` arms a crash point of the write (tests/fault; see
+  // common/crash_point.h and WriteSnapshotFile).
+  static absl::StatusOr<std::unique_ptr<SnapshotDir>> Open(
+      std::string dir, std::string crash_at = "");
 
   // Writes `state` as the next snapshot, then removes all but the newest two.
   // Returns the file written. Not thread-safe: one writer.
@@ -62,12 +69,14 @@ class SnapshotDir {
   absl::StatusOr<Loaded> LoadNewest() const;
 
  private:
-  explicit SnapshotDir(std::string dir) : dir_(std::move(dir)) {}
+  SnapshotDir(std::string dir, std::string crash_at)
+      : dir_(std::move(dir)), crash_at_(std::move(crash_at)) {}
   void RemoveUnfinished() const;
   // Snapshot files present, newest first, with their numbers.
   std::vector<std::pair<std::uint64_t, std::string>> List() const;
 
   const std::string dir_;
+  const std::string crash_at_;
   std::uint64_t next_number_ = 1;
 };
 

@@ -4,8 +4,9 @@
 # vanishes with the test, even on kill -9). After a good snapshot the disk is
 # filled: the next snapshot fails with the error logged and counted, the
 # previous one stays byte-identical with no temporary file left, training
-# goes on, a restart after kill -9 restores the old snapshot, and once space
-# is freed the final snapshot is written and restored.
+# goes on, a stop with the disk still full exits 1 and the restart restores
+# the old snapshot, and once space is freed the final snapshot is written
+# and restored.
 # Skipped (exit 77) where a tmpfs cannot be mounted.
 # Usage: disk_full_test.sh BUILD_DIR
 if [[ -z ${WEIGHTD_FAULT8_UNSHARED:-} ]]; then
@@ -61,7 +62,7 @@ if "$weightctl" snapshot --server="$address" >"$work/snapshot-2.txt" 2>&1; then
 fi
 grep -q 'No space left on device' "$work/snapshot-2.txt" ||
   fail "weightctl did not report ENOSPC: $(cat "$work/snapshot-2.txt")"
-logged=$(grep -m1 'snapshot failed (the previous one is intact)' "$work/server-1.log") ||
+logged=$(grep -m1 'snapshot failed (earlier snapshots are untouched)' "$work/server-1.log") ||
   fail "the failed snapshot was not logged"
 grep -q 'No space left on device' <<<"$logged" || fail "the log does not say why: $logged"
 "$weightctl" status --server="$address" | grep -q 'snapshot_failures 1$' ||
@@ -76,9 +77,16 @@ echo "snapshot on a full disk failed: ${logged#*] }"
 run_job job-3
 [[ $(version) -eq 9 ]] || fail "hidden/w at version $(version) after 3 jobs, expected 9"
 
-# 4. kill -9 with the disk still full: a restart restores the old snapshot.
-kill -KILL "$server_pid"
-wait "$server_pid" 2>/dev/null || true
+# 4. SIGTERM with the disk still full: the final snapshot fails, and the
+# daemon says so in its log and its exit status; a restart restores the old
+# snapshot.
+kill -TERM "$server_pid"
+timeout 15 tail --pid="$server_pid" -f /dev/null || fail "weightd did not stop"
+code=0
+wait "$server_pid" || code=$?
+((code == 1)) || fail "weightd exited $code after a failed final snapshot, expected 1"
+grep -q 'stopped without its final snapshot' "$work/server-1.log" ||
+  fail "the failed final snapshot was not logged"
 start_weightd "$work/server-2.log" 127.0.0.1:0 "${flags[@]}"
 grep -q "restored from $old" "$work/server-2.log" || fail "the old snapshot was not restored"
 [[ $(version) -eq 3 ]] || fail "restored hidden/w at version $(version), expected 3"
@@ -93,4 +101,4 @@ start_weightd "$work/server-3.log" 127.0.0.1:0 "${flags[@]}"
 grep -q "restored from $final" "$work/server-3.log" || fail "the final snapshot was not restored"
 [[ $(version) -eq 6 ]] || fail "restored hidden/w at version $(version), expected 6"
 stop_weightd
-echo "PASS: snapshot on a full disk failed with ENOSPC (logged, counted, no temp file left); the previous snapshot stayed byte-identical and was restored at version 3 after kill -9; training went on to version 9; with space freed the final snapshot was written and restored at version 6"
+echo "PASS: snapshot on a full disk failed with ENOSPC (logged, counted, no temp file left); the previous snapshot stayed byte-identical and was restored at version 3 after a SIGTERM whose final snapshot failed (exit 1); training went on to version 9; with space freed the final snapshot was written and restored at version 6"

@@ -428,6 +428,13 @@ TEST_F(TensorStoreTest, BadHeadersAreRefused) {
   EXPECT_THAT(
       store_->BeginPush({a, 1, UpdateKind::kWeights, 1, {E{"w", 0}, E{"w", 0}}}),
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("twice")));
+  std::vector<E> too_many(kMaxTensorsPerCall + 1, E{"w", 0});
+  EXPECT_THAT(store_->BeginPush({a, 1, UpdateKind::kWeights, 1, too_many}),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  std::vector<Declaration> declarations(kMaxTensorsPerCall + 1,
+                                        Declaration{"w", {1}, {}});
+  EXPECT_THAT(store_->Join("c", std::move(declarations)),
+              StatusIs(absl::StatusCode::kResourceExhausted));
 }
 
 TEST_F(TensorStoreTest, AsyncAppliesEveryPushOnArrival) {
@@ -634,6 +641,21 @@ TEST_F(TensorStoreTest, BarrierReleasesWhenCountArrivesAndResets) {
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(store_->EnterBarrier(a, "s", 0, [](absl::Status) {}),
               StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST_F(TensorStoreTest, BarrierReentryAbortsTheEarlierCall) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {0}}});
+  std::vector<absl::Status> first;
+  auto w1 = store_->EnterBarrier(a, "s", 2,
+                                 [&](absl::Status s) { first.push_back(s); });
+  ASSERT_THAT(w1, IsOk());
+  auto w2 = store_->EnterBarrier(a, "s", 2, [](absl::Status) {});
+  ASSERT_THAT(w2, IsOk());
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_THAT(first[0], StatusIs(absl::StatusCode::kAborted,
+                                 HasSubstr("entered barrier s again")));
+  EXPECT_TRUE((*w2)->Cancel());  // Still one waiter, not two.
 }
 
 TEST_F(TensorStoreTest, CancelledBarrierEntryDoesNotCount) {

@@ -9,6 +9,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <unistd.h>
 #include <vector>
 
@@ -762,6 +763,86 @@ TEST_F(ServiceTest, JoinsOverTheLimitsAreResourceExhausted) {
               StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(Stored("w"), ::testing::Each(7.0f));
   EXPECT_EQ(server_->store().Status().workers.size(), 1u);
+}
+
+// The codes of docs/errors.md not shown by the tests above, over the wire;
+// the stored value stays bit-identical through all of them.
+TEST_F(ServiceTest, RemainingCodesOverTheWireChangeNothing) {
+  service::ServerOptions options;
+  options.store.chunk_bytes = kMinChunkBytes;
+  options.store.max_tensor_bytes = 1 << 20;
+  Start(std::move(options));
+  std::vector<float> w(8, 1.5f);
+  auto a = Connect("a");
+  ASSERT_THAT(a->Join({TensorRef{"w", {8}, absl::MakeSpan(w)}}), IsOk());
+  const std::uint64_t lease = server_->store().Status().workers.at(0).lease_id;
+  const std::vector<float> before = Stored("w");
+
+  // Join: a tensor over --max_tensor_bytes (refused at the header).
+  std::vector<float> big(1 << 19);
+  EXPECT_THAT(a->Join({TensorRef{"w", {8}, absl::MakeSpan(w)},
+                       TensorRef{"huge", {1 << 19}, absl::MakeSpan(big)}}),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  // Pull: no tensors; one named twice.
+  for (int names : {0, 2}) {
+    grpc::ClientContext context;
+    v1::PullRequest request;
+    for (int i = 0; i < names; ++i) request.add_tensors()->set_name("w");
+    auto reader = stub_->Pull(&context, request);
+    v1::PullResponse response;
+    while (reader->Read(&response)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << names << " names";
+  }
+  // Heartbeat and Leave with an unknown lease.
+  {
+    grpc::ClientContext context;
+    v1::HeartbeatRequest request;
+    request.set_lease_id(lease + 1);
+    v1::HeartbeatResponse response;
+    EXPECT_EQ(stub_->Heartbeat(&context, request, &response).error_code(),
+              grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  // Barrier: count 0; unknown lease.
+  for (const auto& [lease_id, count, code] :
+       {std::tuple{lease, 0u, grpc::StatusCode::INVALID_ARGUMENT},
+        std::tuple{lease + 1, 1u, grpc::StatusCode::FAILED_PRECONDITION}}) {
+    grpc::ClientContext context;
+    v1::BarrierRequest request;
+    request.set_lease_id(lease_id);
+    request.set_name("start");
+    request.set_count(count);
+    v1::BarrierResponse response;
+    EXPECT_EQ(stub_->Barrier(&context, request, &response).error_code(), code);
+  }
+  // Push: a second push to the same round (the round waits for b).
+  std::vector<float> other(8, 0.0f);
+  auto b = Connect("b");
+  ASSERT_THAT(b->Join({TensorRef{"w", {8}, absl::MakeSpan(other)}}), IsOk());
+  const std::vector<float> eight(8, 3.0f);
+  auto push = [&](std::uint64_t sequence, v1::UpdateKind kind) {
+    v1::PushRequest header = Header(lease, sequence, "w", 0);
+    header.mutable_header()->set_kind(kind);
+    return RawPush({header, Chunk(0, 0, eight)});
+  };
+  ASSERT_THAT(push(100, v1::UPDATE_KIND_WEIGHTS), IsOk());
+  EXPECT_THAT(push(101, v1::UPDATE_KIND_WEIGHTS),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("already contributed")));
+  // b's delta while the round collects weights.
+  const std::uint64_t lease_b =
+      server_->store().Status().workers.at(1).lease_id;
+  v1::PushRequest delta = Header(lease_b, 1, "w", 0);
+  delta.mutable_header()->set_kind(v1::UPDATE_KIND_DELTA);
+  EXPECT_THAT(RawPush({delta, Chunk(0, 0, eight)}),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("collecting weights")));
+  // A push older than the worker's last one.
+  EXPECT_THAT(push(50, v1::UPDATE_KIND_WEIGHTS),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("older")));
+  EXPECT_EQ(Stored("w"), before);
+  EXPECT_EQ(server_->store().Describe("w")->version, 0u);
 }
 
 TEST_F(ServiceTest, TakeSnapshotWithoutDirectoryIsFailedPrecondition) {
