@@ -162,7 +162,8 @@ int main(int argc, char** argv) {
   }
   if (options.store.round_timeout < absl::ZeroDuration()) {
     return Fail("--round_timeout must be >= 0s");
-  }  options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
+  }
+  options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   options.snapshot_dir = absl::GetFlag(FLAGS_snapshot_dir);
   options.restore_path = absl::GetFlag(FLAGS_restore);
   options.crash_at = absl::GetFlag(FLAGS_crash_at);

@@ -56,8 +56,10 @@ struct RoundQuorum {
   // The number of complete contributions that suffices for `participants`.
   std::uint32_t Needed(std::uint32_t participants) const {
     if (count > 0) return std::min(count, participants);
-    return static_cast<std::uint32_t>(
+    const auto needed = static_cast<std::uint32_t>(
         std::ceil(fraction * participants - 1e-9));
+    return std::clamp<std::uint32_t>(needed, participants > 0 ? 1 : 0,
+                                     participants);
   }
 };
 

@@ -45,7 +45,7 @@ absl::StatusOr<std::uint64_t> ElementCount(
     if (dim > max_elements || count > max_elements / dim) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "a tensor of shape ", ShapeString(shape), " exceeds the limit of ",
-          max_bytes, " bytes per tensor"));
+          max_bytes, " bytes per tensor (--max_tensor_bytes)"));
     }
     count *= dim;
   }
@@ -474,7 +474,9 @@ absl::Status TensorStore::AdmitJoinLocked(absl::string_view worker_id,
     }
   }
   if (options_.max_total_bytes > 0 &&
-      new_bytes > options_.max_total_bytes - tensor_bytes_) {
+      (tensor_bytes_ >= options_.max_total_bytes ||
+       new_bytes > options_.max_total_bytes - tensor_bytes_) &&
+      new_bytes > 0) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "worker ", worker_id, " would create ", new_bytes,
         " bytes of tensors; the server holds ", tensor_bytes_, " of at most ",

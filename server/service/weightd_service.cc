@@ -320,16 +320,13 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
         // kept.
         absl::StatusOr<core::TensorInfo> existing = store_->Describe(d.name());
         keep_.push_back(!existing.ok() || existing->shape != decl.shape);
+        if (!existing.ok()) new_bytes_ += count * kFloatBytes;
         declarations_.push_back(std::move(decl));
         elements_.push_back(count);
       }
       next_offset_.assign(declarations_.size(), 0);
       // Refused before any initial value is buffered.
-      std::uint64_t new_bytes = 0;
-      for (std::size_t i = 0; i < keep_.size(); ++i) {
-        if (keep_[i]) new_bytes += elements_[i] * kFloatBytes;
-      }
-      return store_->AdmitJoin(worker_id_, new_bytes);
+      return store_->AdmitJoin(worker_id_, new_bytes_);
     }
     if (!have_header_) return MissingHeader("Join");
     if (!request_.has_initial_value()) {
@@ -412,6 +409,7 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
   std::string worker_id_;
   std::vector<core::Declaration> declarations_;
   std::vector<bool> keep_;  // Whether to keep the initial value's bytes.
+  std::uint64_t new_bytes_ = 0;  // Sum of the tensors the server lacks.
   std::vector<std::uint64_t> elements_;
   std::vector<std::uint64_t> next_offset_;
 };

@@ -48,7 +48,10 @@ for point in snapshot_mid_write snapshot_before_fsync snapshot_after_fsync \
     fail "$point: the daemon died elsewhere"
   kill -KILL "$worker_pid" 2>/dev/null || true
 
-  torn=$(ls "$snaps" | grep -c '\.tmp$' || true)
+  torn=$(find "$snaps" -name '*.tmp' -size +0 | wc -l)
+  if [[ $point != snapshot_after_rename ]]; then
+    ((torn == 1)) || fail "$point: expected one partly written file, found: $(ls -l "$snaps")"
+  fi
   start_weightd "$work/$point-2.log" 127.0.0.1:0 "${flags[@]}"
   check_restart "$work/$point-2.log"
   ! ls "$snaps"/*.tmp >/dev/null 2>&1 || fail "$point: temporary file left: $(ls "$snaps")"
@@ -77,7 +80,7 @@ mid_write=0
 for life in $(seq "$kills"); do
   log=$work/life-$((life - 1)).log
   wait_for_line "$log" 'snapshot written' 60
-  sleep "0.$((RANDOM % 200))"
+  sleep "$(printf '0.%03d' $((RANDOM % 300)))"
   kill -KILL "$server_pid"
   wait "$server_pid" 2>/dev/null || true
   ls "$snaps"/*.tmp >/dev/null 2>&1 && mid_write=$((mid_write + 1))

@@ -1,5 +1,7 @@
 #include "server/core/tensor_store.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -357,6 +359,25 @@ TEST_F(TensorStoreTest, InterruptedContributionResumesWithNewSequence) {
   EXPECT_THAT(Value("y"), ::testing::Each(2.0f));
 }
 
+TEST_F(TensorStoreTest, PushSupersededByANewerOneIsAborted) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {0, 0}}});
+  Join("b", {{"w", {0, 0}}});
+  const std::vector<float> value = {4, 4};
+  auto first = store_->BeginPush({a, 1, UpdateKind::kWeights, 1, {{"w", 0}}});
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT((*first)->AddChunk(0, 0, Bytes(value, 0, 8)), IsOk());
+  // A newer push of the same worker takes over the contribution (its chunk
+  // was delivered already, so it is not counted again) and completes it.
+  auto second = store_->BeginPush({a, 2, UpdateKind::kWeights, 1, {{"w", 0}}});
+  ASSERT_THAT(second, IsOk());
+  ASSERT_THAT((*second)->AddChunk(0, 0, Bytes(value, 0, 8)), IsOk());
+  ASSERT_THAT((*second)->Finish(), IsOk());
+  EXPECT_THAT((*first)->Finish(),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("superseded")));
+  EXPECT_EQ(store_->Describe("w")->contributed, 1u);
+}
+
 TEST_F(TensorStoreTest, SequenceReusedForAnotherKindIsRefused) {
   MakeStore();
   const auto a = Join("a", {{"w", std::vector<float>(2000, 0)}});
@@ -641,6 +662,8 @@ TEST_F(TensorStoreTest, BarrierReleasesWhenCountArrivesAndResets) {
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(store_->EnterBarrier(a, "s", 0, [](absl::Status) {}),
               StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(store_->EnterBarrier(a, "s", (1u << 20) + 1, [](absl::Status) {}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST_F(TensorStoreTest, BarrierReentryAbortsTheEarlierCall) {
@@ -904,6 +927,21 @@ TEST_F(TensorStoreTest, TotalBytesLimitRefusesNewTensorsAndChangesNothing) {
               StatusIs(absl::StatusCode::kResourceExhausted));
 }
 
+// A snapshot restored under a lower limit holds more than it allows: no new
+// tensor fits (the unsigned room must not wrap around), members still join.
+TEST_F(TensorStoreTest, RestoredStateOverTheLimitAdmitsNoNewTensor) {
+  StoreOptions options;
+  options.chunk_bytes = kChunk;
+  options.max_total_bytes = 20;
+  StoreState state;
+  state.tensors.push_back(SavedTensor{
+      "w", {10}, 0, std::make_shared<std::vector<float>>(10, 1.0f), {}});
+  store_ = std::move(TensorStore::Restore(options, std::move(state))).value();
+  EXPECT_THAT(store_->Join("a", {Declaration{"v", {1}, {1}}}),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(store_->Join("a", {Declaration{"w", {10}, {}}}), IsOk());
+}
+
 // Many workers push many rounds concurrently while pullers snapshot.
 TEST_F(TensorStoreTest, ConcurrentRoundsAverageCorrectly) {
   MakeStore();
@@ -944,6 +982,78 @@ TEST_F(TensorStoreTest, ConcurrentRoundsAverageCorrectly) {
   EXPECT_EQ(failures.load(), 0);
   EXPECT_EQ(Version("t"), static_cast<std::uint64_t>(kRounds));
   EXPECT_EQ(closed_.size(), static_cast<std::size_t>(kRounds));
+}
+
+// Quorum rounds under contention: workers push whatever round is open (late
+// ones are aborted and catch up), a housekeeping thread closes overdue
+// rounds and expires leases, and a worker keeps leaving and re-joining.
+// Every round closes once, with at most one contribution per worker, and
+// the value is always one of the means the pushes allow.
+TEST_F(QuorumTest, ConcurrentQuorumRoundsWithHousekeepingAndChurn) {
+  StoreOptions options;
+  options.chunk_bytes = kChunk;
+  options.round_quorum.count = 2;
+  options.round_timeout = absl::Microseconds(200);
+  options.on_round_closed = [this](const RoundClosed& c) {
+    absl::MutexLock lock(&closed_mu_);
+    closed_.push_back(c);
+  };
+  store_ = std::move(TensorStore::Create(options)).value();
+  constexpr int kWorkers = 4;
+  const std::vector<float> zero(2500, 0.0f);
+  std::vector<std::uint64_t> leases;
+  for (int w = 0; w < kWorkers; ++w) {
+    leases.push_back(Join("w" + std::to_string(w), {{"t", zero}}));
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kWorkers; ++w) {
+    threads.emplace_back([&, w] {
+      std::uint64_t sequence = 1;
+      for (int i = 0; i < 40; ++i) {
+        const std::uint64_t round = Version("t");
+        std::vector<float> mine(zero.size(), 8.0f);
+        auto pushed = Push(leases[w], sequence++, {{"t", round, mine}});
+        if (!pushed.ok() && !absl::IsAborted(pushed.status()) &&
+            !absl::IsAlreadyExists(pushed.status())) {
+          ++bad;
+        }
+      }
+    });
+  }
+  std::thread housekeeper([&] {
+    while (!stop) {
+      store_->CloseOverdueRounds();
+      store_->ExpireLeases();
+    }
+  });
+  std::thread churn([&] {
+    for (int i = 0; i < 50; ++i) {
+      auto joined = store_->Join("churn", {Declaration{"t", {2500}, {}}});
+      if (!joined.ok() || !store_->Leave(joined->lease_id).ok()) ++bad;
+    }
+  });
+  for (auto& t : threads) t.join();
+  churn.join();
+  stop = true;
+  housekeeper.join();
+  EXPECT_EQ(bad.load(), 0);
+  // Every push is 8 (the first round averages 8 with nothing else): any
+  // other value would mean a contribution counted twice or lost weight.
+  EXPECT_THAT(Value("t"), ::testing::Each(8.0f));
+  absl::MutexLock lock(&closed_mu_);
+  // Observers run outside the locks, so not necessarily in round order.
+  std::vector<RoundClosed> closed = closed_;
+  std::sort(closed.begin(), closed.end(),
+            [](const RoundClosed& x, const RoundClosed& y) {
+              return x.round < y.round;
+            });
+  EXPECT_EQ(closed.size(), Version("t"));
+  for (std::size_t i = 0; i < closed.size(); ++i) {
+    EXPECT_EQ(closed[i].round, i);
+    EXPECT_LE(closed[i].contributors, static_cast<std::uint32_t>(kWorkers));
+  }
 }
 
 }  // namespace

@@ -654,7 +654,9 @@ TEST_F(SnapshotServiceTest, CallsGetUnavailableWhileRestoring) {
       header.mutable_header()->set_worker_id("b");
       stream->Write(header);
       stream->WritesDone();
-      EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+      grpc::Status status = stream->Finish();
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+      EXPECT_THAT(status.error_message(), HasSubstr("restoring"));
     }
     {
       grpc::ClientContext context;
@@ -664,7 +666,9 @@ TEST_F(SnapshotServiceTest, CallsGetUnavailableWhileRestoring) {
       v1::PullResponse response;
       while (reader->Read(&response)) {
       }
-      EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+      grpc::Status status = reader->Finish();
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+      EXPECT_THAT(status.error_message(), HasSubstr("restoring"));
     }
     auto health = grpc::health::v1::Health::NewStub(channel);
     grpc::ClientContext context;
@@ -689,10 +693,21 @@ TEST_F(SnapshotServiceTest, CallsGetUnavailableWhileRestoring) {
 // returns OK with the current value (the training loop just continues), and
 // it takes part in the next round.
 TEST_F(ServiceTest, QuorumClosesWithoutStragglerWhoPullsAndContinues) {
+  // The server's clock moves only when the test says: round 0 passes its
+  // timeout once both fast workers are in, round 1 never does.
+  struct Clock {
+    absl::Mutex mu;
+    absl::Time now = absl::UnixEpoch();
+  };
+  auto clock = std::make_shared<Clock>();
   service::ServerOptions options;
   options.store.chunk_bytes = kMinChunkBytes;
   options.store.round_quorum.count = 2;
   options.store.round_timeout = absl::Seconds(1);
+  options.store.now = [clock] {
+    absl::MutexLock lock(&clock->mu);
+    return clock->now;
+  };
   Start(std::move(options));
   std::vector<std::vector<float>> w(3, std::vector<float>(2000, 0.0f));
   std::vector<std::unique_ptr<Client>> clients;
@@ -709,6 +724,15 @@ TEST_F(ServiceTest, QuorumClosesWithoutStragglerWhoPullsAndContinues) {
       std::fill(w[i].begin(), w[i].end(), float(2 * i + 2));  // 2 and 4.
       results[i] = clients[i]->PushPull({ref(i)});
     });
+  }
+  for (int i = 0; i < 2000 && server_->store().Describe("t")->contributed < 2;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(server_->store().Describe("t")->contributed, 2u);
+  {
+    absl::MutexLock lock(&clock->mu);
+    clock->now += absl::Seconds(2);  // The housekeeper closes the round.
   }
   for (auto& t : fast) t.join();
   ASSERT_THAT(results[0], IsOk());
@@ -782,7 +806,28 @@ TEST_F(ServiceTest, RemainingCodesOverTheWireChangeNothing) {
   std::vector<float> big(1 << 19);
   EXPECT_THAT(a->Join({TensorRef{"w", {8}, absl::MakeSpan(w)},
                        TensorRef{"huge", {1 << 19}, absl::MakeSpan(big)}}),
-              StatusIs(absl::StatusCode::kResourceExhausted));
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("max_tensor_bytes")));
+  // Join: a chunk past the end of its tensor.
+  {
+    grpc::ClientContext context;
+    v1::JoinResponse response;
+    auto stream = stub_->Join(&context, &response);
+    v1::JoinRequest header;
+    header.mutable_header()->set_worker_id("c");
+    v1::TensorDeclaration* d = header.mutable_header()->add_tensors();
+    d->set_name("fresh");
+    d->add_shape(4);
+    stream->Write(header);
+    v1::JoinRequest chunk;
+    chunk.mutable_initial_value()->set_offset(64);
+    chunk.mutable_initial_value()->set_data(std::string(16, '\0'));
+    stream->Write(chunk);
+    stream->WritesDone();
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::OUT_OF_RANGE);
+    EXPECT_THAT(server_->store().Describe("fresh"),
+                StatusIs(absl::StatusCode::kNotFound));
+  }
   // Pull: no tensors; one named twice.
   for (int names : {0, 2}) {
     grpc::ClientContext context;
@@ -795,7 +840,7 @@ TEST_F(ServiceTest, RemainingCodesOverTheWireChangeNothing) {
     EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT)
         << names << " names";
   }
-  // Heartbeat and Leave with an unknown lease.
+  // Heartbeat with an unknown lease.
   {
     grpc::ClientContext context;
     v1::HeartbeatRequest request;
