@@ -1,7 +1,6 @@
 #include "server/core/shared_tensor.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <utility>
 
@@ -17,6 +16,41 @@ absl::string_view KindName(UpdateKind kind) {
 
 }  // namespace
 
+TensorValue ValueRecycler::Publish(std::vector<float> value) {
+  return TensorValue(new std::vector<float>(std::move(value)),
+                     [self = shared_from_this()](const std::vector<float>* v) {
+                       std::unique_ptr<std::vector<float>> owned(
+                           const_cast<std::vector<float>*>(v));
+                       self->Give(std::move(*owned));
+                     });
+}
+
+void ValueRecycler::Retire(TensorValue value) {
+  {
+    absl::MutexLock lock(&mu_);
+    wanted_ = true;
+  }
+  value.reset();  // If it was the last reference, Give() keeps the storage.
+}
+
+std::vector<float> ValueRecycler::Take() {
+  absl::MutexLock lock(&mu_);
+  wanted_ = false;
+  return std::move(spare_);  // Leaves spare_ empty.
+}
+
+std::size_t ValueRecycler::spare_floats() {
+  absl::MutexLock lock(&mu_);
+  return spare_.capacity();
+}
+
+void ValueRecycler::Give(std::vector<float> storage) {
+  absl::MutexLock lock(&mu_);
+  if (!wanted_ || !spare_.empty()) return;  // `storage` is freed.
+  spare_ = std::move(storage);
+  wanted_ = false;
+}
+
 SharedTensor::SharedTensor(std::string name, std::vector<std::int64_t> shape,
                            std::vector<float> initial,
                            const StoreOptions* options)
@@ -25,7 +59,8 @@ SharedTensor::SharedTensor(std::string name, std::vector<std::int64_t> shape,
       elements_(initial.size()),
       options_(options),
       chunk_elements_(options->chunk_bytes / 4),
-      value_(std::make_shared<std::vector<float>>(std::move(initial))) {}
+      recycler_(std::make_shared<ValueRecycler>()),
+      value_(recycler_->Publish(std::move(initial))) {}
 
 void SharedTensor::AddParticipant(absl::string_view worker) {
   absl::MutexLock lock(&mu_);
@@ -238,15 +273,14 @@ absl::StatusOr<ContributionResult> SharedTensor::ApplyPush(
       }
     }
   }
-  // A pull still streaming the current value keeps it: write a copy then.
-  std::shared_ptr<std::vector<float>> target =
-      value_.use_count() == 1 ? value_
-                              : std::make_shared<std::vector<float>>(*value_);
-  std::atomic_thread_fence(std::memory_order_acquire);  // See CloseRoundLocked.
-  old = value_->data();
-  float* out = target->data();
+  // The current value stays intact for the pulls streaming it: the result
+  // goes to other storage (recycled from an earlier value if possible).
+  std::vector<float> target = recycler_->Take();
+  target.resize(elements_);
+  float* out = target.data();
   for (std::uint64_t i = 0; i < elements_; ++i) out[i] = updated(i);
-  value_ = std::move(target);
+  recycler_->Retire(
+      std::exchange(value_, recycler_->Publish(std::move(target))));
 
   Contribution& c = contributions_[key.worker];
   c.sequence = key.sequence;
@@ -320,18 +354,10 @@ void SharedTensor::CloseRoundLocked(Deferred& deferred) {
       ++non_finite_chunks;
     }
   }
-  auto fresh = std::make_shared<std::vector<float>>(std::move(acc_));
-  // Reuse the old value's storage for the next round unless a pull is still
-  // streaming it. use_count() is a relaxed load: the fence orders the
-  // pull's last reads (before its release of the reference) before our
-  // reuse of the storage.
-  if (value_.use_count() == 1) {
-    std::atomic_thread_fence(std::memory_order_acquire);
-    acc_ = std::move(*value_);
-  } else {
-    acc_ = std::vector<float>();
-  }
-  value_ = std::move(fresh);
+  // The old value's storage comes back as the next accumulator once the
+  // pulls still streaming it are done (right away if there are none).
+  recycler_->Retire(std::exchange(value_, recycler_->Publish(std::move(acc_))));
+  acc_ = recycler_->Take();
 
   const RoundClosed closed{
       name_,
@@ -423,7 +449,8 @@ std::uint32_t SharedTensor::contributed_count() const {
 
 std::uint64_t SharedTensor::AllocatedBytes() const {
   absl::MutexLock lock(&mu_);
-  return (value_->capacity() + acc_.capacity()) * sizeof(float) +
+  return (value_->capacity() + acc_.capacity() + recycler_->spare_floats()) *
+             sizeof(float) +
          chunk_weight_.capacity() * sizeof(double);
 }
 

@@ -46,6 +46,32 @@ class Deferred {
 // An immutable published value, shared with the pulls streaming it.
 using TensorValue = std::shared_ptr<const std::vector<float>>;
 
+// Recycles the storage of a tensor's published values. A published value is
+// shared with the pulls and snapshots reading it; when the last of them lets
+// go, its storage comes back here, under this object's lock (a hand-off TSan
+// can see, unlike a check of use_count()), to become the next accumulator
+// or async result instead of a fresh allocation. Thread-safe.
+class ValueRecycler : public std::enable_shared_from_this<ValueRecycler> {
+ public:
+  // Publishes `value`.
+  TensorValue Publish(std::vector<float> value);
+  // `value` is published no more: its storage is kept for the next Take()
+  // once the last reader lets go of it.
+  void Retire(TensorValue value);
+  // The retired storage if it came back (contents unspecified), else an
+  // empty vector; storage that comes back later is then freed.
+  std::vector<float> Take();
+  // Capacity of the storage kept for the next Take() (memory accounting).
+  std::size_t spare_floats();
+
+ private:
+  void Give(std::vector<float> storage);
+
+  absl::Mutex mu_;
+  std::vector<float> spare_ ABSL_GUARDED_BY(mu_);
+  bool wanted_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 struct TensorSnapshot {
   TensorValue value;
   std::uint64_t version = 0;
@@ -193,8 +219,10 @@ class SharedTensor {
   const StoreOptions* const options_;  // Owned by the store; outlives this.
   const std::uint64_t chunk_elements_;
 
+  const std::shared_ptr<ValueRecycler> recycler_;
+
   mutable absl::Mutex mu_;
-  std::shared_ptr<std::vector<float>> value_ ABSL_GUARDED_BY(mu_);
+  TensorValue value_ ABSL_GUARDED_BY(mu_);
   std::uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_set<std::string> participants_ ABSL_GUARDED_BY(mu_);
   // Last push of every worker that ever pushed: dedupe and round state.

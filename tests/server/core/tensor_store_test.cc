@@ -578,6 +578,27 @@ TEST_F(TensorStoreTest, RoundKeepsNoPerWorkerBuffers) {
   EXPECT_GE(store_->AllocatedBytes(), 2 * tensor_bytes);
 }
 
+// A value a reader holds is never written again, in either mode: a round
+// or async push writes new storage, and the old storage is reused only once
+// nobody holds it.
+TEST_F(TensorStoreTest, HeldValueStaysIntactAcrossRounds) {
+  for (Mode mode : {Mode::kSync, Mode::kAsync}) {
+    MakeStore(mode);
+    const auto a = Join("a", {{"w", std::vector<float>(3000, 1.0f)}});
+    auto held = store_->Snapshot({"w"});
+    ASSERT_THAT(held, IsOk());
+    for (std::uint64_t r = 0; r < 3; ++r) {
+      ASSERT_THAT(Push(a, r + 1, {{"w", r, std::vector<float>(3000, 9.0f)}}),
+                  IsOk());
+    }
+    EXPECT_THAT(*(*held)[0].value, ::testing::Each(1.0f));
+    EXPECT_NE(Value("w")[0], 1.0f);
+    held->clear();
+    // value + accumulator (or one recycled buffer), chunk weights: no more.
+    EXPECT_LE(store_->AllocatedBytes(), 2 * 3000 * 4 + 1024);
+  }
+}
+
 TEST_F(TensorStoreTest, WaitForVersionsFiresWhenAllArrive) {
   MakeStore();
   const auto a = Join("a", {{"x", {0}}, {"y", {0}}});
