@@ -1,0 +1,135 @@
+// bench_worker: one worker process of a benchmark scenario (scripts/bench.sh).
+// Joins a weightd server with a tensor layout, then runs sync rounds: all
+// workers enter a barrier, then each times one PushPull of every tensor.
+// The round time of a scenario is the slowest worker's PushPull. Worker r
+// pushes the value r + 1 everywhere, so the averaged result must be
+// (W + 1) / 2; a wrong value fails the run.
+// Each measured round prints one JSON line: {"rep": i, "secs": s}.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "client/client.h"
+
+ABSL_FLAG(std::string, server, "127.0.0.1:7070", "weightd address.");
+ABSL_FLAG(int, rank, 0, "This worker's index, 0..workers-1.");
+ABSL_FLAG(int, workers, 1, "Workers in the scenario.");
+ABSL_FLAG(std::string, layout, "single",
+          "single: one tensor of --bytes; many: --count tensors sharing "
+          "--bytes; resnet: ResNet-50's parameter shapes (~100 MiB).");
+ABSL_FLAG(uint64_t, bytes, 1 << 20, "Total bytes (single, many).");
+ABSL_FLAG(int, count, 1, "Tensors (many).");
+ABSL_FLAG(int, reps, 10, "Measured rounds (after one warm-up round).");
+
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// ResNet-50's trainable tensors (conv weights, batch-norm scale and shift,
+// the classifier), about 25.6 M floats.
+std::vector<std::vector<std::int64_t>> ResNetShapes() {
+  std::vector<std::vector<std::int64_t>> shapes;
+  auto conv = [&](std::int64_t out, std::int64_t in, std::int64_t k) {
+    shapes.push_back({out, in, k, k});
+    shapes.push_back({out});  // Batch-norm scale.
+    shapes.push_back({out});  // Batch-norm shift.
+  };
+  conv(64, 3, 7);
+  std::int64_t in = 64;
+  const std::int64_t widths[] = {64, 128, 256, 512};
+  const int blocks[] = {3, 4, 6, 3};
+  for (int stage = 0; stage < 4; ++stage) {
+    const std::int64_t w = widths[stage];
+    for (int b = 0; b < blocks[stage]; ++b) {
+      conv(w, in, 1);
+      conv(w, w, 3);
+      conv(4 * w, w, 1);
+      if (b == 0) conv(4 * w, in, 1);  // Downsample.
+      in = 4 * w;
+    }
+  }
+  shapes.push_back({1000, 2048});
+  shapes.push_back({1000});
+  return shapes;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const int rank = absl::GetFlag(FLAGS_rank);
+  const int workers = absl::GetFlag(FLAGS_workers);
+  std::vector<std::vector<std::int64_t>> shapes;
+  const std::string layout = absl::GetFlag(FLAGS_layout);
+  if (layout == "resnet") {
+    shapes = ResNetShapes();
+  } else {
+    const int count = layout == "many" ? absl::GetFlag(FLAGS_count) : 1;
+    const auto floats =
+        static_cast<std::int64_t>(absl::GetFlag(FLAGS_bytes) / 4 / count);
+    shapes.assign(count, {floats});
+  }
+  std::vector<std::vector<float>> buffers;
+  std::vector<weightd::TensorRef> tensors;
+  buffers.reserve(shapes.size());
+  for (std::size_t i = 0; i < shapes.size(); ++i) {
+    std::int64_t n = 1;
+    for (std::int64_t d : shapes[i]) n *= d;
+    buffers.emplace_back(n, 0.0f);
+    tensors.push_back({absl::StrCat("t", i), shapes[i],
+                       absl::MakeSpan(buffers.back())});
+  }
+
+  weightd::ClientOptions options;
+  options.address = absl::GetFlag(FLAGS_server);
+  options.worker_id = absl::StrCat("bench-", rank);
+  auto client = weightd::Client::Connect(options);
+  if (!client.ok()) {
+    std::fprintf(stderr, "bench_worker: %s\n", client.status().ToString().c_str());
+    return 1;
+  }
+  auto check = [&](const absl::Status& s, const char* what) {
+    if (s.ok()) return true;
+    std::fprintf(stderr, "bench_worker %d: %s: %s\n", rank, what,
+                 s.ToString().c_str());
+    return false;
+  };
+  if (!check((*client)->Join(tensors), "Join") ||
+      !check((*client)->Barrier("joined", workers), "Barrier")) {
+    return 1;
+  }
+  const float expected = (workers + 1) / 2.0f;
+  for (int rep = -1; rep < absl::GetFlag(FLAGS_reps); ++rep) {
+    for (auto& b : buffers) std::fill(b.begin(), b.end(), float(rank + 1));
+    if (!check((*client)->Barrier(absl::StrCat("round-", rep), workers),
+               "Barrier")) {
+      return 1;
+    }
+    const double start = Now();
+    if (!check((*client)->PushPull(tensors), "PushPull")) return 1;
+    const double secs = Now() - start;
+    for (const auto& b : buffers) {
+      if (std::fabs(b.front() - expected) > 1e-5f ||
+          std::fabs(b.back() - expected) > 1e-5f) {
+        std::fprintf(stderr, "bench_worker %d: mean %g, expected %g\n", rank,
+                     b.front(), expected);
+        return 1;
+      }
+    }
+    if (rep >= 0) {
+      std::printf("{\"rep\": %d, \"secs\": %.9f}\n", rep, secs);
+      std::fflush(stdout);
+    }
+  }
+  (void)(*client)->Leave();
+  return 0;
+}
