@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,8 @@ ABSL_FLAG(std::string, layout, "single",
 ABSL_FLAG(uint64_t, bytes, 1 << 20, "Total bytes (single, many).");
 ABSL_FLAG(int, count, 1, "Tensors (many).");
 ABSL_FLAG(int, reps, 10, "Measured rounds (after one warm-up round).");
+ABSL_FLAG(std::string, joined_file, "",
+          "If set, created once every worker has joined (before the rounds).");
 
 namespace {
 
@@ -106,6 +109,9 @@ int main(int argc, char** argv) {
   if (!check((*client)->Join(tensors), "Join") ||
       !check((*client)->Barrier("joined", workers), "Barrier")) {
     return 1;
+  }
+  if (!absl::GetFlag(FLAGS_joined_file).empty()) {
+    std::ofstream(absl::GetFlag(FLAGS_joined_file)) << "joined\n";
   }
   const float expected = (workers + 1) / 2.0f;
   for (int rep = -1; rep < absl::GetFlag(FLAGS_reps); ++rep) {
