@@ -132,15 +132,18 @@ class Bench:
             server.wait()
 
     # --- weightd -----------------------------------------------------------
-    def rounds(self, workers, layout, nbytes=0, count=1, listen="127.0.0.1:0",
+    def rounds(self, workers, layout, nbytes=0, count=1, unix=False,
                reps=None):
-        """Round times of W bench_workers against a fresh weightd, and the
-        daemon's peak RSS."""
+        """Round times of W bench_workers against a fresh weightd (over TCP,
+        or over the Unix socket it also listens on), and its peak RSS."""
         ready = os.path.join(self.tmp, "weightd.addr")
+        sock = os.path.join(self.tmp, "weightd.sock")
         daemon, address = self.start(
-            [self.path("server", "weightd"), "--listen=" + listen,
-             "--ready_file=" + ready, "--log_level=warn",
-             "--max_tensor_bytes=%d" % (2 << 30)], ready)
+            [self.path("server", "weightd"), "--listen=127.0.0.1:0",
+             "--unix_socket=" + sock, "--ready_file=" + ready,
+             "--log_level=warn", "--max_tensor_bytes=%d" % (2 << 30)], ready)
+        if unix:
+            address = "unix:" + sock
         joined = os.path.join(self.tmp, "joined")
         if os.path.exists(joined):
             os.remove(joined)
@@ -218,8 +221,8 @@ def main():
     tcp = statistics.median(gbps(size, b.baseline("tcp", size)))
     print("baselines: tcp %.3g GB/s" % tcp, flush=True)
 
-    def sync_round(name, workers, nbytes, listen="127.0.0.1:0"):
-        times, rss = b.rounds(workers, "single", nbytes, listen=listen)
+    def sync_round(name, workers, nbytes):
+        times, rss = b.rounds(workers, "single", nbytes)
         algbw = gbps(nbytes, times)
         grpc = statistics.median(b.grpc_ceiling(workers, nbytes)) / 1e9
         tcp_here = tcp if nbytes == size else statistics.median(
@@ -282,9 +285,8 @@ def main():
           "W=%d round time x %d/%d" % (few_w, many_w, few_w),
           statistics.median(t_few) * 1e3 * many_w / few_w, 1.0,
           lower_is_better=True)
-    # 9. Same-host fast path: scenario 1 over a Unix socket.
-    sock = "unix:" + os.path.join(b.tmp, "weightd.sock")
-    times, _ = b.rounds(4, "single", size, listen=sock)
+    # 9. Same-host fast path: scenario 1 over the daemon's Unix socket.
+    times, _ = b.rounds(4, "single", size, unix=True)
     b.row("9 sync W=4 over unix socket", 4, size, gbps(size, times), "GB/s",
           "scenario 1 over TCP", s1, None)
 

@@ -22,6 +22,10 @@
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070",
           "Address to serve gRPC on: HOST:PORT (PORT 0 picks a free port) or "
           "unix:PATH for a Unix-domain socket.");
+ABSL_FLAG(std::string, unix_socket, "",
+          "Also listen on this Unix-domain socket path (workers on the same "
+          "host, or sharing a volume in Compose, dial unix:PATH). Empty: "
+          "TCP only.");
 ABSL_FLAG(std::string, mode, "sync",
           "sync: a tensor's round closes when every worker holding it has "
           "pushed; async: every push is applied on arrival.");
@@ -109,7 +113,7 @@ int main(int argc, char** argv) {
       "chunk_bytes",   "max_tensor_bytes", "allow_non_finite", "log_level",
       "shutdown_grace", "ready_file", "lease_timeout", "snapshot_dir",
       "snapshot_every", "restore", "max_total_bytes", "max_workers",
-      "round_quorum", "round_timeout", "crash_at"};
+      "round_quorum", "round_timeout", "crash_at", "unix_socket"};
   if (absl::Status s = weightd::ApplyEnvironmentToFlags("WEIGHTD_", flag_names);
       !s.ok()) {
     return Fail(std::string(s.message()));
@@ -129,6 +133,7 @@ int main(int argc, char** argv) {
 
   weightd::service::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
+  options.unix_socket = absl::GetFlag(FLAGS_unix_socket);
   const std::string mode = absl::GetFlag(FLAGS_mode);
   if (mode == "sync") {
     options.store.mode = weightd::core::Mode::kSync;
@@ -195,9 +200,10 @@ int main(int argc, char** argv) {
   };
   auto server = weightd::service::Server::Start(options);
   if (!server.ok()) return Fail(std::string(server.status().message()));
-  spdlog::info("weightd serving on {} (mode={} chunk_bytes={} server_lr={})",
-               (*server)->address(), mode, options.store.chunk_bytes,
-               options.store.server_lr);
+  spdlog::info("weightd serving on {}{} (mode={} chunk_bytes={} server_lr={})",
+               (*server)->address(),
+               options.unix_socket.empty() ? "" : " and unix:" + options.unix_socket,
+               mode, options.store.chunk_bytes, options.store.server_lr);
 
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
   if (!ready_file.empty()) {

@@ -1,5 +1,8 @@
 #include "server/service/server.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
@@ -73,6 +76,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   int port = 0;
   builder.AddListeningPort(options.listen_address,
                            grpc::InsecureServerCredentials(), &port);
+  if (!options.unix_socket.empty()) {
+    struct stat st;
+    if (::lstat(options.unix_socket.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+      ::unlink(options.unix_socket.c_str());  // Left by a killed daemon.
+    }
+    builder.AddListeningPort("unix:" + options.unix_socket,
+                             grpc::InsecureServerCredentials());
+  }
   builder.RegisterService(server->service_.get());
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(options.store.chunk_bytes) + kHeaderSlackBytes);
@@ -83,7 +94,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (server->server_ == nullptr || (!unix_socket && port == 0)) {
     return absl::UnavailableError(absl::StrCat(
         "cannot listen on ", options.listen_address,
-        " (address in use, or not an address of this host?)"));
+        options.unix_socket.empty() ? "" : " and unix:",
+        options.unix_socket,
+        " (address in use, not an address of this host, or a directory "
+        "that does not exist?)"));
   }
   server->server_->GetHealthCheckService()->SetServingStatus(false);
   server->port_ = port;

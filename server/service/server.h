@@ -30,6 +30,10 @@ struct ServerOptions {
   // gRPC listen address: "127.0.0.1:7070", "0.0.0.0:0" (any free port),
   // "unix:/path.sock".
   std::string listen_address = "127.0.0.1:7070";
+  // Also listen on this Unix-domain socket (a path; empty: none), the fast
+  // path for workers on the same host or sharing a volume with it. A stale
+  // socket file from an earlier run is replaced.
+  std::string unix_socket;
   core::StoreOptions store;
   // How long Shutdown() lets in-flight calls finish before cancelling them.
   absl::Duration shutdown_grace = absl::Seconds(5);

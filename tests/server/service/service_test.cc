@@ -890,6 +890,41 @@ TEST_F(ServiceTest, RemainingCodesOverTheWireChangeNothing) {
   EXPECT_EQ(server_->store().Describe("w")->version, 0u);
 }
 
+// The same-host fast path: the daemon listens on TCP and on a Unix socket
+// at once, and workers on either take part in the same round.
+TEST_F(ServiceTest, WorkersOverTcpAndUnixSocketShareARound) {
+  char tmpl[] = "/tmp/weightd-unix.XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string socket = std::string(tmpl) + "/weightd.sock";
+  service::ServerOptions options;
+  options.store.chunk_bytes = kMinChunkBytes;
+  options.unix_socket = socket;
+  Start(std::move(options));
+  auto over_tcp = Connect("tcp");
+  ClientOptions unix_options;
+  unix_options.address = "unix:" + socket;
+  unix_options.worker_id = "unix";
+  auto over_unix = std::move(Client::Connect(unix_options)).value();
+  std::vector<float> a(3000, 1.0f), b(3000, 3.0f);
+  ASSERT_THAT(over_tcp->Join({TensorRef{"w", {3000}, absl::MakeSpan(a)}}),
+              IsOk());
+  ASSERT_THAT(over_unix->Join({TensorRef{"w", {3000}, absl::MakeSpan(b)}}),
+              IsOk());
+  b.assign(3000, 3.0f);
+  absl::Status unix_result;
+  std::thread t([&] {
+    unix_result = over_unix->PushPull({TensorRef{"w", {3000}, absl::MakeSpan(b)}});
+  });
+  ASSERT_THAT(over_tcp->PushPull({TensorRef{"w", {3000}, absl::MakeSpan(a)}}),
+              IsOk());
+  t.join();
+  ASSERT_THAT(unix_result, IsOk());
+  EXPECT_THAT(a, ::testing::Each(2.0f));
+  EXPECT_THAT(b, ::testing::Each(2.0f));
+  server_.reset();
+  std::system(("rm -rf '" + std::string(tmpl) + "'").c_str());
+}
+
 TEST_F(ServiceTest, TakeSnapshotWithoutDirectoryIsFailedPrecondition) {
   grpc::ClientContext context;
   v1::TakeSnapshotResponse response;
