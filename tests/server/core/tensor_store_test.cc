@@ -33,19 +33,27 @@ absl::string_view Bytes(const std::vector<float>& v, std::uint64_t offset,
 
 class TensorStoreTest : public ::testing::Test {
  protected:
-  void MakeStore(Mode mode = Mode::kSync, double server_lr = 1.0) {
+  // Small chunks (many per tensor), closed rounds recorded in closed_.
+  StoreOptions TestOptions() {
     StoreOptions options;
-    options.mode = mode;
-    options.server_lr = server_lr;
-    options.async_mix = 0.5;
     options.chunk_bytes = kChunk;
     options.on_round_closed = [this](const RoundClosed& c) {
       absl::MutexLock lock(&closed_mu_);
       closed_.push_back(c);
     };
-    auto store = TensorStore::Create(options);
+    return options;
+  }
+  void MakeStoreWith(StoreOptions options) {
+    auto store = TensorStore::Create(std::move(options));
     ASSERT_THAT(store, IsOk());
     store_ = std::move(*store);
+  }
+  void MakeStore(Mode mode = Mode::kSync, double server_lr = 1.0) {
+    StoreOptions options = TestOptions();
+    options.mode = mode;
+    options.server_lr = server_lr;
+    options.async_mix = 0.5;
+    MakeStoreWith(std::move(options));
   }
 
   // Joins `worker` declaring each (name, initial value) as a 1-D tensor.
@@ -750,14 +758,13 @@ TEST_F(TensorStoreTest, RejoinIsNeverCountedTwice) {
 class LeaseTest : public TensorStoreTest {
  protected:
   void SetUp() override {
-    StoreOptions options;
-    options.chunk_bytes = kChunk;
+    StoreOptions options = TestOptions();
     options.lease_timeout = absl::Seconds(6);
     options.now = [this] { return now_; };
     options.on_worker_expired = [this](const WorkerExpired& e) {
       expired_.push_back(e);
     };
-    store_ = std::move(TensorStore::Create(options)).value();
+    MakeStoreWith(std::move(options));
   }
   void Advance(absl::Duration d) { now_ += d; }
 
@@ -811,16 +818,11 @@ TEST_F(LeaseTest, HeartbeatsKeepALeaseAlive) {
 class QuorumTest : public TensorStoreTest {
  protected:
   void MakeQuorumStore(RoundQuorum quorum, absl::Duration timeout) {
-    StoreOptions options;
-    options.chunk_bytes = kChunk;
+    StoreOptions options = TestOptions();
     options.round_quorum = quorum;
     options.round_timeout = timeout;
     options.now = [this] { return now_; };
-    options.on_round_closed = [this](const RoundClosed& c) {
-      absl::MutexLock lock(&closed_mu_);
-      closed_.push_back(c);
-    };
-    store_ = std::move(TensorStore::Create(options)).value();
+    MakeStoreWith(std::move(options));
   }
   absl::Time now_ = absl::UnixEpoch();
 };
@@ -910,10 +912,9 @@ TEST_F(TensorStoreTest, BadQuorumOptionsAreRefused) {
 }
 
 TEST_F(TensorStoreTest, WorkerLimitRefusesNewMembersNotRejoins) {
-  StoreOptions options;
-  options.chunk_bytes = kChunk;
+  StoreOptions options = TestOptions();
   options.max_workers = 2;
-  store_ = std::move(TensorStore::Create(options)).value();
+  MakeStoreWith(std::move(options));
   Join("a", {{"w", {1}}});
   Join("b", {{"w", {1}}});
   EXPECT_THAT(store_->Join("c", {Declaration{"w", {1}, {}}}),
@@ -928,10 +929,9 @@ TEST_F(TensorStoreTest, WorkerLimitRefusesNewMembersNotRejoins) {
 }
 
 TEST_F(TensorStoreTest, TotalBytesLimitRefusesNewTensorsAndChangesNothing) {
-  StoreOptions options;
-  options.chunk_bytes = kChunk;
+  StoreOptions options = TestOptions();
   options.max_total_bytes = 40;  // 10 floats.
-  store_ = std::move(TensorStore::Create(options)).value();
+  MakeStoreWith(std::move(options));
   Join("a", {{"w", std::vector<float>(8, 1.0f)}});
   EXPECT_THAT(store_->Join("b", {Declaration{"w", {8}, {}},
                                  Declaration{"v", {3}, {1, 2, 3}}}),
@@ -951,8 +951,7 @@ TEST_F(TensorStoreTest, TotalBytesLimitRefusesNewTensorsAndChangesNothing) {
 // A snapshot restored under a lower limit holds more than it allows: no new
 // tensor fits (the unsigned room must not wrap around), members still join.
 TEST_F(TensorStoreTest, RestoredStateOverTheLimitAdmitsNoNewTensor) {
-  StoreOptions options;
-  options.chunk_bytes = kChunk;
+  StoreOptions options = TestOptions();
   options.max_total_bytes = 20;
   StoreState state;
   state.tensors.push_back(SavedTensor{
@@ -1011,15 +1010,10 @@ TEST_F(TensorStoreTest, ConcurrentRoundsAverageCorrectly) {
 // Every round closes once, with at most one contribution per worker, and
 // the value is always one of the means the pushes allow.
 TEST_F(QuorumTest, ConcurrentQuorumRoundsWithHousekeepingAndChurn) {
-  StoreOptions options;
-  options.chunk_bytes = kChunk;
+  StoreOptions options = TestOptions();  // The real clock.
   options.round_quorum.count = 2;
   options.round_timeout = absl::Microseconds(200);
-  options.on_round_closed = [this](const RoundClosed& c) {
-    absl::MutexLock lock(&closed_mu_);
-    closed_.push_back(c);
-  };
-  store_ = std::move(TensorStore::Create(options)).value();
+  MakeStoreWith(std::move(options));
   constexpr int kWorkers = 4;
   const std::vector<float> zero(2500, 0.0f);
   std::vector<std::uint64_t> leases;
