@@ -80,8 +80,16 @@ int MemBandwidth(bool kernel) {
   std::vector<float> acc(n, 0.0f), x(n, 1.0f);
   Repeat([&] {
     if (kernel) {
-      weightd::core::AccumulateScaled(reinterpret_cast<const char*>(x.data()),
-                                      n, 1.0f, acc.data());
+      // What the server does with each pushed 1 MiB chunk: the finiteness
+      // check, then the sum.
+      const char* bytes = reinterpret_cast<const char*>(x.data());
+      for (std::size_t first = 0; first < n; first += kChunk / 4) {
+        const absl::string_view piece(
+            bytes + first * 4, std::min(kChunk / 4, n - first) * 4);
+        const weightd::core::Pieces pieces(&piece, 1);
+        if (!weightd::core::AllFinite(pieces)) std::abort();
+        weightd::core::AccumulateScaled(pieces, 1.0f, acc.data() + first);
+      }
     } else {
       float* a = acc.data();
       const float* b = x.data();

@@ -212,7 +212,15 @@ def main():
     ap.add_argument("--out", default="build/bench")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny sizes, a few rounds: checks the harness only")
+    ap.add_argument("--only", default="",
+                    help="comma-separated scenario numbers to run (default: "
+                         "all); 4 and 9 run scenario 1 for their baseline")
     args = ap.parse_args()
+    only = {int(n) for n in args.only.split(",") if n}
+
+    def want(n):
+        return not only or n in only
+
     smoke = args.smoke
     b = Bench(args.build, smoke, reps=3 if smoke else 10)
     size = 1 * MiB if smoke else 100 * MiB
@@ -234,61 +242,69 @@ def main():
         return statistics.median(algbw), times
 
     # 1. W=4, one tensor.
-    s1, s1_times = sync_round("1 sync W=4", 4, size)
+    if want(1) or want(4) or want(9):
+        s1, s1_times = sync_round("1 sync W=4", 4, size)
     # 2. Other worker counts and sizes.
     for workers, nbytes in ([(2, size), (8, size), (4, 16 * MiB if not smoke
                             else 4 * MiB)] + ([] if smoke else [(2, 1 << 30)])):
-        sync_round("2 sync W=%d" % workers, workers, nbytes)
+        if want(2):
+            sync_round("2 sync W=%d" % workers, workers, nbytes)
     # 3. Wire precision: not implemented yet.
     print("  3 bf16/fp16 wire: not implemented (no row)", flush=True)
     # 4. A real model's shape, and many small tensors.
-    if not smoke:
+    if not smoke and want(4):
         times, _ = b.rounds(4, "resnet")
         resnet_bytes = 25557032 * 4
         b.row("4 resnet50 (161 tensors) W=4", 4, resnet_bytes,
               gbps(resnet_bytes, times), "GB/s", "scenario 1", s1, 0.9)
-    count, each = (100, 4096) if smoke else (10000, 4096)
-    many, _ = b.rounds(4, "many", count * each, count=count)
-    one, _ = b.rounds(4, "single", count * each)
-    b.row("4 %d x 4 KiB, W=4 round time" % count, 4, count * each,
-          [t * 1e3 for t in many], "ms", "2 x one tensor's round time",
-          2 * statistics.median(one) * 1e3, 1.0, lower_is_better=True)
+    if want(4):
+        count, each = (100, 4096) if smoke else (10000, 4096)
+        many, _ = b.rounds(4, "many", count * each, count=count)
+        one, _ = b.rounds(4, "single", count * each)
+        b.row("4 %d x 4 KiB, W=4 round time" % count, 4, count * each,
+              [t * 1e3 for t in many], "ms", "2 x one tensor's round time",
+              2 * statistics.median(one) * 1e3, 1.0, lower_is_better=True)
     # 5. Latency of a tiny round against a unary gRPC ping-pong.
-    lat, _ = b.rounds(4, "single", 4096, reps=20 if smoke else 200)
-    ping = statistics.median(b.ping(4096, 20 if smoke else 200))
-    lat_ms = [t * 1e3 for t in lat]
-    b.row("5 latency p50 W=4 4 KiB", 4, 4096, lat_ms, "ms",
-          "3 x grpc ping p50", 3 * ping * 1e3, 1.0, lower_is_better=True)
-    p99 = sorted(lat_ms)[int(0.99 * (len(lat_ms) - 1))]
-    b.rows[-1]["p99"] = p99
+    if want(5):
+        lat, _ = b.rounds(4, "single", 4096, reps=20 if smoke else 200)
+        ping = statistics.median(b.ping(4096, 20 if smoke else 200))
+        lat_ms = [t * 1e3 for t in lat]
+        b.row("5 latency p50 W=4 4 KiB", 4, 4096, lat_ms, "ms",
+              "3 x grpc ping p50", 3 * ping * 1e3, 1.0, lower_is_better=True)
+        p99 = sorted(lat_ms)[int(0.99 * (len(lat_ms) - 1))]
+        b.rows[-1]["p99"] = p99
     # 6. The averaging kernel alone.
-    kbytes = 4 * MiB if smoke else 100 * MiB
-    membw = statistics.median(gbps(kbytes, b.baseline("membw", kbytes)))
-    b.row("6 averaging kernel", 1, kbytes, gbps(kbytes, b.baseline("kernel", kbytes)),
-          "GB/s", "membw", membw, 0.5)
+    if want(6):
+        kbytes = 4 * MiB if smoke else 100 * MiB
+        membw = statistics.median(gbps(kbytes, b.baseline("membw", kbytes)))
+        b.row("6 averaging kernel", 1, kbytes, gbps(kbytes, b.baseline("kernel", kbytes)),
+              "GB/s", "membw", membw, 0.5)
     # 7. Server memory during W=8 rounds of a big tensor.
-    mbytes = 8 * MiB if smoke else 256 * MiB
-    _, rss = b.rounds(8, "single", mbytes, reps=3)
-    limit = 2.5 * mbytes + 100 * MiB
-    b.row("7 server peak RSS W=8", 8, mbytes, [rss["rounds"] / MiB], "MiB",
-          "2.5 x tensor + 100 MiB", limit / MiB, 1.0, lower_is_better=True,
-          note="peak including the 8 concurrent Joins: %.0f MiB" %
-          (rss["with_joins"] / MiB))
+    if want(7):
+        mbytes = 8 * MiB if smoke else 256 * MiB
+        _, rss = b.rounds(8, "single", mbytes, reps=3)
+        limit = 2.5 * mbytes + 100 * MiB
+        b.row("7 server peak RSS W=8", 8, mbytes, [rss["rounds"] / MiB], "MiB",
+              "2.5 x tensor + 100 MiB", limit / MiB, 1.0, lower_is_better=True,
+              note="peak including the 8 concurrent Joins: %.0f MiB" %
+              (rss["with_joins"] / MiB))
     # 8. Scale: many worker processes on a small tensor.
-    small, few_w, many_w = (256 << 10, 4, 8) if smoke else (1 * MiB, 8, 32)
-    t_few, _ = b.rounds(few_w, "single", small)
-    t_many, _ = b.rounds(many_w, "single", small)
-    # Linear growth: the round time at many_w is at most many_w / few_w
-    # times the round time at few_w.
-    b.row("8 scale W=%d round time" % many_w, many_w, small,
-          [t * 1e3 for t in t_many], "ms",
-          "W=%d round time x %d/%d" % (few_w, many_w, few_w),
-          statistics.median(t_few) * 1e3 * many_w / few_w, 1.0,
-          lower_is_better=True)
+    if want(8):
+        small, few_w, many_w = (256 << 10, 4, 8) if smoke else (1 * MiB, 8, 32)
+        t_few, _ = b.rounds(few_w, "single", small)
+        t_many, _ = b.rounds(many_w, "single", small)
+        # Linear growth: the round time at many_w is at most many_w / few_w
+        # times the round time at few_w.
+        b.row("8 scale W=%d round time" % many_w, many_w, small,
+              [t * 1e3 for t in t_many], "ms",
+              "W=%d round time x %d/%d" % (few_w, many_w, few_w),
+              statistics.median(t_few) * 1e3 * many_w / few_w, 1.0,
+              lower_is_better=True)
     # 9. Same-host fast path: scenario 1 over the daemon's Unix socket.
-    times, _ = b.rounds(4, "single", size, unix=True)
-    b.row("9 sync W=4 over unix socket", 4, size, gbps(size, times), "GB/s",
-          "scenario 1 over TCP", s1, None)
+    if want(9):
+        times, _ = b.rounds(4, "single", size, unix=True)
+        b.row("9 sync W=4 over unix socket", 4, size, gbps(size, times), "GB/s",
+              "scenario 1 over TCP", s1, None)
 
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "summary.json"), "w") as f:

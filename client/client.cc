@@ -8,8 +8,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
 #include "absl/random/distributions.h"
 #include "absl/time/clock.h"
+#include "common/chunk_codec.h"
 #include "common/grpc_status.h"
 #include "common/names.h"
 #include "common/status_macros.h"
@@ -34,12 +36,26 @@ absl::Status Annotate(const grpc::Status& status, absl::string_view call) {
   return absl::Status(s.code(), absl::StrCat(call, ": ", s.message()));
 }
 
-// Reads a pull-shaped stream (header, then chunks) into the callers' spans.
-// Checks everything the server sends: a bad server cannot make the client
-// write outside the spans. UNAVAILABLE if the stream ended early (Finish()
-// then says why); DATA_LOSS if the server sent something malformed, after
-// cancelling the call so that Finish() does not wait for the rest.
-template <typename Response, typename Stream>
+template <typename Message>
+bool Deserialize(grpc::ByteBuffer* bytes, Message* message) {
+  return grpc::SerializationTraits<Message>::Deserialize(bytes, message).ok();
+}
+
+grpc::ByteBuffer Serialize(const google::protobuf::MessageLite& message) {
+  grpc::ByteBuffer bytes;
+  bool own;
+  grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::MessageLite>(
+      message, &bytes, &own);
+  return bytes;
+}
+
+// Reads a pull-shaped stream (header, then chunks) into the callers' spans,
+// copying each chunk once, from the slices it arrived in. Checks everything
+// the server sends: a bad server cannot make the client write outside the
+// spans. UNAVAILABLE if the stream ended early (Finish() then says why);
+// DATA_LOSS if the server sent something malformed, after cancelling the
+// call so that Finish() does not wait for the rest.
+template <typename Stream>
 absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
                          absl::Span<const TensorRef> tensors,
                          std::vector<std::uint64_t>& versions,
@@ -48,11 +64,12 @@ absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
     context.TryCancel();
     return absl::DataLossError(absl::StrCat("server sent ", what));
   };
-  Response msg;
-  if (!stream.Read(&msg)) {
+  grpc::ByteBuffer bytes;
+  v1::PullResponse msg;  // Wire-identical to PushPullResponse.
+  if (!stream.Read(&bytes)) {
     return absl::UnavailableError("stream ended before the pull header");
   }
-  if (!msg.has_header() ||
+  if (!Deserialize(&bytes, &msg) || !msg.has_header() ||
       msg.header().tensors_size() != static_cast<int>(tensors.size())) {
     return malformed("a malformed pull header");
   }
@@ -68,22 +85,31 @@ absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
     versions[i] = info.version();
   }
   std::vector<std::uint64_t> next(tensors.size(), 0);
-  while (stream.Read(&msg)) {
-    if (!msg.has_chunk()) {
-      return malformed("a second pull header");
+  ChunkReader reader;
+  ChunkView chunk;
+  while (stream.Read(&bytes)) {
+    if (!reader.Parse(bytes, &chunk)) {
+      // Not in the codec's form: a chunk encoded otherwise, or not a chunk.
+      if (!Deserialize(&bytes, &msg) || !msg.has_chunk()) {
+        return malformed("a second pull header or an unreadable message");
+      }
+      chunk.tensor_index = msg.chunk().tensor_index();
+      chunk.offset = msg.chunk().offset();
+      chunk.pieces.assign(1, msg.chunk().data());
+      chunk.size = msg.chunk().data().size();
     }
-    const v1::TensorChunk& chunk = msg.chunk();
-    const std::uint32_t i = chunk.tensor_index();
-    if (i >= tensors.size() || chunk.offset() != next[i] ||
-        chunk.offset() + chunk.data().size() >
-            tensors[i].data.size() * kFloatBytes) {
+    const std::uint32_t i = chunk.tensor_index;
+    if (i >= tensors.size() || chunk.offset != next[i] ||
+        chunk.size > tensors[i].data.size() * kFloatBytes - chunk.offset) {
       return malformed("a chunk out of place");
     }
-    std::memcpy(reinterpret_cast<char*>(tensors[i].data.data()) +
-                    chunk.offset(),
-                chunk.data().data(), chunk.data().size());
-    next[i] += chunk.data().size();
-    bytes_read += chunk.data().size();
+    char* out = reinterpret_cast<char*>(tensors[i].data.data()) + chunk.offset;
+    for (absl::string_view piece : chunk.pieces) {
+      std::memcpy(out, piece.data(), piece.size());
+      out += piece.size();
+    }
+    next[i] += chunk.size;
+    bytes_read += chunk.size;
   }
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     if (next[i] != tensors[i].data.size() * kFloatBytes) {
@@ -94,22 +120,63 @@ absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
   return absl::OkStatus();
 }
 
-// Writes chunks of one payload, reusing one message so the chunk buffer is
-// allocated once per call.
-template <typename Request, typename Stream>
-bool WriteChunks(Stream& stream, std::uint32_t index,
-                 absl::Span<const float> data, std::uint64_t chunk_bytes,
-                 Request& msg, std::uint64_t& bytes_written) {
+// Lends the caller's buffers to gRPC for one call: chunk slices point into
+// them, and the call returns only once gRPC released every slice.
+class LentBuffers {
+ public:
+  LentBuffers()
+      : released_(std::make_shared<absl::Notification>()),
+        token_(nullptr, [released = released_](const void*) {
+          released->Notify();
+        }) {}
+
+  // Held by each slice until gRPC is done with it.
+  std::shared_ptr<const void> token() const { return token_; }
+
+  // Waits until gRPC released every slice; false after `timeout`.
+  bool AwaitReturned(absl::Duration timeout) {
+    token_.reset();
+    return released_->WaitForNotificationWithTimeout(timeout);
+  }
+
+ private:
+  std::shared_ptr<absl::Notification> released_;
+  std::shared_ptr<const void> token_;
+};
+
+// Writes a push header and every tensor's chunks (pointing into the
+// tensors' buffers), then half-closes.
+template <typename Stream>
+void WritePush(Stream& stream, const v1::PushHeader& header,
+               absl::Span<const TensorRef> tensors, std::uint64_t chunk_bytes,
+               const LentBuffers& lent, std::uint64_t& bytes_written) {
+  v1::PushRequest msg;  // Wire-identical to PushPullRequest.
+  *msg.mutable_header() = header;
+  bool ok = stream.Write(Serialize(msg));
+  for (std::uint32_t i = 0; ok && i < tensors.size(); ++i) {
+    const std::uint64_t bytes = tensors[i].data.size() * kFloatBytes;
+    const char* base = reinterpret_cast<const char*>(tensors[i].data.data());
+    for (std::uint64_t off = 0; ok && off < bytes; off += chunk_bytes) {
+      const std::uint64_t len = ChunkLength(bytes, chunk_bytes, off);
+      ok = stream.Write(EncodeChunk(i, off, base + off, len, lent.token()));
+      if (ok) bytes_written += len;
+    }
+  }
+  // On a failed write the server has ended the call; Finish() says why.
+  if (ok) stream.WritesDone();
+}
+
+// Writes the chunks of one Join initial value, reusing one message so the
+// chunk buffer is allocated once per call.
+template <typename Stream>
+bool WriteInitialValue(Stream& stream, std::uint32_t index,
+                       absl::Span<const float> data, std::uint64_t chunk_bytes,
+                       v1::JoinRequest& msg, std::uint64_t& bytes_written) {
   const std::uint64_t bytes = data.size() * kFloatBytes;
   const char* base = reinterpret_cast<const char*>(data.data());
   for (std::uint64_t off = 0; off < bytes; off += chunk_bytes) {
     const std::uint64_t len = ChunkLength(bytes, chunk_bytes, off);
-    v1::TensorChunk* chunk;
-    if constexpr (std::is_same_v<Request, v1::JoinRequest>) {
-      chunk = msg.mutable_initial_value();
-    } else {
-      chunk = msg.mutable_chunk();
-    }
+    v1::TensorChunk* chunk = msg.mutable_initial_value();
     chunk->set_tensor_index(index);
     chunk->set_offset(off);
     chunk->mutable_data()->assign(base + off, len);
@@ -121,9 +188,25 @@ bool WriteChunks(Stream& stream, std::uint32_t index,
 
 }  // namespace
 
+// Push, Pull and PushPull are called as raw methods (grpc::ByteBuffer
+// messages, common/chunk_codec.h), through the factories generated stubs
+// use; the other calls go through the generated stub.
 struct Client::Channel {
+  explicit Channel(std::shared_ptr<grpc::Channel> c)
+      : channel(std::move(c)),
+        stub(v1::Weightd::NewStub(channel)),
+        push("/weightd.v1.Weightd/Push",
+             grpc::internal::RpcMethod::CLIENT_STREAMING, channel),
+        pull("/weightd.v1.Weightd/Pull",
+             grpc::internal::RpcMethod::SERVER_STREAMING, channel),
+        push_pull("/weightd.v1.Weightd/PushPull",
+                  grpc::internal::RpcMethod::BIDI_STREAMING, channel) {}
+
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::Weightd::Stub> stub;
+  const grpc::internal::RpcMethod push;
+  const grpc::internal::RpcMethod pull;
+  const grpc::internal::RpcMethod push_pull;
 };
 
 Client::Client(ClientOptions options, std::unique_ptr<Channel> channel)
@@ -185,10 +268,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  auto channel = std::make_unique<Channel>();
-  channel->channel = grpc::CreateCustomChannel(
-      options.address, grpc::InsecureChannelCredentials(), args);
-  channel->stub = v1::Weightd::NewStub(channel->channel);
+  auto channel = std::make_unique<Channel>(grpc::CreateCustomChannel(
+      options.address, grpc::InsecureChannelCredentials(), args));
   const auto deadline = std::chrono::system_clock::now() +
                         absl::ToChronoMilliseconds(options.connect_timeout);
   if (!channel->channel->WaitForConnected(deadline)) {
@@ -275,8 +356,8 @@ absl::Status Client::JoinOnce(absl::Span<const Declared> declared,
   bool ok = stream->Write(msg);
   msg.Clear();
   for (std::uint32_t i = 0; ok && i < declared.size(); ++i) {
-    ok = WriteChunks(*stream, i, declared[i].value, chunk_bytes_, msg,
-                     stats_.bytes_pushed);
+    ok = WriteInitialValue(*stream, i, declared[i].value, chunk_bytes_, msg,
+                           stats_.bytes_pushed);
   }
   if (ok) stream->WritesDone();
   WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Join"));
@@ -425,13 +506,30 @@ absl::Status Client::PushOnce(absl::Span<const TensorRef> tensors,
   }
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
+  LentBuffers lent;
+  // The tensors' buffers are the caller's again once gRPC let go of them.
+  auto give_back = [&lent, this](absl::Status status) {
+    if (!lent.AwaitReturned(options_.call_timeout)) {
+      return absl::InternalError(
+          "gRPC still holds the pushed buffers after the call ended");
+    }
+    return status;
+  };
 
   if (!pull_result) {
+    grpc::ByteBuffer response_bytes;
+    std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> stream(
+        grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(
+            channel_->channel.get(), channel_->push, &context,
+            &response_bytes));
+    WritePush(*stream, header, tensors, chunk_bytes_, lent,
+              stats_.bytes_pushed);
+    absl::Status status = Annotate(stream->Finish(), "Push");
+    stream.reset();
+    WEIGHTD_RETURN_IF_ERROR(give_back(std::move(status)));
     v1::PushResponse response;
-    auto stream = channel_->stub->Push(&context, &response);
-    WritePush<v1::PushRequest>(*stream, header, tensors);
-    WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Push"));
-    if (response.tensors_size() != static_cast<int>(tensors.size())) {
+    if (!Deserialize(&response_bytes, &response) ||
+        response.tensors_size() != static_cast<int>(tensors.size())) {
       return absl::DataLossError("server answered Push for other tensors");
     }
     for (const v1::PushedResult& r : response.tensors()) {
@@ -443,30 +541,21 @@ absl::Status Client::PushOnce(absl::Span<const TensorRef> tensors,
     return absl::OkStatus();
   }
 
-  auto stream = channel_->stub->PushPull(&context);
-  WritePush<v1::PushPullRequest>(*stream, header, tensors);
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>>
+      stream(grpc::internal::ClientReaderWriterFactory<
+             grpc::ByteBuffer, grpc::ByteBuffer>::Create(channel_->channel.get(),
+                                                         channel_->push_pull,
+                                                         &context));
+  WritePush(*stream, header, tensors, chunk_bytes_, lent, stats_.bytes_pushed);
   std::vector<std::uint64_t> versions;
-  absl::Status read = ReadTensors<v1::PushPullResponse>(
-      *stream, context, tensors, versions, stats_.bytes_pulled);
-  WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "PushPull"));
+  absl::Status read = ReadTensors(*stream, context, tensors, versions,
+                                  stats_.bytes_pulled);
+  absl::Status status = Annotate(stream->Finish(), "PushPull");
+  stream.reset();
+  WEIGHTD_RETURN_IF_ERROR(give_back(std::move(status)));
   WEIGHTD_RETURN_IF_ERROR(read);
   RecordPulled(tensors, versions);
   return absl::OkStatus();
-}
-
-template <typename Request, typename Stream>
-void Client::WritePush(Stream& stream, const v1::PushHeader& header,
-                       absl::Span<const TensorRef> tensors) {
-  Request msg;
-  *msg.mutable_header() = header;
-  bool ok = stream.Write(msg);
-  msg.Clear();
-  for (std::uint32_t i = 0; ok && i < tensors.size(); ++i) {
-    ok = WriteChunks(stream, i, tensors[i].data, chunk_bytes_, msg,
-                     stats_.bytes_pushed);
-  }
-  // On a failed write the server has ended the call; Finish() says why.
-  if (ok) stream.WritesDone();
 }
 
 void Client::RecordPulled(absl::Span<const TensorRef> tensors,
@@ -498,10 +587,13 @@ absl::Status Client::PullOnce(absl::Span<const TensorRef> tensors) {
   }
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
-  auto stream = channel_->stub->Pull(&context, request);
+  std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> stream(
+      grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(
+          channel_->channel.get(), channel_->pull, &context,
+          Serialize(request)));
   std::vector<std::uint64_t> versions;
-  absl::Status read = ReadTensors<v1::PullResponse>(
-      *stream, context, tensors, versions, stats_.bytes_pulled);
+  absl::Status read = ReadTensors(*stream, context, tensors, versions,
+                                  stats_.bytes_pulled);
   WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Pull"));
   WEIGHTD_RETURN_IF_ERROR(read);
   RecordPulled(tensors, versions);

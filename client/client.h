@@ -211,10 +211,6 @@ class Client {
   // Joins again with every tracked tensor (values from `in_hand`).
   absl::Status Rejoin(absl::Span<const TensorRef> in_hand);
   std::chrono::system_clock::time_point CallDeadline() const;
-  // Writes a push header and every tensor's chunks, then half-closes.
-  template <typename Request, typename Stream>
-  void WritePush(Stream& stream, const v1::PushHeader& header,
-                 absl::Span<const TensorRef> tensors);
   // The tensors now hold `versions`; pulls need not wait for them.
   void RecordPulled(absl::Span<const TensorRef> tensors,
                     const std::vector<std::uint64_t>& versions);

@@ -132,7 +132,7 @@ absl::Status SharedTensor::CheckContribution(const ContributionKey& key) const {
 }
 
 absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
-                                    std::uint64_t offset, const char* data,
+                                    std::uint64_t offset, Pieces data,
                                     std::uint64_t length) {
   absl::MutexLock lock(&mu_);
   auto it = contributions_.find(key.worker);
@@ -179,21 +179,21 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
         "tensor ", name_, " is collecting ", KindName(*acc_kind_),
         " updates in its open round; this push is ", KindName(key.kind)));
   }
-  if (acc_.size() != elements_) {
-    acc_.assign(elements_, 0.0f);
-  } else if (!acc_zeroed_) {
-    std::fill(acc_.begin(), acc_.end(), 0.0f);
-  }
-  if (!acc_zeroed_) {
-    acc_zeroed_ = true;
+  if (acc_.size() != elements_) acc_.resize(elements_);
+  if (!round_started_) {
+    round_started_ = true;
     chunk_weight_.assign((elements_ + chunk_elements_ - 1) / chunk_elements_,
                          0.0);
     round_start_ = options_->now();
   }
   const std::uint64_t first = offset / 4;
-  AccumulateScaled(data, length / 4, static_cast<float>(weight),
-                   acc_.data() + first);
-  chunk_weight_[first / chunk_elements_] += weight;
+  double& chunk_weight = chunk_weight_[first / chunk_elements_];
+  if (chunk_weight == 0.0) {
+    StoreScaled(data, static_cast<float>(weight), acc_.data() + first);
+  } else {
+    AccumulateScaled(data, static_cast<float>(weight), acc_.data() + first);
+  }
+  chunk_weight += weight;
   acc_kind_ = key.kind;
   c.progress += length;
   round_bytes_ += length;
@@ -337,19 +337,10 @@ void SharedTensor::CloseRoundLocked(Deferred& deferred) {
       std::copy(old + begin, old + end, acc + begin);
       continue;
     }
-    if (delta) {
-      for (std::uint64_t i = begin; i < end; ++i) {
-        acc[i] = old[i] + lr * static_cast<float>(acc[i] / w);
-      }
-    } else {
-      for (std::uint64_t i = begin; i < end; ++i) {
-        acc[i] = static_cast<float>(acc[i] / w);
-      }
-    }
     // Finite inputs can still overflow in the sum: such a chunk keeps its
     // old value rather than publishing Inf or NaN.
-    if (!options_->allow_non_finite &&
-        !AllFinite(reinterpret_cast<const char*>(acc + begin), end - begin)) {
+    if (!FinishMean(acc + begin, old + begin, end - begin, w, delta, lr) &&
+        !options_->allow_non_finite) {
       std::copy(old + begin, old + end, acc + begin);
       ++non_finite_chunks;
     }
@@ -368,7 +359,7 @@ void SharedTensor::CloseRoundLocked(Deferred& deferred) {
       non_finite_chunks,
       static_cast<std::uint32_t>(participants_.size()) -
           CompleteParticipantsLocked()};
-  acc_zeroed_ = false;
+  round_started_ = false;
   acc_kind_.reset();
   round_contributors_ = 0;
   round_bytes_ = 0;

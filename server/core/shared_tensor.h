@@ -8,7 +8,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -16,9 +15,11 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "server/core/kernels.h"
 #include "server/core/options.h"
 
 namespace weightd::core {
@@ -142,7 +143,7 @@ class SharedTensor {
   // resend, or a new push after an interrupted one, applies each chunk once.
   // Codes as CheckContribution.
   absl::Status AddChunk(const ContributionKey& key, double weight,
-                        std::uint64_t offset, const char* data,
+                        std::uint64_t offset, Pieces data,
                         std::uint64_t length);
 
   // Sync mode. Marks the push complete and closes the round if it was the
@@ -231,8 +232,10 @@ class SharedTensor {
 
   // Sync: the open round's sum of weight * payload, and the weight summed
   // per chunk (a chunk the round received from nobody keeps its old value).
+  // A chunk of acc_ holds garbage until its first contribution stores into
+  // it, so a round needs no zeroing pass.
   std::vector<float> acc_ ABSL_GUARDED_BY(mu_);
-  bool acc_zeroed_ ABSL_GUARDED_BY(mu_) = false;
+  bool round_started_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<double> chunk_weight_ ABSL_GUARDED_BY(mu_);
   std::optional<UpdateKind> acc_kind_ ABSL_GUARDED_BY(mu_);
   std::uint32_t round_contributors_ ABSL_GUARDED_BY(mu_) = 0;

@@ -104,7 +104,7 @@ PushSession::PushSession(TensorStore* store, std::string worker,
 }
 
 absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
-                                   absl::string_view data) {
+                                   Pieces data) {
   if (!error_.ok()) return error_;
   auto fail = [this](absl::Status status) {
     error_ = status;
@@ -130,13 +130,12 @@ absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
   }
   const std::uint64_t expected =
       ChunkLength(tensor.bytes(), store_->options().chunk_bytes, offset);
-  if (data.size() != expected) {
+  if (const std::uint64_t size = PiecesSize(data); size != expected) {
     return fail(absl::InvalidArgumentError(
         absl::StrCat("chunk of tensor ", tensor.name(), " at offset ", offset,
-                     " carries ", data.size(), " bytes; expected ", expected)));
+                     " carries ", size, " bytes; expected ", expected)));
   }
-  if (!store_->options().allow_non_finite &&
-      !AllFinite(data.data(), expected / kFloatBytes)) {
+  if (!store_->options().allow_non_finite && !AllFinite(data)) {
     return fail(absl::InvalidArgumentError(absl::StrCat(
         "chunk of tensor ", tensor.name(), " at offset ", offset,
         " contains NaN or Inf; nothing of it was applied")));
@@ -145,13 +144,12 @@ absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
     // Async: staged whole, applied by Finish().
     std::vector<float>& staged = staged_[index];
     staged.resize((offset + expected) / kFloatBytes);
-    std::memcpy(reinterpret_cast<char*>(staged.data()) + offset, data.data(),
-                expected);
+    CopyPieces(data, reinterpret_cast<char*>(staged.data()) + offset);
   } else {
     const ContributionKey key{worker_, header_.sequence,
                               header_.entries[index].round, header_.kind};
-    if (absl::Status s = tensor.AddChunk(key, header_.weight, offset,
-                                         data.data(), expected);
+    if (absl::Status s =
+            tensor.AddChunk(key, header_.weight, offset, data, expected);
         !s.ok()) {
       return fail(s);
     }

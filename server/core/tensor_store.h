@@ -13,7 +13,6 @@
 #include <memory>
 #include <string>
 #include <utility>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -21,7 +20,9 @@
 #include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "server/core/kernels.h"
 #include "server/core/options.h"
 #include "server/core/shared_tensor.h"
 
@@ -138,14 +139,20 @@ class PushSession {
 
   const PushHeader& header() const { return header_; }
 
-  // Takes one chunk of header().entries[index]. UNAVAILABLE once the store
+  // Takes one chunk of header().entries[index], its payload in `data` (the
+  // slices it arrived in, summed without a copy). UNAVAILABLE once the store
   // is closing; INVALID_ARGUMENT for an index past the list, an offset out of
   // order or unaligned, a wrong length, or NaN/Inf; OUT_OF_RANGE for an
   // offset past the tensor's end; plus the codes of
   // SharedTensor::CheckContribution. After an error the session is dead:
   // every later call returns the same error.
   absl::Status AddChunk(std::uint32_t index, std::uint64_t offset,
-                        absl::string_view data);
+                        Pieces data);
+  // The same for a payload in one piece.
+  absl::Status AddChunk(std::uint32_t index, std::uint64_t offset,
+                        absl::string_view data) {
+    return AddChunk(index, offset, Pieces(&data, 1));
+  }
 
   // Completes the push for every tensor (sync: may close rounds; async:
   // applies it). INVALID_ARGUMENT if a tensor did not arrive whole or (async)

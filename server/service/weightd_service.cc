@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/chunk_codec.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "common/wire.h"
@@ -64,8 +65,28 @@ absl::Status RepeatedHeader(absl::string_view call) {
       absl::StrCat("a ", call, " call carries exactly one header"));
 }
 
+// Parses a whole message that arrived as bytes (the raw methods).
+template <typename Message>
+absl::Status ParseMessage(grpc::ByteBuffer* bytes, Message* message,
+                          absl::string_view call) {
+  if (!grpc::SerializationTraits<Message>::Deserialize(bytes, message).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a ", call, " message is not a valid ", message->GetTypeName()));
+  }
+  return absl::OkStatus();
+}
+
+grpc::ByteBuffer SerializeMessage(const google::protobuf::MessageLite& m) {
+  grpc::ByteBuffer bytes;
+  bool own;
+  grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::MessageLite>(
+      m, &bytes, &own);
+  return bytes;
+}
+
 // Streams snapshots of tensors as one header message, then their chunks.
-template <typename Response>
+// The messages are those of Pull and PushPull (the same on the wire); each
+// chunk refers to the immutable published value, never a copy of it.
 class TensorStreamer {
  public:
   TensorStreamer(std::vector<std::string> names,
@@ -77,28 +98,29 @@ class TensorStreamer {
 
   // Fills `msg` with the next message and returns its payload bytes, or
   // returns nullopt when everything was sent.
-  std::optional<std::uint64_t> Next(Response* msg) {
+  std::optional<std::uint64_t> Next(grpc::ByteBuffer* msg) {
     if (!header_sent_) {
       header_sent_ = true;
-      v1::PullHeader* header = msg->mutable_header();
+      v1::PullResponse response;
+      v1::PullHeader* header = response.mutable_header();
       for (std::size_t i = 0; i < snapshots_.size(); ++i) {
         v1::TensorInfo* info = header->add_tensors();
         info->set_name(names_[i]);
         for (std::int64_t d : snapshots_[i].shape) info->add_shape(d);
         info->set_version(snapshots_[i].version);
       }
+      *msg = SerializeMessage(response);
       return 0;
     }
     while (tensor_ < snapshots_.size()) {
-      const std::vector<float>& value = *snapshots_[tensor_].value;
-      const std::uint64_t bytes = value.size() * kFloatBytes;
+      const core::TensorValue& value = snapshots_[tensor_].value;
+      const std::uint64_t bytes = value->size() * kFloatBytes;
       if (offset_ < bytes) {
         const std::uint64_t length = ChunkLength(bytes, chunk_bytes_, offset_);
-        v1::TensorChunk* chunk = msg->mutable_chunk();
-        chunk->set_tensor_index(static_cast<std::uint32_t>(tensor_));
-        chunk->set_offset(offset_);
-        chunk->mutable_data()->assign(
-            reinterpret_cast<const char*>(value.data()) + offset_, length);
+        *msg = EncodeChunk(static_cast<std::uint32_t>(tensor_), offset_,
+                           reinterpret_cast<const char*>(value->data()) +
+                               offset_,
+                           length, value);
         offset_ += length;
         return length;
       }
@@ -201,7 +223,7 @@ class ReactorWait {
 
 // The write half shared by Pull and PushPull: wait for versions, then stream
 // the tensors.
-template <typename Reactor, typename Response>
+template <typename Reactor>
 class WaitThenStream {
  public:
   WaitThenStream(Reactor* reactor, core::TensorStore* store,
@@ -238,7 +260,6 @@ class WaitThenStream {
   }
 
   void WriteNext() {
-    response_.Clear();
     std::optional<std::uint64_t> bytes = streamer_->Next(&response_);
     if (!bytes.has_value()) return FinishOnce(absl::OkStatus());
     traffic_->bytes_sent.fetch_add(*bytes, std::memory_order_relaxed);
@@ -250,8 +271,8 @@ class WaitThenStream {
   core::TensorStore* const store_;
   TrafficCounters* const traffic_;
   std::vector<std::string> names_;
-  std::optional<TensorStreamer<Response>> streamer_;
-  Response response_;
+  std::optional<TensorStreamer> streamer_;
+  grpc::ByteBuffer response_;
 };
 
 class BarrierReactor final : public grpc::ServerUnaryReactor {
@@ -415,50 +436,66 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
 };
 
 // Reads a push stream (header, then chunks) into a core::PushSession.
-// Shared by Push and PushPull, whose request messages have the same shape.
+// Shared by Push and PushPull, whose request messages are the same on the
+// wire. Chunks are summed straight from the slices they arrived in.
 class PushReader {
  public:
-  PushReader(core::TensorStore* store, TrafficCounters* traffic)
-      : store_(store), traffic_(traffic) {}
+  PushReader(core::TensorStore* store, TrafficCounters* traffic,
+             absl::string_view call)
+      : store_(store), traffic_(traffic), call_(call) {}
 
-  template <typename Request>
-  absl::Status Handle(const Request& request, absl::string_view call) {
+  absl::Status Handle(grpc::ByteBuffer* message) {
+    if (chunks_.Parse(*message, &chunk_)) {
+      if (session_ == nullptr) return MissingHeader(call_);
+      return AddChunk(chunk_.tensor_index, chunk_.offset, chunk_.pieces);
+    }
+    v1::PushRequest request;
+    WEIGHTD_RETURN_IF_ERROR(ParseMessage(message, &request, call_));
     if (request.has_header()) {
-      if (session_ != nullptr) return RepeatedHeader(call);
+      if (session_ != nullptr) return RepeatedHeader(call_);
       WEIGHTD_ASSIGN_OR_RETURN(core::PushHeader header,
                                PushHeaderFromProto(request.header()));
       WEIGHTD_ASSIGN_OR_RETURN(session_, store_->BeginPush(std::move(header)));
       return absl::OkStatus();
     }
-    if (session_ == nullptr) return MissingHeader(call);
+    if (session_ == nullptr) return MissingHeader(call_);
     if (!request.has_chunk()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(call, " message carries nothing"));
+          absl::StrCat(call_, " message carries nothing"));
     }
-    const v1::TensorChunk& chunk = request.chunk();
-    WEIGHTD_RETURN_IF_ERROR(session_->AddChunk(
-        chunk.tensor_index(), chunk.offset(), chunk.data()));
-    traffic_->bytes_received.fetch_add(chunk.data().size(),
-                                       std::memory_order_relaxed);
-    return absl::OkStatus();
+    const absl::string_view data = request.chunk().data();
+    return AddChunk(request.chunk().tensor_index(), request.chunk().offset(),
+                    core::Pieces(&data, 1));
   }
 
-  absl::StatusOr<std::vector<core::PushResult>> Finish(absl::string_view call) {
-    if (session_ == nullptr) return MissingHeader(call);
+  absl::StatusOr<std::vector<core::PushResult>> Finish() {
+    if (session_ == nullptr) return MissingHeader(call_);
     return session_->Finish();
   }
 
  private:
+  absl::Status AddChunk(std::uint32_t index, std::uint64_t offset,
+                        core::Pieces data) {
+    WEIGHTD_RETURN_IF_ERROR(session_->AddChunk(index, offset, data));
+    traffic_->bytes_received.fetch_add(core::PiecesSize(data),
+                                       std::memory_order_relaxed);
+    return absl::OkStatus();
+  }
+
   core::TensorStore* const store_;
   TrafficCounters* const traffic_;
+  const absl::string_view call_;
   std::unique_ptr<core::PushSession> session_;
+  ChunkReader chunks_;
+  ChunkView chunk_;
 };
 
-class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
+class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   PushReactor(core::TensorStore* store, TrafficCounters* traffic,
-              grpc::CallbackServerContext* context, v1::PushResponse* response)
-      : reader_(store, traffic), context_(context), response_(response) {
+              grpc::CallbackServerContext* context, grpc::ByteBuffer* response)
+      : reader_(store, traffic, "Push"), context_(context),
+        response_(response) {
     StartRead(&request_);
   }
 
@@ -467,19 +504,20 @@ class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
       if (context_->IsCancelled()) {
         return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
       }
-      absl::StatusOr<std::vector<core::PushResult>> results =
-          reader_.Finish("Push");
+      absl::StatusOr<std::vector<core::PushResult>> results = reader_.Finish();
       if (!results.ok()) return Finish(ToGrpcStatus(results.status()));
+      v1::PushResponse response;
       for (const core::PushResult& r : *results) {
-        v1::PushedResult* out = response_->add_tensors();
+        v1::PushedResult* out = response.add_tensors();
         out->set_name(r.name);
         out->set_round(r.outcome.round);
         out->set_version(r.outcome.version);
         out->set_duplicate(r.outcome.duplicate);
       }
+      *response_ = SerializeMessage(response);
       return Finish(grpc::Status::OK);
     }
-    if (absl::Status s = reader_.Handle(request_, "Push"); !s.ok()) {
+    if (absl::Status s = reader_.Handle(&request_); !s.ok()) {
       return Finish(ToGrpcStatus(s));
     }
     StartRead(&request_);
@@ -490,17 +528,23 @@ class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
  private:
   PushReader reader_;
   grpc::CallbackServerContext* const context_;
-  v1::PushResponse* const response_;
-  v1::PushRequest request_;
+  grpc::ByteBuffer* const response_;
+  grpc::ByteBuffer request_;
 };
 
-class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
+class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   PullReactor(core::TensorStore* store, TrafficCounters* traffic,
-              const v1::PullRequest* request)
+              grpc::ByteBuffer request_bytes)
       : stream_(this, store, traffic) {
+    v1::PullRequest request;
+    if (absl::Status s = ParseMessage(&request_bytes, &request, "Pull");
+        !s.ok()) {
+      stream_.FinishOnce(s);
+      return;
+    }
     core::TensorStore::VersionRequest wanted;
-    for (const v1::PulledTensor& t : request->tensors()) {
+    for (const v1::PulledTensor& t : request.tensors()) {
       wanted.emplace_back(t.name(), t.min_version());
     }
     if (wanted.empty()) {
@@ -515,15 +559,15 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
   void OnDone() override { delete this; }
 
  private:
-  WaitThenStream<PullReactor, v1::PullResponse> stream_;
+  WaitThenStream<PullReactor> stream_;
 };
 
 class PushPullReactor final
-    : public grpc::ServerBidiReactor<v1::PushPullRequest, v1::PushPullResponse> {
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   PushPullReactor(core::TensorStore* store, TrafficCounters* traffic,
                   grpc::CallbackServerContext* context)
-      : reader_(store, traffic), context_(context),
+      : reader_(store, traffic, "PushPull"), context_(context),
         stream_(this, store, traffic) {
     StartRead(&request_);
   }
@@ -533,8 +577,7 @@ class PushPullReactor final
       if (context_->IsCancelled()) {
         return stream_.FinishOnce(absl::CancelledError("cancelled"));
       }
-      absl::StatusOr<std::vector<core::PushResult>> results =
-          reader_.Finish("PushPull");
+      absl::StatusOr<std::vector<core::PushResult>> results = reader_.Finish();
       if (!results.ok()) return stream_.FinishOnce(results.status());
       core::TensorStore::VersionRequest wanted;
       for (const core::PushResult& r : *results) {
@@ -542,7 +585,7 @@ class PushPullReactor final
       }
       return stream_.Start(std::move(wanted));
     }
-    if (absl::Status s = reader_.Handle(request_, "PushPull"); !s.ok()) {
+    if (absl::Status s = reader_.Handle(&request_); !s.ok()) {
       return stream_.FinishOnce(s);
     }
     StartRead(&request_);
@@ -555,8 +598,8 @@ class PushPullReactor final
  private:
   PushReader reader_;
   grpc::CallbackServerContext* const context_;
-  v1::PushPullRequest request_;
-  WaitThenStream<PushPullReactor, v1::PushPullResponse> stream_;
+  grpc::ByteBuffer request_;
+  WaitThenStream<PushPullReactor> stream_;
 };
 
 // The answer to every call that arrives before the store is attached.
@@ -601,30 +644,30 @@ grpc::ServerReadReactor<v1::JoinRequest>* WeightdService::Join(
   return new JoinReactor(store, &traffic_, context, response);
 }
 
-grpc::ServerReadReactor<v1::PushRequest>* WeightdService::Push(
-    grpc::CallbackServerContext* context, v1::PushResponse* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Push(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) {
-    return new NotReadyReactor<grpc::ServerReadReactor<v1::PushRequest>>();
+    return new NotReadyReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>();
   }
   return new PushReactor(store, &traffic_, context, response);
 }
 
-grpc::ServerWriteReactor<v1::PullResponse>* WeightdService::Pull(
-    grpc::CallbackServerContext* context, const v1::PullRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* WeightdService::Pull(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   core::TensorStore* store = this->store();
   if (store == nullptr) {
-    return new NotReadyReactor<grpc::ServerWriteReactor<v1::PullResponse>>();
+    return new NotReadyReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>>();
   }
-  return new PullReactor(store, &traffic_, request);
+  return new PullReactor(store, &traffic_, *request);
 }
 
-grpc::ServerBidiReactor<v1::PushPullRequest, v1::PushPullResponse>*
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 WeightdService::PushPull(grpc::CallbackServerContext* context) {
   core::TensorStore* store = this->store();
   if (store == nullptr) {
-    return new NotReadyReactor<grpc::ServerBidiReactor<
-        v1::PushPullRequest, v1::PushPullResponse>>();
+    return new NotReadyReactor<
+        grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>();
   }
   return new PushPullReactor(store, &traffic_, context);
 }

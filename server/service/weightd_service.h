@@ -22,7 +22,21 @@ struct TrafficCounters {
   std::atomic<std::uint64_t> bytes_sent{0};
 };
 
-class WeightdService final : public v1::Weightd::CallbackService {
+// Push, Pull and PushPull are raw methods (grpc::ByteBuffer messages): their
+// chunks are read and written with common/chunk_codec.h, without a protobuf
+// copy of the payload. The other methods use the generated messages.
+using WeightdServiceBase = v1::Weightd::WithCallbackMethod_Join<
+    v1::Weightd::WithRawCallbackMethod_Push<
+        v1::Weightd::WithRawCallbackMethod_Pull<
+            v1::Weightd::WithRawCallbackMethod_PushPull<
+                v1::Weightd::WithCallbackMethod_Leave<
+                    v1::Weightd::WithCallbackMethod_Heartbeat<
+                        v1::Weightd::WithCallbackMethod_Barrier<
+                            v1::Weightd::WithCallbackMethod_GetStatus<
+                                v1::Weightd::WithCallbackMethod_TakeSnapshot<
+                                    v1::Weightd::Service>>>>>>>>>;
+
+class WeightdService final : public WeightdServiceBase {
  public:
   // Until Attach(), every call gets UNAVAILABLE (the server is restoring).
   WeightdService() = default;
@@ -34,14 +48,14 @@ class WeightdService final : public v1::Weightd::CallbackService {
   grpc::ServerReadReactor<v1::JoinRequest>* Join(
       grpc::CallbackServerContext* context,
       v1::JoinResponse* response) override;
-  grpc::ServerReadReactor<v1::PushRequest>* Push(
+  grpc::ServerReadReactor<grpc::ByteBuffer>* Push(
       grpc::CallbackServerContext* context,
-      v1::PushResponse* response) override;
-  grpc::ServerWriteReactor<v1::PullResponse>* Pull(
+      grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Pull(
       grpc::CallbackServerContext* context,
-      const v1::PullRequest* request) override;
-  grpc::ServerBidiReactor<v1::PushPullRequest, v1::PushPullResponse>*
-  PushPull(grpc::CallbackServerContext* context) override;
+      const grpc::ByteBuffer* request) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PushPull(
+      grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* Leave(grpc::CallbackServerContext* context,
                                   const v1::LeaveRequest* request,
                                   v1::LeaveResponse* response) override;

@@ -1,0 +1,163 @@
+#include "common/chunk_codec.h"
+
+#include <limits>
+
+namespace weightd {
+namespace {
+
+// Wire tags: (field << 3) | wire type; 0 = varint, 2 = length-delimited.
+constexpr std::uint8_t kChunkField = (2 << 3) | 2;
+constexpr std::uint8_t kIndexField = (1 << 3) | 0;
+constexpr std::uint8_t kOffsetField = (2 << 3) | 0;
+constexpr std::uint8_t kDataField = (3 << 3) | 2;
+
+constexpr std::size_t kMaxVarintBytes = 10;
+
+char* PutVarint(std::uint64_t v, char* out) {
+  while (v >= 0x80) {
+    *out++ = static_cast<char>(v | 0x80);
+    v >>= 7;
+  }
+  *out++ = static_cast<char>(v);
+  return out;
+}
+
+std::size_t VarintSize(std::uint64_t v) {
+  std::size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+void ReleaseKeep(void* keep) {
+  delete static_cast<std::shared_ptr<const void>*>(keep);
+}
+
+// Reads bytes across a message's slices.
+class Cursor {
+ public:
+  explicit Cursor(const std::vector<grpc::Slice>& slices) : slices_(slices) {
+    for (const grpc::Slice& s : slices_) left_ += s.size();
+  }
+
+  std::uint64_t left() const { return left_; }
+
+  bool Byte(std::uint8_t* b) {
+    if (left_ == 0) return false;
+    while (pos_ == slices_[slice_].size()) Advance();
+    *b = slices_[slice_].begin()[pos_++];
+    --left_;
+    return true;
+  }
+
+  bool Varint(std::uint64_t* v) {
+    *v = 0;
+    for (std::size_t i = 0; i < kMaxVarintBytes; ++i) {
+      std::uint8_t b;
+      if (!Byte(&b)) return false;
+      *v |= static_cast<std::uint64_t>(b & 0x7f) << (7 * i);
+      if ((b & 0x80) == 0) return true;
+    }
+    return false;
+  }
+
+  // Views of the next `n` bytes.
+  bool Take(std::uint64_t n, std::vector<absl::string_view>* pieces) {
+    if (n > left_) return false;
+    left_ -= n;
+    while (n > 0) {
+      while (pos_ == slices_[slice_].size()) Advance();
+      const grpc::Slice& s = slices_[slice_];
+      const std::size_t take = std::min<std::uint64_t>(n, s.size() - pos_);
+      pieces->emplace_back(reinterpret_cast<const char*>(s.begin()) + pos_,
+                           take);
+      pos_ += take;
+      n -= take;
+    }
+    return true;
+  }
+
+ private:
+  void Advance() {
+    ++slice_;
+    pos_ = 0;
+  }
+
+  const std::vector<grpc::Slice>& slices_;
+  std::size_t slice_ = 0;
+  std::size_t pos_ = 0;
+  std::uint64_t left_ = 0;
+};
+
+}  // namespace
+
+grpc::ByteBuffer EncodeChunk(std::uint32_t tensor_index, std::uint64_t offset,
+                             const char* data, std::size_t size,
+                             std::shared_ptr<const void> keep) {
+  const std::size_t inner = 1 + VarintSize(tensor_index) + 1 +
+                            VarintSize(offset) + 1 + VarintSize(size) + size;
+  char head[4 + 4 * kMaxVarintBytes];
+  char* p = head;
+  *p++ = static_cast<char>(kChunkField);
+  p = PutVarint(inner, p);
+  *p++ = static_cast<char>(kIndexField);
+  p = PutVarint(tensor_index, p);
+  *p++ = static_cast<char>(kOffsetField);
+  p = PutVarint(offset, p);
+  *p++ = static_cast<char>(kDataField);
+  p = PutVarint(size, p);
+  grpc::Slice slices[2] = {
+      grpc::Slice(head, static_cast<std::size_t>(p - head)),
+      grpc::Slice(const_cast<char*>(data), size, &ReleaseKeep,
+                  new std::shared_ptr<const void>(std::move(keep)))};
+  return grpc::ByteBuffer(slices, size == 0 ? 1 : 2);
+}
+
+bool ChunkReader::Parse(const grpc::ByteBuffer& message, ChunkView* view) {
+  slices_.clear();
+  view->pieces.clear();
+  view->tensor_index = 0;
+  view->offset = 0;
+  view->size = 0;
+  if (!message.Dump(&slices_).ok()) return false;
+  Cursor in(slices_);
+  std::uint8_t tag;
+  std::uint64_t length;
+  if (!in.Byte(&tag) || tag != kChunkField || !in.Varint(&length) ||
+      length != in.left()) {
+    return false;
+  }
+  bool seen_index = false, seen_offset = false, seen_data = false;
+  while (in.left() > 0) {
+    std::uint64_t value;
+    if (!in.Byte(&tag)) return false;
+    switch (tag) {
+      case kIndexField:
+        if (seen_index || !in.Varint(&value) ||
+            value > std::numeric_limits<std::uint32_t>::max()) {
+          return false;
+        }
+        seen_index = true;
+        view->tensor_index = static_cast<std::uint32_t>(value);
+        break;
+      case kOffsetField:
+        if (seen_offset || !in.Varint(&view->offset)) return false;
+        seen_offset = true;
+        break;
+      case kDataField:
+        if (seen_data || !in.Varint(&value) || !in.Take(value, &view->pieces)) {
+          return false;
+        }
+        seen_data = true;
+        view->size = value;
+        break;
+      default:
+        return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace weightd
