@@ -87,8 +87,11 @@ int MemBandwidth(bool kernel) {
         const absl::string_view piece(
             bytes + first * 4, std::min(kChunk / 4, n - first) * 4);
         const weightd::core::Pieces pieces(&piece, 1);
-        if (!weightd::core::AllFinite(pieces)) std::abort();
-        weightd::core::AccumulateScaled(pieces, 1.0f, acc.data() + first);
+        if (!weightd::core::AllFinite(pieces, weightd::WireFormat::kFloat32)) {
+          std::abort();
+        }
+        weightd::core::AccumulateScaled(pieces, weightd::WireFormat::kFloat32,
+                                        1.0f, acc.data() + first);
       }
     } else {
       float* a = acc.data();

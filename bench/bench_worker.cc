@@ -25,6 +25,8 @@ ABSL_FLAG(std::string, layout, "single",
           "--bytes; resnet: ResNet-50's parameter shapes (~100 MiB).");
 ABSL_FLAG(uint64_t, bytes, 1 << 20, "Total bytes (single, many).");
 ABSL_FLAG(int, count, 1, "Tensors (many).");
+ABSL_FLAG(std::string, wire_format, "float32",
+          "float32, bfloat16 or float16 on the wire.");
 ABSL_FLAG(int, reps, 10, "Measured rounds (after one warm-up round).");
 ABSL_FLAG(std::string, joined_file, "",
           "If set, created once every worker has joined (before the rounds).");
@@ -95,6 +97,11 @@ int main(int argc, char** argv) {
   weightd::ClientOptions options;
   options.address = absl::GetFlag(FLAGS_server);
   options.worker_id = absl::StrCat("bench-", rank);
+  if (!weightd::ParseWireFormat(absl::GetFlag(FLAGS_wire_format),
+                                &options.wire_format)) {
+    std::fprintf(stderr, "bench_worker: unknown --wire_format\n");
+    return 2;
+  }
   auto client = weightd::Client::Connect(options);
   if (!client.ok()) {
     std::fprintf(stderr, "bench_worker: %s\n", client.status().ToString().c_str());

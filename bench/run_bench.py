@@ -133,7 +133,7 @@ class Bench:
 
     # --- weightd -----------------------------------------------------------
     def rounds(self, workers, layout, nbytes=0, count=1, unix=False,
-               reps=None):
+               reps=None, wire_format="float32"):
         """Round times of W bench_workers against a fresh weightd (over TCP,
         or over the Unix socket it also listens on), and its peak RSS."""
         ready = os.path.join(self.tmp, "weightd.addr")
@@ -164,7 +164,8 @@ class Bench:
                 [[self.path("bench", "bench_worker"), "--server=" + address,
                   "--rank=%d" % r, "--workers=%d" % workers,
                   "--layout=" + layout, "--bytes=%d" % nbytes,
-                  "--count=%d" % count, "--reps=%d" % (reps or self.reps)]
+                  "--count=%d" % count, "--reps=%d" % (reps or self.reps),
+                  "--wire_format=" + wire_format]
                  + (["--joined_file=" + joined] if r == 0 else [])
                  for r in range(workers)])
             watcher.join(timeout=10)
@@ -242,15 +243,19 @@ def main():
         return statistics.median(algbw), times
 
     # 1. W=4, one tensor.
-    if want(1) or want(4) or want(9):
+    if want(1) or want(3) or want(4) or want(9):
         s1, s1_times = sync_round("1 sync W=4", 4, size)
     # 2. Other worker counts and sizes.
     for workers, nbytes in ([(2, size), (8, size), (4, 16 * MiB if not smoke
                             else 4 * MiB)] + ([] if smoke else [(2, 1 << 30)])):
         if want(2):
             sync_round("2 sync W=%d" % workers, workers, nbytes)
-    # 3. Wire precision: not implemented yet.
-    print("  3 bf16/fp16 wire: not implemented (no row)", flush=True)
+    # 3. Wire precision: scenario 1 with 16-bit values on the wire.
+    if want(3):
+        for fmt in ("bfloat16", "float16"):
+            times, _ = b.rounds(4, "single", size, wire_format=fmt)
+            b.row("3 sync W=4, %s on the wire" % fmt, 4, size,
+                  gbps(size, times), "GB/s", "scenario 1 (float32)", s1, 1.8)
     # 4. A real model's shape, and many small tensors.
     if not smoke and want(4):
         times, _ = b.rounds(4, "resnet")

@@ -36,6 +36,18 @@ absl::Status Annotate(const grpc::Status& status, absl::string_view call) {
   return absl::Status(s.code(), absl::StrCat(call, ": ", s.message()));
 }
 
+v1::WireFormat FormatToProto(WireFormat format) {
+  switch (format) {
+    case WireFormat::kBfloat16:
+      return v1::WIRE_FORMAT_BFLOAT16;
+    case WireFormat::kFloat16:
+      return v1::WIRE_FORMAT_FLOAT16;
+    case WireFormat::kFloat32:
+      break;
+  }
+  return v1::WIRE_FORMAT_FLOAT32;
+}
+
 template <typename Message>
 bool Deserialize(grpc::ByteBuffer* bytes, Message* message) {
   return grpc::SerializationTraits<Message>::Deserialize(bytes, message).ok();
@@ -57,6 +69,7 @@ grpc::ByteBuffer Serialize(const google::protobuf::MessageLite& message) {
 // call so that Finish() does not wait for the rest.
 template <typename Stream>
 absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
+                         WireFormat format,
                          absl::Span<const TensorRef> tensors,
                          std::vector<std::uint64_t>& versions,
                          std::uint64_t& bytes_read) {
@@ -99,16 +112,17 @@ absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
       chunk.size = msg.chunk().data().size();
     }
     const std::uint32_t i = chunk.tensor_index;
+    // Offsets are float32 bytes in every format.
+    const std::uint64_t covers =
+        chunk.size / ElementBytes(format) * kFloatBytes;
     if (i >= tensors.size() || chunk.offset != next[i] ||
-        chunk.size > tensors[i].data.size() * kFloatBytes - chunk.offset) {
+        chunk.size % ElementBytes(format) != 0 ||
+        covers > tensors[i].data.size() * kFloatBytes - chunk.offset) {
       return malformed("a chunk out of place");
     }
-    char* out = reinterpret_cast<char*>(tensors[i].data.data()) + chunk.offset;
-    for (absl::string_view piece : chunk.pieces) {
-      std::memcpy(out, piece.data(), piece.size());
-      out += piece.size();
-    }
-    next[i] += chunk.size;
+    DecodePieces(chunk.pieces, format,
+                 tensors[i].data.data() + chunk.offset / kFloatBytes);
+    next[i] += covers;
     bytes_read += chunk.size;
   }
   for (std::size_t i = 0; i < tensors.size(); ++i) {
@@ -146,10 +160,12 @@ class LentBuffers {
 
 // Writes a push header and every tensor's chunks (pointing into the
 // tensors' buffers), then half-closes.
+// 16-bit formats are encoded chunk by chunk into buffers of their own.
 template <typename Stream>
 void WritePush(Stream& stream, const v1::PushHeader& header,
                absl::Span<const TensorRef> tensors, std::uint64_t chunk_bytes,
-               const LentBuffers& lent, std::uint64_t& bytes_written) {
+               WireFormat format, const LentBuffers& lent,
+               std::uint64_t& bytes_written) {
   v1::PushRequest msg;  // Wire-identical to PushPullRequest.
   *msg.mutable_header() = header;
   bool ok = stream.Write(Serialize(msg));
@@ -158,8 +174,19 @@ void WritePush(Stream& stream, const v1::PushHeader& header,
     const char* base = reinterpret_cast<const char*>(tensors[i].data.data());
     for (std::uint64_t off = 0; ok && off < bytes; off += chunk_bytes) {
       const std::uint64_t len = ChunkLength(bytes, chunk_bytes, off);
-      ok = stream.Write(EncodeChunk(i, off, base + off, len, lent.token()));
-      if (ok) bytes_written += len;
+      if (format == WireFormat::kFloat32) {
+        ok = stream.Write(EncodeChunk(i, off, base + off, len, lent.token()));
+        if (ok) bytes_written += len;
+        continue;
+      }
+      const std::uint64_t count = len / kFloatBytes;
+      auto encoded =
+          std::make_shared<std::vector<char>>(count * ElementBytes(format));
+      EncodeValues(tensors[i].data.data() + off / kFloatBytes, count, format,
+                   encoded->data());
+      ok = stream.Write(
+          EncodeChunk(i, off, encoded->data(), encoded->size(), encoded));
+      if (ok) bytes_written += encoded->size();
     }
   }
   // On a failed write the server has ended the call; Finish() says why.
@@ -499,6 +526,7 @@ absl::Status Client::PushOnce(absl::Span<const TensorRef> tensors,
   header.set_kind(options.kind == UpdateKind::kWeights ? v1::UPDATE_KIND_WEIGHTS
                                                        : v1::UPDATE_KIND_DELTA);
   header.set_weight(options.weight);
+  header.set_format(FormatToProto(options_.wire_format));
   for (const TensorRef& t : tensors) {
     v1::PushedTensor* p = header.add_tensors();
     p->set_name(t.name);
@@ -522,8 +550,8 @@ absl::Status Client::PushOnce(absl::Span<const TensorRef> tensors,
         grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(
             channel_->channel.get(), channel_->push, &context,
             &response_bytes));
-    WritePush(*stream, header, tensors, chunk_bytes_, lent,
-              stats_.bytes_pushed);
+    WritePush(*stream, header, tensors, chunk_bytes_, options_.wire_format,
+              lent, stats_.bytes_pushed);
     absl::Status status = Annotate(stream->Finish(), "Push");
     stream.reset();
     WEIGHTD_RETURN_IF_ERROR(give_back(std::move(status)));
@@ -546,10 +574,11 @@ absl::Status Client::PushOnce(absl::Span<const TensorRef> tensors,
              grpc::ByteBuffer, grpc::ByteBuffer>::Create(channel_->channel.get(),
                                                          channel_->push_pull,
                                                          &context));
-  WritePush(*stream, header, tensors, chunk_bytes_, lent, stats_.bytes_pushed);
+  WritePush(*stream, header, tensors, chunk_bytes_, options_.wire_format, lent,
+            stats_.bytes_pushed);
   std::vector<std::uint64_t> versions;
-  absl::Status read = ReadTensors(*stream, context, tensors, versions,
-                                  stats_.bytes_pulled);
+  absl::Status read = ReadTensors(*stream, context, options_.wire_format,
+                                  tensors, versions, stats_.bytes_pulled);
   absl::Status status = Annotate(stream->Finish(), "PushPull");
   stream.reset();
   WEIGHTD_RETURN_IF_ERROR(give_back(std::move(status)));
@@ -585,6 +614,7 @@ absl::Status Client::PullOnce(absl::Span<const TensorRef> tensors) {
     p->set_name(t.name);
     p->set_min_version(tracked_.at(t.name).wait_version);
   }
+  request.set_format(FormatToProto(options_.wire_format));
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
   std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> stream(
@@ -592,8 +622,8 @@ absl::Status Client::PullOnce(absl::Span<const TensorRef> tensors) {
           channel_->channel.get(), channel_->pull, &context,
           Serialize(request)));
   std::vector<std::uint64_t> versions;
-  absl::Status read = ReadTensors(*stream, context, tensors, versions,
-                                  stats_.bytes_pulled);
+  absl::Status read = ReadTensors(*stream, context, options_.wire_format,
+                                  tensors, versions, stats_.bytes_pulled);
   WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Pull"));
   WEIGHTD_RETURN_IF_ERROR(read);
   RecordPulled(tensors, versions);

@@ -37,6 +37,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "common/wire_format.h"
 
 namespace grpc {
 class ClientContext;
@@ -82,6 +83,10 @@ struct ClientOptions {
   absl::Duration retry_budget = absl::Minutes(2);
   absl::Duration initial_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(2);
+  // Format of the values pushed and pulled (Join's initial values are always
+  // float32). 16-bit formats halve the bytes on the wire; the server still
+  // averages in float32. See common/wire_format.h.
+  WireFormat wire_format = WireFormat::kFloat32;
 };
 
 struct PushOptions {

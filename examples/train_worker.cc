@@ -79,6 +79,9 @@ ABSL_FLAG(bool, start_barrier, true,
           "under way, e.g. for a restarted worker).");
 ABSL_FLAG(bool, standalone, false,
           "Train alone, without a server (implies --eval).");
+ABSL_FLAG(std::string, wire_format, "float32",
+          "Format of pushed and pulled values: float32, bfloat16 or float16 "
+          "(the 16-bit ones halve the bytes; the server averages in float32).");
 ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
           "Directory holding the gzipped Fashion-MNIST IDX files.");
 
@@ -105,6 +108,7 @@ struct WorkerConfig {
   bool eval = false;
   bool start_barrier = true;
   bool standalone = false;
+  WireFormat wire_format = WireFormat::kFloat32;
   std::string data_dir;
 };
 
@@ -127,6 +131,11 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
   config.standalone = absl::GetFlag(FLAGS_standalone);
   config.eval = absl::GetFlag(FLAGS_eval) || config.standalone;
   config.data_dir = absl::GetFlag(FLAGS_data_dir);
+  if (!ParseWireFormat(absl::GetFlag(FLAGS_wire_format), &config.wire_format)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--wire_format=", absl::GetFlag(FLAGS_wire_format),
+                     ": use float32, bfloat16 or float16"));
+  }
   config.worker_id = absl::GetFlag(FLAGS_worker_id);
   if (config.worker_id.empty()) {
     config.worker_id = absl::StrCat(config.task, "-", config.rank);
@@ -274,7 +283,8 @@ absl::Status Run(const WorkerConfig& config, SteadyClock::time_point start) {
   }
   WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<Client> client,
                            Client::Connect({.address = config.server,
-                                            .worker_id = config.worker_id}));
+                                            .worker_id = config.worker_id,
+                                            .wire_format = config.wire_format}));
   absl::Status status = client->Join(shared);
   // A worker joining a job already under way (e.g. restarted) does not wait
   // for the start: the shared layer is past version 0.

@@ -133,7 +133,7 @@ absl::Status SharedTensor::CheckContribution(const ContributionKey& key) const {
 
 absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
                                     std::uint64_t offset, Pieces data,
-                                    std::uint64_t length) {
+                                    WireFormat format, std::uint64_t length) {
   absl::MutexLock lock(&mu_);
   auto it = contributions_.find(key.worker);
   if (it != contributions_.end() && it->second.sequence == key.sequence) {
@@ -189,9 +189,11 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
   const std::uint64_t first = offset / 4;
   double& chunk_weight = chunk_weight_[first / chunk_elements_];
   if (chunk_weight == 0.0) {
-    StoreScaled(data, static_cast<float>(weight), acc_.data() + first);
+    StoreScaled(data, format, static_cast<float>(weight),
+                acc_.data() + first);
   } else {
-    AccumulateScaled(data, static_cast<float>(weight), acc_.data() + first);
+    AccumulateScaled(data, format, static_cast<float>(weight),
+                     acc_.data() + first);
   }
   chunk_weight += weight;
   acc_kind_ = key.kind;
@@ -415,12 +417,28 @@ std::pair<TensorSnapshot, std::vector<SavedContribution>> SharedTensor::Save()
             [](const SavedContribution& a, const SavedContribution& b) {
               return a.worker < b.worker;
             });
-  return {TensorSnapshot{value_, version_, shape_}, std::move(pushes)};
+  return {TensorSnapshot{value_, version_, shape_, nullptr}, std::move(pushes)};
 }
 
-TensorSnapshot SharedTensor::Snapshot() const {
-  absl::MutexLock lock(&mu_);
-  return TensorSnapshot{value_, version_, shape_};
+TensorSnapshot SharedTensor::Snapshot(WireFormat format) const {
+  TensorSnapshot snapshot;
+  {
+    absl::MutexLock lock(&mu_);
+    snapshot = TensorSnapshot{value_, version_, shape_, nullptr};
+  }
+  if (format == WireFormat::kFloat32) return snapshot;
+  const auto f = static_cast<std::size_t>(format);
+  absl::MutexLock lock(&encoded_mu_);
+  if (encoded_[f] == nullptr || encoded_version_[f] != snapshot.version) {
+    auto encoded = std::make_shared<std::vector<char>>();
+    encoded->resize(snapshot.value->size() * ElementBytes(format));
+    EncodeValues(snapshot.value->data(), snapshot.value->size(), format,
+                 encoded->data());
+    encoded_[f] = std::move(encoded);
+    encoded_version_[f] = snapshot.version;
+  }
+  snapshot.encoded = encoded_[f];
+  return snapshot;
 }
 
 std::uint64_t SharedTensor::version() const {

@@ -73,10 +73,15 @@ class ValueRecycler : public std::enable_shared_from_this<ValueRecycler> {
   bool wanted_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// The value's bytes in a 16-bit WireFormat, for pulls in that format.
+using EncodedValue = std::shared_ptr<const std::vector<char>>;
+
 struct TensorSnapshot {
   TensorValue value;
   std::uint64_t version = 0;
   std::vector<std::int64_t> shape;
+  // Set when asked for a 16-bit format: `value` encoded in it.
+  EncodedValue encoded;
 };
 
 // What a completed (or re-sent) push of one tensor produced.
@@ -142,8 +147,10 @@ class SharedTensor {
   // worker's contribution to the round already delivered is skipped, so a
   // resend, or a new push after an interrupted one, applies each chunk once.
   // Codes as CheckContribution.
+  // `length` is the chunk's float32 bytes; `data` holds its values in
+  // `format`.
   absl::Status AddChunk(const ContributionKey& key, double weight,
-                        std::uint64_t offset, Pieces data,
+                        std::uint64_t offset, Pieces data, WireFormat format,
                         std::uint64_t length);
 
   // Sync mode. Marks the push complete and closes the round if it was the
@@ -161,7 +168,10 @@ class SharedTensor {
                                                absl::Span<const float> payload,
                                                Deferred& deferred);
 
-  TensorSnapshot Snapshot() const;
+  // The current value; for a 16-bit `format` also its encoding, made once
+  // per version and format (by the first pull that asks) and shared by
+  // every pull of that version.
+  TensorSnapshot Snapshot(WireFormat format = WireFormat::kFloat32) const;
   std::uint64_t version() const;
   // Sync: closes the open round if its quorum contributed and its timeout
   // passed (see StoreOptions::round_quorum). True if it closed.
@@ -223,6 +233,11 @@ class SharedTensor {
   const std::shared_ptr<ValueRecycler> recycler_;
 
   mutable absl::Mutex mu_;
+  // The latest encoding made per 16-bit format (index: WireFormat), and the
+  // version it encodes. Its own lock: encoding never holds up pushes.
+  mutable absl::Mutex encoded_mu_;
+  mutable EncodedValue encoded_[3] ABSL_GUARDED_BY(encoded_mu_);
+  mutable std::uint64_t encoded_version_[3] ABSL_GUARDED_BY(encoded_mu_) = {};
   TensorValue value_ ABSL_GUARDED_BY(mu_);
   std::uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_set<std::string> participants_ ABSL_GUARDED_BY(mu_);

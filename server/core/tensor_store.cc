@@ -130,12 +130,16 @@ absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
   }
   const std::uint64_t expected =
       ChunkLength(tensor.bytes(), store_->options().chunk_bytes, offset);
-  if (const std::uint64_t size = PiecesSize(data); size != expected) {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("chunk of tensor ", tensor.name(), " at offset ", offset,
-                     " carries ", size, " bytes; expected ", expected)));
+  const WireFormat format = header_.format;
+  const std::uint64_t payload =
+      expected / kFloatBytes * ElementBytes(format);
+  if (const std::uint64_t size = PiecesSize(data); size != payload) {
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+        "chunk of tensor ", tensor.name(), " at offset ", offset, " carries ",
+        size, " bytes; expected ", payload, " (", expected / kFloatBytes,
+        " values in ", WireFormatName(format), ")")));
   }
-  if (!store_->options().allow_non_finite && !AllFinite(data)) {
+  if (!store_->options().allow_non_finite && !AllFinite(data, format)) {
     return fail(absl::InvalidArgumentError(absl::StrCat(
         "chunk of tensor ", tensor.name(), " at offset ", offset,
         " contains NaN or Inf; nothing of it was applied")));
@@ -144,12 +148,13 @@ absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
     // Async: staged whole, applied by Finish().
     std::vector<float>& staged = staged_[index];
     staged.resize((offset + expected) / kFloatBytes);
-    CopyPieces(data, reinterpret_cast<char*>(staged.data()) + offset);
+    DecodePieces(data, format, staged.data() + offset / kFloatBytes);
   } else {
     const ContributionKey key{worker_, header_.sequence,
                               header_.entries[index].round, header_.kind};
     if (absl::Status s =
-            tensor.AddChunk(key, header_.weight, offset, data, expected);
+            tensor.AddChunk(key, header_.weight, offset, data, format,
+                            expected);
         !s.ok()) {
       return fail(s);
     }
@@ -715,7 +720,7 @@ void TensorStore::FailBarriers(const absl::Status& status) {
 }
 
 absl::StatusOr<std::vector<TensorSnapshot>> TensorStore::Snapshot(
-    const std::vector<std::string>& names) const {
+    const std::vector<std::string>& names, WireFormat format) const {
   std::vector<std::shared_ptr<SharedTensor>> tensors;
   {
     absl::ReaderMutexLock lock(&mu_);
@@ -727,7 +732,9 @@ absl::StatusOr<std::vector<TensorSnapshot>> TensorStore::Snapshot(
   }
   std::vector<TensorSnapshot> snapshots;
   snapshots.reserve(tensors.size());
-  for (const auto& tensor : tensors) snapshots.push_back(tensor->Snapshot());
+  for (const auto& tensor : tensors) {
+    snapshots.push_back(tensor->Snapshot(format));
+  }
   return snapshots;
 }
 

@@ -66,6 +66,8 @@ struct PushHeader {
     std::uint64_t round = 0;
   };
   std::vector<Entry> entries;
+  // Of the chunks' payloads (their offsets are float32 bytes regardless).
+  WireFormat format = WireFormat::kFloat32;
 };
 
 struct PushResult {
@@ -277,9 +279,11 @@ class TensorStore {
       std::uint64_t lease_id, absl::string_view name, std::uint32_t count,
       std::function<void(absl::Status)> done);
 
-  // The current value and version of each named tensor. NOT_FOUND.
+  // The current value and version of each named tensor, and for a 16-bit
+  // `format` its encoding (SharedTensor::Snapshot). NOT_FOUND.
   absl::StatusOr<std::vector<TensorSnapshot>> Snapshot(
-      const std::vector<std::string>& names) const;
+      const std::vector<std::string>& names,
+      WireFormat format = WireFormat::kFloat32) const;
 
   // Tensor metadata (no payloads).
   absl::StatusOr<TensorInfo> Describe(absl::string_view name) const;

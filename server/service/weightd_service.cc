@@ -11,6 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/chunk_codec.h"
 #include "common/grpc_status.h"
+#include "common/wire_format.h"
 #include "common/status_macros.h"
 #include "common/wire.h"
 
@@ -27,6 +28,21 @@ absl::StatusOr<core::UpdateKind> KindFromProto(v1::UpdateKind kind) {
       return absl::InvalidArgumentError(
           absl::StrCat("push header has update kind ", static_cast<int>(kind),
                        "; use UPDATE_KIND_WEIGHTS or UPDATE_KIND_DELTA"));
+  }
+}
+
+absl::StatusOr<WireFormat> FormatFromProto(v1::WireFormat format) {
+  switch (format) {
+    case v1::WIRE_FORMAT_FLOAT32:
+      return WireFormat::kFloat32;
+    case v1::WIRE_FORMAT_BFLOAT16:
+      return WireFormat::kBfloat16;
+    case v1::WIRE_FORMAT_FLOAT16:
+      return WireFormat::kFloat16;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "wire format ", static_cast<int>(format),
+          " is unknown; use WIRE_FORMAT_FLOAT32, _BFLOAT16 or _FLOAT16"));
   }
 }
 
@@ -48,6 +64,7 @@ absl::StatusOr<core::PushHeader> PushHeaderFromProto(const v1::PushHeader& h) {
   header.sequence = h.sequence();
   WEIGHTD_ASSIGN_OR_RETURN(header.kind, KindFromProto(h.kind()));
   header.weight = h.has_weight() ? h.weight() : 1.0;
+  WEIGHTD_ASSIGN_OR_RETURN(header.format, FormatFromProto(h.format()));
   header.entries.reserve(h.tensors_size());
   for (const v1::PushedTensor& t : h.tensors()) {
     header.entries.push_back({t.name(), t.round()});
@@ -85,16 +102,18 @@ grpc::ByteBuffer SerializeMessage(const google::protobuf::MessageLite& m) {
 }
 
 // Streams snapshots of tensors as one header message, then their chunks.
-// The messages are those of Pull and PushPull (the same on the wire); each
-// chunk refers to the immutable published value, never a copy of it.
+// The messages are those of Pull and PushPull (the same on the wire). Each
+// chunk refers to the immutable published value, never a copy of it (or,
+// for 16-bit formats, to its encoding, made once per version).
 class TensorStreamer {
  public:
   TensorStreamer(std::vector<std::string> names,
                  std::vector<core::TensorSnapshot> snapshots,
-                 std::uint64_t chunk_bytes)
+                 std::uint64_t chunk_bytes, WireFormat format)
       : names_(std::move(names)),
         snapshots_(std::move(snapshots)),
-        chunk_bytes_(chunk_bytes) {}
+        chunk_bytes_(chunk_bytes),
+        format_(format) {}
 
   // Fills `msg` with the next message and returns its payload bytes, or
   // returns nullopt when everything was sent.
@@ -117,10 +136,20 @@ class TensorStreamer {
       const std::uint64_t bytes = value->size() * kFloatBytes;
       if (offset_ < bytes) {
         const std::uint64_t length = ChunkLength(bytes, chunk_bytes_, offset_);
-        *msg = EncodeChunk(static_cast<std::uint32_t>(tensor_), offset_,
-                           reinterpret_cast<const char*>(value->data()) +
-                               offset_,
-                           length, value);
+        const auto index = static_cast<std::uint32_t>(tensor_);
+        const float* values = value->data() + offset_ / kFloatBytes;
+        if (format_ == WireFormat::kFloat32) {
+          *msg = EncodeChunk(index, offset_,
+                             reinterpret_cast<const char*>(values), length,
+                             value);
+        } else {
+          const core::EncodedValue& encoded = snapshots_[tensor_].encoded;
+          const std::size_t element = ElementBytes(format_);
+          *msg = EncodeChunk(
+              index, offset_,
+              encoded->data() + offset_ / kFloatBytes * element,
+              length / kFloatBytes * element, encoded);
+        }
         offset_ += length;
         return length;
       }
@@ -134,6 +163,7 @@ class TensorStreamer {
   const std::vector<std::string> names_;
   const std::vector<core::TensorSnapshot> snapshots_;
   const std::uint64_t chunk_bytes_;
+  const WireFormat format_;
   bool header_sent_ = false;
   std::size_t tensor_ = 0;
   std::uint64_t offset_ = 0;
@@ -230,8 +260,10 @@ class WaitThenStream {
                  TrafficCounters* traffic)
       : reactor_(reactor), wait_(reactor), store_(store), traffic_(traffic) {}
 
-  // Waits until every `(name, version)` is reached, then streams the names.
-  void Start(core::TensorStore::VersionRequest request) {
+  // Waits until every `(name, version)` is reached, then streams the names
+  // in `format`.
+  void Start(core::TensorStore::VersionRequest request, WireFormat format) {
+    format_ = format;
     for (const auto& [name, version] : request) names_.push_back(name);
     wait_.Start(
         [this, &request](WaitDone done) {
@@ -252,10 +284,10 @@ class WaitThenStream {
  private:
   void Stream(const absl::Status& status) {
     if (!status.ok()) return FinishOnce(status);
-    auto snapshots = store_->Snapshot(names_);
+    auto snapshots = store_->Snapshot(names_, format_);
     if (!snapshots.ok()) return FinishOnce(snapshots.status());
     streamer_.emplace(names_, std::move(*snapshots),
-                      store_->options().chunk_bytes);
+                      store_->options().chunk_bytes, format_);
     WriteNext();
   }
 
@@ -271,6 +303,7 @@ class WaitThenStream {
   core::TensorStore* const store_;
   TrafficCounters* const traffic_;
   std::vector<std::string> names_;
+  WireFormat format_ = WireFormat::kFloat32;
   std::optional<TensorStreamer> streamer_;
   grpc::ByteBuffer response_;
 };
@@ -473,6 +506,9 @@ class PushReader {
     return session_->Finish();
   }
 
+  // The push's wire format (after a successful Finish()).
+  WireFormat format() const { return session_->header().format; }
+
  private:
   absl::Status AddChunk(std::uint32_t index, std::uint64_t offset,
                         core::Pieces data) {
@@ -551,7 +587,12 @@ class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       stream_.FinishOnce(absl::InvalidArgumentError("Pull names no tensors"));
       return;
     }
-    stream_.Start(std::move(wanted));
+    absl::StatusOr<WireFormat> format = FormatFromProto(request.format());
+    if (!format.ok()) {
+      stream_.FinishOnce(format.status());
+      return;
+    }
+    stream_.Start(std::move(wanted), *format);
   }
 
   void OnCancel() override { stream_.OnCancel(); }
@@ -583,7 +624,7 @@ class PushPullReactor final
       for (const core::PushResult& r : *results) {
         wanted.emplace_back(r.name, r.outcome.ready_version);
       }
-      return stream_.Start(std::move(wanted));
+      return stream_.Start(std::move(wanted), reader_.format());
     }
     if (absl::Status s = reader_.Handle(&request_); !s.ok()) {
       return stream_.FinishOnce(s);

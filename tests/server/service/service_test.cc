@@ -925,6 +925,84 @@ TEST_F(ServiceTest, WorkersOverTcpAndUnixSocketShareARound) {
   std::system(("rm -rf '" + std::string(tmpl) + "'").c_str());
 }
 
+TEST_F(ServiceTest, SixteenBitWireFormatsAverageInFloat32) {
+  // Three workers, one per format, weights 1, 1, 2. The values have more
+  // bits than 16-bit formats hold, so the result shows where rounding
+  // happens: on the wire only, never in the sum.
+  constexpr std::size_t kSize = 2500;  // 3 chunks of 4 KiB, one partial.
+  const WireFormat formats[] = {WireFormat::kFloat32, WireFormat::kBfloat16,
+                                WireFormat::kFloat16};
+  std::vector<std::vector<float>> values(3, std::vector<float>(kSize));
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int w = 0; w < 3; ++w) {
+    ClientOptions options;
+    options.address = server_->address();
+    options.worker_id = absl::StrCat("w", w);
+    options.wire_format = formats[w];
+    auto client = Client::Connect(options);
+    ASSERT_THAT(client, IsOk());
+    clients.push_back(std::move(*client));
+    ASSERT_THAT(clients[w]->Join({TensorRef{"t", {kSize},
+                                            absl::MakeSpan(values[w])}}),
+                IsOk());
+  }
+  const std::uint64_t pushed_before = clients[1]->stats().bytes_pushed;
+  auto value = [](int w, std::size_t i) {
+    return 1.0f + 0.001f * static_cast<float>(i) + 0.1234567f * w;
+  };
+  // In a fixed order (float sums depend on it): 0 and 1 push, 2 closes
+  // the round, 0 and 1 pull the result.
+  for (int w = 0; w < 3; ++w) {
+    for (std::size_t i = 0; i < kSize; ++i) values[w][i] = value(w, i);
+    const std::vector<TensorRef> refs = {
+        TensorRef{"t", {kSize}, absl::MakeSpan(values[w])}};
+    const PushOptions push{UpdateKind::kWeights, w == 2 ? 2.0 : 1.0};
+    ASSERT_THAT(w < 2 ? clients[w]->Push(refs, push)
+                      : clients[w]->PushPull(refs, push),
+                IsOk())
+        << w;
+  }
+  for (int w = 0; w < 2; ++w) {
+    ASSERT_THAT(clients[w]->Pull(
+                    {TensorRef{"t", {kSize}, absl::MakeSpan(values[w])}}),
+                IsOk());
+  }
+
+  // What the server received: worker 1's values rounded to bfloat16,
+  // worker 2's to float16; summed and divided in float32.
+  std::vector<float> expected(kSize);
+  for (std::size_t i = 0; i < kSize; ++i) {
+    float sum = value(0, i);
+    sum += 1.0f * Bfloat16ToFloat(FloatToBfloat16(value(1, i)));
+    sum += 2.0f * Float16ToFloat(FloatToFloat16(value(2, i)));
+    expected[i] = static_cast<float>(sum / 4.0);
+  }
+  const std::vector<float> stored = Stored("t");
+  EXPECT_EQ(stored, expected);
+  // Each worker gets it back in its own format.
+  EXPECT_EQ(values[0], expected);
+  for (std::size_t i = 0; i < kSize; ++i) {
+    ASSERT_EQ(values[1][i], Bfloat16ToFloat(FloatToBfloat16(expected[i]))) << i;
+    ASSERT_EQ(values[2][i], Float16ToFloat(FloatToFloat16(expected[i]))) << i;
+  }
+  // Half the bytes on the wire.
+  EXPECT_EQ(clients[1]->stats().bytes_pushed - pushed_before, kSize * 2);
+
+  // A format the server does not know: INVALID_ARGUMENT, nothing changes.
+  const std::uint64_t lease = server_->store().Status().workers.at(0).lease_id;
+  v1::PushRequest header = Header(lease, 100, "t", 1);
+  header.mutable_header()->set_format(static_cast<v1::WireFormat>(7));
+  EXPECT_THAT(RawPush({header, Chunk(0, 0, std::vector<float>(1024, 9.0f))}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("wire format 7")));
+  // A chunk of float32 size in a bfloat16 push: a wrong length.
+  header.mutable_header()->set_format(v1::WIRE_FORMAT_BFLOAT16);
+  EXPECT_THAT(RawPush({header, Chunk(0, 0, std::vector<float>(1024, 9.0f))}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("values in bfloat16")));
+  EXPECT_EQ(Stored("t"), stored);
+}
+
 TEST_F(ServiceTest, TakeSnapshotWithoutDirectoryIsFailedPrecondition) {
   grpc::ClientContext context;
   v1::TakeSnapshotResponse response;
