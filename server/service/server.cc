@@ -89,6 +89,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       static_cast<int>(options.store.chunk_bytes) + kHeaderSlackBytes);
   builder.SetMaxSendMessageSize(
       static_cast<int>(options.store.chunk_bytes) + kHeaderSlackBytes);
+  // Each stream may have two chunks in flight towards the server, no more.
+  // gRPC's default (windows grown by BDP probing) let 8 workers pushing a
+  // 256 MiB tensor park ~600 MiB of received-but-unsummed chunks in the
+  // server; with a fixed window the server's memory is the value and the
+  // accumulator, and loopback throughput is the same (docs/performance.md).
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
+      static_cast<int>(2 * options.store.chunk_bytes));
   server->server_ = builder.BuildAndStart();
   const bool unix_socket = absl::StartsWith(options.listen_address, "unix:");
   if (server->server_ == nullptr || (!unix_socket && port == 0)) {
