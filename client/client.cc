@@ -8,7 +8,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/notification.h"
 #include "absl/random/distributions.h"
 #include "absl/time/clock.h"
 #include "common/chunk_codec.h"
@@ -98,19 +97,8 @@ absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
     versions[i] = info.version();
   }
   std::vector<std::uint64_t> next(tensors.size(), 0);
-  ChunkReader reader;
-  ChunkView chunk;
-  while (stream.Read(&bytes)) {
-    if (!reader.Parse(bytes, &chunk)) {
-      // Not in the codec's form: a chunk encoded otherwise, or not a chunk.
-      if (!Deserialize(&bytes, &msg) || !msg.has_chunk()) {
-        return malformed("a second pull header or an unreadable message");
-      }
-      chunk.tensor_index = msg.chunk().tensor_index();
-      chunk.offset = msg.chunk().offset();
-      chunk.pieces.assign(1, msg.chunk().data());
-      chunk.size = msg.chunk().data().size();
-    }
+  // Copies one chunk into its tensor; false if it is out of place.
+  auto take = [&](const ChunkView& chunk) {
     const std::uint32_t i = chunk.tensor_index;
     // Offsets are float32 bytes in every format.
     const std::uint64_t covers =
@@ -118,12 +106,37 @@ absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
     if (i >= tensors.size() || chunk.offset != next[i] ||
         chunk.size % ElementBytes(format) != 0 ||
         covers > tensors[i].data.size() * kFloatBytes - chunk.offset) {
-      return malformed("a chunk out of place");
+      return false;
     }
     DecodePieces(chunk.pieces, format,
                  tensors[i].data.data() + chunk.offset / kFloatBytes);
     next[i] += covers;
     bytes_read += chunk.size;
+    return true;
+  };
+  ChunkReader reader;
+  ChunkView chunk;
+  while (stream.Read(&bytes)) {
+    if (reader.Parse(bytes, &chunk)) {
+      if (!take(chunk)) return malformed("a chunk out of place");
+      continue;
+    }
+    // Not in the codec's form: a batch, a chunk encoded otherwise, or
+    // something else.
+    if (!Deserialize(&bytes, &msg) || !(msg.has_chunk() || msg.has_batch())) {
+      return malformed("a second pull header or an unreadable message");
+    }
+    if (msg.has_chunk()) {  // Treated as a batch of one.
+      v1::TensorChunk single = std::move(*msg.mutable_chunk());
+      *msg.mutable_batch()->add_chunks() = std::move(single);
+    }
+    for (const v1::TensorChunk& c : msg.batch().chunks()) {
+      chunk.tensor_index = c.tensor_index();
+      chunk.offset = c.offset();
+      chunk.pieces.assign(1, c.data());
+      chunk.size = c.data().size();
+      if (!take(chunk)) return malformed("a chunk out of place");
+    }
   }
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     if (next[i] != tensors[i].data.size() * kFloatBytes) {
@@ -134,61 +147,58 @@ absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
   return absl::OkStatus();
 }
 
-// Lends the caller's buffers to gRPC for one call: chunk slices point into
-// them, and the call returns only once gRPC released every slice.
-class LentBuffers {
- public:
-  LentBuffers()
-      : released_(std::make_shared<absl::Notification>()),
-        token_(nullptr, [released = released_](const void*) {
-          released->Notify();
-        }) {}
-
-  // Held by each slice until gRPC is done with it.
-  std::shared_ptr<const void> token() const { return token_; }
-
-  // Waits until gRPC released every slice; false after `timeout`.
-  bool AwaitReturned(absl::Duration timeout) {
-    token_.reset();
-    return released_->WaitForNotificationWithTimeout(timeout);
-  }
-
- private:
-  std::shared_ptr<absl::Notification> released_;
-  std::shared_ptr<const void> token_;
-};
-
-// Writes a push header and every tensor's chunks (pointing into the
-// tensors' buffers), then half-closes.
-// 16-bit formats are encoded chunk by chunk into buffers of their own.
+// Writes a push header and every tensor's chunks, then half-closes. Each
+// chunk's payload is copied (or encoded, for 16-bit formats) into a buffer
+// gRPC owns, so the caller's buffers are theirs again when the call
+// returns, even if a stalled connection still holds unsent bytes. Chunks
+// below kBatchChunksBelow go packed into ChunkBatch messages: their bytes
+// are few, their messages many.
 template <typename Stream>
 void WritePush(Stream& stream, const v1::PushHeader& header,
                absl::Span<const TensorRef> tensors, std::uint64_t chunk_bytes,
-               WireFormat format, const LentBuffers& lent,
-               std::uint64_t& bytes_written) {
+               WireFormat format, std::uint64_t& bytes_written) {
   v1::PushRequest msg;  // Wire-identical to PushPullRequest.
   *msg.mutable_header() = header;
   bool ok = stream.Write(Serialize(msg));
+  v1::PushRequest batch;
+  std::uint64_t batched = 0;
+  auto flush = [&] {
+    if (batch.batch().chunks_size() == 0) return;
+    ok = stream.Write(Serialize(batch));
+    if (ok) bytes_written += batched;
+    batch.Clear();
+    batched = 0;
+  };
   for (std::uint32_t i = 0; ok && i < tensors.size(); ++i) {
     const std::uint64_t bytes = tensors[i].data.size() * kFloatBytes;
-    const char* base = reinterpret_cast<const char*>(tensors[i].data.data());
     for (std::uint64_t off = 0; ok && off < bytes; off += chunk_bytes) {
       const std::uint64_t len = ChunkLength(bytes, chunk_bytes, off);
-      if (format == WireFormat::kFloat32) {
-        ok = stream.Write(EncodeChunk(i, off, base + off, len, lent.token()));
-        if (ok) bytes_written += len;
+      const std::uint64_t count = len / kFloatBytes;
+      const std::uint64_t size = count * ElementBytes(format);
+      const float* values = tensors[i].data.data() + off / kFloatBytes;
+      if (len < kBatchChunksBelow) {
+        if (batched + size > chunk_bytes ||
+            batch.batch().chunks_size() == static_cast<int>(kMaxBatchChunks)) {
+          flush();
+        }
+        v1::TensorChunk* chunk = batch.mutable_batch()->add_chunks();
+        chunk->set_tensor_index(i);
+        chunk->set_offset(off);
+        std::string* data = chunk->mutable_data();
+        data->resize(size);
+        EncodeValues(values, count, format, data->data());
+        batched += size;
         continue;
       }
-      const std::uint64_t count = len / kFloatBytes;
-      auto encoded =
-          std::make_shared<std::vector<char>>(count * ElementBytes(format));
-      EncodeValues(tensors[i].data.data() + off / kFloatBytes, count, format,
-                   encoded->data());
-      ok = stream.Write(
-          EncodeChunk(i, off, encoded->data(), encoded->size(), encoded));
-      if (ok) bytes_written += encoded->size();
+      flush();
+      if (!ok) break;
+      std::shared_ptr<char[]> payload(new char[size]);  // Not zero-filled.
+      EncodeValues(values, count, format, payload.get());
+      ok = stream.Write(EncodeChunk(i, off, payload.get(), size, payload));
+      if (ok) bytes_written += size;
     }
   }
+  if (ok) flush();
   // On a failed write the server has ended the call; Finish() says why.
   if (ok) stream.WritesDone();
 }
@@ -527,6 +537,7 @@ absl::Status Client::PushOnce(absl::Span<const TensorRef> tensors,
                                                        : v1::UPDATE_KIND_DELTA);
   header.set_weight(options.weight);
   header.set_format(FormatToProto(options_.wire_format));
+  header.set_accept_batches(true);
   for (const TensorRef& t : tensors) {
     v1::PushedTensor* p = header.add_tensors();
     p->set_name(t.name);
@@ -534,16 +545,6 @@ absl::Status Client::PushOnce(absl::Span<const TensorRef> tensors,
   }
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
-  LentBuffers lent;
-  // The tensors' buffers are the caller's again once gRPC let go of them.
-  auto give_back = [&lent, this](absl::Status status) {
-    if (!lent.AwaitReturned(options_.call_timeout)) {
-      return absl::InternalError(
-          "gRPC still holds the pushed buffers after the call ended");
-    }
-    return status;
-  };
-
   if (!pull_result) {
     grpc::ByteBuffer response_bytes;
     std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> stream(
@@ -551,10 +552,8 @@ absl::Status Client::PushOnce(absl::Span<const TensorRef> tensors,
             channel_->channel.get(), channel_->push, &context,
             &response_bytes));
     WritePush(*stream, header, tensors, chunk_bytes_, options_.wire_format,
-              lent, stats_.bytes_pushed);
-    absl::Status status = Annotate(stream->Finish(), "Push");
-    stream.reset();
-    WEIGHTD_RETURN_IF_ERROR(give_back(std::move(status)));
+              stats_.bytes_pushed);
+    WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Push"));
     v1::PushResponse response;
     if (!Deserialize(&response_bytes, &response) ||
         response.tensors_size() != static_cast<int>(tensors.size())) {
@@ -574,14 +573,12 @@ absl::Status Client::PushOnce(absl::Span<const TensorRef> tensors,
              grpc::ByteBuffer, grpc::ByteBuffer>::Create(channel_->channel.get(),
                                                          channel_->push_pull,
                                                          &context));
-  WritePush(*stream, header, tensors, chunk_bytes_, options_.wire_format, lent,
+  WritePush(*stream, header, tensors, chunk_bytes_, options_.wire_format,
             stats_.bytes_pushed);
   std::vector<std::uint64_t> versions;
   absl::Status read = ReadTensors(*stream, context, options_.wire_format,
                                   tensors, versions, stats_.bytes_pulled);
-  absl::Status status = Annotate(stream->Finish(), "PushPull");
-  stream.reset();
-  WEIGHTD_RETURN_IF_ERROR(give_back(std::move(status)));
+  WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "PushPull"));
   WEIGHTD_RETURN_IF_ERROR(read);
   RecordPulled(tensors, versions);
   return absl::OkStatus();
@@ -615,6 +612,7 @@ absl::Status Client::PullOnce(absl::Span<const TensorRef> tensors) {
     p->set_min_version(tracked_.at(t.name).wait_version);
   }
   request.set_format(FormatToProto(options_.wire_format));
+  request.set_accept_batches(true);
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
   std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> stream(

@@ -22,6 +22,12 @@ inline constexpr std::uint64_t kDefaultChunkBytes = 1 << 20;
 inline constexpr std::uint64_t kMinChunkBytes = 4 << 10;
 inline constexpr std::uint64_t kMaxChunkBytes = 16 << 20;
 
+// Chunks covering fewer float32 bytes than this travel packed into
+// ChunkBatch messages, where the peer accepts them; a batch carries at most
+// chunk_bytes of payload and kMaxBatchChunks chunks.
+inline constexpr std::uint64_t kBatchChunksBelow = 64 << 10;
+inline constexpr std::size_t kMaxBatchChunks = 4096;
+
 // Number of bytes chunk `offset` of a tensor of `tensor_bytes` must carry.
 inline std::uint64_t ChunkLength(std::uint64_t tensor_bytes,
                                  std::uint64_t chunk_bytes,

@@ -109,14 +109,17 @@ class TensorStreamer {
  public:
   TensorStreamer(std::vector<std::string> names,
                  std::vector<core::TensorSnapshot> snapshots,
-                 std::uint64_t chunk_bytes, WireFormat format)
+                 std::uint64_t chunk_bytes, WireFormat format, bool batches)
       : names_(std::move(names)),
         snapshots_(std::move(snapshots)),
         chunk_bytes_(chunk_bytes),
-        format_(format) {}
+        format_(format),
+        batches_(batches) {}
 
   // Fills `msg` with the next message and returns its payload bytes, or
-  // returns nullopt when everything was sent.
+  // returns nullopt when everything was sent. Small chunks go packed into
+  // one ChunkBatch if the caller accepts batches (protobuf copies their few
+  // bytes); the others, one per message, without a copy.
   std::optional<std::uint64_t> Next(grpc::ByteBuffer* msg) {
     if (!header_sent_) {
       header_sent_ = true;
@@ -131,39 +134,72 @@ class TensorStreamer {
       *msg = SerializeMessage(response);
       return 0;
     }
-    while (tensor_ < snapshots_.size()) {
-      const core::TensorValue& value = snapshots_[tensor_].value;
-      const std::uint64_t bytes = value->size() * kFloatBytes;
-      if (offset_ < bytes) {
-        const std::uint64_t length = ChunkLength(bytes, chunk_bytes_, offset_);
-        const auto index = static_cast<std::uint32_t>(tensor_);
-        const float* values = value->data() + offset_ / kFloatBytes;
-        if (format_ == WireFormat::kFloat32) {
-          *msg = EncodeChunk(index, offset_,
-                             reinterpret_cast<const char*>(values), length,
-                             value);
-        } else {
-          const core::EncodedValue& encoded = snapshots_[tensor_].encoded;
-          const std::size_t element = ElementBytes(format_);
-          *msg = EncodeChunk(
-              index, offset_,
-              encoded->data() + offset_ / kFloatBytes * element,
-              length / kFloatBytes * element, encoded);
-        }
-        offset_ += length;
-        return length;
+    std::optional<Chunk> chunk = Peek();
+    if (!chunk.has_value()) return std::nullopt;
+    if (!batches_ || chunk->covers >= kBatchChunksBelow) {
+      offset_ += chunk->covers;
+      *msg = EncodeChunk(chunk->index, chunk->offset, chunk->data, chunk->size,
+                         std::move(chunk->keep));
+      return chunk->size;
+    }
+    v1::PullResponse response;
+    v1::ChunkBatch* batch = response.mutable_batch();
+    std::uint64_t payload = 0;
+    while (chunk.has_value() && chunk->covers < kBatchChunksBelow &&
+           payload + chunk->size <= chunk_bytes_ &&
+           batch->chunks_size() < static_cast<int>(kMaxBatchChunks)) {
+      v1::TensorChunk* out = batch->add_chunks();
+      out->set_tensor_index(chunk->index);
+      out->set_offset(chunk->offset);
+      out->set_data(chunk->data, chunk->size);
+      payload += chunk->size;
+      offset_ += chunk->covers;
+      chunk = Peek();
+    }
+    *msg = SerializeMessage(response);
+    return payload;
+  }
+
+ private:
+  struct Chunk {
+    std::uint32_t index;
+    std::uint64_t offset;
+    std::uint64_t covers;  // Float32 bytes of the tensor.
+    const char* data;      // Its payload in format_.
+    std::uint64_t size;
+    std::shared_ptr<const void> keep;  // Owns `data`.
+  };
+
+  // The chunk at (tensor_, offset_), skipping finished tensors.
+  std::optional<Chunk> Peek() {
+    for (; tensor_ < snapshots_.size(); ++tensor_, offset_ = 0) {
+      const core::TensorSnapshot& snapshot = snapshots_[tensor_];
+      const std::uint64_t bytes = snapshot.value->size() * kFloatBytes;
+      if (offset_ >= bytes) continue;
+      const std::uint64_t length = ChunkLength(bytes, chunk_bytes_, offset_);
+      const auto index = static_cast<std::uint32_t>(tensor_);
+      if (format_ == WireFormat::kFloat32) {
+        return Chunk{index, offset_, length,
+                     reinterpret_cast<const char*>(snapshot.value->data()) +
+                         offset_,
+                     length, snapshot.value};
       }
-      ++tensor_;
-      offset_ = 0;
+      const std::size_t element = ElementBytes(format_);
+      return Chunk{index,
+                   offset_,
+                   length,
+                   snapshot.encoded->data() + offset_ / kFloatBytes * element,
+                   length / kFloatBytes * element,
+                   snapshot.encoded};
     }
     return std::nullopt;
   }
 
- private:
   const std::vector<std::string> names_;
   const std::vector<core::TensorSnapshot> snapshots_;
   const std::uint64_t chunk_bytes_;
   const WireFormat format_;
+  const bool batches_;
   bool header_sent_ = false;
   std::size_t tensor_ = 0;
   std::uint64_t offset_ = 0;
@@ -261,9 +297,11 @@ class WaitThenStream {
       : reactor_(reactor), wait_(reactor), store_(store), traffic_(traffic) {}
 
   // Waits until every `(name, version)` is reached, then streams the names
-  // in `format`.
-  void Start(core::TensorStore::VersionRequest request, WireFormat format) {
+  // in `format`, small chunks in batches if `batches`.
+  void Start(core::TensorStore::VersionRequest request, WireFormat format,
+             bool batches) {
     format_ = format;
+    batches_ = batches;
     for (const auto& [name, version] : request) names_.push_back(name);
     wait_.Start(
         [this, &request](WaitDone done) {
@@ -287,7 +325,7 @@ class WaitThenStream {
     auto snapshots = store_->Snapshot(names_, format_);
     if (!snapshots.ok()) return FinishOnce(snapshots.status());
     streamer_.emplace(names_, std::move(*snapshots),
-                      store_->options().chunk_bytes, format_);
+                      store_->options().chunk_bytes, format_, batches_);
     WriteNext();
   }
 
@@ -304,6 +342,7 @@ class WaitThenStream {
   TrafficCounters* const traffic_;
   std::vector<std::string> names_;
   WireFormat format_ = WireFormat::kFloat32;
+  bool batches_ = false;
   std::optional<TensorStreamer> streamer_;
   grpc::ByteBuffer response_;
 };
@@ -489,9 +528,23 @@ class PushReader {
       WEIGHTD_ASSIGN_OR_RETURN(core::PushHeader header,
                                PushHeaderFromProto(request.header()));
       WEIGHTD_ASSIGN_OR_RETURN(session_, store_->BeginPush(std::move(header)));
+      accept_batches_ = request.header().accept_batches();
       return absl::OkStatus();
     }
     if (session_ == nullptr) return MissingHeader(call_);
+    if (request.has_batch()) {
+      if (request.batch().chunks_size() > static_cast<int>(kMaxBatchChunks)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("a batch of ", request.batch().chunks_size(),
+                         " chunks; the limit is ", kMaxBatchChunks));
+      }
+      for (const v1::TensorChunk& chunk : request.batch().chunks()) {
+        const absl::string_view data = chunk.data();
+        WEIGHTD_RETURN_IF_ERROR(AddChunk(chunk.tensor_index(), chunk.offset(),
+                                         core::Pieces(&data, 1)));
+      }
+      return absl::OkStatus();
+    }
     if (!request.has_chunk()) {
       return absl::InvalidArgumentError(
           absl::StrCat(call_, " message carries nothing"));
@@ -506,8 +559,10 @@ class PushReader {
     return session_->Finish();
   }
 
-  // The push's wire format (after a successful Finish()).
+  // The push's wire format, and whether its result may come in batches
+  // (after a successful Finish()).
   WireFormat format() const { return session_->header().format; }
+  bool accept_batches() const { return accept_batches_; }
 
  private:
   absl::Status AddChunk(std::uint32_t index, std::uint64_t offset,
@@ -522,6 +577,7 @@ class PushReader {
   TrafficCounters* const traffic_;
   const absl::string_view call_;
   std::unique_ptr<core::PushSession> session_;
+  bool accept_batches_ = false;
   ChunkReader chunks_;
   ChunkView chunk_;
 };
@@ -592,7 +648,7 @@ class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       stream_.FinishOnce(format.status());
       return;
     }
-    stream_.Start(std::move(wanted), *format);
+    stream_.Start(std::move(wanted), *format, request.accept_batches());
   }
 
   void OnCancel() override { stream_.OnCancel(); }
@@ -624,7 +680,8 @@ class PushPullReactor final
       for (const core::PushResult& r : *results) {
         wanted.emplace_back(r.name, r.outcome.ready_version);
       }
-      return stream_.Start(std::move(wanted), reader_.format());
+      return stream_.Start(std::move(wanted), reader_.format(),
+                           reader_.accept_batches());
     }
     if (absl::Status s = reader_.Handle(&request_); !s.ok()) {
       return stream_.FinishOnce(s);
