@@ -115,27 +115,28 @@ absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
     return true;
   };
   ChunkReader reader;
-  ChunkView chunk;
+  ChunkView single;
   while (stream.Read(&bytes)) {
-    if (reader.Parse(bytes, &chunk)) {
-      if (!take(chunk)) return malformed("a chunk out of place");
+    if (reader.Parse(bytes)) {
+      for (const ChunkView& chunk : reader.chunks()) {
+        if (!take(chunk)) return malformed("a chunk out of place");
+      }
       continue;
     }
-    // Not in the codec's form: a batch, a chunk encoded otherwise, or
-    // something else.
+    // Not in the codec's form: encoded otherwise, or not a chunk at all.
     if (!Deserialize(&bytes, &msg) || !(msg.has_chunk() || msg.has_batch())) {
       return malformed("a second pull header or an unreadable message");
     }
     if (msg.has_chunk()) {  // Treated as a batch of one.
-      v1::TensorChunk single = std::move(*msg.mutable_chunk());
-      *msg.mutable_batch()->add_chunks() = std::move(single);
+      v1::TensorChunk chunk = std::move(*msg.mutable_chunk());
+      *msg.mutable_batch()->add_chunks() = std::move(chunk);
     }
     for (const v1::TensorChunk& c : msg.batch().chunks()) {
-      chunk.tensor_index = c.tensor_index();
-      chunk.offset = c.offset();
-      chunk.pieces.assign(1, c.data());
-      chunk.size = c.data().size();
-      if (!take(chunk)) return malformed("a chunk out of place");
+      single.tensor_index = c.tensor_index();
+      single.offset = c.offset();
+      single.pieces.assign(1, c.data());
+      single.size = c.data().size();
+      if (!take(single)) return malformed("a chunk out of place");
     }
   }
   for (std::size_t i = 0; i < tensors.size(); ++i) {
@@ -160,14 +161,12 @@ void WritePush(Stream& stream, const v1::PushHeader& header,
   v1::PushRequest msg;  // Wire-identical to PushPullRequest.
   *msg.mutable_header() = header;
   bool ok = stream.Write(Serialize(msg));
-  v1::PushRequest batch;
-  std::uint64_t batched = 0;
+  BatchWriter batch;
   auto flush = [&] {
-    if (batch.batch().chunks_size() == 0) return;
-    ok = stream.Write(Serialize(batch));
-    if (ok) bytes_written += batched;
-    batch.Clear();
-    batched = 0;
+    if (batch.chunks() == 0) return;
+    const std::uint64_t payload = batch.payload();
+    ok = stream.Write(batch.Finish());
+    if (ok) bytes_written += payload;
   };
   for (std::uint32_t i = 0; ok && i < tensors.size(); ++i) {
     const std::uint64_t bytes = tensors[i].data.size() * kFloatBytes;
@@ -177,17 +176,11 @@ void WritePush(Stream& stream, const v1::PushHeader& header,
       const std::uint64_t size = count * ElementBytes(format);
       const float* values = tensors[i].data.data() + off / kFloatBytes;
       if (len < kBatchChunksBelow) {
-        if (batched + size > chunk_bytes ||
-            batch.batch().chunks_size() == static_cast<int>(kMaxBatchChunks)) {
+        if (batch.payload() + size > chunk_bytes ||
+            batch.chunks() == kMaxBatchChunks) {
           flush();
         }
-        v1::TensorChunk* chunk = batch.mutable_batch()->add_chunks();
-        chunk->set_tensor_index(i);
-        chunk->set_offset(off);
-        std::string* data = chunk->mutable_data();
-        data->resize(size);
-        EncodeValues(values, count, format, data->data());
-        batched += size;
+        EncodeValues(values, count, format, batch.Add(i, off, size));
         continue;
       }
       flush();

@@ -7,6 +7,8 @@ namespace {
 
 // Wire tags: (field << 3) | wire type; 0 = varint, 2 = length-delimited.
 constexpr std::uint8_t kChunkField = (2 << 3) | 2;
+constexpr std::uint8_t kBatchField = (3 << 3) | 2;
+constexpr std::uint8_t kBatchChunksField = (1 << 3) | 2;
 constexpr std::uint8_t kIndexField = (1 << 3) | 0;
 constexpr std::uint8_t kOffsetField = (2 << 3) | 0;
 constexpr std::uint8_t kDataField = (3 << 3) | 2;
@@ -115,22 +117,18 @@ grpc::ByteBuffer EncodeChunk(std::uint32_t tensor_index, std::uint64_t offset,
   return grpc::ByteBuffer(slices, size == 0 ? 1 : 2);
 }
 
-bool ChunkReader::Parse(const grpc::ByteBuffer& message, ChunkView* view) {
-  slices_.clear();
+namespace {
+
+// Parses the fields of one TensorChunk that ends when `in` has `end_left`
+// bytes left.
+bool ParseChunkFields(Cursor& in, std::uint64_t end_left, ChunkView* view) {
   view->pieces.clear();
   view->tensor_index = 0;
   view->offset = 0;
   view->size = 0;
-  if (!message.Dump(&slices_).ok()) return false;
-  Cursor in(slices_);
-  std::uint8_t tag;
-  std::uint64_t length;
-  if (!in.Byte(&tag) || tag != kChunkField || !in.Varint(&length) ||
-      length != in.left()) {
-    return false;
-  }
   bool seen_index = false, seen_offset = false, seen_data = false;
-  while (in.left() > 0) {
+  while (in.left() > end_left) {
+    std::uint8_t tag;
     std::uint64_t value;
     if (!in.Byte(&tag)) return false;
     switch (tag) {
@@ -147,7 +145,8 @@ bool ChunkReader::Parse(const grpc::ByteBuffer& message, ChunkView* view) {
         seen_offset = true;
         break;
       case kDataField:
-        if (seen_data || !in.Varint(&value) || !in.Take(value, &view->pieces)) {
+        if (seen_data || !in.Varint(&value) ||
+            value > in.left() - end_left || !in.Take(value, &view->pieces)) {
           return false;
         }
         seen_data = true;
@@ -155,6 +154,74 @@ bool ChunkReader::Parse(const grpc::ByteBuffer& message, ChunkView* view) {
         break;
       default:
         return false;
+    }
+  }
+  return in.left() == end_left;
+}
+
+}  // namespace
+
+char* BatchWriter::Add(std::uint32_t tensor_index, std::uint64_t offset,
+                       std::size_t size) {
+  const std::size_t inner = 1 + VarintSize(tensor_index) + 1 +
+                            VarintSize(offset) + 1 + VarintSize(size) + size;
+  char head[4 + 4 * kMaxVarintBytes];
+  char* p = head;
+  *p++ = static_cast<char>(kBatchChunksField);
+  p = PutVarint(inner, p);
+  *p++ = static_cast<char>(kIndexField);
+  p = PutVarint(tensor_index, p);
+  *p++ = static_cast<char>(kOffsetField);
+  p = PutVarint(offset, p);
+  *p++ = static_cast<char>(kDataField);
+  p = PutVarint(size, p);
+  body_.append(head, static_cast<std::size_t>(p - head));
+  const std::size_t at = body_.size();
+  body_.resize(at + size);
+  ++chunks_;
+  payload_ += size;
+  return body_.data() + at;
+}
+
+grpc::ByteBuffer BatchWriter::Finish() {
+  char head[1 + kMaxVarintBytes];
+  char* p = head;
+  *p++ = static_cast<char>(kBatchField);
+  p = PutVarint(body_.size(), p);
+  auto* body = new std::string(std::move(body_));
+  body_.clear();
+  chunks_ = 0;
+  payload_ = 0;
+  grpc::Slice slices[2] = {
+      grpc::Slice(head, static_cast<std::size_t>(p - head)),
+      grpc::Slice(body->data(), body->size(),
+                  [](void* b) { delete static_cast<std::string*>(b); }, body)};
+  return grpc::ByteBuffer(slices, 2);
+}
+
+ChunkView* ChunkReader::NextView() {
+  if (count_ == views_.size()) views_.emplace_back();
+  return &views_[count_++];
+}
+
+bool ChunkReader::Parse(const grpc::ByteBuffer& message) {
+  slices_.clear();
+  count_ = 0;
+  if (!message.Dump(&slices_).ok()) return false;
+  Cursor in(slices_);
+  std::uint8_t tag;
+  std::uint64_t length;
+  if (!in.Byte(&tag) || (tag != kChunkField && tag != kBatchField) ||
+      !in.Varint(&length) || length != in.left()) {
+    return false;
+  }
+  if (tag == kChunkField) return ParseChunkFields(in, 0, NextView());
+  while (in.left() > 0) {
+    std::uint64_t entry;
+    if (!in.Byte(&tag) || tag != kBatchChunksField || !in.Varint(&entry) ||
+        entry > in.left() ||
+        !ParseChunkFields(in, in.left() - entry, NextView())) {
+      return false;
     }
   }
   return true;

@@ -4,10 +4,11 @@
 //   oneof kind { Header header = 1; TensorChunk chunk = 2; }
 // (JoinRequest names its field 2 initial_value). Protobuf's generated code
 // copies a chunk's bytes into a std::string on each side of the wire; this
-// codec writes and reads field 2 directly:
+// codec writes and reads fields 2 (a chunk) and 3 (a ChunkBatch) directly:
 //  - EncodeChunk() builds the message from a few header bytes and a slice
 //    that points at the caller's payload (kept alive through `keep`);
-//  - ChunkReader::Parse() finds the payload in the slices the message
+//  - BatchWriter packs small chunks into one buffer;
+//  - ChunkReader::Parse() finds the payloads in the slices the message
 //    arrived in and hands them out as views.
 // Both speak exactly the proto wire format: a peer using generated code on
 // the other side sees ordinary messages. Any message Parse() does not
@@ -21,9 +22,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 
 namespace weightd {
 
@@ -42,17 +45,46 @@ struct ChunkView {
   std::uint64_t size = 0;  // Sum of the pieces' sizes.
 };
 
+// Builds a ChunkBatch message (field 3) in one buffer: each chunk's payload
+// is written once, straight into it, with no allocation per chunk.
+class BatchWriter {
+ public:
+  // Appends a chunk of `size` payload bytes; returns where to write them
+  // (valid until the next call).
+  char* Add(std::uint32_t tensor_index, std::uint64_t offset, std::size_t size);
+  std::size_t chunks() const { return chunks_; }
+  std::uint64_t payload() const { return payload_; }
+  // The message; the writer is empty again.
+  grpc::ByteBuffer Finish();
+
+ private:
+  std::string body_;  // The repeated field's entries.
+  std::size_t chunks_ = 0;
+  std::uint64_t payload_ = 0;
+};
+
 // Parses chunk messages; holds the last message's slices so that the views
 // it returned stay valid until the next Parse() or the reader's end.
 class ChunkReader {
  public:
-  // True, filling `view`, if `message` is field 2 alone holding a
-  // TensorChunk whose fields each appear at most once. False for anything
-  // else (parse it with protobuf then). Never reads past the message.
-  bool Parse(const grpc::ByteBuffer& message, ChunkView* view);
+  // True if `message` is field 2 alone holding a TensorChunk (one view), or
+  // field 3 alone holding a ChunkBatch (a view per chunk), whose
+  // TensorChunks each have every field at most once; chunks() then holds
+  // the views. False for anything else (parse it with protobuf then).
+  // Never reads past the message.
+  bool Parse(const grpc::ByteBuffer& message);
+
+  // The chunks of the last successful Parse(), valid until the next one.
+  absl::Span<const ChunkView> chunks() const {
+    return absl::MakeConstSpan(views_.data(), count_);
+  }
 
  private:
+  ChunkView* NextView();
+
   std::vector<grpc::Slice> slices_;
+  std::vector<ChunkView> views_;  // Reused: no allocation per chunk.
+  std::size_t count_ = 0;
 };
 
 }  // namespace weightd

@@ -142,21 +142,17 @@ class TensorStreamer {
                          std::move(chunk->keep));
       return chunk->size;
     }
-    v1::PullResponse response;
-    v1::ChunkBatch* batch = response.mutable_batch();
-    std::uint64_t payload = 0;
+    BatchWriter batch;
     while (chunk.has_value() && chunk->covers < kBatchChunksBelow &&
-           payload + chunk->size <= chunk_bytes_ &&
-           batch->chunks_size() < static_cast<int>(kMaxBatchChunks)) {
-      v1::TensorChunk* out = batch->add_chunks();
-      out->set_tensor_index(chunk->index);
-      out->set_offset(chunk->offset);
-      out->set_data(chunk->data, chunk->size);
-      payload += chunk->size;
+           batch.payload() + chunk->size <= chunk_bytes_ &&
+           batch.chunks() < kMaxBatchChunks) {
+      std::memcpy(batch.Add(chunk->index, chunk->offset, chunk->size),
+                  chunk->data, chunk->size);
       offset_ += chunk->covers;
       chunk = Peek();
     }
-    *msg = SerializeMessage(response);
+    const std::uint64_t payload = batch.payload();
+    *msg = batch.Finish();
     return payload;
   }
 
@@ -517,9 +513,14 @@ class PushReader {
       : store_(store), traffic_(traffic), call_(call) {}
 
   absl::Status Handle(grpc::ByteBuffer* message) {
-    if (chunks_.Parse(*message, &chunk_)) {
+    if (chunks_.Parse(*message)) {
       if (session_ == nullptr) return MissingHeader(call_);
-      return AddChunk(chunk_.tensor_index, chunk_.offset, chunk_.pieces);
+      if (chunks_.chunks().size() > kMaxBatchChunks) return TooManyChunks();
+      for (const ChunkView& chunk : chunks_.chunks()) {
+        WEIGHTD_RETURN_IF_ERROR(
+            AddChunk(chunk.tensor_index, chunk.offset, chunk.pieces));
+      }
+      return absl::OkStatus();
     }
     v1::PushRequest request;
     WEIGHTD_RETURN_IF_ERROR(ParseMessage(message, &request, call_));
@@ -534,9 +535,7 @@ class PushReader {
     if (session_ == nullptr) return MissingHeader(call_);
     if (request.has_batch()) {
       if (request.batch().chunks_size() > static_cast<int>(kMaxBatchChunks)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("a batch of ", request.batch().chunks_size(),
-                         " chunks; the limit is ", kMaxBatchChunks));
+        return TooManyChunks();
       }
       for (const v1::TensorChunk& chunk : request.batch().chunks()) {
         const absl::string_view data = chunk.data();
@@ -552,6 +551,11 @@ class PushReader {
     const absl::string_view data = request.chunk().data();
     return AddChunk(request.chunk().tensor_index(), request.chunk().offset(),
                     core::Pieces(&data, 1));
+  }
+
+  static absl::Status TooManyChunks() {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a batch of more than ", kMaxBatchChunks, " chunks"));
   }
 
   absl::StatusOr<std::vector<core::PushResult>> Finish() {
@@ -579,7 +583,6 @@ class PushReader {
   std::unique_ptr<core::PushSession> session_;
   bool accept_batches_ = false;
   ChunkReader chunks_;
-  ChunkView chunk_;
 };
 
 class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {

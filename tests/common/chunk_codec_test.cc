@@ -73,8 +73,9 @@ TEST(ChunkCodecTest, ParsesProtobufChunksAcrossEverySliceCut) {
   for (std::size_t a = 0; a <= bytes.size(); ++a) {
     for (std::size_t b = a; b <= bytes.size(); b += 3) {
       ChunkReader reader;
-      ChunkView view;
-      ASSERT_TRUE(reader.Parse(Sliced(bytes, {a, b}), &view)) << a << "," << b;
+      ASSERT_TRUE(reader.Parse(Sliced(bytes, {a, b}))) << a << "," << b;
+      ASSERT_EQ(reader.chunks().size(), 1u);
+      const ChunkView& view = reader.chunks()[0];
       EXPECT_EQ(view.tensor_index, 3u);
       EXPECT_EQ(view.offset, 300u);
       EXPECT_EQ(view.size, data.size() * 4);
@@ -87,9 +88,9 @@ TEST(ChunkCodecTest, DefaultFieldsAndEmptyPayload) {
   v1::PushRequest msg;
   msg.mutable_chunk();  // Every field at its default: an empty field 2.
   ChunkReader reader;
-  ChunkView view;
-  view.offset = 99;
-  ASSERT_TRUE(reader.Parse(Sliced(msg.SerializeAsString(), {}), &view));
+  ASSERT_TRUE(reader.Parse(Sliced(msg.SerializeAsString(), {})));
+  ASSERT_EQ(reader.chunks().size(), 1u);
+  const ChunkView& view = reader.chunks()[0];
   EXPECT_EQ(view.tensor_index, 0u);
   EXPECT_EQ(view.offset, 0u);
   EXPECT_EQ(view.size, 0u);
@@ -99,8 +100,7 @@ TEST(ChunkCodecTest, DefaultFieldsAndEmptyPayload) {
 TEST(ChunkCodecTest, LeavesEverythingElseToProtobuf) {
   auto refuses = [](const std::string& bytes) {
     ChunkReader reader;
-    ChunkView view;
-    return !reader.Parse(Sliced(bytes, {}), &view);
+    return !reader.Parse(Sliced(bytes, {}));
   };
   v1::PushRequest header;
   header.mutable_header()->set_lease_id(5);
@@ -130,6 +130,58 @@ TEST(ChunkCodecTest, LeavesEverythingElseToProtobuf) {
   // A tensor index that does not fit 32 bits.
   std::string wide("\x12\x06\x08\xff\xff\xff\xff\x1f", 8);
   EXPECT_TRUE(refuses(wide));
+}
+
+v1::ChunkBatch ThreeChunks() {
+  v1::ChunkBatch batch;
+  for (std::uint32_t i = 0; i < 3; ++i) {
+    v1::TensorChunk* c = batch.add_chunks();
+    c->set_tensor_index(i);
+    c->set_offset(4096 * i);
+    c->set_data(FloatBytes(std::vector<float>(i + 1, 0.5f * i)));
+  }
+  return batch;
+}
+
+TEST(ChunkCodecTest, BatchWriterWritesTheProtobufBatch) {
+  const v1::ChunkBatch want = ThreeChunks();
+  BatchWriter writer;
+  for (const v1::TensorChunk& c : want.chunks()) {
+    std::memcpy(writer.Add(c.tensor_index(), c.offset(), c.data().size()),
+                c.data().data(), c.data().size());
+  }
+  EXPECT_EQ(writer.chunks(), 3u);
+  EXPECT_EQ(writer.payload(), 4u * (1 + 2 + 3));
+  v1::PullResponse parsed;
+  ASSERT_TRUE(parsed.ParseFromString(Flatten(writer.Finish())));
+  ASSERT_TRUE(parsed.has_batch());
+  EXPECT_EQ(parsed.batch().SerializeAsString(), want.SerializeAsString());
+  EXPECT_EQ(writer.chunks(), 0u);  // Empty again.
+}
+
+TEST(ChunkCodecTest, ParsesProtobufBatchesAcrossEverySliceCut) {
+  v1::PushRequest msg;
+  *msg.mutable_batch() = ThreeChunks();
+  const std::string bytes = msg.SerializeAsString();
+  ChunkReader reader;  // Reused: views are recycled between messages.
+  for (std::size_t cut = 0; cut <= bytes.size(); ++cut) {
+    ASSERT_TRUE(reader.Parse(Sliced(bytes, {cut}))) << cut;
+    ASSERT_EQ(reader.chunks().size(), 3u);
+    for (std::uint32_t i = 0; i < 3; ++i) {
+      const ChunkView& view = reader.chunks()[i];
+      EXPECT_EQ(view.tensor_index, i);
+      EXPECT_EQ(view.offset, 4096u * i);
+      EXPECT_EQ(Joined(view), msg.batch().chunks(i).data());
+    }
+  }
+  // A batch holding something other than chunks, or a chunk's length
+  // running past the batch, goes to protobuf.
+  std::string other = bytes;
+  other[2] = 0x12;  // The first entry's tag: field 2 instead of 1.
+  EXPECT_FALSE(reader.Parse(Sliced(other, {})));
+  std::string longer = bytes;
+  longer[3] = static_cast<char>(longer[3] + 40);  // First entry's length.
+  EXPECT_FALSE(reader.Parse(Sliced(longer, {})));
 }
 
 }  // namespace
