@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -160,13 +161,21 @@ void WritePush(Stream& stream, const v1::PushHeader& header,
                WireFormat format, std::uint64_t& bytes_written) {
   v1::PushRequest msg;  // Wire-identical to PushPullRequest.
   *msg.mutable_header() = header;
+  // Each message is written once the next exists, so that the last one
+  // carries the half-close. (No buffer_hint on the header: a synchronous
+  // write with it does not complete until something flushes it.)
   bool ok = stream.Write(Serialize(msg));
+  std::optional<grpc::ByteBuffer> pending;
+  auto send = [&](grpc::ByteBuffer next) {
+    if (pending.has_value()) ok = stream.Write(*pending);
+    pending = std::move(next);
+  };
   BatchWriter batch;
+  std::uint64_t total = 0;  // Payload bytes; counted if the push went out.
   auto flush = [&] {
     if (batch.chunks() == 0) return;
-    const std::uint64_t payload = batch.payload();
-    ok = stream.Write(batch.Finish());
-    if (ok) bytes_written += payload;
+    total += batch.payload();
+    send(batch.Finish());
   };
   for (std::uint32_t i = 0; ok && i < tensors.size(); ++i) {
     const std::uint64_t bytes = tensors[i].data.size() * kFloatBytes;
@@ -187,13 +196,19 @@ void WritePush(Stream& stream, const v1::PushHeader& header,
       if (!ok) break;
       std::shared_ptr<char[]> payload(new char[size]);  // Not zero-filled.
       EncodeValues(values, count, format, payload.get());
-      ok = stream.Write(EncodeChunk(i, off, payload.get(), size, payload));
-      if (ok) bytes_written += size;
+      send(EncodeChunk(i, off, payload.get(), size, payload));
+      total += size;
     }
   }
   if (ok) flush();
   // On a failed write the server has ended the call; Finish() says why.
-  if (ok) stream.WritesDone();
+  if (!ok) return;
+  if (pending.has_value()) {
+    ok = stream.Write(*pending, grpc::WriteOptions().set_last_message());
+  } else {
+    ok = stream.WritesDone();
+  }
+  if (ok) bytes_written += total;
 }
 
 // Writes the chunks of one Join initial value, reusing one message so the

@@ -116,6 +116,9 @@ class TensorStreamer {
         format_(format),
         batches_(batches) {}
 
+  // True once Next() returned the last message.
+  bool finished() { return header_sent_ && !Peek().has_value(); }
+
   // Fills `msg` with the next message and returns its payload bytes, or
   // returns nullopt when everything was sent. Small chunks go packed into
   // one ChunkBatch if the caller accepts batches (protobuf copies their few
@@ -244,6 +247,19 @@ class ReactorWait {
     CancelWait();
   }
 
+  // Writes the last message and finishes with OK, unless the call was
+  // finished already (a write reactor's). The last touch of this object.
+  template <typename Message>
+  void WriteAndFinishOnce(const Message* last) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    reactor_->StartWriteAndFinish(last, grpc::WriteOptions(),
+                                  grpc::Status::OK);
+  }
+
   // Finishes the call unless it already was. The last touch of this object.
   void FinishOnce(const absl::Status& status) {
     {
@@ -325,11 +341,18 @@ class WaitThenStream {
     WriteNext();
   }
 
+  // The last message goes out with the status. (No buffer_hint on the
+  // header: its OnWriteDone would wait for a flush that only the next
+  // write, started from OnWriteDone, would cause.)
   void WriteNext() {
     std::optional<std::uint64_t> bytes = streamer_->Next(&response_);
     if (!bytes.has_value()) return FinishOnce(absl::OkStatus());
     traffic_->bytes_sent.fetch_add(*bytes, std::memory_order_relaxed);
-    reactor_->StartWrite(&response_);  // Last touch of this object.
+    if (streamer_->finished()) {
+      wait_.WriteAndFinishOnce(&response_);  // Last touch.
+    } else {
+      reactor_->StartWrite(&response_);  // Last touch.
+    }
   }
 
   Reactor* const reactor_;
