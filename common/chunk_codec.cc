@@ -33,6 +33,28 @@ std::size_t VarintSize(std::uint64_t v) {
   return n;
 }
 
+// The TensorChunk fields before its payload: tensor_index, offset and the
+// data field's tag and length. Returns the end; `out` has room for
+// kChunkHeadBytes.
+constexpr std::size_t kChunkHeadBytes = 3 + 3 * kMaxVarintBytes;
+
+char* PutChunkHead(std::uint32_t tensor_index, std::uint64_t offset,
+                   std::size_t size, char* out) {
+  *out++ = static_cast<char>(kIndexField);
+  out = PutVarint(tensor_index, out);
+  *out++ = static_cast<char>(kOffsetField);
+  out = PutVarint(offset, out);
+  *out++ = static_cast<char>(kDataField);
+  return PutVarint(size, out);
+}
+
+// Bytes of a TensorChunk holding `size` payload bytes.
+std::size_t ChunkBytes(std::uint32_t tensor_index, std::uint64_t offset,
+                       std::size_t size) {
+  return 3 + VarintSize(tensor_index) + VarintSize(offset) + VarintSize(size) +
+         size;
+}
+
 void ReleaseKeep(void* keep) {
   delete static_cast<std::shared_ptr<const void>*>(keep);
 }
@@ -98,18 +120,11 @@ class Cursor {
 grpc::ByteBuffer EncodeChunk(std::uint32_t tensor_index, std::uint64_t offset,
                              const char* data, std::size_t size,
                              std::shared_ptr<const void> keep) {
-  const std::size_t inner = 1 + VarintSize(tensor_index) + 1 +
-                            VarintSize(offset) + 1 + VarintSize(size) + size;
-  char head[4 + 4 * kMaxVarintBytes];
+  char head[1 + kMaxVarintBytes + kChunkHeadBytes];
   char* p = head;
   *p++ = static_cast<char>(kChunkField);
-  p = PutVarint(inner, p);
-  *p++ = static_cast<char>(kIndexField);
-  p = PutVarint(tensor_index, p);
-  *p++ = static_cast<char>(kOffsetField);
-  p = PutVarint(offset, p);
-  *p++ = static_cast<char>(kDataField);
-  p = PutVarint(size, p);
+  p = PutVarint(ChunkBytes(tensor_index, offset, size), p);
+  p = PutChunkHead(tensor_index, offset, size, p);
   grpc::Slice slices[2] = {
       grpc::Slice(head, static_cast<std::size_t>(p - head)),
       grpc::Slice(const_cast<char*>(data), size, &ReleaseKeep,
@@ -163,18 +178,11 @@ bool ParseChunkFields(Cursor& in, std::uint64_t end_left, ChunkView* view) {
 
 char* BatchWriter::Add(std::uint32_t tensor_index, std::uint64_t offset,
                        std::size_t size) {
-  const std::size_t inner = 1 + VarintSize(tensor_index) + 1 +
-                            VarintSize(offset) + 1 + VarintSize(size) + size;
-  char head[4 + 4 * kMaxVarintBytes];
+  char head[1 + kMaxVarintBytes + kChunkHeadBytes];
   char* p = head;
   *p++ = static_cast<char>(kBatchChunksField);
-  p = PutVarint(inner, p);
-  *p++ = static_cast<char>(kIndexField);
-  p = PutVarint(tensor_index, p);
-  *p++ = static_cast<char>(kOffsetField);
-  p = PutVarint(offset, p);
-  *p++ = static_cast<char>(kDataField);
-  p = PutVarint(size, p);
+  p = PutVarint(ChunkBytes(tensor_index, offset, size), p);
+  p = PutChunkHead(tensor_index, offset, size, p);
   body_.append(head, static_cast<std::size_t>(p - head));
   const std::size_t at = body_.size();
   body_.resize(at + size);
