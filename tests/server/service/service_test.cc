@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "common/grpc_status.h"
+#include "common/wire.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -1001,6 +1002,51 @@ TEST_F(ServiceTest, SixteenBitWireFormatsAverageInFloat32) {
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("values in bfloat16")));
   EXPECT_EQ(Stored("t"), stored);
+}
+
+TEST_F(ServiceTest, SmallTensorsTravelInBatchesAndOversizedBatchesAreRefused) {
+  // 300 tensors of 8 floats each: one ChunkBatch message each way.
+  constexpr int kTensors = 300;
+  std::vector<std::vector<float>> a(kTensors, std::vector<float>(8)),
+      b(kTensors, std::vector<float>(8));
+  auto refs = [](std::vector<std::vector<float>>& v) {
+    std::vector<TensorRef> r;
+    for (int i = 0; i < kTensors; ++i) {
+      r.push_back({absl::StrCat("t", i), {8}, absl::MakeSpan(v[i])});
+    }
+    return r;
+  };
+  auto ca = Connect("a");
+  auto cb = Connect("b");
+  ASSERT_THAT(ca->Join(refs(a)), IsOk());
+  ASSERT_THAT(cb->Join(refs(b)), IsOk());
+  for (int i = 0; i < kTensors; ++i) {
+    std::fill(a[i].begin(), a[i].end(), float(i));
+    std::fill(b[i].begin(), b[i].end(), float(i) + 2.0f);
+  }
+  absl::Status sa;
+  std::thread t([&] { sa = ca->PushPull(refs(a)); });
+  ASSERT_THAT(cb->PushPull(refs(b)), IsOk());
+  t.join();
+  ASSERT_THAT(sa, IsOk());
+  for (int i = 0; i < kTensors; ++i) {
+    EXPECT_THAT(a[i], ::testing::Each(float(i) + 1.0f)) << i;
+    EXPECT_THAT(b[i], ::testing::Each(float(i) + 1.0f)) << i;
+  }
+
+  // A batch of more chunks than the limit: INVALID_ARGUMENT, nothing
+  // applied.
+  const std::vector<float> before = Stored("t0");
+  const std::uint64_t lease = server_->store().Status().workers.at(0).lease_id;
+  v1::PushRequest batch;
+  for (std::size_t i = 0; i <= kMaxBatchChunks; ++i) {
+    v1::TensorChunk* c = batch.mutable_batch()->add_chunks();
+    c->set_data(std::string(32, '\0'));
+  }
+  EXPECT_THAT(RawPush({Header(lease, 100, "t0", 1), batch}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("a batch of more than 4096 chunks")));
+  EXPECT_EQ(Stored("t0"), before);
 }
 
 TEST_F(ServiceTest, TakeSnapshotWithoutDirectoryIsFailedPrecondition) {
