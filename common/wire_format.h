@@ -21,7 +21,18 @@
 // Marks a loop kernel to be compiled twice, for AVX2 and for the baseline
 // ISA, the right one picked at load time: the baseline x86-64 build only
 // vectorises with SSE2. Results are bit-identical (no FMA, no reordering).
-#if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 14 : 1)
+// Not under ThreadSanitizer: the clones' ifunc resolvers run before its
+// runtime is up, and every binary crashed at start.
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define WEIGHTD_THREAD_SANITIZER 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define WEIGHTD_THREAD_SANITIZER 1
+#endif
+#if defined(__x86_64__) && !defined(WEIGHTD_THREAD_SANITIZER) && \
+    (defined(__clang__) ? __clang_major__ >= 14 : 1)
 #define WEIGHTD_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define WEIGHTD_VECTOR_CLONES
