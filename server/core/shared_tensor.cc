@@ -457,10 +457,18 @@ std::uint32_t SharedTensor::contributed_count() const {
 }
 
 std::uint64_t SharedTensor::AllocatedBytes() const {
-  absl::MutexLock lock(&mu_);
-  return (value_->capacity() + acc_.capacity() + recycler_->spare_floats()) *
-             sizeof(float) +
-         chunk_weight_.capacity() * sizeof(double);
+  std::uint64_t bytes;
+  {
+    absl::MutexLock lock(&mu_);
+    bytes = (value_->capacity() + acc_.capacity() + recycler_->spare_floats()) *
+                sizeof(float) +
+            chunk_weight_.capacity() * sizeof(double);
+  }
+  absl::MutexLock lock(&encoded_mu_);
+  for (const EncodedValue& encoded : encoded_) {
+    if (encoded != nullptr) bytes += encoded->capacity();
+  }
+  return bytes;
 }
 
 std::optional<std::uint64_t> SharedTensor::WaitForVersion(

@@ -179,7 +179,8 @@ class SharedTensor {
 
   std::uint32_t participant_count() const;
   std::uint32_t contributed_count() const;
-  // Bytes held by value and accumulator (for memory accounting and tests).
+  // Bytes held by value, accumulator and 16-bit encodings (for memory
+  // accounting and tests).
   std::uint64_t AllocatedBytes() const;
 
   using WaitCallback = std::function<void(absl::Status)>;

@@ -121,8 +121,8 @@ class TensorStreamer {
 
   // Fills `msg` with the next message and returns its payload bytes, or
   // returns nullopt when everything was sent. Small chunks go packed into
-  // one ChunkBatch if the caller accepts batches (protobuf copies their few
-  // bytes); the others, one per message, without a copy.
+  // one ChunkBatch if the caller accepts batches (their few bytes copied
+  // into its buffer); the others, one per message, without a copy.
   std::optional<std::uint64_t> Next(grpc::ByteBuffer* msg) {
     if (!header_sent_) {
       header_sent_ = true;
