@@ -48,19 +48,6 @@ v1::WireFormat FormatToProto(WireFormat format) {
   return v1::WIRE_FORMAT_FLOAT32;
 }
 
-template <typename Message>
-bool Deserialize(grpc::ByteBuffer* bytes, Message* message) {
-  return grpc::SerializationTraits<Message>::Deserialize(bytes, message).ok();
-}
-
-grpc::ByteBuffer Serialize(const google::protobuf::MessageLite& message) {
-  grpc::ByteBuffer bytes;
-  bool own;
-  grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::MessageLite>(
-      message, &bytes, &own);
-  return bytes;
-}
-
 // Reads a pull-shaped stream (header, then chunks) into the callers' spans,
 // copying each chunk once, from the slices it arrived in. Checks everything
 // the server sends: a bad server cannot make the client write outside the
@@ -82,7 +69,7 @@ absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
   if (!stream.Read(&bytes)) {
     return absl::UnavailableError("stream ended before the pull header");
   }
-  if (!Deserialize(&bytes, &msg) || !msg.has_header() ||
+  if (!FromBytes(&bytes, &msg) || !msg.has_header() ||
       msg.header().tensors_size() != static_cast<int>(tensors.size())) {
     return malformed("a malformed pull header");
   }
@@ -125,7 +112,7 @@ absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
       continue;
     }
     // Not in the codec's form: encoded otherwise, or not a chunk at all.
-    if (!Deserialize(&bytes, &msg) || !(msg.has_chunk() || msg.has_batch())) {
+    if (!FromBytes(&bytes, &msg) || !(msg.has_chunk() || msg.has_batch())) {
       return malformed("a second pull header or an unreadable message");
     }
     if (msg.has_chunk()) {  // Treated as a batch of one.
@@ -164,7 +151,7 @@ void WritePush(Stream& stream, const v1::PushHeader& header,
   // Each message is written once the next exists, so that the last one
   // carries the half-close. (No buffer_hint on the header: a synchronous
   // write with it does not complete until something flushes it.)
-  bool ok = stream.Write(Serialize(msg));
+  bool ok = stream.Write(ToBytes(msg));
   std::optional<grpc::ByteBuffer> pending;
   auto send = [&](grpc::ByteBuffer next) {
     if (pending.has_value()) ok = stream.Write(*pending);
@@ -563,7 +550,7 @@ absl::Status Client::PushOnce(absl::Span<const TensorRef> tensors,
               stats_.bytes_pushed);
     WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Push"));
     v1::PushResponse response;
-    if (!Deserialize(&response_bytes, &response) ||
+    if (!FromBytes(&response_bytes, &response) ||
         response.tensors_size() != static_cast<int>(tensors.size())) {
       return absl::DataLossError("server answered Push for other tensors");
     }
@@ -626,7 +613,7 @@ absl::Status Client::PullOnce(absl::Span<const TensorRef> tensors) {
   std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> stream(
       grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(
           channel_->channel.get(), channel_->pull, &context,
-          Serialize(request)));
+          ToBytes(request)));
   std::vector<std::uint64_t> versions;
   absl::Status read = ReadTensors(*stream, context, options_.wire_format,
                                   tensors, versions, stats_.bytes_pulled);

@@ -1,5 +1,7 @@
 #include "common/chunk_codec.h"
 
+#include <grpcpp/impl/codegen/proto_utils.h>
+
 #include <limits>
 
 namespace weightd {
@@ -116,6 +118,21 @@ class Cursor {
 };
 
 }  // namespace
+
+grpc::ByteBuffer ToBytes(const google::protobuf::MessageLite& message) {
+  grpc::ByteBuffer bytes;
+  bool own;
+  grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::MessageLite>(
+      message, &bytes, &own);
+  return bytes;
+}
+
+bool FromBytes(grpc::ByteBuffer* bytes,
+               google::protobuf::MessageLite* message) {
+  return grpc::GenericDeserialize<grpc::ProtoBufferReader,
+                                  google::protobuf::MessageLite>(bytes, message)
+      .ok();
+}
 
 grpc::ByteBuffer EncodeChunk(std::uint32_t tensor_index, std::uint64_t offset,
                              const char* data, std::size_t size,

@@ -17,6 +17,7 @@
 #ifndef WEIGHTD_COMMON_CHUNK_CODEC_H_
 #define WEIGHTD_COMMON_CHUNK_CODEC_H_
 
+#include <google/protobuf/message_lite.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/slice.h>
 
@@ -29,6 +30,12 @@
 #include "absl/types/span.h"
 
 namespace weightd {
+
+// A whole protobuf message as bytes, and back (headers and the other
+// messages the codec leaves to protobuf). FromBytes consumes `bytes` and is
+// false if they are not a valid `message`.
+grpc::ByteBuffer ToBytes(const google::protobuf::MessageLite& message);
+bool FromBytes(grpc::ByteBuffer* bytes, google::protobuf::MessageLite* message);
 
 // A chunk message whose payload refers to `data` (not copied). gRPC holds a
 // copy of `keep` until it has sent the bytes; `data` must stay unchanged

@@ -83,22 +83,14 @@ absl::Status RepeatedHeader(absl::string_view call) {
 }
 
 // Parses a whole message that arrived as bytes (the raw methods).
-template <typename Message>
-absl::Status ParseMessage(grpc::ByteBuffer* bytes, Message* message,
+absl::Status ParseMessage(grpc::ByteBuffer* bytes,
+                          google::protobuf::MessageLite* message,
                           absl::string_view call) {
-  if (!grpc::SerializationTraits<Message>::Deserialize(bytes, message).ok()) {
+  if (!FromBytes(bytes, message)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "a ", call, " message is not a valid ", message->GetTypeName()));
   }
   return absl::OkStatus();
-}
-
-grpc::ByteBuffer SerializeMessage(const google::protobuf::MessageLite& m) {
-  grpc::ByteBuffer bytes;
-  bool own;
-  grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::MessageLite>(
-      m, &bytes, &own);
-  return bytes;
 }
 
 // Streams snapshots of tensors as one header message, then their chunks.
@@ -134,7 +126,7 @@ class TensorStreamer {
         for (std::int64_t d : snapshots_[i].shape) info->add_shape(d);
         info->set_version(snapshots_[i].version);
       }
-      *msg = SerializeMessage(response);
+      *msg = ToBytes(response);
       return 0;
     }
     std::optional<Chunk> chunk = Peek();
@@ -632,7 +624,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         out->set_version(r.outcome.version);
         out->set_duplicate(r.outcome.duplicate);
       }
-      *response_ = SerializeMessage(response);
+      *response_ = ToBytes(response);
       return Finish(grpc::Status::OK);
     }
     if (absl::Status s = reader_.Handle(&request_); !s.ok()) {

@@ -1034,6 +1034,40 @@ TEST_F(ServiceTest, SmallTensorsTravelInBatchesAndOversizedBatchesAreRefused) {
     EXPECT_THAT(b[i], ::testing::Each(float(i) + 1.0f)) << i;
   }
 
+  // On the wire: a Pull that accepts batches gets the header, then the 300
+  // chunks in ChunkBatches of at most chunk_bytes (4 KiB here: 128 chunks of
+  // 32 bytes, so 3 batches); one that does not gets a message per chunk.
+  for (bool accept : {true, false}) {
+    v1::PullRequest request;
+    for (int i = 0; i < kTensors; ++i) {
+      request.add_tensors()->set_name(absl::StrCat("t", i));
+    }
+    request.set_accept_batches(accept);
+    grpc::ClientContext context;
+    auto stream = stub_->Pull(&context, request);
+    v1::PullResponse message;
+    std::vector<v1::PullResponse> messages;
+    while (stream->Read(&message)) messages.push_back(message);
+    ASSERT_TRUE(stream->Finish().ok());
+    ASSERT_FALSE(messages.empty());
+    EXPECT_TRUE(messages[0].has_header());
+    if (accept) {
+      ASSERT_EQ(messages.size(), 4u);
+      int chunks = 0;
+      for (std::size_t m = 1; m < messages.size(); ++m) {
+        ASSERT_TRUE(messages[m].has_batch()) << m;
+        for (const v1::TensorChunk& c : messages[m].batch().chunks()) {
+          EXPECT_EQ(c.tensor_index(), static_cast<std::uint32_t>(chunks++));
+          EXPECT_EQ(c.data().size(), 8 * sizeof(float));
+        }
+      }
+      EXPECT_EQ(chunks, kTensors);
+    } else {
+      EXPECT_EQ(messages.size(), 1u + kTensors);
+      EXPECT_TRUE(messages[1].has_chunk());
+    }
+  }
+
   // A batch of more chunks than the limit: INVALID_ARGUMENT, nothing
   // applied.
   const std::vector<float> before = Stored("t0");
