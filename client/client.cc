@@ -1,673 +1,285 @@
 #include "client/client.h"
 
-#include <grpcpp/grpcpp.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
 
-#include <chrono>
-#include <cstring>
-#include <optional>
+#include <algorithm>
+#include <thread>
 #include <utility>
 
+#include "absl/memory/memory.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/random/distributions.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
-#include "common/chunk_codec.h"
-#include "common/grpc_status.h"
-#include "common/names.h"
+#include "client/shard_client.h"
 #include "common/status_macros.h"
-#include "common/wire.h"
-#include "weightd/v1/weightd.grpc.pb.h"
 
 namespace weightd {
 namespace {
 
-// Room for headers listing thousands of tensors next to a chunk.
-constexpr int kMaxMessageBytes = 64 << 20;
-
-std::uint64_t ElementsOf(const std::vector<std::int64_t>& shape) {
-  std::uint64_t n = 1;
-  for (std::int64_t d : shape) n *= d < 0 ? 0 : static_cast<std::uint64_t>(d);
-  return n;
+// Every address a "host:port" (or "dns:///host:port") target resolves to,
+// as "ip:port" targets, sorted; empty if it does not resolve.
+std::vector<std::string> ResolveAll(absl::string_view target) {
+  absl::ConsumePrefix(&target, "dns:///");
+  const std::size_t colon = target.rfind(':');
+  if (colon == absl::string_view::npos) return {};
+  std::string host(target.substr(0, colon));
+  const std::string port(target.substr(colon + 1));
+  if (absl::StartsWith(host, "[") && absl::EndsWith(host, "]")) {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0) return {};
+  std::vector<std::string> targets;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    char ip[INET6_ADDRSTRLEN] = {};
+    if (a->ai_family == AF_INET) {
+      ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr,
+                  ip, sizeof(ip));
+      targets.push_back(absl::StrCat(ip, ":", port));
+    } else if (a->ai_family == AF_INET6) {
+      ::inet_ntop(AF_INET6,
+                  &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr, ip,
+                  sizeof(ip));
+      targets.push_back(absl::StrCat("[", ip, "]:", port));
+    }
+  }
+  ::freeaddrinfo(found);
+  std::sort(targets.begin(), targets.end());
+  targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
+  return targets;
 }
 
-absl::Status Annotate(const grpc::Status& status, absl::string_view call) {
-  absl::Status s = FromGrpcStatus(status);
-  if (s.ok()) return s;
-  return absl::Status(s.code(), absl::StrCat(call, ": ", s.message()));
-}
-
-v1::WireFormat FormatToProto(WireFormat format) {
-  switch (format) {
-    case WireFormat::kBfloat16:
-      return v1::WIRE_FORMAT_BFLOAT16;
-    case WireFormat::kFloat16:
-      return v1::WIRE_FORMAT_FLOAT16;
-    case WireFormat::kFloat32:
-      break;
+absl::StatusOr<std::vector<std::unique_ptr<ShardClient>>> ConnectAll(
+    const ClientOptions& options, const std::vector<std::string>& targets) {
+  std::vector<std::unique_ptr<ShardClient>> shards;
+  std::vector<ShardLayout> layouts;
+  for (const std::string& target : targets) {
+    WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<ShardClient> shard,
+                             ShardClient::Connect(options, target));
+    layouts.push_back(shard->layout());
+    shards.push_back(std::move(shard));
   }
-  return v1::WIRE_FORMAT_FLOAT32;
-}
-
-// Reads a pull-shaped stream (header, then chunks) into the callers' spans,
-// copying each chunk once, from the slices it arrived in. Checks everything
-// the server sends: a bad server cannot make the client write outside the
-// spans. UNAVAILABLE if the stream ended early (Finish() then says why);
-// DATA_LOSS if the server sent something malformed, after cancelling the
-// call so that Finish() does not wait for the rest.
-template <typename Stream>
-absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
-                         WireFormat format,
-                         absl::Span<const TensorRef> tensors,
-                         std::vector<std::uint64_t>& versions,
-                         std::uint64_t& bytes_read) {
-  auto malformed = [&context](absl::string_view what) {
-    context.TryCancel();
-    return absl::DataLossError(absl::StrCat("server sent ", what));
-  };
-  grpc::ByteBuffer bytes;
-  v1::PullResponse msg;  // Wire-identical to PushPullResponse.
-  if (!stream.Read(&bytes)) {
-    return absl::UnavailableError("stream ended before the pull header");
-  }
-  if (!FromBytes(&bytes, &msg) || !msg.has_header() ||
-      msg.header().tensors_size() != static_cast<int>(tensors.size())) {
-    return malformed("a malformed pull header");
-  }
-  versions.resize(tensors.size());
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    const v1::TensorInfo& info = msg.header().tensors(static_cast<int>(i));
-    if (info.name() != tensors[i].name ||
-        ElementsOf({info.shape().begin(), info.shape().end()}) !=
-            tensors[i].data.size()) {
-      return malformed(absl::StrCat("tensor ", info.name(), " for ",
-                                    tensors[i].name, " or a different size"));
-    }
-    versions[i] = info.version();
-  }
-  std::vector<std::uint64_t> next(tensors.size(), 0);
-  // Copies one chunk into its tensor; false if it is out of place.
-  auto take = [&](const ChunkView& chunk) {
-    const std::uint32_t i = chunk.tensor_index;
-    // Offsets are float32 bytes in every format.
-    const std::uint64_t covers =
-        chunk.size / ElementBytes(format) * kFloatBytes;
-    if (i >= tensors.size() || chunk.offset != next[i] ||
-        chunk.size % ElementBytes(format) != 0 ||
-        covers > tensors[i].data.size() * kFloatBytes - chunk.offset) {
-      return false;
-    }
-    DecodePieces(chunk.pieces, format,
-                 tensors[i].data.data() + chunk.offset / kFloatBytes);
-    next[i] += covers;
-    bytes_read += chunk.size;
-    return true;
-  };
-  ChunkReader reader;
-  ChunkView single;
-  while (stream.Read(&bytes)) {
-    if (reader.Parse(bytes)) {
-      for (const ChunkView& chunk : reader.chunks()) {
-        if (!take(chunk)) return malformed("a chunk out of place");
-      }
-      continue;
-    }
-    // Not in the codec's form: encoded otherwise, or not a chunk at all.
-    if (!FromBytes(&bytes, &msg) || !(msg.has_chunk() || msg.has_batch())) {
-      return malformed("a second pull header or an unreadable message");
-    }
-    if (msg.has_chunk()) {  // Treated as a batch of one.
-      v1::TensorChunk chunk = std::move(*msg.mutable_chunk());
-      *msg.mutable_batch()->add_chunks() = std::move(chunk);
-    }
-    for (const v1::TensorChunk& c : msg.batch().chunks()) {
-      single.tensor_index = c.tensor_index();
-      single.offset = c.offset();
-      single.pieces.assign(1, c.data());
-      single.size = c.data().size();
-      if (!take(single)) return malformed("a chunk out of place");
-    }
-  }
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    if (next[i] != tensors[i].data.size() * kFloatBytes) {
-      return absl::DataLossError(absl::StrCat(
-          "pull of ", tensors[i].name, " ended after ", next[i], " bytes"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-// Writes a push header and every tensor's chunks, then half-closes. Each
-// chunk's payload is copied (or encoded, for 16-bit formats) into a buffer
-// gRPC owns, so the caller's buffers are theirs again when the call
-// returns, even if a stalled connection still holds unsent bytes. Chunks
-// below kBatchChunksBelow go packed into ChunkBatch messages: their bytes
-// are few, their messages many.
-template <typename Stream>
-void WritePush(Stream& stream, const v1::PushHeader& header,
-               absl::Span<const TensorRef> tensors, std::uint64_t chunk_bytes,
-               WireFormat format, std::uint64_t& bytes_written) {
-  v1::PushRequest msg;  // Wire-identical to PushPullRequest.
-  *msg.mutable_header() = header;
-  // Each message is written once the next exists, so that the last one
-  // carries the half-close. (No buffer_hint on the header: a synchronous
-  // write with it does not complete until something flushes it.)
-  bool ok = stream.Write(ToBytes(msg));
-  std::optional<grpc::ByteBuffer> pending;
-  auto send = [&](grpc::ByteBuffer next) {
-    if (pending.has_value()) ok = stream.Write(*pending);
-    pending = std::move(next);
-  };
-  BatchWriter batch;
-  std::uint64_t total = 0;  // Payload bytes; counted if the push went out.
-  auto flush = [&] {
-    if (batch.chunks() == 0) return;
-    total += batch.payload();
-    send(batch.Finish());
-  };
-  for (std::uint32_t i = 0; ok && i < tensors.size(); ++i) {
-    const std::uint64_t bytes = tensors[i].data.size() * kFloatBytes;
-    for (std::uint64_t off = 0; ok && off < bytes; off += chunk_bytes) {
-      const std::uint64_t len = ChunkLength(bytes, chunk_bytes, off);
-      const std::uint64_t count = len / kFloatBytes;
-      const std::uint64_t size = count * ElementBytes(format);
-      const float* values = tensors[i].data.data() + off / kFloatBytes;
-      if (len < kBatchChunksBelow) {
-        if (batch.payload() + size > chunk_bytes ||
-            batch.chunks() == kMaxBatchChunks) {
-          flush();
-        }
-        EncodeValues(values, count, format, batch.Add(i, off, size));
-        continue;
-      }
-      flush();
-      if (!ok) break;
-      std::shared_ptr<char[]> payload(new char[size]);  // Not zero-filled.
-      EncodeValues(values, count, format, payload.get());
-      send(EncodeChunk(i, off, payload.get(), size, payload));
-      total += size;
-    }
-  }
-  if (ok) flush();
-  // On a failed write the server has ended the call; Finish() says why.
-  if (!ok) return;
-  if (pending.has_value()) {
-    ok = stream.Write(*pending, grpc::WriteOptions().set_last_message());
-  } else {
-    ok = stream.WritesDone();
-  }
-  if (ok) bytes_written += total;
-}
-
-// Writes the chunks of one Join initial value, reusing one message so the
-// chunk buffer is allocated once per call.
-template <typename Stream>
-bool WriteInitialValue(Stream& stream, std::uint32_t index,
-                       absl::Span<const float> data, std::uint64_t chunk_bytes,
-                       v1::JoinRequest& msg, std::uint64_t& bytes_written) {
-  const std::uint64_t bytes = data.size() * kFloatBytes;
-  const char* base = reinterpret_cast<const char*>(data.data());
-  for (std::uint64_t off = 0; off < bytes; off += chunk_bytes) {
-    const std::uint64_t len = ChunkLength(bytes, chunk_bytes, off);
-    v1::TensorChunk* chunk = msg.mutable_initial_value();
-    chunk->set_tensor_index(index);
-    chunk->set_offset(off);
-    chunk->mutable_data()->assign(base + off, len);
-    if (!stream.Write(msg)) return false;
-    bytes_written += len;
-  }
-  return true;
+  WEIGHTD_ASSIGN_OR_RETURN(std::vector<std::size_t> order,
+                           OrderShards(targets, layouts));
+  std::vector<std::unique_ptr<ShardClient>> ordered;
+  for (std::size_t i : order) ordered.push_back(std::move(shards[i]));
+  return ordered;
 }
 
 }  // namespace
 
-// Push, Pull and PushPull are called as raw methods (grpc::ByteBuffer
-// messages, common/chunk_codec.h), through the factories generated stubs
-// use; the other calls go through the generated stub.
-struct Client::Channel {
-  explicit Channel(std::shared_ptr<grpc::Channel> c)
-      : channel(std::move(c)),
-        stub(v1::Weightd::NewStub(channel)),
-        push("/weightd.v1.Weightd/Push",
-             grpc::internal::RpcMethod::CLIENT_STREAMING, channel),
-        pull("/weightd.v1.Weightd/Pull",
-             grpc::internal::RpcMethod::SERVER_STREAMING, channel),
-        push_pull("/weightd.v1.Weightd/PushPull",
-                  grpc::internal::RpcMethod::BIDI_STREAMING, channel) {}
-
-  std::shared_ptr<grpc::Channel> channel;
-  std::unique_ptr<v1::Weightd::Stub> stub;
-  const grpc::internal::RpcMethod push;
-  const grpc::internal::RpcMethod pull;
-  const grpc::internal::RpcMethod push_pull;
-};
-
-Client::Client(ClientOptions options, std::unique_ptr<Channel> channel)
-    : options_(std::move(options)),
-      worker_id_(options_.worker_id),
-      channel_(std::move(channel)) {}
-
-Client::~Client() { StopHeartbeat(); }
-
-void Client::StartHeartbeat(std::uint64_t lease, absl::Duration interval) {
-  StopHeartbeat();
-  {
-    absl::MutexLock lock(&heartbeat_mu_);
-    heartbeat_stop_ = false;
-  }
-  lease_lost_ = false;
-  heartbeat_ = std::thread([this, lease, interval] {
-    v1::HeartbeatRequest request;
-    request.set_lease_id(lease);
-    for (;;) {
-      {
-        absl::MutexLock lock(&heartbeat_mu_);
-        if (heartbeat_mu_.AwaitWithTimeout(absl::Condition(&heartbeat_stop_),
-                                           interval)) {
-          return;
-        }
-      }
-      grpc::ClientContext context;
-      context.set_deadline(std::chrono::system_clock::now() +
-                           absl::ToChronoMilliseconds(interval));
-      v1::HeartbeatResponse response;
-      const grpc::Status status =
-          channel_->stub->Heartbeat(&context, request, &response);
-      if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
-        lease_lost_ = true;
-        return;
-      }
-      // Other failures (server restarting, network) are retried next beat.
-    }
-  });
-}
-
-void Client::StopHeartbeat() {
-  if (!heartbeat_.joinable()) return;
-  {
-    absl::MutexLock lock(&heartbeat_mu_);
-    heartbeat_stop_ = true;
-  }
-  heartbeat_.join();
-}
-
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
     const ClientOptions& options) {
-  WEIGHTD_RETURN_IF_ERROR(ValidateName("worker id", options.worker_id));
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
-  args.SetMaxSendMessageSize(kMaxMessageBytes);
-  // Reconnect quickly after a server restart; our own retries pace calls.
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  auto channel = std::make_unique<Channel>(grpc::CreateCustomChannel(
-      options.address, grpc::InsecureChannelCredentials(), args));
-  const auto deadline = std::chrono::system_clock::now() +
-                        absl::ToChronoMilliseconds(options.connect_timeout);
-  if (!channel->channel->WaitForConnected(deadline)) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot reach weightd at ", options.address, " within ",
-                     absl::FormatDuration(options.connect_timeout)));
+  WEIGHTD_ASSIGN_OR_RETURN(std::vector<std::string> targets,
+                           SplitTargets(options.address));
+  std::vector<std::unique_ptr<ShardClient>> shards;
+  if (targets.size() > 1) {
+    WEIGHTD_ASSIGN_OR_RETURN(shards, ConnectAll(options, targets));
+    return absl::WrapUnique(new Client(options, std::move(shards)));
   }
-  std::unique_ptr<Client> client(new Client(options, std::move(channel)));
-  // The chunk size is the server's: learn it before sending any payload.
-  grpc::ClientContext context;
-  context.set_deadline(deadline);
-  v1::GetStatusResponse status;
-  WEIGHTD_RETURN_IF_ERROR(Annotate(
-      client->channel_->stub->GetStatus(&context, {}, &status), "GetStatus"));
-  client->chunk_bytes_ = status.chunk_bytes();
-  if (client->chunk_bytes_ < kMinChunkBytes ||
-      client->chunk_bytes_ % kFloatBytes != 0) {
-    return absl::DataLossError("server announced an invalid chunk size");
+  WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<ShardClient> first,
+                           ShardClient::Connect(options, targets[0]));
+  const ShardLayout layout = first->layout();
+  if (layout.count == 1) {
+    shards.push_back(std::move(first));
+    return absl::WrapUnique(new Client(options, std::move(shards)));
   }
-  return client;
+  // One name for every shard (a Kubernetes headless service): wait until it
+  // resolves to as many addresses as there are shards (a shard that is not
+  // ready yet is missing from the answer).
+  first.reset();
+  const absl::Time give_up = absl::Now() + options.connect_timeout;
+  std::vector<std::string> resolved = ResolveAll(targets[0]);
+  while (resolved.size() != layout.count && absl::Now() < give_up) {
+    absl::SleepFor(absl::Seconds(1));
+    resolved = ResolveAll(targets[0]);
+  }
+  if (resolved.size() != layout.count) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "weightd at ", targets[0], " is shard ", layout.index, " of ",
+        layout.count, ", and ", targets[0], " resolves to ", resolved.size(),
+        " address(es) (", absl::StrJoin(resolved, ","), ") after ",
+        absl::FormatDuration(options.connect_timeout),
+        ": give every shard's address, or a name that resolves to all of "
+        "them"));
+  }
+  WEIGHTD_ASSIGN_OR_RETURN(shards, ConnectAll(options, resolved));
+  return absl::WrapUnique(new Client(options, std::move(shards)));
 }
 
-absl::Status Client::CheckRefs(absl::Span<const TensorRef> tensors) const {
-  if (tensors.empty()) return absl::InvalidArgumentError("no tensors given");
+Client::Client(ClientOptions options,
+               std::vector<std::unique_ptr<ShardClient>> shards)
+    : options_(std::move(options)), shards_(std::move(shards)) {}
+
+Client::~Client() = default;
+
+std::vector<std::string> Client::servers() const {
+  std::vector<std::string> out;
+  for (const auto& s : shards_) out.push_back(s->address());
+  return out;
+}
+
+absl::Status Client::OnShards(
+    const std::vector<std::vector<TensorRef>>& lists, bool all,
+    absl::FunctionRef<absl::Status(ShardClient&, absl::Span<const TensorRef>)>
+        call) {
+  std::vector<std::size_t> busy;
+  for (std::size_t i = 0; i < shards_.size(); ++i) {
+    if (all || !lists[i].empty()) busy.push_back(i);
+  }
+  std::vector<absl::Status> results(shards_.size());
+  auto run = [&](std::size_t i) { results[i] = call(*shards_[i], lists[i]); };
+  // The first shard's call runs on this thread, the others beside it.
+  std::vector<std::thread> threads;
+  for (std::size_t k = 1; k < busy.size(); ++k) threads.emplace_back(run, busy[k]);
+  if (!busy.empty()) run(busy[0]);
+  for (std::thread& t : threads) t.join();
+  for (std::size_t i : busy) {
+    if (results[i].ok()) continue;
+    if (shards_.size() == 1) return results[i];
+    return absl::Status(results[i].code(),
+                        absl::StrCat("shard ", i, " (", shards_[i]->address(),
+                                     "): ", results[i].message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::vector<TensorRef>>> Client::Split(
+    const absl::flat_hash_map<std::string, std::vector<Placement>>& placements,
+    absl::Span<const TensorRef> tensors) const {
+  std::vector<std::vector<TensorRef>> lists(shards_.size());
   for (const TensorRef& t : tensors) {
-    auto it = tracked_.find(t.name);
-    if (it == tracked_.end()) {
+    auto it = placements.find(t.name);
+    if (it == placements.end()) {
       return absl::NotFoundError(
           absl::StrCat("tensor ", t.name, " was not declared in Join"));
     }
-    if (t.data.size() != it->second.elements) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("buffer of tensor ", t.name, " holds ", t.data.size(),
-                       " floats; its shape needs ", it->second.elements));
+    const Placement& last = it->second.back();
+    if (t.data.size() != last.first + last.elements) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "buffer of tensor ", t.name, " holds ", t.data.size(),
+          " floats; its shape needs ", last.first + last.elements));
+    }
+    for (const Placement& p : it->second) {
+      lists[p.shard].push_back(
+          TensorRef{t.name, p.shape, t.data.subspan(p.first, p.elements)});
     }
   }
-  return absl::OkStatus();
+  return lists;
 }
 
 absl::Status Client::Join(absl::Span<const TensorRef> tensors) {
   if (tensors.empty()) return absl::InvalidArgumentError("no tensors given");
+  absl::flat_hash_map<std::string, std::vector<Placement>> placements;
   for (const TensorRef& t : tensors) {
-    if (t.data.size() != ElementsOf(t.shape)) {
+    std::uint64_t elements = 1;
+    for (std::int64_t d : t.shape) {
+      elements *= d < 0 ? 0 : static_cast<std::uint64_t>(d);
+    }
+    if (t.data.size() != elements) {
       return absl::InvalidArgumentError(absl::StrCat(
           "buffer of tensor ", t.name, " holds ", t.data.size(),
           " floats; shape [", absl::StrJoin(t.shape, ","), "] needs ",
-          ElementsOf(t.shape)));
+          elements));
     }
+    placements[t.name] = PlaceTensor(t.name, t.shape, shards_.size(),
+                                     options_.split_bytes);
   }
-  std::vector<Declared> declared;
-  for (const TensorRef& t : tensors) declared.push_back({t.name, t.shape, t.data});
-  v1::JoinResponse response;
+  WEIGHTD_ASSIGN_OR_RETURN(std::vector<std::vector<TensorRef>> lists,
+                           Split(placements, tensors));
+  // Every shard, even one holding none of these tensors: barriers run on
+  // shard 0, and a worker needs a lease there.
   WEIGHTD_RETURN_IF_ERROR(
-      Retrying([&] { return JoinOnce(declared, &response); }));
-  tracked_.clear();
-  std::vector<TensorRef> existing;
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    const v1::JoinedTensor& joined = response.tensors(static_cast<int>(i));
-    Tracked& t = tracked_[tensors[i].name];
-    t.shape = tensors[i].shape;
-    t.elements = tensors[i].data.size();
-    t.version = joined.info().version();
-    if (!joined.created()) existing.push_back(tensors[i]);
-  }
-  // Weight transfer: a model joining later starts from the shared value.
-  if (!existing.empty()) WEIGHTD_RETURN_IF_ERROR(Pull(existing));
+      OnShards(lists, /*all=*/true,
+               [](ShardClient& s, absl::Span<const TensorRef> l) {
+                 return s.Join(l);
+               }));
+  placements_ = std::move(placements);
   return absl::OkStatus();
-}
-
-absl::Status Client::JoinOnce(absl::Span<const Declared> declared,
-                              v1::JoinResponse* response) {
-  grpc::ClientContext context;
-  context.set_deadline(CallDeadline());
-  response->Clear();
-  auto stream = channel_->stub->Join(&context, response);
-  v1::JoinRequest msg;
-  v1::JoinHeader* header = msg.mutable_header();
-  header->set_worker_id(worker_id_);
-  for (const Declared& d : declared) {
-    v1::TensorDeclaration* out = header->add_tensors();
-    out->set_name(d.name);
-    for (std::int64_t dim : d.shape) out->add_shape(dim);
-  }
-  bool ok = stream->Write(msg);
-  msg.Clear();
-  for (std::uint32_t i = 0; ok && i < declared.size(); ++i) {
-    ok = WriteInitialValue(*stream, i, declared[i].value, chunk_bytes_, msg,
-                           stats_.bytes_pushed);
-  }
-  if (ok) stream->WritesDone();
-  WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Join"));
-  if (response->tensors_size() != static_cast<int>(declared.size())) {
-    return absl::DataLossError("server answered Join for other tensors");
-  }
-  lease_id_ = response->lease_id();
-  chunk_bytes_ = response->chunk_bytes();
-  sync_mode_ = response->mode() != v1::MODE_ASYNC;
-  next_sequence_ = response->next_sequence();
-  if (options_.heartbeat && response->lease_timeout_ms() > 0) {
-    StartHeartbeat(lease_id_,
-                   absl::Milliseconds(response->lease_timeout_ms()) / 3);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Client::Rejoin(absl::Span<const TensorRef> in_hand) {
-  // Every tracked tensor is declared again; the values in hand go along in
-  // case the server lost a tensor (restarted without a snapshot).
-  std::vector<Declared> declared;
-  for (const auto& [name, t] : tracked_) {
-    absl::Span<const float> value;
-    for (const TensorRef& r : in_hand) {
-      if (r.name == name) value = r.data;
-    }
-    declared.push_back({name, t.shape, value});
-  }
-  v1::JoinResponse response;
-  WEIGHTD_RETURN_IF_ERROR(
-      Retrying([&] { return JoinOnce(declared, &response); }));
-  for (std::size_t i = 0; i < declared.size(); ++i) {
-    Tracked& t = tracked_.at(declared[i].name);
-    t.version = response.tensors(static_cast<int>(i)).info().version();
-    t.wait_version = 0;
-  }
-  return absl::OkStatus();
-}
-
-bool Client::LeaseLost() {
-  if (lease_lost_) return true;
-  grpc::ClientContext context;
-  context.set_deadline(CallDeadline());
-  v1::HeartbeatRequest request;
-  request.set_lease_id(lease_id_);
-  v1::HeartbeatResponse response;
-  return channel_->stub->Heartbeat(&context, request, &response)
-             .error_code() == grpc::StatusCode::FAILED_PRECONDITION;
-}
-
-absl::Status Client::UnaryWithRetries(
-    absl::string_view name,
-    absl::FunctionRef<grpc::Status(grpc::ClientContext*)> call) {
-  return Retrying([&] {
-    grpc::ClientContext context;
-    context.set_deadline(CallDeadline());
-    return Annotate(call(&context), name);
-  });
-}
-
-absl::Status Client::Retrying(absl::FunctionRef<absl::Status()> attempt) {
-  const absl::Time give_up = absl::Now() + options_.retry_budget;
-  absl::Duration backoff = options_.initial_backoff;
-  for (int attempts = 1;; ++attempts) {
-    absl::Status status = attempt();
-    if (status.ok() ||
-        !(absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status))) {
-      return status;
-    }
-    const absl::Duration pause =
-        backoff * absl::Uniform(bitgen_, 0.5, 1.5);  // Jitter.
-    if (absl::Now() + pause > give_up) {
-      return absl::Status(status.code(),
-                          absl::StrCat(status.message(), " (gave up after ",
-                                       attempts, " attempts)"));
-    }
-    absl::SleepFor(pause);
-    backoff = std::min(backoff * 2, options_.max_backoff);
-  }
 }
 
 absl::Status Client::Push(absl::Span<const TensorRef> tensors,
                           const PushOptions& options) {
-  return DoPush(tensors, options, /*pull_result=*/false);
+  if (tensors.empty()) return absl::InvalidArgumentError("no tensors given");
+  WEIGHTD_ASSIGN_OR_RETURN(auto lists, Split(tensors));
+  return OnShards(lists, false,
+                  [&](ShardClient& s, absl::Span<const TensorRef> l) {
+                    return s.Push(l, options);
+                  });
+}
+
+absl::Status Client::Pull(absl::Span<const TensorRef> tensors) {
+  if (tensors.empty()) return absl::InvalidArgumentError("no tensors given");
+  WEIGHTD_ASSIGN_OR_RETURN(auto lists, Split(tensors));
+  return OnShards(lists, false,
+                  [](ShardClient& s, absl::Span<const TensorRef> l) {
+                    return s.Pull(l);
+                  });
 }
 
 absl::Status Client::PushPull(absl::Span<const TensorRef> tensors,
                               const PushOptions& options) {
-  return DoPush(tensors, options, /*pull_result=*/true);
-}
-
-absl::Status Client::DoPush(absl::Span<const TensorRef> tensors,
-                            const PushOptions& options, bool pull_result) {
-  WEIGHTD_RETURN_IF_ERROR(CheckRefs(tensors));
-  // A resend after a transient failure keeps its sequence: the server
-  // applies it once.
-  std::uint64_t sequence = next_sequence_++;
-  for (int rejoins = 0;; ++rejoins) {
-    absl::Status status = Retrying([&] {
-      return PushOnce(tensors, options, pull_result, sequence);
-    });
-    if (status.ok()) return status;
-    if (absl::IsFailedPrecondition(status) && rejoins < kMaxRejoins &&
-        LeaseLost()) {
-      std::vector<std::uint64_t> rounds;
-      for (const TensorRef& t : tensors) rounds.push_back(tracked_.at(t.name).version);
-      WEIGHTD_RETURN_IF_ERROR(Rejoin(tensors));
-      bool moved = false;
-      for (std::size_t i = 0; i < tensors.size(); ++i) {
-        moved |= tracked_.at(tensors[i].name).version != rounds[i];
-      }
-      if (!moved) {
-        sequence = next_sequence_++;  // A new membership: a new push.
-        continue;
-      }
-      // The rounds went on while this worker was away: its update is late
-      // and must not be mixed into a later round.
-      status = absl::AbortedError(
-          "this worker's lease expired and the rounds moved on without it");
-    }
-    if (absl::IsAborted(status) && pull_result) {
-      // The round moved on without this push (it closed without this
-      // worker, or the server restarted from an older snapshot): continue
-      // from the current shared value.
-      ++stats_.rounds_missed;
-      for (const TensorRef& t : tensors) tracked_.at(t.name).wait_version = 0;
-      return Pull(tensors);
-    }
-    return status;
-  }
-}
-
-absl::Status Client::PushOnce(absl::Span<const TensorRef> tensors,
-                              const PushOptions& options, bool pull_result,
-                              std::uint64_t sequence) {
-  v1::PushHeader header;
-  header.set_lease_id(lease_id_);
-  header.set_sequence(sequence);
-  header.set_kind(options.kind == UpdateKind::kWeights ? v1::UPDATE_KIND_WEIGHTS
-                                                       : v1::UPDATE_KIND_DELTA);
-  header.set_weight(options.weight);
-  header.set_format(FormatToProto(options_.wire_format));
-  header.set_accept_batches(true);
-  for (const TensorRef& t : tensors) {
-    v1::PushedTensor* p = header.add_tensors();
-    p->set_name(t.name);
-    p->set_round(tracked_.at(t.name).version);
-  }
-  grpc::ClientContext context;
-  context.set_deadline(CallDeadline());
-  if (!pull_result) {
-    grpc::ByteBuffer response_bytes;
-    std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> stream(
-        grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(
-            channel_->channel.get(), channel_->push, &context,
-            &response_bytes));
-    WritePush(*stream, header, tensors, chunk_bytes_, options_.wire_format,
-              stats_.bytes_pushed);
-    WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Push"));
-    v1::PushResponse response;
-    if (!FromBytes(&response_bytes, &response) ||
-        response.tensors_size() != static_cast<int>(tensors.size())) {
-      return absl::DataLossError("server answered Push for other tensors");
-    }
-    for (const v1::PushedResult& r : response.tensors()) {
-      Tracked& t = tracked_.at(r.name());
-      // Sync: the round's result is the next version. Async: the version
-      // this push produced.
-      t.wait_version = sync_mode_ ? r.round() + 1 : r.round();
-    }
-    return absl::OkStatus();
-  }
-
-  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>>
-      stream(grpc::internal::ClientReaderWriterFactory<
-             grpc::ByteBuffer, grpc::ByteBuffer>::Create(channel_->channel.get(),
-                                                         channel_->push_pull,
-                                                         &context));
-  WritePush(*stream, header, tensors, chunk_bytes_, options_.wire_format,
-            stats_.bytes_pushed);
-  std::vector<std::uint64_t> versions;
-  absl::Status read = ReadTensors(*stream, context, options_.wire_format,
-                                  tensors, versions, stats_.bytes_pulled);
-  WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "PushPull"));
-  WEIGHTD_RETURN_IF_ERROR(read);
-  RecordPulled(tensors, versions);
-  return absl::OkStatus();
-}
-
-void Client::RecordPulled(absl::Span<const TensorRef> tensors,
-                          const std::vector<std::uint64_t>& versions) {
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    Tracked& t = tracked_.at(tensors[i].name);
-    t.version = versions[i];
-    t.wait_version = 0;
-  }
-}
-
-std::chrono::system_clock::time_point Client::CallDeadline() const {
-  return std::chrono::system_clock::now() +
-         absl::ToChronoMilliseconds(options_.call_timeout);
-}
-
-absl::Status Client::Pull(absl::Span<const TensorRef> tensors) {
-  WEIGHTD_RETURN_IF_ERROR(CheckRefs(tensors));
-  return Retrying([&] { return PullOnce(tensors); });
-}
-
-absl::Status Client::PullOnce(absl::Span<const TensorRef> tensors) {
-  v1::PullRequest request;
-  request.set_lease_id(lease_id_);
-  for (const TensorRef& t : tensors) {
-    v1::PulledTensor* p = request.add_tensors();
-    p->set_name(t.name);
-    p->set_min_version(tracked_.at(t.name).wait_version);
-  }
-  request.set_format(FormatToProto(options_.wire_format));
-  request.set_accept_batches(true);
-  grpc::ClientContext context;
-  context.set_deadline(CallDeadline());
-  std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> stream(
-      grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(
-          channel_->channel.get(), channel_->pull, &context,
-          ToBytes(request)));
-  std::vector<std::uint64_t> versions;
-  absl::Status read = ReadTensors(*stream, context, options_.wire_format,
-                                  tensors, versions, stats_.bytes_pulled);
-  WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Pull"));
-  WEIGHTD_RETURN_IF_ERROR(read);
-  RecordPulled(tensors, versions);
-  return absl::OkStatus();
+  if (tensors.empty()) return absl::InvalidArgumentError("no tensors given");
+  WEIGHTD_ASSIGN_OR_RETURN(auto lists, Split(tensors));
+  return OnShards(lists, false,
+                  [&](ShardClient& s, absl::Span<const TensorRef> l) {
+                    return s.PushPull(l, options);
+                  });
 }
 
 absl::Status Client::Barrier(absl::string_view name, int count) {
-  if (count < 1) return absl::InvalidArgumentError("barrier count must be >= 1");
-  v1::BarrierRequest request;
-  request.set_name(std::string(name));
-  request.set_count(static_cast<std::uint32_t>(count));
-  v1::BarrierResponse response;
-  return UnaryWithRetries("Barrier", [&](grpc::ClientContext* context) {
-    request.set_lease_id(lease_id_);  // Current even after a re-join.
-    return channel_->stub->Barrier(context, request, &response);
-  });
+  return shards_[0]->Barrier(name, count);
 }
 
 absl::Status Client::Leave() {
-  v1::LeaveRequest request;
-  request.set_lease_id(lease_id_);
-  v1::LeaveResponse response;
-  StopHeartbeat();
-  absl::Status status =
-      UnaryWithRetries("Leave", [&](grpc::ClientContext* context) {
-        return channel_->stub->Leave(context, request, &response);
-      });
-  // A lease the server already dropped has nothing left to end.
-  if (!status.ok() && !absl::IsFailedPrecondition(status)) return status;
-  lease_id_ = 0;
-  tracked_.clear();
+  std::vector<std::vector<TensorRef>> none(shards_.size());
+  WEIGHTD_RETURN_IF_ERROR(OnShards(
+      none, /*all=*/true,
+      [](ShardClient& s, absl::Span<const TensorRef>) { return s.Leave(); }));
+  placements_.clear();
   return absl::OkStatus();
 }
 
 absl::StatusOr<ServerStatus> Client::GetStatus() {
-  v1::GetStatusResponse response;
-  WEIGHTD_RETURN_IF_ERROR(
-      UnaryWithRetries("GetStatus", [&](grpc::ClientContext* context) {
-        return channel_->stub->GetStatus(context, {}, &response);
-      }));
-  return ServerStatus{response.bytes_received(), response.bytes_sent(),
-                      response.rounds_closed()};
+  ServerStatus sum;
+  for (const auto& shard : shards_) {
+    WEIGHTD_ASSIGN_OR_RETURN(ServerStatus s, shard->GetStatus());
+    sum.bytes_received += s.bytes_received;
+    sum.bytes_sent += s.bytes_sent;
+    sum.rounds_closed += s.rounds_closed;
+  }
+  return sum;
 }
 
 absl::StatusOr<std::uint64_t> Client::Version(const std::string& name) const {
-  auto it = tracked_.find(name);
-  if (it == tracked_.end()) {
+  auto it = placements_.find(name);
+  if (it == placements_.end()) {
     return absl::NotFoundError(
         absl::StrCat("tensor ", name, " was not declared in Join"));
   }
-  return it->second.version;
+  return shards_[it->second.front().shard]->Version(name);
+}
+
+bool Client::lease_lost() const {
+  return std::any_of(shards_.begin(), shards_.end(),
+                     [](const auto& s) { return s->lease_lost(); });
+}
+
+ClientStats Client::stats() const {
+  ClientStats sum;
+  for (const auto& shard : shards_) {
+    sum.bytes_pushed += shard->stats().bytes_pushed;
+    sum.bytes_pulled += shard->stats().bytes_pulled;
+    sum.rounds_missed += shard->stats().rounds_missed;
+  }
+  return sum;
 }
 
 }  // namespace weightd

@@ -2,6 +2,7 @@
 //
 // flags / WEIGHTD_* env -> ServerOptions -> Server -> wait for SIGTERM/SIGINT.
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -27,6 +28,13 @@ ABSL_FLAG(std::string, unix_socket, "",
           "Also listen on this Unix-domain socket path (workers on the same "
           "host, or sharing a volume in Compose, dial unix:PATH). Empty: "
           "TCP only.");
+ABSL_FLAG(std::string, shard_index, "0",
+          "This server's index among --shard_count shards, 0..count-1; "
+          "'hostname' takes the number after the host name's last '-' (a "
+          "Kubernetes StatefulSet pod's ordinal, e.g. weightd-2).");
+ABSL_FLAG(uint32_t, shard_count, 1,
+          "Servers the tensors are sharded over; every shard and every "
+          "client must agree on it.");
 ABSL_FLAG(std::string, mode, "sync",
           "sync: a tensor's round closes when every worker holding it has "
           "pushed; async: every push is applied on arrival.");
@@ -140,6 +148,21 @@ int main(int argc, char** argv) {
   weightd::service::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.unix_socket = absl::GetFlag(FLAGS_unix_socket);
+  std::string shard = absl::GetFlag(FLAGS_shard_index);
+  if (shard == "hostname") {
+    char host[256] = {};
+    ::gethostname(host, sizeof(host) - 1);
+    const std::string name = host;
+    shard = name.substr(name.rfind('-') + 1);  // Whole name if no '-'.
+    if (!absl::SimpleAtoi(shard, &options.shard_index)) {
+      return Fail(absl::StrCat("--shard_index=hostname: host name ", name,
+                               " does not end in -<number>"));
+    }
+  } else if (!absl::SimpleAtoi(shard, &options.shard_index)) {
+    return Fail(absl::StrCat("--shard_index=", shard,
+                             ": use a number or 'hostname'"));
+  }
+  options.shard_count = absl::GetFlag(FLAGS_shard_count);
   const std::string mode = absl::GetFlag(FLAGS_mode);
   if (mode == "sync") {
     options.store.mode = weightd::core::Mode::kSync;
@@ -206,10 +229,12 @@ int main(int argc, char** argv) {
   };
   auto server = weightd::service::Server::Start(options);
   if (!server.ok()) return Fail(std::string(server.status().message()));
-  spdlog::info("weightd serving on {}{} (mode={} chunk_bytes={} server_lr={})",
+  spdlog::info("weightd serving on {}{} (mode={} chunk_bytes={} server_lr={} "
+               "shard={}/{})",
                (*server)->address(),
                options.unix_socket.empty() ? "" : " and unix:" + options.unix_socket,
-               mode, options.store.chunk_bytes, options.store.server_lr);
+               mode, options.store.chunk_bytes, options.store.server_lr,
+               options.shard_index, options.shard_count);
 
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
   if (!ready_file.empty()) {

@@ -365,10 +365,6 @@ TensorInfo TensorStore::InfoOf(const SharedTensor& tensor) {
 absl::StatusOr<JoinResult> TensorStore::Join(
     absl::string_view worker_id, std::vector<Declaration> declarations) {
   WEIGHTD_RETURN_IF_ERROR(ValidateName("worker id", worker_id));
-  if (declarations.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "worker ", worker_id, " declares no tensors; declare at least one"));
-  }
   if (declarations.size() > kMaxTensorsPerCall) {
     return absl::ResourceExhaustedError(
         absl::StrCat("worker ", worker_id, " declares ", declarations.size(),

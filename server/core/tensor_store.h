@@ -221,7 +221,9 @@ class TensorStore {
   // on error nothing changed. INVALID_ARGUMENT (names, shapes, value sizes,
   // duplicates, NaN, a missing value for a new tensor), RESOURCE_EXHAUSTED
   // (a tensor too large, too many tensors), ALREADY_EXISTS (a tensor of that
-  // name exists with another shape), UNAVAILABLE (closed).
+  // name exists with another shape), UNAVAILABLE (closed). A worker may
+  // declare no tensors (in a sharded job, all of its tensors may live on
+  // other shards): it holds a lease and can enter barriers.
   absl::StatusOr<JoinResult> Join(absl::string_view worker_id,
                                   std::vector<Declaration> declarations);
 

@@ -27,6 +27,12 @@ constexpr int kHeaderSlackBytes = 8 << 20;
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
+  if (options.shard_count < 1 || options.shard_index >= options.shard_count) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shard index ", options.shard_index, " is not in [0, ",
+        options.shard_count, "): a deployment of N shards numbers them 0 to "
+        "N-1"));
+  }
   std::unique_ptr<Server> server(new Server());
   if (options.log_rounds) {
     options.store.on_round_closed =
@@ -70,7 +76,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
 
   // Listen first: while a large snapshot loads, health says NOT_SERVING and
   // calls get UNAVAILABLE instead of "connection refused".
-  server->service_ = std::make_unique<WeightdService>();
+  server->service_ =
+      std::make_unique<WeightdService>(options.shard_index, options.shard_count);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;

@@ -34,6 +34,11 @@ struct ServerOptions {
   // path for workers on the same host or sharing a volume with it. A stale
   // socket file from an earlier run is replaced.
   std::string unix_socket;
+  // This server's place among the shards of a deployment: it holds the
+  // tensors (or row ranges) that clients given all `shard_count` servers
+  // send it. Index in [0, shard_count).
+  std::uint32_t shard_index = 0;
+  std::uint32_t shard_count = 1;
   core::StoreOptions store;
   // How long Shutdown() lets in-flight calls finish before cancelling them.
   absl::Duration shutdown_grace = absl::Seconds(5);

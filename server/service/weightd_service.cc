@@ -382,9 +382,11 @@ class BarrierReactor final : public grpc::ServerUnaryReactor {
 class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
  public:
   JoinReactor(core::TensorStore* store, TrafficCounters* traffic,
-              grpc::CallbackServerContext* context, v1::JoinResponse* response)
+              const v1::ShardInfo& shard, grpc::CallbackServerContext* context,
+              v1::JoinResponse* response)
       : store_(store), traffic_(traffic), context_(context),
         response_(response) {
+    *response_->mutable_shard() = shard;
     StartRead(&request_);
   }
 
@@ -741,6 +743,12 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
 
 }  // namespace
 
+WeightdService::WeightdService(std::uint32_t shard_index,
+                               std::uint32_t shard_count) {
+  shard_.set_index(shard_index);
+  shard_.set_count(shard_count);
+}
+
 void WeightdService::Attach(core::TensorStore* store,
                             storage::Snapshotter* snapshotter) {
   snapshotter_ = snapshotter;
@@ -757,7 +765,7 @@ grpc::ServerReadReactor<v1::JoinRequest>* WeightdService::Join(
   if (store == nullptr) {
     return new NotReadyReactor<grpc::ServerReadReactor<v1::JoinRequest>>();
   }
-  return new JoinReactor(store, &traffic_, context, response);
+  return new JoinReactor(store, &traffic_, shard_, context, response);
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Push(
@@ -844,6 +852,7 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
   response->set_mode(ModeToProto(options.mode));
   response->set_chunk_bytes(options.chunk_bytes);
   response->set_server_lr(options.server_lr);
+  *response->mutable_shard() = shard_;
   response->set_tensor_count(status.tensors.size());
   response->set_worker_count(status.workers.size());
   if (request->include_tensors()) {

@@ -39,7 +39,9 @@ using WeightdServiceBase = v1::Weightd::WithCallbackMethod_Join<
 class WeightdService final : public WeightdServiceBase {
  public:
   // Until Attach(), every call gets UNAVAILABLE (the server is restoring).
-  WeightdService() = default;
+  // Join and GetStatus report the shard layout (see v1::ShardInfo).
+  explicit WeightdService(std::uint32_t shard_index = 0,
+                          std::uint32_t shard_count = 1);
 
   // Starts serving from `store`, once. `store` (and `snapshotter`, null
   // without snapshots) must outlive the service and every call in flight.
@@ -81,6 +83,7 @@ class WeightdService final : public WeightdServiceBase {
   std::atomic<core::TensorStore*> store_{nullptr};
   storage::Snapshotter* snapshotter_ = nullptr;
   TrafficCounters traffic_;
+  v1::ShardInfo shard_;
 };
 
 }  // namespace weightd::service

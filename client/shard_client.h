@@ -1,0 +1,185 @@
+// weightd::ShardClient: a worker's connection to one weightd server (one
+// shard), with its lease, retries, re-joins and heartbeat. weightd::Client
+// (client/client.h) holds one per shard and splits each call over them;
+// this class is internal to the client library.
+#ifndef WEIGHTD_CLIENT_SHARD_CLIENT_H_
+#define WEIGHTD_CLIENT_SHARD_CLIENT_H_
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
+#include "absl/random/random.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "client/shard_plan.h"
+#include "client/types.h"
+#include "common/wire_format.h"
+
+namespace grpc {
+class ClientContext;
+class Status;
+}  // namespace grpc
+
+namespace weightd {
+namespace v1 {
+class JoinResponse;  // The wire types stay out of this header.
+class PushHeader;
+}  // namespace v1
+
+class ShardClient {
+ public:
+  // Opens a channel to `address` (one gRPC target) and waits up to
+  // `options.connect_timeout` for it to connect. UNAVAILABLE if it does not;
+  // INVALID_ARGUMENT for a bad worker id.
+  static absl::StatusOr<std::unique_ptr<ShardClient>> Connect(
+      const ClientOptions& options, const std::string& address);
+
+  ~ShardClient();
+  ShardClient(const ShardClient&) = delete;
+  ShardClient& operator=(const ShardClient&) = delete;
+
+  // The shard layout the server reported at Connect. Every later Join
+  // checks that it still reports the same (FAILED_PRECONDITION if not: the
+  // deployment changed under the job).
+  const ShardLayout& layout() const { return layout_; }
+  const std::string& address() const { return address_; }
+
+  // Declares `tensors` (possibly none: the worker then holds only a lease,
+  // for barriers) and starts membership. For each tensor the server
+  // did not hold yet, the caller's buffer becomes its initial value; for
+  // each it held, the shared value is pulled into the caller's buffer.
+  // Errors: INVALID_ARGUMENT (bad name/shape/size), ALREADY_EXISTS (a tensor
+  // of that name exists with another shape), UNAVAILABLE.
+  absl::Status Join(absl::Span<const TensorRef> tensors);
+
+  // Contributes the values in the callers' buffers to the open round of each
+  // tensor (sync) or applies them (async). Does not wait for the round.
+  // The tensors must have been declared in Join. Transient failures are
+  // retried (see ClientOptions); if the server lost this worker's lease
+  // (expired, or a restart without snapshot), the client joins again and
+  // pushes anew, unless the rounds moved on meanwhile. ABORTED: the round
+  // moved on without this push.
+  absl::Status Push(absl::Span<const TensorRef> tensors,
+                    const PushOptions& options = {});
+
+  // Writes each tensor's value into the caller's buffer. If this client
+  // pushed a tensor since it last pulled it, waits (up to call_timeout) for
+  // the round of that push to close, so the caller gets the averaged value.
+  absl::Status Pull(absl::Span<const TensorRef> tensors);
+
+  // Push, then overwrite the buffers with the result of that round (sync:
+  // waits for it to close) in one call. Retries and re-joins as Push. If
+  // the round moved on without this push (ABORTED: it closed without this
+  // worker, or the server restarted from an older snapshot), the buffers
+  // get the current shared value instead and the call returns OK, so a
+  // training loop simply continues.
+  absl::Status PushPull(absl::Span<const TensorRef> tensors,
+                        const PushOptions& options = {});
+
+  // Returns once `count` workers (this one included) have called Barrier
+  // with the same `name`, or at call_timeout (DEADLINE_EXCEEDED). E.g. a sync
+  // job calls Barrier("start", workers) after Join so that its first round
+  // averages every worker. FAILED_PRECONDITION before Join; INVALID_ARGUMENT
+  // for a bad name or a count other than the waiting workers'.
+  absl::Status Barrier(absl::string_view name, int count);
+
+  // Ends membership; later calls need a new Join.
+  absl::Status Leave();
+
+  // Server-wide traffic and round counters.
+  absl::StatusOr<ServerStatus> GetStatus();
+
+  // Version of the value of `name` the caller last received or created.
+  // NOT_FOUND if this client has not joined with it.
+  absl::StatusOr<std::uint64_t> Version(const std::string& name) const;
+
+  // True once a heartbeat was refused: the server dropped this worker's
+  // lease (it was silent too long, or the server restarted). Join again.
+  bool lease_lost() const { return lease_lost_.load(); }
+
+  const ClientStats& stats() const { return stats_; }
+  const std::string& worker_id() const { return worker_id_; }
+
+ private:
+  struct Channel;
+  struct Tracked {
+    std::vector<std::int64_t> shape;
+    std::uint64_t elements = 0;
+    std::uint64_t version = 0;      // Of the value the caller holds.
+    std::uint64_t wait_version = 0; // Pull waits for this (after a push).
+  };
+
+  // A tensor for Join: its value is sent only if not empty.
+  struct Declared {
+    std::string name;
+    std::vector<std::int64_t> shape;
+    absl::Span<const float> value;
+  };
+  static constexpr int kMaxRejoins = 3;
+
+  ShardClient(ClientOptions options, std::string address,
+              std::unique_ptr<Channel> channel);
+  // One attempt of each call; the public calls wrap them in Retrying().
+  absl::Status JoinOnce(absl::Span<const Declared> declared,
+                        v1::JoinResponse* response);
+  absl::Status PushOnce(absl::Span<const TensorRef> tensors,
+                        const PushOptions& options, bool pull_result,
+                        std::uint64_t sequence);
+  absl::Status PullOnce(absl::Span<const TensorRef> tensors);
+  // Runs `attempt` until it succeeds, fails for good, or the retry budget
+  // is spent.
+  absl::Status Retrying(absl::FunctionRef<absl::Status()> attempt);
+  // A unary call, each attempt with a fresh context and the call deadline;
+  // errors are prefixed with `name`.
+  absl::Status UnaryWithRetries(
+      absl::string_view name,
+      absl::FunctionRef<grpc::Status(grpc::ClientContext*)> call);
+  // True if the server no longer knows this client's lease.
+  bool LeaseLost();
+  // Joins again with every tracked tensor (values from `in_hand`).
+  absl::Status Rejoin(absl::Span<const TensorRef> in_hand);
+  std::chrono::system_clock::time_point CallDeadline() const;
+  // The tensors now hold `versions`; pulls need not wait for them.
+  void RecordPulled(absl::Span<const TensorRef> tensors,
+                    const std::vector<std::uint64_t>& versions);
+  absl::Status CheckRefs(absl::Span<const TensorRef> tensors) const;
+  absl::Status DoPush(absl::Span<const TensorRef> tensors,
+                      const PushOptions& options, bool pull_result);
+
+  // Heartbeats for `lease` every `interval` until StopHeartbeat().
+  void StartHeartbeat(std::uint64_t lease, absl::Duration interval);
+  void StopHeartbeat();
+
+  ClientOptions options_;
+  std::string address_;
+  ShardLayout layout_;
+  std::string worker_id_;
+  std::unique_ptr<Channel> channel_;
+  std::uint64_t lease_id_ = 0;
+  std::uint64_t chunk_bytes_ = 0;
+  std::uint64_t next_sequence_ = 1;
+  bool sync_mode_ = true;
+  absl::flat_hash_map<std::string, Tracked> tracked_;
+  ClientStats stats_;
+
+  std::thread heartbeat_;
+  absl::Mutex heartbeat_mu_;
+  bool heartbeat_stop_ ABSL_GUARDED_BY(heartbeat_mu_) = false;
+  std::atomic<bool> lease_lost_{false};
+  absl::BitGen bitgen_;  // Backoff jitter.
+};
+
+}  // namespace weightd
+
+#endif  // WEIGHTD_CLIENT_SHARD_CLIENT_H_

@@ -1,0 +1,88 @@
+// The types of weightd's client API (client/client.h): tensors held by the
+// caller, options, and figures.
+#ifndef WEIGHTD_CLIENT_TYPES_H_
+#define WEIGHTD_CLIENT_TYPES_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "common/wire_format.h"
+
+namespace weightd {
+
+// A named tensor held by the caller: its shape and its float32 storage.
+// `data.size()` must equal the product of `shape` (1 for an empty shape).
+struct TensorRef {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  absl::Span<float> data;
+};
+
+enum class UpdateKind {
+  kWeights,  // The payload is the worker's weights (model averaging).
+  kDelta,    // The payload is a change, applied with the server's lr.
+};
+
+struct ClientOptions {
+  // Where weightd runs: one gRPC target ("127.0.0.1:7070",
+  // "unix:/run/weightd.sock"), or the shards of a sharded deployment as a
+  // comma-separated list ("10.0.0.1:7070,10.0.0.2:7070", in any order), or
+  // one DNS name that resolves to every shard (a Kubernetes headless
+  // service). The servers report their shard index and count; Connect checks
+  // that they form one complete layout (see client/client.h).
+  std::string address;
+  // Stable worker name ([A-Za-z0-9_.:/-], at most 256 bytes).
+  std::string worker_id;
+  // Deadline of each call, including the wait for a sync round to close.
+  absl::Duration call_timeout = absl::Minutes(10);
+  // How long Connect waits for the server to become reachable.
+  absl::Duration connect_timeout = absl::Seconds(30);
+  // While joined, a background thread renews the lease every third of the
+  // server's lease timeout, so that a worker busy training or waiting for a
+  // round is not dropped. Off: only the worker's own calls renew it.
+  bool heartbeat = true;
+  // Calls failing with UNAVAILABLE (server down or restarting, network) or
+  // DEADLINE_EXCEEDED are retried, after an exponential backoff with
+  // jitter, for at most this long per call; a resent push keeps its
+  // sequence, so the server applies it once. Zero: no retries.
+  absl::Duration retry_budget = absl::Minutes(2);
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(2);
+  // Format of the values pushed and pulled (Join's initial values are always
+  // float32). 16-bit formats halve the bytes on the wire; the server still
+  // averages in float32. See common/wire_format.h.
+  WireFormat wire_format = WireFormat::kFloat32;
+  // Sharded deployments: a tensor larger than this is split by rows over
+  // every shard; smaller ones live whole on one shard, chosen by a hash of
+  // the name. Every worker of a job must use the same value.
+  std::uint64_t split_bytes = std::uint64_t{4} << 20;
+};
+
+struct PushOptions {
+  UpdateKind kind = UpdateKind::kWeights;
+  // Weight of this contribution in the mean (e.g. samples seen). > 0.
+  double weight = 1.0;
+};
+
+// Server-wide figures, from GetStatus.
+struct ServerStatus {
+  std::uint64_t bytes_received = 0;  // Payload bytes in joins and pushes.
+  std::uint64_t bytes_sent = 0;      // Payload bytes in pulls.
+  std::uint64_t rounds_closed = 0;   // Over all tensors.
+};
+
+// Traffic counters of one client (payload bytes only).
+struct ClientStats {
+  std::uint64_t bytes_pushed = 0;
+  std::uint64_t bytes_pulled = 0;
+  // PushPulls whose round moved on without them (answered with the current
+  // value instead).
+  std::uint64_t rounds_missed = 0;
+};
+
+}  // namespace weightd
+
+#endif  // WEIGHTD_CLIENT_TYPES_H_
