@@ -21,8 +21,10 @@ namespace weightd {
 namespace {
 
 // Every address a "host:port" (or "dns:///host:port") target resolves to,
-// as "ip:port" targets, sorted; empty if it does not resolve.
-std::vector<std::string> ResolveAll(absl::string_view target) {
+// as "ip:port" targets, sorted; empty if it does not resolve. `literal`
+// tells whether the host was an IP address already (nothing to wait for).
+std::vector<std::string> ResolveAll(absl::string_view target,
+                                    bool* literal = nullptr) {
   absl::ConsumePrefix(&target, "dns:///");
   const std::size_t colon = target.rfind(':');
   if (colon == absl::string_view::npos) return {};
@@ -35,6 +37,13 @@ std::vector<std::string> ResolveAll(absl::string_view target) {
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* found = nullptr;
+  if (literal != nullptr) {
+    hints.ai_flags = AI_NUMERICHOST;
+    *literal = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found) == 0;
+    if (found != nullptr) ::freeaddrinfo(found);
+    found = nullptr;
+    hints.ai_flags = 0;
+  }
   if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0) return {};
   std::vector<std::string> targets;
   for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
@@ -96,18 +105,20 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   // ready yet is missing from the answer).
   first.reset();
   const absl::Time give_up = absl::Now() + options.connect_timeout;
-  std::vector<std::string> resolved = ResolveAll(targets[0]);
-  while (resolved.size() != layout.count && absl::Now() < give_up) {
+  bool literal = false;
+  std::vector<std::string> resolved = ResolveAll(targets[0], &literal);
+  while (!literal && resolved.size() != layout.count && absl::Now() < give_up) {
     absl::SleepFor(absl::Seconds(1));
     resolved = ResolveAll(targets[0]);
   }
   if (resolved.size() != layout.count) {
     return absl::FailedPreconditionError(absl::StrCat(
         "weightd at ", targets[0], " is shard ", layout.index, " of ",
-        layout.count, ", and ", targets[0], " resolves to ", resolved.size(),
-        " address(es) (", absl::StrJoin(resolved, ","), ") after ",
-        absl::FormatDuration(options.connect_timeout),
-        ": give every shard's address, or a name that resolves to all of "
+        layout.count, ", but this worker was given 1 server(s) (",
+        targets[0], ", which resolves to ", resolved.size(), " address(es)",
+        literal ? "" : absl::StrCat(" after ", absl::FormatDuration(
+                                                    options.connect_timeout)),
+        "): give every shard's address, or a name that resolves to all of "
         "them"));
   }
   WEIGHTD_ASSIGN_OR_RETURN(shards, ConnectAll(options, resolved));
