@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -37,6 +38,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "absl/strings/str_format.h"
 #include "absl/types/span.h"
 #include "client/client.h"
@@ -44,9 +46,17 @@
 #include "examples/fashion_mnist.h"
 #include "examples/mlp.h"
 
-ABSL_FLAG(std::string, server, "127.0.0.1:7070",
-          "Address (gRPC target) of the weightd server.");
+ABSL_FLAG(std::string, server, "",
+          "weightd's address (gRPC target), or every shard's as a "
+          "comma-separated list, or one DNS name resolving to all shards "
+          "(default: $WEIGHTD_SERVERS, else 127.0.0.1:7070).");
 ABSL_FLAG(std::string, worker_id, "", "Worker id; empty means <task>-<rank>.");
+ABSL_FLAG(std::uint64_t, split_bytes, std::uint64_t{4} << 20,
+          "Sharded servers: tensors larger than this are split by rows over "
+          "every shard (the same on every worker).");
+ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(60),
+          "How long to wait for every server to be reachable (a worker may "
+          "start before its servers).");
 ABSL_FLAG(int, rank, 0,
           "Which shard of the training set to train on, "
           "0..workers-1.");
@@ -93,6 +103,8 @@ using SteadyClock = std::chrono::steady_clock;
 struct WorkerConfig {
   std::string server;
   std::string worker_id;
+  absl::Duration connect_timeout;
+  std::uint64_t split_bytes = 0;
   int rank = 0;
   int workers = 1;
   int rounds = 1;
@@ -116,6 +128,12 @@ struct WorkerConfig {
 absl::StatusOr<WorkerConfig> ConfigFromFlags() {
   WorkerConfig config;
   config.server = absl::GetFlag(FLAGS_server);
+  if (config.server.empty()) {
+    const char* env = std::getenv("WEIGHTD_SERVERS");
+    config.server = env != nullptr && *env != '\0' ? env : "127.0.0.1:7070";
+  }
+  config.connect_timeout = absl::GetFlag(FLAGS_connect_timeout);
+  config.split_bytes = absl::GetFlag(FLAGS_split_bytes);
   config.rank = absl::GetFlag(FLAGS_rank);
   config.workers = absl::GetFlag(FLAGS_workers);
   config.rounds = absl::GetFlag(FLAGS_rounds);
@@ -284,7 +302,9 @@ absl::Status Run(const WorkerConfig& config, SteadyClock::time_point start) {
   WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<Client> client,
                            Client::Connect({.address = config.server,
                                             .worker_id = config.worker_id,
-                                            .wire_format = config.wire_format}));
+                                            .connect_timeout = config.connect_timeout,
+                                            .wire_format = config.wire_format,
+                                            .split_bytes = config.split_bytes}));
   absl::Status status = client->Join(shared);
   // A worker joining a job already under way (e.g. restarted) does not wait
   // for the start: the shared layer is past version 0.

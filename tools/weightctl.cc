@@ -9,6 +9,7 @@
 // connection errors.
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -74,9 +75,10 @@ int Status(const std::shared_ptr<grpc::Channel>& channel) {
   weightd::v1::GetStatusResponse r;
   const grpc::Status status = stub->GetStatus(&context, request, &r);
   if (!status.ok()) return Failed("status", status);
-  std::printf("mode %s  chunk_bytes %llu  server_lr %g\n",
+  std::printf("mode %s  chunk_bytes %llu  server_lr %g  shard %u of %u\n",
               weightd::v1::Mode_Name(r.mode()).c_str(),
-              static_cast<unsigned long long>(r.chunk_bytes()), r.server_lr());
+              static_cast<unsigned long long>(r.chunk_bytes()), r.server_lr(),
+              r.shard().index(), std::max(r.shard().count(), 1u));
   std::printf(
       "rounds_closed %llu  bytes_received %llu  bytes_sent %llu  "
       "snapshots_written %llu  snapshot_failures %llu\n",
