@@ -22,6 +22,8 @@
 // (B: payload bytes the server has received and sent so far; S: seconds since
 // this worker started) and finally `final test accuracy: 0.XXXX`. On error it
 // prints the status to stderr and exits with 1.
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -42,6 +44,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/types/span.h"
 #include "client/client.h"
+#include "client/shard_plan.h"
 #include "common/status_macros.h"
 #include "examples/fashion_mnist.h"
 #include "examples/mlp.h"
@@ -58,8 +61,9 @@ ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(60),
           "How long to wait for every server to be reachable (a worker may "
           "start before its servers).");
 ABSL_FLAG(int, rank, 0,
-          "Which shard of the training set to train on, "
-          "0..workers-1.");
+          "Which shard of the training set to train on, 0..workers-1; -1: "
+          "chosen from the host name (replicas of a Compose service, which "
+          "have no index), and the worker id is <task>-<host name>.");
 ABSL_FLAG(int, workers, 1,
           "Number of shards the 60000 training images are split into.");
 ABSL_FLAG(int, rounds, 50, "Number of averaging rounds.");
@@ -155,8 +159,16 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
                      ": use float32, bfloat16 or float16"));
   }
   config.worker_id = absl::GetFlag(FLAGS_worker_id);
+  std::string rank_name = absl::StrCat(config.rank);
+  if (config.rank == -1 && config.workers >= 1) {
+    char host[256] = {};
+    ::gethostname(host, sizeof(host) - 1);
+    rank_name = host;
+    config.rank = static_cast<int>(StableNameHash(rank_name) %
+                                   static_cast<std::uint64_t>(config.workers));
+  }
   if (config.worker_id.empty()) {
-    config.worker_id = absl::StrCat(config.task, "-", config.rank);
+    config.worker_id = absl::StrCat(config.task, "-", rank_name);
   }
 
   if (config.task == "fashion10") {

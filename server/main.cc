@@ -127,7 +127,8 @@ int main(int argc, char** argv) {
       "chunk_bytes",   "max_tensor_bytes", "allow_non_finite", "log_level",
       "shutdown_grace", "ready_file", "lease_timeout", "snapshot_dir",
       "snapshot_every", "restore", "max_total_bytes", "max_workers",
-      "round_quorum", "round_timeout", "crash_at", "unix_socket"};
+      "round_quorum", "round_timeout", "crash_at", "unix_socket",
+      "shard_index", "shard_count"};
   if (absl::Status s = weightd::ApplyEnvironmentToFlags("WEIGHTD_", flag_names);
       !s.ok()) {
     return Fail(std::string(s.message()));
