@@ -40,8 +40,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "absl/time/time.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "client/client.h"
 #include "client/shard_plan.h"
@@ -317,6 +318,8 @@ absl::Status Run(const WorkerConfig& config, SteadyClock::time_point start) {
                                             .connect_timeout = config.connect_timeout,
                                             .wire_format = config.wire_format,
                                             .split_bytes = config.split_bytes}));
+  std::cerr << "weightd_worker: " << config.worker_id << " connected to "
+            << absl::StrJoin(client->servers(), ",") << "\n";
   absl::Status status = client->Join(shared);
   // A worker joining a job already under way (e.g. restarted) does not wait
   // for the start: the shared layer is past version 0.
