@@ -28,6 +28,8 @@ ABSL_FLAG(int, count, 1, "Tensors (many).");
 ABSL_FLAG(std::string, wire_format, "float32",
           "float32, bfloat16 or float16 on the wire.");
 ABSL_FLAG(int, reps, 10, "Measured rounds (after one warm-up round).");
+ABSL_FLAG(uint64_t, split_bytes, uint64_t{4} << 20,
+          "Sharded servers: tensors above this are split over the shards.");
 ABSL_FLAG(std::string, joined_file, "",
           "If set, created once every worker has joined (before the rounds).");
 
@@ -97,6 +99,7 @@ int main(int argc, char** argv) {
   weightd::ClientOptions options;
   options.address = absl::GetFlag(FLAGS_server);
   options.worker_id = absl::StrCat("bench-", rank);
+  options.split_bytes = absl::GetFlag(FLAGS_split_bytes);
   if (!weightd::ParseWireFormat(absl::GetFlag(FLAGS_wire_format),
                                 &options.wire_format)) {
     std::fprintf(stderr, "bench_worker: unknown --wire_format\n");

@@ -133,17 +133,23 @@ class Bench:
 
     # --- weightd -----------------------------------------------------------
     def rounds(self, workers, layout, nbytes=0, count=1, unix=False,
-               reps=None, wire_format="float32"):
+               reps=None, wire_format="float32", shards=1, split_bytes=None):
         """Round times of W bench_workers against a fresh weightd (over TCP,
-        or over the Unix socket it also listens on), and its peak RSS."""
-        ready = os.path.join(self.tmp, "weightd.addr")
-        sock = os.path.join(self.tmp, "weightd.sock")
-        daemon, address = self.start(
-            [self.path("server", "weightd"), "--listen=127.0.0.1:0",
-             "--unix_socket=" + sock, "--ready_file=" + ready,
-             "--log_level=warn", "--max_tensor_bytes=%d" % (2 << 30)], ready)
-        if unix:
-            address = "unix:" + sock
+        or over the Unix socket it also listens on), or `shards` of them,
+        and the peak RSS of the first."""
+        daemons, addresses = [], []
+        for i in range(shards):
+            ready = os.path.join(self.tmp, "weightd%d.addr" % i)
+            sock = os.path.join(self.tmp, "weightd%d.sock" % i)
+            daemon, address = self.start(
+                [self.path("server", "weightd"), "--listen=127.0.0.1:0",
+                 "--unix_socket=" + sock, "--ready_file=" + ready,
+                 "--shard_index=%d" % i, "--shard_count=%d" % shards,
+                 "--log_level=warn", "--max_tensor_bytes=%d" % (2 << 30)],
+                ready)
+            daemons.append(daemon)
+            addresses.append("unix:" + sock if unix else address)
+        daemon, address = daemons[0], ",".join(addresses)
         joined = os.path.join(self.tmp, "joined")
         if os.path.exists(joined):
             os.remove(joined)
@@ -166,6 +172,7 @@ class Bench:
                   "--layout=" + layout, "--bytes=%d" % nbytes,
                   "--count=%d" % count, "--reps=%d" % (reps or self.reps),
                   "--wire_format=" + wire_format]
+                 + (["--split_bytes=%d" % split_bytes] if split_bytes else [])
                  + (["--joined_file=" + joined] if r == 0 else [])
                  for r in range(workers)])
             watcher.join(timeout=10)
@@ -173,7 +180,8 @@ class Bench:
                    "with_joins": max(peaks.get("joins", 0),
                                      self.peak_rss(daemon))}
         finally:
-            self.stop(daemon)
+            for d in daemons:
+                self.stop(d)
         return self.slowest(per_worker), rss
 
     # --- reporting ---------------------------------------------------------
@@ -310,6 +318,20 @@ def main():
         times, _ = b.rounds(4, "single", size, unix=True)
         b.row("9 sync W=4 over unix socket", 4, size, gbps(size, times), "GB/s",
               "scenario 1 over TCP", s1, None)
+    # 10. Scenario 1 over 1, 2 and 4 shards (the tensor split by rows over
+    # all of them). On one machine the shards share its two cores: this
+    # reports, docs/scaling.md models a real network.
+    if want(10):
+        split = 256 << 10 if smoke else None
+        one = None
+        for shards in (1, 2) if smoke else (1, 2, 4):
+            times, _ = b.rounds(4, "single", size, shards=shards,
+                                split_bytes=split)
+            algbw = gbps(size, times)
+            if one is None:
+                one = statistics.median(algbw)
+            b.row("10 sync W=4 over %d shard(s)" % shards, 4, size, algbw,
+                  "GB/s", "1 shard", one)
 
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "summary.json"), "w") as f:
