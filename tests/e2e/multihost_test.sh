@@ -9,7 +9,8 @@
 # /etc/netns/NS/hosts) resolves to both, as a Kubernetes headless service
 # does. Checks: every worker finishes, accuracy is well above chance, and
 # each shard closed every round of its part of the shared layer with all 4
-# workers. Nothing outside these namespaces is contacted. Skipped (exit 77)
+# workers. The workers start first and wait for the shards. Nothing
+# outside these namespaces is contacted. Skipped (exit 77)
 # where network namespaces cannot be created.
 # Usage: multihost_test.sh BUILD_DIR
 set -euo pipefail
@@ -68,7 +69,23 @@ for rank in 2 3; do
   printf 'multi on\n' >"/etc/netns/$tag-worker$rank/host.conf"
 done
 
-# The shards: shard 0 configured by flags, shard 1 by WEIGHTD_* variables.
+worker_pids=()
+for rank in 0 1 2 3; do
+  servers=$net.2:7070,$net.1:7070
+  ((rank >= 2)) && servers=weightd:7070
+  eval=()
+  ((rank == 0)) && eval=(--eval)
+  # 64 KiB: the 401 KB shared layer is split by rows over both shards.
+  ip netns exec "$tag-worker$rank" "$build/examples/weightd_worker" \
+    --server="$servers" --split_bytes=65536 --workers=4 --rank=$rank \
+    --rounds=$rounds --local_steps=100 --connect_timeout=20s "${eval[@]}" \
+    >"$work/worker$rank.log" 2>&1 &
+  worker_pids+=($!)
+  pids+=($!)
+done
+# The shards, started after the workers (which wait for them and retry):
+# shard 0 configured by flags, shard 1 by WEIGHTD_* variables.
+sleep 1
 ip netns exec "$tag-shard0" "$build/server/weightd" --listen=$net.1:7070 \
   --shard_index=0 --shard_count=2 --ready_file="$work/ready0" \
   >"$work/shard0.log" 2>&1 &
@@ -85,20 +102,6 @@ done
 grep -q 'shard=0/2' "$work/shard0.log" || fail "shard 0 does not say shard 0/2"
 grep -q 'shard=1/2' "$work/shard1.log" || fail "shard 1 does not say shard 1/2"
 
-worker_pids=()
-for rank in 0 1 2 3; do
-  servers=$net.2:7070,$net.1:7070
-  ((rank >= 2)) && servers=weightd:7070
-  eval=()
-  ((rank == 0)) && eval=(--eval)
-  # 64 KiB: the 401 KB shared layer is split by rows over both shards.
-  ip netns exec "$tag-worker$rank" "$build/examples/weightd_worker" \
-    --server="$servers" --split_bytes=65536 --workers=4 --rank=$rank \
-    --rounds=$rounds --local_steps=100 --connect_timeout=20s "${eval[@]}" \
-    >"$work/worker$rank.log" 2>&1 &
-  worker_pids+=($!)
-  pids+=($!)
-done
 for rank in 0 1 2 3; do
   timeout 400 tail --pid="${worker_pids[$rank]}" -f /dev/null ||
     fail "worker $rank did not finish within 400 s"
@@ -124,4 +127,4 @@ for i in 0 1; do
   timeout 15 tail --pid="${shard_pids[$i]}" -f /dev/null || fail "shard $i did not stop"
   wait "${shard_pids[$i]}" || fail "shard $i exited with an error after SIGTERM"
 done
-echo "PASS: 2 shards and 4 workers in 6 namespaces; final accuracy $accuracy; both shards closed all $rounds rounds of their part of hidden/w with 4 workers"
+echo "PASS: 2 shards and 4 workers (started first) in 6 host namespaces; final accuracy $accuracy; both shards closed all $rounds rounds of their part of hidden/w with 4 workers"
