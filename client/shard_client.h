@@ -55,59 +55,20 @@ class ShardClient {
   const ShardLayout& layout() const { return layout_; }
   const std::string& address() const { return address_; }
 
-  // Declares `tensors` (possibly none: the worker then holds only a lease,
-  // for barriers) and starts membership. For each tensor the server
-  // did not hold yet, the caller's buffer becomes its initial value; for
-  // each it held, the shared value is pulled into the caller's buffer.
-  // Errors: INVALID_ARGUMENT (bad name/shape/size), ALREADY_EXISTS (a tensor
-  // of that name exists with another shape), UNAVAILABLE.
+  // The calls of weightd::Client (client/client.h documents each), on this
+  // server alone. Join may declare no tensors: the worker then holds only
+  // a lease, for barriers.
   absl::Status Join(absl::Span<const TensorRef> tensors);
-
-  // Contributes the values in the callers' buffers to the open round of each
-  // tensor (sync) or applies them (async). Does not wait for the round.
-  // The tensors must have been declared in Join. Transient failures are
-  // retried (see ClientOptions); if the server lost this worker's lease
-  // (expired, or a restart without snapshot), the client joins again and
-  // pushes anew, unless the rounds moved on meanwhile. ABORTED: the round
-  // moved on without this push.
   absl::Status Push(absl::Span<const TensorRef> tensors,
                     const PushOptions& options = {});
-
-  // Writes each tensor's value into the caller's buffer. If this client
-  // pushed a tensor since it last pulled it, waits (up to call_timeout) for
-  // the round of that push to close, so the caller gets the averaged value.
   absl::Status Pull(absl::Span<const TensorRef> tensors);
-
-  // Push, then overwrite the buffers with the result of that round (sync:
-  // waits for it to close) in one call. Retries and re-joins as Push. If
-  // the round moved on without this push (ABORTED: it closed without this
-  // worker, or the server restarted from an older snapshot), the buffers
-  // get the current shared value instead and the call returns OK, so a
-  // training loop simply continues.
   absl::Status PushPull(absl::Span<const TensorRef> tensors,
                         const PushOptions& options = {});
-
-  // Returns once `count` workers (this one included) have called Barrier
-  // with the same `name`, or at call_timeout (DEADLINE_EXCEEDED). E.g. a sync
-  // job calls Barrier("start", workers) after Join so that its first round
-  // averages every worker. FAILED_PRECONDITION before Join; INVALID_ARGUMENT
-  // for a bad name or a count other than the waiting workers'.
   absl::Status Barrier(absl::string_view name, int count);
-
-  // Ends membership; later calls need a new Join.
   absl::Status Leave();
-
-  // Server-wide traffic and round counters.
   absl::StatusOr<ServerStatus> GetStatus();
-
-  // Version of the value of `name` the caller last received or created.
-  // NOT_FOUND if this client has not joined with it.
   absl::StatusOr<std::uint64_t> Version(const std::string& name) const;
-
-  // True once a heartbeat was refused: the server dropped this worker's
-  // lease (it was silent too long, or the server restarted). Join again.
   bool lease_lost() const { return lease_lost_.load(); }
-
   const ClientStats& stats() const { return stats_; }
   const std::string& worker_id() const { return worker_id_; }
 

@@ -62,3 +62,16 @@ wait_for_line() {
     sleep 0.05
   done
 }
+
+# wait_workers LOGPREFIX: waits (300 s at most each) for the pids in
+# worker_pids, which must exit 0; prints LOGPREFIX.I of a failed one.
+wait_workers() {
+  for i in "${!worker_pids[@]}"; do
+    timeout 300 tail --pid="${worker_pids[$i]}" -f /dev/null ||
+      fail "worker $i did not finish"
+    wait "${worker_pids[$i]}" || { cat "$1.$i"; fail "worker $i exited with an error"; }
+  done
+}
+
+# accuracy LOGPREFIX: the final test accuracy rank 0 printed.
+accuracy() { sed -n 's/^final test accuracy: //p' "$1.0"; }

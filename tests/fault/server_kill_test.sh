@@ -23,15 +23,7 @@ start_workers() {
   done
 }
 
-wait_workers() {
-  for i in "${!worker_pids[@]}"; do
-    timeout 300 tail --pid="${worker_pids[$i]}" -f /dev/null ||
-      fail "worker $i did not finish"
-    wait "${worker_pids[$i]}" || { cat "$1.$i"; fail "worker $i exited with an error"; }
-  done
-}
 
-accuracy() { sed -n 's/^final test accuracy: //p' "$1.0"; }
 
 # 1. The uninterrupted run.
 start_weightd "$work/baseline-server.log" 127.0.0.1:0 "${server_flags[@]}"

@@ -39,20 +39,12 @@ start_workers() {
   done
 }
 
-wait_workers() {
-  for i in "${!worker_pids[@]}"; do
-    timeout 300 tail --pid="${worker_pids[$i]}" -f /dev/null ||
-      fail "worker $i did not finish"
-    wait "${worker_pids[$i]}" || { cat "$1.$i"; fail "worker $i exited with an error"; }
-  done
-}
 
 stop_shards() {
   server_pid=$pid0; stop_weightd
   server_pid=$pid1; stop_weightd
 }
 
-accuracy() { sed -n 's/^final test accuracy: //p' "$1.0"; }
 
 # 1. The uninterrupted run.
 start_shards "$work/baseline-server"
