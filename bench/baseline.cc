@@ -8,6 +8,9 @@
 //   grpc_client  one client-streaming Put of the bytes in 1 MiB chunks per
 //                round, started together with the other clients
 //   ping         unary gRPC ping-pong of --bytes (latency)
+//   round_server a gRPC sink whose Ping answers only once --workers calls
+//                are waiting, all together, on the callback API as weightd:
+//                the floor of a round of unary calls (docs/performance.md)
 // Each measured repetition prints one JSON line: {"rep": i, "secs": s}.
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -36,13 +39,15 @@
 #include "baseline.grpc.pb.h"
 #include "server/core/kernels.h"
 
-ABSL_FLAG(std::string, mode, "", "membw, kernel, tcp, grpc_server, grpc_client or ping");
+ABSL_FLAG(std::string, mode, "", "membw, kernel, tcp, grpc_server, grpc_client, ping or round_server");
 ABSL_FLAG(uint64_t, bytes, 1 << 20, "Bytes per repetition.");
 ABSL_FLAG(int, reps, 10, "Measured repetitions (after one warm-up).");
 ABSL_FLAG(std::string, server, "", "grpc_client, ping: the sink's address.");
 ABSL_FLAG(std::string, listen, "127.0.0.1:0", "grpc_server: listen address.");
 ABSL_FLAG(std::string, ready_file, "", "grpc_server: write the address here.");
-ABSL_FLAG(int, workers, 1, "grpc_client: clients streaming together.");
+ABSL_FLAG(int, workers, 1,
+          "grpc_client: clients streaming together; round_server: calls "
+          "per round.");
 
 namespace {
 
@@ -191,13 +196,43 @@ class Sink final : public weightd::bench::Sink::Service {
   std::map<std::string, int> arrived_;
 };
 
-int GrpcServer() {
+// Ping answers once --workers calls wait: a round with nothing to average.
+class RoundSink final : public weightd::bench::Sink::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* Ping(grpc::CallbackServerContext* context,
+                                 const weightd::bench::Chunk* in,
+                                 weightd::bench::Chunk* out) override {
+    *out = *in;
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    std::vector<grpc::ServerUnaryReactor*> release;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      waiting_.push_back(reactor);
+      if (static_cast<int>(waiting_.size()) == absl::GetFlag(FLAGS_workers)) {
+        release.swap(waiting_);
+      }
+    }
+    for (grpc::ServerUnaryReactor* r : release) r->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<grpc::ServerUnaryReactor*> waiting_;
+};
+
+int GrpcServer(bool round) {
   Sink sink;
+  RoundSink round_sink;
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(absl::GetFlag(FLAGS_listen),
                            grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&sink);
+  if (round) {
+    builder.RegisterService(&round_sink);
+  } else {
+    builder.RegisterService(&sink);
+  }
   builder.SetMaxReceiveMessageSize(kChunk + 4096);
   // Many clients wait in Barrier at once: enough threads for all.
   builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 64);
@@ -278,7 +313,8 @@ int main(int argc, char** argv) {
   if (mode == "membw") return MemBandwidth(false);
   if (mode == "kernel") return MemBandwidth(true);
   if (mode == "tcp") return Tcp();
-  if (mode == "grpc_server") return GrpcServer();
+  if (mode == "grpc_server") return GrpcServer(false);
+  if (mode == "round_server") return GrpcServer(true);
   if (mode == "grpc_client") return GrpcClient();
   if (mode == "ping") return Ping();
   return Fail(absl::StrCat("unknown --mode=", mode));
