@@ -26,6 +26,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -104,6 +105,12 @@ namespace weightd::examples {
 namespace {
 
 using SteadyClock = std::chrono::steady_clock;
+
+// Set by SIGTERM or SIGINT (docker stop, a scale-down): the worker finishes
+// the round it is in, leaves, and exits 0, so the sharing groups shrink at
+// the next round instead of waiting for its lease to expire.
+volatile std::sig_atomic_t g_stop = 0;
+void OnStopSignal(int) { g_stop = 1; }
 
 struct WorkerConfig {
   std::string server;
@@ -245,6 +252,11 @@ absl::Status TrainRounds(const WorkerConfig& config, const Dataset& train,
       static_cast<double>(config.local_steps) * config.batch;
   double accuracy = 0;
   for (int round = 1; round <= config.rounds; ++round) {
+    if (g_stop) {
+      absl::FPrintF(stderr, "weightd_worker: stopping on a signal after %d "
+                            "round(s)\n", round - 1);
+      break;
+    }
     const float lr = RoundLearningRate(config.lr, round, config.rounds);
     double loss_sum = 0;
     for (int step = 0; step < config.local_steps; ++step) {
@@ -353,6 +365,8 @@ int main(int argc, char** argv) {
   absl::StatusOr<weightd::examples::WorkerConfig> config =
       weightd::examples::ConfigFromFlags();
   absl::Status status = config.status();
+  std::signal(SIGTERM, weightd::examples::OnStopSignal);
+  std::signal(SIGINT, weightd::examples::OnStopSignal);
   if (status.ok()) status = weightd::examples::Run(*config, start);
   if (!status.ok()) {
     std::cerr << "weightd_worker: " << status << "\n";
