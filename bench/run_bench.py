@@ -138,17 +138,23 @@ class Bench:
         or over the Unix socket it also listens on), or `shards` of them,
         and the peak RSS of the first."""
         daemons, addresses = [], []
-        for i in range(shards):
-            ready = os.path.join(self.tmp, "weightd%d.addr" % i)
-            sock = os.path.join(self.tmp, "weightd%d.sock" % i)
-            daemon, address = self.start(
-                [self.path("server", "weightd"), "--listen=127.0.0.1:0",
-                 "--unix_socket=" + sock, "--ready_file=" + ready,
-                 "--shard_index=%d" % i, "--shard_count=%d" % shards,
-                 "--log_level=warn", "--max_tensor_bytes=%d" % (2 << 30)],
-                ready)
-            daemons.append(daemon)
-            addresses.append("unix:" + sock if unix else address)
+        try:
+            for i in range(shards):
+                ready = os.path.join(self.tmp, "weightd%d.addr" % i)
+                sock = os.path.join(self.tmp, "weightd%d.sock" % i)
+                daemon, address = self.start(
+                    [self.path("server", "weightd"), "--listen=127.0.0.1:0",
+                     "--unix_socket=" + sock, "--ready_file=" + ready,
+                     "--shard_index=%d" % i, "--shard_count=%d" % shards,
+                     "--log_level=warn",
+                     "--max_tensor_bytes=%d" % (2 << 30)], ready)
+                daemons.append(daemon)
+                addresses.append("unix:" + sock if unix else address)
+        except SystemExit:  # A shard did not start: none is left running.
+            for d in daemons:
+                d.kill()
+                d.wait()
+            raise
         daemon, address = daemons[0], ",".join(addresses)
         joined = os.path.join(self.tmp, "joined")
         if os.path.exists(joined):

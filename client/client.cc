@@ -20,14 +20,25 @@
 namespace weightd {
 namespace {
 
-// Every address a "host:port" (or "dns:///host:port") target resolves to,
-// as "ip:port" targets, sorted; empty if it does not resolve. `literal`
-// tells whether the host was an IP address already (nothing to wait for).
-std::vector<std::string> ResolveAll(absl::string_view target,
-                                    bool* literal = nullptr) {
-  absl::ConsumePrefix(&target, "dns:///");
+// The addresses a "host:port" (or "dns:///host:port") target resolves to,
+// as "ip:port" targets, per address family, sorted.
+struct Resolved {
+  // Nothing to wait for: an IP address, or not a host name at all (e.g.
+  // "unix:/path").
+  bool fixed = true;
+  std::vector<std::string> ipv4;
+  std::vector<std::string> ipv6;
+};
+
+Resolved ResolveAll(absl::string_view target) {
+  Resolved out;
+  const bool dns = absl::ConsumePrefix(&target, "dns:///");
   const std::size_t colon = target.rfind(':');
-  if (colon == absl::string_view::npos) return {};
+  if (colon == absl::string_view::npos ||
+      (!dns && absl::StrContains(target.substr(0, colon), ":") &&
+       !absl::StartsWith(target, "["))) {
+    return out;  // "unix:/path", "ipv4:...": not a name.
+  }
   std::string host(target.substr(0, colon));
   const std::string port(target.substr(colon + 1));
   if (absl::StartsWith(host, "[") && absl::EndsWith(host, "]")) {
@@ -36,33 +47,40 @@ std::vector<std::string> ResolveAll(absl::string_view target,
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST;
   addrinfo* found = nullptr;
-  if (literal != nullptr) {
-    hints.ai_flags = AI_NUMERICHOST;
-    *literal = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found) == 0;
-    if (found != nullptr) ::freeaddrinfo(found);
-    found = nullptr;
-    hints.ai_flags = 0;
-  }
-  if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0) return {};
-  std::vector<std::string> targets;
+  out.fixed = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found) == 0;
+  if (found != nullptr) ::freeaddrinfo(found);
+  found = nullptr;
+  hints.ai_flags = 0;
+  if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0) return out;
   for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
     char ip[INET6_ADDRSTRLEN] = {};
     if (a->ai_family == AF_INET) {
       ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr,
                   ip, sizeof(ip));
-      targets.push_back(absl::StrCat(ip, ":", port));
+      out.ipv4.push_back(absl::StrCat(ip, ":", port));
     } else if (a->ai_family == AF_INET6) {
       ::inet_ntop(AF_INET6,
                   &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr, ip,
                   sizeof(ip));
-      targets.push_back(absl::StrCat("[", ip, "]:", port));
+      out.ipv6.push_back(absl::StrCat("[", ip, "]:", port));
     }
   }
   ::freeaddrinfo(found);
-  std::sort(targets.begin(), targets.end());
-  targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
-  return targets;
+  for (auto* v : {&out.ipv4, &out.ipv6}) {
+    std::sort(v->begin(), v->end());
+    v->erase(std::unique(v->begin(), v->end()), v->end());
+  }
+  return out;
+}
+
+// The addresses of one family that number exactly `count` (IPv4 first: a
+// dual-stack name lists every shard once per family); empty if neither.
+std::vector<std::string> OneFamily(const Resolved& r, std::size_t count) {
+  if (r.ipv4.size() == count) return r.ipv4;
+  if (r.ipv6.size() == count) return r.ipv6;
+  return {};
 }
 
 absl::StatusOr<std::vector<std::unique_ptr<ShardClient>>> ConnectAll(
@@ -105,20 +123,24 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   // ready yet is missing from the answer).
   first.reset();
   const absl::Time give_up = absl::Now() + options.connect_timeout;
-  bool literal = false;
-  std::vector<std::string> resolved = ResolveAll(targets[0], &literal);
-  while (!literal && resolved.size() != layout.count && absl::Now() < give_up) {
+  Resolved found = ResolveAll(targets[0]);
+  std::vector<std::string> resolved = OneFamily(found, layout.count);
+  while (!found.fixed && resolved.empty() && absl::Now() < give_up) {
     absl::SleepFor(absl::Seconds(1));
-    resolved = ResolveAll(targets[0]);
+    found = ResolveAll(targets[0]);
+    resolved = OneFamily(found, layout.count);
   }
-  if (resolved.size() != layout.count) {
+  if (resolved.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "weightd at ", targets[0], " is shard ", layout.index, " of ",
-        layout.count, ", but this worker was given 1 server(s) (",
-        targets[0], ", which resolves to ", resolved.size(), " address(es)",
-        literal ? "" : absl::StrCat(" after ", absl::FormatDuration(
-                                                    options.connect_timeout)),
-        "): give every shard's address, or a name that resolves to all of "
+        layout.count, ", but this worker was given 1 server(s)",
+        found.fixed
+            ? ""
+            : absl::StrCat(" (a name that resolves to ", found.ipv4.size(),
+                           " IPv4 and ", found.ipv6.size(),
+                           " IPv6 address(es) after ",
+                           absl::FormatDuration(options.connect_timeout), ")"),
+        ": give every shard's address, or a name that resolves to all of "
         "them"));
   }
   WEIGHTD_ASSIGN_OR_RETURN(shards, ConnectAll(options, resolved));
@@ -140,7 +162,8 @@ std::vector<std::string> Client::servers() const {
 absl::Status Client::OnShards(
     const std::vector<std::vector<TensorRef>>& lists, bool all,
     absl::FunctionRef<absl::Status(ShardClient&, absl::Span<const TensorRef>)>
-        call) {
+        call,
+    std::vector<absl::Status>* out) {
   std::vector<std::size_t> busy;
   for (std::size_t i = 0; i < shards_.size(); ++i) {
     if (all || !lists[i].empty()) busy.push_back(i);
@@ -152,6 +175,7 @@ absl::Status Client::OnShards(
   for (std::size_t k = 1; k < busy.size(); ++k) threads.emplace_back(run, busy[k]);
   if (!busy.empty()) run(busy[0]);
   for (std::thread& t : threads) t.join();
+  if (out != nullptr) *out = results;
   for (std::size_t i : busy) {
     if (results[i].ok()) continue;
     if (shards_.size() == 1) return results[i];
@@ -207,11 +231,24 @@ absl::Status Client::Join(absl::Span<const TensorRef> tensors) {
                            Split(placements, tensors));
   // Every shard, even one holding none of these tensors: barriers run on
   // shard 0, and a worker needs a lease there.
-  WEIGHTD_RETURN_IF_ERROR(
-      OnShards(lists, /*all=*/true,
-               [](ShardClient& s, absl::Span<const TensorRef> l) {
-                 return s.Join(l);
-               }));
+  std::vector<absl::Status> results;
+  absl::Status joined = OnShards(
+      lists, /*all=*/true,
+      [](ShardClient& s, absl::Span<const TensorRef> l) { return s.Join(l); },
+      &results);
+  if (!joined.ok()) {
+    // Not joined anywhere rather than on some shards: a shard that took
+    // the Join would wait for this worker in every round. (If every shard
+    // refused, nothing changed: an earlier membership stays.)
+    bool left = false;
+    for (std::size_t i = 0; i < shards_.size(); ++i) {
+      if (!results[i].ok()) continue;
+      shards_[i]->Leave().IgnoreError();
+      left = true;
+    }
+    if (left) placements_.clear();
+    return joined;
+  }
   placements_ = std::move(placements);
   return absl::OkStatus();
 }
@@ -251,11 +288,10 @@ absl::Status Client::Barrier(absl::string_view name, int count) {
 
 absl::Status Client::Leave() {
   std::vector<std::vector<TensorRef>> none(shards_.size());
-  WEIGHTD_RETURN_IF_ERROR(OnShards(
+  placements_.clear();  // Whatever a shard answers: Join again after Leave.
+  return OnShards(
       none, /*all=*/true,
-      [](ShardClient& s, absl::Span<const TensorRef>) { return s.Leave(); }));
-  placements_.clear();
-  return absl::OkStatus();
+      [](ShardClient& s, absl::Span<const TensorRef>) { return s.Leave(); });
 }
 
 absl::StatusOr<ServerStatus> Client::GetStatus() {

@@ -23,7 +23,10 @@
 // tensors. Every shard runs its rounds independently. The worker joins
 // every shard (with no tensors where it holds none) and Barrier runs on
 // shard 0. Each shard's calls are retried and re-joined on their own, so a
-// restarted shard costs only its own part.
+// restarted shard costs only its own part. A call that fails on one shard
+// (the error names it) may have taken effect on the others: e.g. a Push
+// refused by one shard was counted by the rest, whose rounds then close
+// without needing it again.
 //
 // Thread safety: a Client is not thread-safe; use one per thread (they may
 // share nothing but the servers). Its heartbeat threads are internal.
@@ -68,7 +71,9 @@ class Client {
   // each it held, the shared value is pulled into the caller's buffer.
   // Errors: INVALID_ARGUMENT (bad name/shape/size), ALREADY_EXISTS (a tensor
   // of that name exists with another shape), UNAVAILABLE,
-  // FAILED_PRECONDITION (a shard now reports another layout).
+  // FAILED_PRECONDITION (a shard now reports another layout). A Join that
+  // every shard refused changes nothing; one refused by some shards only
+  // is left on the others, and the client must Join again.
   absl::Status Join(absl::Span<const TensorRef> tensors);
 
   // Contributes the values in the callers' buffers to the open round of each
@@ -138,10 +143,12 @@ class Client {
       absl::Span<const TensorRef> tensors) const;
   // Runs `call` for every shard with a non-empty list (every shard if
   // `all`), in parallel; the first error in shard order, naming its shard.
+  // `results`, if given, gets each shard's status (OK where not called).
   absl::Status OnShards(
       const std::vector<std::vector<TensorRef>>& lists, bool all,
       absl::FunctionRef<absl::Status(ShardClient&, absl::Span<const TensorRef>)>
-          call);
+          call,
+      std::vector<absl::Status>* results = nullptr);
 
   ClientOptions options_;
   std::vector<std::unique_ptr<ShardClient>> shards_;  // In shard order.

@@ -389,6 +389,10 @@ absl::Status ShardClient::JoinOnce(absl::Span<const Declared> declared,
   v1::JoinRequest msg;
   v1::JoinHeader* header = msg.mutable_header();
   header->set_worker_id(worker_id_);
+  // The server refuses the Join, before anything changes, if it is no
+  // longer the shard this client connected to.
+  header->mutable_expected_shard()->set_index(layout_.index);
+  header->mutable_expected_shard()->set_count(layout_.count);
   for (const Declared& d : declared) {
     v1::TensorDeclaration* out = header->add_tensors();
     out->set_name(d.name);
@@ -405,12 +409,17 @@ absl::Status ShardClient::JoinOnce(absl::Span<const Declared> declared,
   if (response->tensors_size() != static_cast<int>(declared.size())) {
     return absl::DataLossError("server answered Join for other tensors");
   }
+  // (Checked again for servers that predate expected_shard.)
   if (const ShardLayout now = LayoutOf(response->shard()); !(now == layout_)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "weightd at ", address_, " is now shard ", now.index, " of ",
         now.count, "; it was shard ", layout_.index, " of ", layout_.count,
         " when this worker connected. The deployment's shard layout changed "
         "under the job: restart the workers with the new server list"));
+  }
+  if (response->chunk_bytes() < kMinChunkBytes ||
+      response->chunk_bytes() % kFloatBytes != 0) {
+    return absl::DataLossError("server announced an invalid chunk size");
   }
   lease_id_ = response->lease_id();
   chunk_bytes_ = response->chunk_bytes();

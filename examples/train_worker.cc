@@ -64,8 +64,10 @@ ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(60),
           "start before its servers).");
 ABSL_FLAG(int, rank, 0,
           "Which shard of the training set to train on, 0..workers-1; -1: "
-          "chosen from the host name (replicas of a Compose service, which "
-          "have no index), and the worker id is <task>-<host name>.");
+          "a hash of the host name picks it (replicas of a Compose service "
+          "have no index; two replicas may pick the same shard, so some "
+          "data is seen twice and some not at all), and the worker id is "
+          "<task>-<host name>.");
 ABSL_FLAG(int, workers, 1,
           "Number of shards the 60000 training images are split into.");
 ABSL_FLAG(int, rounds, 50, "Number of averaging rounds.");

@@ -1,5 +1,6 @@
 #include "server/service/weightd_service.h"
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <memory>
@@ -384,7 +385,7 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
   JoinReactor(core::TensorStore* store, TrafficCounters* traffic,
               const v1::ShardInfo& shard, grpc::CallbackServerContext* context,
               v1::JoinResponse* response)
-      : store_(store), traffic_(traffic), context_(context),
+      : store_(store), traffic_(traffic), shard_(shard), context_(context),
         response_(response) {
     *response_->mutable_shard() = shard;
     StartRead(&request_);
@@ -408,6 +409,18 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
     if (request_.has_header()) {
       if (have_header_) return RepeatedHeader("Join");
       have_header_ = true;
+      if (request_.header().has_expected_shard()) {
+        const v1::ShardInfo& want = request_.header().expected_shard();
+        if (want.index() != shard_.index() ||
+            std::max(want.count(), 1u) != shard_.count()) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "this server is shard ", shard_.index(), " of ", shard_.count(),
+              "; the worker takes it for shard ", want.index(), " of ",
+              std::max(want.count(), 1u),
+              ". The deployment's shard layout changed under the job: "
+              "restart the workers with the new server list"));
+        }
+      }
       worker_id_ = request_.header().worker_id();
       const auto& tensors = request_.header().tensors();
       if (tensors.size() > static_cast<int>(core::kMaxTensorsPerCall)) {
@@ -508,6 +521,7 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
 
   core::TensorStore* const store_;
   TrafficCounters* const traffic_;
+  const v1::ShardInfo shard_;
   grpc::CallbackServerContext* const context_;
   v1::JoinResponse* const response_;
   v1::JoinRequest request_;

@@ -50,6 +50,7 @@ stop_weightd
 interrupted=$(accuracy "$work/killed")
 echo "killed and restarted: final test accuracy $interrupted"
 
+[[ -n $baseline && -n $interrupted ]] || fail "a run printed no final accuracy"
 awk -v a="$baseline" -v b="$interrupted" \
   'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 0.01) }' ||
   fail "accuracy $interrupted is not within 0.01 of $baseline"

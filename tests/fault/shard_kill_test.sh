@@ -77,6 +77,7 @@ stop_shards
 interrupted=$(accuracy "$work/killed")
 echo "shard 1 killed and restarted: final test accuracy $interrupted"
 
+[[ -n $baseline && -n $interrupted ]] || fail "a run printed no final accuracy"
 awk -v a="$baseline" -v b="$interrupted" \
   'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 0.01) }' ||
   fail "accuracy $interrupted is not within 0.01 of $baseline"

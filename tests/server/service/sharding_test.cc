@@ -250,7 +250,37 @@ TEST_F(ShardingTest, AShardRestartedWithAnotherLayoutIsRefusedAtJoin) {
   ASSERT_NE(shards_[1], nullptr);
   EXPECT_THAT(client->Join({{name, {8}, absl::MakeSpan(value)}}),
               StatusIs(absl::StatusCode::kFailedPrecondition,
-                       HasSubstr("is now shard 1 of 3")));
+                       HasSubstr("this server is shard 1 of 3; the worker "
+                                 "takes it for shard 1 of 2")));
+  // Refused before anything changed there, and left on the shard that took
+  // it: the worker is a member nowhere.
+  EXPECT_THAT(shards_[1]->store().Status().workers, ::testing::IsEmpty());
+  EXPECT_THAT(shards_[0]->store().Status().workers, ::testing::IsEmpty());
+  EXPECT_THAT(client->Push({{name, {8}, absl::MakeSpan(value)}}),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(ShardingTest, AJoinOneShardRefusesIsUndoneOnTheOthers) {
+  StartShards(2);
+  const std::string on0 = NameOnShard(0, 2), on1 = NameOnShard(1, 2);
+  std::vector<float> eight(8, 1.0f), four(4, 1.0f);
+  auto a = Connect("a");
+  ASSERT_NE(a, nullptr);
+  ASSERT_THAT(a->Join({{on1, {8}, absl::MakeSpan(eight)}}), IsOk());
+  auto b = Connect("b");
+  ASSERT_NE(b, nullptr);
+  // Shard 0 would take on0; shard 1 refuses on1's other shape.
+  EXPECT_THAT(b->Join({{on0, {8}, absl::MakeSpan(eight)},
+                       {on1, {4}, absl::MakeSpan(four)}}),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("shard 1 (")));
+  for (int i = 0; i < 2; ++i) {
+    for (const core::WorkerInfo& w : shards_[i]->store().Status().workers) {
+      EXPECT_NE(w.worker_id, "b") << "b is still a member of shard " << i;
+    }
+  }
+  // So a's rounds on shard 1 do not wait for b.
+  EXPECT_THAT(a->PushPull({{on1, {8}, absl::MakeSpan(eight)}}), IsOk());
 }
 
 }  // namespace
