@@ -8,7 +8,8 @@
 // shards, so that one big tensor uses every server's bandwidth. Each part is
 // declared to its shard under the tensor's own name with its rows as the
 // first dimension, so a worker declaring another shape is refused
-// (ALREADY_EXISTS) by at least one shard, as it would be by a single server.
+// (ALREADY_EXISTS) by some shard in most cases. Not in all of them:
+// docs/scaling.md, "Known limits".
 #ifndef WEIGHTD_CLIENT_SHARD_PLAN_H_
 #define WEIGHTD_CLIENT_SHARD_PLAN_H_
 
