@@ -161,7 +161,8 @@ std::vector<std::string> Client::servers() const {
 
 absl::Status Client::OnShards(
     const std::vector<std::vector<TensorRef>>& lists, bool all,
-    absl::FunctionRef<absl::Status(ShardClient&, absl::Span<const TensorRef>)>
+    absl::FunctionRef<absl::Status(std::size_t shard,
+                                   absl::Span<const TensorRef>)>
         call,
     std::vector<absl::Status>* out) {
   std::vector<std::size_t> busy;
@@ -169,7 +170,7 @@ absl::Status Client::OnShards(
     if (all || !lists[i].empty()) busy.push_back(i);
   }
   std::vector<absl::Status> results(shards_.size());
-  auto run = [&](std::size_t i) { results[i] = call(*shards_[i], lists[i]); };
+  auto run = [&](std::size_t i) { results[i] = call(i, lists[i]); };
   // The first shard's call runs on this thread, the others beside it.
   std::vector<std::thread> threads;
   for (std::size_t k = 1; k < busy.size(); ++k) threads.emplace_back(run, busy[k]);
@@ -232,9 +233,21 @@ absl::Status Client::Join(absl::Span<const TensorRef> tensors) {
   // Every shard, even one holding none of these tensors: barriers run on
   // shard 0, and a worker needs a lease there.
   std::vector<absl::Status> results;
+  // Each part tells its shard the whole tensor's shape, so that a worker
+  // declaring another one is refused even where the parts look alike.
+  std::vector<std::vector<std::vector<std::int64_t>>> wholes(shards_.size());
+  for (const TensorRef& t : tensors) {
+    const std::vector<Placement>& parts = placements.at(t.name);
+    for (const Placement& p : parts) {
+      wholes[p.shard].push_back(parts.size() > 1 ? t.shape
+                                                 : std::vector<std::int64_t>{});
+    }
+  }
   absl::Status joined = OnShards(
       lists, /*all=*/true,
-      [](ShardClient& s, absl::Span<const TensorRef> l) { return s.Join(l); },
+      [&](std::size_t i, absl::Span<const TensorRef> l) {
+        return shards_[i]->Join(l, wholes[i]);
+      },
       &results);
   if (!joined.ok()) {
     // Not joined anywhere rather than on some shards: a shard that took
@@ -258,8 +271,8 @@ absl::Status Client::Push(absl::Span<const TensorRef> tensors,
   if (tensors.empty()) return absl::InvalidArgumentError("no tensors given");
   WEIGHTD_ASSIGN_OR_RETURN(auto lists, Split(tensors));
   return OnShards(lists, false,
-                  [&](ShardClient& s, absl::Span<const TensorRef> l) {
-                    return s.Push(l, options);
+                  [&](std::size_t i, absl::Span<const TensorRef> l) {
+                    return shards_[i]->Push(l, options);
                   });
 }
 
@@ -267,8 +280,8 @@ absl::Status Client::Pull(absl::Span<const TensorRef> tensors) {
   if (tensors.empty()) return absl::InvalidArgumentError("no tensors given");
   WEIGHTD_ASSIGN_OR_RETURN(auto lists, Split(tensors));
   return OnShards(lists, false,
-                  [](ShardClient& s, absl::Span<const TensorRef> l) {
-                    return s.Pull(l);
+                  [&](std::size_t i, absl::Span<const TensorRef> l) {
+                    return shards_[i]->Pull(l);
                   });
 }
 
@@ -277,8 +290,8 @@ absl::Status Client::PushPull(absl::Span<const TensorRef> tensors,
   if (tensors.empty()) return absl::InvalidArgumentError("no tensors given");
   WEIGHTD_ASSIGN_OR_RETURN(auto lists, Split(tensors));
   return OnShards(lists, false,
-                  [&](ShardClient& s, absl::Span<const TensorRef> l) {
-                    return s.PushPull(l, options);
+                  [&](std::size_t i, absl::Span<const TensorRef> l) {
+                    return shards_[i]->PushPull(l, options);
                   });
 }
 
@@ -291,7 +304,9 @@ absl::Status Client::Leave() {
   placements_.clear();  // Whatever a shard answers: Join again after Leave.
   return OnShards(
       none, /*all=*/true,
-      [](ShardClient& s, absl::Span<const TensorRef>) { return s.Leave(); });
+      [&](std::size_t i, absl::Span<const TensorRef>) {
+        return shards_[i]->Leave();
+      });
 }
 
 absl::StatusOr<ServerStatus> Client::GetStatus() {

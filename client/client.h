@@ -146,7 +146,8 @@ class Client {
   // `results`, if given, gets each shard's status (OK where not called).
   absl::Status OnShards(
       const std::vector<std::vector<TensorRef>>& lists, bool all,
-      absl::FunctionRef<absl::Status(ShardClient&, absl::Span<const TensorRef>)>
+      absl::FunctionRef<absl::Status(std::size_t shard,
+                                     absl::Span<const TensorRef>)>
           call,
       std::vector<absl::Status>* results = nullptr);
 

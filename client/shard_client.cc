@@ -351,7 +351,9 @@ absl::Status ShardClient::CheckRefs(absl::Span<const TensorRef> tensors) const {
   return absl::OkStatus();
 }
 
-absl::Status ShardClient::Join(absl::Span<const TensorRef> tensors) {
+absl::Status ShardClient::Join(
+    absl::Span<const TensorRef> tensors,
+    absl::Span<const std::vector<std::int64_t>> whole_shapes) {
   for (const TensorRef& t : tensors) {
     if (t.data.size() != ElementsOf(t.shape)) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -361,7 +363,12 @@ absl::Status ShardClient::Join(absl::Span<const TensorRef> tensors) {
     }
   }
   std::vector<Declared> declared;
-  for (const TensorRef& t : tensors) declared.push_back({t.name, t.shape, t.data});
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const TensorRef& t = tensors[i];
+    declared.push_back({t.name, t.shape, t.data,
+                        whole_shapes.empty() ? std::vector<std::int64_t>{}
+                                             : whole_shapes[i]});
+  }
   v1::JoinResponse response;
   WEIGHTD_RETURN_IF_ERROR(
       Retrying([&] { return JoinOnce(declared, &response); }));
@@ -371,6 +378,7 @@ absl::Status ShardClient::Join(absl::Span<const TensorRef> tensors) {
     const v1::JoinedTensor& joined = response.tensors(static_cast<int>(i));
     Tracked& t = tracked_[tensors[i].name];
     t.shape = tensors[i].shape;
+    t.whole_shape = declared[i].whole_shape;
     t.elements = tensors[i].data.size();
     t.version = joined.info().version();
     if (!joined.created()) existing.push_back(tensors[i]);
@@ -397,6 +405,7 @@ absl::Status ShardClient::JoinOnce(absl::Span<const Declared> declared,
     v1::TensorDeclaration* out = header->add_tensors();
     out->set_name(d.name);
     for (std::int64_t dim : d.shape) out->add_shape(dim);
+    for (std::int64_t dim : d.whole_shape) out->add_whole_shape(dim);
   }
   bool ok = stream->Write(msg);
   msg.Clear();
@@ -441,7 +450,7 @@ absl::Status ShardClient::Rejoin(absl::Span<const TensorRef> in_hand) {
     for (const TensorRef& r : in_hand) {
       if (r.name == name) value = r.data;
     }
-    declared.push_back({name, t.shape, value});
+    declared.push_back({name, t.shape, value, t.whole_shape});
   }
   v1::JoinResponse response;
   WEIGHTD_RETURN_IF_ERROR(

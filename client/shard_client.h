@@ -57,8 +57,10 @@ class ShardClient {
 
   // The calls of weightd::Client (client/client.h documents each), on this
   // server alone. Join may declare no tensors: the worker then holds only
-  // a lease, for barriers.
-  absl::Status Join(absl::Span<const TensorRef> tensors);
+  // a lease, for barriers. `whole_shapes`, empty or one per tensor: the
+  // shape of the whole tensor each one is a part of (empty: not a part).
+  absl::Status Join(absl::Span<const TensorRef> tensors,
+                    absl::Span<const std::vector<std::int64_t>> whole_shapes = {});
   absl::Status Push(absl::Span<const TensorRef> tensors,
                     const PushOptions& options = {});
   absl::Status Pull(absl::Span<const TensorRef> tensors);
@@ -76,6 +78,7 @@ class ShardClient {
   struct Channel;
   struct Tracked {
     std::vector<std::int64_t> shape;
+    std::vector<std::int64_t> whole_shape;  // If it is a part (see Join).
     std::uint64_t elements = 0;
     std::uint64_t version = 0;      // Of the value the caller holds.
     std::uint64_t wait_version = 0; // Pull waits for this (after a push).
@@ -86,6 +89,7 @@ class ShardClient {
     std::string name;
     std::vector<std::int64_t> shape;
     absl::Span<const float> value;
+    std::vector<std::int64_t> whole_shape;
   };
   static constexpr int kMaxRejoins = 3;
 

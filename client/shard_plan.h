@@ -6,10 +6,10 @@
 // stable hash of its name. A larger one with at least two rows (first
 // dimension) is split into contiguous row ranges over min(shards, rows)
 // shards, so that one big tensor uses every server's bandwidth. Each part is
-// declared to its shard under the tensor's own name with its rows as the
-// first dimension, so a worker declaring another shape is refused
-// (ALREADY_EXISTS) by some shard in most cases. Not in all of them:
-// docs/scaling.md, "Known limits".
+// declared to its shard under the tensor's own name, with its rows as the
+// first dimension and the whole tensor's shape beside it
+// (TensorDeclaration.whole_shape), so a worker declaring another shape is
+// refused (ALREADY_EXISTS) as a single server would refuse it.
 #ifndef WEIGHTD_CLIENT_SHARD_PLAN_H_
 #define WEIGHTD_CLIENT_SHARD_PLAN_H_
 

@@ -53,9 +53,11 @@ void ValueRecycler::Give(std::vector<float> storage) {
 
 SharedTensor::SharedTensor(std::string name, std::vector<std::int64_t> shape,
                            std::vector<float> initial,
-                           const StoreOptions* options)
+                           const StoreOptions* options,
+                           std::vector<std::int64_t> whole_shape)
     : name_(std::move(name)),
       shape_(std::move(shape)),
+      whole_shape_(std::move(whole_shape)),
       elements_(initial.size()),
       options_(options),
       chunk_elements_(options->chunk_bytes / 4),

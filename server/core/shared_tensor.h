@@ -113,13 +113,16 @@ struct ContributionKey {
 class SharedTensor {
  public:
   // `initial` must hold exactly the element count of `shape`.
+  // `whole_shape`: of the whole tensor if this is one shard's part of it.
   SharedTensor(std::string name, std::vector<std::int64_t> shape,
-               std::vector<float> initial, const StoreOptions* options);
+               std::vector<float> initial, const StoreOptions* options,
+               std::vector<std::int64_t> whole_shape = {});
   SharedTensor(const SharedTensor&) = delete;
   SharedTensor& operator=(const SharedTensor&) = delete;
 
   const std::string& name() const { return name_; }
   const std::vector<std::int64_t>& shape() const { return shape_; }
+  const std::vector<std::int64_t>& whole_shape() const { return whole_shape_; }
   std::uint64_t elements() const { return elements_; }
   std::uint64_t bytes() const { return elements_ * 4; }
 
@@ -227,6 +230,7 @@ class SharedTensor {
 
   const std::string name_;
   const std::vector<std::int64_t> shape_;
+  const std::vector<std::int64_t> whole_shape_;
   const std::uint64_t elements_;
   const StoreOptions* const options_;  // Owned by the store; outlives this.
   const std::uint64_t chunk_elements_;

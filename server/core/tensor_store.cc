@@ -257,7 +257,7 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Restore(
     // place a restored value is duplicated.
     store->tensor_bytes_ += count * kFloatBytes;
     slot = std::make_shared<SharedTensor>(t.name, t.shape, *t.value,
-                                          &store->options_);
+                                          &store->options_, t.whole_shape);
     slot->Restore(t.version, t.contributions);
   }
   const absl::Time now = store->options_.now();
@@ -295,7 +295,8 @@ StoreState TensorStore::Save() const {
     state.tensors.push_back(SavedTensor{name, std::move(snapshot.shape),
                                         snapshot.version,
                                         std::move(snapshot.value),
-                                        std::move(pushes)});
+                                        std::move(pushes),
+                                        tensor->whole_shape()});
   }
   std::sort(state.tensors.begin(), state.tensors.end(),
             [](const SavedTensor& a, const SavedTensor& b) {
@@ -379,6 +380,13 @@ absl::StatusOr<JoinResult> TensorStore::Join(
     }
     WEIGHTD_ASSIGN_OR_RETURN(std::uint64_t count,
                              ElementCount(d.shape, options_.max_tensor_bytes));
+    if (d.whole_shape.size() > kMaxRank ||
+        std::any_of(d.whole_shape.begin(), d.whole_shape.end(),
+                    [](std::int64_t dim) { return dim < 1; })) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "whole shape ", ShapeString(d.whole_shape), " of tensor ", d.name,
+          " has a dimension < 1 or more than ", kMaxRank, " dimensions"));
+    }
     if (!d.initial_value.empty() && d.initial_value.size() != count) {
       return absl::InvalidArgumentError(absl::StrCat(
           "initial value of tensor ", d.name, " has ",
@@ -415,6 +423,18 @@ absl::StatusOr<JoinResult> TensorStore::Join(
           ShapeString(it->second->shape()), "; worker ", worker_id,
           " declared ", ShapeString(d.shape)));
     }
+    if (it != tensors_.end() && it->second->whole_shape() != d.whole_shape) {
+      auto whole = [](const std::vector<std::int64_t>& w,
+                      const std::vector<std::int64_t>& part) {
+        return w.empty() ? absl::StrCat("whole, shape ", ShapeString(part))
+                         : absl::StrCat("a part of a tensor of shape ",
+                                        ShapeString(w), " split over shards");
+      };
+      return absl::AlreadyExistsError(absl::StrCat(
+          "tensor ", d.name, " exists here as ",
+          whole(it->second->whole_shape(), it->second->shape()), "; worker ",
+          worker_id, " declared it as ", whole(d.whole_shape, d.shape)));
+    }
   }
 
   Worker& worker = workers_[worker_id];
@@ -445,7 +465,7 @@ absl::StatusOr<JoinResult> TensorStore::Join(
       tensor_bytes_ += d.initial_value.size() * kFloatBytes;
       slot = std::make_shared<SharedTensor>(d.name, d.shape,
                                             std::move(d.initial_value),
-                                            &options_);
+                                            &options_, d.whole_shape);
     }
     slot->AddParticipant(worker.id);
     worker.tensors.push_back(d.name);

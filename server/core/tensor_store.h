@@ -35,6 +35,8 @@ struct Declaration {
   // Exactly the shape's element count; becomes the value if the tensor is
   // new. May be empty for a tensor that exists (its value is kept anyway).
   std::vector<float> initial_value;
+  // Of the whole tensor, if this is one shard's part of it; else empty.
+  std::vector<std::int64_t> whole_shape = {};
 };
 
 struct TensorInfo {
@@ -92,6 +94,7 @@ struct SavedTensor {
   std::uint64_t version = 0;
   TensorValue value;  // Shared with the live store: no copy is made.
   std::vector<SavedContribution> contributions;
+  std::vector<std::int64_t> whole_shape = {};  // See Declaration.
 };
 
 struct SavedWorker {

@@ -432,6 +432,7 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
         core::Declaration decl;
         decl.name = d.name();
         decl.shape.assign(d.shape().begin(), d.shape().end());
+        decl.whole_shape.assign(d.whole_shape().begin(), d.whole_shape().end());
         WEIGHTD_ASSIGN_OR_RETURN(
             std::uint64_t count,
             core::ElementCount(decl.shape, store_->options().max_tensor_bytes));

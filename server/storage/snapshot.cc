@@ -22,7 +22,9 @@
 namespace weightd::storage {
 namespace {
 
-constexpr char kMagic[8] = {'W', 'D', 'S', 'N', 'A', 'P', '0', '1'};
+// Version 2 adds each tensor's whole shape; version 1 files still load.
+constexpr char kMagic[8] = {'W', 'D', 'S', 'N', 'A', 'P', '0', '2'};
+constexpr char kMagicV1[8] = {'W', 'D', 'S', 'N', 'A', 'P', '0', '1'};
 constexpr char kTrailer[8] = {'W', 'D', 'S', 'N', 'E', 'N', 'D', '1'};
 constexpr std::size_t kBufferBytes = 1 << 20;
 
@@ -160,6 +162,8 @@ void Encode(const core::StoreState& state, Writer& w) {
     w.Str(t.name);
     w.Pod<std::uint32_t>(static_cast<std::uint32_t>(t.shape.size()));
     for (std::int64_t d : t.shape) w.Pod<std::int64_t>(d);
+    w.Pod<std::uint32_t>(static_cast<std::uint32_t>(t.whole_shape.size()));
+    for (std::int64_t d : t.whole_shape) w.Pod<std::int64_t>(d);
     w.Pod<std::uint64_t>(t.version);
     w.Pod<std::uint64_t>(t.value->size());
     w.Bytes(t.value->data(), t.value->size() * sizeof(float));
@@ -185,7 +189,8 @@ void Encode(const core::StoreState& state, Writer& w) {
 absl::StatusOr<core::StoreState> Decode(Reader& r) {
   char magic[sizeof(kMagic)];
   WEIGHTD_RETURN_IF_ERROR(r.Bytes(magic, sizeof(magic)));
-  if (std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) {
+  const bool v1 = std::memcmp(magic, kMagicV1, sizeof(kMagicV1)) == 0;
+  if (!v1 && std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) {
     return r.Corrupt("not a weightd snapshot (bad magic)");
   }
   core::StoreState state;
@@ -198,6 +203,14 @@ absl::StatusOr<core::StoreState> Decode(Reader& r) {
     if (rank > core::kMaxRank) return r.Corrupt("a tensor rank over the limit");
     t.shape.resize(rank);
     for (std::int64_t& d : t.shape) WEIGHTD_RETURN_IF_ERROR(r.Pod(&d));
+    if (!v1) {
+      WEIGHTD_RETURN_IF_ERROR(r.Pod(&rank));
+      if (rank > core::kMaxRank) {
+        return r.Corrupt("a whole-tensor rank over the limit");
+      }
+      t.whole_shape.resize(rank);
+      for (std::int64_t& d : t.whole_shape) WEIGHTD_RETURN_IF_ERROR(r.Pod(&d));
+    }
     WEIGHTD_RETURN_IF_ERROR(r.Pod(&t.version));
     WEIGHTD_ASSIGN_OR_RETURN(std::uint64_t elements, r.Count(sizeof(float)));
     auto value = std::make_shared<std::vector<float>>(elements);

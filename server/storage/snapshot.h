@@ -1,10 +1,14 @@
 // Snapshots of a TensorStore on disk: one file per snapshot, written
 // atomically, checked by a CRC-32 on load.
 //
-// File format (little-endian), version 1:
-//   "WDSNAP01"                         magic
+// File format (little-endian), version 2 (version 1, "WDSNAP01", has no
+// whole dims and still loads):
+//   "WDSNAP02"                         magic
 //   u64 tensor count, then per tensor:
-//     str name, u32 rank, i64 dims[rank], u64 version, u64 elements,
+//     str name, u32 rank, i64 dims[rank],
+//     u32 whole rank, i64 whole dims[whole rank] (of the whole tensor if this
+//       is one shard's part of it; 0 dims otherwise),
+//     u64 version, u64 elements,
 //     f32 values[elements], u64 push count, then per push:
 //       str worker, u64 sequence, u64 round, u8 kind, u64 ready_version
 //   u64 worker count, then per worker:

@@ -207,6 +207,31 @@ TEST_F(TensorStoreTest, ShapeMismatchIsRefusedAndChangesNothing) {
   EXPECT_THAT(Value("w"), ElementsAre(1, 2));
 }
 
+TEST_F(TensorStoreTest, APartOfAnotherWholeShapeIsRefused) {
+  // A shard holds one part of "w", a tensor of shape [2, 4] split by rows.
+  MakeStore();
+  ASSERT_THAT(store_->Join("a", {Declaration{"w", {1, 4}, {1, 2, 3, 4}, {2, 4}}}),
+              IsOk());
+  // The same part shape, from a whole [1, 4] or from a [4, 4] split.
+  EXPECT_THAT(store_->Join("b", {Declaration{"w", {1, 4}, {}}}),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("exists here as a part of a tensor of shape "
+                                 "[2,4] split over shards; worker b declared "
+                                 "it as whole, shape [1,4]")));
+  EXPECT_THAT(store_->Join("b", {Declaration{"w", {1, 4}, {}, {4, 4}}}),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("[4,4]")));
+  EXPECT_EQ(store_->Status().workers.size(), 1u);
+  EXPECT_THAT(store_->Join("b", {Declaration{"w", {1, 4}, {}, {2, 4}}}), IsOk());
+  // And a whole tensor refuses a part.
+  ASSERT_THAT(store_->Join("c", {Declaration{"v", {1}, {5}}}), IsOk());
+  EXPECT_THAT(store_->Join("d", {Declaration{"v", {1}, {}, {2}}}),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("exists here as whole")));
+  EXPECT_THAT(store_->Join("d", {Declaration{"u", {1}, {0}, {0, 3}}}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("whole shape [0,3]")));
+}
+
 TEST_F(TensorStoreTest, BadDeclarationsAreInvalid) {
   MakeStore();
   EXPECT_THAT(store_->Join("a", {Declaration{"", {1}, {0}}}),

@@ -260,6 +260,31 @@ TEST_F(ShardingTest, AShardRestartedWithAnotherLayoutIsRefusedAtJoin) {
               StatusIs(absl::StatusCode::kNotFound));
 }
 
+TEST_F(ShardingTest, AnotherShapeIsRefusedEvenWherePartsLookAlike) {
+  StartShards(4);
+  constexpr std::int64_t kCols = 10000;  // A row: 40 KB, under the split.
+  auto a = Connect("a");
+  ASSERT_NE(a, nullptr);
+  // [2, N]: two one-row parts, on the owner shard and the next.
+  std::vector<float> two(2 * kCols, 1.0f);
+  ASSERT_THAT(a->Join({{"w", {2, kCols}, absl::MakeSpan(two)}}), IsOk());
+  auto b = Connect("b");
+  ASSERT_NE(b, nullptr);
+  // [1, N] stays whole on the owner shard: the shape of a's part 0.
+  std::vector<float> one(kCols, 2.0f);
+  EXPECT_THAT(b->Join({{"w", {1, kCols}, absl::MakeSpan(one)}}),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("a part of a tensor of shape [2,10000]")));
+  // [4, N]: four one-row parts, two of them where a's are.
+  std::vector<float> four(4 * kCols, 3.0f);
+  EXPECT_THAT(b->Join({{"w", {4, kCols}, absl::MakeSpan(four)}}),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("[4,10000]")));
+  // b averaged with nothing: a's value is its own.
+  ASSERT_THAT(a->PushPull({{"w", {2, kCols}, absl::MakeSpan(two)}}), IsOk());
+  EXPECT_EQ(two, std::vector<float>(2 * kCols, 1.0f));
+}
+
 TEST_F(ShardingTest, AJoinOneShardRefusesIsUndoneOnTheOthers) {
   StartShards(2);
   const std::string on0 = NameOnShard(0, 2), on1 = NameOnShard(1, 2);

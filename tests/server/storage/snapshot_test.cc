@@ -105,6 +105,28 @@ TEST_F(SnapshotTest, RoundTripRestoresValuesVersionsMembersAndDedupe) {
   EXPECT_THAT(*(*r.Snapshot({"w"}))[0].value, ElementsAre(5, 5, 5, 5));
 }
 
+TEST_F(SnapshotTest, APartKeepsItsWholeShapeAcrossARestore) {
+  core::StoreOptions options;
+  options.chunk_bytes = kMinChunkBytes;
+  auto store = std::move(core::TensorStore::Create(options)).value();
+  ASSERT_THAT(store->Join("a", {core::Declaration{"w", {1, 2}, {1, 2}, {3, 2}},
+                                core::Declaration{"v", {1}, {7}}}),
+              IsOk());
+  const std::string path = dir_ + "/parts.wds";
+  ASSERT_THAT(WriteSnapshotFile(path, store->Save()), IsOk());
+  auto state = ReadSnapshotFile(path);
+  ASSERT_THAT(state, IsOk());
+  auto restored = core::TensorStore::Restore(options, std::move(*state));
+  ASSERT_THAT(restored, IsOk());
+  // The restored part still refuses a whole declaration of its shape, and
+  // takes one of its own whole shape.
+  EXPECT_THAT((*restored)->Join("b", {core::Declaration{"w", {1, 2}, {}}}),
+              StatusIs(absl::StatusCode::kAlreadyExists));
+  EXPECT_THAT((*restored)->Join("b", {core::Declaration{"w", {1, 2}, {}, {3, 2}},
+                                      core::Declaration{"v", {1}, {}}}),
+              IsOk());
+}
+
 TEST_F(SnapshotTest, CorruptOrTruncatedFilesAreDataLoss) {
   auto store = MakeStore();
   const std::string path = dir_ + "/s.wds";
