@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <zlib.h>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "common/status_macros.h"
@@ -125,6 +127,39 @@ TEST_F(SnapshotTest, APartKeepsItsWholeShapeAcrossARestore) {
   EXPECT_THAT((*restored)->Join("b", {core::Declaration{"w", {1, 2}, {}, {3, 2}},
                                       core::Declaration{"v", {1}, {}}}),
               IsOk());
+}
+
+TEST_F(SnapshotTest, AVersionOneFileStillLoads) {
+  // Format 1, byte by byte: one tensor "w" [2] = {1.5, -2}, version 5, no
+  // pushes, no workers; then the CRC-32 of it all and the trailer.
+  std::string body("WDSNAP01", 8);
+  auto put = [&body](const auto& v) {
+    body.append(reinterpret_cast<const char*>(&v), sizeof(v));
+  };
+  put(std::uint64_t{1});
+  put(std::uint32_t{1});
+  body += "w";
+  put(std::uint32_t{1});  // Rank.
+  put(std::int64_t{2});
+  put(std::uint64_t{5});  // Version.
+  put(std::uint64_t{2});  // Elements.
+  put(1.5f);
+  put(-2.0f);
+  put(std::uint64_t{0});  // Pushes.
+  put(std::uint64_t{0});  // Workers.
+  put(static_cast<std::uint32_t>(crc32_z(
+      crc32_z(0L, Z_NULL, 0),
+      reinterpret_cast<const Bytef*>(body.data()), body.size())));
+  body += std::string("WDSNEND1", 8);
+  const std::string path = dir_ + "/v1.wds";
+  std::ofstream(path, std::ios::binary) << body;
+  auto state = ReadSnapshotFile(path);
+  ASSERT_THAT(state, IsOk());
+  ASSERT_EQ(state->tensors.size(), 1u);
+  EXPECT_EQ(state->tensors[0].name, "w");
+  EXPECT_EQ(state->tensors[0].version, 5u);
+  EXPECT_THAT(*state->tensors[0].value, ElementsAre(1.5f, -2.0f));
+  EXPECT_TRUE(state->tensors[0].whole_shape.empty());
 }
 
 TEST_F(SnapshotTest, CorruptOrTruncatedFilesAreDataLoss) {
