@@ -21,10 +21,16 @@ std::vector<Placement> PlaceTensor(absl::string_view name,
                                    std::uint32_t shards,
                                    std::uint64_t split_bytes) {
   std::uint64_t elements = 1;
-  for (std::int64_t d : shape) elements *= static_cast<std::uint64_t>(d);
+  bool valid = true;  // Else the shard refuses the shape (INVALID_ARGUMENT).
+  for (std::int64_t d : shape) {
+    valid = valid && d >= 1;
+    elements *= valid ? static_cast<std::uint64_t>(d) : 0;
+  }
   const std::uint32_t owner =
       shards <= 1 ? 0 : static_cast<std::uint32_t>(StableNameHash(name) % shards);
-  const std::uint64_t rows = shape.empty() ? 1 : static_cast<std::uint64_t>(shape[0]);
+  const std::uint64_t rows = shape.empty() || !valid
+                                 ? 1
+                                 : static_cast<std::uint64_t>(shape[0]);
   if (shards <= 1 || elements * 4 <= split_bytes || rows < 2) {
     return {Placement{owner, 0, elements, shape}};
   }

@@ -85,6 +85,10 @@ TEST(PlaceTensor, FewerRowsThanShardsUseFewerShards) {
   EXPECT_EQ(p[1].shape[0], 1);
   // A scalar or one row cannot split: whole on its shard.
   EXPECT_EQ(PlaceTensor("row", {1, 4 << 20}, 4, kSplit).size(), 1u);
+  // Nor can a shape the server will refuse: it goes whole, to be refused.
+  auto bad = PlaceTensor("bad", {-3, 4 << 20}, 4, kSplit);
+  ASSERT_EQ(bad.size(), 1u);
+  EXPECT_EQ(bad[0].elements, 0u);
 }
 
 TEST(PlaceTensor, AnotherShapeOfTheSameSizeGivesAnotherPartShape) {
