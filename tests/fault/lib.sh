@@ -75,3 +75,23 @@ wait_workers() {
 
 # accuracy LOGPREFIX: the final test accuracy rank 0 printed.
 accuracy() { sed -n 's/^final test accuracy: //p' "$1.0"; }
+
+# expect_close_accuracy BASELINE INTERRUPTED: both printed, within 0.01.
+expect_close_accuracy() {
+  [[ -n $1 && -n $2 ]] || fail "a run printed no final accuracy"
+  awk -v a="$1" -v b="$2" \
+    'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 0.01) }' ||
+    fail "accuracy $2 is not within 0.01 of $1"
+}
+
+# expect_no_double_count LOG...: in each server log, no round of the shared
+# layer closed with more than 4 contributions (4 workers), or twice.
+expect_no_double_count() {
+  local log over dup
+  for log in "$@"; do
+    over=$(grep -E 'round closed tensor=hidden/w .*contributors=([5-9]|[1-9][0-9])' "$log" || true)
+    [[ -z $over ]] || fail "a round counted a worker twice: $over"
+    dup=$(grep -o 'round closed tensor=hidden/w round=[0-9]* ' "$log" | sort | uniq -d)
+    [[ -z $dup ]] || fail "a round closed twice in $log: $dup"
+  done
+}

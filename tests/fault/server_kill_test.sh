@@ -50,14 +50,6 @@ stop_weightd
 interrupted=$(accuracy "$work/killed")
 echo "killed and restarted: final test accuracy $interrupted"
 
-[[ -n $baseline && -n $interrupted ]] || fail "a run printed no final accuracy"
-awk -v a="$baseline" -v b="$interrupted" \
-  'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 0.01) }' ||
-  fail "accuracy $interrupted is not within 0.01 of $baseline"
-for log in "$work/server-1.log" "$work/server-2.log"; do
-  over=$(grep -E 'round closed tensor=hidden/w .*contributors=([5-9]|[1-9][0-9])' "$log" || true)
-  [[ -z $over ]] || fail "a round counted a worker twice: $over"
-  dup=$(grep -o 'round closed tensor=hidden/w round=[0-9]* ' "$log" | sort | uniq -d)
-  [[ -z $dup ]] || fail "a round closed twice in $log: $dup"
-done
+expect_close_accuracy "$baseline" "$interrupted"
+expect_no_double_count "$work/server-1.log" "$work/server-2.log"
 echo "PASS: accuracy $interrupted vs $baseline uninterrupted; every worker finished; no round counted a worker twice"
