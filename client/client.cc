@@ -9,6 +9,8 @@
 #include <utility>
 
 #include "absl/memory/memory.h"
+#include "absl/random/distributions.h"
+#include "absl/random/random.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -83,13 +85,22 @@ std::vector<std::string> OneFamily(const Resolved& r, std::size_t count) {
   return {};
 }
 
+// Identifies this client process to the servers (v1::JoinHeader.instance).
+std::uint64_t NewInstance() {
+  absl::BitGen bitgen;
+  std::uint64_t instance = 0;
+  while (instance == 0) instance = absl::Uniform<std::uint64_t>(bitgen);
+  return instance;
+}
+
 absl::StatusOr<std::vector<std::unique_ptr<ShardClient>>> ConnectAll(
-    const ClientOptions& options, const std::vector<std::string>& targets) {
+    const ClientOptions& options, const std::vector<std::string>& targets,
+    std::uint64_t instance) {
   std::vector<std::unique_ptr<ShardClient>> shards;
   std::vector<ShardLayout> layouts;
   for (const std::string& target : targets) {
     WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<ShardClient> shard,
-                             ShardClient::Connect(options, target));
+                             ShardClient::Connect(options, target, instance));
     layouts.push_back(shard->layout());
     shards.push_back(std::move(shard));
   }
@@ -107,12 +118,13 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   WEIGHTD_ASSIGN_OR_RETURN(std::vector<std::string> targets,
                            SplitTargets(options.address));
   std::vector<std::unique_ptr<ShardClient>> shards;
+  const std::uint64_t instance = NewInstance();
   if (targets.size() > 1) {
-    WEIGHTD_ASSIGN_OR_RETURN(shards, ConnectAll(options, targets));
+    WEIGHTD_ASSIGN_OR_RETURN(shards, ConnectAll(options, targets, instance));
     return absl::WrapUnique(new Client(options, std::move(shards)));
   }
   WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<ShardClient> first,
-                           ShardClient::Connect(options, targets[0]));
+                           ShardClient::Connect(options, targets[0], instance));
   const ShardLayout layout = first->layout();
   if (layout.count == 1) {
     shards.push_back(std::move(first));
@@ -143,7 +155,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
         ": give every shard's address, or a name that resolves to all of "
         "them"));
   }
-  WEIGHTD_ASSIGN_OR_RETURN(shards, ConnectAll(options, resolved));
+  WEIGHTD_ASSIGN_OR_RETURN(shards, ConnectAll(options, resolved, instance));
   return absl::WrapUnique(new Client(options, std::move(shards)));
 }
 
@@ -295,8 +307,9 @@ absl::Status Client::PushPull(absl::Span<const TensorRef> tensors,
                   });
 }
 
-absl::Status Client::Barrier(absl::string_view name, int count) {
-  return shards_[0]->Barrier(name, count);
+absl::Status Client::Barrier(absl::string_view name, int count,
+                             std::uint32_t* arrival) {
+  return shards_[0]->Barrier(name, count, arrival);
 }
 
 absl::Status Client::Leave() {

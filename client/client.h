@@ -103,9 +103,14 @@ class Client {
   // Returns once `count` workers (this one included) have called Barrier
   // with the same `name`, or at call_timeout (DEADLINE_EXCEEDED). E.g. a sync
   // job calls Barrier("start", workers) after Join so that its first round
-  // averages every worker. FAILED_PRECONDITION before Join; INVALID_ARGUMENT
-  // for a bad name or a count other than the waiting workers'.
-  absl::Status Barrier(absl::string_view name, int count);
+  // averages every worker. A worker that comes after `count` others were
+  // released (one more than the job expected, or one restarted) passes at
+  // once. `*arrival`, if given, gets the order this worker passed in
+  // (v1::BarrierResponse.arrival: distinct among the workers of a job, so a
+  // rank). FAILED_PRECONDITION before Join; INVALID_ARGUMENT for a bad name
+  // or a count other than the waiting workers'; CANCELLED.
+  absl::Status Barrier(absl::string_view name, int count,
+                       std::uint32_t* arrival = nullptr);
 
   // Ends membership on every shard; later calls need a new Join.
   absl::Status Leave();

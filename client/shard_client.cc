@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <utility>
@@ -247,11 +248,104 @@ struct ShardClient::Channel {
 };
 
 ShardClient::ShardClient(ClientOptions options, std::string address,
-                         std::unique_ptr<Channel> channel)
+                         std::unique_ptr<Channel> channel,
+                         std::uint64_t instance)
     : options_(std::move(options)),
       address_(std::move(address)),
       worker_id_(options_.worker_id),
-      channel_(std::move(channel)) {}
+      channel_(std::move(channel)),
+      instance_(instance) {}
+
+void ShardClient::Log(absl::string_view message) const {
+  if (options_.log) return options_.log(message);
+  std::fprintf(stderr, "weightd client %s: %s\n", worker_id_.c_str(),
+               std::string(message).c_str());
+}
+
+// Marks a call as waiting for other workers while it lives, so that the
+// heartbeat thread can say what it waits for.
+class ShardClient::Watching {
+ public:
+  Watching(ShardClient* client, Watch watch) : client_(client) {
+    watch.active = true;
+    watch.since = watch.last_report = absl::Now();
+    absl::MutexLock lock(&client_->watch_mu_);
+    client_->watch_ = std::move(watch);
+  }
+  ~Watching() {
+    absl::MutexLock lock(&client_->watch_mu_);
+    client_->watch_.active = false;
+  }
+  Watching(const Watching&) = delete;
+  Watching& operator=(const Watching&) = delete;
+
+ private:
+  ShardClient* const client_;
+};
+
+void ShardClient::ReportProgress() {
+  Watch watch;
+  const absl::Time now = absl::Now();
+  {
+    absl::MutexLock lock(&watch_mu_);
+    if (!watch_.active ||
+        now - watch_.last_report < options_.progress_interval) {
+      return;
+    }
+    watch_.last_report = now;
+    watch = watch_;
+  }
+  const std::string waited = absl::FormatDuration(
+      absl::Trunc(now - watch.since, absl::Seconds(1)));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(2));
+  v1::GetStatusRequest request;
+  request.set_include_tensors(!watch.rounds.empty());
+  v1::GetStatusResponse status;
+  const bool known =
+      channel_->stub->GetStatus(&context, request, &status).ok();
+  if (!watch.barrier.empty()) {
+    std::string entered = "?";
+    for (const v1::BarrierInfo& b : status.barriers()) {
+      if (b.name() == watch.barrier) entered = absl::StrCat(b.waiting());
+    }
+    return Log(absl::StrCat("waiting at barrier ", watch.barrier, " on ",
+                            address_, ": ", known ? entered : "?", " of ",
+                            watch.barrier_count, " workers have entered (",
+                            waited, " so far)"));
+  }
+  for (const auto& [name, round] : watch.rounds) {
+    for (const v1::TensorInfo& t : status.tensors()) {
+      if (t.name() != name || t.version() > round) continue;
+      return Log(absl::StrCat(
+          watch.what, " waiting for round ", round, " of tensor ", name,
+          " on ", address_, ": ", t.contributed(), " of ", t.participants(),
+          " workers have pushed (", waited, " so far)"));
+    }
+  }
+  Log(absl::StrCat(watch.what, " waiting on ", address_, " (", waited,
+                   " so far)"));
+}
+
+void ShardClient::ReportRollback(const std::vector<std::string>& names,
+                                 const std::vector<std::uint64_t>& before,
+                                 const std::vector<std::uint64_t>& now) const {
+  std::size_t worst = names.size();
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    if (now[i] < before[i] &&
+        (worst == names.size() ||
+         before[i] - now[i] > before[worst] - now[worst])) {
+      worst = i;
+    }
+  }
+  if (worst == names.size()) return;
+  Log(absl::StrCat("server ", address_, " restored version ", now[worst],
+                   " < ", before[worst], " of tensor ", names[worst], ": ",
+                   before[worst] - now[worst],
+                   " round(s) lost (it restarted from an older snapshot); "
+                   "continuing from the restored value"));
+}
 
 ShardClient::~ShardClient() { StopHeartbeat(); }
 
@@ -284,6 +378,7 @@ void ShardClient::StartHeartbeat(std::uint64_t lease, absl::Duration interval) {
         return;
       }
       // Other failures (server restarting, network) are retried next beat.
+      ReportProgress();
     }
   });
 }
@@ -298,7 +393,8 @@ void ShardClient::StopHeartbeat() {
 }
 
 absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(
-    const ClientOptions& options, const std::string& address) {
+    const ClientOptions& options, const std::string& address,
+    std::uint64_t instance) {
   WEIGHTD_RETURN_IF_ERROR(ValidateName("worker id", options.worker_id));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
@@ -309,15 +405,37 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   auto channel = std::make_unique<Channel>(grpc::CreateCustomChannel(
       address, grpc::InsecureChannelCredentials(), args));
-  const auto deadline = std::chrono::system_clock::now() +
-                        absl::ToChronoMilliseconds(options.connect_timeout);
-  if (!channel->channel->WaitForConnected(deadline)) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot reach weightd at ", address, " within ",
-                     absl::FormatDuration(options.connect_timeout)));
-  }
   std::unique_ptr<ShardClient> client(
-      new ShardClient(options, address, std::move(channel)));
+      new ShardClient(options, address, std::move(channel), instance));
+  // Waits in short slices: a cancellation ends the wait at once, and the
+  // wait is reported while it lasts.
+  const absl::Time start = absl::Now();
+  const absl::Time give_up = start + options.connect_timeout;
+  absl::Time reported = absl::InfinitePast();
+  for (;;) {
+    if (client->Cancelled()) return Cancellation::Status("Connect");
+    const absl::Time slice =
+        std::min(absl::Now() + absl::Milliseconds(100), give_up);
+    if (client->channel_->channel->WaitForConnected(absl::ToChronoTime(slice))) {
+      break;
+    }
+    const absl::Time now = absl::Now();
+    if (now >= give_up) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot reach weightd at ", address, " within ",
+          absl::FormatDuration(options.connect_timeout),
+          " (--connect_timeout); is it running and is its port open?"));
+    }
+    if (now - start >= absl::Seconds(1) &&
+        now - reported >= options.progress_interval) {
+      reported = now;
+      client->Log(absl::StrCat(
+          "waiting for weightd at ", address, " (",
+          absl::FormatDuration(absl::Trunc(now - start, absl::Seconds(1))),
+          " of ", absl::FormatDuration(options.connect_timeout),
+          "): not reachable yet"));
+    }
+  }
   // The chunk size is the server's: learn it before sending any payload.
   // (Retried: a server restoring a snapshot answers UNAVAILABLE for a while.)
   v1::GetStatusResponse status;
@@ -370,8 +488,7 @@ absl::Status ShardClient::Join(
                                              : whole_shapes[i]});
   }
   v1::JoinResponse response;
-  WEIGHTD_RETURN_IF_ERROR(
-      Retrying([&] { return JoinOnce(declared, &response); }));
+  WEIGHTD_RETURN_IF_ERROR(JoinRetrying(declared, &response));
   tracked_.clear();
   std::vector<TensorRef> existing;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
@@ -388,15 +505,39 @@ absl::Status ShardClient::Join(
   return absl::OkStatus();
 }
 
+absl::Status ShardClient::JoinRetrying(absl::Span<const Declared> declared,
+                                       v1::JoinResponse* response) {
+  const absl::Time give_up = absl::Now() + options_.held_id_wait;
+  for (bool reported = false;; reported = true) {
+    absl::Status status =
+        Retrying("Join", [&] { return JoinOnce(declared, response); });
+    if (!absl::IsAborted(status) || absl::Now() >= give_up) return status;
+    // Another process holds the id: a duplicate, or this worker's own
+    // previous life whose lease has not lapsed yet.
+    if (!reported) {
+      Log(absl::StrCat(status.message(), "; retrying for up to ",
+                       absl::FormatDuration(options_.held_id_wait)));
+    }
+    if (options_.cancellation != nullptr
+            ? !options_.cancellation->SleepFor(absl::Seconds(1))
+            : (absl::SleepFor(absl::Seconds(1)), false)) {
+      return Cancellation::Status("Join");
+    }
+  }
+}
+
 absl::Status ShardClient::JoinOnce(absl::Span<const Declared> declared,
                               v1::JoinResponse* response) {
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
+  Cancellation::Registration cancel(options_.cancellation.get(),
+                                    [&context] { context.TryCancel(); });
   response->Clear();
   auto stream = channel_->stub->Join(&context, response);
   v1::JoinRequest msg;
   v1::JoinHeader* header = msg.mutable_header();
   header->set_worker_id(worker_id_);
+  header->set_instance(instance_);
   // The server refuses the Join, before anything changes, if it is no
   // longer the shard this client connected to.
   header->mutable_expected_shard()->set_index(layout_.index);
@@ -453,13 +594,18 @@ absl::Status ShardClient::Rejoin(absl::Span<const TensorRef> in_hand) {
     declared.push_back({name, t.shape, value, t.whole_shape});
   }
   v1::JoinResponse response;
-  WEIGHTD_RETURN_IF_ERROR(
-      Retrying([&] { return JoinOnce(declared, &response); }));
+  WEIGHTD_RETURN_IF_ERROR(JoinRetrying(declared, &response));
+  std::vector<std::string> names;
+  std::vector<std::uint64_t> before, now;
   for (std::size_t i = 0; i < declared.size(); ++i) {
     Tracked& t = tracked_.at(declared[i].name);
+    names.push_back(declared[i].name);
+    before.push_back(t.version);
     t.version = response.tensors(static_cast<int>(i)).info().version();
+    now.push_back(t.version);
     t.wait_version = 0;
   }
+  ReportRollback(names, before, now);
   return absl::OkStatus();
 }
 
@@ -467,6 +613,8 @@ bool ShardClient::LeaseLost() {
   if (lease_lost_) return true;
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
+  Cancellation::Registration cancel(options_.cancellation.get(),
+                                    [&context] { context.TryCancel(); });
   v1::HeartbeatRequest request;
   request.set_lease_id(lease_id_);
   v1::HeartbeatResponse response;
@@ -477,30 +625,56 @@ bool ShardClient::LeaseLost() {
 absl::Status ShardClient::UnaryWithRetries(
     absl::string_view name,
     absl::FunctionRef<grpc::Status(grpc::ClientContext*)> call) {
-  return Retrying([&] {
+  return Retrying(name, [&] {
     grpc::ClientContext context;
     context.set_deadline(CallDeadline());
+    Cancellation::Registration cancel(options_.cancellation.get(),
+                                      [&context] { context.TryCancel(); });
     return Annotate(call(&context), name);
   });
 }
 
-absl::Status ShardClient::Retrying(absl::FunctionRef<absl::Status()> attempt) {
-  const absl::Time give_up = absl::Now() + options_.retry_budget;
+absl::Status ShardClient::Retrying(absl::string_view what,
+                                   absl::FunctionRef<absl::Status()> attempt) {
+  const absl::Time start = absl::Now();
+  const absl::Time give_up = start + options_.retry_budget;
+  absl::Time reported = absl::InfinitePast();
   absl::Duration backoff = options_.initial_backoff;
   for (int attempts = 1;; ++attempts) {
+    if (Cancelled()) return Cancellation::Status(what);
     absl::Status status = attempt();
+    if (Cancelled() && !status.ok()) return Cancellation::Status(what);
     if (status.ok() ||
         !(absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status))) {
       return status;
     }
     const absl::Duration pause =
         backoff * absl::Uniform(bitgen_, 0.5, 1.5);  // Jitter.
-    if (absl::Now() + pause > give_up) {
-      return absl::Status(status.code(),
-                          absl::StrCat(status.message(), " (gave up after ",
-                                       attempts, " attempts)"));
+    const absl::Time now = absl::Now();
+    if (now + pause > give_up) {
+      return absl::Status(
+          status.code(),
+          absl::StrCat("could not reach weightd at ", address_, " for ",
+                       absl::FormatDuration(
+                           absl::Trunc(now - start, absl::Seconds(1))),
+                       " (", attempts,
+                       " attempts, the client's retry budget); last error: ",
+                       status.message()));
     }
-    absl::SleepFor(pause);
+    if (now - reported >= options_.progress_interval) {
+      reported = now;
+      Log(absl::StrCat(
+          status.message(), "; retrying for up to ",
+          absl::FormatDuration(absl::Trunc(give_up - now, absl::Seconds(1))),
+          " more"));
+    }
+    if (options_.cancellation != nullptr) {
+      if (!options_.cancellation->SleepFor(pause)) {
+        return Cancellation::Status(what);
+      }
+    } else {
+      absl::SleepFor(pause);
+    }
     backoff = std::min(backoff * 2, options_.max_backoff);
   }
 }
@@ -521,8 +695,16 @@ absl::Status ShardClient::DoPush(absl::Span<const TensorRef> tensors,
   // A resend after a transient failure keeps its sequence: the server
   // applies it once.
   std::uint64_t sequence = next_sequence_++;
+  Watch watch;
+  watch.what = pull_result ? "PushPull" : "Push";
+  if (pull_result) {
+    for (const TensorRef& t : tensors) {
+      watch.rounds.emplace_back(t.name, tracked_.at(t.name).version);
+    }
+  }
+  Watching watching(this, std::move(watch));
   for (int rejoins = 0;; ++rejoins) {
-    absl::Status status = Retrying([&] {
+    absl::Status status = Retrying(pull_result ? "PushPull" : "Push", [&] {
       return PushOnce(tensors, options, pull_result, sequence);
     });
     if (status.ok()) return status;
@@ -574,6 +756,8 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
   }
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
+  Cancellation::Registration cancel(options_.cancellation.get(),
+                                    [&context] { context.TryCancel(); });
   if (!pull_result) {
     grpc::ByteBuffer response_bytes;
     std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> stream(
@@ -615,11 +799,16 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
 
 void ShardClient::RecordPulled(absl::Span<const TensorRef> tensors,
                           const std::vector<std::uint64_t>& versions) {
+  std::vector<std::string> names;
+  std::vector<std::uint64_t> before;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     Tracked& t = tracked_.at(tensors[i].name);
+    names.push_back(tensors[i].name);
+    before.push_back(t.version);
     t.version = versions[i];
     t.wait_version = 0;
   }
+  ReportRollback(names, before, versions);
 }
 
 std::chrono::system_clock::time_point ShardClient::CallDeadline() const {
@@ -629,7 +818,7 @@ std::chrono::system_clock::time_point ShardClient::CallDeadline() const {
 
 absl::Status ShardClient::Pull(absl::Span<const TensorRef> tensors) {
   WEIGHTD_RETURN_IF_ERROR(CheckRefs(tensors));
-  return Retrying([&] { return PullOnce(tensors); });
+  return Retrying("Pull", [&] { return PullOnce(tensors); });
 }
 
 absl::Status ShardClient::PullOnce(absl::Span<const TensorRef> tensors) {
@@ -644,6 +833,8 @@ absl::Status ShardClient::PullOnce(absl::Span<const TensorRef> tensors) {
   request.set_accept_batches(true);
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
+  Cancellation::Registration cancel(options_.cancellation.get(),
+                                    [&context] { context.TryCancel(); });
   std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> stream(
       grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(
           channel_->channel.get(), channel_->pull, &context,
@@ -657,16 +848,25 @@ absl::Status ShardClient::PullOnce(absl::Span<const TensorRef> tensors) {
   return absl::OkStatus();
 }
 
-absl::Status ShardClient::Barrier(absl::string_view name, int count) {
+absl::Status ShardClient::Barrier(absl::string_view name, int count,
+                                  std::uint32_t* arrival) {
   if (count < 1) return absl::InvalidArgumentError("barrier count must be >= 1");
   v1::BarrierRequest request;
   request.set_name(std::string(name));
   request.set_count(static_cast<std::uint32_t>(count));
   v1::BarrierResponse response;
-  return UnaryWithRetries("Barrier", [&](grpc::ClientContext* context) {
-    request.set_lease_id(lease_id_);  // Current even after a re-join.
-    return channel_->stub->Barrier(context, request, &response);
-  });
+  Watch watch;
+  watch.what = "Barrier";
+  watch.barrier = std::string(name);
+  watch.barrier_count = count;
+  Watching watching(this, std::move(watch));
+  WEIGHTD_RETURN_IF_ERROR(
+      UnaryWithRetries("Barrier", [&](grpc::ClientContext* context) {
+        request.set_lease_id(lease_id_);  // Current even after a re-join.
+        return channel_->stub->Barrier(context, request, &response);
+      }));
+  if (arrival != nullptr) *arrival = response.arrival();
+  return absl::OkStatus();
 }
 
 absl::Status ShardClient::Leave() {
@@ -674,10 +874,20 @@ absl::Status ShardClient::Leave() {
   request.set_lease_id(lease_id_);
   v1::LeaveResponse response;
   StopHeartbeat();
-  absl::Status status =
-      UnaryWithRetries("Leave", [&](grpc::ClientContext* context) {
-        return channel_->stub->Leave(context, request, &response);
-      });
+  absl::Status status;
+  if (Cancelled()) {
+    // One short attempt, so that the server stops waiting for this worker
+    // at once instead of at its lease's end.
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(1));
+    status = Annotate(channel_->stub->Leave(&context, request, &response),
+                      "Leave");
+  } else {
+    status = UnaryWithRetries("Leave", [&](grpc::ClientContext* context) {
+      return channel_->stub->Leave(context, request, &response);
+    });
+  }
   // A lease the server already dropped has nothing left to end.
   if (!status.ok() && !absl::IsFailedPrecondition(status)) return status;
   lease_id_ = 0;

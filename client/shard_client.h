@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -40,10 +41,14 @@ class PushHeader;
 class ShardClient {
  public:
   // Opens a channel to `address` (one gRPC target) and waits up to
-  // `options.connect_timeout` for it to connect. UNAVAILABLE if it does not;
-  // INVALID_ARGUMENT for a bad worker id.
+  // `options.connect_timeout` for it to connect, saying so through
+  // options.log while it waits. UNAVAILABLE if it does not; CANCELLED;
+  // INVALID_ARGUMENT for a bad worker id. `instance` identifies the client
+  // process to the server (v1::JoinHeader.instance); every shard of one
+  // Client gets the same.
   static absl::StatusOr<std::unique_ptr<ShardClient>> Connect(
-      const ClientOptions& options, const std::string& address);
+      const ClientOptions& options, const std::string& address,
+      std::uint64_t instance);
 
   ~ShardClient();
   ShardClient(const ShardClient&) = delete;
@@ -66,7 +71,8 @@ class ShardClient {
   absl::Status Pull(absl::Span<const TensorRef> tensors);
   absl::Status PushPull(absl::Span<const TensorRef> tensors,
                         const PushOptions& options = {});
-  absl::Status Barrier(absl::string_view name, int count);
+  absl::Status Barrier(absl::string_view name, int count,
+                       std::uint32_t* arrival = nullptr);
   absl::Status Leave();
   absl::StatusOr<ServerStatus> GetStatus();
   absl::StatusOr<std::uint64_t> Version(const std::string& name) const;
@@ -93,8 +99,36 @@ class ShardClient {
   };
   static constexpr int kMaxRejoins = 3;
 
+  // A call waiting for others (a round, a barrier), for progress reports.
+  struct Watch {
+    bool active = false;
+    std::string what;
+    absl::Time since;
+    absl::Time last_report;
+    std::vector<std::pair<std::string, std::uint64_t>> rounds;  // Awaited.
+    std::string barrier;
+    int barrier_count = 0;
+  };
+  class Watching;  // Sets and clears watch_.
+
   ShardClient(ClientOptions options, std::string address,
-              std::unique_ptr<Channel> channel);
+              std::unique_ptr<Channel> channel, std::uint64_t instance);
+  void Log(absl::string_view message) const;
+  bool Cancelled() const {
+    return options_.cancellation != nullptr &&
+           options_.cancellation->cancelled();
+  }
+  // Join, retried for options_.held_id_wait while the server says another
+  // process holds the worker id.
+  absl::Status JoinRetrying(absl::Span<const Declared> declared,
+                            v1::JoinResponse* response);
+  // Logs a server that went back to older versions (restored from an older
+  // snapshot): `before` and `now` are versions of `names`.
+  void ReportRollback(const std::vector<std::string>& names,
+                      const std::vector<std::uint64_t>& before,
+                      const std::vector<std::uint64_t>& now) const;
+  // From the heartbeat thread: says what a long wait waits for.
+  void ReportProgress();
   // One attempt of each call; the public calls wrap them in Retrying().
   absl::Status JoinOnce(absl::Span<const Declared> declared,
                         v1::JoinResponse* response);
@@ -103,8 +137,10 @@ class ShardClient {
                         std::uint64_t sequence);
   absl::Status PullOnce(absl::Span<const TensorRef> tensors);
   // Runs `attempt` until it succeeds, fails for good, or the retry budget
-  // is spent.
-  absl::Status Retrying(absl::FunctionRef<absl::Status()> attempt);
+  // is spent; CANCELLED once options_.cancellation is. `what` names the
+  // call in messages.
+  absl::Status Retrying(absl::string_view what,
+                        absl::FunctionRef<absl::Status()> attempt);
   // A unary call, each attempt with a fresh context and the call deadline;
   // errors are prefixed with `name`.
   absl::Status UnaryWithRetries(
@@ -137,6 +173,10 @@ class ShardClient {
   bool sync_mode_ = true;
   absl::flat_hash_map<std::string, Tracked> tracked_;
   ClientStats stats_;
+
+  const std::uint64_t instance_;
+  mutable absl::Mutex watch_mu_;
+  Watch watch_ ABSL_GUARDED_BY(watch_mu_);
 
   std::thread heartbeat_;
   absl::Mutex heartbeat_mu_;

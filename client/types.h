@@ -4,11 +4,15 @@
 #define WEIGHTD_CLIENT_TYPES_H_
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "client/cancellation.h"
 #include "common/wire_format.h"
 
 namespace weightd {
@@ -59,6 +63,20 @@ struct ClientOptions {
   // every shard; smaller ones live whole on one shard, chosen by a hash of
   // the name. Every worker of a job must use the same value.
   std::uint64_t split_bytes = std::uint64_t{4} << 20;
+  // Lets another thread stop Connect and every call (client/cancellation.h).
+  // Null: calls end only by themselves (each is bounded by the timeouts
+  // above).
+  std::shared_ptr<Cancellation> cancellation;
+  // Where the client says what it waits for: a server that is not up yet, a
+  // retry, a round or barrier taking longer than `progress_interval`, a
+  // server that went back to an older snapshot. One line per message,
+  // without a trailing newline. Null: standard error.
+  std::function<void(absl::string_view)> log;
+  absl::Duration progress_interval = absl::Seconds(10);
+  // A Join refused because another process holds the worker id (ABORTED)
+  // is retried for this long: long enough for the lease of this worker's
+  // own previous process (restarted, killed) to lapse on the server.
+  absl::Duration held_id_wait = absl::Seconds(20);
 };
 
 struct PushOptions {

@@ -24,6 +24,10 @@
 // prints the status to stderr and exits with 1.
 #include <unistd.h>
 
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -33,6 +37,7 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -62,12 +67,12 @@ ABSL_FLAG(std::uint64_t, split_bytes, std::uint64_t{4} << 20,
 ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(60),
           "How long to wait for every server to be reachable (a worker may "
           "start before its servers).");
-ABSL_FLAG(int, rank, 0,
-          "Which shard of the training set to train on, 0..workers-1; -1: "
-          "a hash of the host name picks it (replicas of a Compose service "
-          "have no index; two replicas may pick the same shard, so some "
-          "data is seen twice and some not at all), and the worker id is "
-          "<task>-<host name>.");
+ABSL_FLAG(int, rank, -1,
+          "Which shard of the training set to train on, 0..workers-1. -1 "
+          "(the default): the server hands out ranks in the order workers "
+          "pass the start barrier (distinct for the first --workers; later "
+          "ones wrap around), and the worker id is <task>-<host name>-<pid> "
+          "unless --worker_id is given.");
 ABSL_FLAG(int, workers, 1,
           "Number of shards the 60000 training images are split into.");
 ABSL_FLAG(int, rounds, 50, "Number of averaging rounds.");
@@ -108,11 +113,12 @@ namespace {
 
 using SteadyClock = std::chrono::steady_clock;
 
-// Set by SIGTERM or SIGINT (docker stop, a scale-down): the worker finishes
-// the round it is in, leaves, and exits 0, so the sharing groups shrink at
-// the next round instead of waiting for its lease to expire.
-volatile std::sig_atomic_t g_stop = 0;
-void OnStopSignal(int) { g_stop = 1; }
+// Set by SIGTERM or SIGINT (docker stop, a scale-down, Ctrl-C): the worker
+// stops what it is doing (training, connecting, waiting for a round or a
+// barrier, retrying), leaves, and exits 0 within about a second, so the
+// sharing groups shrink at once instead of waiting for its lease to expire.
+std::atomic<int> g_stop_signal{0};
+bool Stopping() { return g_stop_signal.load() != 0; }
 
 struct WorkerConfig {
   std::string server;
@@ -169,16 +175,16 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
                      ": use float32, bfloat16 or float16"));
   }
   config.worker_id = absl::GetFlag(FLAGS_worker_id);
-  std::string rank_name = absl::StrCat(config.rank);
-  if (config.rank == -1 && config.workers >= 1) {
-    char host[256] = {};
-    ::gethostname(host, sizeof(host) - 1);
-    rank_name = host;
-    config.rank = static_cast<int>(StableNameHash(rank_name) %
-                                   static_cast<std::uint64_t>(config.workers));
-  }
   if (config.worker_id.empty()) {
-    config.worker_id = absl::StrCat(config.task, "-", rank_name);
+    if (config.rank >= 0) {
+      config.worker_id = absl::StrCat(config.task, "-", config.rank);
+    } else {
+      // Unique per process: two workers started alike never share an id.
+      char host[256] = {};
+      ::gethostname(host, sizeof(host) - 1);
+      config.worker_id =
+          absl::StrCat(config.task, "-", host, "-", ::getpid());
+    }
   }
 
   if (config.task == "fashion10") {
@@ -192,9 +198,11 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
   if (config.workers < 1) {
     return absl::InvalidArgumentError("--workers must be >= 1");
   }
-  if (config.rank < 0 || config.rank >= config.workers) {
-    return absl::InvalidArgumentError("--rank must be in [0, --workers)");
+  if (config.rank < -1 || config.rank >= config.workers) {
+    return absl::InvalidArgumentError(
+        "--rank must be in [0, --workers), or -1 for a rank from the server");
   }
+  if (config.rank == -1 && config.standalone) config.rank = 0;
   if (config.rounds < 1 || config.local_steps < 1 || config.batch < 1 ||
       config.hidden < 1) {
     return absl::InvalidArgumentError(
@@ -209,11 +217,10 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
   return config;
 }
 
-// The worker's training data: its shard, cut to --train_limit and labeled
-// for its task.
-absl::StatusOr<Dataset> LoadTrainShard(const WorkerConfig& config) {
-  WEIGHTD_ASSIGN_OR_RETURN(Dataset all,
-                           LoadFashionMnist(config.data_dir, Split::kTrain));
+// The worker's training data: shard `config.rank` of `all`, cut to
+// --train_limit and labeled for its task.
+absl::StatusOr<Dataset> TrainShard(const WorkerConfig& config,
+                                   const Dataset& all) {
   WEIGHTD_ASSIGN_OR_RETURN(Dataset shard,
                            Shard(all, config.rank, config.workers));
   if (config.train_limit > 0) Truncate(&shard, config.train_limit);
@@ -254,23 +261,26 @@ absl::Status TrainRounds(const WorkerConfig& config, const Dataset& train,
       static_cast<double>(config.local_steps) * config.batch;
   double accuracy = 0;
   for (int round = 1; round <= config.rounds; ++round) {
-    if (g_stop) {
-      absl::FPrintF(stderr, "weightd_worker: stopping on a signal after %d "
-                            "round(s)\n", round - 1);
-      break;
-    }
+    if (Stopping()) break;
     const float lr = RoundLearningRate(config.lr, round, config.rounds);
     double loss_sum = 0;
-    for (int step = 0; step < config.local_steps; ++step) {
+    for (int step = 0; step < config.local_steps && !Stopping(); ++step) {
       WEIGHTD_ASSIGN_OR_RETURN(double loss,
                                model->TrainStep(train, sampler->Next(), lr));
       loss_sum += loss;
     }
+    if (Stopping()) break;
     *train_loss = static_cast<float>(loss_sum / config.local_steps);
     std::uint64_t bytes = 0;
+    // The server's number of the round this worker took part in (the
+    // version before it closed), as the server's log numbers it.
+    int server_round = round - 1;
     if (client != nullptr) {
-      WEIGHTD_RETURN_IF_ERROR(client->PushPull(
-          shared, {.kind = UpdateKind::kWeights, .weight = samples_per_round}));
+      absl::Status pushed = client->PushPull(
+          shared, {.kind = UpdateKind::kWeights, .weight = samples_per_round});
+      if (absl::IsCancelled(pushed) && Stopping()) break;
+      WEIGHTD_RETURN_IF_ERROR(pushed);
+      server_round = static_cast<int>(*client->Version("hidden/w")) - 1;
     }
     if (!config.eval) continue;
 
@@ -283,7 +293,7 @@ absl::Status TrainRounds(const WorkerConfig& config, const Dataset& train,
     const std::chrono::duration<double> elapsed = SteadyClock::now() - start;
     absl::PrintF(
         "round %d  train_loss %.4f  test_acc %.4f  bytes %d  secs %.1f\n",
-        round, *train_loss, accuracy, bytes, elapsed.count());
+        server_round, *train_loss, accuracy, bytes, elapsed.count());
     std::fflush(stdout);
   }
   if (client != nullptr && client->stats().rounds_missed > 0) {
@@ -293,6 +303,11 @@ absl::Status TrainRounds(const WorkerConfig& config, const Dataset& train,
                   "it continued from the shared value\n",
                   client->stats().rounds_missed);
   }
+  if (Stopping()) {
+    absl::FPrintF(stderr, "weightd_worker: stopping on %s; leaving the job\n",
+                  g_stop_signal.load() == SIGTERM ? "SIGTERM" : "SIGINT");
+    return absl::OkStatus();
+  }
   if (config.eval) {
     absl::PrintF("final test accuracy: %.4f\n", accuracy);
     std::fflush(stdout);
@@ -300,15 +315,17 @@ absl::Status TrainRounds(const WorkerConfig& config, const Dataset& train,
   return absl::OkStatus();
 }
 
-absl::Status Run(const WorkerConfig& config, SteadyClock::time_point start) {
+absl::Status Run(WorkerConfig config, SteadyClock::time_point start,
+                 std::shared_ptr<Cancellation> cancellation) {
   // Data first: a bad --data_dir fails before the server sees this worker.
-  WEIGHTD_ASSIGN_OR_RETURN(const Dataset train, LoadTrainShard(config));
+  WEIGHTD_ASSIGN_OR_RETURN(const Dataset all,
+                           LoadFashionMnist(config.data_dir, Split::kTrain));
   Dataset test;
   if (config.eval) {
     WEIGHTD_ASSIGN_OR_RETURN(test, LoadTestSet(config));
   }
   WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<Mlp> model,
-                           Mlp::Create({.inputs = train.pixels(),
+                           Mlp::Create({.inputs = all.pixels(),
                                         .hidden = config.hidden,
                                         .classes = config.classes,
                                         .seed = config.seed}));
@@ -323,26 +340,64 @@ absl::Status Run(const WorkerConfig& config, SteadyClock::time_point start) {
                     absl::MakeSpan(&train_loss, 1)});
 
   if (config.standalone) {
+    WEIGHTD_ASSIGN_OR_RETURN(const Dataset train, TrainShard(config, all));
     return TrainRounds(config, train, test, model.get(), shared, &train_loss,
                        nullptr, start);
   }
-  WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<Client> client,
-                           Client::Connect({.address = config.server,
-                                            .worker_id = config.worker_id,
-                                            .connect_timeout = config.connect_timeout,
-                                            .wire_format = config.wire_format,
-                                            .split_bytes = config.split_bytes}));
-  std::cerr << "weightd_worker: " << config.worker_id << " connected to "
-            << absl::StrJoin(client->servers(), ",") << "\n";
+  const std::string prefix = absl::StrCat("weightd_worker ", config.worker_id);
+  ClientOptions options{.address = config.server,
+                        .worker_id = config.worker_id,
+                        .connect_timeout = config.connect_timeout,
+                        .wire_format = config.wire_format,
+                        .split_bytes = config.split_bytes};
+  options.cancellation = cancellation;
+  options.log = [prefix](absl::string_view line) {
+    absl::FPrintF(stderr, "%s: %s\n", prefix, line);
+  };
+  absl::StatusOr<std::unique_ptr<Client>> connected = Client::Connect(options);
+  if (absl::IsCancelled(connected.status()) && Stopping()) {
+    absl::FPrintF(stderr, "%s: stopping on a signal before connecting\n",
+                  prefix);
+    return absl::OkStatus();
+  }
+  WEIGHTD_RETURN_IF_ERROR(connected.status());
+  std::unique_ptr<Client> client = std::move(*connected);
+  absl::FPrintF(stderr, "%s: connected to %s\n", prefix,
+                absl::StrJoin(client->servers(), ","));
   absl::Status status = client->Join(shared);
-  // A worker joining a job already under way (e.g. restarted) does not wait
-  // for the start: the shared layer is past version 0.
-  if (status.ok() && config.start_barrier && *client->Version("hidden/w") == 0) {
-    status = client->Barrier("start", config.workers);
+  // The start barrier: the first round then averages every worker. Workers
+  // beyond --workers pass it as soon as the first --workers were released.
+  // A worker joining a job already under way (the shared layer is past
+  // version 0: restarted, or added by a scale-up) does not wait for it.
+  const bool under_way = status.ok() && *client->Version("hidden/w") > 0;
+  if (status.ok() && config.start_barrier && !under_way) {
+    absl::FPrintF(stderr, "%s: waiting at barrier start for %d workers\n",
+                  prefix, config.workers);
+    std::uint32_t arrival = 0;
+    status = client->Barrier("start", config.workers, &arrival);
+    if (status.ok() && config.rank == -1) {
+      config.rank = static_cast<int>(arrival % config.workers);
+    }
+  }
+  if (status.ok() && config.rank == -1) {
+    // Joined late: any shard will do; the worker id spreads them.
+    config.rank = static_cast<int>(StableNameHash(config.worker_id) %
+                                   static_cast<std::uint64_t>(config.workers));
   }
   if (status.ok()) {
-    status = TrainRounds(config, train, test, model.get(), shared, &train_loss,
-                         client.get(), start);
+    absl::FPrintF(stderr, "%s: training on data shard %d of %d\n", prefix,
+                  config.rank, config.workers);
+    absl::StatusOr<Dataset> train = TrainShard(config, all);
+    status = train.status();
+    if (status.ok()) {
+      status = TrainRounds(config, *train, test, model.get(), shared,
+                           &train_loss, client.get(), start);
+    }
+  }
+  if (absl::IsCancelled(status) && Stopping()) {
+    absl::FPrintF(stderr, "%s: stopping on a signal; leaving the job\n",
+                  prefix);
+    status = absl::OkStatus();
   }
   // Leave even after an error, so that the server stops waiting for this
   // worker in sync rounds; the first error wins.
@@ -367,9 +422,26 @@ int main(int argc, char** argv) {
   absl::StatusOr<weightd::examples::WorkerConfig> config =
       weightd::examples::ConfigFromFlags();
   absl::Status status = config.status();
-  std::signal(SIGTERM, weightd::examples::OnStopSignal);
-  std::signal(SIGINT, weightd::examples::OnStopSignal);
-  if (status.ok()) status = weightd::examples::Run(*config, start);
+  // SIGINT and SIGTERM are taken by a thread of their own, which cancels
+  // whatever the worker waits for; a second signal ends it at once.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  auto cancellation = std::make_shared<weightd::Cancellation>();
+  std::thread([signals, cancellation] {
+    for (int n = 0;; ++n) {
+      int signal_number = 0;
+      if (sigwait(&signals, &signal_number) != 0) return;
+      if (n > 0) std::_Exit(128 + signal_number);
+      weightd::examples::g_stop_signal = signal_number;
+      cancellation->Cancel();
+    }
+  }).detach();
+  if (status.ok()) {
+    status = weightd::examples::Run(*config, start, cancellation);
+  }
   if (!status.ok()) {
     std::cerr << "weightd_worker: " << status << "\n";
     return 1;

@@ -77,10 +77,12 @@ ABSL_FLAG(std::string, snapshot_dir, "",
           "(a torn or corrupt one is skipped and logged); more are written "
           "per --snapshot_every and a final one on SIGTERM/SIGINT. Empty: "
           "no snapshots, the state lives in memory only.");
-ABSL_FLAG(std::string, snapshot_every, "100",
-          "Snapshot cadence with --snapshot_dir: a number of closed rounds, "
-          "counted over all tensors (e.g. 100), or a duration (e.g. 30s, 5m; "
-          "only if a round closed since the last snapshot).");
+ABSL_FLAG(std::string, snapshot_every, "10",
+          "Snapshot cadence with --snapshot_dir: a number of rounds of the "
+          "job (how far the most advanced tensor moved, whatever the number "
+          "of tensors; e.g. 10), or a duration (e.g. 30s, 5m; only if a "
+          "round closed since the last snapshot). A kill -9 loses at most "
+          "this much training (the default: 10 rounds), plus the open round.");
 ABSL_FLAG(std::string, restore, "",
           "Start from this snapshot file (it must be usable), e.g. one "
           "copied from another server's --snapshot_dir.");

@@ -268,6 +268,8 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Restore(
     worker.max_sequence = w.max_sequence;
     worker.last_seen = now;  // A full lease period to come back.
     if (w.lease_id == 0) continue;
+    worker.restored = true;  // The next Join of this id claims it.
+    worker.peer = "(restored from a snapshot)";
     if (!store->leases_.emplace(w.lease_id, w.id).second) {
       return absl::InvalidArgumentError(
           absl::StrCat("lease of worker ", w.id, " is saved twice"));
@@ -348,6 +350,23 @@ void TensorStore::EndMembershipLocked(Worker& worker, Deferred& deferred) {
   worker.tensors.clear();
 }
 
+std::function<void()> TensorStore::HoldLeaseLocked(Worker& worker) {
+  ++worker.holds;
+  return [this, id = worker.id, lease = worker.lease_id] {
+    ReleaseLease(id, lease);
+  };
+}
+
+void TensorStore::ReleaseLease(const std::string& worker_id,
+                               std::uint64_t lease_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end() || it->second.lease_id != lease_id) return;
+  Worker& worker = it->second;
+  if (worker.holds > 0) --worker.holds;
+  worker.last_seen = options_.now();  // The call ended just now.
+}
+
 absl::StatusOr<std::shared_ptr<SharedTensor>> TensorStore::FindLocked(
     absl::string_view name) const {
   auto it = tensors_.find(name);
@@ -364,7 +383,8 @@ TensorInfo TensorStore::InfoOf(const SharedTensor& tensor) {
 }
 
 absl::StatusOr<JoinResult> TensorStore::Join(
-    absl::string_view worker_id, std::vector<Declaration> declarations) {
+    absl::string_view worker_id, std::vector<Declaration> declarations,
+    const Claimant& claimant) {
   WEIGHTD_RETURN_IF_ERROR(ValidateName("worker id", worker_id));
   if (declarations.size() > kMaxTensorsPerCall) {
     return absl::ResourceExhaustedError(
@@ -403,6 +423,34 @@ absl::StatusOr<JoinResult> TensorStore::Join(
 
   Deferred deferred;  // Runs after the lock is released.
   absl::MutexLock lock(&mu_);
+  if (closed()) return Closed();
+  const absl::Time now = options_.now();
+  Takeover takeover = Takeover::kNone;
+  if (auto it = workers_.find(worker_id); it != workers_.end()) {
+    const Worker& held = it->second;
+    const absl::Duration silent = now - held.last_seen;
+    const bool live = held.lease_id != 0 &&
+                      (held.holds > 0 || silent < options_.lease_timeout);
+    if (!live) {
+      takeover = Takeover::kLapsed;
+    } else if (held.restored) {
+      takeover = Takeover::kRestored;
+    } else if (claimant.instance != 0 && claimant.instance == held.instance) {
+      takeover = Takeover::kSameProcess;
+    } else {
+      const absl::Duration left =
+          held.holds > 0 ? options_.lease_timeout
+                         : options_.lease_timeout - silent;
+      return absl::AbortedError(absl::StrCat(
+          "worker id ", worker_id, " is held by another live process (",
+          held.peer.empty() ? "peer unknown" : held.peer, ", last call ",
+          absl::FormatDuration(absl::Trunc(silent, absl::Milliseconds(100))),
+          " ago); give every worker its own id (weightd_worker: --worker_id "
+          "or --rank). If that process is gone, its lease expires within ",
+          absl::FormatDuration(absl::Ceil(left, absl::Milliseconds(100))),
+          " and a Join then succeeds"));
+    }
+  }
   std::uint64_t new_bytes = 0;
   for (const Declaration& d : declarations) {
     if (!tensors_.contains(d.name)) {
@@ -448,7 +496,11 @@ absl::StatusOr<JoinResult> TensorStore::Join(
     }
   }
   worker.id = std::string(worker_id);
-  worker.last_seen = options_.now();
+  worker.last_seen = now;
+  worker.instance = claimant.instance;
+  worker.peer = claimant.peer;
+  worker.restored = false;
+  worker.holds = 0;  // Holds of the old lease release nothing now.
   do {
     worker.lease_id = absl::Uniform<std::uint64_t>(bitgen_);
   } while (worker.lease_id == 0 || leases_.contains(worker.lease_id));
@@ -456,6 +508,7 @@ absl::StatusOr<JoinResult> TensorStore::Join(
   worker.tensors.clear();
 
   JoinResult result;
+  result.takeover = takeover;
   result.lease_id = worker.lease_id;
   result.next_sequence = worker.max_sequence + 1;
   for (Declaration& d : declarations) {
@@ -504,12 +557,12 @@ absl::Status TensorStore::AdmitJoinLocked(absl::string_view worker_id,
   return absl::OkStatus();
 }
 
-absl::Status TensorStore::Leave(std::uint64_t lease_id) {
+absl::StatusOr<std::string> TensorStore::Leave(std::uint64_t lease_id) {
   Deferred deferred;
   absl::MutexLock lock(&mu_);
   WEIGHTD_ASSIGN_OR_RETURN(Worker * worker, WorkerForLeaseLocked(lease_id));
   EndMembershipLocked(*worker, deferred);
-  return absl::OkStatus();
+  return worker->id;
 }
 
 absl::Status TensorStore::Heartbeat(std::uint64_t lease_id) {
@@ -524,7 +577,7 @@ int TensorStore::ExpireLeases() {
   const absl::Time now = options_.now();
   int expired = 0;
   for (auto& [id, worker] : workers_) {
-    if (worker.lease_id == 0 ||
+    if (worker.lease_id == 0 || worker.holds > 0 ||
         now - worker.last_seen < options_.lease_timeout) {
       continue;
     }
@@ -610,7 +663,8 @@ absl::StatusOr<std::unique_ptr<PushSession>> TensorStore::BeginPush(
 }
 
 absl::StatusOr<std::unique_ptr<Wait>> TensorStore::WaitForVersions(
-    const VersionRequest& request, std::function<void(absl::Status)> done) {
+    const VersionRequest& request, std::function<void(absl::Status)> done,
+    std::uint64_t lease_id) {
   absl::flat_hash_set<absl::string_view> seen;
   for (const auto& [name, version] : request) {
     if (!seen.insert(name).second) {
@@ -625,9 +679,16 @@ absl::StatusOr<std::unique_ptr<Wait>> TensorStore::WaitForVersions(
     countdown->done = std::move(done);
   }
   std::vector<std::pair<std::shared_ptr<SharedTensor>, std::uint64_t>> ids;
+  std::function<void()> release;
   {
-    absl::ReaderMutexLock lock(&mu_);
+    // Exclusive: a lease hold changes the worker.
+    absl::MutexLock lock(&mu_);
     if (closed()) return Closed();
+    Worker* worker = nullptr;  // A lease no worker holds holds nothing.
+    if (auto it = leases_.find(lease_id); lease_id != 0 && it != leases_.end()) {
+      worker = &workers_.at(it->second);
+      worker->last_seen = options_.now();
+    }
     std::vector<std::shared_ptr<SharedTensor>> tensors;
     for (const auto& [name, version] : request) {
       WEIGHTD_ASSIGN_OR_RETURN(std::shared_ptr<SharedTensor> tensor,
@@ -647,18 +708,21 @@ absl::StatusOr<std::unique_ptr<Wait>> TensorStore::WaitForVersions(
         --countdown->pending;  // Already there; never the last (+1 above).
       }
     }
+    if (worker != nullptr) release = HoldLeaseLocked(*worker);
   }
   countdown->Arrive(absl::OkStatus());
-  return std::make_unique<Wait>([countdown, ids = std::move(ids)] {
-    if (!countdown->Cancel()) return false;
-    for (const auto& [tensor, id] : ids) tensor->CancelWait(id);
-    return true;
-  });
+  return std::make_unique<Wait>(
+      [countdown, ids = std::move(ids)] {
+        if (!countdown->Cancel()) return false;
+        for (const auto& [tensor, id] : ids) tensor->CancelWait(id);
+        return true;
+      },
+      std::move(release));
 }
 
 absl::StatusOr<std::unique_ptr<Wait>> TensorStore::EnterBarrier(
     std::uint64_t lease_id, absl::string_view name, std::uint32_t count,
-    std::function<void(absl::Status)> done) {
+    std::function<void(absl::Status)> done, BarrierPass* pass) {
   WEIGHTD_RETURN_IF_ERROR(ValidateName("barrier name", name));
   if (count < 1 || count > kMaxBarrierCount) {
     return absl::InvalidArgumentError(
@@ -666,45 +730,101 @@ absl::StatusOr<std::unique_ptr<Wait>> TensorStore::EnterBarrier(
                      kMaxBarrierCount, "]"));
   }
   std::string worker;
+  std::function<void()> release_lease;
+  // The leases held now: a pass recorded under another lease (a worker that
+  // left, expired or re-joined since) no longer counts.
+  absl::flat_hash_map<std::string, std::uint64_t> members;
   {
     absl::MutexLock lock(&mu_);
     if (closed()) return Closed();
     WEIGHTD_ASSIGN_OR_RETURN(Worker * w, WorkerForLeaseLocked(lease_id));
     worker = w->id;
+    for (const auto& [lease, id] : leases_) members.emplace(id, lease);
+    release_lease = HoldLeaseLocked(*w);
   }
   std::vector<std::function<void(absl::Status)>> release;
   std::function<void(absl::Status)> superseded;
+  std::function<void(absl::Status)> late;
   std::uint64_t id;
   {
     absl::MutexLock lock(&barrier_mu_);
     // Close() sets closing_ before it fails the barriers under barrier_mu_.
     if (closed()) return Closed();
     Barrier& barrier = barriers_[name];
-    if (barrier.waiting.empty()) barrier.count = count;
-    if (barrier.count != count) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "barrier ", name, " is waiting for ", barrier.count,
-          " workers; this call asks for ", count));
-    }
-    id = next_barrier_id_++;
-    auto [it, inserted] =
-        barrier.waiting.try_emplace(worker, Barrier::Entry{id, nullptr});
-    if (!inserted) superseded = std::move(it->second.done);
-    it->second = Barrier::Entry{id, std::move(done)};
-    if (barrier.waiting.size() == barrier.count) {
-      for (auto& [w, entry] : barrier.waiting) {
-        release.push_back(std::move(entry.done));
+    // Forget the passes of memberships that ended.
+    for (auto it = barrier.passed.begin(); it != barrier.passed.end();) {
+      auto member = members.find(it->first);
+      if (member == members.end() || member->second != it->second.lease_id) {
+        barrier.passed.erase(it++);
+      } else {
+        ++it;
       }
-      barriers_.erase(std::string(name));
+    }
+    std::uint64_t latest = 0;  // The latest generation a member passed.
+    for (const auto& [w, p] : barrier.passed) {
+      latest = std::max(latest, p.generation);
+    }
+    auto mine = barrier.passed.find(worker);
+    const std::uint64_t passed = mine == barrier.passed.end()
+                                     ? 0
+                                     : mine->second.generation;
+    id = next_barrier_id_++;
+    if (passed < latest) {
+      // Late for generation `latest`: it passes at once.
+      if (pass != nullptr) {
+        *pass = BarrierPass{barrier.count + barrier.late, latest};
+      }
+      ++barrier.late;
+      barrier.passed[worker] = Barrier::Passed{lease_id, latest};
+      if (barrier.waiting.empty() && barrier.passed.empty()) {
+        barriers_.erase(std::string(name));
+      }
+      late = std::move(done);
+    } else {
+      if (barrier.waiting.empty()) barrier.count = count;
+      if (barrier.count != count) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "barrier ", name, " is waiting for ", barrier.count,
+            " workers; this call asks for ", count));
+      }
+      auto [it, inserted] = barrier.waiting.try_emplace(
+          worker, Barrier::Entry{id, lease_id, nullptr, nullptr, 0});
+      if (!inserted) superseded = std::move(it->second.done);
+      it->second =
+          Barrier::Entry{id, lease_id, std::move(done), pass, barrier.entered++};
+      if (barrier.waiting.size() == barrier.count) {
+        const std::uint64_t generation = ++barrier.released;
+        // Arrival order among the released: their order of entry.
+        std::vector<Barrier::Entry*> entries;
+        for (auto& [w, entry] : barrier.waiting) {
+          entries.push_back(&entry);
+          barrier.passed[w] = Barrier::Passed{entry.lease_id, generation};
+        }
+        std::sort(entries.begin(), entries.end(),
+                  [](const Barrier::Entry* a, const Barrier::Entry* b) {
+                    return a->order < b->order;
+                  });
+        for (std::uint32_t i = 0; i < entries.size(); ++i) {
+          if (entries[i]->pass != nullptr) {
+            *entries[i]->pass = BarrierPass{i, generation};
+          }
+          release.push_back(std::move(entries[i]->done));
+        }
+        barrier.waiting.clear();
+        barrier.entered = 0;
+        barrier.late = 0;
+      }
     }
   }
   if (superseded) {
     superseded(absl::AbortedError(absl::StrCat(
         "worker ", worker, " entered barrier ", name, " again")));
   }
+  if (late) late(absl::OkStatus());
   for (auto& fn : release) fn(absl::OkStatus());
   return std::make_unique<Wait>(
-      [this, name = std::string(name), id] { return CancelBarrier(name, id); });
+      [this, name = std::string(name), id] { return CancelBarrier(name, id); },
+      std::move(release_lease));
 }
 
 bool TensorStore::CancelBarrier(const std::string& name, std::uint64_t id) {
@@ -715,7 +835,7 @@ bool TensorStore::CancelBarrier(const std::string& name, std::uint64_t id) {
   for (auto entry = waiting.begin(); entry != waiting.end(); ++entry) {
     if (entry->second.id != id) continue;
     waiting.erase(entry);
-    if (waiting.empty()) barriers_.erase(it);
+    if (waiting.empty() && it->second.passed.empty()) barriers_.erase(it);
     return true;
   }
   return false;
@@ -763,6 +883,20 @@ absl::StatusOr<TensorInfo> TensorStore::Describe(absl::string_view name) const {
 
 StoreStatus TensorStore::Status() const {
   StoreStatus status;
+  {
+    absl::MutexLock lock(&barrier_mu_);  // Never held with mu_.
+    for (const auto& [name, barrier] : barriers_) {
+      if (barrier.waiting.empty()) continue;
+      status.barriers.push_back(
+          BarrierInfo{name, barrier.count,
+                      static_cast<std::uint32_t>(barrier.waiting.size()),
+                      barrier.released});
+    }
+  }
+  std::sort(status.barriers.begin(), status.barriers.end(),
+            [](const BarrierInfo& a, const BarrierInfo& b) {
+              return a.name < b.name;
+            });
   absl::ReaderMutexLock lock(&mu_);
   for (const auto& [name, tensor] : tensors_) {
     status.tensors.push_back(InfoOf(*tensor));
@@ -773,7 +907,8 @@ StoreStatus TensorStore::Status() const {
             });
   for (const auto& [id, worker] : workers_) {
     if (worker.lease_id == 0) continue;  // Left.
-    status.workers.push_back(WorkerInfo{id, worker.lease_id, worker.tensors});
+    status.workers.push_back(
+        WorkerInfo{id, worker.lease_id, worker.tensors, worker.peer});
   }
   std::sort(status.workers.begin(), status.workers.end(),
             [](const WorkerInfo& a, const WorkerInfo& b) {

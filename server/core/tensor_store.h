@@ -52,10 +52,29 @@ struct JoinedTensor {
   bool created = false;
 };
 
+// Who asks to Join: which process, and from where (for messages only).
+struct Claimant {
+  // Drawn at random once per client process; tells a process re-joining its
+  // own membership from another process using the same worker id. 0 matches
+  // no instance, not even 0.
+  std::uint64_t instance = 0;
+  // Where the Join came from, e.g. "ipv4:10.0.0.3:41234"; may be empty.
+  std::string peer;
+};
+
+// What a Join replaced.
+enum class Takeover {
+  kNone,        // The worker id had no membership.
+  kSameProcess, // A live membership of the same instance (a network cut).
+  kRestored,    // A membership restored from a snapshot, not yet claimed.
+  kLapsed,      // A membership that had left or whose lease had expired.
+};
+
 struct JoinResult {
   std::uint64_t lease_id = 0;
   std::uint64_t next_sequence = 1;
   std::vector<JoinedTensor> tensors;  // In declaration order.
+  Takeover takeover = Takeover::kNone;
 };
 
 struct PushHeader {
@@ -81,6 +100,23 @@ struct WorkerInfo {
   std::string worker_id;
   std::uint64_t lease_id = 0;
   std::vector<std::string> tensors;  // Sorted.
+  std::string peer;                  // Of its last Join (Claimant::peer).
+};
+
+// A barrier that workers are waiting in (for status reports).
+struct BarrierInfo {
+  std::string name;
+  std::uint32_t count = 0;     // Workers it waits for.
+  std::uint32_t waiting = 0;   // Workers waiting now.
+  std::uint64_t released = 0;  // Generations released so far.
+};
+
+// How a worker passed a barrier (TensorStore::EnterBarrier).
+struct BarrierPass {
+  // 0 .. count-1 for the workers released together, in the order they
+  // entered; count, count+1, ... for late workers of that generation.
+  std::uint32_t arrival = 0;
+  std::uint64_t generation = 0;  // The generation passed, from 1.
 };
 
 // Everything a restarted server needs to continue where a snapshot was
@@ -112,6 +148,7 @@ struct StoreState {
 struct StoreStatus {
   std::vector<TensorInfo> tensors;  // Sorted by name.
   std::vector<WorkerInfo> workers;  // Sorted by id.
+  std::vector<BarrierInfo> barriers;  // With waiting workers; by name.
   std::uint64_t rounds_closed = 0;
 };
 
@@ -181,11 +218,18 @@ class PushSession {
 };
 
 // A pending wait registered with the store (for versions or a barrier).
-// Destroying it cancels it.
+// Destroying it cancels it. A wait made on behalf of a worker keeps that
+// worker's lease alive until it is destroyed (the call is still open), and
+// counts as a call of the worker when it is.
 class Wait {
  public:
-  explicit Wait(std::function<bool()> cancel) : cancel_(std::move(cancel)) {}
-  ~Wait() { Cancel(); }
+  explicit Wait(std::function<bool()> cancel,
+                std::function<void()> on_destroy = nullptr)
+      : cancel_(std::move(cancel)), on_destroy_(std::move(on_destroy)) {}
+  ~Wait() {
+    Cancel();
+    if (on_destroy_) on_destroy_();
+  }
   Wait(const Wait&) = delete;
   Wait& operator=(const Wait&) = delete;
 
@@ -198,6 +242,7 @@ class Wait {
 
  private:
   std::function<bool()> cancel_;
+  std::function<void()> on_destroy_;
 };
 
 class TensorStore {
@@ -224,11 +269,15 @@ class TensorStore {
   // on error nothing changed. INVALID_ARGUMENT (names, shapes, value sizes,
   // duplicates, NaN, a missing value for a new tensor), RESOURCE_EXHAUSTED
   // (a tensor too large, too many tensors), ALREADY_EXISTS (a tensor of that
-  // name exists with another shape), UNAVAILABLE (closed). A worker may
-  // declare no tensors (in a sharded job, all of its tensors may live on
-  // other shards): it holds a lease and can enter barriers.
+  // name exists with another shape), ABORTED (the worker id's lease is live
+  // and held by another instance: a second process with the same id, or
+  // this process's previous life whose lease has not expired yet; the
+  // message names the holder), UNAVAILABLE (closed). A worker may declare
+  // no tensors (in a sharded job, all of its tensors may live on other
+  // shards): it holds a lease and can enter barriers.
   absl::StatusOr<JoinResult> Join(absl::string_view worker_id,
-                                  std::vector<Declaration> declarations);
+                                  std::vector<Declaration> declarations,
+                                  const Claimant& claimant = {});
 
   // Whether a Join of `worker_id` that creates tensors of `new_bytes` in all
   // fits the store's limits: RESOURCE_EXHAUSTED (max_workers,
@@ -237,8 +286,9 @@ class TensorStore {
   absl::Status AdmitJoin(absl::string_view worker_id,
                          std::uint64_t new_bytes) const;
 
-  // Ends a membership. FAILED_PRECONDITION for an unknown lease.
-  absl::Status Leave(std::uint64_t lease_id);
+  // Ends a membership and returns the id of the worker that left.
+  // FAILED_PRECONDITION for an unknown lease.
+  absl::StatusOr<std::string> Leave(std::uint64_t lease_id);
 
   // Renews a lease (every call that carries a lease renews it too).
   // FAILED_PRECONDITION if the lease is unknown or expired: re-join.
@@ -266,23 +316,31 @@ class TensorStore {
   // Calls `done(OK)` once every named tensor has reached its version, or
   // `done(UNAVAILABLE)` if the store closes first. If all are already
   // there, calls `done(OK)` before returning. NOT_FOUND for an unknown
-  // tensor, INVALID_ARGUMENT for a repeated one.
+  // tensor, INVALID_ARGUMENT for a repeated one. The wait keeps the lease
+  // `lease_id` alive while it exists, if a worker holds that lease.
   using VersionRequest = std::vector<std::pair<std::string, std::uint64_t>>;
   absl::StatusOr<std::unique_ptr<Wait>> WaitForVersions(
-      const VersionRequest& request, std::function<void(absl::Status)> done);
+      const VersionRequest& request, std::function<void(absl::Status)> done,
+      std::uint64_t lease_id = 0);
 
   // Calls `done(OK)` once `count` distinct workers (this one included) have
-  // entered barrier `name`; the barrier then resets for its next use. A
-  // worker entering again while it waits replaces its earlier entry, whose
-  // callback gets ABORTED. `done(UNAVAILABLE)` if the store closes first.
-  // Callbacks run outside the store's locks, possibly before this returns.
-  // FAILED_PRECONDITION (unknown lease), INVALID_ARGUMENT (name, count < 1
-  // or > kMaxBarrierCount, or a count other than that of the workers
-  // already waiting), UNAVAILABLE (closed).
+  // entered barrier `name` (a generation is released); the barrier then
+  // resets for its next generation. A worker that enters after a release
+  // in which members still joined took part and it did not (it joined late,
+  // or came back with a new lease) is late for that generation: it passes
+  // at once. A worker entering again while it waits replaces its earlier
+  // entry, whose callback gets ABORTED. Before `done(OK)`, `*pass` (if not
+  // null) is set to how the worker passed; it must outlive the wait.
+  // `done(UNAVAILABLE)` if the store closes first. Callbacks run outside the
+  // store's locks, possibly before this returns. The wait keeps the
+  // worker's lease alive while it exists. FAILED_PRECONDITION (unknown
+  // lease), INVALID_ARGUMENT (name, count < 1 or > kMaxBarrierCount, or a
+  // count other than that of the workers already waiting), UNAVAILABLE
+  // (closed).
   static constexpr std::uint32_t kMaxBarrierCount = 1 << 20;
   absl::StatusOr<std::unique_ptr<Wait>> EnterBarrier(
       std::uint64_t lease_id, absl::string_view name, std::uint32_t count,
-      std::function<void(absl::Status)> done);
+      std::function<void(absl::Status)> done, BarrierPass* pass = nullptr);
 
   // The current value and version of each named tensor, and for a 16-bit
   // `format` its encoding (SharedTensor::Snapshot). NOT_FOUND.
@@ -312,6 +370,10 @@ class TensorStore {
     std::vector<std::string> tensors;
     std::uint64_t max_sequence = 0;
     absl::Time last_seen;
+    std::uint64_t instance = 0;  // Claimant::instance of its last Join.
+    std::string peer;            // Claimant::peer of its last Join.
+    bool restored = false;  // Restored from a snapshot and not yet claimed.
+    int holds = 0;          // Open waits keeping the lease alive.
   };
 
   explicit TensorStore(StoreOptions options);
@@ -322,6 +384,11 @@ class TensorStore {
   // Ends `worker`'s membership (Leave and expiry).
   void EndMembershipLocked(Worker& worker, Deferred& deferred)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Keeps the lease of `worker` alive until the returned function is called
+  // (by the Wait that holds it).
+  std::function<void()> HoldLeaseLocked(Worker& worker)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReleaseLease(const std::string& worker_id, std::uint64_t lease_id);
   absl::Status AdmitJoinLocked(absl::string_view worker_id,
                                std::uint64_t new_bytes) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
@@ -333,9 +400,21 @@ class TensorStore {
     std::uint32_t count = 0;
     struct Entry {
       std::uint64_t id;
+      std::uint64_t lease_id;
       std::function<void(absl::Status)> done;
+      BarrierPass* pass;
+      std::uint32_t order;  // Of entry into this generation.
     };
     absl::flat_hash_map<std::string, Entry> waiting;  // By worker id.
+    std::uint32_t entered = 0;   // Entries into this generation so far.
+    std::uint64_t released = 0;  // Generations released.
+    std::uint32_t late = 0;      // Late passes of the latest generation.
+    // The latest generation each worker passed, with the lease it held.
+    struct Passed {
+      std::uint64_t lease_id;
+      std::uint64_t generation;
+    };
+    absl::flat_hash_map<std::string, Passed> passed;  // By worker id.
   };
   bool CancelBarrier(const std::string& name, std::uint64_t id);
   void FailBarriers(const absl::Status& status);
@@ -354,7 +433,7 @@ class TensorStore {
   absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
 
   // Separate from mu_: never held together with it.
-  absl::Mutex barrier_mu_;
+  mutable absl::Mutex barrier_mu_;
   absl::flat_hash_map<std::string, Barrier> barriers_
       ABSL_GUARDED_BY(barrier_mu_);
   std::uint64_t next_barrier_id_ ABSL_GUARDED_BY(barrier_mu_) = 1;

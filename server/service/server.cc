@@ -34,41 +34,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
         "N-1"));
   }
   std::unique_ptr<Server> server(new Server());
-  if (options.log_rounds) {
-    options.store.on_round_closed =
-        [user = std::move(options.store.on_round_closed)](
-            const core::RoundClosed& c) {
-          spdlog::info("round closed tensor={} round={} contributors={} "
-                       "bytes={} ms={:.1f}",
-                       c.tensor, c.round, c.contributors, c.bytes,
-                       absl::ToDoubleMilliseconds(c.duration));
-          if (c.missing > 0) {
-            spdlog::info("round {} of tensor {} closed on its quorum, "
-                         "without {} participant(s)",
-                         c.round, c.tensor, c.missing);
-          }
-          if (c.non_finite_chunks > 0) {
-            spdlog::warn("round {} of tensor {}: the mean of {} chunk(s) "
-                         "overflowed float32; they kept their old value",
-                         c.round, c.tensor, c.non_finite_chunks);
-          }
-          if (user) user(c);
-        };
-  }
+  server->service_ =
+      std::make_unique<WeightdService>(options.shard_index, options.shard_count);
+  EventLog* events = &server->service_->events();
   options.store.on_worker_expired =
-      [user = std::move(options.store.on_worker_expired)](
+      [events, user = std::move(options.store.on_worker_expired)](
           const core::WorkerExpired& e) {
-        spdlog::warn("worker {} dropped: no call for {} (lease expired); it "
-                     "left tensors {}",
-                     e.worker_id, absl::FormatDuration(e.silent_for),
-                     absl::StrJoin(e.tensors, ","));
+        events->Expired(e);
         if (user) user(e);
       };
   options.store.on_round_closed =
-      [s = server.get(), user = std::move(options.store.on_round_closed)](
+      [s = server.get(), events, log = options.log_rounds,
+       user = std::move(options.store.on_round_closed)](
           const core::RoundClosed& c) {
+        if (log) events->RoundClosed(c);
         if (storage::Snapshotter* sink = s->round_sink_.load()) {
-          sink->OnRoundClosed();
+          sink->OnRoundClosed(c);
         }
         if (user) user(c);
       };
@@ -76,8 +57,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
 
   // Listen first: while a large snapshot loads, health says NOT_SERVING and
   // calls get UNAVAILABLE instead of "connection refused".
-  server->service_ =
-      std::make_unique<WeightdService>(options.shard_index, options.shard_count);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -102,6 +81,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   // server; with a fixed window the server's memory is the value and the
   // accumulator, and loopback throughput is the same (docs/performance.md).
   builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  // A second daemon on the same port must fail to start, not share the
+  // port and split the workers between two servers (gRPC sets SO_REUSEPORT
+  // by default).
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Notice a worker that vanished without closing its connection (a cut
+  // link, a frozen host): its open calls, which keep its lease alive, end
+  // within two keepalive periods.
+  const int keepalive_ms = static_cast<int>(std::clamp<std::int64_t>(
+      absl::ToInt64Milliseconds(options.store.lease_timeout) / 3, 1000,
+      60000));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, keepalive_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, keepalive_ms);
   builder.AddChannelArgument(
       GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
       static_cast<int>(2 * options.store.chunk_bytes));
@@ -150,13 +141,34 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   return server;
 }
 
+namespace {
+
+// One line saying what a restart brings back, and what the workers must do.
+void LogRestored(const std::string& path, const core::StoreState& state) {
+  std::uint64_t min_version = 0, max_version = 0;
+  for (std::size_t i = 0; i < state.tensors.size(); ++i) {
+    const std::uint64_t v = state.tensors[i].version;
+    min_version = i == 0 ? v : std::min(min_version, v);
+    max_version = std::max(max_version, v);
+  }
+  std::size_t members = 0;
+  for (const core::SavedWorker& w : state.workers) members += w.lease_id != 0;
+  spdlog::warn("restored from {}: {} tensor(s) at version {}..{}, {} "
+               "membership(s) kept for their workers to take back. Rounds "
+               "closed after this snapshot are lost; workers ahead of it "
+               "continue from these values",
+               path, state.tensors.size(), min_version, max_version, members);
+}
+
+}  // namespace
+
 absl::Status Server::BuildStore(ServerOptions& options) {
   if (!options.restore_path.empty()) {
     WEIGHTD_ASSIGN_OR_RETURN(core::StoreState state,
                              storage::ReadSnapshotFile(options.restore_path));
+    LogRestored(options.restore_path, state);
     WEIGHTD_ASSIGN_OR_RETURN(
         store_, core::TensorStore::Restore(options.store, std::move(state)));
-    spdlog::info("restored from {}", options.restore_path);
   }
   if (!options.snapshot_dir.empty()) {
     WEIGHTD_ASSIGN_OR_RETURN(snapshot_dir_,
@@ -170,10 +182,10 @@ absl::Status Server::BuildStore(ServerOptions& options) {
       for (const auto& [path, why] : loaded->skipped) {
         spdlog::warn("snapshot {} skipped: {}", path, why.ToString());
       }
+      LogRestored(loaded->path, loaded->state);
       WEIGHTD_ASSIGN_OR_RETURN(
           store_,
           core::TensorStore::Restore(options.store, std::move(loaded->state)));
-      spdlog::info("restored from {}", loaded->path);
     } else if (absl::IsDataLoss(loaded.status())) {
       spdlog::error("{}; serving NOT_SERVING and refusing calls: repair or "
                     "move the snapshots away and restart",
@@ -202,6 +214,7 @@ void Server::HousekeepingLoop() {
   while (!stop_housekeeping_.WaitForNotificationWithTimeout(period)) {
     store_->ExpireLeases();
     store_->CloseOverdueRounds();
+    service_->events().Flush();
   }
 }
 
@@ -222,6 +235,7 @@ void Server::Shutdown() {
         absl::ToChronoMilliseconds(options_.shutdown_grace);
     server_->Shutdown(deadline);
     server_->Wait();
+    service_->events().Flush(/*force=*/true);
     if (snapshotter_ != nullptr) {
       round_sink_ = nullptr;
       // The final snapshot; logged by its callback.

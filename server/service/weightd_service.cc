@@ -199,13 +199,31 @@ class TensorStreamer {
 
 using WaitDone = std::function<void(absl::Status)>;
 
+// Which call a reactor serves, for the log of refused calls.
+struct CallInfo {
+  EventLog* log;
+  const char* name;
+  std::string peer;
+
+  CallInfo(EventLog* log, const char* name,
+           const grpc::CallbackServerContext* context)
+      : log(log), name(name), peer(context->peer()) {}
+
+  // The wire status of a call that ends with `status`, logged if refused.
+  grpc::Status Answer(const absl::Status& status) const {
+    if (!status.ok()) log->Refused(name, peer, status);
+    return ToGrpcStatus(status);
+  }
+};
+
 // Runs one core wait on behalf of a reactor whose Finish must be called
 // exactly once, while the call's cancellation may race with the wait firing.
 // `Reactor` is any server reactor (unary, write or bidi).
 template <typename Reactor>
 class ReactorWait {
  public:
-  explicit ReactorWait(Reactor* reactor) : reactor_(reactor) {}
+  ReactorWait(Reactor* reactor, CallInfo call)
+      : reactor_(reactor), call_(std::move(call)) {}
 
   using Register =
       std::function<absl::StatusOr<std::unique_ptr<core::Wait>>(WaitDone)>;
@@ -260,7 +278,7 @@ class ReactorWait {
       if (finished_) return;
       finished_ = true;
     }
-    reactor_->Finish(ToGrpcStatus(status));
+    reactor_->Finish(call_.Answer(status));
   }
 
  private:
@@ -283,6 +301,7 @@ class ReactorWait {
   }
 
   Reactor* const reactor_;
+  const CallInfo call_;
   WaitDone ready_;
   absl::Mutex mu_;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
@@ -298,19 +317,23 @@ template <typename Reactor>
 class WaitThenStream {
  public:
   WaitThenStream(Reactor* reactor, core::TensorStore* store,
-                 TrafficCounters* traffic)
-      : reactor_(reactor), wait_(reactor), store_(store), traffic_(traffic) {}
+                 TrafficCounters* traffic, CallInfo call)
+      : reactor_(reactor),
+        wait_(reactor, std::move(call)),
+        store_(store),
+        traffic_(traffic) {}
 
   // Waits until every `(name, version)` is reached, then streams the names
-  // in `format`, small chunks in batches if `batches`.
+  // in `format`, small chunks in batches if `batches`. The wait keeps the
+  // lease `lease_id` alive (if a worker holds it).
   void Start(core::TensorStore::VersionRequest request, WireFormat format,
-             bool batches) {
+             bool batches, std::uint64_t lease_id) {
     format_ = format;
     batches_ = batches;
     for (const auto& [name, version] : request) names_.push_back(name);
     wait_.Start(
-        [this, &request](WaitDone done) {
-          return store_->WaitForVersions(request, std::move(done));
+        [this, &request, lease_id](WaitDone done) {
+          return store_->WaitForVersions(request, std::move(done), lease_id);
         },
         [this](absl::Status status) { Stream(status); });
   }
@@ -361,20 +384,29 @@ class WaitThenStream {
 
 class BarrierReactor final : public grpc::ServerUnaryReactor {
  public:
-  BarrierReactor(core::TensorStore* store, const v1::BarrierRequest* request)
-      : wait_(this) {
+  BarrierReactor(core::TensorStore* store, const v1::BarrierRequest* request,
+                 v1::BarrierResponse* response, CallInfo call)
+      : wait_(this, std::move(call)) {
     wait_.Start(
-        [store, request](WaitDone done) {
+        [this, store, request](WaitDone done) {
           return store->EnterBarrier(request->lease_id(), request->name(),
-                                     request->count(), std::move(done));
+                                     request->count(), std::move(done),
+                                     &pass_);
         },
-        [this](absl::Status status) { wait_.FinishOnce(status); });
+        [this, response](absl::Status status) {
+          if (status.ok()) {
+            response->set_arrival(pass_.arrival);
+            response->set_generation(pass_.generation);
+          }
+          wait_.FinishOnce(status);
+        });
   }
 
   void OnCancel() override { wait_.OnCancel(); }
   void OnDone() override { delete this; }
 
  private:
+  core::BarrierPass pass_;  // Written by the store before it releases us.
   ReactorWait<BarrierReactor> wait_;
 };
 
@@ -384,9 +416,10 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
  public:
   JoinReactor(core::TensorStore* store, TrafficCounters* traffic,
               const v1::ShardInfo& shard, grpc::CallbackServerContext* context,
-              v1::JoinResponse* response)
+              v1::JoinResponse* response, EventLog* events)
       : store_(store), traffic_(traffic), shard_(shard), context_(context),
-        response_(response) {
+        response_(response), events_(events),
+        call_(events, "Join", context) {
     *response_->mutable_shard() = shard;
     StartRead(&request_);
   }
@@ -396,9 +429,9 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
       if (context_->IsCancelled()) {
         return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
       }
-      return Finish(ToGrpcStatus(Complete()));
+      return Finish(call_.Answer(Complete()));
     }
-    if (absl::Status s = Handle(); !s.ok()) return Finish(ToGrpcStatus(s));
+    if (absl::Status s = Handle(); !s.ok()) return Finish(call_.Answer(s));
     StartRead(&request_);
   }
 
@@ -422,6 +455,7 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
         }
       }
       worker_id_ = request_.header().worker_id();
+      instance_ = request_.header().instance();
       const auto& tensors = request_.header().tensors();
       if (tensors.size() > static_cast<int>(core::kMaxTensorsPerCall)) {
         return absl::ResourceExhaustedError(
@@ -505,7 +539,9 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
     }
     WEIGHTD_ASSIGN_OR_RETURN(
         core::JoinResult joined,
-        store_->Join(worker_id_, std::move(declarations_)));
+        store_->Join(worker_id_, std::move(declarations_),
+                     core::Claimant{instance_, call_.peer}));
+    events_->Joined(worker_id_, call_.peer, joined);
     response_->set_lease_id(joined.lease_id);
     response_->set_lease_timeout_ms(
         absl::ToInt64Milliseconds(store_->options().lease_timeout));
@@ -525,9 +561,12 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
   const v1::ShardInfo shard_;
   grpc::CallbackServerContext* const context_;
   v1::JoinResponse* const response_;
+  EventLog* const events_;
+  const CallInfo call_;
   v1::JoinRequest request_;
   bool have_header_ = false;
   std::string worker_id_;
+  std::uint64_t instance_ = 0;
   std::vector<core::Declaration> declarations_;
   std::vector<bool> keep_;  // Whether to keep the initial value's bytes.
   std::uint64_t new_bytes_ = 0;  // Sum of the tensors the server lacks.
@@ -598,6 +637,7 @@ class PushReader {
   // The push's wire format, and whether its result may come in batches
   // (after a successful Finish()).
   WireFormat format() const { return session_->header().format; }
+  std::uint64_t lease_id() const { return session_->header().lease_id; }
   bool accept_batches() const { return accept_batches_; }
 
  private:
@@ -620,9 +660,10 @@ class PushReader {
 class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   PushReactor(core::TensorStore* store, TrafficCounters* traffic,
-              grpc::CallbackServerContext* context, grpc::ByteBuffer* response)
+              grpc::CallbackServerContext* context, grpc::ByteBuffer* response,
+              EventLog* events)
       : reader_(store, traffic, "Push"), context_(context),
-        response_(response) {
+        response_(response), call_(events, "Push", context) {
     StartRead(&request_);
   }
 
@@ -632,7 +673,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
       }
       absl::StatusOr<std::vector<core::PushResult>> results = reader_.Finish();
-      if (!results.ok()) return Finish(ToGrpcStatus(results.status()));
+      if (!results.ok()) return Finish(call_.Answer(results.status()));
       v1::PushResponse response;
       for (const core::PushResult& r : *results) {
         v1::PushedResult* out = response.add_tensors();
@@ -645,7 +686,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       return Finish(grpc::Status::OK);
     }
     if (absl::Status s = reader_.Handle(&request_); !s.ok()) {
-      return Finish(ToGrpcStatus(s));
+      return Finish(call_.Answer(s));
     }
     StartRead(&request_);
   }
@@ -656,14 +697,15 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   PushReader reader_;
   grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer* const response_;
+  const CallInfo call_;
   grpc::ByteBuffer request_;
 };
 
 class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   PullReactor(core::TensorStore* store, TrafficCounters* traffic,
-              grpc::ByteBuffer request_bytes)
-      : stream_(this, store, traffic) {
+              grpc::ByteBuffer request_bytes, CallInfo call)
+      : stream_(this, store, traffic, std::move(call)) {
     v1::PullRequest request;
     if (absl::Status s = ParseMessage(&request_bytes, &request, "Pull");
         !s.ok()) {
@@ -683,7 +725,8 @@ class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       stream_.FinishOnce(format.status());
       return;
     }
-    stream_.Start(std::move(wanted), *format, request.accept_batches());
+    stream_.Start(std::move(wanted), *format, request.accept_batches(),
+                  request.lease_id());
   }
 
   void OnCancel() override { stream_.OnCancel(); }
@@ -698,9 +741,9 @@ class PushPullReactor final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   PushPullReactor(core::TensorStore* store, TrafficCounters* traffic,
-                  grpc::CallbackServerContext* context)
+                  grpc::CallbackServerContext* context, EventLog* events)
       : reader_(store, traffic, "PushPull"), context_(context),
-        stream_(this, store, traffic) {
+        stream_(this, store, traffic, CallInfo(events, "PushPull", context)) {
     StartRead(&request_);
   }
 
@@ -716,7 +759,7 @@ class PushPullReactor final
         wanted.emplace_back(r.name, r.outcome.ready_version);
       }
       return stream_.Start(std::move(wanted), reader_.format(),
-                           reader_.accept_batches());
+                           reader_.accept_batches(), reader_.lease_id());
     }
     if (absl::Status s = reader_.Handle(&request_); !s.ok()) {
       return stream_.FinishOnce(s);
@@ -780,7 +823,8 @@ grpc::ServerReadReactor<v1::JoinRequest>* WeightdService::Join(
   if (store == nullptr) {
     return new NotReadyReactor<grpc::ServerReadReactor<v1::JoinRequest>>();
   }
-  return new JoinReactor(store, &traffic_, shard_, context, response);
+  return new JoinReactor(store, &traffic_, shard_, context, response,
+                         &events_);
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Push(
@@ -789,7 +833,7 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Push(
   if (store == nullptr) {
     return new NotReadyReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>();
   }
-  return new PushReactor(store, &traffic_, context, response);
+  return new PushReactor(store, &traffic_, context, response, &events_);
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* WeightdService::Pull(
@@ -798,7 +842,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* WeightdService::Pull(
   if (store == nullptr) {
     return new NotReadyReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>>();
   }
-  return new PullReactor(store, &traffic_, *request);
+  return new PullReactor(store, &traffic_, *request,
+                         CallInfo(&events_, "Pull", context));
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
@@ -808,7 +853,7 @@ WeightdService::PushPull(grpc::CallbackServerContext* context) {
     return new NotReadyReactor<
         grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>();
   }
-  return new PushPullReactor(store, &traffic_, context);
+  return new PushPullReactor(store, &traffic_, context, &events_);
 }
 
 grpc::ServerUnaryReactor* WeightdService::Leave(
@@ -816,7 +861,10 @@ grpc::ServerUnaryReactor* WeightdService::Leave(
     v1::LeaveResponse* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
-  return FinishUnary(context, ToGrpcStatus(store->Leave(request->lease_id())));
+  const CallInfo call(&events_, "Leave", context);
+  absl::StatusOr<std::string> left = store->Leave(request->lease_id());
+  if (left.ok()) events_.Left(*left);
+  return FinishUnary(context, call.Answer(left.status()));
 }
 
 grpc::ServerUnaryReactor* WeightdService::Heartbeat(
@@ -824,8 +872,8 @@ grpc::ServerUnaryReactor* WeightdService::Heartbeat(
     v1::HeartbeatResponse* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
-  return FinishUnary(context,
-                     ToGrpcStatus(store->Heartbeat(request->lease_id())));
+  return FinishUnary(context, CallInfo(&events_, "Heartbeat", context)
+                                  .Answer(store->Heartbeat(request->lease_id())));
 }
 
 grpc::ServerUnaryReactor* WeightdService::Barrier(
@@ -833,7 +881,8 @@ grpc::ServerUnaryReactor* WeightdService::Barrier(
     v1::BarrierResponse* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
-  return new BarrierReactor(store, request);
+  return new BarrierReactor(store, request, response,
+                            CallInfo(&events_, "Barrier", context));
 }
 
 grpc::ServerUnaryReactor* WeightdService::TakeSnapshot(
@@ -881,7 +930,15 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
       out->set_worker_id(w.worker_id);
       out->set_lease_id(w.lease_id);
       for (const std::string& t : w.tensors) out->add_tensors(t);
+      out->set_peer(w.peer);
     }
+  }
+  for (const core::BarrierInfo& b : status.barriers) {
+    v1::BarrierInfo* out = response->add_barriers();
+    out->set_name(b.name);
+    out->set_count(b.count);
+    out->set_waiting(b.waiting);
+    out->set_released(b.released);
   }
   response->set_bytes_received(
       traffic_.bytes_received.load(std::memory_order_relaxed));

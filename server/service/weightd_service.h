@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "server/core/tensor_store.h"
+#include "server/service/event_log.h"
 #include "server/storage/snapshotter.h"
 #include "weightd/v1/weightd.grpc.pb.h"
 
@@ -46,6 +47,9 @@ class WeightdService final : public WeightdServiceBase {
   // Starts serving from `store`, once. `store` (and `snapshotter`, null
   // without snapshots) must outlive the service and every call in flight.
   void Attach(core::TensorStore* store, storage::Snapshotter* snapshotter);
+
+  // Where memberships, refused calls and rounds are logged.
+  EventLog& events() { return events_; }
 
   grpc::ServerReadReactor<v1::JoinRequest>* Join(
       grpc::CallbackServerContext* context,
@@ -84,6 +88,7 @@ class WeightdService final : public WeightdServiceBase {
   storage::Snapshotter* snapshotter_ = nullptr;
   TrafficCounters traffic_;
   v1::ShardInfo shard_;
+  EventLog events_;
 };
 
 }  // namespace weightd::service

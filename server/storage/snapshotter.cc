@@ -1,5 +1,6 @@
 #include "server/storage/snapshotter.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace weightd::storage {
@@ -9,16 +10,31 @@ Snapshotter::Snapshotter(core::TensorStore* store, SnapshotDir* dir,
     : store_(store),
       dir_(dir),
       options_(options),
-      on_written_(std::move(on_written)),
-      thread_([this] { Loop(); }) {}
+      on_written_(std::move(on_written)) {
+  std::uint64_t version = 0;
+  for (const core::TensorInfo& t : store_->Status().tensors) {
+    version = std::max(version, t.version);
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    version_ = version;
+  }
+  thread_ = std::thread([this] { Loop(); });
+}
 
 Snapshotter::~Snapshotter() { (void)Stop(); }  // Reported by on_written.
 
 bool Snapshotter::FinalWrittenLocked() const { return final_.has_value(); }
 
-void Snapshotter::OnRoundClosed() {
+void Snapshotter::OnRoundClosed(const core::RoundClosed& closed) {
   absl::MutexLock lock(&mu_);
-  ++rounds_since_;
+  // Counts the rounds of the job, not of each tensor: a model of 161
+  // tensors closes 161 tensor rounds per job round.
+  const std::uint64_t version = closed.round + 1;
+  if (version > version_) {
+    rounds_since_ += version - version_;
+    version_ = version;
+  }
 }
 
 void Snapshotter::Request(Done done) {

@@ -23,7 +23,11 @@
 namespace weightd::storage {
 
 struct SnapshotterOptions {
-  // Take a snapshot once this many rounds closed since the last one (0: off).
+  // Take a snapshot once the job moved this many rounds on since the last
+  // one (0: off). Rounds of the job, not of each tensor: the count is how
+  // far the most advanced tensor's version moved, whatever the number of
+  // tensors. A kill -9 then loses at most this many rounds (and the open
+  // one).
   std::uint64_t every_rounds = 0;
   // Take a snapshot at this interval if any round closed since (0: off).
   absl::Duration every = absl::ZeroDuration();
@@ -43,7 +47,7 @@ class Snapshotter {
   Snapshotter& operator=(const Snapshotter&) = delete;
 
   // Counts a closed round (wire to StoreOptions::on_round_closed).
-  void OnRoundClosed();
+  void OnRoundClosed(const core::RoundClosed& closed);
 
   // Takes a snapshot soon, on the snapshot thread; `done` gets the file or
   // the error (UNAVAILABLE once stopping). Does not block.
@@ -71,6 +75,7 @@ class Snapshotter {
 
   mutable absl::Mutex mu_;
   std::uint64_t rounds_since_ ABSL_GUARDED_BY(mu_) = 0;
+  std::uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;  // Most advanced tensor's.
   std::vector<Done> requests_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<absl::StatusOr<std::string>> final_ ABSL_GUARDED_BY(mu_);

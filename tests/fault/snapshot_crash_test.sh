@@ -22,7 +22,7 @@ run_worker() {
 
 # restored_number LOG: the number of the snapshot the daemon restored.
 restored_number() {
-  sed -nE 's/.*restored from .*snapshot-0*([0-9]+)\.wds$/\1/p' "$1"
+  sed -nE 's/.*restored from .*snapshot-0*([0-9]+)\.wds:.*/\1/p' "$1"
 }
 
 check_restart() {  # LOG: restored a complete snapshot, skipped nothing.

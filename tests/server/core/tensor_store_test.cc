@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
@@ -764,13 +765,106 @@ TEST_F(TensorStoreTest, CloseFailsBarrierWaiters) {
               StatusIs(absl::StatusCode::kUnavailable));
 }
 
+TEST_F(TensorStoreTest, BarrierLetsWorkersBeyondItsCountPass) {
+  MakeStore();
+  std::vector<std::uint64_t> leases;
+  for (int i = 0; i < 6; ++i) {
+    leases.push_back(Join(absl::StrCat("w", i), {{"x", {0}}}));
+  }
+  int passed = 0;
+  std::vector<std::unique_ptr<Wait>> waits;
+  for (int i = 0; i < 6; ++i) {
+    auto wait = store_->EnterBarrier(leases[i], "start", 4,
+                                     [&](absl::Status s) {
+                                       EXPECT_THAT(s, IsOk());
+                                       ++passed;
+                                     });
+    ASSERT_THAT(wait, IsOk());
+    waits.push_back(std::move(*wait));
+    // The first 4 are released together; the 5th and 6th are late for that
+    // release and pass at once instead of waiting for 2 more forever.
+    EXPECT_EQ(passed, i < 3 ? 0 : i + 1) << "after entry " << i;
+  }
+}
+
+TEST_F(TensorStoreTest, BarrierNumbersArrivalsAndLateWorkers) {
+  MakeStore();
+  const auto a = Join("a", {{"x", {0}}});
+  const auto b = Join("b", {{"x", {0}}});
+  BarrierPass pa, pb, pc;
+  auto wb = store_->EnterBarrier(b, "s", 2, [](absl::Status) {}, &pb);
+  auto wa = store_->EnterBarrier(a, "s", 2, [](absl::Status) {}, &pa);
+  ASSERT_THAT(wa, IsOk());
+  EXPECT_EQ(pb.arrival, 0u);
+  EXPECT_EQ(pa.arrival, 1u);
+  EXPECT_EQ(pa.generation, 1u);
+  // c joins after the release: late, it passes at once as the third.
+  const auto c = Join("c", {{"x", {0}}});
+  int fired = 0;
+  auto wc = store_->EnterBarrier(c, "s", 2, [&](absl::Status) { ++fired; }, &pc);
+  EXPECT_EQ(fired, 1);
+  EXPECT_EQ(pc.arrival, 2u);
+  EXPECT_EQ(pc.generation, 1u);
+  // a took part in release 1: it waits for generation 2.
+  fired = 0;
+  auto again = store_->EnterBarrier(a, "s", 2, [&](absl::Status) { ++fired; });
+  EXPECT_EQ(fired, 0);
+  ASSERT_EQ(store_->Status().barriers.size(), 1u);
+  EXPECT_EQ(store_->Status().barriers[0].waiting, 1u);
+  EXPECT_EQ(store_->Status().barriers[0].released, 1u);
+  // Once every member that passed has left, the barrier starts afresh: a
+  // second job's workers wait for each other again.
+  ASSERT_TRUE((*again)->Cancel());
+  for (auto lease : {a, b, c}) ASSERT_THAT(store_->Leave(lease), IsOk());
+  const auto d = Join("d", {{"x", {0}}});
+  fired = 0;
+  auto wd = store_->EnterBarrier(d, "s", 2, [&](absl::Status) { ++fired; });
+  EXPECT_EQ(fired, 0);
+}
+
+TEST_F(TensorStoreTest, JoinOfAnIdHeldByAnotherProcessIsRefused) {
+  MakeStore();
+  const auto first = Join("a", {{"w", {1}}});
+  // Another process (no instance, or another one) takes the same id: refused
+  // while the first one's lease is live, naming the holder; nothing changes.
+  EXPECT_THAT(store_->Join("a", {Declaration{"w", {1}, {5}}}),
+              StatusIs(absl::StatusCode::kAborted,
+                       HasSubstr("held by another live process")));
+  EXPECT_THAT(store_->Join("a", {Declaration{"w", {1}, {5}}},
+                           Claimant{7, "ipv4:10.0.0.9:1234"}),
+              StatusIs(absl::StatusCode::kAborted));
+  EXPECT_THAT(store_->Heartbeat(first), IsOk());
+  EXPECT_EQ(store_->Describe("w")->participants, 1u);
+  EXPECT_THAT(Value("w"), ElementsAre(1));
+}
+
+TEST_F(TensorStoreTest, SameProcessRejoinTakesItsMembershipBack) {
+  MakeStore();
+  auto first = store_->Join("a", {Declaration{"w", {1}, {1}}},
+                            Claimant{42, "ipv4:127.0.0.1:5000"});
+  ASSERT_THAT(first, IsOk());
+  EXPECT_EQ(first->takeover, Takeover::kNone);
+  EXPECT_THAT(store_->Join("a", {Declaration{"w", {1}, {1}}}, Claimant{43, ""}),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("127.0.0.1:5000")));
+  auto again = store_->Join("a", {Declaration{"w", {1}, {1}}},
+                            Claimant{42, "ipv4:127.0.0.1:5001"});
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(again->takeover, Takeover::kSameProcess);
+  EXPECT_THAT(store_->Heartbeat(first->lease_id),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(store_->Status().workers[0].peer, "ipv4:127.0.0.1:5001");
+}
+
 TEST_F(TensorStoreTest, RejoinIsNeverCountedTwice) {
   MakeStore();
-  const auto a = Join("a", {{"w", {0}}});
+  const Claimant process{1, ""};
+  auto joined = store_->Join("a", {Declaration{"w", {1}, {0}}}, process);
+  ASSERT_THAT(joined, IsOk());
+  const auto a = joined->lease_id;
   Join("b", {{"w", {0}}});
   ASSERT_THAT(Push(a, 1, {{"w", 0, {2}}}), IsOk());
-  // a restarts and re-joins: its old lease dies, its contribution stays.
-  auto rejoined = store_->Join("a", {Declaration{"w", {1}, {0}}});
+  // a re-joins (a network cut): its old lease dies, its contribution stays.
+  auto rejoined = store_->Join("a", {Declaration{"w", {1}, {0}}}, process);
   ASSERT_THAT(rejoined, IsOk());
   EXPECT_EQ(rejoined->next_sequence, 2u);
   EXPECT_THAT(Push(a, 2, {{"w", 0, {2}}}),
@@ -826,6 +920,65 @@ TEST_F(LeaseTest, SilentWorkerExpiresAndTheRoundClosesWithoutIt) {
   EXPECT_THAT(Push(rejoined->lease_id, 2, {{"w", 0, {100}}}),
               StatusIs(absl::StatusCode::kAborted));
   EXPECT_THAT(Value("w"), ElementsAre(4));
+}
+
+TEST_F(LeaseTest, AnOpenWaitKeepsTheLeaseAlive) {
+  const auto a = Join("a", {{"w", {0}}});
+  Join("b", {{"w", {0}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {4}}}), IsOk());
+  // a waits for the round (a PushPull) and makes no other call meanwhile;
+  // b makes no call at all.
+  bool fired = false;
+  auto wait = store_->WaitForVersions({{"w", 1}},
+                                      [&](absl::Status) { fired = true; }, a);
+  ASSERT_THAT(wait, IsOk());
+  Advance(absl::Seconds(7));
+  EXPECT_EQ(store_->ExpireLeases(), 1);
+  ASSERT_EQ(expired_.size(), 1u);
+  EXPECT_EQ(expired_[0].worker_id, "b");
+  EXPECT_TRUE(fired);  // The round closed without b.
+  EXPECT_THAT(store_->Heartbeat(a), IsOk());
+  // The call ends: that counts as a's last call.
+  Advance(absl::Seconds(1));
+  wait->reset();
+  Advance(absl::Seconds(5));
+  EXPECT_EQ(store_->ExpireLeases(), 0);
+  Advance(absl::Seconds(2));
+  EXPECT_EQ(store_->ExpireLeases(), 1);
+}
+
+TEST_F(LeaseTest, AWaitingBarrierKeepsTheLeaseAlive) {
+  const auto a = Join("a", {{"w", {0}}});
+  auto wait = store_->EnterBarrier(a, "s", 2, [](absl::Status) {});
+  ASSERT_THAT(wait, IsOk());
+  Advance(absl::Seconds(60));
+  EXPECT_EQ(store_->ExpireLeases(), 0);
+  EXPECT_THAT(store_->Join("a", {Declaration{"w", {1}, {}}}),
+              StatusIs(absl::StatusCode::kAborted));
+}
+
+TEST_F(LeaseTest, LapsedOrRestoredMembershipIsTakenByAnyProcess) {
+  const auto a = Join("a", {{"w", {0}}});
+  Advance(absl::Seconds(7));
+  // Expired but not yet swept: taken over, not refused.
+  auto taken = store_->Join("a", {Declaration{"w", {1}, {}}}, Claimant{9, ""});
+  ASSERT_THAT(taken, IsOk());
+  EXPECT_EQ(taken->takeover, Takeover::kLapsed);
+  EXPECT_THAT(store_->Heartbeat(a),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+
+  // After a restart from a snapshot the restored membership is claimed by
+  // the first Join of that id, whatever its instance, at once.
+  StoreOptions options = TestOptions();
+  options.now = [this] { return now_; };
+  auto restored = TensorStore::Restore(options, store_->Save());
+  ASSERT_THAT(restored, IsOk());
+  store_ = std::move(*restored);
+  auto claimed = store_->Join("a", {Declaration{"w", {1}, {}}}, Claimant{5, ""});
+  ASSERT_THAT(claimed, IsOk());
+  EXPECT_EQ(claimed->takeover, Takeover::kRestored);
+  EXPECT_THAT(store_->Join("a", {Declaration{"w", {1}, {}}}, Claimant{6, ""}),
+              StatusIs(absl::StatusCode::kAborted));
 }
 
 TEST_F(LeaseTest, HeartbeatsKeepALeaseAlive) {
@@ -940,14 +1093,16 @@ TEST_F(TensorStoreTest, WorkerLimitRefusesNewMembersNotRejoins) {
   StoreOptions options = TestOptions();
   options.max_workers = 2;
   MakeStoreWith(std::move(options));
-  Join("a", {{"w", {1}}});
+  ASSERT_THAT(store_->Join("a", {Declaration{"w", {1}, {1}}}, Claimant{1, ""}),
+              IsOk());
   Join("b", {{"w", {1}}});
   EXPECT_THAT(store_->Join("c", {Declaration{"w", {1}, {}}}),
               StatusIs(absl::StatusCode::kResourceExhausted,
                        HasSubstr("--max_workers")));
   EXPECT_THAT(store_->AdmitJoin("c", 0),
               StatusIs(absl::StatusCode::kResourceExhausted));
-  EXPECT_THAT(store_->Join("a", {Declaration{"w", {1}, {}}}), IsOk());
+  EXPECT_THAT(store_->Join("a", {Declaration{"w", {1}, {}}}, Claimant{1, ""}),
+              IsOk());
   ASSERT_THAT(store_->Leave(store_->Status().workers[0].lease_id), IsOk());
   EXPECT_THAT(store_->Join("c", {Declaration{"w", {1}, {}}}), IsOk());
   EXPECT_EQ(store_->Describe("w")->participants, 2u);
