@@ -304,7 +304,9 @@ absl::Status TrainRounds(const WorkerConfig& config, const Dataset& train,
                   client->stats().rounds_missed);
   }
   if (Stopping()) {
-    absl::FPrintF(stderr, "weightd_worker: stopping on %s; leaving the job\n",
+    absl::FPrintF(stderr,
+                  "weightd_worker: stopping on a signal (%s); leaving the "
+                  "job\n",
                   g_stop_signal.load() == SIGTERM ? "SIGTERM" : "SIGINT");
     return absl::OkStatus();
   }

@@ -120,7 +120,7 @@ if [[ $sharing -eq 0 ]]; then
   done
   # Worker 0 in the foreground: its lines are the job's output.
   "$worker" --server="$address" --workers="$workers" --rank=0 --eval \
-    "${extra[@]}" 2>&1 | tee "$logs/worker-0.log"
+    "${extra[@]}" 2>&1 | tee -i "$logs/worker-0.log"
   wait_workers
 else
   for rank in 1 2; do
@@ -129,7 +129,7 @@ else
   start_worker "upper2-3" --workers=4 --rank=3 --task=upper2 \
     --train_limit="$labels" --eval
   "$worker" --server="$address" --workers=4 --rank=0 --eval \
-    "${extra[@]}" 2>&1 | tee "$logs/fashion10-0.log"
+    "${extra[@]}" 2>&1 | tee -i "$logs/fashion10-0.log"
   wait_workers
   echo "2-class model trained alone on the same $labels labels..."
   "$worker" --standalone --workers=4 --rank=3 --task=upper2 \

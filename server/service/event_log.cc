@@ -73,6 +73,11 @@ void EventLog::Refused(absl::string_view call, absl::string_view peer,
 }
 
 void EventLog::RoundClosed(const core::RoundClosed& c) {
+  // One line per tensor and round: for --log_level=debug (tests read it).
+  spdlog::debug("round closed tensor={} round={} contributors={} bytes={} "
+                "ms={:.1f} missing={}",
+                c.tensor, c.round, c.contributors, c.bytes,
+                absl::ToDoubleMilliseconds(c.duration), c.missing);
   absl::MutexLock lock(&mu_);
   if (rounds_ == 0) {
     min_contributors_ = max_contributors_ = c.contributors;

@@ -86,11 +86,11 @@ done
 # The shards, started after the workers (which wait for them and retry):
 # shard 0 configured by flags, shard 1 by WEIGHTD_* variables.
 sleep 1
-ip netns exec "$tag-shard0" "$build/server/weightd" --listen=$net.1:7070 \
+ip netns exec "$tag-shard0" "$build/server/weightd" --listen=$net.1:7070 --log_level=debug \
   --shard_index=0 --shard_count=2 --ready_file="$work/ready0" \
   >"$work/shard0.log" 2>&1 &
 shard_pids=($!)
-WEIGHTD_LISTEN=$net.2:7070 WEIGHTD_SHARD_INDEX=1 WEIGHTD_SHARD_COUNT=2 \
+WEIGHTD_LISTEN=$net.2:7070 WEIGHTD_SHARD_INDEX=1 WEIGHTD_SHARD_COUNT=2 WEIGHTD_LOG_LEVEL=debug \
   ip netns exec "$tag-shard1" "$build/server/weightd" \
   --ready_file="$work/ready1" >"$work/shard1.log" 2>&1 &
 shard_pids+=($!)

@@ -11,7 +11,7 @@ logs=$(mktemp -d "${TMPDIR:-/tmp}/weightd-e2e.XXXXXX")
 trap 'rm -rf "$logs"' EXIT
 
 rounds=6
-timeout 600 "$root/scripts/local_job.sh" --bin "$build" --logs "$logs" \
+WEIGHTD_LOG_LEVEL=debug timeout 600 "$root/scripts/local_job.sh" --bin "$build" --logs "$logs" \
   --workers 4 -- --rounds=$rounds --local_steps=60 >"$logs/out.txt" 2>&1 || {
   cat "$logs/out.txt"
   echo "FAIL: the job failed"

@@ -35,7 +35,7 @@ start_weightd() {
   local log=$1 listen=$2
   shift 2
   rm -f "$work/ready"
-  "$weightd" --listen="$listen" --ready_file="$work/ready" "$@" >"$log" 2>&1 &
+  "$weightd" --listen="$listen" --ready_file="$work/ready" --log_level=debug "$@" >"$log" 2>&1 &
   server_pid=$!
   pids+=("$server_pid")
   for _ in $(seq 100); do
