@@ -403,7 +403,17 @@ absl::Status Run(WorkerConfig config, SteadyClock::time_point start,
   }
   // Leave even after an error, so that the server stops waiting for this
   // worker in sync rounds; the first error wins.
-  status.Update(client->Leave());
+  absl::Status left = client->Leave();
+  if (!left.ok() && Stopping()) {
+    // Asked to stop: a server that cannot be reached drops this worker when
+    // its lease runs out; that is no failure of the worker.
+    absl::FPrintF(stderr,
+                  "%s: could not leave (%s); the server drops this worker "
+                  "when its lease expires\n",
+                  prefix, left.ToString());
+    left = absl::OkStatus();
+  }
+  status.Update(left);
   return status;
 }
 

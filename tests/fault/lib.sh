@@ -15,8 +15,9 @@ fault_init() {
 }
 
 fault_cleanup() {
+  [[ -n ${KEEP_WORK:-} ]] && echo "kept $work"
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
+  [[ -n ${KEEP_WORK:-} ]] || rm -rf "$work"
 }
 
 fail() {
