@@ -308,8 +308,8 @@ absl::Status Client::PushPull(absl::Span<const TensorRef> tensors,
 }
 
 absl::Status Client::Barrier(absl::string_view name, int count,
-                             std::uint32_t* arrival) {
-  return shards_[0]->Barrier(name, count, arrival);
+                             std::uint32_t* arrival, absl::Duration timeout) {
+  return shards_[0]->Barrier(name, count, arrival, timeout);
 }
 
 absl::Status Client::Leave() {

@@ -107,10 +107,13 @@ class Client {
   // released (one more than the job expected, or one restarted) passes at
   // once. `*arrival`, if given, gets the order this worker passed in
   // (v1::BarrierResponse.arrival: distinct among the workers of a job, so a
-  // rank). FAILED_PRECONDITION before Join; INVALID_ARGUMENT for a bad name
-  // or a count other than the waiting workers'; CANCELLED.
+  // rank). DEADLINE_EXCEEDED, saying how many entered, if fewer than
+  // `count` did within `timeout` (and call_timeout). FAILED_PRECONDITION
+  // before Join; INVALID_ARGUMENT for a bad name or a count other than the
+  // waiting workers'; CANCELLED.
   absl::Status Barrier(absl::string_view name, int count,
-                       std::uint32_t* arrival = nullptr);
+                       std::uint32_t* arrival = nullptr,
+                       absl::Duration timeout = absl::InfiniteDuration());
 
   // Ends membership on every shard; later calls need a new Join.
   absl::Status Leave();

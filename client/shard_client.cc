@@ -849,7 +849,8 @@ absl::Status ShardClient::PullOnce(absl::Span<const TensorRef> tensors) {
 }
 
 absl::Status ShardClient::Barrier(absl::string_view name, int count,
-                                  std::uint32_t* arrival) {
+                                  std::uint32_t* arrival,
+                                  absl::Duration timeout) {
   if (count < 1) return absl::InvalidArgumentError("barrier count must be >= 1");
   v1::BarrierRequest request;
   request.set_name(std::string(name));
@@ -860,11 +861,40 @@ absl::Status ShardClient::Barrier(absl::string_view name, int count,
   watch.barrier = std::string(name);
   watch.barrier_count = count;
   Watching watching(this, std::move(watch));
-  WEIGHTD_RETURN_IF_ERROR(
-      UnaryWithRetries("Barrier", [&](grpc::ClientContext* context) {
-        request.set_lease_id(lease_id_);  // Current even after a re-join.
-        return channel_->stub->Barrier(context, request, &response);
-      }));
+  const absl::Duration limit = std::min(timeout, options_.call_timeout);
+  const absl::Time give_up = absl::Now() + limit;
+  bool timed_out = false;
+  WEIGHTD_RETURN_IF_ERROR(Retrying("Barrier", [&] {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(give_up));
+    Cancellation::Registration cancel(options_.cancellation.get(),
+                                      [&context] { context.TryCancel(); });
+    request.set_lease_id(lease_id_);  // Current even after a re-join.
+    grpc::Status status = channel_->stub->Barrier(&context, request, &response);
+    if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
+        absl::Now() >= give_up) {
+      timed_out = true;  // Not a transient failure: do not retry.
+      return absl::OkStatus();
+    }
+    return Annotate(status, "Barrier");
+  }));
+  if (timed_out) {
+    std::string entered = "fewer";
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(2));
+    v1::GetStatusResponse status;
+    if (channel_->stub->GetStatus(&context, {}, &status).ok()) {
+      entered = "0";
+      for (const v1::BarrierInfo& b : status.barriers()) {
+        if (b.name() == name) entered = absl::StrCat(b.waiting());
+      }
+    }
+    return absl::DeadlineExceededError(absl::StrCat(
+        "Barrier: only ", entered, " of ", count, " workers entered barrier ",
+        name, " on ", address_, " within ", absl::FormatDuration(limit),
+        "; are the others running, each with an id of its own?"));
+  }
   if (arrival != nullptr) *arrival = response.arrival();
   return absl::OkStatus();
 }

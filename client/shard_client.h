@@ -72,7 +72,8 @@ class ShardClient {
   absl::Status PushPull(absl::Span<const TensorRef> tensors,
                         const PushOptions& options = {});
   absl::Status Barrier(absl::string_view name, int count,
-                       std::uint32_t* arrival = nullptr);
+                       std::uint32_t* arrival = nullptr,
+                       absl::Duration timeout = absl::InfiniteDuration());
   absl::Status Leave();
   absl::StatusOr<ServerStatus> GetStatus();
   absl::StatusOr<std::uint64_t> Version(const std::string& name) const;

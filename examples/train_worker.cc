@@ -100,6 +100,9 @@ ABSL_FLAG(bool, start_barrier, true,
           "After Join, wait until --workers workers have joined, so that the "
           "first round averages all of them (skipped when the job is already "
           "under way, e.g. for a restarted worker).");
+ABSL_FLAG(absl::Duration, barrier_timeout, absl::Minutes(5),
+          "How long to wait at the start barrier for --workers workers; then "
+          "the worker exits, saying how many came.");
 ABSL_FLAG(bool, standalone, false,
           "Train alone, without a server (implies --eval).");
 ABSL_FLAG(std::string, wire_format, "float32",
@@ -139,6 +142,7 @@ struct WorkerConfig {
   bool share_head = true;
   bool eval = false;
   bool start_barrier = true;
+  absl::Duration barrier_timeout;
   bool standalone = false;
   WireFormat wire_format = WireFormat::kFloat32;
   std::string data_dir;
@@ -166,6 +170,7 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
   config.train_limit = absl::GetFlag(FLAGS_train_limit);
   config.share_head = absl::GetFlag(FLAGS_share_head);
   config.start_barrier = absl::GetFlag(FLAGS_start_barrier);
+  config.barrier_timeout = absl::GetFlag(FLAGS_barrier_timeout);
   config.standalone = absl::GetFlag(FLAGS_standalone);
   config.eval = absl::GetFlag(FLAGS_eval) || config.standalone;
   config.data_dir = absl::GetFlag(FLAGS_data_dir);
@@ -376,7 +381,8 @@ absl::Status Run(WorkerConfig config, SteadyClock::time_point start,
     absl::FPrintF(stderr, "%s: waiting at barrier start for %d workers\n",
                   prefix, config.workers);
     std::uint32_t arrival = 0;
-    status = client->Barrier("start", config.workers, &arrival);
+    status = client->Barrier("start", config.workers, &arrival,
+                             config.barrier_timeout);
     if (status.ok() && config.rank == -1) {
       config.rank = static_cast<int>(arrival % config.workers);
     }

@@ -41,7 +41,7 @@ for ((s = 1; s <= scenarios; s++)); do
   launch() {  # launch N: starts worker N (again) under its id.
     "$worker" --server="$address" --worker_id="${wid[$1]}" \
       --workers="$expected" --rounds="$rounds" --local_steps=30 \
-      --connect_timeout=30s >>"$dir/worker-$1.log" 2>&1 &
+      --connect_timeout=30s --barrier_timeout=30s >>"$dir/worker-$1.log" 2>&1 &
     wpid[$1]=$!
     pids+=($!)
   }
@@ -50,9 +50,21 @@ for ((s = 1; s <= scenarios; s++)); do
     ((dup && w == workers - 1 && w > 0)) && wid[$w]="chaos-$s-0"
     launch "$w"
   done
-  # Events only once the job is under way (past its start barrier).
-  wait_for_line "$dir/server.log" 'round closed tensor=hidden/w round=1 ' 60
-  events=$((1 + RANDOM % 3))
+  # Events only once the job is under way (past its start barrier), or
+  # none if every worker ended before (e.g. refused, or alone at the
+  # barrier: they must have said why, checked below).
+  under_way=0
+  for _ in $(seq 600); do
+    grep -q 'round closed tensor=hidden/w round=1 ' "$dir/server.log" &&
+      { under_way=1; break; }
+    alive=0
+    for ((w = 0; w < workers; w++)); do
+      kill -0 "${wpid[$w]}" 2>/dev/null && alive=1
+    done
+    ((alive)) || break
+    sleep 0.1
+  done
+  events=$((under_way ? 1 + RANDOM % 3 : 0))
   for ((e = 0; e < events; e++)); do
     w=$((RANDOM % workers))
     case $((RANDOM % 4)) in
