@@ -155,15 +155,23 @@ say "probe: podman run --rm debian:bookworm true works"
 tag=$(sed -n 's/^ *image: weightd:\${WEIGHTD_TAG:-\([^}]*\)}$/\1/p' \
   "$repo/deploy/docker-compose.yml")
 [[ -n $tag ]] || fail "no image tag in deploy/docker-compose.yml"
-for target in weightd worker; do
-  image=weightd:$tag
-  [[ $target == worker ]] && image=weightd-worker:$tag
+# The build stage too, under a tag of the test's own, so that the prune
+# below keeps it as the next run's build cache.
+for target in build weightd worker; do
+  case $target in
+    build) image=weightd-container-test-build:latest ;;
+    weightd) image=weightd:$tag ;;
+    worker) image=weightd-worker:$tag ;;
+  esac
   t0=$SECONDS
   (cd "$repo" && timeout 3600 podman build --pull=never -f deploy/Dockerfile \
     --target "$target" -t "$image" . >"$work/build-$target.log" 2>&1) ||
     fail "podman build --target $target failed"
   say "image: $image built in $((SECONDS - t0)) s"
 done
+# The build cache of older sources (untagged images) goes; the current
+# one, under the tags just built, stays for the next run.
+timeout 300 podman image prune -f >>"$work/build-weightd.log" 2>&1 || true
 
 # weightctl health exits 1 (never 2, Docker's reserved code) when the server
 # cannot be reached.
