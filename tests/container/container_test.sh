@@ -64,7 +64,7 @@ cleanup() {
   local p ids
   for p in "${projects[@]}"; do
     ids=$(timeout 60 podman ps -aq --filter "label=io.podman.compose.project=$p" 2>/dev/null || true)
-    [[ -z $ids ]] || timeout 120 podman rm -f -t 0 $ids >/dev/null 2>&1 || true
+    [[ -z $ids ]] || timeout 120 podman rm -f -v -t 0 $ids >/dev/null 2>&1 || true
     ids=$(timeout 60 podman volume ls -q --filter "label=io.podman.compose.project=$p" 2>/dev/null || true)
     [[ -z $ids ]] || timeout 60 podman volume rm -f $ids >/dev/null 2>&1 || true
     timeout 60 podman network rm -f "${p}_default" >/dev/null 2>&1 || true
@@ -164,7 +164,7 @@ for target in build weightd worker; do
     worker) image=weightd-worker:$tag ;;
   esac
   t0=$SECONDS
-  (cd "$repo" && timeout 3600 podman build --pull=never -f deploy/Dockerfile \
+  (cd "$repo" && timeout 1500 podman build --pull=never -f deploy/Dockerfile \
     --target "$target" -t "$image" . >"$work/build-$target.log" 2>&1) ||
     fail "podman build --target $target failed"
   say "image: $image built in $((SECONDS - t0)) s"
@@ -232,6 +232,15 @@ finish_workers() {
   done
 }
 
+# What the store held before the Compose runs: afterwards, nothing new may
+# remain (a project's anonymous volumes carry no project name).
+inventory() {
+  { podman ps -a --format 'container {{.Names}}'
+    podman volume ls --format 'volume {{.Name}}'
+    podman network ls --format 'network {{.Name}}'; } | sort
+}
+before=$(inventory)
+
 # down_and_check FILE PROJECT: down -v, remove the network podman-compose
 # 1.0.3 leaves, and nothing of the project may remain.
 down_and_check() {
@@ -239,12 +248,9 @@ down_and_check() {
   compose "$file" "$project" down -v
   timeout 60 podman network rm -f "${project}_default" >>"$work/compose.log" 2>&1 || true
   left=$(podman ps -a --format '{{.Names}}' --filter "label=io.podman.compose.project=$project")
-  left+=$(podman ps -a --format '{{.Names}}' | grep "^${project}_" || true)
   [[ -z $left ]] || fail "containers of $project left after down -v: $left"
-  left=$(podman volume ls -q | grep "^${project}_" || true)
-  [[ -z $left ]] || fail "volumes of $project left after down -v: $left"
-  left=$(podman network ls --format '{{.Name}}' | grep "^${project}_" || true)
-  [[ -z $left ]] || fail "networks of $project left: $left"
+  left=$(comm -13 <(echo "$before") <(inventory) | tr '\n' ' ')
+  [[ -z $left ]] || fail "left after down -v of $project: $left"
   say "$file: down -v and the network removed: no container, volume or network of $project left"
 }
 
