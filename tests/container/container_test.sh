@@ -72,6 +72,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 "$repo/scripts/install_deps.sh" container >"$work/deps.log" 2>&1 ||
   skip "cannot install podman (scripts/install_deps.sh container: $(tail -n 1 "$work/deps.log"))"
@@ -104,6 +106,11 @@ export CONTAINERS_CONF=$cache/containers.conf
 export CONTAINERS_STORAGE_CONF=$cache/storage.conf
 timeout 120 podman info >"$work/podman-info.log" 2>&1 ||
   skip "podman does not work here: $(tail -n 1 "$work/podman-info.log")"
+# The store is the test's own: what an earlier run that was killed left
+# (containers, volumes, networks) goes; images stay as the cache.
+timeout 300 podman rm -a -f -v -t 0 >/dev/null 2>&1 || true
+timeout 120 podman volume prune -f >/dev/null 2>&1 || true
+timeout 120 podman network prune -f >/dev/null 2>&1 || true
 
 # --- 1. Base images ----------------------------------------------------------
 # Debian's mirror, as this machine's apt knows it.
@@ -125,12 +132,13 @@ if [[ ! -f $tarball ]]; then
   say "base: debootstrap --variant=minbase bookworm from $mirror"
   rm -f "$cache"/bookworm-*.tar
   root=$cache/root.tmp
-  rm -rf "$root"
+  # --one-file-system: never into what a killed debootstrap left mounted.
+  rm -rf --one-file-system "$root"
   timeout 900 debootstrap --variant=minbase bookworm "$root" "$mirror" \
     >"$work/debootstrap.log" 2>&1 || fail "debootstrap failed"
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-  tar -C "$root" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
-  rm -rf "$root"
+  tar -C "$root" --one-file-system -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
+  rm -rf --one-file-system "$root"
 fi
 have=$(podman image inspect --format '{{index .Labels "weightd.base"}}' \
   docker.io/library/debian:bookworm 2>/dev/null || true)
