@@ -9,8 +9,11 @@ declare -A GROUPS_=(
   [grpc]="libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev libspdlog-dev"
   [test]="googletest libgtest-dev libgmock-dev clang libclang-rt-14-dev dpkg-dev iproute2 procps util-linux docker-compose python3-yaml systemd"
   [demo]="libeigen3-dev zlib1g-dev dataset-fashion-mnist"
+  # The container test (tests/container/): podman with runc, its network
+  # stack with container DNS, and debootstrap for the base images.
+  [container]="podman podman-compose runc netavark aardvark-dns iptables debootstrap debian-archive-keyring"
 )
-ORDER=(build grpc test demo)
+ORDER=(build grpc test demo container)
 [[ $# -gt 0 ]] && ORDER=("$@")
 
 SUDO=""

@@ -56,7 +56,12 @@ int Health(const std::shared_ptr<grpc::Channel>& channel) {
   context.set_deadline(Deadline());
   grpc::health::v1::HealthCheckResponse response;
   const grpc::Status status = stub->Check(&context, {}, &response);
-  if (!status.ok()) return Failed("health", status);
+  // Always 1 when not healthy, unreachable included: a Docker HEALTHCHECK
+  // command must exit 0 or 1 (2 is reserved).
+  if (!status.ok()) {
+    Failed("health", status);
+    return 1;
+  }
   std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
                           response.status())
                           .c_str());

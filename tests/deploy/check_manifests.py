@@ -64,9 +64,24 @@ if int(env.get("WEIGHTD_SHARD_COUNT", "0")) != replicas:
     fail("WEIGHTD_SHARD_COUNT %s != replicas %d" %
          (env.get("WEIGHTD_SHARD_COUNT"), replicas))
 port = shard["ports"][0]["containerPort"]
-for probe in ("readinessProbe", "livenessProbe"):
+for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
     if shard.get(probe, {}).get("grpc", {}).get("port") != port:
         fail("%s is not a gRPC health probe on port %d" % (probe, port))
+
+
+def budget(probe):
+    """Seconds a failing probe takes to give up (Kubernetes' defaults)."""
+    return probe.get("initialDelaySeconds", 0) + \
+        probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+
+
+# A restore reports NOT_SERVING; only the startup probe may wait for it.
+startup_s = budget(shard["startupProbe"])
+if startup_s < 600:
+    fail("the startupProbe gives a restore %d s, less than 10 min" % startup_s)
+if budget(shard["livenessProbe"]) > 300:
+    fail("the livenessProbe waits %d s: leave the start to the startupProbe"
+         % budget(shard["livenessProbe"]))
 claims = [c["metadata"]["name"] for c in sts["spec"].get("volumeClaimTemplates", [])]
 mounts = {m["name"]: m["mountPath"] for m in shard.get("volumeMounts", [])}
 if not claims or claims[0] not in mounts or \
@@ -74,8 +89,9 @@ if not claims or claims[0] not in mounts or \
     fail("snapshots are not on the per-shard PersistentVolumeClaim")
 if not pod.get("securityContext", {}).get("runAsNonRoot"):
     fail("shards may run as root")
-ok("StatefulSet of %d shards behind headless Service %s, gRPC probes, PVC "
-   "per shard" % (replicas, svc["metadata"]["name"]))
+ok("StatefulSet of %d shards behind headless Service %s, gRPC startup "
+   "(%d s), readiness and liveness probes, PVC per shard" %
+   (replicas, svc["metadata"]["name"], startup_s))
 
 jspec = job["spec"]
 if jspec.get("completionMode") != "Indexed":
@@ -94,6 +110,25 @@ if sorted(servers) != sorted(want):
     fail("WEIGHTD_SERVERS %s is not every shard %s" % (servers, want))
 ok("Indexed Job of %d workers naming all %d shards" %
    (jspec["completions"], replicas))
+
+# Images: an explicit version, never :latest (with IfNotPresent a node keeps
+# whichever :latest it pulled first); one version everywhere.
+versions = {}
+
+
+def image_version(where, image):
+    name, _, tag = image.rpartition(":")
+    if not name or "/" in tag or tag in ("", "latest"):
+        fail("%s: image %s has no explicit version tag" % (where, image))
+    versions.setdefault(tag, []).append(where)
+    return name
+
+
+k8s_images = {}
+for kind, c in (("StatefulSet", shard), ("Job", worker)):
+    k8s_images[kind] = image_version(kind, c["image"])
+    if c.get("imagePullPolicy") not in ("IfNotPresent", "Always"):
+        fail("%s: imagePullPolicy %s" % (kind, c.get("imagePullPolicy")))
 
 # --- Compose ---------------------------------------------------------------
 for path in composed:
@@ -129,8 +164,43 @@ for path in composed:
              (path, named, sorted(shards)))
     if "--rank=-1" not in w.get("command", []):
         fail("%s: scaled workers need --rank=-1" % path)
+    n = [a for a in w["command"] if a.startswith("--workers=")]
+    replicas_c = w.get("deploy", {}).get("replicas")
+    if not n or replicas_c is None or int(n[0].split("=")[1]) != int(replicas_c):
+        fail("%s: worker --workers %s != deploy.replicas %s" %
+             (path, n, replicas_c))
+    for n_, s_ in list(shards.items()) + [("worker", w)]:
+        image_version("%s %s" % (os.path.basename(path), n_), s_["image"])
     ok("%s: %d weightd service(s) with health checks, restart, volumes; "
        "worker names them all" % (os.path.basename(path), count))
+
+if len(versions) != 1:
+    fail("image versions differ: %s" % versions)
+ok("images: one explicit version %s in deploy/k8s and the Compose files"
+   % next(iter(versions)))
+
+# The Compose files say that their snapshot volume resumes the last job, and
+# take WEIGHTD_JOB for a new one.
+for name in ("docker-compose.yml", "docker-compose.shards.yml"):
+    with open(os.path.join(repo, "deploy", name)) as f:
+        text = f.read()
+    if "RESUMES" not in text or "down -v" not in text or \
+            not re.search(r"WEIGHTD_SNAPSHOT_DIR: /var/lib/weightd/\$\{WEIGHTD_JOB:-",
+                          text):
+        fail("%s does not warn that `up` resumes the last job, or takes no "
+             "WEIGHTD_JOB" % name)
+ok("Compose files: snapshot directory per WEIGHTD_JOB; the resume is documented")
+
+# The build context: no build trees or .git.
+try:
+    with open(os.path.join(repo, ".dockerignore")) as f:
+        ignored = f.read().split()
+except FileNotFoundError:
+    fail("no .dockerignore: the build trees and .git go into the context")
+for needed in (".git", "build"):
+    if needed not in ignored:
+        fail(".dockerignore does not exclude %s" % needed)
+ok(".dockerignore keeps .git and build trees out of the build context")
 
 # --- Dockerfile --------------------------------------------------------------
 with open(os.path.join(repo, "deploy", "Dockerfile")) as f:
