@@ -646,6 +646,12 @@ absl::Status ShardClient::Retrying(absl::string_view what,
     if (Cancelled() && !status.ok()) return Cancellation::Status(what);
     if (status.ok() ||
         !(absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status))) {
+      if (attempts > 1) {
+        Log(absl::StrCat(what, " to ", address_, " went through again after ",
+                         attempts, " attempts in ",
+                         absl::FormatDuration(absl::Trunc(
+                             absl::Now() - start, absl::Milliseconds(10)))));
+      }
       return status;
     }
     const absl::Duration pause =
