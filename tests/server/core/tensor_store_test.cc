@@ -855,6 +855,31 @@ TEST_F(TensorStoreTest, SameProcessRejoinTakesItsMembershipBack) {
   EXPECT_EQ(store_->Status().workers[0].peer, "ipv4:127.0.0.1:5001");
 }
 
+TEST_F(TensorStoreTest, ARefusedHeaderDoesNotUseUpItsSequence) {
+  MakeStore();
+  const Claimant process{3, ""};
+  auto joined = store_->Join("a", {Declaration{"w", {2}, {0, 0}}}, process);
+  ASSERT_THAT(joined, IsOk());
+  ASSERT_EQ(joined->next_sequence, 1u);
+  // Refused at its header (unknown tensor, bad weight): nothing is used.
+  EXPECT_THAT(Push(joined->lease_id, 5, {{"nope", 0, {1, 1}}}),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(Push(joined->lease_id, 6, {{"w", 0, {1, 1}}}, /*weight=*/0),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  auto again = store_->Join("a", {Declaration{"w", {2}, {}}}, process);
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(again->next_sequence, 1u);
+  // Accepted header, then a bad chunk: the number is used.
+  auto session = store_->BeginPush(
+      PushHeader{again->lease_id, 3, UpdateKind::kWeights, 1.0, {{"w", 0}}});
+  ASSERT_THAT(session, IsOk());
+  EXPECT_THAT((*session)->AddChunk(0, 0, absl::string_view("xyz")),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  auto third = store_->Join("a", {Declaration{"w", {2}, {}}}, process);
+  ASSERT_THAT(third, IsOk());
+  EXPECT_EQ(third->next_sequence, 4u);
+}
+
 TEST_F(TensorStoreTest, RejoinIsNeverCountedTwice) {
   MakeStore();
   const Claimant process{1, ""};
