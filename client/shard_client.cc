@@ -403,6 +403,12 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // Notice a server that vanished without closing the connection (a cut
+  // link, a frozen host) within 30 s, even while a call waits for a round
+  // or a barrier and no data flows; the call then fails and is retried.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   auto channel = std::make_unique<Channel>(grpc::CreateCustomChannel(
       address, grpc::InsecureChannelCredentials(), args));
   std::unique_ptr<ShardClient> client(
