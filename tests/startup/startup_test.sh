@@ -73,7 +73,7 @@ refused "duration without a unit" '--lease_timeout=5' 'needs a unit' 'e.g. 5s' -
   "$weightd" --lease_timeout=5
 refused "duration without a unit, spaced" '--lease_timeout' 'needs a unit' -- -- \
   "$weightd" --lease_timeout 5
-refused "zero lease timeout" --lease_timeout -- -- "$weightd" --lease_timeout=0s
+refused "zero lease timeout" lease_timeout -- -- "$weightd" --lease_timeout=0s
 refused "negative round timeout" --round_timeout -- -- "$weightd" --round_timeout=-2s
 refused "chunk size not a multiple of 4" chunk_bytes -- -- "$weightd" --chunk_bytes=5002
 refused "chunk size too large" chunk_bytes -- -- "$weightd" --chunk_bytes=1073741824
@@ -159,7 +159,7 @@ for binary in "$weightd" "$worker" "$weightctl"; do
     fail "$name --version: exit $code"
   elif [[ -z $version || $out != *"$name $version"* ]]; then
     fail "$name --version does not print '$name ${version:-<no project VERSION>}': $out$err"
-  elif [[ $out == *"Debug build"* || $out != *"build "* ]]; then
+  elif [[ $out == *"Debug build"* || $out != *" build)"* ]]; then
     fail "$name --version does not state the build type: $out"
   else
     pass "$name --version: $out"
