@@ -113,6 +113,25 @@ refused "variable without a unit" WEIGHTD_LEASE_TIMEOUT 'needs a unit' -- \
 refused "variable out of range" WEIGHTD_SHUTDOWN_GRACE -- \
   WEIGHTD_SHUTDOWN_GRACE=-3s -- "$weightd"
 
+# Every flag --help lists can be set as WEIGHTD_<FLAG>, as the usage says
+# (the table of variables in common/startup.cc is kept by hand). An empty
+# value may not parse, but the variable must be known.
+run -- "$weightd" --help
+flags=$(sed -nE 's/^ +--([a-z_]+) \(.*/\1/p' <<<"$out$err")
+unknown=()
+for flag in $flags; do
+  variable=WEIGHTD_${flag^^}
+  run "$variable=" -- "$weightd" --version
+  [[ $err == *"$variable is not a variable"* ]] && unknown+=("$variable")
+done
+if [[ -z $flags ]]; then
+  fail "weightd --help lists no flags"
+elif ((${#unknown[@]} > 0)); then
+  fail "weightd does not know ${unknown[*]}"
+else
+  pass "every one of weightd's $(wc -w <<<"$flags") flags can be set as WEIGHTD_<FLAG>"
+fi
+
 # --- weightd_worker and weightctl --------------------------------------------
 refused "worker: duration without a unit" '--connect_timeout=5' 'needs a unit' -- -- \
   "$worker" --connect_timeout=5
