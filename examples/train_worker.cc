@@ -52,6 +52,7 @@
 #include "absl/types/span.h"
 #include "client/client.h"
 #include "client/shard_plan.h"
+#include "common/startup.h"
 #include "common/status_macros.h"
 #include "examples/fashion_mnist.h"
 #include "examples/mlp.h"
@@ -428,14 +429,19 @@ absl::Status Run(WorkerConfig config, SteadyClock::time_point start,
 
 int main(int argc, char** argv) {
   const auto start = std::chrono::steady_clock::now();
-  absl::SetProgramUsageMessage(
-      "Trains a Fashion-MNIST MLP on one data shard, averaging its weights "
-      "with other workers through a weightd server.");
-  const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  // A bad value, flag or WEIGHTD_* variable exits 2 with one line
+  // (common/startup.h); ConfigFromFlags reads WEIGHTD_SERVERS.
+  const std::vector<char*> positional = weightd::StartProgram(
+      {"weightd_worker",
+       "Trains a Fashion-MNIST MLP on one data shard, averaging its weights "
+       "with other workers through a weightd server.",
+       "examples/train_worker.cc",
+       {}},
+      argc, argv);
   if (positional.size() > 1) {
     std::cerr << "weightd_worker: unexpected argument " << positional[1]
               << "\n";
-    return 1;
+    return weightd::kExitBadConfiguration;
   }
   absl::StatusOr<weightd::examples::WorkerConfig> config =
       weightd::examples::ConfigFromFlags();

@@ -4,19 +4,20 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "common/env_flags.h"
+#include "common/startup.h"
 #include "common/wire.h"
 #include "server/service/server.h"
 #include "spdlog/spdlog.h"
@@ -111,7 +112,47 @@ constexpr const char* kUsage =
 
 int Fail(const std::string& message) {
   std::fprintf(stderr, "weightd: %s\n", message.c_str());
-  return 2;
+  return weightd::kExitBadConfiguration;
+}
+
+// What is wrong with a --listen value, or "": HOST:PORT with PORT in
+// 0..65535 and an IPv6 HOST in brackets, or unix:PATH. gRPC itself would
+// serve "127.0.0.1" on its default port 443, and "HOST:99999" on another.
+std::string ListenProblem(const std::string& address) {
+  if (absl::StartsWith(address, "unix:") ||
+      absl::StartsWith(address, "unix-abstract:")) {
+    return address.substr(address.find(':') + 1).empty()
+               ? "needs a path after unix:, e.g. unix:/run/weightd.sock"
+               : "";
+  }
+  const std::size_t colon = address.rfind(':');
+  const std::size_t bracket = address.rfind(']');
+  if (colon == std::string::npos ||
+      (bracket != std::string::npos && colon < bracket)) {
+    return "needs a port, e.g. " + address + ":7070 (0 picks a free one)";
+  }
+  const std::string host = address.substr(0, colon);
+  const std::string port = address.substr(colon + 1);
+  if (host.find(':') != std::string::npos &&
+      !(absl::StartsWith(host, "[") && absl::EndsWith(host, "]"))) {
+    return "an IPv6 address needs brackets, e.g. [::1]:7070";
+  }
+  std::uint32_t number = 0;
+  if (port.empty() ||
+      port.find_first_not_of("0123456789") != std::string::npos ||
+      !absl::SimpleAtoi(port, &number) || number > 65535) {
+    return "the port must be a number from 0 to 65535 (0 picks a free one), "
+           "e.g. " + host + ":7070";
+  }
+  return "";
+}
+
+// "" if `dir` is a directory weightd can write files in (created if
+// `create`), else what is wrong and the fix.
+std::string DirectoryProblem(const std::string& dir, bool create) {
+  const absl::Status s = weightd::ProbeWritableDirectory(dir, create);
+  if (s.ok()) return "";
+  return absl::StrCat(s.message(), "; give a directory weightd can write");
 }
 
 }  // namespace
@@ -122,20 +163,35 @@ int main(int argc, char** argv) {
   // the check (thread-safety analysis and TSan too); the daemon does not
   // pay for it: it was 9% of weightd's CPU in rounds of 10,000 tensors.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  weightd::ShowFlagsOfFileInHelp("server/main.cc");
-  absl::SetProgramUsageMessage(kUsage);
-  const std::vector<std::string> flag_names = {
-      "listen",        "mode",         "server_lr",      "async_mix",
-      "chunk_bytes",   "max_tensor_bytes", "allow_non_finite", "log_level",
-      "shutdown_grace", "ready_file", "lease_timeout", "snapshot_dir",
-      "snapshot_every", "restore", "max_total_bytes", "max_workers",
-      "round_quorum", "round_timeout", "crash_at", "unix_socket",
-      "shard_index", "shard_count"};
-  if (absl::Status s = weightd::ApplyEnvironmentToFlags("WEIGHTD_", flag_names);
-      !s.ok()) {
-    return Fail(std::string(s.message()));
-  }
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  // Values that parse but cannot work; the rules of the store's options
+  // (chunk_bytes, server_lr, async_mix, lease_timeout, ...) are the core's,
+  // checked by Server::Start, and negative durations are refused for every
+  // flag by StartProgram.
+  const weightd::Program program{
+      "weightd", kUsage, "server/main.cc",
+      {{"listen", [] { return ListenProblem(absl::GetFlag(FLAGS_listen)); }},
+       {"shard_count",
+        [] {
+          return absl::GetFlag(FLAGS_shard_count) < 1
+                     ? std::string("must be >= 1 (1: not sharded)")
+                     : std::string();
+        }},
+       {"snapshot_dir",
+        [] {
+          const std::string dir = absl::GetFlag(FLAGS_snapshot_dir);
+          return dir.empty() ? std::string() : DirectoryProblem(dir, true);
+        }},
+       {"ready_file", [] {
+          const std::string file = absl::GetFlag(FLAGS_ready_file);
+          if (file.empty()) return std::string();
+          const std::size_t slash = file.rfind('/');
+          const std::string dir =
+              slash == std::string::npos
+                  ? "."
+                  : file.substr(0, std::max<std::size_t>(slash, 1));
+          return DirectoryProblem(dir, false);
+        }}}};
+  std::vector<char*> positional = weightd::StartProgram(program, argc, argv);
   if (positional.size() > 1) {
     return Fail(absl::StrCat("unexpected argument \"", positional[1],
                              "\"; see --help"));
@@ -196,9 +252,6 @@ int main(int argc, char** argv) {
   } else {
     return Fail(absl::StrCat("--round_quorum=", quorum,
                              ": use a count (3), a fraction (0.75) or all"));
-  }
-  if (options.store.round_timeout < absl::ZeroDuration()) {
-    return Fail("--round_timeout must be >= 0s");
   }
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   options.snapshot_dir = absl::GetFlag(FLAGS_snapshot_dir);

@@ -12,15 +12,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "common/startup.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "weightd/v1/weightd.grpc.pb.h"
 
@@ -121,24 +119,33 @@ int Snapshot(const std::shared_ptr<grpc::Channel>& channel) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(kUsage);
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  // WEIGHTD_SERVER sets --server (common/startup.cc); a bad value, flag or
+  // WEIGHTD_* variable exits 2 with one line.
+  const weightd::Program program{
+      "weightctl", kUsage, "tools/weightctl.cc",
+      {{"timeout", [] {
+          return absl::GetFlag(FLAGS_timeout) > absl::ZeroDuration()
+                     ? std::string()
+                     : std::string("must be > 0, e.g. 5s");
+        }}}};
+  std::vector<char*> args = weightd::StartProgram(program, argc, argv);
   if (args.size() != 2) {
-    std::fprintf(stderr, "%s\n", kUsage);
+    std::fprintf(stderr,
+                 "weightctl: give one command: health, status or snapshot "
+                 "(see --help)\n");
     return 2;
   }
   std::string address = absl::GetFlag(FLAGS_server);
-  if (address.empty()) {
-    const char* env = std::getenv("WEIGHTD_SERVER");
-    address = env != nullptr ? env : "127.0.0.1:7070";
-  }
+  if (address.empty()) address = "127.0.0.1:7070";
   auto channel =
       grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
   const std::string command = args[1];
   if (command == "health") return Health(channel);
   if (command == "status") return Status(channel);
   if (command == "snapshot") return Snapshot(channel);
-  std::fprintf(stderr, "weightctl: unknown command %s\n%s\n", command.c_str(),
-               kUsage);
+  std::fprintf(stderr,
+               "weightctl: unknown command %s: use health, status or snapshot "
+               "(see --help)\n",
+               command.c_str());
   return 2;
 }

@@ -11,7 +11,8 @@
 # each shard closed every round of its part of the shared layer with all 4
 # workers. The workers start first and wait for the shards. Nothing
 # outside these namespaces is contacted. Skipped (exit 77)
-# where network namespaces cannot be created.
+# where network namespaces cannot be created or entered (tests/testing/
+# netns_probe.sh).
 # Usage: multihost_test.sh BUILD_DIR
 set -euo pipefail
 build=$(cd "${1:?usage: multihost_test.sh BUILD_DIR}" && pwd)
@@ -39,11 +40,12 @@ fail() {
   exit 1
 }
 
+# Skips (77) unless namespaces, a bridge, veth pairs, `ip netns exec` and
+# its /etc/netns/NS/hosts all work here.
+source "$(dirname "$0")/../testing/netns_probe.sh"
+netns_probe hosts
 switch=$tag-switch
-if [[ $EUID -ne 0 ]] || ! ip netns add "$switch" 2>/dev/null; then
-  echo "SKIP: cannot create network namespaces (needs root and 'ip netns add')"
-  exit 77
-fi
+ip netns add "$switch"
 netns+=("$switch")
 ip -n "$switch" link add br0 type bridge
 ip -n "$switch" link set br0 up

@@ -5,7 +5,8 @@
 # private 10.251.0.0/24. One worker's link goes down for 10 s mid-run: once
 # its lease expires the rounds go on without it, nothing hangs, the worker
 # resumes when the link is back and finishes, and no round is applied twice.
-# Skipped (exit 77) where network namespaces cannot be created.
+# Skipped (exit 77) where network namespaces cannot be created or entered
+# (tests/testing/netns_probe.sh).
 # Usage: partition_test.sh BUILD_DIR
 source "$(dirname "$0")/lib.sh"
 fault_init "${1:?usage: partition_test.sh BUILD_DIR}" fault4
@@ -21,11 +22,12 @@ partition_cleanup() {
   for ns in "${netns[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
 }
 trap partition_cleanup EXIT
+# Skips (77) unless namespaces, a bridge, veth pairs and `ip netns exec`
+# all work here.
+source "$(dirname "$0")/../testing/netns_probe.sh"
+netns_probe
 server_ns=weightd-fault4-$$-server
-if [[ $EUID -ne 0 ]] || ! ip netns add "$server_ns" 2>/dev/null; then
-  echo "SKIP: cannot create network namespaces (needs root and 'ip netns add')"
-  exit 77
-fi
+ip netns add "$server_ns"
 netns+=("$server_ns")
 ip -n "$server_ns" link set lo up
 ip -n "$server_ns" link add br0 type bridge
