@@ -357,11 +357,11 @@ absl::Status Run(WorkerConfig config, SteadyClock::time_point start,
                         .worker_id = config.worker_id,
                         .connect_timeout = config.connect_timeout,
                         .wire_format = config.wire_format,
-                        .split_bytes = config.split_bytes};
-  options.cancellation = cancellation;
-  options.log = [prefix](absl::string_view line) {
-    absl::FPrintF(stderr, "%s: %s\n", prefix, line);
-  };
+                        .split_bytes = config.split_bytes,
+                        .cancellation = cancellation,
+                        .log = [prefix](absl::string_view line) {
+                          absl::FPrintF(stderr, "%s: %s\n", prefix, line);
+                        }};
   absl::StatusOr<std::unique_ptr<Client>> connected = Client::Connect(options);
   if (absl::IsCancelled(connected.status()) && Stopping()) {
     absl::FPrintF(stderr, "%s: stopping on a signal before connecting\n",
@@ -445,7 +445,11 @@ int main(int argc, char** argv) {
   }
   absl::StatusOr<weightd::examples::WorkerConfig> config =
       weightd::examples::ConfigFromFlags();
-  absl::Status status = config.status();
+  if (!config.ok()) {  // A configuration that cannot work: one line, exit 2.
+    std::cerr << "weightd_worker: " << config.status().message() << "\n";
+    return weightd::kExitBadConfiguration;
+  }
+  absl::Status status;
   // SIGINT and SIGTERM are taken by a thread of their own, which cancels
   // whatever the worker waits for; a second signal ends it at once.
   sigset_t signals;
@@ -463,9 +467,7 @@ int main(int argc, char** argv) {
       cancellation->Cancel();
     }
   }).detach();
-  if (status.ok()) {
-    status = weightd::examples::Run(*config, start, cancellation);
-  }
+  status = weightd::examples::Run(*config, start, cancellation);
   if (!status.ok()) {
     std::cerr << "weightd_worker: " << status << "\n";
     return 1;

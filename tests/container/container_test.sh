@@ -195,7 +195,9 @@ compose() {
   local file=$1 project=$2
   shift 2
   echo "+ podman-compose -f deploy/$file -p $project $*" >>"$work/compose.log"
-  (cd "$repo" && timeout 600 podman-compose -f "deploy/$file" -p "$project" "$@") \
+  # Debug logs: the test follows the daemon's per-round lines.
+  (cd "$repo" && WEIGHTD_LOG_LEVEL=debug \
+    timeout 600 podman-compose -f "deploy/$file" -p "$project" "$@") \
     >>"$work/compose.log" 2>&1 || fail "podman-compose $* failed"
 }
 
@@ -319,6 +321,13 @@ say "scale 4 -> 6: started ${p}_worker_5 and _6 with podman run --net ${p}_defau
 wait_log "$server" 'round closed tensor=hidden/w .*contributors=6 ' 120
 say "rounds close with 6 workers"
 finish_workers 600 "${workers[@]}"
+# The 4 replicas that passed the start barrier trained on 4 distinct data
+# shards (the server's arrival order; the 2 added later pick any).
+shards=$(for w in "${workers[@]:0:4}"; do
+  sed -n 's/.*training on data shard \([0-9]*\) of 4/\1/p' "$work/$w.log"
+done | sort -u | wc -l)
+[[ $shards -eq 4 ]] || fail "the 4 replicas trained on $shards distinct data shards, not 4"
+say "the 4 replicas trained on 4 distinct data shards"
 say "docker-compose.yml: all 6 workers finished in $((SECONDS - t0)) s; final test accuracy: $accuracies"
 podman logs "$server" >"$work/server.log" 2>&1
 

@@ -137,6 +137,8 @@ refused "worker: duration without a unit" '--connect_timeout=5' 'needs a unit' -
   "$worker" --connect_timeout=5
 refused "worker: negative duration" --connect_timeout -- -- "$worker" --connect_timeout=-5s
 refused "worker: misspelt flag" --rounds -- -- "$worker" --roudns=3
+refused "worker: value that cannot work" --workers -- -- "$worker" --workers=0
+refused "worker: rank outside the job" --rank -- -- "$worker" --workers=2 --rank=2
 refused "worker: misspelt variable" WEIGHTD_SERVRES WEIGHTD_SERVERS -- \
   WEIGHTD_SERVRES=127.0.0.1:1 -- "$worker"
 refused "weightctl: duration without a unit" '--timeout=5' 'needs a unit' -- -- \
