@@ -1194,7 +1194,7 @@ TEST_F(ServiceTest, JoinWithAnUndecodableMessageIsRefusedAndChangesNothing) {
   EXPECT_EQ(after.tensor_count(), 1u);
 }
 
-TEST_F(ServiceTest, UndecodableUnaryRequestsAreInvalidArgumentAndChangeNothing) {
+TEST_F(ServiceTest, UndecodableUnaryRequestsAreRefusedAndChangeNothing) {
   std::vector<float> w(8, 1.0f);
   auto a = Connect("a");
   ASSERT_THAT(a->Join({TensorRef{"w", {8}, absl::MakeSpan(w)}}), IsOk());
