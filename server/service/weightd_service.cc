@@ -292,8 +292,6 @@ class ReactorWait {
     reactor_->Finish(call_.Answer(status));
   }
 
-  const char* call_name() const { return call_.name; }
-
  private:
   // wait_ is set once, in Start(), before this can run.
   void CancelWait() ABSL_NO_THREAD_SAFETY_ANALYSIS {
@@ -404,8 +402,9 @@ template <typename Request, typename Response>
 class UnaryReactor final : public grpc::ServerUnaryReactor {
  public:
   // Serves a parsed request: fills `response` and calls Answer(), at once or
-  // later from any thread (the call is not cancelled meanwhile), or waits
-  // through Wait(). Runs before Serve() returns.
+  // later from any thread, or runs a wait through Wait(). Runs before
+  // Serve() returns. Only a Wait() ends early if the call is cancelled: an
+  // answer given later must still come.
   using Handler = absl::FunctionRef<void(const Request& request,
                                          Response* response,
                                          UnaryReactor* call)>;
@@ -413,10 +412,11 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
   static grpc::ServerUnaryReactor* Serve(const grpc::ByteBuffer& request,
                                          grpc::ByteBuffer* response,
                                          CallInfo call, Handler handler) {
+    const char* name = call.name;
     auto* reactor = new UnaryReactor(response, std::move(call));
     grpc::ByteBuffer bytes = request;  // Shares the slices.
-    if (absl::Status s = ParseMessage(&bytes, &reactor->request_,
-                                      reactor->wait_.call_name(), "request");
+    if (absl::Status s =
+            ParseMessage(&bytes, &reactor->request_, name, "request");
         !s.ok()) {
       reactor->Answer(s);
     } else {
