@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/chunk_codec.h"
@@ -83,13 +84,16 @@ absl::Status RepeatedHeader(absl::string_view call) {
       absl::StrCat("a ", call, " call carries exactly one header"));
 }
 
-// Parses a whole message that arrived as bytes (the raw methods).
+// Parses a whole message that arrived as bytes (every method is raw). The
+// error names the call and the message: "a Leave request is not a valid
+// weightd.v1.LeaveRequest".
 absl::Status ParseMessage(grpc::ByteBuffer* bytes,
                           google::protobuf::MessageLite* message,
-                          absl::string_view call) {
+                          absl::string_view call,
+                          absl::string_view noun = "message") {
   if (!FromBytes(bytes, message)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "a ", call, " message is not a valid ", message->GetTypeName()));
+        "a ", call, " ", noun, " is not a valid ", message->GetTypeName()));
   }
   return absl::OkStatus();
 }
@@ -272,12 +276,19 @@ class ReactorWait {
   }
 
   // Finishes the call unless it already was. The last touch of this object.
-  void FinishOnce(const absl::Status& status) {
+  void FinishOnce(const absl::Status& status) { FinishOnce(status, [] {}); }
+
+  // The same, running `respond` first if the call was not finished yet (a
+  // unary call's response is written there: never once gRPC may have
+  // released it).
+  void FinishOnce(const absl::Status& status,
+                  absl::FunctionRef<void()> respond) {
     {
       absl::MutexLock lock(&mu_);
       if (finished_) return;
       finished_ = true;
     }
+    respond();
     reactor_->Finish(call_.Answer(status));
   }
 
@@ -382,46 +393,78 @@ class WaitThenStream {
   grpc::ByteBuffer response_;
 };
 
-class BarrierReactor final : public grpc::ServerUnaryReactor {
+// A unary call served on the generated messages while they travel as bytes
+// (every method is raw): parses the request, refusing bytes that are not a
+// `Request` with INVALID_ARGUMENT naming the call, and sends the typed
+// response if the call ends OK. Owns both messages until gRPC is done with
+// the call, then deletes itself.
+template <typename Request, typename Response>
+class UnaryReactor final : public grpc::ServerUnaryReactor {
  public:
-  BarrierReactor(core::TensorStore* store, const v1::BarrierRequest* request,
-                 v1::BarrierResponse* response, CallInfo call)
-      : wait_(this, std::move(call)) {
-    wait_.Start(
-        [this, store, request](WaitDone done) {
-          return store->EnterBarrier(request->lease_id(), request->name(),
-                                     request->count(), std::move(done),
-                                     &pass_);
-        },
-        [this, response](absl::Status status) {
-          if (status.ok()) {
-            response->set_arrival(pass_.arrival);
-            response->set_generation(pass_.generation);
-          }
-          wait_.FinishOnce(status);
-        });
+  // Serves a parsed request: fills `response` and calls Answer(), at once or
+  // later from any thread, or runs a wait through Wait(). Runs before
+  // Serve() returns. Only a Wait() ends early if the call is cancelled: an
+  // answer given later must still come.
+  using Handler = absl::FunctionRef<void(const Request& request,
+                                         Response* response,
+                                         UnaryReactor* call)>;
+
+  static grpc::ServerUnaryReactor* Serve(const grpc::ByteBuffer& request,
+                                         grpc::ByteBuffer* response,
+                                         CallInfo call, Handler handler) {
+    const char* name = call.name;
+    auto* reactor = new UnaryReactor(response, std::move(call));
+    grpc::ByteBuffer bytes = request;  // Shares the slices.
+    if (absl::Status s =
+            ParseMessage(&bytes, &reactor->request_, name, "request");
+        !s.ok()) {
+      reactor->Answer(s);
+    } else {
+      handler(reactor->request_, &reactor->response_, reactor);
+    }
+    return reactor;
+  }
+
+  // Ends the call, once: with OK the response goes out; a refusal is
+  // logged. The last touch of this object.
+  void Answer(const absl::Status& status) {
+    wait_.FinishOnce(status, [this, &status] {
+      if (status.ok()) *response_bytes_ = ToBytes(response_);
+    });
+  }
+
+  // Runs one core wait (see ReactorWait::Start), ended with CANCELLED if the
+  // call is cancelled first; `ready` must Answer().
+  void Wait(const typename ReactorWait<UnaryReactor>::Register& start,
+            WaitDone ready) {
+    wait_.Start(start, std::move(ready));
   }
 
   void OnCancel() override { wait_.OnCancel(); }
   void OnDone() override { delete this; }
 
  private:
-  core::BarrierPass pass_;  // Written by the store before it releases us.
-  ReactorWait<BarrierReactor> wait_;
+  UnaryReactor(grpc::ByteBuffer* response, CallInfo call)
+      : response_bytes_(response), wait_(this, std::move(call)) {}
+
+  grpc::ByteBuffer* const response_bytes_;
+  Request request_;
+  Response response_;
+  ReactorWait<UnaryReactor> wait_;
 };
 
 // ---------------------------------------------------------------------------
 
-class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
+class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   JoinReactor(core::TensorStore* store, TrafficCounters* traffic,
               const v1::ShardInfo& shard, grpc::CallbackServerContext* context,
-              v1::JoinResponse* response, EventLog* events)
+              grpc::ByteBuffer* response, EventLog* events)
       : store_(store), traffic_(traffic), shard_(shard), context_(context),
-        response_(response), events_(events),
+        response_bytes_(response), events_(events),
         call_(events, "Join", context) {
-    *response_->mutable_shard() = shard;
-    StartRead(&request_);
+    *response_.mutable_shard() = shard;
+    StartRead(&request_bytes_);
   }
 
   void OnReadDone(bool ok) override {
@@ -429,10 +472,14 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
       if (context_->IsCancelled()) {
         return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
       }
-      return Finish(call_.Answer(Complete()));
+      const absl::Status joined = Complete();
+      if (joined.ok()) *response_bytes_ = ToBytes(response_);
+      return Finish(call_.Answer(joined));
     }
-    if (absl::Status s = Handle(); !s.ok()) return Finish(call_.Answer(s));
-    StartRead(&request_);
+    absl::Status s = ParseMessage(&request_bytes_, &request_, "Join");
+    if (s.ok()) s = Handle();
+    if (!s.ok()) return Finish(call_.Answer(s));
+    StartRead(&request_bytes_);
   }
 
   void OnDone() override { delete this; }
@@ -542,14 +589,14 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
         store_->Join(worker_id_, std::move(declarations_),
                      core::Claimant{instance_, call_.peer}));
     events_->Joined(worker_id_, call_.peer, joined);
-    response_->set_lease_id(joined.lease_id);
-    response_->set_lease_timeout_ms(
+    response_.set_lease_id(joined.lease_id);
+    response_.set_lease_timeout_ms(
         absl::ToInt64Milliseconds(store_->options().lease_timeout));
-    response_->set_chunk_bytes(store_->options().chunk_bytes);
-    response_->set_mode(ModeToProto(store_->options().mode));
-    response_->set_next_sequence(joined.next_sequence);
+    response_.set_chunk_bytes(store_->options().chunk_bytes);
+    response_.set_mode(ModeToProto(store_->options().mode));
+    response_.set_next_sequence(joined.next_sequence);
     for (const core::JoinedTensor& t : joined.tensors) {
-      v1::JoinedTensor* out = response_->add_tensors();
+      v1::JoinedTensor* out = response_.add_tensors();
       InfoToProto(t.info, out->mutable_info());
       out->set_created(t.created);
     }
@@ -560,10 +607,12 @@ class JoinReactor final : public grpc::ServerReadReactor<v1::JoinRequest> {
   TrafficCounters* const traffic_;
   const v1::ShardInfo shard_;
   grpc::CallbackServerContext* const context_;
-  v1::JoinResponse* const response_;
+  grpc::ByteBuffer* const response_bytes_;
   EventLog* const events_;
   const CallInfo call_;
-  v1::JoinRequest request_;
+  grpc::ByteBuffer request_bytes_;
+  v1::JoinRequest request_;  // The last message read, parsed.
+  v1::JoinResponse response_;
   bool have_header_ = false;
   std::string worker_id_;
   std::uint64_t instance_ = 0;
@@ -586,7 +635,9 @@ class PushReader {
   absl::Status Handle(grpc::ByteBuffer* message) {
     if (chunks_.Parse(*message)) {
       if (session_ == nullptr) return MissingHeader(call_);
-      if (chunks_.chunks().size() > kMaxBatchChunks) return TooManyChunks();
+      std::uint64_t payload = 0;
+      for (const ChunkView& chunk : chunks_.chunks()) payload += chunk.size;
+      WEIGHTD_RETURN_IF_ERROR(CheckBatch(chunks_.chunks().size(), payload));
       for (const ChunkView& chunk : chunks_.chunks()) {
         WEIGHTD_RETURN_IF_ERROR(
             AddChunk(chunk.tensor_index, chunk.offset, chunk.pieces));
@@ -605,9 +656,12 @@ class PushReader {
     }
     if (session_ == nullptr) return MissingHeader(call_);
     if (request.has_batch()) {
-      if (request.batch().chunks_size() > static_cast<int>(kMaxBatchChunks)) {
-        return TooManyChunks();
+      std::uint64_t payload = 0;
+      for (const v1::TensorChunk& chunk : request.batch().chunks()) {
+        payload += chunk.data().size();
       }
+      WEIGHTD_RETURN_IF_ERROR(
+          CheckBatch(request.batch().chunks_size(), payload));
       for (const v1::TensorChunk& chunk : request.batch().chunks()) {
         const absl::string_view data = chunk.data();
         WEIGHTD_RETURN_IF_ERROR(AddChunk(chunk.tensor_index(), chunk.offset(),
@@ -624,11 +678,6 @@ class PushReader {
                     core::Pieces(&data, 1));
   }
 
-  static absl::Status TooManyChunks() {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "a batch of more than ", kMaxBatchChunks, " chunks"));
-  }
-
   absl::StatusOr<std::vector<core::PushResult>> Finish() {
     if (session_ == nullptr) return MissingHeader(call_);
     return session_->Finish();
@@ -641,6 +690,25 @@ class PushReader {
   bool accept_batches() const { return accept_batches_; }
 
  private:
+  // A batch's limits (common/wire.h), checked before any of its chunks is
+  // added. A lone chunk longer than chunk_bytes is refused by its length
+  // check instead, which says more.
+  absl::Status CheckBatch(std::size_t chunks, std::uint64_t payload) const {
+    if (chunks > kMaxBatchChunks) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a batch of more than ", kMaxBatchChunks, " chunks"));
+    }
+    const std::uint64_t limit = store_->options().chunk_bytes;
+    if (chunks > 1 && payload > limit) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a batch of ", chunks, " chunks carries ", payload,
+          " bytes of payload; a batch carries at most the server's "
+          "chunk_bytes (",
+          limit, ")"));
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status AddChunk(std::uint32_t index, std::uint64_t offset,
                         core::Pieces data) {
     WEIGHTD_RETURN_IF_ERROR(session_->AddChunk(index, offset, data));
@@ -817,11 +885,11 @@ core::TensorStore* WeightdService::store() const {
   return store_.load(std::memory_order_acquire);
 }
 
-grpc::ServerReadReactor<v1::JoinRequest>* WeightdService::Join(
-    grpc::CallbackServerContext* context, v1::JoinResponse* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Join(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) {
-    return new NotReadyReactor<grpc::ServerReadReactor<v1::JoinRequest>>();
+    return new NotReadyReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>();
   }
   return new JoinReactor(store, &traffic_, shard_, context, response,
                          &events_);
@@ -857,98 +925,128 @@ WeightdService::PushPull(grpc::CallbackServerContext* context) {
 }
 
 grpc::ServerUnaryReactor* WeightdService::Leave(
-    grpc::CallbackServerContext* context, const v1::LeaveRequest* request,
-    v1::LeaveResponse* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
-  const CallInfo call(&events_, "Leave", context);
-  absl::StatusOr<std::string> left = store->Leave(request->lease_id());
-  if (left.ok()) events_.Left(*left);
-  return FinishUnary(context, call.Answer(left.status()));
+  return UnaryReactor<v1::LeaveRequest, v1::LeaveResponse>::Serve(
+      *request, response, CallInfo(&events_, "Leave", context),
+      [&](const v1::LeaveRequest& request, v1::LeaveResponse*, auto* call) {
+        absl::StatusOr<std::string> left = store->Leave(request.lease_id());
+        if (left.ok()) events_.Left(*left);
+        call->Answer(left.status());
+      });
 }
 
 grpc::ServerUnaryReactor* WeightdService::Heartbeat(
-    grpc::CallbackServerContext* context, const v1::HeartbeatRequest* request,
-    v1::HeartbeatResponse* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
-  return FinishUnary(context, CallInfo(&events_, "Heartbeat", context)
-                                  .Answer(store->Heartbeat(request->lease_id())));
+  return UnaryReactor<v1::HeartbeatRequest, v1::HeartbeatResponse>::Serve(
+      *request, response, CallInfo(&events_, "Heartbeat", context),
+      [&](const v1::HeartbeatRequest& request, v1::HeartbeatResponse*,
+          auto* call) { call->Answer(store->Heartbeat(request.lease_id())); });
 }
 
 grpc::ServerUnaryReactor* WeightdService::Barrier(
-    grpc::CallbackServerContext* context, const v1::BarrierRequest* request,
-    v1::BarrierResponse* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
-  return new BarrierReactor(store, request, response,
-                            CallInfo(&events_, "Barrier", context));
+  return UnaryReactor<v1::BarrierRequest, v1::BarrierResponse>::Serve(
+      *request, response, CallInfo(&events_, "Barrier", context),
+      [&](const v1::BarrierRequest& request, v1::BarrierResponse* response,
+          auto* call) {
+        // Written by the store before it releases the call.
+        auto pass = std::make_shared<core::BarrierPass>();
+        call->Wait(
+            [&](WaitDone done) {
+              return store->EnterBarrier(request.lease_id(), request.name(),
+                                         request.count(), std::move(done),
+                                         pass.get());
+            },
+            [call, response, pass](absl::Status status) {
+              if (status.ok()) {
+                response->set_arrival(pass->arrival);
+                response->set_generation(pass->generation);
+              }
+              call->Answer(status);
+            });
+      });
 }
 
 grpc::ServerUnaryReactor* WeightdService::TakeSnapshot(
-    grpc::CallbackServerContext* context,
-    const v1::TakeSnapshotRequest* request,
-    v1::TakeSnapshotResponse* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   if (store() == nullptr) return FinishUnary(context, NotReady());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (snapshotter_ == nullptr) {
-    reactor->Finish(grpc::Status(
-        grpc::StatusCode::FAILED_PRECONDITION,
-        "this server runs without --snapshot_dir; there is nowhere to write"));
-    return reactor;
-  }
-  // Written on the snapshot thread; the call finishes from there.
-  snapshotter_->Request(
-      [reactor, response](absl::StatusOr<std::string> written) {
-        if (written.ok()) response->set_path(*written);
-        reactor->Finish(ToGrpcStatus(written.status()));
+  return UnaryReactor<v1::TakeSnapshotRequest, v1::TakeSnapshotResponse>::Serve(
+      *request, response, CallInfo(&events_, "TakeSnapshot", context),
+      [this](const v1::TakeSnapshotRequest&,
+             v1::TakeSnapshotResponse* response, auto* call) {
+        if (snapshotter_ == nullptr) {
+          return call->Answer(absl::FailedPreconditionError(
+              "this server runs without --snapshot_dir; there is nowhere to "
+              "write"));
+        }
+        // Written on the snapshot thread; the call finishes from there.
+        snapshotter_->Request(
+            [call, response](absl::StatusOr<std::string> written) {
+              if (written.ok()) response->set_path(*written);
+              call->Answer(written.status());
+            });
       });
-  return reactor;
 }
 
 grpc::ServerUnaryReactor* WeightdService::GetStatus(
-    grpc::CallbackServerContext* context, const v1::GetStatusRequest* request,
-    v1::GetStatusResponse* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
-  const core::StoreStatus status = store->Status();
-  const core::StoreOptions& options = store->options();
-  response->set_mode(ModeToProto(options.mode));
-  response->set_chunk_bytes(options.chunk_bytes);
-  response->set_server_lr(options.server_lr);
-  *response->mutable_shard() = shard_;
-  response->set_tensor_count(status.tensors.size());
-  response->set_worker_count(status.workers.size());
-  if (request->include_tensors()) {
-    for (const core::TensorInfo& t : status.tensors) {
-      InfoToProto(t, response->add_tensors());
-    }
-  }
-  if (request->include_workers()) {
-    for (const core::WorkerInfo& w : status.workers) {
-      v1::WorkerInfo* out = response->add_workers();
-      out->set_worker_id(w.worker_id);
-      out->set_lease_id(w.lease_id);
-      for (const std::string& t : w.tensors) out->add_tensors(t);
-      out->set_peer(w.peer);
-    }
-  }
-  for (const core::BarrierInfo& b : status.barriers) {
-    v1::BarrierInfo* out = response->add_barriers();
-    out->set_name(b.name);
-    out->set_count(b.count);
-    out->set_waiting(b.waiting);
-    out->set_released(b.released);
-  }
-  response->set_bytes_received(
-      traffic_.bytes_received.load(std::memory_order_relaxed));
-  response->set_bytes_sent(traffic_.bytes_sent.load(std::memory_order_relaxed));
-  response->set_rounds_closed(status.rounds_closed);
-  if (snapshotter_ != nullptr) {
-    response->set_snapshots_written(snapshotter_->written());
-    response->set_snapshot_failures(snapshotter_->failed());
-  }
-  return FinishUnary(context, grpc::Status::OK);
+  return UnaryReactor<v1::GetStatusRequest, v1::GetStatusResponse>::Serve(
+      *request, response, CallInfo(&events_, "GetStatus", context),
+      [&](const v1::GetStatusRequest& request, v1::GetStatusResponse* response,
+          auto* call) {
+        const core::StoreStatus status = store->Status();
+        const core::StoreOptions& options = store->options();
+        response->set_mode(ModeToProto(options.mode));
+        response->set_chunk_bytes(options.chunk_bytes);
+        response->set_server_lr(options.server_lr);
+        *response->mutable_shard() = shard_;
+        response->set_tensor_count(status.tensors.size());
+        response->set_worker_count(status.workers.size());
+        if (request.include_tensors()) {
+          for (const core::TensorInfo& t : status.tensors) {
+            InfoToProto(t, response->add_tensors());
+          }
+        }
+        if (request.include_workers()) {
+          for (const core::WorkerInfo& w : status.workers) {
+            v1::WorkerInfo* out = response->add_workers();
+            out->set_worker_id(w.worker_id);
+            out->set_lease_id(w.lease_id);
+            for (const std::string& t : w.tensors) out->add_tensors(t);
+            out->set_peer(w.peer);
+          }
+        }
+        for (const core::BarrierInfo& b : status.barriers) {
+          v1::BarrierInfo* out = response->add_barriers();
+          out->set_name(b.name);
+          out->set_count(b.count);
+          out->set_waiting(b.waiting);
+          out->set_released(b.released);
+        }
+        response->set_bytes_received(
+            traffic_.bytes_received.load(std::memory_order_relaxed));
+        response->set_bytes_sent(
+            traffic_.bytes_sent.load(std::memory_order_relaxed));
+        response->set_rounds_closed(status.rounds_closed);
+        if (snapshotter_ != nullptr) {
+          response->set_snapshots_written(snapshotter_->written());
+          response->set_snapshot_failures(snapshotter_->failed());
+        }
+        call->Answer(absl::OkStatus());
+      });
 }
 
 }  // namespace weightd::service

@@ -23,18 +23,22 @@ struct TrafficCounters {
   std::atomic<std::uint64_t> bytes_sent{0};
 };
 
-// Push, Pull and PushPull are raw methods (grpc::ByteBuffer messages): their
-// chunks are read and written with common/chunk_codec.h, without a protobuf
-// copy of the payload. The other methods use the generated messages.
-using WeightdServiceBase = v1::Weightd::WithCallbackMethod_Join<
+// Every method is raw (grpc::ByteBuffer messages) and parses its messages
+// itself, so that one that does not parse is refused with INVALID_ARGUMENT
+// naming the call. (Generated handlers answer an undecodable unary request
+// with an empty UNIMPLEMENTED, and end a client stream at an undecodable
+// message as if the client had finished there.) Push, Pull and PushPull read
+// and write their chunks with common/chunk_codec.h, without a protobuf copy
+// of the payload; the other methods work on the generated messages.
+using WeightdServiceBase = v1::Weightd::WithRawCallbackMethod_Join<
     v1::Weightd::WithRawCallbackMethod_Push<
         v1::Weightd::WithRawCallbackMethod_Pull<
             v1::Weightd::WithRawCallbackMethod_PushPull<
-                v1::Weightd::WithCallbackMethod_Leave<
-                    v1::Weightd::WithCallbackMethod_Heartbeat<
-                        v1::Weightd::WithCallbackMethod_Barrier<
-                            v1::Weightd::WithCallbackMethod_GetStatus<
-                                v1::Weightd::WithCallbackMethod_TakeSnapshot<
+                v1::Weightd::WithRawCallbackMethod_Leave<
+                    v1::Weightd::WithRawCallbackMethod_Heartbeat<
+                        v1::Weightd::WithRawCallbackMethod_Barrier<
+                            v1::Weightd::WithRawCallbackMethod_GetStatus<
+                                v1::Weightd::WithRawCallbackMethod_TakeSnapshot<
                                     v1::Weightd::Service>>>>>>>>>;
 
 class WeightdService final : public WeightdServiceBase {
@@ -51,9 +55,9 @@ class WeightdService final : public WeightdServiceBase {
   // Where memberships, refused calls and rounds are logged.
   EventLog& events() { return events_; }
 
-  grpc::ServerReadReactor<v1::JoinRequest>* Join(
+  grpc::ServerReadReactor<grpc::ByteBuffer>* Join(
       grpc::CallbackServerContext* context,
-      v1::JoinResponse* response) override;
+      grpc::ByteBuffer* response) override;
   grpc::ServerReadReactor<grpc::ByteBuffer>* Push(
       grpc::CallbackServerContext* context,
       grpc::ByteBuffer* response) override;
@@ -63,21 +67,20 @@ class WeightdService final : public WeightdServiceBase {
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PushPull(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* Leave(grpc::CallbackServerContext* context,
-                                  const v1::LeaveRequest* request,
-                                  v1::LeaveResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* context,
-                                      const v1::HeartbeatRequest* request,
-                                      v1::HeartbeatResponse* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Barrier(grpc::CallbackServerContext* context,
-                                    const v1::BarrierRequest* request,
-                                    v1::BarrierResponse* response) override;
-  grpc::ServerUnaryReactor* TakeSnapshot(
-      grpc::CallbackServerContext* context,
-      const v1::TakeSnapshotRequest* request,
-      v1::TakeSnapshotResponse* response) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* TakeSnapshot(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
-                                      const v1::GetStatusRequest* request,
-                                      v1::GetStatusResponse* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
 
  private:
   core::TensorStore* store() const;  // Null until Attach().

@@ -1,6 +1,7 @@
 // Service tests: a real weightd server on 127.0.0.1 (port 0), driven through
 // the real client and through raw stubs for the malformed calls.
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/client_unary_call.h>
 
 #include <chrono>
 #include <cmath>
@@ -10,6 +11,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <utility>
 #include <unistd.h>
 #include <vector>
 
@@ -89,6 +91,45 @@ class ServiceTest : public ::testing::Test {
     }
     stream->WritesDone();
     return FromGrpcStatus(stream->Finish());
+  }
+
+  // Calls the unary `method` ("Leave") with `request` as its bytes, whatever
+  // they are: what a client not bound by the generated stubs may send.
+  absl::Status RawUnary(const std::string& method, const std::string& request) {
+    const std::string path = "/weightd.v1.Weightd/" + method;
+    const grpc::internal::RpcMethod rpc(
+        path.c_str(), grpc::internal::RpcMethod::NORMAL_RPC, channel_);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(30));
+    grpc::ByteBuffer response;
+    return FromGrpcStatus(
+        grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+            channel_.get(), rpc, &context, Bytes(request), &response));
+  }
+
+  // Sends `messages`, each as the bytes given, as a Join stream.
+  absl::Status RawJoin(const std::vector<std::string>& messages) {
+    const grpc::internal::RpcMethod rpc(
+        "/weightd.v1.Weightd/Join",
+        grpc::internal::RpcMethod::CLIENT_STREAMING, channel_);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(30));
+    grpc::ByteBuffer response;
+    std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> stream(
+        grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(
+            channel_.get(), rpc, &context, &response));
+    for (const std::string& m : messages) {
+      if (!stream->Write(Bytes(m))) break;
+    }
+    stream->WritesDone();
+    return FromGrpcStatus(stream->Finish());
+  }
+
+  static grpc::ByteBuffer Bytes(const std::string& bytes) {
+    grpc::Slice slice(bytes);
+    return grpc::ByteBuffer(&slice, 1);
   }
 
   std::unique_ptr<service::Server> server_;
@@ -1102,6 +1143,165 @@ TEST_F(ServiceTest, AsyncModeAppliesPushesImmediately) {
   ASSERT_THAT(ca->PushPull({TensorRef{"w", {8}, absl::MakeSpan(a)}}), IsOk());
   EXPECT_THAT(a, ::testing::Each(1.0f));  // Halfway (async_mix 0.5).
   EXPECT_EQ(*ca->Version("w"), 1u);
+}
+
+// Bytes that parse as no weightd message: a length-delimited field 1 whose
+// length runs past the end.
+const std::string kGarbage = std::string("\x0a\x7f") + "not a message";
+
+// gRPC's generated reader takes a message that does not parse for the end of
+// the stream; the server must see it for what it is, wherever it comes.
+TEST_F(ServiceTest, JoinWithAnUndecodableMessageIsRefusedAndChangesNothing) {
+  v1::JoinRequest header;
+  header.mutable_header()->set_worker_id("c");
+  header.mutable_header()->set_instance(7);
+  v1::TensorDeclaration* d = header.mutable_header()->add_tensors();
+  d->set_name("fresh");
+  d->add_shape(4);
+  v1::JoinRequest value;
+  value.mutable_initial_value()->set_data(std::string(16, '\0'));
+  const std::string h = header.SerializeAsString();
+  const std::string v = value.SerializeAsString();
+  for (const std::vector<std::string>& messages :
+       {std::vector<std::string>{h, v, kGarbage},  // Complete, then garbage.
+        {h, kGarbage},
+        {h, kGarbage, v},
+        {kGarbage}}) {
+    EXPECT_THAT(RawJoin(messages),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("a Join message is not a valid "
+                                   "weightd.v1.JoinRequest")))
+        << messages.size() << " messages";
+  }
+  auto status = [&] {
+    grpc::ClientContext context;
+    v1::GetStatusRequest request;
+    request.set_include_tensors(true);
+    request.set_include_workers(true);
+    v1::GetStatusResponse response;
+    EXPECT_TRUE(stub_->GetStatus(&context, request, &response).ok());
+    return response;
+  };
+  v1::GetStatusResponse before = status();
+  EXPECT_EQ(before.worker_count(), 0u);
+  EXPECT_EQ(before.tensor_count(), 0u);
+  EXPECT_EQ(before.workers_size(), 0);
+  EXPECT_EQ(before.tensors_size(), 0);
+  // Without the garbage, the same stream joins.
+  EXPECT_THAT(RawJoin({h, v}), IsOk());
+  v1::GetStatusResponse after = status();
+  EXPECT_EQ(after.worker_count(), 1u);
+  EXPECT_EQ(after.tensor_count(), 1u);
+}
+
+TEST_F(ServiceTest, UndecodableUnaryRequestsAreRefusedAndChangeNothing) {
+  std::vector<float> w(8, 1.0f);
+  auto a = Connect("a");
+  ASSERT_THAT(a->Join({TensorRef{"w", {8}, absl::MakeSpan(w)}}), IsOk());
+  const std::uint64_t lease = server_->store().Status().workers.at(0).lease_id;
+  for (const std::string method :
+       {"Leave", "Heartbeat", "Barrier", "GetStatus", "TakeSnapshot"}) {
+    EXPECT_THAT(RawUnary(method, kGarbage),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr(absl::StrCat("a ", method,
+                                                " request is not a valid "
+                                                "weightd.v1.",
+                                                method, "Request"))))
+        << method;
+  }
+  EXPECT_EQ(server_->store().Status().workers.size(), 1u);
+  EXPECT_TRUE(server_->store().Status().barriers.empty());
+
+  // Well-formed requests sent as bytes are served: an empty message is a
+  // valid request (all defaults), and the typed response comes back.
+  EXPECT_THAT(RawUnary("GetStatus", ""), IsOk());
+  EXPECT_THAT(RawUnary("TakeSnapshot", ""),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("--snapshot_dir")));
+  {
+    grpc::ClientContext context;
+    v1::BarrierRequest request;
+    request.set_lease_id(lease);
+    request.set_name("solo");
+    request.set_count(1);
+    v1::BarrierResponse response;
+    ASSERT_TRUE(stub_->Barrier(&context, request, &response).ok());
+    EXPECT_EQ(response.arrival(), 0u);
+    EXPECT_EQ(response.generation(), 1u);
+  }
+  {
+    grpc::ClientContext context;
+    v1::GetStatusRequest request;
+    request.set_include_workers(true);
+    v1::GetStatusResponse response;
+    ASSERT_TRUE(stub_->GetStatus(&context, request, &response).ok());
+    EXPECT_EQ(response.chunk_bytes(), kMinChunkBytes);
+    ASSERT_EQ(response.workers_size(), 1);
+    EXPECT_EQ(response.workers(0).worker_id(), "a");
+  }
+  v1::LeaveRequest leave;
+  leave.set_lease_id(lease);
+  EXPECT_THAT(RawUnary("Heartbeat", leave.SerializeAsString()), IsOk());
+  EXPECT_THAT(RawUnary("Leave", leave.SerializeAsString()), IsOk());
+  EXPECT_TRUE(server_->store().Status().workers.empty());
+}
+
+// A ChunkBatch carries at most chunk_bytes of payload, whether the server
+// reads it with its codec or (for an unusual encoding) with protobuf.
+TEST_F(ServiceTest, BatchOverChunkBytesIsRefusedAndChangesNothing) {
+  constexpr int kTensors = 200;  // 8 floats each: 6400 bytes in all.
+  std::vector<std::vector<float>> values(kTensors, std::vector<float>(8, 1.0f));
+  std::vector<TensorRef> refs;
+  for (int i = 0; i < kTensors; ++i) {
+    refs.push_back({absl::StrCat("t", i), {8}, absl::MakeSpan(values[i])});
+  }
+  auto a = Connect("a");
+  ASSERT_THAT(a->Join(refs), IsOk());
+  const std::uint64_t lease = server_->store().Status().workers.at(0).lease_id;
+  auto header = [&](std::uint64_t sequence) {
+    v1::PushRequest m;
+    v1::PushHeader* h = m.mutable_header();
+    h->set_lease_id(lease);
+    h->set_sequence(sequence);
+    h->set_kind(v1::UPDATE_KIND_WEIGHTS);
+    for (int i = 0; i < kTensors; ++i) {
+      h->add_tensors()->set_name(absl::StrCat("t", i));
+    }
+    return m;
+  };
+  auto batch = [](int from, int to) {
+    const std::vector<float> five(8, 5.0f);
+    v1::PushRequest m;
+    for (int i = from; i < to; ++i) {
+      v1::TensorChunk* c = m.mutable_batch()->add_chunks();
+      c->set_tensor_index(i);
+      c->set_data(std::string(reinterpret_cast<const char*>(five.data()),
+                              five.size() * sizeof(float)));
+    }
+    return m;
+  };
+  const v1::PushRequest oversized = batch(0, kTensors);
+  EXPECT_THAT(RawPush({header(1), oversized}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("6400 bytes of payload")));
+  // An unknown field in a chunk: the codec leaves the message to protobuf.
+  v1::PushRequest unusual = oversized;
+  v1::TensorChunk* first = unusual.mutable_batch()->mutable_chunks(0);
+  first->GetReflection()->MutableUnknownFields(first)->AddVarint(99, 1);
+  EXPECT_THAT(RawPush({header(2), unusual}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("6400 bytes of payload")));
+  for (int i = 0; i < kTensors; ++i) {
+    const std::string name = absl::StrCat("t", i);
+    ASSERT_THAT(Stored(name), ::testing::Each(1.0f)) << name;
+    ASSERT_EQ(server_->store().Describe(name)->version, 0u) << name;
+  }
+  // The same chunks in two batches within the limit are applied.
+  EXPECT_THAT(RawPush({header(3), batch(0, 128), batch(128, kTensors)}),
+              IsOk());
+  EXPECT_THAT(Stored("t0"), ::testing::Each(5.0f));
+  EXPECT_THAT(Stored("t199"), ::testing::Each(5.0f));
+  EXPECT_EQ(server_->store().Describe("t199")->version, 1u);
 }
 
 }  // namespace
