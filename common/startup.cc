@@ -69,6 +69,13 @@ constexpr EnvironmentVariable kEnvironment[] = {
     {"WEIGHTD_SERVERS", "weightd_worker", ""},
     // scripts/build.sh and scripts/tsan_deps.sh: parallel compile jobs.
     {"WEIGHTD_BUILD_JOBS", "scripts/build.sh", ""},
+    // Substituted by Compose in deploy/docker-compose*.yml (often exported
+    // in the shell that runs the tools as well).
+    {"WEIGHTD_JOB", "deploy/docker-compose.yml", ""},
+    {"WEIGHTD_PORT", "deploy/docker-compose.yml", ""},
+    {"WEIGHTD_TAG", "deploy/docker-compose.yml", ""},
+    // tests/container/container_test.sh: where its images are cached.
+    {"WEIGHTD_CONTAINER_CACHE", "tests/container/container_test.sh", ""},
 };
 
 // Optimal string alignment distance: Levenshtein plus swaps of neighbours

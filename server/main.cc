@@ -291,6 +291,15 @@ int main(int argc, char** argv) {
                options.unix_socket.empty() ? "" : " and unix:" + options.unix_socket,
                mode, options.store.chunk_bytes, options.store.server_lr,
                options.shard_index, options.shard_count);
+  // gRPC clients refuse messages over 4 MiB unless told otherwise; a pull
+  // streams chunks of chunk_bytes plus a small header.
+  if (options.store.chunk_bytes > (std::uint64_t{4} << 20) - (64 << 10)) {
+    spdlog::warn("--chunk_bytes={} is near or above gRPC's default 4 MiB "
+                 "receive limit: clients other than weightd's must raise it "
+                 "(e.g. grpc.max_receive_message_length), or their Pulls fail "
+                 "(docs/protocol.md)",
+                 options.store.chunk_bytes);
+  }
 
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
   if (!ready_file.empty()) {
