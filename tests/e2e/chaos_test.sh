@@ -15,16 +15,6 @@ RANDOM=$seed
 echo "chaos: seed $seed (replay with CHAOS_SEED=$seed), $scenarios scenarios"
 bound=150  # Seconds a scenario may take, every process included.
 
-# ends_within PID SECONDS: true if PID exits within SECONDS (polled).
-ends_within() {
-  local pid=$1 tenths=$(($2 * 10)) t
-  for ((t = 0; t < tenths; t++)); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  ! kill -0 "$pid" 2>/dev/null
-}
-
 for ((s = 1; s <= scenarios; s++)); do
   dir="$work/s$s"
   mkdir -p "$dir"
@@ -90,7 +80,7 @@ for ((s = 1; s <= scenarios; s++)); do
   for ((w = 0; w < workers; w++)); do
     left=$((bound - (SECONDS - start)))
     ((left > 0)) || left=1
-    ends_within "${wpid[$w]}" "$left" ||
+    exits_within "${wpid[$w]}" "$left" ||
       fail "scenario $s ($plan): worker $w still runs after ${bound}s"
     if ! wait "${wpid[$w]}"; then
       last=$(tail -n 1 "$dir/worker-$w.log")

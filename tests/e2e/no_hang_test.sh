@@ -14,20 +14,10 @@ set -euo pipefail
 source "$(dirname "$0")/../fault/lib.sh"
 fault_init "${1:?usage: no_hang_test.sh BUILD_DIR}" nohang
 
-# stops_within PID SECONDS: true if PID exits within SECONDS (polled).
-stops_within() {
-  local pid=$1 tenths=$(($2 * 10)) t
-  for ((t = 0; t < tenths; t++)); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  ! kill -0 "$pid" 2>/dev/null
-}
-
 # sigint_stops NAME PID LOG: SIGINT must end the worker within 2 s, exit 0.
 sigint_stops() {
   kill -INT "$2"
-  stops_within "$2" 2 || fail "$1: the worker did not stop within 2 s of SIGINT"
+  exits_within "$2" 2 || fail "$1: the worker did not stop within 2 s of SIGINT"
   wait "$2" || fail "$1: the worker exited with an error after SIGINT"
   grep -q 'stopping on a signal' "$3" || fail "$1: the worker did not say it stopped"
   echo "ok: $1: stopped within 2 s of SIGINT"
@@ -45,7 +35,7 @@ for i in 1 2 3 4 5 6; do
   pids+=($!)
 done
 for i in "${!six[@]}"; do
-  stops_within "${six[$i]}" 90 || fail "1: worker $((i + 1)) of 6 (job of 4) still runs after 90 s"
+  exits_within "${six[$i]}" 90 || fail "1: worker $((i + 1)) of 6 (job of 4) still runs after 90 s"
   wait "${six[$i]}" || fail "1: worker $((i + 1)) of 6 failed"
 done
 ids=$(sed -n 's/^weightd_worker \([^:]*\): connected.*/\1/p' "$work"/six-*.log | sort -u | wc -l)
@@ -64,7 +54,7 @@ wait_for_line "$work/dup-first.log" 'training on data shard' 30
   >"$work/dup-second.log" 2>&1 &
 second=$!
 pids+=($second)
-stops_within "$second" 60 || fail "2: the second worker with id dup still runs after 60 s"
+exits_within "$second" 60 || fail "2: the second worker with id dup still runs after 60 s"
 if wait "$second"; then fail "2: the second worker with id dup exited 0"; fi
 grep -q 'worker id dup is held by another live process (ipv4:127.0.0.1:' \
   "$work/dup-second.log" || fail "2: the refusal does not name the holder"
@@ -72,7 +62,7 @@ kill -0 "$first" 2>/dev/null || fail "2: the first worker with id dup died"
 grep -q 'refused Join from .*worker id dup is held' "$work/server1.log" ||
   fail "2: the daemon did not log the refused Join"
 kill -INT "$first"
-stops_within "$first" 5 || fail "2: the first worker did not stop"
+exits_within "$first" 5 || fail "2: the first worker did not stop"
 echo "ok: 2: a second worker with id dup was refused, naming the holder; the first trained on"
 
 # 3: a second daemon on the port in use fails at start.
@@ -80,7 +70,7 @@ port=${address##*:}
 "$weightd" --listen="127.0.0.1:$port" >"$work/second-daemon.log" 2>&1 &
 dup_daemon=$!
 pids+=($dup_daemon)
-stops_within "$dup_daemon" 10 || fail "3: a second weightd on port $port is still running"
+exits_within "$dup_daemon" 10 || fail "3: a second weightd on port $port is still running"
 if wait "$dup_daemon"; then fail "3: a second weightd on port $port exited 0"; fi
 grep -q "cannot listen on 127.0.0.1:$port" "$work/second-daemon.log" ||
   fail "3: the second daemon did not say why it failed"

@@ -48,6 +48,17 @@ start_weightd() {
   address=$(cat "$work/ready")
 }
 
+# exits_within PID SECONDS: true if PID exits within SECONDS (polled every
+# 0.1 s, unlike tail --pid's whole seconds).
+exits_within() {
+  local pid=$1 tenths=$(($2 * 10)) t
+  for ((t = 0; t < tenths; t++)); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  ! kill -0 "$pid" 2>/dev/null
+}
+
 # stop_weightd: SIGTERM, and the daemon must exit 0 within 15 s.
 stop_weightd() {
   kill -TERM "$server_pid"
