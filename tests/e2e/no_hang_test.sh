@@ -117,23 +117,30 @@ kill -KILL "$server_pid"
 wait_for_line "$work/retry.log" 'retrying for up to' 30
 sigint_stops "4 retrying" "$w" "$work/retry.log"
 
-# 5: kill -9 after a snapshot, restart: the rollback is logged on both sides.
+# 5: kill -9 three rounds after a snapshot, restart: the rollback is logged
+# on both sides. (The cadence is off; the snapshot is taken on request.)
 snaps="$work/snaps"
 start_weightd "$work/server3.log" 127.0.0.1:0 --snapshot_dir="$snaps" \
-  --snapshot_every=4
+  --snapshot_every=1000000
 port=${address##*:}
 "$worker" --server="$address" --workers=1 --rounds=1000000 --local_steps=10 \
   >"$work/rollback.log" 2>&1 &
 w=$!
 pids+=($w)
-wait_for_line "$work/server3.log" 'snapshot written' 60
-wait_for_line "$work/server3.log" 'round closed tensor=hidden/w round=6 ' 60
+wait_for_line "$work/server3.log" 'round closed tensor=hidden/w round=2 ' 60
+"$weightctl" snapshot --server="$address" >/dev/null || fail "5: weightctl snapshot failed"
+closed=$(grep -c 'round closed tensor=hidden/w ' "$work/server3.log")
+for _ in $(seq 300); do
+  (($(grep -c 'round closed tensor=hidden/w ' "$work/server3.log") >= closed + 3)) && break
+  sleep 0.1
+done
+(($(grep -c 'round closed tensor=hidden/w ' "$work/server3.log") >= closed + 3)) ||
+  fail "5: no 3 rounds closed after the snapshot within 30 s"
 kill -KILL "$server_pid"
 start_weightd "$work/server4.log" "127.0.0.1:$port" --snapshot_dir="$snaps"
 grep -qE 'restored from .*: [0-9]+ tensor\(s\) at version' "$work/server4.log" ||
   fail "5: the daemon did not say what it restored"
 wait_for_line "$work/rollback.log" 'restored version [0-9]+ < [0-9]+ of tensor .*round\(s\) lost' 30
-wait_for_line "$work/server4.log" 're-joined, taking back its membership|round closed' 30
 sigint_stops "5 after the restart" "$w" "$work/rollback.log"
 echo "ok: 5: $(grep -m1 -o 'restored version.*lost' "$work/rollback.log")"
 echo "PASS: no hang: extra workers trained, a duplicate id and a busy port were refused, SIGINT stopped every wait within 2 s, a rollback was reported"
