@@ -99,8 +99,14 @@ int Status(const std::shared_ptr<grpc::Channel>& channel) {
   }
   std::printf("workers %u\n", r.worker_count());
   for (const auto& w : r.workers()) {
-    std::printf("  %s tensors %s\n", w.worker_id().c_str(),
+    std::printf("  %s from %s tensors %s\n", w.worker_id().c_str(),
+                w.peer().empty() ? "?" : w.peer().c_str(),
                 absl::StrJoin(w.tensors(), ",").c_str());
+  }
+  for (const auto& b : r.barriers()) {
+    std::printf("barrier %s: %u of %u workers waiting (%llu released so far)\n",
+                b.name().c_str(), b.waiting(), b.count(),
+                static_cast<unsigned long long>(b.released()));
   }
   return 0;
 }
