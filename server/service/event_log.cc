@@ -37,8 +37,8 @@ void EventLog::Joined(absl::string_view worker, absl::string_view peer,
     created += t.created ? 1 : 0;
     max_version = std::max(max_version, t.info.version);
   }
-  spdlog::info("worker {} {} from {}: {} tensor(s), {} created, {} at "
-               "version up to {}",
+  spdlog::info("worker {} {} from {}: {} tensor(s), {} created by it, {} "
+               "already shared (newest at version {})",
                std::string(worker), TakeoverText(result.takeover),
                std::string(peer),
                result.tensors.size(), created,
