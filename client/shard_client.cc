@@ -300,6 +300,8 @@ void ShardClient::ReportProgress() {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::seconds(2));
+  Cancellation::Registration cancel(options_.cancellation.get(),
+                                    [&context] { context.TryCancel(); });
   v1::GetStatusRequest request;
   request.set_include_tensors(!watch.rounds.empty());
   v1::GetStatusResponse status;
@@ -370,6 +372,10 @@ void ShardClient::StartHeartbeat(std::uint64_t lease, absl::Duration interval) {
       grpc::ClientContext context;
       context.set_deadline(std::chrono::system_clock::now() +
                            absl::ToChronoMilliseconds(interval));
+      // A cancelled client stops at once, not after a beat to a frozen
+      // server.
+      Cancellation::Registration cancel(options_.cancellation.get(),
+                                        [&context] { context.TryCancel(); });
       v1::HeartbeatResponse response;
       const grpc::Status status =
           channel_->stub->Heartbeat(&context, request, &response);
