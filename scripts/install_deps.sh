@@ -7,7 +7,7 @@ set -euo pipefail
 declare -A GROUPS_=(
   [build]="cmake ninja-build g++ pkg-config"
   [grpc]="libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev libspdlog-dev"
-  [test]="googletest libgtest-dev libgmock-dev clang libclang-rt-14-dev llvm-14 dpkg-dev iproute2 procps util-linux docker-compose python3-yaml systemd"
+  [test]="googletest libgtest-dev libgmock-dev pybind11-dev python3-numpy python3-pytest clang libclang-rt-14-dev llvm-14 dpkg-dev iproute2 procps util-linux docker-compose python3-yaml systemd"
   [demo]="libeigen3-dev zlib1g-dev dataset-fashion-mnist"
   # The container test (tests/container/): podman with runc, its network
   # stack with container DNS, and debootstrap for the base images.

@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 scripts/install_deps.sh
 
-# The Release tree the tests (and the demo) run from.
-scripts/build.sh build/release
+# The Release tree the tests (and the demo) run from, with the Python
+# package's native part (python/, ctest label python).
+scripts/build.sh build/release -DWEIGHTD_BUILD_PYTHON=ON
 
 # clang's -Wthread-safety checks the lock annotations (g++ ignores them).
 CXX=clang++ scripts/build.sh build/thread-safety \

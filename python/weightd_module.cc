@@ -1,0 +1,252 @@
+// _weightd: weightd::Client for Python (the `weightd` package wraps it).
+//
+// Tensors are the caller's numpy arrays (float32, C-contiguous, writeable),
+// read and written in place: no copy of their data is made here. The GIL is
+// released for the network part of every call; the calling thread waits in
+// short slices and checks for signals, so Ctrl-C ends a call promptly (the
+// client is then closed: its cancellation cannot be undone).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "client/client.h"
+
+namespace py = pybind11;
+
+namespace weightd::python {
+namespace {
+
+// Raised as weightd.Error(code, message); the package maps codes to
+// subclasses.
+void Raise(const absl::Status& status) {
+  py::object error = py::module_::import("weightd").attr("_error_for");
+  py::object exception = error(static_cast<int>(status.code()),
+                               std::string(status.message()));
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exception.ptr())),
+                  exception.ptr());
+  throw py::error_already_set();
+}
+
+using Array = py::array_t<float, py::array::c_style>;
+
+// The caller's tensors, checked before anything is sent: each must be a
+// float32, C-contiguous, writeable numpy array.
+std::vector<TensorRef> Refs(const py::dict& tensors) {
+  std::vector<TensorRef> refs;
+  for (const auto& [key, value] : tensors) {
+    const std::string name = py::cast<std::string>(key);
+    if (!py::isinstance<py::array>(value)) {
+      throw py::type_error(absl::StrCat("tensor ", name,
+                                        ": expected a numpy array, got ",
+                                        std::string(py::str(value.get_type()))));
+    }
+    py::array array = py::reinterpret_borrow<py::array>(value);
+    if (!array.dtype().is(py::dtype::of<float>())) {
+      throw py::type_error(absl::StrCat(
+          "tensor ", name, ": dtype is ", std::string(py::str(array.dtype())),
+          "; weightd holds float32"));
+    }
+    if (!(array.flags() & py::array::c_style)) {
+      throw py::value_error(absl::StrCat(
+          "tensor ", name, ": not C-contiguous (use numpy.ascontiguousarray "
+          "and keep that array)"));
+    }
+    if (!array.writeable()) {
+      throw py::value_error(
+          absl::StrCat("tensor ", name, ": read-only; weightd writes into it"));
+    }
+    std::vector<std::int64_t> shape(array.shape(),
+                                    array.shape() + array.ndim());
+    refs.push_back(TensorRef{
+        name, std::move(shape),
+        absl::MakeSpan(static_cast<float*>(array.mutable_data()),
+                       static_cast<std::size_t>(array.size()))});
+  }
+  return refs;
+}
+
+class PyClient {
+ public:
+  PyClient(const std::string& address, const std::string& worker_id,
+           double call_timeout, double connect_timeout, bool heartbeat,
+           double retry_budget, const std::string& wire_format,
+           std::uint64_t split_bytes) {
+    options_.address = address;
+    options_.worker_id = worker_id;
+    options_.call_timeout = absl::Seconds(call_timeout);
+    options_.connect_timeout = absl::Seconds(connect_timeout);
+    options_.heartbeat = heartbeat;
+    options_.retry_budget = absl::Seconds(retry_budget);
+    if (!ParseWireFormat(wire_format, &options_.wire_format)) {
+      throw py::value_error(absl::StrCat(
+          "wire_format=", wire_format, ": use float32, bfloat16 or float16"));
+    }
+    options_.split_bytes = split_bytes;
+    options_.cancellation = cancellation_;
+    absl::StatusOr<std::unique_ptr<Client>> client;
+    Call([&] {
+      client = Client::Connect(options_);
+      return client.status();
+    });
+    client_ = std::move(*client);
+  }
+
+  void Join(const py::dict& tensors) {
+    std::vector<TensorRef> refs = Refs(tensors);
+    Call([&] { return Open()->Join(refs); });
+  }
+  void Push(const py::dict& tensors, double weight, const std::string& kind) {
+    std::vector<TensorRef> refs = Refs(tensors);
+    const PushOptions options = Options(weight, kind);
+    Call([&] { return Open()->Push(refs, options); });
+  }
+  void Pull(const py::dict& tensors) {
+    std::vector<TensorRef> refs = Refs(tensors);
+    Call([&] { return Open()->Pull(refs); });
+  }
+  void PushPull(const py::dict& tensors, double weight,
+                const std::string& kind) {
+    std::vector<TensorRef> refs = Refs(tensors);
+    const PushOptions options = Options(weight, kind);
+    Call([&] { return Open()->PushPull(refs, options); });
+  }
+  std::uint32_t Barrier(const std::string& name, int count, double timeout) {
+    std::uint32_t arrival = 0;
+    const absl::Duration limit =
+        timeout > 0 ? absl::Seconds(timeout) : absl::InfiniteDuration();
+    Call([&] { return Open()->Barrier(name, count, &arrival, limit); });
+    return arrival;
+  }
+  void Leave() {
+    Call([&] { return Open()->Leave(); });
+  }
+  std::uint64_t Version(const std::string& name) {
+    absl::StatusOr<std::uint64_t> version = Open()->Version(name);
+    if (!version.ok()) Raise(version.status());
+    return *version;
+  }
+  py::dict Status() {
+    absl::StatusOr<ServerStatus> status;
+    Call([&] {
+      status = Open()->GetStatus();
+      return status.status();
+    });
+    py::dict out;
+    out["bytes_received"] = status->bytes_received;
+    out["bytes_sent"] = status->bytes_sent;
+    out["rounds_closed"] = status->rounds_closed;
+    return out;
+  }
+  py::dict Stats() {
+    const ClientStats stats = Open()->stats();
+    py::dict out;
+    out["bytes_pushed"] = stats.bytes_pushed;
+    out["bytes_pulled"] = stats.bytes_pulled;
+    out["rounds_missed"] = stats.rounds_missed;
+    return out;
+  }
+  const std::string& worker_id() const { return options_.worker_id; }
+  bool closed() const { return cancellation_->cancelled(); }
+  void Close() { cancellation_->Cancel(); }
+
+ private:
+  Client* Open() { return client_.get(); }
+
+  static PushOptions Options(double weight, const std::string& kind) {
+    PushOptions options;
+    options.weight = weight;
+    if (kind == "weights") {
+      options.kind = UpdateKind::kWeights;
+    } else if (kind == "delta") {
+      options.kind = UpdateKind::kDelta;
+    } else {
+      throw py::value_error(
+          absl::StrCat("kind=", kind, ": use \"weights\" or \"delta\""));
+    }
+    return options;
+  }
+
+  // Runs `fn` (a call of the C++ client) on a thread of its own without the
+  // GIL; meanwhile the calling thread checks for signals every 50 ms. A
+  // signal handler that raises (Ctrl-C: KeyboardInterrupt) cancels the
+  // client, waits for the call to end (promptly: every wait observes the
+  // cancellation) and re-raises.
+  template <typename Fn>
+  void Call(Fn fn) {
+    if (cancellation_->cancelled()) {
+      Raise(absl::CancelledError(
+          "this client was closed (after Ctrl-C, or by close()); make a new "
+          "one"));
+    }
+    absl::Status status;
+    auto done = std::make_shared<absl::Notification>();
+    std::thread call([&status, &fn, done] {
+      status = fn();
+      done->Notify();
+    });
+    bool interrupted = false;
+    for (;;) {
+      bool finished;
+      {
+        py::gil_scoped_release release;
+        finished =
+            done->WaitForNotificationWithTimeout(absl::Milliseconds(50));
+      }
+      if (finished) break;
+      if (!interrupted && PyErr_CheckSignals() != 0) {
+        interrupted = true;
+        cancellation_->Cancel();
+      }
+    }
+    call.join();
+    if (interrupted) throw py::error_already_set();
+    if (!status.ok()) Raise(status);
+  }
+
+  ClientOptions options_;
+  std::shared_ptr<Cancellation> cancellation_ =
+      std::make_shared<Cancellation>();
+  std::unique_ptr<Client> client_;
+};
+
+}  // namespace
+}  // namespace weightd::python
+
+PYBIND11_MODULE(_weightd, m) {
+  using weightd::python::PyClient;
+  m.doc() = "Native part of the weightd package: weightd::Client.";
+  py::class_<PyClient>(m, "Client")
+      .def(py::init<const std::string&, const std::string&, double, double,
+                    bool, double, const std::string&, std::uint64_t>(),
+           py::arg("address"), py::arg("worker_id"), py::arg("call_timeout"),
+           py::arg("connect_timeout"), py::arg("heartbeat"),
+           py::arg("retry_budget"), py::arg("wire_format"),
+           py::arg("split_bytes"))
+      .def("join", &PyClient::Join, py::arg("tensors"))
+      .def("push", &PyClient::Push, py::arg("tensors"), py::arg("weight"),
+           py::arg("kind"))
+      .def("pull", &PyClient::Pull, py::arg("tensors"))
+      .def("push_pull", &PyClient::PushPull, py::arg("tensors"),
+           py::arg("weight"), py::arg("kind"))
+      .def("barrier", &PyClient::Barrier, py::arg("name"), py::arg("count"),
+           py::arg("timeout"))
+      .def("leave", &PyClient::Leave)
+      .def("version", &PyClient::Version, py::arg("name"))
+      .def("status", &PyClient::Status)
+      .def("stats", &PyClient::Stats)
+      .def("close", &PyClient::Close)
+      .def_property_readonly("closed", &PyClient::closed)
+      .def_property_readonly("worker_id", &PyClient::worker_id);
+}
