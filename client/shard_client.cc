@@ -300,8 +300,7 @@ void ShardClient::ReportProgress() {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::seconds(2));
-  Cancellation::Registration cancel(options_.cancellation.get(),
-                                    [&context] { context.TryCancel(); });
+  const Cancellation::Registration cancel = CancelsOnCancel(context);
   v1::GetStatusRequest request;
   request.set_include_tensors(!watch.rounds.empty());
   v1::GetStatusResponse status;
@@ -330,23 +329,26 @@ void ShardClient::ReportProgress() {
                    " so far)"));
 }
 
-void ShardClient::ReportRollback(const std::vector<std::string>& names,
-                                 const std::vector<std::uint64_t>& before,
-                                 const std::vector<std::uint64_t>& now) const {
-  std::size_t worst = names.size();
-  for (std::size_t i = 0; i < names.size(); ++i) {
-    if (now[i] < before[i] &&
-        (worst == names.size() ||
-         before[i] - now[i] > before[worst] - now[worst])) {
-      worst = i;
-    }
-  }
-  if (worst == names.size()) return;
-  Log(absl::StrCat("server ", address_, " restored version ", now[worst],
-                   " < ", before[worst], " of tensor ", names[worst], ": ",
-                   before[worst] - now[worst],
+void ShardClient::ReportRollback(const std::string& name, std::uint64_t before,
+                                 std::uint64_t now) const {
+  Log(absl::StrCat("server ", address_, " restored version ", now, " < ",
+                   before, " of tensor ", name, ": ", before - now,
                    " round(s) lost (it restarted from an older snapshot); "
                    "continuing from the restored value"));
+}
+
+Cancellation::Registration ShardClient::CancelsOnCancel(
+    grpc::ClientContext& context) const {
+  return Cancellation::Registration(options_.cancellation.get(),
+                                    [&context] { context.TryCancel(); });
+}
+
+bool ShardClient::Sleep(absl::Duration duration) const {
+  if (options_.cancellation == nullptr) {
+    absl::SleepFor(duration);
+    return true;
+  }
+  return options_.cancellation->SleepFor(duration);
 }
 
 ShardClient::~ShardClient() { StopHeartbeat(); }
@@ -374,8 +376,7 @@ void ShardClient::StartHeartbeat(std::uint64_t lease, absl::Duration interval) {
                            absl::ToChronoMilliseconds(interval));
       // A cancelled client stops at once, not after a beat to a frozen
       // server.
-      Cancellation::Registration cancel(options_.cancellation.get(),
-                                        [&context] { context.TryCancel(); });
+      const Cancellation::Registration cancel = CancelsOnCancel(context);
       v1::HeartbeatResponse response;
       const grpc::Status status =
           channel_->stub->Heartbeat(&context, request, &response);
@@ -530,11 +531,7 @@ absl::Status ShardClient::JoinRetrying(absl::Span<const Declared> declared,
       Log(absl::StrCat(status.message(), "; retrying for up to ",
                        absl::FormatDuration(options_.held_id_wait)));
     }
-    if (options_.cancellation != nullptr
-            ? !options_.cancellation->SleepFor(absl::Seconds(1))
-            : (absl::SleepFor(absl::Seconds(1)), false)) {
-      return Cancellation::Status("Join");
-    }
+    if (!Sleep(absl::Seconds(1))) return Cancellation::Status("Join");
   }
 }
 
@@ -542,8 +539,7 @@ absl::Status ShardClient::JoinOnce(absl::Span<const Declared> declared,
                               v1::JoinResponse* response) {
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
-  Cancellation::Registration cancel(options_.cancellation.get(),
-                                    [&context] { context.TryCancel(); });
+  const Cancellation::Registration cancel = CancelsOnCancel(context);
   response->Clear();
   auto stream = channel_->stub->Join(&context, response);
   v1::JoinRequest msg;
@@ -607,17 +603,21 @@ absl::Status ShardClient::Rejoin(absl::Span<const TensorRef> in_hand) {
   }
   v1::JoinResponse response;
   WEIGHTD_RETURN_IF_ERROR(JoinRetrying(declared, &response));
-  std::vector<std::string> names;
-  std::vector<std::uint64_t> before, now;
+  std::size_t worst = declared.size();  // The tensor that went back most.
+  std::uint64_t lost = 0, before = 0;
   for (std::size_t i = 0; i < declared.size(); ++i) {
     Tracked& t = tracked_.at(declared[i].name);
-    names.push_back(declared[i].name);
-    before.push_back(t.version);
-    t.version = response.tensors(static_cast<int>(i)).info().version();
-    now.push_back(t.version);
+    const std::uint64_t now =
+        response.tensors(static_cast<int>(i)).info().version();
+    if (now < t.version && t.version - now > lost) {
+      worst = i, lost = t.version - now, before = t.version;
+    }
+    t.version = now;
     t.wait_version = 0;
   }
-  ReportRollback(names, before, now);
+  if (worst < declared.size()) {
+    ReportRollback(declared[worst].name, before, before - lost);
+  }
   return absl::OkStatus();
 }
 
@@ -625,8 +625,7 @@ bool ShardClient::LeaseLost() {
   if (lease_lost_) return true;
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
-  Cancellation::Registration cancel(options_.cancellation.get(),
-                                    [&context] { context.TryCancel(); });
+  const Cancellation::Registration cancel = CancelsOnCancel(context);
   v1::HeartbeatRequest request;
   request.set_lease_id(lease_id_);
   v1::HeartbeatResponse response;
@@ -640,8 +639,7 @@ absl::Status ShardClient::UnaryWithRetries(
   return Retrying(name, [&] {
     grpc::ClientContext context;
     context.set_deadline(CallDeadline());
-    Cancellation::Registration cancel(options_.cancellation.get(),
-                                      [&context] { context.TryCancel(); });
+    const Cancellation::Registration cancel = CancelsOnCancel(context);
     return Annotate(call(&context), name);
   });
 }
@@ -686,13 +684,7 @@ absl::Status ShardClient::Retrying(absl::string_view what,
           absl::FormatDuration(absl::Trunc(give_up - now, absl::Seconds(1))),
           " more"));
     }
-    if (options_.cancellation != nullptr) {
-      if (!options_.cancellation->SleepFor(pause)) {
-        return Cancellation::Status(what);
-      }
-    } else {
-      absl::SleepFor(pause);
-    }
+    if (!Sleep(pause)) return Cancellation::Status(what);
     backoff = std::min(backoff * 2, options_.max_backoff);
   }
 }
@@ -774,8 +766,7 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
   }
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
-  Cancellation::Registration cancel(options_.cancellation.get(),
-                                    [&context] { context.TryCancel(); });
+  const Cancellation::Registration cancel = CancelsOnCancel(context);
   if (!pull_result) {
     grpc::ByteBuffer response_bytes;
     std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> stream(
@@ -817,16 +808,19 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
 
 void ShardClient::RecordPulled(absl::Span<const TensorRef> tensors,
                           const std::vector<std::uint64_t>& versions) {
-  std::vector<std::string> names;
-  std::vector<std::uint64_t> before;
+  std::size_t worst = tensors.size();  // The tensor that went back most.
+  std::uint64_t lost = 0, before = 0;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     Tracked& t = tracked_.at(tensors[i].name);
-    names.push_back(tensors[i].name);
-    before.push_back(t.version);
+    if (versions[i] < t.version && t.version - versions[i] > lost) {
+      worst = i, lost = t.version - versions[i], before = t.version;
+    }
     t.version = versions[i];
     t.wait_version = 0;
   }
-  ReportRollback(names, before, versions);
+  if (worst < tensors.size()) {
+    ReportRollback(tensors[worst].name, before, before - lost);
+  }
 }
 
 std::chrono::system_clock::time_point ShardClient::CallDeadline() const {
@@ -851,8 +845,7 @@ absl::Status ShardClient::PullOnce(absl::Span<const TensorRef> tensors) {
   request.set_accept_batches(true);
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
-  Cancellation::Registration cancel(options_.cancellation.get(),
-                                    [&context] { context.TryCancel(); });
+  const Cancellation::Registration cancel = CancelsOnCancel(context);
   std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> stream(
       grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(
           channel_->channel.get(), channel_->pull, &context,
@@ -885,8 +878,7 @@ absl::Status ShardClient::Barrier(absl::string_view name, int count,
   WEIGHTD_RETURN_IF_ERROR(Retrying("Barrier", [&] {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(give_up));
-    Cancellation::Registration cancel(options_.cancellation.get(),
-                                      [&context] { context.TryCancel(); });
+    const Cancellation::Registration cancel = CancelsOnCancel(context);
     request.set_lease_id(lease_id_);  // Current even after a re-join.
     grpc::Status status = channel_->stub->Barrier(&context, request, &response);
     if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&

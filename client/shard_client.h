@@ -123,11 +123,16 @@ class ShardClient {
   // process holds the worker id.
   absl::Status JoinRetrying(absl::Span<const Declared> declared,
                             v1::JoinResponse* response);
-  // Logs a server that went back to older versions (restored from an older
-  // snapshot): `before` and `now` are versions of `names`.
-  void ReportRollback(const std::vector<std::string>& names,
-                      const std::vector<std::uint64_t>& before,
-                      const std::vector<std::uint64_t>& now) const;
+  // Logs a server that went back from version `before` to `now` of tensor
+  // `name` (restored from an older snapshot).
+  void ReportRollback(const std::string& name, std::uint64_t before,
+                      std::uint64_t now) const;
+  // While it lives, options_.cancellation cancels `context`.
+  Cancellation::Registration CancelsOnCancel(
+      grpc::ClientContext& context) const;
+  // Sleeps for `duration`; false, early, once options_.cancellation is
+  // cancelled.
+  bool Sleep(absl::Duration duration) const;
   // From the heartbeat thread: says what a long wait waits for.
   void ReportProgress();
   // One attempt of each call; the public calls wrap them in Retrying().

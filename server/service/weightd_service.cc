@@ -204,18 +204,17 @@ class TensorStreamer {
 using WaitDone = std::function<void(absl::Status)>;
 
 // Which call a reactor serves, for the log of refused calls.
+// The peer is looked up only for a refusal: a string per call is not for
+// the push path.
 struct CallInfo {
   EventLog* log;
   const char* name;
-  std::string peer;
-
-  CallInfo(EventLog* log, const char* name,
-           const grpc::CallbackServerContext* context)
-      : log(log), name(name), peer(context->peer()) {}
+  const grpc::CallbackServerContext* context;  // Lives until the call's end.
 
   // The wire status of a call that ends with `status`, logged if refused.
+  // Call before finishing the call.
   grpc::Status Answer(const absl::Status& status) const {
-    if (!status.ok()) log->Refused(name, peer, status);
+    if (!status.ok()) log->Refused(name, context->peer(), status);
     return ToGrpcStatus(status);
   }
 };
@@ -462,7 +461,7 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
               grpc::ByteBuffer* response, EventLog* events)
       : store_(store), traffic_(traffic), shard_(shard), context_(context),
         response_bytes_(response), events_(events),
-        call_(events, "Join", context) {
+        call_{events, "Join", context} {
     *response_.mutable_shard() = shard;
     StartRead(&request_bytes_);
   }
@@ -587,8 +586,8 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     WEIGHTD_ASSIGN_OR_RETURN(
         core::JoinResult joined,
         store_->Join(worker_id_, std::move(declarations_),
-                     core::Claimant{instance_, call_.peer}));
-    events_->Joined(worker_id_, call_.peer, joined);
+                     core::Claimant{instance_, context_->peer()}));
+    events_->Joined(worker_id_, context_->peer(), joined);
     response_.set_lease_id(joined.lease_id);
     response_.set_lease_timeout_ms(
         absl::ToInt64Milliseconds(store_->options().lease_timeout));
@@ -731,7 +730,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
               grpc::CallbackServerContext* context, grpc::ByteBuffer* response,
               EventLog* events)
       : reader_(store, traffic, "Push"), context_(context),
-        response_(response), call_(events, "Push", context) {
+        response_(response), call_{events, "Push", context} {
     StartRead(&request_);
   }
 
@@ -811,7 +810,7 @@ class PushPullReactor final
   PushPullReactor(core::TensorStore* store, TrafficCounters* traffic,
                   grpc::CallbackServerContext* context, EventLog* events)
       : reader_(store, traffic, "PushPull"), context_(context),
-        stream_(this, store, traffic, CallInfo(events, "PushPull", context)) {
+        stream_(this, store, traffic, CallInfo{events, "PushPull", context}) {
     StartRead(&request_);
   }
 
@@ -911,7 +910,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* WeightdService::Pull(
     return new NotReadyReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>>();
   }
   return new PullReactor(store, &traffic_, *request,
-                         CallInfo(&events_, "Pull", context));
+                         CallInfo{&events_, "Pull", context});
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
@@ -930,7 +929,7 @@ grpc::ServerUnaryReactor* WeightdService::Leave(
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
   return UnaryReactor<v1::LeaveRequest, v1::LeaveResponse>::Serve(
-      *request, response, CallInfo(&events_, "Leave", context),
+      *request, response, CallInfo{&events_, "Leave", context},
       [&](const v1::LeaveRequest& request, v1::LeaveResponse*, auto* call) {
         absl::StatusOr<std::string> left = store->Leave(request.lease_id());
         if (left.ok()) events_.Left(*left);
@@ -944,7 +943,7 @@ grpc::ServerUnaryReactor* WeightdService::Heartbeat(
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
   return UnaryReactor<v1::HeartbeatRequest, v1::HeartbeatResponse>::Serve(
-      *request, response, CallInfo(&events_, "Heartbeat", context),
+      *request, response, CallInfo{&events_, "Heartbeat", context},
       [&](const v1::HeartbeatRequest& request, v1::HeartbeatResponse*,
           auto* call) { call->Answer(store->Heartbeat(request.lease_id())); });
 }
@@ -955,7 +954,7 @@ grpc::ServerUnaryReactor* WeightdService::Barrier(
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
   return UnaryReactor<v1::BarrierRequest, v1::BarrierResponse>::Serve(
-      *request, response, CallInfo(&events_, "Barrier", context),
+      *request, response, CallInfo{&events_, "Barrier", context},
       [&](const v1::BarrierRequest& request, v1::BarrierResponse* response,
           auto* call) {
         // Written by the store before it releases the call.
@@ -981,7 +980,7 @@ grpc::ServerUnaryReactor* WeightdService::TakeSnapshot(
     grpc::ByteBuffer* response) {
   if (store() == nullptr) return FinishUnary(context, NotReady());
   return UnaryReactor<v1::TakeSnapshotRequest, v1::TakeSnapshotResponse>::Serve(
-      *request, response, CallInfo(&events_, "TakeSnapshot", context),
+      *request, response, CallInfo{&events_, "TakeSnapshot", context},
       [this](const v1::TakeSnapshotRequest&,
              v1::TakeSnapshotResponse* response, auto* call) {
         if (snapshotter_ == nullptr) {
@@ -1004,7 +1003,7 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
   return UnaryReactor<v1::GetStatusRequest, v1::GetStatusResponse>::Serve(
-      *request, response, CallInfo(&events_, "GetStatus", context),
+      *request, response, CallInfo{&events_, "GetStatus", context},
       [&](const v1::GetStatusRequest& request, v1::GetStatusResponse* response,
           auto* call) {
         const core::StoreStatus status = store->Status();
