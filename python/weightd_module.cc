@@ -49,7 +49,7 @@ std::vector<TensorRef> Refs(const py::dict& tensors) {
     const std::string name = py::cast<std::string>(key);
     if (!py::isinstance<py::array>(value)) {
       throw py::type_error(absl::StrCat("tensor ", name,
-                                        ": expected a numpy array, got ",
+                                        ": expected a numpy array or torch tensor, got ",
                                         std::string(py::str(value.get_type()))));
     }
     py::array array = py::reinterpret_borrow<py::array>(value);
@@ -79,21 +79,47 @@ std::vector<TensorRef> Refs(const py::dict& tensors) {
 
 class PyClient {
  public:
+  // Durations in seconds; `log`: None (standard error) or a callable that
+  // takes one line (called with the GIL, from the client's threads).
   PyClient(const std::string& address, const std::string& worker_id,
            double call_timeout, double connect_timeout, bool heartbeat,
-           double retry_budget, const std::string& wire_format,
-           std::uint64_t split_bytes) {
+           double retry_budget, double initial_backoff, double max_backoff,
+           const std::string& wire_format, std::uint64_t split_bytes,
+           const py::object& log, double progress_interval,
+           double held_id_wait) {
     options_.address = address;
     options_.worker_id = worker_id;
-    options_.call_timeout = absl::Seconds(call_timeout);
-    options_.connect_timeout = absl::Seconds(connect_timeout);
+    options_.call_timeout = Seconds("call_timeout", call_timeout);
+    options_.connect_timeout = Seconds("connect_timeout", connect_timeout);
     options_.heartbeat = heartbeat;
-    options_.retry_budget = absl::Seconds(retry_budget);
+    options_.retry_budget = Seconds("retry_budget", retry_budget);
+    options_.initial_backoff = Seconds("initial_backoff", initial_backoff);
+    options_.max_backoff = Seconds("max_backoff", max_backoff);
     if (!ParseWireFormat(wire_format, &options_.wire_format)) {
       throw py::value_error(absl::StrCat(
           "wire_format=", wire_format, ": use float32, bfloat16 or float16"));
     }
     options_.split_bytes = split_bytes;
+    if (!log.is_none()) {
+      if (!PyCallable_Check(log.ptr())) {
+        throw py::type_error("log: expected None or a callable taking a str");
+      }
+      // Shared, so that the lambda outlives no reference it needs; its
+      // last copy is destroyed with the client, under the GIL (~PyClient).
+      auto callable = std::make_shared<py::object>(log);
+      options_.log = [callable](absl::string_view line) {
+        py::gil_scoped_acquire acquire;
+        try {
+          (*callable)(std::string(line));
+        } catch (py::error_already_set& error) {
+          error.discard_as_unraisable("weightd.Client log callable");
+        }
+      };
+      log_ = std::move(callable);
+    }
+    options_.progress_interval =
+        Seconds("progress_interval", progress_interval);
+    options_.held_id_wait = Seconds("held_id_wait", held_id_wait);
     options_.cancellation = cancellation_;
     absl::StatusOr<std::unique_ptr<Client>> client;
     Call([&] {
@@ -101,6 +127,14 @@ class PyClient {
       return client.status();
     });
     client_ = std::move(*client);
+  }
+
+  // The client's threads may wait for the GIL (its log): end them without
+  // holding it.
+  ~PyClient() {
+    py::gil_scoped_release release;
+    client_.reset();
+    options_.log = nullptr;
   }
 
   void Join(const py::dict& tensors) {
@@ -164,6 +198,14 @@ class PyClient {
  private:
   Client* Open() { return client_.get(); }
 
+  static absl::Duration Seconds(const char* name, double seconds) {
+    if (!(seconds >= 0) || seconds > 1e9) {
+      throw py::value_error(absl::StrCat(
+          name, "=", seconds, ": expected seconds, >= 0"));
+    }
+    return absl::Seconds(seconds);
+  }
+
   static PushOptions Options(double weight, const std::string& kind) {
     PushOptions options;
     options.weight = weight;
@@ -216,6 +258,7 @@ class PyClient {
   }
 
   ClientOptions options_;
+  std::shared_ptr<py::object> log_;
   std::shared_ptr<Cancellation> cancellation_ =
       std::make_shared<Cancellation>();
   std::unique_ptr<Client> client_;
@@ -229,11 +272,14 @@ PYBIND11_MODULE(_weightd, m) {
   m.doc() = "Native part of the weightd package: weightd::Client.";
   py::class_<PyClient>(m, "Client")
       .def(py::init<const std::string&, const std::string&, double, double,
-                    bool, double, const std::string&, std::uint64_t>(),
+                    bool, double, double, double, const std::string&,
+                    std::uint64_t, const py::object&, double, double>(),
            py::arg("address"), py::arg("worker_id"), py::arg("call_timeout"),
            py::arg("connect_timeout"), py::arg("heartbeat"),
-           py::arg("retry_budget"), py::arg("wire_format"),
-           py::arg("split_bytes"))
+           py::arg("retry_budget"), py::arg("initial_backoff"),
+           py::arg("max_backoff"), py::arg("wire_format"),
+           py::arg("split_bytes"), py::arg("log"),
+           py::arg("progress_interval"), py::arg("held_id_wait"))
       .def("join", &PyClient::Join, py::arg("tensors"))
       .def("push", &PyClient::Push, py::arg("tensors"), py::arg("weight"),
            py::arg("kind"))

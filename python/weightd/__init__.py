@@ -2,8 +2,8 @@
 
 The native part binds the C++ ``weightd::Client``, so retries, re-joins,
 exactly-once pushes, heartbeats, shards and 16-bit wire formats behave as in
-C++. Tensors are your own numpy arrays (float32, C-contiguous, writeable),
-read and written in place::
+C++. Tensors are your own numpy arrays (float32, C-contiguous, writeable) or
+torch tensors (CPU, float32, contiguous), read and written in place::
 
     import numpy as np, weightd
     w = np.zeros((784, 128), np.float32)
@@ -80,51 +80,113 @@ from . import _weightd  # noqa: E402  (needs _error_for defined first)
 Tensors = typing.Mapping[str, typing.Any]
 
 
+def _torch_array(name: str, tensor) -> typing.Any:
+    """A numpy view of a torch tensor's own storage (no copy), after the
+    checks the native part makes of numpy arrays."""
+    import torch  # Only reached for a torch tensor: torch is loaded.
+
+    if tensor.layout != torch.strided:
+        raise ValueError(f"tensor {name}: layout is {tensor.layout}; weightd "
+                         "reads and writes dense (strided) tensors")
+    if tensor.device.type != "cpu":
+        raise ValueError(f"tensor {name}: on device {tensor.device}; weightd "
+                         "reads and writes CPU tensors (move the model with "
+                         ".cpu() first)")
+    if tensor.dtype != torch.float32:
+        raise TypeError(f"tensor {name}: dtype is {tensor.dtype}; weightd "
+                        "holds float32")
+    if not tensor.is_contiguous():
+        raise ValueError(f"tensor {name}: not contiguous (use .contiguous() "
+                         "and keep that tensor)")
+    # detach(): the same storage, outside autograd (as param.data is).
+    return tensor.detach().numpy()
+
+
+def _arrays(tensors: Tensors) -> dict:
+    """name -> numpy array for the native part: numpy arrays as they are,
+    torch tensors as views of their storage."""
+    if not isinstance(tensors, typing.Mapping):
+        raise TypeError("tensors: expected a dict of name -> array, got "
+                        f"{type(tensors).__name__}")
+    arrays = {}
+    for name, value in tensors.items():
+        if not isinstance(name, str):
+            raise TypeError(f"tensor name {name!r}: expected a str")
+        if type(value).__module__.startswith("torch"):
+            value = _torch_array(name, value)
+        arrays[name] = value
+    return arrays
+
+
 class Client:
     """A worker's connection to weightd (one server, or every shard).
 
     ``address``: one gRPC target ("host:7070", "unix:/path"), every shard's
-    as a comma list, or one DNS name resolving to all shards. The keyword
-    arguments are ``weightd::ClientOptions`` with the same defaults:
-    ``call_timeout`` (s, each call including the wait for a round),
-    ``connect_timeout`` (s), ``heartbeat``, ``retry_budget`` (s),
-    ``wire_format`` ("float32", "bfloat16", "float16") and ``split_bytes``.
-    Raises ``Unavailable`` if the server cannot be reached in time.
-    Not thread-safe: use one client per thread.
+    as a comma list, or one DNS name resolving to all shards. ``worker_id``:
+    a stable name ([A-Za-z0-9_.:/-]); one process at a time may hold it.
+
+    The keyword arguments are ``weightd::ClientOptions`` (client/types.h)
+    with the same defaults; durations are in seconds:
+
+    - ``call_timeout``: deadline of each call, including the wait for a round.
+    - ``connect_timeout``: how long to wait for the server to be reachable.
+    - ``heartbeat``: renew the lease from a background thread while joined.
+    - ``retry_budget``: how long a call failing with UNAVAILABLE or
+      DEADLINE_EXCEEDED is retried (a resent push is applied once);
+      ``initial_backoff`` and ``max_backoff`` bound the pause between tries.
+    - ``wire_format``: "float32", "bfloat16" or "float16" on the wire (the
+      server averages in float32).
+    - ``split_bytes``: sharded servers split tensors larger than this by rows.
+    - ``log``: where the client says what it waits for (server not up yet,
+      retries, a round taking longer than ``progress_interval``, a server
+      rolled back to an older snapshot): None for standard error, or a
+      callable taking one line (e.g. ``logging.getLogger("weightd").info``).
+    - ``held_id_wait``: how long a join refused because another process
+      holds ``worker_id`` is retried (for your own previous process's lease
+      to lapse).
+
+    Raises ``Unavailable`` if the server cannot be reached in time,
+    ``ValueError`` for an option that cannot work. One client per thread:
+    its calls are not meant to be made from two threads at once.
     """
 
     def __init__(self, address: str, worker_id: str, *,
                  call_timeout: float = 600.0, connect_timeout: float = 30.0,
                  heartbeat: bool = True, retry_budget: float = 120.0,
-                 wire_format: str = "float32", split_bytes: int = 4 << 20):
+                 initial_backoff: float = 0.05, max_backoff: float = 2.0,
+                 wire_format: str = "float32", split_bytes: int = 4 << 20,
+                 log: typing.Optional[typing.Callable[[str], None]] = None,
+                 progress_interval: float = 10.0,
+                 held_id_wait: float = 20.0):
         self._native = _weightd.Client(
             address, worker_id, call_timeout, connect_timeout, heartbeat,
-            retry_budget, wire_format, split_bytes)
+            retry_budget, initial_backoff, max_backoff, wire_format,
+            split_bytes, log, progress_interval, held_id_wait)
 
     def join(self, tensors: Tensors) -> None:
         """Declares the tensors your model shares (name -> array). A tensor
         the server lacks is created from your array; for one it holds, the
         shared value is written into your array (weight transfer)."""
-        self._native.join(dict(tensors))
+        self._native.join(_arrays(tensors))
 
     def push(self, tensors: Tensors, weight: float = 1.0,
              kind: str = "weights") -> None:
         """Contributes your arrays to the open round; does not wait for it.
         ``kind``: "weights" (averaged) or "delta" (applied with the server's
         learning rate)."""
-        self._native.push(dict(tensors), weight, kind)
+        self._native.push(_arrays(tensors), weight, kind)
 
     def pull(self, tensors: Tensors) -> None:
         """Writes the shared values into your arrays (after a push: once its
         round closed)."""
-        self._native.pull(dict(tensors))
+        self._native.pull(_arrays(tensors))
 
     def push_pull(self, tensors: Tensors, weight: float = 1.0,
                   kind: str = "weights") -> None:
         """Push, wait for the round, and write the result into your arrays.
         If the round moved on without you, your arrays get the current
         shared value and the call still returns."""
-        self._native.push_pull(dict(tensors), weight, kind)
+        self._native.push_pull(_arrays(tensors), weight, kind)
 
     def barrier(self, name: str, count: int, timeout: float = 0.0) -> int:
         """Waits until ``count`` workers entered barrier ``name`` (workers
