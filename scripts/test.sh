@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # Runs every weightd test: installs what is missing, builds, then ctest.
 # Usage: scripts/test.sh [ctest args...]   e.g. scripts/test.sh -L unit
+#        scripts/test.sh --quick [ctest args...]
+#          the developer's inner loop: only the Release tree, and only its
+#          unit and service tests unless ctest args choose others (about a
+#          minute once built).
 # Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [[ ${1:-} == --quick ]]; then
+  shift
+  scripts/install_deps.sh build grpc test
+  scripts/build.sh build/release -DWEIGHTD_BUILD_PYTHON=ON
+  (($# > 0)) || set -- -L 'unit|service'
+  exec ctest --test-dir build/release --output-on-failure -j 2 --timeout 900 "$@"
+fi
 
 scripts/install_deps.sh
 

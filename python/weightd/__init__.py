@@ -164,9 +164,10 @@ class Client:
             split_bytes, log, progress_interval, held_id_wait)
 
     def join(self, tensors: Tensors) -> None:
-        """Declares the tensors your model shares (name -> array). A tensor
-        the server lacks is created from your array; for one it holds, the
-        shared value is written into your array (weight transfer)."""
+        """Declares the tensors your model shares (name -> numpy array or
+        torch tensor). A tensor the server lacks is created from your
+        array; for one it holds, the shared value is written into your
+        array (weight transfer)."""
         self._native.join(_arrays(tensors))
 
     def push(self, tensors: Tensors, weight: float = 1.0,
