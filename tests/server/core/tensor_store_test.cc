@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -1212,40 +1213,98 @@ TEST_F(TensorStoreTest, ConcurrentRoundsAverageCorrectly) {
 // Quorum rounds under contention: workers push whatever round is open (late
 // ones are aborted and catch up), a housekeeping thread closes overdue
 // rounds and expires leases, and a worker keeps leaving and re-joining.
-// Every round closes once, with at most one contribution per worker, and
-// the value is always one of the means the pushes allow.
+// Every push carries a value of its own, so each chunk of each round's value
+// is known exactly from the chunks delivered into that round: a
+// contribution counted twice or lost, or a chunk applied twice, shows as a
+// wrong element. (A push cut off by its round's close leaves the chunks it
+// delivered in that round: PushSession's contract, checked here too.)
 TEST_F(QuorumTest, ConcurrentQuorumRoundsWithHousekeepingAndChurn) {
   StoreOptions options = TestOptions();  // The real clock.
   options.round_quorum.count = 2;
   options.round_timeout = absl::Microseconds(200);
   MakeStoreWith(std::move(options));
   constexpr int kWorkers = 4;
-  const std::vector<float> zero(2500, 0.0f);
+  constexpr int kAccepted = 20;    // Pushes each worker gets accepted.
+  constexpr int kAttempts = 50000;
+  constexpr std::size_t kElements = 2500;  // 3 chunks.
+  constexpr std::size_t kChunkElements = kChunk / 4;
+  constexpr std::size_t kChunks = (kElements + kChunkElements - 1) / kChunkElements;
   std::vector<std::uint64_t> leases;
   for (int w = 0; w < kWorkers; ++w) {
-    leases.push_back(Join("w" + std::to_string(w), {{"t", zero}}));
+    leases.push_back(
+        Join("w" + std::to_string(w), {{"t", std::vector<float>(kElements)}}));
   }
   std::atomic<bool> stop{false};
   std::atomic<int> bad{0};
+  std::atomic<int> done{0};  // Workers with kAccepted accepted pushes.
+  absl::Mutex mu;
+  // Under mu: (round, chunk) -> the values delivered into it, by complete
+  // pushes and by pushes cut off after that chunk.
+  std::map<std::pair<std::uint64_t, std::size_t>, std::vector<float>> delivered;
+  std::map<std::uint64_t, std::uint32_t> complete;  // Round -> pushes.
+  std::map<std::uint64_t, std::vector<float>> seen;  // Version -> value.
   std::vector<std::thread> threads;
   for (int w = 0; w < kWorkers; ++w) {
     threads.emplace_back([&, w] {
+      // Until every worker had kAccepted pushes accepted (a round needs two
+      // contributions, so none stops early), at most kAttempts.
+      int accepted_here = 0;
       std::uint64_t sequence = 1;
-      for (int i = 0; i < 40; ++i) {
+      for (int i = 0; i < kAttempts && done < kWorkers; ++i) {
         const std::uint64_t round = Version("t");
-        std::vector<float> mine(zero.size(), 8.0f);
-        auto pushed = Push(leases[w], sequence++, {{"t", round, mine}});
-        if (!pushed.ok() && !absl::IsAborted(pushed.status()) &&
-            !absl::IsAlreadyExists(pushed.status())) {
+        // Distinct per push, and exact in float32.
+        const float value = static_cast<float>(100000 * (w + 1) + i);
+        const std::vector<float> mine(kElements, value);
+        auto session = store_->BeginPush(PushHeader{
+            leases[w], sequence++, UpdateKind::kWeights, 1.0, {{"t", round}}});
+        std::size_t chunks = 0;
+        absl::Status status = session.status();
+        for (std::size_t k = 0; status.ok() && k < kChunks; ++k) {
+          const std::uint64_t offset = k * kChunk;
+          status = (*session)->AddChunk(
+              0, offset, Bytes(mine, offset, ChunkLength(kElements * 4, kChunk, offset)));
+          if (status.ok()) ++chunks;
+        }
+        if (status.ok()) {
+          auto finished = (*session)->Finish();
+          status = finished.status();
+          if (finished.ok() && ((*finished)[0].outcome.duplicate ||
+                                (*finished)[0].outcome.round != round)) {
+            ++bad;
+          }
+        }
+        if (status.ok() && ++accepted_here == kAccepted) ++done;
+        if (!status.ok() && !absl::IsAborted(status) &&
+            !absl::IsAlreadyExists(status)) {
           ++bad;
         }
+        {
+          absl::MutexLock lock(&mu);
+          if (status.ok()) ++complete[round];
+          for (std::size_t k = 0; k < chunks; ++k) {
+            delivered[{round, k}].push_back(value);
+          }
+        }
+        if (!status.ok()) std::this_thread::yield();  // Its round is closing.
       }
+      if (accepted_here < kAccepted) ++bad;
     });
   }
   std::thread housekeeper([&] {
     while (!stop) {
       store_->CloseOverdueRounds();
       store_->ExpireLeases();
+    }
+  });
+  std::thread reader([&] {
+    while (!stop) {
+      auto snap = store_->Snapshot({"t"});
+      if (!snap.ok()) {
+        ++bad;
+        return;
+      }
+      absl::MutexLock lock(&mu);
+      seen.try_emplace((*snap)[0].version, *(*snap)[0].value);
     }
   });
   std::thread churn([&] {
@@ -1258,21 +1317,43 @@ TEST_F(QuorumTest, ConcurrentQuorumRoundsWithHousekeepingAndChurn) {
   churn.join();
   stop = true;
   housekeeper.join();
+  reader.join();
   EXPECT_EQ(bad.load(), 0);
-  // Every push is 8 (the first round averages 8 with nothing else): any
-  // other value would mean a contribution counted twice or lost weight.
-  EXPECT_THAT(Value("t"), ::testing::Each(8.0f));
-  absl::MutexLock lock(&closed_mu_);
+
+  absl::MutexLock lock(&mu);
+  seen.try_emplace(Version("t"), Value("t"));
   // Observers run outside the locks, so not necessarily in round order.
-  std::vector<RoundClosed> closed = closed_;
+  std::vector<RoundClosed> closed;
+  {
+    absl::MutexLock closed_lock(&closed_mu_);
+    closed = closed_;
+  }
   std::sort(closed.begin(), closed.end(),
             [](const RoundClosed& x, const RoundClosed& y) {
               return x.round < y.round;
             });
-  EXPECT_EQ(closed.size(), Version("t"));
+  ASSERT_EQ(closed.size(), Version("t"));
+  ASSERT_GE(closed.size(), static_cast<std::size_t>(kAccepted));
   for (std::size_t i = 0; i < closed.size(); ++i) {
     EXPECT_EQ(closed[i].round, i);
-    EXPECT_LE(closed[i].contributors, static_cast<std::uint32_t>(kWorkers));
+    EXPECT_EQ(closed[i].contributors, complete[i]) << "round " << i;
+  }
+  for (const auto& [version, value] : seen) {
+    if (version == 0) continue;
+    ASSERT_EQ(value.size(), kElements);
+    for (std::size_t k = 0; k < kChunks; ++k) {
+      const std::vector<float>& values = delivered[{version - 1, k}];
+      ASSERT_FALSE(values.empty()) << "version " << version << " chunk " << k;
+      double sum = 0;
+      for (float v : values) sum += v;
+      const float mean = static_cast<float>(sum / values.size());
+      const auto begin = value.begin() + k * kChunkElements;
+      const auto end = value.begin() + std::min(kElements, (k + 1) * kChunkElements);
+      EXPECT_THAT(std::vector<float>(begin, end),
+                  ::testing::Each(::testing::FloatNear(mean, 1e-5f * mean)))
+          << "version " << version << " chunk " << k << ": " << values.size()
+          << " values";
+    }
   }
 }
 
