@@ -103,45 +103,56 @@ class Worker:
              textwrap.dedent(code), *map(str, args)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=environment)
-        self.lines = queue.Queue()
-        self.stderr = []
+        self.lines = queue.Queue()        # Standard output, line by line.
+        self.error_lines = queue.Queue()  # Standard error, line by line.
+        self.stderr = []                  # Standard error so far.
         self._readers = [
-            threading.Thread(target=self._read, args=(self.proc.stdout,
-                                                      self.lines.put)),
-            threading.Thread(target=self._read, args=(self.proc.stderr,
-                                                      self.stderr.append))]
+            threading.Thread(target=self._read,
+                             args=(self.proc.stdout, self.lines, None)),
+            threading.Thread(target=self._read,
+                             args=(self.proc.stderr, self.error_lines,
+                                   self.stderr))]
         for r in self._readers:
             r.daemon = True
             r.start()
 
     @staticmethod
-    def _read(stream, put):
+    def _read(stream, lines, keep):
         for line in stream:
-            put(line.rstrip("\n"))
-        put(None)  # End of output.
+            if keep is not None:
+                keep.append(line.rstrip("\n"))
+            lines.put(line.rstrip("\n"))
+        lines.put(None)  # End of output.
 
-    def line(self, timeout):
-        """The next line of output; fails after `timeout` seconds or at
-        the end of the output."""
+    def line(self, timeout, stream="stdout"):
+        """The next line of standard output (or error); fails after
+        `timeout` seconds or at the end of the output."""
+        lines = self.lines if stream == "stdout" else self.error_lines
         try:
-            line = self.lines.get(timeout=timeout)
+            line = lines.get(timeout=timeout)
         except queue.Empty:
             pytest.fail(f"worker wrote no line within {timeout} s; "
                         f"stderr: {self.err()}")
         if line is None:
-            self.lines.put(None)
+            lines.put(None)
             pytest.fail(f"worker ended (status {self.proc.wait(5)}); "
                         f"stderr: {self.err()}")
         return line
 
-    def expect(self, prefix, timeout):
-        """Skips lines until one starting with `prefix`; returns the rest
-        (parsed as JSON if it is)."""
+    def expect(self, text, timeout, stream="stdout"):
+        """Skips lines until one starting with `text` (or, on standard
+        error, containing it); returns the rest of a line of standard
+        output (parsed as JSON if it is), or the whole line of standard
+        error."""
         deadline = time.monotonic() + timeout
         while True:
-            line = self.line(max(0.0, deadline - time.monotonic()))
-            if line.startswith(prefix):
-                rest = line[len(prefix):].strip()
+            line = self.line(max(0.0, deadline - time.monotonic()), stream)
+            if stream != "stdout":
+                if text in line:
+                    return line
+                continue
+            if line.startswith(text):
+                rest = line[len(text):].strip()
                 try:
                     return json.loads(rest)
                 except ValueError:
