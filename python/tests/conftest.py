@@ -31,8 +31,8 @@ PACKAGE_ROOT = str(pathlib.Path(weightd.__file__).resolve().parent.parent)
 
 
 @contextlib.contextmanager
-def weightd_daemon(*flags, lease_timeout="3s"):
-    """A weightd on 127.0.0.1:0 with `flags`; yields (address, process).
+def weightd_daemon(*flags, lease_timeout="3s", listen="127.0.0.1:0"):
+    """A weightd on `listen` with `flags`; yields (address, process).
     Stopped with SIGTERM afterwards, which must exit 0 within 15 s."""
     with tempfile.TemporaryDirectory() as work:
         ready = pathlib.Path(work, "ready")
@@ -41,7 +41,7 @@ def weightd_daemon(*flags, lease_timeout="3s"):
         # --pdeathsig: a killed pytest leaves no daemon behind.
         proc = subprocess.Popen(
             ["setpriv", "--pdeathsig", "KILL", str(BUILD / "server/weightd"),
-             "--listen=127.0.0.1:0", f"--ready_file={ready}",
+             f"--listen={listen}", f"--ready_file={ready}",
              f"--lease_timeout={lease_timeout}", *flags],
             stdout=subprocess.DEVNULL, stderr=log)
         try:
@@ -82,7 +82,8 @@ def server():
 
 @pytest.fixture
 def daemon():
-    """Starts weightds with chosen flags: daemon(*flags, lease_timeout=)
+    """Starts weightds with chosen flags: daemon(*flags, lease_timeout=,
+    listen=)
     returns (address, process); each is stopped after the test."""
     with contextlib.ExitStack() as stack:
         yield lambda *flags, **kw: stack.enter_context(
