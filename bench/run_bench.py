@@ -66,10 +66,13 @@ class Bench:
                     return int(line.split()[1]) * 1024
         return 0
 
-    def parallel(self, commands, timeout=1800):
-        """Runs commands concurrently; returns each one's list of secs."""
+    def parallel(self, commands, timeout=1800, env=None):
+        """Runs commands concurrently (with `env` added to the
+        environment); returns each one's list of secs."""
+        environment = dict(os.environ, **env) if env else None
         procs = [subprocess.Popen(c, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+                                  stderr=subprocess.PIPE, text=True,
+                                  env=environment)
                  for c in commands]
         deadline = time.time() + timeout
         results = []
@@ -133,10 +136,12 @@ class Bench:
 
     # --- weightd -----------------------------------------------------------
     def rounds(self, workers, layout, nbytes=0, count=1, unix=False,
-               reps=None, wire_format="float32", shards=1, split_bytes=None):
+               reps=None, wire_format="float32", shards=1, split_bytes=None,
+               python=False):
         """Round times of W bench_workers against a fresh weightd (over TCP,
         or over the Unix socket it also listens on), or `shards` of them,
-        and the peak RSS of the first."""
+        and the peak RSS of the first. `python`: the workers are
+        bench/bench_worker.py over the Python package (layout single)."""
         daemons, addresses = [], []
         try:
             for i in range(shards):
@@ -171,16 +176,25 @@ class Bench:
                 f.write("5")
         watcher = threading.Thread(target=reset_peak_after_joins, daemon=True)
         watcher.start()
+        if python:
+            assert layout == "single" and not split_bytes
+            worker = ["/usr/bin/python3", os.path.join(
+                os.path.dirname(os.path.abspath(__file__)), "bench_worker.py")]
+            extra, env = [], {"PYTHONPATH": self.path("python")}
+        else:
+            worker = [self.path("bench", "bench_worker")]
+            extra = ["--layout=" + layout, "--count=%d" % count] + (
+                ["--split_bytes=%d" % split_bytes] if split_bytes else [])
+            env = None
         try:
             per_worker = self.parallel(
-                [[self.path("bench", "bench_worker"), "--server=" + address,
-                  "--rank=%d" % r, "--workers=%d" % workers,
-                  "--layout=" + layout, "--bytes=%d" % nbytes,
-                  "--count=%d" % count, "--reps=%d" % (reps or self.reps),
-                  "--wire_format=" + wire_format]
-                 + (["--split_bytes=%d" % split_bytes] if split_bytes else [])
+                [worker + ["--server=" + address,
+                           "--rank=%d" % r, "--workers=%d" % workers,
+                           "--bytes=%d" % nbytes,
+                           "--reps=%d" % (reps or self.reps),
+                           "--wire_format=" + wire_format] + extra
                  + (["--joined_file=" + joined] if r == 0 else [])
-                 for r in range(workers)])
+                 for r in range(workers)], env=env)
             watcher.join(timeout=10)
             rss = {"rounds": self.peak_rss(daemon),
                    "with_joins": max(peaks.get("joins", 0),
@@ -229,7 +243,8 @@ def main():
                     help="tiny sizes, a few rounds: checks the harness only")
     ap.add_argument("--only", default="",
                     help="comma-separated scenario numbers to run (default: "
-                         "all); 4 and 9 run scenario 1 for their baseline")
+                         "all); 3, 4, 9 and 11 run scenario 1 for their "
+                         "baseline")
     args = ap.parse_args()
     only = {int(n) for n in args.only.split(",") if n}
 
@@ -257,7 +272,7 @@ def main():
         return statistics.median(algbw), times
 
     # 1. W=4, one tensor.
-    if want(1) or want(3) or want(4) or want(9):
+    if want(1) or want(3) or want(4) or want(9) or want(11):
         s1, s1_times = sync_round("1 sync W=4", 4, size)
     # 2. Other worker counts and sizes.
     for workers, nbytes in ([(2, size), (8, size), (4, 16 * MiB if not smoke
@@ -338,6 +353,13 @@ def main():
                 one = statistics.median(algbw)
             b.row("10 sync W=4 over %d shard(s)" % shards, 4, size, algbw,
                   "GB/s", "1 shard", one)
+
+    # 11. Scenario 1 with Python workers (bench/bench_worker.py over the
+    # weightd package) against the C++ bench_worker figure of this run.
+    if want(11):
+        times, _ = b.rounds(4, "single", size, python=True)
+        b.row("11 sync W=4, Python workers", 4, size, gbps(size, times),
+              "GB/s", "scenario 1 (C++ bench_worker)", s1, 0.9)
 
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "summary.json"), "w") as f:

@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
-scripts/build.sh build/release
+scripts/build.sh build/release -DWEIGHTD_BUILD_PYTHON=ON
 exec /usr/bin/python3 bench/run_bench.py --build build/release --out build/bench "$@"

@@ -1,15 +1,8 @@
-"""The weightd Python package against a real daemon on 127.0.0.1.
-
-Run: PYTEST_WEIGHTD_BUILD=build/python PYTHONPATH=build/python/python \
-     /usr/bin/python3 -m pytest python/tests
-(PYTEST_WEIGHTD_BUILD: a build tree with the daemon and the package's native part.)
-"""
+"""Threads and signals inside one Python process: the GIL is released while
+a call waits, and Ctrl-C ends a wait (the `server` fixture: conftest.py)."""
 
 import os
-import pathlib
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 
@@ -17,75 +10,6 @@ import numpy as np
 import pytest
 
 import weightd
-
-BUILD = pathlib.Path(os.environ.get("PYTEST_WEIGHTD_BUILD", "build/python"))
-
-
-@pytest.fixture
-def server():
-    """A weightd on 127.0.0.1:0; yields its address."""
-    with tempfile.TemporaryDirectory() as work:
-        ready = pathlib.Path(work, "ready")
-        # No preexec_fn: a forked gRPC process can hang (shared/FACTS.md).
-        proc = subprocess.Popen(
-            ["setpriv", "--pdeathsig", "KILL", str(BUILD / "server/weightd"),
-             "--listen=127.0.0.1:0", f"--ready_file={ready}",
-             "--lease_timeout=3s"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not ready.exists() and time.monotonic() < deadline:
-            assert proc.poll() is None, "weightd exited at start"
-            time.sleep(0.05)
-        assert ready.exists(), "weightd did not start within 10 s"
-        yield ready.read_text().strip()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-
-
-def test_push_pull_averages_in_place(server):
-    a = np.array([1.0, 2.0, 3.0], np.float32)
-    b = np.array([5.0, 6.0, 7.0], np.float32)
-    pointers = (a.ctypes.data, b.ctypes.data)
-    with weightd.Client(server, worker_id="a") as ca, \
-            weightd.Client(server, worker_id="b") as cb:
-        ca.join({"w": a})
-        cb.join({"w": b})  # Weight transfer: b now holds a's value.
-        np.testing.assert_array_equal(b, [1, 2, 3])
-        b[:] = [4.0, 5.0, 6.0]
-        # Weighted mean, 1:3: (1*[1,2,3] + 3*[4,5,6]) / 4.
-        t = threading.Thread(target=ca.push_pull, args=({"w": a},),
-                             kwargs={"weight": 1.0})
-        t.start()
-        cb.push_pull({"w": b}, weight=3.0)
-        t.join(timeout=30)
-        assert not t.is_alive()
-        np.testing.assert_allclose(a, [3.25, 4.25, 5.25])
-        np.testing.assert_array_equal(a, b)
-        assert (a.ctypes.data, b.ctypes.data) == pointers
-        assert ca.version("w") == 1
-
-
-def test_bad_arrays_fail_before_anything_is_sent(server):
-    with weightd.Client(server, worker_id="c") as c:
-        with pytest.raises(TypeError, match="tensor w: dtype is float64"):
-            c.join({"w": np.zeros(3)})
-        with pytest.raises(ValueError, match="tensor w: not C-contiguous"):
-            c.join({"w": np.zeros((4, 4), np.float32)[:, 1]})
-        with pytest.raises(TypeError, match="tensor w: expected a numpy array"):
-            c.join({"w": [1.0, 2.0]})
-        assert c.status()["rounds_closed"] == 0
-
-
-def test_errors_map_to_exceptions(server):
-    with weightd.Client(server, worker_id="d") as c:
-        c.join({"w": np.zeros(3, np.float32)})
-        with pytest.raises(weightd.NotFound):
-            c.version("nope")
-        with weightd.Client(server, worker_id="e") as other:
-            with pytest.raises(weightd.AlreadyExists) as info:
-                other.join({"w": np.zeros(4, np.float32)})
-            assert info.value.code == 6
-            assert "already exists with shape [3]" in info.value.message
 
 
 def test_gil_is_released_while_waiting(server):
