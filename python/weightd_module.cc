@@ -122,7 +122,7 @@ class PyClient {
     options_.held_id_wait = Seconds("held_id_wait", held_id_wait);
     options_.cancellation = cancellation_;
     absl::StatusOr<std::unique_ptr<Client>> client;
-    Call([&] {
+    Run([&] {
       client = Client::Connect(options_);
       return client.status();
     });
@@ -132,39 +132,40 @@ class PyClient {
   // The client's threads may wait for the GIL (its log): end them without
   // holding it.
   ~PyClient() {
-    py::gil_scoped_release release;
-    client_.reset();
+    Free();
     options_.log = nullptr;
   }
 
   void Join(const py::dict& tensors) {
     std::vector<TensorRef> refs = Refs(tensors);
-    Call([&] { return Open()->Join(refs); });
+    Call([&](Client* client) { return client->Join(refs); });
   }
   void Push(const py::dict& tensors, double weight, const std::string& kind) {
     std::vector<TensorRef> refs = Refs(tensors);
     const PushOptions options = Options(weight, kind);
-    Call([&] { return Open()->Push(refs, options); });
+    Call([&](Client* client) { return client->Push(refs, options); });
   }
   void Pull(const py::dict& tensors) {
     std::vector<TensorRef> refs = Refs(tensors);
-    Call([&] { return Open()->Pull(refs); });
+    Call([&](Client* client) { return client->Pull(refs); });
   }
   void PushPull(const py::dict& tensors, double weight,
                 const std::string& kind) {
     std::vector<TensorRef> refs = Refs(tensors);
     const PushOptions options = Options(weight, kind);
-    Call([&] { return Open()->PushPull(refs, options); });
+    Call([&](Client* client) { return client->PushPull(refs, options); });
   }
   std::uint32_t Barrier(const std::string& name, int count, double timeout) {
     std::uint32_t arrival = 0;
-    const absl::Duration limit =
-        timeout > 0 ? absl::Seconds(timeout) : absl::InfiniteDuration();
-    Call([&] { return Open()->Barrier(name, count, &arrival, limit); });
+    // 0: no limit of its own (call_timeout still bounds the call).
+    const absl::Duration limit = timeout == 0
+                                     ? absl::InfiniteDuration()
+                                     : Seconds("timeout", timeout);
+    Call([&](Client* client) { return client->Barrier(name, count, &arrival, limit); });
     return arrival;
   }
   void Leave() {
-    Call([&] { return Open()->Leave(); });
+    Call([&](Client* client) { return client->Leave(); });
   }
   std::uint64_t Version(const std::string& name) {
     absl::StatusOr<std::uint64_t> version = Open()->Version(name);
@@ -173,8 +174,8 @@ class PyClient {
   }
   py::dict Status() {
     absl::StatusOr<ServerStatus> status;
-    Call([&] {
-      status = Open()->GetStatus();
+    Call([&](Client* client) {
+      status = client->GetStatus();
       return status.status();
     });
     py::dict out;
@@ -193,10 +194,25 @@ class PyClient {
   }
   const std::string& worker_id() const { return options_.worker_id; }
   bool closed() const { return cancellation_->cancelled(); }
-  void Close() { cancellation_->Cancel(); }
+  // Ends every wait; the connection and the heartbeat thread are freed at
+  // once, or by the call in flight as it ends (an open channel would hold
+  // up the server's shutdown grace).
+  void Close() {
+    cancellation_->Cancel();
+    if (calls_ == 0) Free();
+  }
 
  private:
-  Client* Open() { return client_.get(); }
+  // The client, or weightd.Cancelled once it was closed.
+  Client* Open() {
+    if (client_ == nullptr) Raise(ClosedError());
+    return client_.get();
+  }
+  static absl::Status ClosedError() {
+    return absl::CancelledError(
+        "this client was closed (after Ctrl-C, or by close()); make a new "
+        "one");
+  }
 
   static absl::Duration Seconds(const char* name, double seconds) {
     if (!(seconds >= 0) || seconds > 1e9) {
@@ -220,18 +236,31 @@ class PyClient {
     return options;
   }
 
-  // Runs `fn` (a call of the C++ client) on a thread of its own without the
-  // GIL; meanwhile the calling thread checks for signals every 50 ms. A
-  // signal handler that raises (Ctrl-C: KeyboardInterrupt) cancels the
-  // client, waits for the call to end (promptly: every wait observes the
-  // cancellation) and re-raises.
+  // Runs `fn(client)` (see Run) unless the client was closed. A call that
+  // ends with the client closed (by Ctrl-C, or by close() from another
+  // thread meanwhile) frees it.
   template <typename Fn>
   void Call(Fn fn) {
-    if (cancellation_->cancelled()) {
-      Raise(absl::CancelledError(
-          "this client was closed (after Ctrl-C, or by close()); make a new "
-          "one"));
-    }
+    if (cancellation_->cancelled()) Raise(ClosedError());
+    Client* client = Open();
+    ++calls_;
+    struct Ended {
+      PyClient* self;
+      ~Ended() {
+        if (--self->calls_ == 0 && self->cancellation_->cancelled()) {
+          self->Free();
+        }
+      }
+    } ended{this};
+    Run([&] { return fn(client); });
+  }
+
+  // Runs `fn` on a thread of its own without the GIL; meanwhile the calling
+  // thread checks for signals every 50 ms. A signal handler that raises
+  // (Ctrl-C: KeyboardInterrupt) cancels the client, waits for the call to
+  // end (promptly: every wait observes the cancellation) and re-raises.
+  template <typename Fn>
+  void Run(Fn fn) {
     absl::Status status;
     auto done = std::make_shared<absl::Notification>();
     std::thread call([&status, &fn, done] {
@@ -257,11 +286,18 @@ class PyClient {
     if (!status.ok()) Raise(status);
   }
 
+  // Destroys the C++ client without the GIL (its threads may wait for it).
+  void Free() {
+    py::gil_scoped_release release;
+    client_.reset();
+  }
+
   ClientOptions options_;
   std::shared_ptr<py::object> log_;
   std::shared_ptr<Cancellation> cancellation_ =
       std::make_shared<Cancellation>();
   std::unique_ptr<Client> client_;
+  int calls_ = 0;  // Calls in flight (changed only with the GIL held).
 };
 
 }  // namespace

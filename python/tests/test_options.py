@@ -105,9 +105,6 @@ def test_other_bad_options(server):
             c.push({"w": np.zeros(2, np.float32)}, kind="mean")
 
 
-@pytest.mark.xfail(strict=True, reason="barrier(timeout=) < 0 is taken as "
-                   "no timeout (python/weightd_module.cc: timeout > 0 ? ... "
-                   ": InfiniteDuration), not refused")
 def test_negative_barrier_timeout_is_a_value_error(server):
     with weightd.Client(server, worker_id="b", call_timeout=2) as c:
         c.join({"w": np.zeros(2, np.float32)})
