@@ -16,6 +16,8 @@ import numpy as np
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
            "Shirt", "Sneaker", "Bag", "Ankle boot")
+# Pixel mean and standard deviation of the training images (in [0, 1]).
+MEAN, STD = 0.2860, 0.3530
 
 
 def _read_idx(path: str, magic: int) -> np.ndarray:
@@ -62,3 +64,19 @@ def shard(images, labels, rank: int, count: int, seed: int = 0):
     order = np.random.default_rng(seed).permutation(len(images))
     part = np.array_split(order, count)[rank]
     return images[part], labels[part]
+
+
+def standardize(images):
+    """Pixels to zero mean and unit variance over the training set, which
+    lets SGD take larger steps."""
+    return (images - MEAN) / STD
+
+
+def batches(count: int, batch: int, seed: int):
+    """Endless index batches over ``count`` samples: a new random order
+    every epoch, a partial last batch dropped."""
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(count)
+        for i in range(0, count - batch + 1, batch):
+            yield order[i:i + batch]

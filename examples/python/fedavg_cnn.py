@@ -44,15 +44,6 @@ def learning_rate(lr, round_, rounds):
     return lr * 0.5 * (1 + math.cos(math.pi * (round_ - 1) / rounds))
 
 
-def batches(count, batch, generator):
-    """Index batches over ``count`` samples, a new permutation per epoch."""
-    import torch
-    while True:
-        order = torch.randperm(count, generator=generator)
-        for i in range(0, count - batch + 1, batch):
-            yield order[i:i + batch]
-
-
 def accuracy(model, images, labels):
     import torch
     with torch.no_grad():
@@ -84,12 +75,12 @@ def train(args, client=None):
     if client is not None:
         images, labels = fashion_mnist.shard(images, labels, args.rank,
                                              args.workers, args.seed)
-    images = torch.from_numpy(images).unsqueeze(1)
+    images = torch.from_numpy(fashion_mnist.standardize(images)).unsqueeze(1)
     labels = torch.from_numpy(labels)
     evaluates = client is None or args.rank == 0
     if evaluates:
         test_images, test_labels = fashion_mnist.load("test", args.data_dir)
-        test_images = torch.from_numpy(test_images).unsqueeze(1)
+        test_images = torch.from_numpy(fashion_mnist.standardize(test_images)).unsqueeze(1)
         test_labels = torch.from_numpy(test_labels)
 
     model = make_cnn()
@@ -106,15 +97,15 @@ def train(args, client=None):
         client.barrier("fedavg/start", args.workers, timeout=args.timeout)
     else:
         steps *= args.workers  # The baseline: the samples of all workers.
-    order = batches(len(images), args.batch,
-                    torch.Generator().manual_seed(args.seed + args.rank))
+    order = fashion_mnist.batches(len(images), args.batch,
+                                  seed=args.seed * 1000 + args.rank)
     start = time.monotonic()
     for round_ in range(1, args.rounds + 1):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args.lr, round_, args.rounds)
         loss_sum = 0.0
         for _ in range(steps):
-            index = next(order)
+            index = torch.from_numpy(next(order))
             optimizer.zero_grad()
             loss = F.cross_entropy(model(images[index]), labels[index])
             loss.backward()
