@@ -163,7 +163,8 @@ def test_ctrl_c_stops_the_launcher_and_every_child(logs, whom):
         # Training is under way once worker 0 prints its first round.
         first = readline_within(launcher.stdout, timeout=120)
         assert first.startswith("round "), launcher.stderr.read()
-        assert len(processes_naming(str(logs))) == 3  # weightd, 2 workers.
+        # The launcher, weightd and 2 workers name the log directory.
+        assert len(processes_naming(str(logs))) == 4
         started = time.monotonic()
         if whom == "launcher":
             launcher.send_signal(signal.SIGINT)
