@@ -9,11 +9,14 @@ declare -A GROUPS_=(
   [grpc]="libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev libspdlog-dev"
   [test]="googletest libgtest-dev libgmock-dev pybind11-dev python3-numpy python3-pytest clang libclang-rt-14-dev llvm-14 dpkg-dev iproute2 procps util-linux docker-compose python3-yaml systemd"
   [demo]="libeigen3-dev zlib1g-dev dataset-fashion-mnist"
+  # The Python package and its examples (examples/python/, demo.sh --torch
+  # and --cnn-rnn, ctest label python).
+  [torch]="python3-torch python3-numpy pybind11-dev"
   # The container test (tests/container/): podman with runc, its network
   # stack with container DNS, and debootstrap for the base images.
   [container]="podman podman-compose runc netavark aardvark-dns iptables debootstrap debian-archive-keyring"
 )
-ORDER=(build grpc test demo container)
+ORDER=(build grpc test demo torch container)
 [[ $# -gt 0 ]] && ORDER=("$@")
 
 SUDO=""
