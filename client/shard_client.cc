@@ -13,6 +13,7 @@
 #include "absl/random/distributions.h"
 #include "absl/time/clock.h"
 #include "common/chunk_codec.h"
+#include "common/duration.h"
 #include "common/grpc_status.h"
 #include "common/names.h"
 #include "common/status_macros.h"
@@ -295,8 +296,7 @@ void ShardClient::ReportProgress() {
     watch_.last_report = now;
     watch = watch_;
   }
-  const std::string waited = absl::FormatDuration(
-      absl::Trunc(now - watch.since, absl::Seconds(1)));
+  const std::string waited = HumanDuration(now - watch.since);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::seconds(2));
@@ -444,8 +444,7 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(
       reported = now;
       client->Log(absl::StrCat(
           "waiting for weightd at ", address, " (",
-          absl::FormatDuration(absl::Trunc(now - start, absl::Seconds(1))),
-          " of ", absl::FormatDuration(options.connect_timeout),
+          HumanDuration(now - start), " of ", absl::FormatDuration(options.connect_timeout),
           "): not reachable yet"));
     }
   }
@@ -659,8 +658,7 @@ absl::Status ShardClient::Retrying(absl::string_view what,
       if (attempts > 1) {
         Log(absl::StrCat(what, " to ", address_, " went through again after ",
                          attempts, " attempts in ",
-                         absl::FormatDuration(absl::Trunc(
-                             absl::Now() - start, absl::Milliseconds(10)))));
+                         HumanDuration(absl::Now() - start)));
       }
       return status;
     }
@@ -671,8 +669,7 @@ absl::Status ShardClient::Retrying(absl::string_view what,
       return absl::Status(
           status.code(),
           absl::StrCat("could not reach weightd at ", address_, " for ",
-                       absl::FormatDuration(
-                           absl::Trunc(now - start, absl::Seconds(1))),
+                       HumanDuration(now - start),
                        " (", attempts,
                        " attempts, the client's retry budget); last error: ",
                        status.message()));
@@ -681,7 +678,7 @@ absl::Status ShardClient::Retrying(absl::string_view what,
       reported = now;
       Log(absl::StrCat(
           status.message(), "; retrying for up to ",
-          absl::FormatDuration(absl::Trunc(give_up - now, absl::Seconds(1))),
+          HumanDuration(give_up - now),
           " more"));
     }
     if (!Sleep(pause)) return Cancellation::Status(what);

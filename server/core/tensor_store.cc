@@ -9,6 +9,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/duration.h"
 #include "common/names.h"
 #include "common/status_macros.h"
 #include "common/wire.h"
@@ -444,7 +445,7 @@ absl::StatusOr<JoinResult> TensorStore::Join(
       return absl::AbortedError(absl::StrCat(
           "worker id ", worker_id, " is held by another live process (",
           held.peer.empty() ? "peer unknown" : held.peer, ", last call ",
-          absl::FormatDuration(absl::Trunc(silent, absl::Milliseconds(100))),
+          HumanDuration(silent),
           " ago); give every worker its own id (weightd_worker: --worker_id "
           "or --rank). If that process is gone, its lease expires within ",
           absl::FormatDuration(absl::Ceil(left, absl::Milliseconds(100))),
