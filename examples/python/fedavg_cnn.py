@@ -165,7 +165,7 @@ def main():
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--baseline", action="store_true",
                         help="train in this process on all the data, no weightd")
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=36)
     parser.add_argument("--local_steps", type=int, default=60,
                         help="SGD steps of each worker between two averages")
     parser.add_argument("--batch", type=int, default=64)

@@ -87,7 +87,7 @@ def test_share_numpy_two_processes_average_their_weights(server):
 
 def test_fedavg_cnn_four_workers_learn_the_same_model(logs):
     # 6 rounds of 30 steps per worker (46080 samples in all, under one epoch):
-    # the full run (28 rounds of 60) reaches >= 0.90; this one about 0.82.
+    # the full run (36 rounds of 60) reaches >= 0.90; this one about 0.82.
     out = run([EXAMPLES / "fedavg_cnn.py", f"--build={BUILD}", f"--logs={logs}",
                "--workers=4", "--rounds=6", "--local_steps=30"], timeout=240)
     lines = out.splitlines()
