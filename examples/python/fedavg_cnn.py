@@ -19,7 +19,6 @@ importable (the launcher adds <--build>/python to the workers' PYTHONPATH).
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -28,6 +27,7 @@ import time
 
 import fashion_mnist
 import local_job
+from evaluation import accuracy, digest
 
 
 def make_cnn():
@@ -42,25 +42,6 @@ def learning_rate(lr, round_, rounds):
     """Cosine decay from ``lr`` in round 1 towards 0 after the last round
     (every worker computes the same rate)."""
     return lr * 0.5 * (1 + math.cos(math.pi * (round_ - 1) / rounds))
-
-
-def accuracy(model, images, labels):
-    import torch
-    with torch.no_grad():
-        correct = sum((model(images[i:i + 1000]).argmax(1) ==
-                       labels[i:i + 1000]).sum().item()
-                      for i in range(0, len(images), 1000))
-    return correct / len(images)
-
-
-def digest(tensors):
-    """sha256 of tensors' bytes, in name order (equal in two processes iff
-    the values are bit-identical)."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].detach().numpy().tobytes())
-    return h.hexdigest()
 
 
 def train(args, client=None):
