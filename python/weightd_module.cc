@@ -32,8 +32,8 @@ namespace {
 // subclasses.
 void Raise(const absl::Status& status) {
   py::object error = py::module_::import("weightd").attr("_error_for");
-  py::object exception = error(static_cast<int>(status.code()),
-                               std::string(status.message()));
+  py::object exception =
+      error(static_cast<int>(status.code()), std::string(status.message()));
   PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exception.ptr())),
                   exception.ptr());
   throw py::error_already_set();
@@ -48,20 +48,21 @@ std::vector<TensorRef> Refs(const py::dict& tensors) {
   for (const auto& [key, value] : tensors) {
     const std::string name = py::cast<std::string>(key);
     if (!py::isinstance<py::array>(value)) {
-      throw py::type_error(absl::StrCat("tensor ", name,
-                                        ": expected a numpy array or torch tensor, got ",
-                                        std::string(py::str(value.get_type()))));
+      throw py::type_error(absl::StrCat(
+          "tensor ", name, ": expected a numpy array or torch tensor, got ",
+          std::string(py::str(value.get_type()))));
     }
     py::array array = py::reinterpret_borrow<py::array>(value);
     if (!array.dtype().is(py::dtype::of<float>())) {
-      throw py::type_error(absl::StrCat(
-          "tensor ", name, ": dtype is ", std::string(py::str(array.dtype())),
-          "; weightd holds float32"));
+      throw py::type_error(absl::StrCat("tensor ", name, ": dtype is ",
+                                        std::string(py::str(array.dtype())),
+                                        "; weightd holds float32"));
     }
     if (!(array.flags() & py::array::c_style)) {
-      throw py::value_error(absl::StrCat(
-          "tensor ", name, ": not C-contiguous (use numpy.ascontiguousarray "
-          "and keep that array)"));
+      throw py::value_error(
+          absl::StrCat("tensor ", name,
+                       ": not C-contiguous (use numpy.ascontiguousarray "
+                       "and keep that array)"));
     }
     if (!array.writeable()) {
       throw py::value_error(
@@ -69,10 +70,10 @@ std::vector<TensorRef> Refs(const py::dict& tensors) {
     }
     std::vector<std::int64_t> shape(array.shape(),
                                     array.shape() + array.ndim());
-    refs.push_back(TensorRef{
-        name, std::move(shape),
-        absl::MakeSpan(static_cast<float*>(array.mutable_data()),
-                       static_cast<std::size_t>(array.size()))});
+    refs.push_back(
+        TensorRef{name, std::move(shape),
+                  absl::MakeSpan(static_cast<float*>(array.mutable_data()),
+                                 static_cast<std::size_t>(array.size()))});
   }
   return refs;
 }
@@ -96,8 +97,8 @@ class PyClient {
     options_.initial_backoff = Seconds("initial_backoff", initial_backoff);
     options_.max_backoff = Seconds("max_backoff", max_backoff);
     if (!ParseWireFormat(wire_format, &options_.wire_format)) {
-      throw py::value_error(absl::StrCat(
-          "wire_format=", wire_format, ": use float32, bfloat16 or float16"));
+      throw py::value_error(absl::StrCat("wire_format=", wire_format,
+                                         ": use float32, bfloat16 or float16"));
     }
     options_.split_bytes = split_bytes;
     if (!log.is_none()) {
@@ -158,10 +159,11 @@ class PyClient {
   std::uint32_t Barrier(const std::string& name, int count, double timeout) {
     std::uint32_t arrival = 0;
     // 0: no limit of its own (call_timeout still bounds the call).
-    const absl::Duration limit = timeout == 0
-                                     ? absl::InfiniteDuration()
-                                     : Seconds("timeout", timeout);
-    Call([&](Client* client) { return client->Barrier(name, count, &arrival, limit); });
+    const absl::Duration limit =
+        timeout == 0 ? absl::InfiniteDuration() : Seconds("timeout", timeout);
+    Call([&](Client* client) {
+      return client->Barrier(name, count, &arrival, limit);
+    });
     return arrival;
   }
   void Leave() {
@@ -216,8 +218,8 @@ class PyClient {
 
   static absl::Duration Seconds(const char* name, double seconds) {
     if (!(seconds >= 0) || seconds > 1e9) {
-      throw py::value_error(absl::StrCat(
-          name, "=", seconds, ": expected seconds, >= 0"));
+      throw py::value_error(
+          absl::StrCat(name, "=", seconds, ": expected seconds, >= 0"));
     }
     return absl::Seconds(seconds);
   }
@@ -272,8 +274,7 @@ class PyClient {
       bool finished;
       {
         py::gil_scoped_release release;
-        finished =
-            done->WaitForNotificationWithTimeout(absl::Milliseconds(50));
+        finished = done->WaitForNotificationWithTimeout(absl::Milliseconds(50));
       }
       if (finished) break;
       if (!interrupted && PyErr_CheckSignals() != 0) {
@@ -314,8 +315,8 @@ PYBIND11_MODULE(_weightd, m) {
            py::arg("connect_timeout"), py::arg("heartbeat"),
            py::arg("retry_budget"), py::arg("initial_backoff"),
            py::arg("max_backoff"), py::arg("wire_format"),
-           py::arg("split_bytes"), py::arg("log"),
-           py::arg("progress_interval"), py::arg("held_id_wait"))
+           py::arg("split_bytes"), py::arg("log"), py::arg("progress_interval"),
+           py::arg("held_id_wait"))
       .def("join", &PyClient::Join, py::arg("tensors"))
       .def("push", &PyClient::Push, py::arg("tensors"), py::arg("weight"),
            py::arg("kind"))
