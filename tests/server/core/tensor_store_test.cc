@@ -107,6 +107,12 @@ class TensorStoreTest : public ::testing::Test {
     return info.ok() ? info->version : 0;
   }
 
+  // The rounds closed so far, in the order the observer saw them.
+  std::vector<RoundClosed> Closed() {
+    absl::MutexLock lock(&closed_mu_);
+    return closed_;
+  }
+
   std::unique_ptr<TensorStore> store_;
   absl::Mutex closed_mu_;
   std::vector<RoundClosed> closed_ ABSL_GUARDED_BY(closed_mu_);
@@ -133,11 +139,12 @@ TEST_F(TensorStoreTest, RoundClosesWhenEveryParticipantContributed) {
   ASSERT_THAT(Push(b, 1, {{"w", 0, {4, 8}}}), IsOk());
   EXPECT_EQ(Version("w"), 1u);
   EXPECT_THAT(Value("w"), ElementsAre(3, 6));
-  ASSERT_EQ(closed_.size(), 1u);
-  EXPECT_EQ(closed_[0].tensor, "w");
-  EXPECT_EQ(closed_[0].round, 0u);
-  EXPECT_EQ(closed_[0].contributors, 2u);
-  EXPECT_EQ(closed_[0].bytes, 16u);
+  const std::vector<RoundClosed> closed = Closed();
+  ASSERT_EQ(closed.size(), 1u);
+  EXPECT_EQ(closed[0].tensor, "w");
+  EXPECT_EQ(closed[0].round, 0u);
+  EXPECT_EQ(closed[0].contributors, 2u);
+  EXPECT_EQ(closed[0].bytes, 16u);
 }
 
 TEST_F(TensorStoreTest, WeightedMeanIsExact) {
@@ -1207,7 +1214,7 @@ TEST_F(TensorStoreTest, ConcurrentRoundsAverageCorrectly) {
   for (auto& t : threads) t.join();
   EXPECT_EQ(failures.load(), 0);
   EXPECT_EQ(Version("t"), static_cast<std::uint64_t>(kRounds));
-  EXPECT_EQ(closed_.size(), static_cast<std::size_t>(kRounds));
+  EXPECT_EQ(Closed().size(), static_cast<std::size_t>(kRounds));
 }
 
 // Quorum rounds under contention: workers push whatever round is open (late
@@ -1323,11 +1330,7 @@ TEST_F(QuorumTest, ConcurrentQuorumRoundsWithHousekeepingAndChurn) {
   absl::MutexLock lock(&mu);
   seen.try_emplace(Version("t"), Value("t"));
   // Observers run outside the locks, so not necessarily in round order.
-  std::vector<RoundClosed> closed;
-  {
-    absl::MutexLock closed_lock(&closed_mu_);
-    closed = closed_;
-  }
+  std::vector<RoundClosed> closed = Closed();
   std::sort(closed.begin(), closed.end(),
             [](const RoundClosed& x, const RoundClosed& y) {
               return x.round < y.round;
