@@ -39,6 +39,21 @@ namespace {
 
 constexpr absl::string_view kPrefix = "WEIGHTD_";
 
+// The row of variable `name`: `program`'s own if it reads it (several
+// programs may read one variable), else any; end() if none.
+absl::Span<const EnvironmentVariable>::const_iterator Find(
+    absl::Span<const EnvironmentVariable> variables, absl::string_view name,
+    absl::string_view program) {
+  const auto own = std::find_if(
+      variables.begin(), variables.end(), [&](const EnvironmentVariable& v) {
+        return v.name == name && v.program == program;
+      });
+  if (own != variables.end()) return own;
+  return std::find_if(
+      variables.begin(), variables.end(),
+      [&](const EnvironmentVariable& v) { return v.name == name; });
+}
+
 constexpr EnvironmentVariable kEnvironment[] = {
     // weightd: every flag, as its usage message says.
     {"WEIGHTD_LISTEN", "weightd", "listen"},
@@ -63,9 +78,9 @@ constexpr EnvironmentVariable kEnvironment[] = {
     {"WEIGHTD_LOG_LEVEL", "weightd", "log_level"},
     {"WEIGHTD_SHUTDOWN_GRACE", "weightd", "shutdown_grace"},
     {"WEIGHTD_READY_FILE", "weightd", "ready_file"},
-    // weightctl: the default of --server.
-    {"WEIGHTD_SERVER", "weightctl", "server"},
-    // weightd_worker reads it itself (the default of --server).
+    // The servers' addresses, for every client program: weightctl's default
+    // of --server; weightd_worker reads it itself (its default of --server).
+    {"WEIGHTD_SERVERS", "weightctl", "server"},
     {"WEIGHTD_SERVERS", "weightd_worker", ""},
     // scripts/build.sh and scripts/tsan_deps.sh: parallel compile jobs.
     {"WEIGHTD_BUILD_JOBS", "scripts/build.sh", ""},
@@ -219,9 +234,7 @@ absl::Status ApplyEnvironment(absl::string_view program,
     const absl::string_view name = absl::string_view(entry).substr(0, equals);
     const absl::string_view value = absl::string_view(entry).substr(equals + 1);
     if (!absl::StartsWith(name, kPrefix)) continue;
-    const auto row = std::find_if(
-        variables.begin(), variables.end(),
-        [name](const EnvironmentVariable& v) { return v.name == name; });
+    const auto row = Find(variables, name, program);
     if (row == variables.end()) {
       // The program's own variables first, so that they win a tie.
       std::vector<std::string> names;
@@ -234,9 +247,7 @@ absl::Status ApplyEnvironment(absl::string_view program,
       const std::string closest = Closest(name, names);
       std::string hint;
       if (!closest.empty()) {
-        const auto its = std::find_if(
-            variables.begin(), variables.end(),
-            [&](const EnvironmentVariable& v) { return v.name == closest; });
+        const auto its = Find(variables, closest, program);
         hint = absl::StrCat("; did you mean ", closest,
                             its->program == program
                                 ? ""

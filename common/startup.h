@@ -53,9 +53,10 @@ struct EnvironmentVariable {
                               // program reads the variable itself
 };
 
-// Every WEIGHTD_* variable of the project, in one place: weightd's (one per
-// flag, WEIGHTD_<FLAG>), weightctl's WEIGHTD_SERVER, weightd_worker's
-// WEIGHTD_SERVERS and the build scripts' WEIGHTD_BUILD_JOBS. A program
+// Every WEIGHTD_* variable of the project, in one place, one row per
+// variable and program that reads it: weightd's (one per flag,
+// WEIGHTD_<FLAG>), the client programs' WEIGHTD_SERVERS (weightctl and
+// weightd_worker) and the build scripts' WEIGHTD_BUILD_JOBS. A program
 // ignores the other programs' variables (one container may set them for
 // several) and refuses a WEIGHTD_* variable that is not listed.
 absl::Span<const EnvironmentVariable> ProjectEnvironment();

@@ -4,7 +4,7 @@
 //   weightctl status   [--server=ADDR]   settings, counters, tensors, workers
 //   weightctl snapshot [--server=ADDR]   write a snapshot now, print its file
 //
-// ADDR defaults to $WEIGHTD_SERVER, then 127.0.0.1:7070. Exit codes: 0 ok,
+// ADDR defaults to $WEIGHTD_SERVERS, then 127.0.0.1:7070. Exit codes: 0 ok,
 // 1 the server answered with a failure (or is not serving), 2 usage or
 // connection errors.
 #include <grpcpp/grpcpp.h>
@@ -23,7 +23,7 @@
 #include "weightd/v1/weightd.grpc.pb.h"
 
 ABSL_FLAG(std::string, server, "",
-          "weightd address (default: $WEIGHTD_SERVER, else 127.0.0.1:7070).");
+          "weightd address (default: $WEIGHTD_SERVERS, else 127.0.0.1:7070).");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(5), "Deadline of the call.");
 
 namespace {
@@ -125,7 +125,7 @@ int Snapshot(const std::shared_ptr<grpc::Channel>& channel) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // WEIGHTD_SERVER sets --server (common/startup.cc); a bad value, flag or
+  // WEIGHTD_SERVERS sets --server (common/startup.cc); a bad value, flag or
   // WEIGHTD_* variable exits 2 with one line.
   const weightd::Program program{
       "weightctl", kUsage, "tools/weightctl.cc",

@@ -167,15 +167,19 @@ TEST(StartupTest, MisspeltVariableNamesTheClosestRealOne) {
 }
 
 TEST(StartupTest, ProjectTableNamesEachVariableOnceAndKeepsBothServerNames) {
-  std::vector<std::string> names;
+  // One row per variable and program: several programs may read one.
+  std::vector<std::string> rows;
   for (const EnvironmentVariable& v : ProjectEnvironment()) {
     EXPECT_TRUE(absl::StartsWith(v.name, "WEIGHTD_")) << v.name;
-    EXPECT_EQ(std::count(names.begin(), names.end(), std::string(v.name)), 0)
-        << v.name;
-    names.emplace_back(v.name);
+    const std::string row = absl::StrCat(v.name, " ", v.program);
+    EXPECT_EQ(std::count(rows.begin(), rows.end(), row), 0) << row;
+    rows.push_back(row);
   }
-  EXPECT_THAT(names, ::testing::Contains("WEIGHTD_SERVER"));
-  EXPECT_THAT(names, ::testing::Contains("WEIGHTD_SERVERS"));
+  // The servers' addresses have one name for every client program.
+  EXPECT_THAT(rows, ::testing::Contains("WEIGHTD_SERVERS weightctl"));
+  EXPECT_THAT(rows, ::testing::Contains("WEIGHTD_SERVERS weightd_worker"));
+  EXPECT_THAT(rows, ::testing::Not(::testing::Contains(
+                        ::testing::StartsWith("WEIGHTD_SERVER "))));
 }
 
 TEST(StartupTest, ChecksNameWhereTheFinalValueCameFrom) {

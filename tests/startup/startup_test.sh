@@ -145,8 +145,11 @@ refused "weightctl: duration without a unit" '--timeout=5' 'needs a unit' -- -- 
   "$weightctl" health --timeout=5
 refused "weightctl: zero timeout" --timeout -- -- "$weightctl" health --timeout=0s
 refused "weightctl: misspelt flag" --server -- -- "$weightctl" health --sever=127.0.0.1:1
-refused "weightctl: misspelt variable" WEIGHTD_SERVRE WEIGHTD_SERVER -- \
+refused "weightctl: misspelt variable" WEIGHTD_SERVRE WEIGHTD_SERVERS -- \
   WEIGHTD_SERVRE=127.0.0.1:1 -- "$weightctl" health
+refused "weightctl: the old name of its variable" WEIGHTD_SERVER \
+  "did you mean WEIGHTD_SERVERS?" -- WEIGHTD_SERVER=127.0.0.1:1 -- \
+  "$weightctl" health
 
 # --- --help and --version ----------------------------------------------------
 # help_lists BINARY FLAG...: --help lists every FLAG of the binary.
@@ -217,7 +220,7 @@ starts() {
   pass "$what"
 }
 starts "the other binaries' variables are not misspellings" "$work/s1" \
-  WEIGHTD_SERVER=127.0.0.1:7070 WEIGHTD_SERVERS=127.0.0.1:7070 \
+  WEIGHTD_SERVERS=127.0.0.1:7070 \
   WEIGHTD_BUILD_JOBS=2 WEIGHTD_LEASE_TIMEOUT=10s
 if starts "a missing snapshot dir is created" "$work/new/snaps"; then
   left=$(ls -A "$work/new/snaps" | grep -v '^snapshot-' || true)
