@@ -78,6 +78,18 @@ void SharedTensor::RemoveParticipant(absl::string_view worker,
   }
 }
 
+absl::Status SharedTensor::CheckResendLocked(
+    const ContributionKey& key, const Contribution& previous) const {
+  if (previous.kind == key.kind &&
+      (options_->mode != Mode::kSync || previous.round == key.round)) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "push sequence ", key.sequence, " of worker ", key.worker,
+      " was already used for a different round or update kind of tensor ",
+      name_));
+}
+
 absl::Status SharedTensor::CheckNewLocked(const ContributionKey& key,
                                           const Contribution* previous) const {
   if (previous != nullptr && key.sequence < previous->sequence) {
@@ -121,14 +133,7 @@ absl::Status SharedTensor::CheckContribution(const ContributionKey& key) const {
   const Contribution* previous =
       it == contributions_.end() ? nullptr : &it->second;
   if (previous != nullptr && previous->sequence == key.sequence) {
-    if (previous->kind != key.kind ||
-        (options_->mode == Mode::kSync && previous->round != key.round)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "push sequence ", key.sequence, " of worker ", key.worker,
-          " was already used for a different round or update kind of tensor ",
-          name_));
-    }
-    return absl::OkStatus();  // A resend: applied at most once.
+    return CheckResendLocked(key, *previous);  // Applied at most once.
   }
   return CheckNewLocked(key, previous);
 }
@@ -139,12 +144,7 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
   absl::MutexLock lock(&mu_);
   auto it = contributions_.find(key.worker);
   if (it != contributions_.end() && it->second.sequence == key.sequence) {
-    if (it->second.kind != key.kind || it->second.round != key.round) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "push sequence ", key.sequence, " of worker ", key.worker,
-          " was already used for a different round or update kind of tensor ",
-          name_));
-    }
+    if (absl::Status s = CheckResendLocked(key, it->second); !s.ok()) return s;
   } else {
     const Contribution* previous =
         it == contributions_.end() ? nullptr : &it->second;
@@ -246,11 +246,7 @@ absl::StatusOr<ContributionResult> SharedTensor::ApplyPush(
   absl::MutexLock lock(&mu_);
   auto it = contributions_.find(key.worker);
   if (it != contributions_.end() && it->second.sequence == key.sequence) {
-    if (it->second.kind != key.kind) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "push sequence ", key.sequence, " of worker ", key.worker,
-          " was already used for another update kind of tensor ", name_));
-    }
+    if (absl::Status s = CheckResendLocked(key, it->second); !s.ok()) return s;
     return ContributionResult{it->second.round, it->second.ready_version,
                               version_, /*duplicate=*/true};
   }

@@ -212,6 +212,11 @@ class SharedTensor {
     WaitCallback done;
   };
 
+  // Checks of a resend of `previous` (the same sequence): the same update
+  // kind and, in sync mode, the same round.
+  absl::Status CheckResendLocked(const ContributionKey& key,
+                                 const Contribution& previous) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Checks of a push that is not a resend of `previous`.
   absl::Status CheckNewLocked(const ContributionKey& key,
                               const Contribution* previous) const
