@@ -13,13 +13,12 @@
 //                the floor of a round of unary calls (docs/performance.md)
 // Each measured repetition prints one JSON line: {"rep": i, "secs": s}.
 #include <arpa/inet.h>
+#include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <grpcpp/grpcpp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -39,7 +38,8 @@
 #include "baseline.grpc.pb.h"
 #include "server/core/kernels.h"
 
-ABSL_FLAG(std::string, mode, "", "membw, kernel, tcp, grpc_server, grpc_client, ping or round_server");
+ABSL_FLAG(std::string, mode, "",
+          "membw, kernel, tcp, grpc_server, grpc_client, ping or round_server");
 ABSL_FLAG(uint64_t, bytes, 1 << 20, "Bytes per repetition.");
 ABSL_FLAG(int, reps, 10, "Measured repetitions (after one warm-up).");
 ABSL_FLAG(std::string, server, "", "grpc_client, ping: the sink's address.");
@@ -89,8 +89,8 @@ int MemBandwidth(bool kernel) {
       // check, then the sum.
       const char* bytes = reinterpret_cast<const char*>(x.data());
       for (std::size_t first = 0; first < n; first += kChunk / 4) {
-        const absl::string_view piece(
-            bytes + first * 4, std::min(kChunk / 4, n - first) * 4);
+        const absl::string_view piece(bytes + first * 4,
+                                      std::min(kChunk / 4, n - first) * 4);
         const weightd::core::Pieces pieces(&piece, 1);
         if (!weightd::core::AllFinite(pieces, weightd::WireFormat::kFloat32)) {
           std::abort();
@@ -235,14 +235,14 @@ int GrpcServer(bool round) {
   }
   builder.SetMaxReceiveMessageSize(kChunk + 4096);
   // Many clients wait in Barrier at once: enough threads for all.
-  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 64);
+  builder.SetSyncServerOption(
+      grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 64);
   auto server = builder.BuildAndStart();
   if (server == nullptr) return Fail("cannot listen");
   const std::string listen = absl::GetFlag(FLAGS_listen);
-  const std::string address =
-      absl::StartsWith(listen, "unix:")
-          ? listen
-          : absl::StrCat("127.0.0.1:", port);
+  const std::string address = absl::StartsWith(listen, "unix:")
+                                  ? listen
+                                  : absl::StrCat("127.0.0.1:", port);
   if (!absl::GetFlag(FLAGS_ready_file).empty()) {
     const std::string tmp = absl::GetFlag(FLAGS_ready_file) + ".tmp";
     std::ofstream(tmp) << address << "\n";

@@ -92,8 +92,8 @@ int main(int argc, char** argv) {
     std::int64_t n = 1;
     for (std::int64_t d : shapes[i]) n *= d;
     buffers.emplace_back(n, 0.0f);
-    tensors.push_back({absl::StrCat("t", i), shapes[i],
-                       absl::MakeSpan(buffers.back())});
+    tensors.push_back(
+        {absl::StrCat("t", i), shapes[i], absl::MakeSpan(buffers.back())});
   }
 
   weightd::ClientOptions options;
@@ -107,7 +107,8 @@ int main(int argc, char** argv) {
   }
   auto client = weightd::Client::Connect(options);
   if (!client.ok()) {
-    std::fprintf(stderr, "bench_worker: %s\n", client.status().ToString().c_str());
+    std::fprintf(stderr, "bench_worker: %s\n",
+                 client.status().ToString().c_str());
     return 1;
   }
   auto check = [&](const absl::Status& s, const char* what) {

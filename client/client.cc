@@ -55,12 +55,14 @@ Resolved ResolveAll(absl::string_view target) {
   if (found != nullptr) ::freeaddrinfo(found);
   found = nullptr;
   hints.ai_flags = 0;
-  if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0) return out;
+  if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0)
+    return out;
   for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
     char ip[INET6_ADDRSTRLEN] = {};
     if (a->ai_family == AF_INET) {
-      ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr,
-                  ip, sizeof(ip));
+      ::inet_ntop(AF_INET,
+                  &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr, ip,
+                  sizeof(ip));
       out.ipv4.push_back(absl::StrCat(ip, ":", port));
     } else if (a->ai_family == AF_INET6) {
       ::inet_ntop(AF_INET6,
@@ -185,7 +187,8 @@ absl::Status Client::OnShards(
   auto run = [&](std::size_t i) { results[i] = call(i, lists[i]); };
   // The first shard's call runs on this thread, the others beside it.
   std::vector<std::thread> threads;
-  for (std::size_t k = 1; k < busy.size(); ++k) threads.emplace_back(run, busy[k]);
+  for (std::size_t k = 1; k < busy.size(); ++k)
+    threads.emplace_back(run, busy[k]);
   if (!busy.empty()) run(busy[0]);
   for (std::thread& t : threads) t.join();
   if (out != nullptr) *out = results;
@@ -232,13 +235,13 @@ absl::Status Client::Join(absl::Span<const TensorRef> tensors) {
       elements *= d < 0 ? 0 : static_cast<std::uint64_t>(d);
     }
     if (t.data.size() != elements) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "buffer of tensor ", t.name, " holds ", t.data.size(),
-          " floats; shape [", absl::StrJoin(t.shape, ","), "] needs ",
-          elements));
+      return absl::InvalidArgumentError(
+          absl::StrCat("buffer of tensor ", t.name, " holds ", t.data.size(),
+                       " floats; shape [", absl::StrJoin(t.shape, ","),
+                       "] needs ", elements));
     }
-    placements[t.name] = PlaceTensor(t.name, t.shape, shards_.size(),
-                                     options_.split_bytes);
+    placements[t.name] =
+        PlaceTensor(t.name, t.shape, shards_.size(), options_.split_bytes);
   }
   WEIGHTD_ASSIGN_OR_RETURN(std::vector<std::vector<TensorRef>> lists,
                            Split(placements, tensors));
@@ -315,11 +318,10 @@ absl::Status Client::Barrier(absl::string_view name, int count,
 absl::Status Client::Leave() {
   std::vector<std::vector<TensorRef>> none(shards_.size());
   placements_.clear();  // Whatever a shard answers: Join again after Leave.
-  return OnShards(
-      none, /*all=*/true,
-      [&](std::size_t i, absl::Span<const TensorRef>) {
-        return shards_[i]->Leave();
-      });
+  return OnShards(none, /*all=*/true,
+                  [&](std::size_t i, absl::Span<const TensorRef>) {
+                    return shards_[i]->Leave();
+                  });
 }
 
 absl::StatusOr<ServerStatus> Client::GetStatus() {

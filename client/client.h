@@ -137,7 +137,8 @@ class Client {
   std::vector<std::string> servers() const;
 
  private:
-  Client(ClientOptions options, std::vector<std::unique_ptr<ShardClient>> shards);
+  Client(ClientOptions options,
+         std::vector<std::unique_ptr<ShardClient>> shards);
 
   // The calls of one client call, one list per shard (parts of the caller's
   // tensors); INVALID_ARGUMENT / NOT_FOUND as ShardClient's for buffers
@@ -147,17 +148,18 @@ class Client {
     return Split(placements_, tensors);
   }
   absl::StatusOr<std::vector<std::vector<TensorRef>>> Split(
-      const absl::flat_hash_map<std::string, std::vector<Placement>>& placements,
+      const absl::flat_hash_map<std::string, std::vector<Placement>>&
+          placements,
       absl::Span<const TensorRef> tensors) const;
   // Runs `call` for every shard with a non-empty list (every shard if
   // `all`), in parallel; the first error in shard order, naming its shard.
   // `results`, if given, gets each shard's status (OK where not called).
-  absl::Status OnShards(
-      const std::vector<std::vector<TensorRef>>& lists, bool all,
-      absl::FunctionRef<absl::Status(std::size_t shard,
-                                     absl::Span<const TensorRef>)>
-          call,
-      std::vector<absl::Status>* results = nullptr);
+  absl::Status OnShards(const std::vector<std::vector<TensorRef>>& lists,
+                        bool all,
+                        absl::FunctionRef<absl::Status(
+                            std::size_t shard, absl::Span<const TensorRef>)>
+                            call,
+                        std::vector<absl::Status>* results = nullptr);
 
   ClientOptions options_;
   std::vector<std::unique_ptr<ShardClient>> shards_;  // In shard order.

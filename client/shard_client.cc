@@ -8,9 +8,9 @@
 #include <optional>
 #include <utility>
 
+#include "absl/random/distributions.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/random/distributions.h"
 #include "absl/time/clock.h"
 #include "common/chunk_codec.h"
 #include "common/duration.h"
@@ -40,7 +40,8 @@ absl::Status Annotate(const grpc::Status& status, absl::string_view call) {
 
 ShardLayout LayoutOf(const v1::ShardInfo& info) {
   // A count of 0 comes from a server that predates sharding.
-  return info.count() == 0 ? ShardLayout{} : ShardLayout{info.index(), info.count()};
+  return info.count() == 0 ? ShardLayout{}
+                           : ShardLayout{info.index(), info.count()};
 }
 
 v1::WireFormat FormatToProto(WireFormat format) {
@@ -63,8 +64,7 @@ v1::WireFormat FormatToProto(WireFormat format) {
 // call so that Finish() does not wait for the rest.
 template <typename Stream>
 absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
-                         WireFormat format,
-                         absl::Span<const TensorRef> tensors,
+                         WireFormat format, absl::Span<const TensorRef> tensors,
                          std::vector<std::uint64_t>& versions,
                          std::uint64_t& bytes_read) {
   auto malformed = [&context](absl::string_view what) {
@@ -304,8 +304,7 @@ void ShardClient::ReportProgress() {
   v1::GetStatusRequest request;
   request.set_include_tensors(!watch.rounds.empty());
   v1::GetStatusResponse status;
-  const bool known =
-      channel_->stub->GetStatus(&context, request, &status).ok();
+  const bool known = channel_->stub->GetStatus(&context, request, &status).ok();
   if (!watch.barrier.empty()) {
     std::string entered = "?";
     for (const v1::BarrierInfo& b : status.barriers()) {
@@ -319,10 +318,10 @@ void ShardClient::ReportProgress() {
   for (const auto& [name, round] : watch.rounds) {
     for (const v1::TensorInfo& t : status.tensors()) {
       if (t.name() != name || t.version() > round) continue;
-      return Log(absl::StrCat(
-          watch.what, " waiting for round ", round, " of tensor ", name,
-          " on ", address_, ": ", t.contributed(), " of ", t.participants(),
-          " workers have pushed (", waited, " so far)"));
+      return Log(absl::StrCat(watch.what, " waiting for round ", round,
+                              " of tensor ", name, " on ", address_, ": ",
+                              t.contributed(), " of ", t.participants(),
+                              " workers have pushed (", waited, " so far)"));
     }
   }
   Log(absl::StrCat(watch.what, " waiting on ", address_, " (", waited,
@@ -429,7 +428,8 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(
     if (client->Cancelled()) return Cancellation::Status("Connect");
     const absl::Time slice =
         std::min(absl::Now() + absl::Milliseconds(100), give_up);
-    if (client->channel_->channel->WaitForConnected(absl::ToChronoTime(slice))) {
+    if (client->channel_->channel->WaitForConnected(
+            absl::ToChronoTime(slice))) {
       break;
     }
     const absl::Time now = absl::Now();
@@ -442,17 +442,17 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(
     if (now - start >= absl::Seconds(1) &&
         now - reported >= options.progress_interval) {
       reported = now;
-      client->Log(absl::StrCat(
-          "waiting for weightd at ", address, " (",
-          HumanDuration(now - start), " of ", absl::FormatDuration(options.connect_timeout),
-          "): not reachable yet"));
+      client->Log(absl::StrCat("waiting for weightd at ", address, " (",
+                               HumanDuration(now - start), " of ",
+                               absl::FormatDuration(options.connect_timeout),
+                               "): not reachable yet"));
     }
   }
   // The chunk size is the server's: learn it before sending any payload.
   // (Retried: a server restoring a snapshot answers UNAVAILABLE for a while.)
   v1::GetStatusResponse status;
-  WEIGHTD_RETURN_IF_ERROR(client->UnaryWithRetries(
-      "GetStatus", [&](grpc::ClientContext* context) {
+  WEIGHTD_RETURN_IF_ERROR(
+      client->UnaryWithRetries("GetStatus", [&](grpc::ClientContext* context) {
         return client->channel_->stub->GetStatus(context, {}, &status);
       }));
   client->chunk_bytes_ = status.chunk_bytes();
@@ -486,18 +486,18 @@ absl::Status ShardClient::Join(
     absl::Span<const std::vector<std::int64_t>> whole_shapes) {
   for (const TensorRef& t : tensors) {
     if (t.data.size() != ElementsOf(t.shape)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "buffer of tensor ", t.name, " holds ", t.data.size(),
-          " floats; shape [", absl::StrJoin(t.shape, ","), "] needs ",
-          ElementsOf(t.shape)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("buffer of tensor ", t.name, " holds ", t.data.size(),
+                       " floats; shape [", absl::StrJoin(t.shape, ","),
+                       "] needs ", ElementsOf(t.shape)));
     }
   }
   std::vector<Declared> declared;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const TensorRef& t = tensors[i];
-    declared.push_back({t.name, t.shape, t.data,
-                        whole_shapes.empty() ? std::vector<std::int64_t>{}
-                                             : whole_shapes[i]});
+    declared.push_back(
+        {t.name, t.shape, t.data,
+         whole_shapes.empty() ? std::vector<std::int64_t>{} : whole_shapes[i]});
   }
   v1::JoinResponse response;
   WEIGHTD_RETURN_IF_ERROR(JoinRetrying(declared, &response));
@@ -535,7 +535,7 @@ absl::Status ShardClient::JoinRetrying(absl::Span<const Declared> declared,
 }
 
 absl::Status ShardClient::JoinOnce(absl::Span<const Declared> declared,
-                              v1::JoinResponse* response) {
+                                   v1::JoinResponse* response) {
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
   const Cancellation::Registration cancel = CancelsOnCancel(context);
@@ -569,8 +569,8 @@ absl::Status ShardClient::JoinOnce(absl::Span<const Declared> declared,
   // (Checked again for servers that predate expected_shard.)
   if (const ShardLayout now = LayoutOf(response->shard()); !(now == layout_)) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "weightd at ", address_, " is now shard ", now.index, " of ",
-        now.count, "; it was shard ", layout_.index, " of ", layout_.count,
+        "weightd at ", address_, " is now shard ", now.index, " of ", now.count,
+        "; it was shard ", layout_.index, " of ", layout_.count,
         " when this worker connected. The deployment's shard layout changed "
         "under the job: restart the workers with the new server list"));
   }
@@ -628,8 +628,8 @@ bool ShardClient::LeaseLost() {
   v1::HeartbeatRequest request;
   request.set_lease_id(lease_id_);
   v1::HeartbeatResponse response;
-  return channel_->stub->Heartbeat(&context, request, &response)
-             .error_code() == grpc::StatusCode::FAILED_PRECONDITION;
+  return channel_->stub->Heartbeat(&context, request, &response).error_code() ==
+         grpc::StatusCode::FAILED_PRECONDITION;
 }
 
 absl::Status ShardClient::UnaryWithRetries(
@@ -669,17 +669,14 @@ absl::Status ShardClient::Retrying(absl::string_view what,
       return absl::Status(
           status.code(),
           absl::StrCat("could not reach weightd at ", address_, " for ",
-                       HumanDuration(now - start),
-                       " (", attempts,
+                       HumanDuration(now - start), " (", attempts,
                        " attempts, the client's retry budget); last error: ",
                        status.message()));
     }
     if (now - reported >= options_.progress_interval) {
       reported = now;
-      Log(absl::StrCat(
-          status.message(), "; retrying for up to ",
-          HumanDuration(give_up - now),
-          " more"));
+      Log(absl::StrCat(status.message(), "; retrying for up to ",
+                       HumanDuration(give_up - now), " more"));
     }
     if (!Sleep(pause)) return Cancellation::Status(what);
     backoff = std::min(backoff * 2, options_.max_backoff);
@@ -687,17 +684,17 @@ absl::Status ShardClient::Retrying(absl::string_view what,
 }
 
 absl::Status ShardClient::Push(absl::Span<const TensorRef> tensors,
-                          const PushOptions& options) {
+                               const PushOptions& options) {
   return DoPush(tensors, options, /*pull_result=*/false);
 }
 
 absl::Status ShardClient::PushPull(absl::Span<const TensorRef> tensors,
-                              const PushOptions& options) {
+                                   const PushOptions& options) {
   return DoPush(tensors, options, /*pull_result=*/true);
 }
 
 absl::Status ShardClient::DoPush(absl::Span<const TensorRef> tensors,
-                            const PushOptions& options, bool pull_result) {
+                                 const PushOptions& options, bool pull_result) {
   WEIGHTD_RETURN_IF_ERROR(CheckRefs(tensors));
   // A resend after a transient failure keeps its sequence: the server
   // applies it once.
@@ -718,7 +715,8 @@ absl::Status ShardClient::DoPush(absl::Span<const TensorRef> tensors,
     if (absl::IsFailedPrecondition(status) && rejoins < kMaxRejoins &&
         LeaseLost()) {
       std::vector<std::uint64_t> rounds;
-      for (const TensorRef& t : tensors) rounds.push_back(tracked_.at(t.name).version);
+      for (const TensorRef& t : tensors)
+        rounds.push_back(tracked_.at(t.name).version);
       WEIGHTD_RETURN_IF_ERROR(Rejoin(tensors));
       bool moved = false;
       for (std::size_t i = 0; i < tensors.size(); ++i) {
@@ -746,8 +744,8 @@ absl::Status ShardClient::DoPush(absl::Span<const TensorRef> tensors,
 }
 
 absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
-                              const PushOptions& options, bool pull_result,
-                              std::uint64_t sequence) {
+                                   const PushOptions& options, bool pull_result,
+                                   std::uint64_t sequence) {
   v1::PushHeader header;
   header.set_lease_id(lease_id_);
   header.set_sequence(sequence);
@@ -789,7 +787,8 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
 
   std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>>
       stream(grpc::internal::ClientReaderWriterFactory<
-             grpc::ByteBuffer, grpc::ByteBuffer>::Create(channel_->channel.get(),
+             grpc::ByteBuffer, grpc::ByteBuffer>::Create(channel_->channel
+                                                             .get(),
                                                          channel_->push_pull,
                                                          &context));
   WritePush(*stream, header, tensors, chunk_bytes_, options_.wire_format,
@@ -804,7 +803,7 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
 }
 
 void ShardClient::RecordPulled(absl::Span<const TensorRef> tensors,
-                          const std::vector<std::uint64_t>& versions) {
+                               const std::vector<std::uint64_t>& versions) {
   std::size_t worst = tensors.size();  // The tensor that went back most.
   std::uint64_t lost = 0, before = 0;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
@@ -845,8 +844,7 @@ absl::Status ShardClient::PullOnce(absl::Span<const TensorRef> tensors) {
   const Cancellation::Registration cancel = CancelsOnCancel(context);
   std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> stream(
       grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(
-          channel_->channel.get(), channel_->pull, &context,
-          ToBytes(request)));
+          channel_->channel.get(), channel_->pull, &context, ToBytes(request)));
   std::vector<std::uint64_t> versions;
   absl::Status read = ReadTensors(*stream, context, options_.wire_format,
                                   tensors, versions, stats_.bytes_pulled);
@@ -859,7 +857,8 @@ absl::Status ShardClient::PullOnce(absl::Span<const TensorRef> tensors) {
 absl::Status ShardClient::Barrier(absl::string_view name, int count,
                                   std::uint32_t* arrival,
                                   absl::Duration timeout) {
-  if (count < 1) return absl::InvalidArgumentError("barrier count must be >= 1");
+  if (count < 1)
+    return absl::InvalidArgumentError("barrier count must be >= 1");
   v1::BarrierRequest request;
   request.set_name(std::string(name));
   request.set_count(static_cast<std::uint32_t>(count));
@@ -918,8 +917,8 @@ absl::Status ShardClient::Leave() {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::seconds(1));
-    status = Annotate(channel_->stub->Leave(&context, request, &response),
-                      "Leave");
+    status =
+        Annotate(channel_->stub->Leave(&context, request, &response), "Leave");
   } else {
     status = UnaryWithRetries("Leave", [&](grpc::ClientContext* context) {
       return channel_->stub->Leave(context, request, &response);
@@ -942,7 +941,8 @@ absl::StatusOr<ServerStatus> ShardClient::GetStatus() {
                       response.rounds_closed()};
 }
 
-absl::StatusOr<std::uint64_t> ShardClient::Version(const std::string& name) const {
+absl::StatusOr<std::uint64_t> ShardClient::Version(
+    const std::string& name) const {
   auto it = tracked_.find(name);
   if (it == tracked_.end()) {
     return absl::NotFoundError(

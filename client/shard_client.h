@@ -64,8 +64,9 @@ class ShardClient {
   // server alone. Join may declare no tensors: the worker then holds only
   // a lease, for barriers. `whole_shapes`, empty or one per tensor: the
   // shape of the whole tensor each one is a part of (empty: not a part).
-  absl::Status Join(absl::Span<const TensorRef> tensors,
-                    absl::Span<const std::vector<std::int64_t>> whole_shapes = {});
+  absl::Status Join(
+      absl::Span<const TensorRef> tensors,
+      absl::Span<const std::vector<std::int64_t>> whole_shapes = {});
   absl::Status Push(absl::Span<const TensorRef> tensors,
                     const PushOptions& options = {});
   absl::Status Pull(absl::Span<const TensorRef> tensors);
@@ -87,8 +88,8 @@ class ShardClient {
     std::vector<std::int64_t> shape;
     std::vector<std::int64_t> whole_shape;  // If it is a part (see Join).
     std::uint64_t elements = 0;
-    std::uint64_t version = 0;      // Of the value the caller holds.
-    std::uint64_t wait_version = 0; // Pull waits for this (after a push).
+    std::uint64_t version = 0;       // Of the value the caller holds.
+    std::uint64_t wait_version = 0;  // Pull waits for this (after a push).
   };
 
   // A tensor for Join: its value is sent only if not empty.

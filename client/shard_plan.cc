@@ -27,10 +27,10 @@ std::vector<Placement> PlaceTensor(absl::string_view name,
     elements *= valid ? static_cast<std::uint64_t>(d) : 0;
   }
   const std::uint32_t owner =
-      shards <= 1 ? 0 : static_cast<std::uint32_t>(StableNameHash(name) % shards);
-  const std::uint64_t rows = shape.empty() || !valid
-                                 ? 1
-                                 : static_cast<std::uint64_t>(shape[0]);
+      shards <= 1 ? 0
+                  : static_cast<std::uint32_t>(StableNameHash(name) % shards);
+  const std::uint64_t rows =
+      shape.empty() || !valid ? 1 : static_cast<std::uint64_t>(shape[0]);
   if (shards <= 1 || elements * 4 <= split_bytes || rows < 2) {
     return {Placement{owner, 0, elements, shape}};
   }
@@ -53,13 +53,15 @@ std::vector<Placement> PlaceTensor(absl::string_view name,
   return placements;
 }
 
-absl::StatusOr<std::vector<std::string>> SplitTargets(absl::string_view address) {
+absl::StatusOr<std::vector<std::string>> SplitTargets(
+    absl::string_view address) {
   std::vector<std::string> targets;
   for (absl::string_view t : absl::StrSplit(address, ',')) {
     t = absl::StripAsciiWhitespace(t);
     if (t.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "server address \"", address, "\" has an empty entry; give "
+          "server address \"", address,
+          "\" has an empty entry; give "
           "host:port, or a comma-separated list of every shard's host:port"));
     }
     targets.emplace_back(t);
@@ -75,17 +77,19 @@ absl::StatusOr<std::vector<std::size_t>> OrderShards(
   for (std::size_t i = 0; i < n; ++i) {
     const ShardLayout& l = layouts[i];
     if (l.count != n || l.index >= n) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "weightd at ", targets[i], " is shard ", l.index, " of ", l.count,
-          ", but this worker was given ", n, " server(s) (",
-          absl::StrJoin(targets, ","), "): give every shard's address, and "
-          "start every shard with --shard_count=", n));
+      return absl::FailedPreconditionError(
+          absl::StrCat("weightd at ", targets[i], " is shard ", l.index, " of ",
+                       l.count, ", but this worker was given ", n,
+                       " server(s) (", absl::StrJoin(targets, ","),
+                       "): give every shard's address, and "
+                       "start every shard with --shard_count=",
+                       n));
     }
     if (order[l.index] != n) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "weightd at ", targets[order[l.index]], " and at ", targets[i],
-          " both say they are shard ", l.index, " of ", n,
-          ": give each shard its own --shard_index"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("weightd at ", targets[order[l.index]], " and at ",
+                       targets[i], " both say they are shard ", l.index, " of ",
+                       n, ": give each shard its own --shard_index"));
     }
     order[l.index] = i;
   }

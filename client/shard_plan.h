@@ -35,7 +35,7 @@ struct ShardLayout {
 // One tensor's values on one shard.
 struct Placement {
   std::uint32_t shard = 0;
-  std::uint64_t first = 0;     // First element (row-major) held there.
+  std::uint64_t first = 0;  // First element (row-major) held there.
   std::uint64_t elements = 0;
   std::vector<std::int64_t> shape;  // Of the part, as declared to the shard.
 };
@@ -51,7 +51,8 @@ std::vector<Placement> PlaceTensor(absl::string_view name,
 
 // The comma-separated targets of a ClientOptions::address, trimmed.
 // INVALID_ARGUMENT for an empty address or an empty entry.
-absl::StatusOr<std::vector<std::string>> SplitTargets(absl::string_view address);
+absl::StatusOr<std::vector<std::string>> SplitTargets(
+    absl::string_view address);
 
 // Given the layout each target reported, the targets' positions in shard
 // order. FAILED_PRECONDITION, naming the servers, unless they form exactly

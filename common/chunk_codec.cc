@@ -122,8 +122,8 @@ class Cursor {
 grpc::ByteBuffer ToBytes(const google::protobuf::MessageLite& message) {
   grpc::ByteBuffer bytes;
   bool own;
-  grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::MessageLite>(
-      message, &bytes, &own);
+  grpc::GenericSerialize<grpc::ProtoBufferWriter,
+                         google::protobuf::MessageLite>(message, &bytes, &own);
   return bytes;
 }
 
@@ -177,8 +177,8 @@ bool ParseChunkFields(Cursor& in, std::uint64_t end_left, ChunkView* view) {
         seen_offset = true;
         break;
       case kDataField:
-        if (seen_data || !in.Varint(&value) ||
-            value > in.left() - end_left || !in.Take(value, &view->pieces)) {
+        if (seen_data || !in.Varint(&value) || value > in.left() - end_left ||
+            !in.Take(value, &view->pieces)) {
           return false;
         }
         seen_data = true;
@@ -219,8 +219,9 @@ grpc::ByteBuffer BatchWriter::Finish() {
   payload_ = 0;
   grpc::Slice slices[2] = {
       grpc::Slice(head, static_cast<std::size_t>(p - head)),
-      grpc::Slice(body->data(), body->size(),
-                  [](void* b) { delete static_cast<std::string*>(b); }, body)};
+      grpc::Slice(
+          body->data(), body->size(),
+          [](void* b) { delete static_cast<std::string*>(b); }, body)};
   return grpc::ByteBuffer(slices, 2);
 }
 

@@ -3,9 +3,9 @@
 #define WEIGHTD_COMMON_NAMES_H_
 
 #include <cstddef>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace weightd {
 

@@ -44,10 +44,10 @@ constexpr absl::string_view kPrefix = "WEIGHTD_";
 absl::Span<const EnvironmentVariable>::const_iterator Find(
     absl::Span<const EnvironmentVariable> variables, absl::string_view name,
     absl::string_view program) {
-  const auto own = std::find_if(
-      variables.begin(), variables.end(), [&](const EnvironmentVariable& v) {
-        return v.name == name && v.program == program;
-      });
+  const auto own = std::find_if(variables.begin(), variables.end(),
+                                [&](const EnvironmentVariable& v) {
+                                  return v.name == name && v.program == program;
+                                });
   if (own != variables.end()) return own;
   return std::find_if(
       variables.begin(), variables.end(),
@@ -96,14 +96,15 @@ constexpr EnvironmentVariable kEnvironment[] = {
 // Optimal string alignment distance: Levenshtein plus swaps of neighbours
 // (a typo like LISTNE for LISTEN costs 1).
 std::size_t EditDistance(absl::string_view a, absl::string_view b) {
-  std::vector<std::vector<std::size_t>> d(a.size() + 1,
-                                          std::vector<std::size_t>(b.size() + 1));
+  std::vector<std::vector<std::size_t>> d(
+      a.size() + 1, std::vector<std::size_t>(b.size() + 1));
   for (std::size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
   for (std::size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
   for (std::size_t i = 1; i <= a.size(); ++i) {
     for (std::size_t j = 1; j <= b.size(); ++j) {
       const std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
-      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      d[i][j] =
+          std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
       if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
         d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
       }
@@ -115,9 +116,9 @@ std::size_t EditDistance(absl::string_view a, absl::string_view b) {
 // absl's usage flags: no registered flags in Abseil 20220623, but names
 // absl::ParseCommandLine recognizes (absl/flags/usage_config.h).
 bool IsAbseilUsageFlag(absl::string_view name) {
-  for (absl::string_view usage : {"help", "helpfull", "helpshort", "helppackage",
-                                  "version", "only_check_args", "helpon",
-                                  "helpmatch"}) {
+  for (absl::string_view usage :
+       {"help", "helpfull", "helpshort", "helppackage", "version",
+        "only_check_args", "helpon", "helpmatch"}) {
     if (name == usage) return true;
   }
   return false;
@@ -143,10 +144,9 @@ std::vector<std::string> FlagsOfFile(absl::string_view main_file) {
 
 template <typename T>
 std::string WholeNumber(const absl::CommandLineFlag& flag) {
-  return absl::StrCat("needs a whole number from ",
-                      std::numeric_limits<T>::min(), " to ",
-                      std::numeric_limits<T>::max(), ", e.g. ",
-                      flag.DefaultValue());
+  return absl::StrCat(
+      "needs a whole number from ", std::numeric_limits<T>::min(), " to ",
+      std::numeric_limits<T>::max(), ", e.g. ", flag.DefaultValue());
 }
 
 // What is wrong with `value` for `flag`, which did not parse it; `error`
@@ -158,9 +158,10 @@ std::string ValueProblem(const absl::CommandLineFlag& flag,
     if (absl::SimpleAtod(value, &number)) {
       return absl::StrCat("needs a unit, e.g. ", value, "s");
     }
-    return absl::StrCat("not a duration; use a number with a unit (ms, s, m, "
-                        "h), e.g. ",
-                        flag.DefaultValue());
+    return absl::StrCat(
+        "not a duration; use a number with a unit (ms, s, m, "
+        "h), e.g. ",
+        flag.DefaultValue());
   }
   if (flag.IsOfType<bool>()) return "use true or false";
   if (flag.IsOfType<std::int32_t>()) return WholeNumber<std::int32_t>(flag);
@@ -178,8 +179,8 @@ absl::Status SetFlag(absl::CommandLineFlag& flag, absl::string_view source,
                      absl::string_view value) {
   std::string error;
   if (flag.ParseFrom(value, &error)) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      source, "=", value, ": ", ValueProblem(flag, value, error)));
+  return absl::InvalidArgumentError(
+      absl::StrCat(source, "=", value, ": ", ValueProblem(flag, value, error)));
 }
 
 std::string SourceOf(const absl::CommandLineFlag& flag,
@@ -223,9 +224,9 @@ absl::Status ApplyEnvironment(absl::string_view program,
   for (const EnvironmentVariable& v : variables) {
     if (v.program == program && !v.flag.empty() &&
         absl::FindCommandLineFlag(v.flag) == nullptr) {
-      return absl::NotFoundError(
-          absl::StrCat(v.name, " is listed for flag --", v.flag,
-                       ", which ", program, " does not define"));
+      return absl::NotFoundError(absl::StrCat(v.name, " is listed for flag --",
+                                              v.flag, ", which ", program,
+                                              " does not define"));
     }
   }
   for (const std::string& entry : environment) {
@@ -297,7 +298,8 @@ absl::Status ParseFlags(const std::vector<std::string>& args,
       const std::string closest = Closest(name, FlagsOfFile(main_file));
       return absl::InvalidArgumentError(absl::StrCat(
           "--", name, ": no such flag",
-          closest.empty() ? "" : absl::StrCat("; did you mean --", closest, "?"),
+          closest.empty() ? ""
+                          : absl::StrCat("; did you mean --", closest, "?"),
           " See --help."));
     }
     if (IsAbseilOwnFlag(*flag)) {
@@ -307,9 +309,9 @@ absl::Status ParseFlags(const std::vector<std::string>& args,
     }
     if (negated) {
       if (has_value) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "--", arg, ": --", name, " takes no value; use --", flag->Name(),
-            "=", value));
+        return absl::InvalidArgumentError(
+            absl::StrCat("--", arg, ": --", name, " takes no value; use --",
+                         flag->Name(), "=", value));
       }
       value = "false";
     } else if (!has_value) {
@@ -336,8 +338,8 @@ absl::Status CheckFlags(const Program& program, const FlagSources& sources) {
     const absl::optional<absl::Duration> d = flag->TryGet<absl::Duration>();
     if (d.has_value() && *d < absl::ZeroDuration()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(SourceOf(*flag, sources), ": must not be negative, e.g. ",
-                       flag->DefaultValue()));
+          absl::StrCat(SourceOf(*flag, sources),
+                       ": must not be negative, e.g. ", flag->DefaultValue()));
     }
   }
   for (const FlagCheck& check : program.checks) {
@@ -355,8 +357,7 @@ absl::Status CheckFlags(const Program& program, const FlagSources& sources) {
   return absl::OkStatus();
 }
 
-std::vector<char*> StartProgram(const Program& program, int argc,
-                                char** argv) {
+std::vector<char*> StartProgram(const Program& program, int argc, char** argv) {
   absl::FlagsUsageConfig config;
   auto matches = [file = program.main_file](absl::string_view f) {
     return absl::EndsWith(f, file);
@@ -392,9 +393,10 @@ std::vector<char*> StartProgram(const Program& program, int argc,
 std::string VersionLine(absl::string_view program) {
   constexpr absl::string_view kCommit = WEIGHTD_GIT_COMMIT;
   constexpr absl::string_view kBuildType = WEIGHTD_BUILD_TYPE;
-  return absl::StrCat(program, " ", WEIGHTD_VERSION, " (",
-                      kCommit.empty() ? "" : absl::StrCat("git ", kCommit, ", "),
-                      kBuildType.empty() ? "unknown" : kBuildType, " build)");
+  return absl::StrCat(
+      program, " ", WEIGHTD_VERSION, " (",
+      kCommit.empty() ? "" : absl::StrCat("git ", kCommit, ", "),
+      kBuildType.empty() ? "unknown" : kBuildType, " build)");
 }
 
 absl::Status ProbeWritableDirectory(const std::string& dir, bool create) {
@@ -422,10 +424,9 @@ absl::Status ProbeWritableDirectory(const std::string& dir, bool create) {
     return absl::FailedPreconditionError(
         absl::StrCat(dir, " is not a directory"));
   }
-  const std::string probe =
-      absl::StrCat(dir, "/.weightd-probe-", ::getpid());
-  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                        0600);
+  const std::string probe = absl::StrCat(dir, "/.weightd-probe-", ::getpid());
+  const int fd =
+      ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "cannot create a file in ", dir, ": ", std::strerror(errno)));
@@ -434,8 +435,8 @@ absl::Status ProbeWritableDirectory(const std::string& dir, bool create) {
   const int fsync_errno = errno;
   ::close(fd);
   if (::unlink(probe.c_str()) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot remove ", probe, ": ", std::strerror(errno)));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot remove ", probe, ": ", std::strerror(errno)));
   }
   if (!synced) {
     return absl::FailedPreconditionError(absl::StrCat(

@@ -7,7 +7,8 @@
 // status 2 (kExitBadConfiguration) and one line on stderr that names the
 // flag or variable, its value and the fix:
 //   weightd: --lease_timeout=5: needs a unit, e.g. 5s
-//   weightd: WEIGHTD_LISTNE is not a variable of weightd; did you mean WEIGHTD_LISTEN?
+//   weightd: WEIGHTD_LISTNE is not a variable of weightd; did you mean
+//   WEIGHTD_LISTEN?
 // (absl::ParseCommandLine alone exits 1 on a bad value, the code weightd
 // keeps for a lost final snapshot.)
 //

@@ -19,8 +19,8 @@
 
 // Evaluates `rexpr` (an absl::StatusOr<T>); returns its status if not OK,
 // else moves its value into `lhs` (a declaration or an lvalue).
-#define WEIGHTD_ASSIGN_OR_RETURN(lhs, rexpr)                                 \
-  WEIGHTD_ASSIGN_OR_RETURN_IMPL_(                                            \
+#define WEIGHTD_ASSIGN_OR_RETURN(lhs, rexpr) \
+  WEIGHTD_ASSIGN_OR_RETURN_IMPL_(            \
       WEIGHTD_STATUS_CONCAT_(weightd_statusor_, __LINE__), lhs, rexpr)
 
 #define WEIGHTD_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr) \

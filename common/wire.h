@@ -18,7 +18,8 @@ inline constexpr std::size_t kFloatBytes = sizeof(float);
 static_assert(kFloatBytes == 4, "float must be IEEE-754 binary32");
 
 inline constexpr std::uint64_t kDefaultChunkBytes = 1 << 20;
-// Chunk sizes a server accepts: multiples of 4 in [kMinChunkBytes, kMaxChunkBytes].
+// Chunk sizes a server accepts: multiples of 4 in [kMinChunkBytes,
+// kMaxChunkBytes].
 inline constexpr std::uint64_t kMinChunkBytes = 4 << 10;
 inline constexpr std::uint64_t kMaxChunkBytes = 16 << 20;
 

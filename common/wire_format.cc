@@ -64,8 +64,7 @@ bool ParseWireFormat(absl::string_view text, WireFormat* f) {
   return true;
 }
 
-void EncodeValues(const float* in, std::size_t count, WireFormat f,
-                  char* out) {
+void EncodeValues(const float* in, std::size_t count, WireFormat f, char* out) {
   switch (f) {
     case WireFormat::kFloat32:
       std::memcpy(out, in, count * 4);
@@ -94,15 +93,15 @@ void DecodePieces(Pieces pieces, WireFormat f, float* out) {
       return;
     }
     case WireFormat::kBfloat16:
-      return ForEachRun<2>(pieces, [out](const char* p, std::size_t n,
-                                         std::size_t first) {
-        DecodeBfloat16(p, n, out + first);
-      });
+      return ForEachRun<2>(
+          pieces, [out](const char* p, std::size_t n, std::size_t first) {
+            DecodeBfloat16(p, n, out + first);
+          });
     case WireFormat::kFloat16:
-      return ForEachRun<2>(pieces, [out](const char* p, std::size_t n,
-                                         std::size_t first) {
-        DecodeFloat16(p, n, out + first);
-      });
+      return ForEachRun<2>(
+          pieces, [out](const char* p, std::size_t n, std::size_t first) {
+            DecodeFloat16(p, n, out + first);
+          });
   }
 }
 

@@ -95,7 +95,8 @@ inline std::uint16_t FloatToFloat16(float v) {
   // Normal: rebias the exponent and round the mantissa to nearest even.
   const std::uint32_t normal =
       (a + (static_cast<std::uint32_t>(15 - 127) << 23) + 0xfffu +
-       ((a >> 13) & 1u)) >> 13;
+       ((a >> 13) & 1u)) >>
+      13;
   // Selected with masks, not branches: with -ftrapping-math the compiler
   // would not compute the float add speculatively, and the loop would not
   // vectorise.
@@ -113,17 +114,19 @@ inline float Float16ToFloat(std::uint16_t h) {
   const std::uint32_t bits = (static_cast<std::uint32_t>(h) & 0x7fffu) << 13;
   const std::uint32_t exp = shifted_exp & bits;
   const std::uint32_t o = bits + (static_cast<std::uint32_t>(127 - 15) << 23);
-  const std::uint32_t inf_nan = o + (static_cast<std::uint32_t>(128 - 16) << 23);
+  const std::uint32_t inf_nan =
+      o + (static_cast<std::uint32_t>(128 - 16) << 23);
   // Zero or subnormal: renormalise.
   const std::uint32_t subnormal =
       FloatBits(FloatFromBits(o + (1u << 23)) - FloatFromBits(113u << 23));
   // Masks, not branches, as in FloatToFloat16.
-  const std::uint32_t special = 0u - static_cast<std::uint32_t>(exp == shifted_exp);
+  const std::uint32_t special =
+      0u - static_cast<std::uint32_t>(exp == shifted_exp);
   const std::uint32_t tiny = 0u - static_cast<std::uint32_t>(exp == 0);
   const std::uint32_t magnitude =
       (inf_nan & special) | (subnormal & tiny) | (o & ~(special | tiny));
-  return FloatFromBits(magnitude |
-                       (static_cast<std::uint32_t>(h) & 0x8000u) << 16);
+  return FloatFromBits(magnitude | (static_cast<std::uint32_t>(h) & 0x8000u)
+                                       << 16);
 }
 
 // Writes the `count` values of `in` to `out` in format `f`

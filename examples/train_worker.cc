@@ -22,10 +22,9 @@
 // (B: payload bytes the server has received and sent so far; S: seconds since
 // this worker started) and finally `final test accuracy: 0.XXXX`. On error it
 // prints the status to stderr and exits with 1.
-#include <unistd.h>
-
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -188,8 +187,7 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
       // Unique per process: two workers started alike never share an id.
       char host[256] = {};
       ::gethostname(host, sizeof(host) - 1);
-      config.worker_id =
-          absl::StrCat(config.task, "-", host, "-", ::getpid());
+      config.worker_id = absl::StrCat(config.task, "-", host, "-", ::getpid());
     }
   }
 

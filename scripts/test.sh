@@ -3,8 +3,8 @@
 # Usage: scripts/test.sh [ctest args...]   e.g. scripts/test.sh -L unit
 #        scripts/test.sh --quick [ctest args...]
 #          the developer's inner loop: only the Release tree, and only its
-#          unit and service tests unless ctest args choose others (about a
-#          minute once built).
+#          unit and service tests unless ctest args choose others (20 s
+#          here once built).
 # Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -142,7 +142,8 @@ std::string ListenProblem(const std::string& address) {
       port.find_first_not_of("0123456789") != std::string::npos ||
       !absl::SimpleAtoi(port, &number) || number > 65535) {
     return "the port must be a number from 0 to 65535 (0 picks a free one), "
-           "e.g. " + host + ":7070";
+           "e.g. " +
+           host + ":7070";
   }
   return "";
 }
@@ -168,7 +169,9 @@ int main(int argc, char** argv) {
   // checked by Server::Start, and negative durations are refused for every
   // flag by StartProgram.
   const weightd::Program program{
-      "weightd", kUsage, "server/main.cc",
+      "weightd",
+      kUsage,
+      "server/main.cc",
       {{"listen", [] { return ListenProblem(absl::GetFlag(FLAGS_listen)); }},
        {"shard_count",
         [] {
@@ -218,8 +221,8 @@ int main(int argc, char** argv) {
                                " does not end in -<number>"));
     }
   } else if (!absl::SimpleAtoi(shard, &options.shard_index)) {
-    return Fail(absl::StrCat("--shard_index=", shard,
-                             ": use a number or 'hostname'"));
+    return Fail(
+        absl::StrCat("--shard_index=", shard, ": use a number or 'hostname'"));
   }
   options.shard_count = absl::GetFlag(FLAGS_shard_count);
   const std::string mode = absl::GetFlag(FLAGS_mode);
@@ -266,8 +269,9 @@ int main(int argc, char** argv) {
              interval > absl::ZeroDuration()) {
     options.snapshot_every.every = interval;
   } else {
-    return Fail(absl::StrCat("--snapshot_every=", every,
-                             ": use a number of rounds (100) or a duration (30s)"));
+    return Fail(
+        absl::StrCat("--snapshot_every=", every,
+                     ": use a number of rounds (100) or a duration (30s)"));
   }
 
   // Signals are taken synchronously by sigwait below; block them before any
@@ -279,26 +283,29 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   options.on_listening = [](const std::string& address) {
-    spdlog::info("listening on {}; loading state (calls get UNAVAILABLE "
-                 "until then)",
-                 address);
+    spdlog::info(
+        "listening on {}; loading state (calls get UNAVAILABLE "
+        "until then)",
+        address);
   };
   auto server = weightd::service::Server::Start(options);
   if (!server.ok()) return Fail(std::string(server.status().message()));
-  spdlog::info("weightd serving on {}{} (mode={} chunk_bytes={} server_lr={} "
-               "shard={}/{})",
-               (*server)->address(),
-               options.unix_socket.empty() ? "" : " and unix:" + options.unix_socket,
-               mode, options.store.chunk_bytes, options.store.server_lr,
-               options.shard_index, options.shard_count);
+  spdlog::info(
+      "weightd serving on {}{} (mode={} chunk_bytes={} server_lr={} "
+      "shard={}/{})",
+      (*server)->address(),
+      options.unix_socket.empty() ? "" : " and unix:" + options.unix_socket,
+      mode, options.store.chunk_bytes, options.store.server_lr,
+      options.shard_index, options.shard_count);
   // gRPC clients refuse messages over 4 MiB unless told otherwise; a pull
   // streams chunks of chunk_bytes plus a small header.
   if (options.store.chunk_bytes > (std::uint64_t{4} << 20) - (64 << 10)) {
-    spdlog::warn("--chunk_bytes={} is near or above gRPC's default 4 MiB "
-                 "receive limit: clients other than weightd's must raise it "
-                 "(e.g. grpc.max_receive_message_length), or their Pulls fail "
-                 "(docs/protocol.md)",
-                 options.store.chunk_bytes);
+    spdlog::warn(
+        "--chunk_bytes={} is near or above gRPC's default 4 MiB "
+        "receive limit: clients other than weightd's must raise it "
+        "(e.g. grpc.max_receive_message_length), or their Pulls fail "
+        "(docs/protocol.md)",
+        options.store.chunk_bytes);
   }
 
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);

@@ -128,7 +128,9 @@ int main(int argc, char** argv) {
   // WEIGHTD_SERVERS sets --server (common/startup.cc); a bad value, flag or
   // WEIGHTD_* variable exits 2 with one line.
   const weightd::Program program{
-      "weightctl", kUsage, "tools/weightctl.cc",
+      "weightctl",
+      kUsage,
+      "tools/weightctl.cc",
       {{"timeout", [] {
           return absl::GetFlag(FLAGS_timeout) > absl::ZeroDuration()
                      ? std::string()

@@ -18,22 +18,22 @@ inline bool IsFiniteBits(std::uint32_t bits) {
 template <typename Fn>
 void ForEachValueRun(Pieces pieces, WireFormat f, float* acc, Fn fn) {
   if (f == WireFormat::kFloat32) {
-    ForEachRun<4>(pieces, [acc, fn](const char* p, std::size_t n,
-                                    std::size_t first) {
-      fn(acc + first, p, n);
-    });
+    ForEachRun<4>(pieces,
+                  [acc, fn](const char* p, std::size_t n, std::size_t first) {
+                    fn(acc + first, p, n);
+                  });
     return;
   }
-  ForEachRun<2>(pieces, [acc, fn, f](const char* p, std::size_t n,
-                                     std::size_t first) {
-    float block[kBlock];
-    for (std::size_t done = 0; done < n; done += kBlock) {
-      const std::size_t m = std::min(kBlock, n - done);
-      const absl::string_view piece(p + 2 * done, 2 * m);
-      DecodePieces(Pieces(&piece, 1), f, block);
-      fn(acc + first + done, reinterpret_cast<const char*>(block), m);
-    }
-  });
+  ForEachRun<2>(
+      pieces, [acc, fn, f](const char* p, std::size_t n, std::size_t first) {
+        float block[kBlock];
+        for (std::size_t done = 0; done < n; done += kBlock) {
+          const std::size_t m = std::min(kBlock, n - done);
+          const absl::string_view piece(p + 2 * done, 2 * m);
+          DecodePieces(Pieces(&piece, 1), f, block);
+          fn(acc + first + done, reinterpret_cast<const char*>(block), m);
+        }
+      });
 }
 
 WEIGHTD_VECTOR_CLONES
@@ -88,25 +88,24 @@ bool AllFinite(Pieces pieces, WireFormat f) {
     return ok;
   }
   const std::uint16_t exp = f == WireFormat::kBfloat16 ? 0x7f80 : 0x7c00;
-  ForEachRun<2>(pieces, [&ok, exp](const char* p, std::size_t n,
-                                   std::size_t) {
+  ForEachRun<2>(pieces, [&ok, exp](const char* p, std::size_t n, std::size_t) {
     ok = ok && AllFinite16(p, n, exp);
   });
   return ok;
 }
 
 void AccumulateScaled(Pieces pieces, WireFormat f, float weight, float* acc) {
-  ForEachValueRun(pieces, f, acc, [weight](float* out, const char* p,
-                                           std::size_t n) {
-    AccumulateRun(out, p, n, weight);
-  });
+  ForEachValueRun(pieces, f, acc,
+                  [weight](float* out, const char* p, std::size_t n) {
+                    AccumulateRun(out, p, n, weight);
+                  });
 }
 
 void StoreScaled(Pieces pieces, WireFormat f, float weight, float* acc) {
-  ForEachValueRun(pieces, f, acc, [weight](float* out, const char* p,
-                                           std::size_t n) {
-    StoreRun(out, p, n, weight);
-  });
+  ForEachValueRun(pieces, f, acc,
+                  [weight](float* out, const char* p, std::size_t n) {
+                    StoreRun(out, p, n, weight);
+                  });
 }
 
 WEIGHTD_VECTOR_CLONES

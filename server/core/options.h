@@ -28,10 +28,10 @@ enum class UpdateKind {
 // Reported once per closed round (sync) or applied push (async).
 struct RoundClosed {
   std::string tensor;
-  std::uint64_t round = 0;        // The round that closed; version is round + 1.
-  std::uint32_t contributors = 0; // Complete contributions averaged.
-  std::uint64_t bytes = 0;        // Payload bytes accumulated for the round.
-  absl::Duration duration;        // From first accepted chunk to close.
+  std::uint64_t round = 0;  // The round that closed; version is round + 1.
+  std::uint32_t contributors = 0;  // Complete contributions averaged.
+  std::uint64_t bytes = 0;         // Payload bytes accumulated for the round.
+  absl::Duration duration;         // From first accepted chunk to close.
   // Chunks whose mean was not finite (overflow): they kept their old value.
   std::uint64_t non_finite_chunks = 0;
   // Participants it closed without (on its quorum, at its timeout).
@@ -56,8 +56,8 @@ struct RoundQuorum {
   // The number of complete contributions that suffices for `participants`.
   std::uint32_t Needed(std::uint32_t participants) const {
     if (count > 0) return std::min(count, participants);
-    const auto needed = static_cast<std::uint32_t>(
-        std::ceil(fraction * participants - 1e-9));
+    const auto needed =
+        static_cast<std::uint32_t>(std::ceil(fraction * participants - 1e-9));
     return std::clamp<std::uint32_t>(needed, participants > 0 ? 1 : 0,
                                      participants);
   }
@@ -69,7 +69,8 @@ struct StoreOptions {
   double server_lr = 1.0;
   // Async weights: value += async_mix * (pushed - value). In (0, 1].
   double async_mix = 0.5;
-  // Storage and wire chunk size; a multiple of 4 in [kMinChunkBytes, kMaxChunkBytes].
+  // Storage and wire chunk size; a multiple of 4 in [kMinChunkBytes,
+  // kMaxChunkBytes].
   std::uint64_t chunk_bytes = kDefaultChunkBytes;
   // Accept NaN / Inf in payloads (rejected with INVALID_ARGUMENT by default).
   bool allow_non_finite = false;

@@ -93,10 +93,10 @@ absl::Status SharedTensor::CheckResendLocked(
 absl::Status SharedTensor::CheckNewLocked(const ContributionKey& key,
                                           const Contribution* previous) const {
   if (previous != nullptr && key.sequence < previous->sequence) {
-    return absl::AbortedError(absl::StrCat(
-        "push sequence ", key.sequence, " of worker ", key.worker,
-        " is older than its last push (sequence ", previous->sequence,
-        ") to tensor ", name_));
+    return absl::AbortedError(
+        absl::StrCat("push sequence ", key.sequence, " of worker ", key.worker,
+                     " is older than its last push (sequence ",
+                     previous->sequence, ") to tensor ", name_));
   }
   if (options_->mode == Mode::kAsync) return absl::OkStatus();
   if (acc_kind_.has_value() && *acc_kind_ != key.kind) {
@@ -105,17 +105,17 @@ absl::Status SharedTensor::CheckNewLocked(const ContributionKey& key,
         " updates in its open round; this push is ", KindName(key.kind)));
   }
   if (key.round < version_) {
-    return absl::AbortedError(absl::StrCat(
-        "round ", key.round, " of tensor ", name_,
-        " is already closed; the current round is ", version_,
-        ": pull the current value and continue"));
+    return absl::AbortedError(
+        absl::StrCat("round ", key.round, " of tensor ", name_,
+                     " is already closed; the current round is ", version_,
+                     ": pull the current value and continue"));
   }
   if (key.round > version_) {
     // E.g. a server restored from an older snapshot: the worker is ahead.
-    return absl::AbortedError(absl::StrCat(
-        "round ", key.round, " of tensor ", name_,
-        " is not open; the current round is ", version_,
-        ": pull the current value and continue"));
+    return absl::AbortedError(
+        absl::StrCat("round ", key.round, " of tensor ", name_,
+                     " is not open; the current round is ", version_,
+                     ": pull the current value and continue"));
   }
   if (previous != nullptr && previous->round == version_ &&
       previous->complete) {
@@ -159,22 +159,21 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
       fresh.sequence = key.sequence;
       fresh.round = version_;
       fresh.kind = key.kind;
-      it = contributions_.insert_or_assign(std::string(key.worker), fresh)
-               .first;
+      it =
+          contributions_.insert_or_assign(std::string(key.worker), fresh).first;
     }
   }
   Contribution& c = it->second;
   if (offset < c.progress) return absl::OkStatus();  // Delivered before.
   if (offset > c.progress) {
-    return absl::InternalError(absl::StrCat(
-        "chunk at byte ", offset, " of tensor ", name_, " arrived before byte ",
-        c.progress));
+    return absl::InternalError(
+        absl::StrCat("chunk at byte ", offset, " of tensor ", name_,
+                     " arrived before byte ", c.progress));
   }
   if (c.round != version_) {
     return absl::AbortedError(absl::StrCat(
         "round ", c.round, " of tensor ", name_,
-        " closed before this push completed; the current round is ",
-        version_));
+        " closed before this push completed; the current round is ", version_));
   }
   if (acc_kind_.has_value() && *acc_kind_ != key.kind) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -191,8 +190,7 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
   const std::uint64_t first = offset / 4;
   double& chunk_weight = chunk_weight_[first / chunk_elements_];
   if (chunk_weight == 0.0) {
-    StoreScaled(data, format, static_cast<float>(weight),
-                acc_.data() + first);
+    StoreScaled(data, format, static_cast<float>(weight), acc_.data() + first);
   } else {
     AccumulateScaled(data, format, static_cast<float>(weight),
                      acc_.data() + first);
@@ -209,15 +207,15 @@ absl::StatusOr<ContributionResult> SharedTensor::Complete(
   absl::MutexLock lock(&mu_);
   auto it = contributions_.find(worker);
   if (it == contributions_.end() || it->second.sequence != sequence) {
-    return absl::AbortedError(absl::StrCat(
-        "push sequence ", sequence, " of worker ", worker, " to tensor ",
-        name_, " was superseded by a newer push"));
+    return absl::AbortedError(
+        absl::StrCat("push sequence ", sequence, " of worker ", worker,
+                     " to tensor ", name_, " was superseded by a newer push"));
   }
   Contribution& c = it->second;
   if (c.progress < bytes()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "push ended after ", c.progress, " of ", bytes(), " bytes of tensor ",
-        name_, "; resend the whole tensor"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("push ended after ", c.progress, " of ", bytes(),
+                     " bytes of tensor ", name_, "; resend the whole tensor"));
   }
   ContributionResult result;
   if (c.complete) {
@@ -258,8 +256,8 @@ absl::StatusOr<ContributionResult> SharedTensor::ApplyPush(
   const float* old = value_->data();
   const float* x = payload.data();
   const bool delta = key.kind == UpdateKind::kDelta;
-  const float step = static_cast<float>(delta ? options_->server_lr
-                                              : options_->async_mix);
+  const float step =
+      static_cast<float>(delta ? options_->server_lr : options_->async_mix);
   auto updated = [&](std::uint64_t i) {
     return delta ? old[i] + step * x[i] : old[i] + step * (x[i] - old[i]);
   };
@@ -287,9 +285,9 @@ absl::StatusOr<ContributionResult> SharedTensor::ApplyPush(
   c.kind = key.kind;
   c.progress = bytes();
   c.complete = true;
-  PublishLocked(RoundClosed{name_, version_, 1, bytes(),
-                            options_->now() - start, 0},
-                deferred);
+  PublishLocked(
+      RoundClosed{name_, version_, 1, bytes(), options_->now() - start, 0},
+      deferred);
   c.round = version_;
   c.ready_version = version_;
   return ContributionResult{c.round, c.ready_version, version_, false};
@@ -350,15 +348,14 @@ void SharedTensor::CloseRoundLocked(Deferred& deferred) {
   recycler_->Retire(std::exchange(value_, recycler_->Publish(std::move(acc_))));
   acc_ = recycler_->Take();
 
-  const RoundClosed closed{
-      name_,
-      version_,
-      round_contributors_,
-      round_bytes_,
-      options_->now() - round_start_,
-      non_finite_chunks,
-      static_cast<std::uint32_t>(participants_.size()) -
-          CompleteParticipantsLocked()};
+  const RoundClosed closed{name_,
+                           version_,
+                           round_contributors_,
+                           round_bytes_,
+                           options_->now() - round_start_,
+                           non_finite_chunks,
+                           static_cast<std::uint32_t>(participants_.size()) -
+                               CompleteParticipantsLocked()};
   round_started_ = false;
   acc_kind_.reset();
   round_contributors_ = 0;
@@ -373,9 +370,10 @@ void SharedTensor::PublishLocked(RoundClosed closed, Deferred& deferred) {
       cb(closed);
     });
   }
-  auto ready = std::stable_partition(
-      waiters_.begin(), waiters_.end(),
-      [version = version_](const Waiter& w) { return w.min_version > version; });
+  auto ready = std::stable_partition(waiters_.begin(), waiters_.end(),
+                                     [version = version_](const Waiter& w) {
+                                       return w.min_version > version;
+                                     });
   for (auto it = ready; it != waiters_.end(); ++it) {
     deferred.Add([done = std::move(it->done)] { done(absl::OkStatus()); });
   }
@@ -404,12 +402,11 @@ std::pair<TensorSnapshot, std::vector<SavedContribution>> SharedTensor::Save()
   for (const auto& [worker, c] : contributions_) {
     // Sync: a push to the open round lives in the accumulator, which a
     // snapshot does not keep; after a restore it is a new push.
-    if (!c.complete ||
-        (options_->mode == Mode::kSync && c.round >= version_)) {
+    if (!c.complete || (options_->mode == Mode::kSync && c.round >= version_)) {
       continue;
     }
-    pushes.push_back(
-        SavedContribution{worker, c.sequence, c.round, c.kind, c.ready_version});
+    pushes.push_back(SavedContribution{worker, c.sequence, c.round, c.kind,
+                                       c.ready_version});
   }
   std::sort(pushes.begin(), pushes.end(),
             [](const SavedContribution& a, const SavedContribution& b) {

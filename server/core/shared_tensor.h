@@ -140,9 +140,9 @@ class SharedTensor {
 
   // Non-mutating check that `key` may start, resume or resend a push.
   // ABORTED (stale sequence, round closed or not open yet),
-  // FAILED_PRECONDITION (other update kind collecting), ALREADY_EXISTS (the worker already
-  // contributed to the round), INVALID_ARGUMENT (a sequence reused for
-  // another round or kind).
+  // FAILED_PRECONDITION (other update kind collecting), ALREADY_EXISTS (the
+  // worker already contributed to the round), INVALID_ARGUMENT (a sequence
+  // reused for another round or kind).
   absl::Status CheckContribution(const ContributionKey& key) const;
 
   // Sync mode. Sums the chunk at byte `offset` (validated by the caller:

@@ -38,9 +38,9 @@ absl::StatusOr<std::uint64_t> ElementCount(
   std::uint64_t count = 1;
   for (std::size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] < 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "dimension ", i, " of shape ", ShapeString(shape), " is ", shape[i],
-          "; dimensions must be >= 1"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("dimension ", i, " of shape ", ShapeString(shape),
+                       " is ", shape[i], "; dimensions must be >= 1"));
     }
     const auto dim = static_cast<std::uint64_t>(shape[i]);
     if (dim > max_elements || count > max_elements / dim) {
@@ -132,8 +132,7 @@ absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
   const std::uint64_t expected =
       ChunkLength(tensor.bytes(), store_->options().chunk_bytes, offset);
   const WireFormat format = header_.format;
-  const std::uint64_t payload =
-      expected / kFloatBytes * ElementBytes(format);
+  const std::uint64_t payload = expected / kFloatBytes * ElementBytes(format);
   if (const std::uint64_t size = PiecesSize(data); size != payload) {
     return fail(absl::InvalidArgumentError(absl::StrCat(
         "chunk of tensor ", tensor.name(), " at offset ", offset, " carries ",
@@ -141,9 +140,9 @@ absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
         " values in ", WireFormatName(format), ")")));
   }
   if (!store_->options().allow_non_finite && !AllFinite(data, format)) {
-    return fail(absl::InvalidArgumentError(absl::StrCat(
-        "chunk of tensor ", tensor.name(), " at offset ", offset,
-        " contains NaN or Inf; nothing of it was applied")));
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("chunk of tensor ", tensor.name(), " at offset ", offset,
+                     " contains NaN or Inf; nothing of it was applied")));
   }
   if (!staged_.empty()) {
     // Async: staged whole, applied by Finish().
@@ -153,9 +152,8 @@ absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
   } else {
     const ContributionKey key{worker_, header_.sequence,
                               header_.entries[index].round, header_.kind};
-    if (absl::Status s =
-            tensor.AddChunk(key, header_.weight, offset, data, format,
-                            expected);
+    if (absl::Status s = tensor.AddChunk(key, header_.weight, offset, data,
+                                         format, expected);
         !s.ok()) {
       return fail(s);
     }
@@ -295,11 +293,9 @@ StoreState TensorStore::Save() const {
   absl::ReaderMutexLock lock(&mu_);
   for (const auto& [name, tensor] : tensors_) {
     auto [snapshot, pushes] = tensor->Save();
-    state.tensors.push_back(SavedTensor{name, std::move(snapshot.shape),
-                                        snapshot.version,
-                                        std::move(snapshot.value),
-                                        std::move(pushes),
-                                        tensor->whole_shape()});
+    state.tensors.push_back(SavedTensor{
+        name, std::move(snapshot.shape), snapshot.version,
+        std::move(snapshot.value), std::move(pushes), tensor->whole_shape()});
   }
   std::sort(state.tensors.begin(), state.tensors.end(),
             [](const SavedTensor& a, const SavedTensor& b) {
@@ -309,10 +305,9 @@ StoreState TensorStore::Save() const {
     state.workers.push_back(
         SavedWorker{id, worker.lease_id, worker.max_sequence, worker.tensors});
   }
-  std::sort(state.workers.begin(), state.workers.end(),
-            [](const SavedWorker& a, const SavedWorker& b) {
-              return a.id < b.id;
-            });
+  std::sort(
+      state.workers.begin(), state.workers.end(),
+      [](const SavedWorker& a, const SavedWorker& b) { return a.id < b.id; });
   return state;
 }
 
@@ -331,9 +326,9 @@ absl::StatusOr<TensorStore::Worker*> TensorStore::WorkerForLeaseLocked(
     std::uint64_t lease_id) {
   auto it = leases_.find(lease_id);
   if (lease_id == 0 || it == leases_.end()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "lease ", lease_id,
-        " is not held by any joined worker; call Join first"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("lease ", lease_id,
+                     " is not held by any joined worker; call Join first"));
   }
   Worker* worker = &workers_.at(it->second);
   worker->last_seen = options_.now();
@@ -409,10 +404,10 @@ absl::StatusOr<JoinResult> TensorStore::Join(
           " has a dimension < 1 or more than ", kMaxRank, " dimensions"));
     }
     if (!d.initial_value.empty() && d.initial_value.size() != count) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "initial value of tensor ", d.name, " has ",
-          d.initial_value.size() * kFloatBytes, " bytes; shape ",
-          ShapeString(d.shape), " needs ", count * kFloatBytes));
+      return absl::InvalidArgumentError(
+          absl::StrCat("initial value of tensor ", d.name, " has ",
+                       d.initial_value.size() * kFloatBytes, " bytes; shape ",
+                       ShapeString(d.shape), " needs ", count * kFloatBytes));
     }
     if (!options_.allow_non_finite &&
         !AllFinite(reinterpret_cast<const char*>(d.initial_value.data()),
@@ -439,9 +434,9 @@ absl::StatusOr<JoinResult> TensorStore::Join(
     } else if (claimant.instance != 0 && claimant.instance == held.instance) {
       takeover = Takeover::kSameProcess;
     } else {
-      const absl::Duration left =
-          held.holds > 0 ? options_.lease_timeout
-                         : options_.lease_timeout - silent;
+      const absl::Duration left = held.holds > 0
+                                      ? options_.lease_timeout
+                                      : options_.lease_timeout - silent;
       return absl::AbortedError(absl::StrCat(
           "worker id ", worker_id, " is held by another live process (",
           held.peer.empty() ? "peer unknown" : held.peer, ", last call ",
@@ -462,15 +457,16 @@ absl::StatusOr<JoinResult> TensorStore::Join(
   for (const Declaration& d : declarations) {
     auto it = tensors_.find(d.name);
     if (it == tensors_.end() && d.initial_value.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor ", d.name, " does not exist yet; its declaration must "
-          "carry an initial value"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", d.name,
+                       " does not exist yet; its declaration must "
+                       "carry an initial value"));
     }
     if (it != tensors_.end() && it->second->shape() != d.shape) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "tensor ", d.name, " already exists with shape ",
-          ShapeString(it->second->shape()), "; worker ", worker_id,
-          " declared ", ShapeString(d.shape)));
+      return absl::AlreadyExistsError(
+          absl::StrCat("tensor ", d.name, " already exists with shape ",
+                       ShapeString(it->second->shape()), "; worker ", worker_id,
+                       " declared ", ShapeString(d.shape)));
     }
     if (it != tensors_.end() && it->second->whole_shape() != d.whole_shape) {
       auto whole = [](const std::vector<std::int64_t>& w,
@@ -583,11 +579,10 @@ int TensorStore::ExpireLeases() {
       continue;
     }
     if (options_.on_worker_expired) {
-      deferred.Add([cb = options_.on_worker_expired,
-                    info = WorkerExpired{worker.id, worker.tensors,
-                                         now - worker.last_seen}] {
-        cb(info);
-      });
+      deferred.Add(
+          [cb = options_.on_worker_expired,
+           info = WorkerExpired{worker.id, worker.tensors,
+                                now - worker.last_seen}] { cb(info); });
     }
     EndMembershipLocked(worker, deferred);
     ++expired;
@@ -659,8 +654,8 @@ absl::StatusOr<std::unique_ptr<PushSession>> TensorStore::BeginPush(
     tensors.push_back(std::move(tensor));
   }
   worker->max_sequence = std::max(worker->max_sequence, header.sequence);
-  return std::unique_ptr<PushSession>(new PushSession(
-      this, worker->id, std::move(header), std::move(tensors)));
+  return std::unique_ptr<PushSession>(
+      new PushSession(this, worker->id, std::move(header), std::move(tensors)));
 }
 
 absl::StatusOr<std::unique_ptr<Wait>> TensorStore::WaitForVersions(
@@ -686,7 +681,8 @@ absl::StatusOr<std::unique_ptr<Wait>> TensorStore::WaitForVersions(
     absl::MutexLock lock(&mu_);
     if (closed()) return Closed();
     Worker* worker = nullptr;  // A lease no worker holds holds nothing.
-    if (auto it = leases_.find(lease_id); lease_id != 0 && it != leases_.end()) {
+    if (auto it = leases_.find(lease_id);
+        lease_id != 0 && it != leases_.end()) {
       worker = &workers_.at(it->second);
       worker->last_seen = options_.now();
     }
@@ -726,9 +722,9 @@ absl::StatusOr<std::unique_ptr<Wait>> TensorStore::EnterBarrier(
     std::function<void(absl::Status)> done, BarrierPass* pass) {
   WEIGHTD_RETURN_IF_ERROR(ValidateName("barrier name", name));
   if (count < 1 || count > kMaxBarrierCount) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("barrier count is ", count, "; it must be in [1, ",
-                     kMaxBarrierCount, "]"));
+    return absl::InvalidArgumentError(absl::StrCat("barrier count is ", count,
+                                                   "; it must be in [1, ",
+                                                   kMaxBarrierCount, "]"));
   }
   std::string worker;
   std::function<void()> release_lease;
@@ -766,9 +762,8 @@ absl::StatusOr<std::unique_ptr<Wait>> TensorStore::EnterBarrier(
       latest = std::max(latest, p.generation);
     }
     auto mine = barrier.passed.find(worker);
-    const std::uint64_t passed = mine == barrier.passed.end()
-                                     ? 0
-                                     : mine->second.generation;
+    const std::uint64_t passed =
+        mine == barrier.passed.end() ? 0 : mine->second.generation;
     id = next_barrier_id_++;
     if (passed < latest) {
       // Late for generation `latest`: it passes at once.
@@ -784,15 +779,15 @@ absl::StatusOr<std::unique_ptr<Wait>> TensorStore::EnterBarrier(
     } else {
       if (barrier.waiting.empty()) barrier.count = count;
       if (barrier.count != count) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "barrier ", name, " is waiting for ", barrier.count,
-            " workers; this call asks for ", count));
+        return absl::InvalidArgumentError(
+            absl::StrCat("barrier ", name, " is waiting for ", barrier.count,
+                         " workers; this call asks for ", count));
       }
       auto [it, inserted] = barrier.waiting.try_emplace(
           worker, Barrier::Entry{id, lease_id, nullptr, nullptr, 0});
       if (!inserted) superseded = std::move(it->second.done);
-      it->second =
-          Barrier::Entry{id, lease_id, std::move(done), pass, barrier.entered++};
+      it->second = Barrier::Entry{id, lease_id, std::move(done), pass,
+                                  barrier.entered++};
       if (barrier.waiting.size() == barrier.count) {
         const std::uint64_t generation = ++barrier.released;
         // Arrival order among the released: their order of entry.
@@ -818,8 +813,8 @@ absl::StatusOr<std::unique_ptr<Wait>> TensorStore::EnterBarrier(
     }
   }
   if (superseded) {
-    superseded(absl::AbortedError(absl::StrCat(
-        "worker ", worker, " entered barrier ", name, " again")));
+    superseded(absl::AbortedError(
+        absl::StrCat("worker ", worker, " entered barrier ", name, " again")));
   }
   if (late) late(absl::OkStatus());
   for (auto& fn : release) fn(absl::OkStatus());
@@ -902,10 +897,9 @@ StoreStatus TensorStore::Status() const {
   for (const auto& [name, tensor] : tensors_) {
     status.tensors.push_back(InfoOf(*tensor));
   }
-  std::sort(status.tensors.begin(), status.tensors.end(),
-            [](const TensorInfo& a, const TensorInfo& b) {
-              return a.name < b.name;
-            });
+  std::sort(
+      status.tensors.begin(), status.tensors.end(),
+      [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
   for (const auto& [id, worker] : workers_) {
     if (worker.lease_id == 0) continue;  // Left.
     status.workers.push_back(

@@ -64,10 +64,10 @@ struct Claimant {
 
 // What a Join replaced.
 enum class Takeover {
-  kNone,        // The worker id had no membership.
-  kSameProcess, // A live membership of the same instance (a network cut).
-  kRestored,    // A membership restored from a snapshot, not yet claimed.
-  kLapsed,      // A membership that had left or whose lease had expired.
+  kNone,         // The worker id had no membership.
+  kSameProcess,  // A live membership of the same instance (a network cut).
+  kRestored,     // A membership restored from a snapshot, not yet claimed.
+  kLapsed,       // A membership that had left or whose lease had expired.
 };
 
 struct JoinResult {
@@ -146,8 +146,8 @@ struct StoreState {
 };
 
 struct StoreStatus {
-  std::vector<TensorInfo> tensors;  // Sorted by name.
-  std::vector<WorkerInfo> workers;  // Sorted by id.
+  std::vector<TensorInfo> tensors;    // Sorted by name.
+  std::vector<WorkerInfo> workers;    // Sorted by id.
   std::vector<BarrierInfo> barriers;  // With waiting workers; by name.
   std::uint64_t rounds_closed = 0;
 };
@@ -188,8 +188,7 @@ class PushSession {
   // offset past the tensor's end; plus the codes of
   // SharedTensor::CheckContribution. After an error the session is dead:
   // every later call returns the same error.
-  absl::Status AddChunk(std::uint32_t index, std::uint64_t offset,
-                        Pieces data);
+  absl::Status AddChunk(std::uint32_t index, std::uint64_t offset, Pieces data);
   // The same for a payload in one piece.
   absl::Status AddChunk(std::uint32_t index, std::uint64_t offset,
                         absl::string_view data) {

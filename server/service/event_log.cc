@@ -37,12 +37,12 @@ void EventLog::Joined(absl::string_view worker, absl::string_view peer,
     created += t.created ? 1 : 0;
     max_version = std::max(max_version, t.info.version);
   }
-  spdlog::info("worker {} {} from {}: {} tensor(s), {} created by it, {} "
-               "already shared (newest at version {})",
-               std::string(worker), TakeoverText(result.takeover),
-               std::string(peer),
-               result.tensors.size(), created,
-               result.tensors.size() - created, max_version);
+  spdlog::info(
+      "worker {} {} from {}: {} tensor(s), {} created by it, {} "
+      "already shared (newest at version {})",
+      std::string(worker), TakeoverText(result.takeover), std::string(peer),
+      result.tensors.size(), created, result.tensors.size() - created,
+      max_version);
 }
 
 void EventLog::Left(absl::string_view worker) {
@@ -50,11 +50,11 @@ void EventLog::Left(absl::string_view worker) {
 }
 
 void EventLog::Expired(const core::WorkerExpired& e) {
-  spdlog::warn("worker {} dropped: no call for {} (its lease expired); open "
-               "rounds of its {} tensor(s) stop waiting for it. It comes back "
-               "by joining again",
-               e.worker_id, absl::FormatDuration(e.silent_for),
-               e.tensors.size());
+  spdlog::warn(
+      "worker {} dropped: no call for {} (its lease expired); open "
+      "rounds of its {} tensor(s) stop waiting for it. It comes back "
+      "by joining again",
+      e.worker_id, absl::FormatDuration(e.silent_for), e.tensors.size());
 }
 
 void EventLog::Refused(absl::string_view call, absl::string_view peer,
@@ -74,10 +74,11 @@ void EventLog::Refused(absl::string_view call, absl::string_view peer,
 
 void EventLog::RoundClosed(const core::RoundClosed& c) {
   // One line per tensor and round: for --log_level=debug (tests read it).
-  spdlog::debug("round closed tensor={} round={} contributors={} bytes={} "
-                "ms={:.1f} missing={}",
-                c.tensor, c.round, c.contributors, c.bytes,
-                absl::ToDoubleMilliseconds(c.duration), c.missing);
+  spdlog::debug(
+      "round closed tensor={} round={} contributors={} bytes={} "
+      "ms={:.1f} missing={}",
+      c.tensor, c.round, c.contributors, c.bytes,
+      absl::ToDoubleMilliseconds(c.duration), c.missing);
   absl::MutexLock lock(&mu_);
   if (rounds_ == 0) {
     min_contributors_ = max_contributors_ = c.contributors;
@@ -121,28 +122,31 @@ void EventLog::Flush(bool force) {
     refusals_logged_ = 0;
     tensors_.clear();
   }
-  const std::string over = absl::FormatDuration(absl::Trunc(span, absl::Milliseconds(100)));
+  const std::string over =
+      absl::FormatDuration(absl::Trunc(span, absl::Milliseconds(100)));
   if (dropped > 0) {
     spdlog::warn("{} more refused call(s) in the last {} not logged one by one",
                  dropped, over);
   }
   if (rounds == 0) return;
   const std::string contributors =
-      min_c == max_c ? absl::StrCat(min_c)
-                     : absl::StrCat(min_c, "-", max_c);
-  spdlog::info("rounds {}..{} closed in the last {}: {} round(s) of {} "
-               "tensor(s), {} contributor(s) each, {:.1f} MB averaged",
-               first, last, over, rounds, tensors, contributors,
-               static_cast<double>(bytes) / 1e6);
+      min_c == max_c ? absl::StrCat(min_c) : absl::StrCat(min_c, "-", max_c);
+  spdlog::info(
+      "rounds {}..{} closed in the last {}: {} round(s) of {} "
+      "tensor(s), {} contributor(s) each, {:.1f} MB averaged",
+      first, last, over, rounds, tensors, contributors,
+      static_cast<double>(bytes) / 1e6);
   if (quorum > 0) {
-    spdlog::warn("{} of those round(s) closed on their quorum, without "
-                 "every participant (--round_quorum, --round_timeout)",
-                 quorum);
+    spdlog::warn(
+        "{} of those round(s) closed on their quorum, without "
+        "every participant (--round_quorum, --round_timeout)",
+        quorum);
   }
   if (overflow > 0) {
-    spdlog::warn("the mean of {} chunk(s) overflowed float32 in those rounds; "
-                 "they kept their old value",
-                 overflow);
+    spdlog::warn(
+        "the mean of {} chunk(s) overflowed float32 in those rounds; "
+        "they kept their old value",
+        overflow);
   }
 }
 

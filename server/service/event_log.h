@@ -29,8 +29,9 @@ class EventLog {
   static constexpr int kRefusalsPerWindow = 20;
 
   // `window`: how often summaries are written (by Flush()).
-  explicit EventLog(absl::Duration window = absl::Seconds(10),
-                    std::function<absl::Time()> now = [] { return absl::Now(); });
+  explicit EventLog(
+      absl::Duration window = absl::Seconds(10),
+      std::function<absl::Time()> now = [] { return absl::Now(); });
   EventLog(const EventLog&) = delete;
   EventLog& operator=(const EventLog&) = delete;
 

@@ -1,10 +1,9 @@
 #include "server/service/server.h"
 
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -28,14 +27,15 @@ constexpr int kHeaderSlackBytes = 8 << 20;
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (options.shard_count < 1 || options.shard_index >= options.shard_count) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "shard index ", options.shard_index, " is not in [0, ",
-        options.shard_count, "): a deployment of N shards numbers them 0 to "
-        "N-1"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("shard index ", options.shard_index, " is not in [0, ",
+                     options.shard_count,
+                     "): a deployment of N shards numbers them 0 to "
+                     "N-1"));
   }
   std::unique_ptr<Server> server(new Server());
-  server->service_ =
-      std::make_unique<WeightdService>(options.shard_index, options.shard_count);
+  server->service_ = std::make_unique<WeightdService>(options.shard_index,
+                                                      options.shard_count);
   EventLog* events = &server->service_->events();
   options.store.on_worker_expired =
       [events, user = std::move(options.store.on_worker_expired)](
@@ -64,17 +64,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                            grpc::InsecureServerCredentials(), &port);
   if (!options.unix_socket.empty()) {
     struct stat st;
-    if (::lstat(options.unix_socket.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    if (::lstat(options.unix_socket.c_str(), &st) == 0 &&
+        S_ISSOCK(st.st_mode)) {
       ::unlink(options.unix_socket.c_str());  // Left by a killed daemon.
     }
     builder.AddListeningPort("unix:" + options.unix_socket,
                              grpc::InsecureServerCredentials());
   }
   builder.RegisterService(server->service_.get());
-  builder.SetMaxReceiveMessageSize(
-      static_cast<int>(options.store.chunk_bytes) + kHeaderSlackBytes);
-  builder.SetMaxSendMessageSize(
-      static_cast<int>(options.store.chunk_bytes) + kHeaderSlackBytes);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.store.chunk_bytes) +
+                                   kHeaderSlackBytes);
+  builder.SetMaxSendMessageSize(static_cast<int>(options.store.chunk_bytes) +
+                                kHeaderSlackBytes);
   // Each stream may have two chunks in flight towards the server, no more.
   // gRPC's default (windows grown by BDP probing) let 8 workers pushing a
   // 256 MiB tensor park ~600 MiB of received-but-unsummed chunks in the
@@ -89,8 +90,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   // link, a frozen host): its open calls, which keep its lease alive, end
   // within two keepalive periods.
   const int keepalive_ms = static_cast<int>(std::clamp<std::int64_t>(
-      absl::ToInt64Milliseconds(options.store.lease_timeout) / 3, 1000,
-      60000));
+      absl::ToInt64Milliseconds(options.store.lease_timeout) / 3, 1000, 60000));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, keepalive_ms);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, keepalive_ms);
   // Keep pinging through a long wait in which no data flows (a barrier).
@@ -98,16 +98,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   // Clients ping too (client/shard_client.cc), every 20 s at the most.
   builder.AddChannelArgument(
       GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
-  builder.AddChannelArgument(
-      GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
-      static_cast<int>(2 * options.store.chunk_bytes));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
+                             static_cast<int>(2 * options.store.chunk_bytes));
   server->server_ = builder.BuildAndStart();
   const bool unix_socket = absl::StartsWith(options.listen_address, "unix:");
   if (server->server_ == nullptr || (!unix_socket && port == 0)) {
     return absl::UnavailableError(absl::StrCat(
         "cannot listen on ", options.listen_address,
-        options.unix_socket.empty() ? "" : " and unix:",
-        options.unix_socket,
+        options.unix_socket.empty() ? "" : " and unix:", options.unix_socket,
         " (address in use, not an address of this host, or a directory "
         "that does not exist?)"));
   }
@@ -117,8 +115,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     server->address_ = options.listen_address;
   } else {
     // Dial the bound port on the listen host (loopback for wildcards).
-    std::string host = options.listen_address.substr(
-        0, options.listen_address.rfind(':'));
+    std::string host =
+        options.listen_address.substr(0, options.listen_address.rfind(':'));
     if (host.empty() || host == "0.0.0.0" || host == "[::]") host = "127.0.0.1";
     server->address_ = absl::StrCat(host, ":", port);
   }
@@ -132,8 +130,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
           if (w.ok()) {
             spdlog::info("snapshot written: {}", *w);
           } else {
-            spdlog::error("snapshot failed (earlier snapshots are untouched): {}",
-                          w.status().ToString());
+            spdlog::error(
+                "snapshot failed (earlier snapshots are untouched): {}",
+                w.status().ToString());
           }
         });
     server->round_sink_ = server->snapshotter_.get();
@@ -158,11 +157,12 @@ void LogRestored(const std::string& path, const core::StoreState& state) {
   }
   std::size_t members = 0;
   for (const core::SavedWorker& w : state.workers) members += w.lease_id != 0;
-  spdlog::warn("restored from {}: {} tensor(s) at version {}..{}, {} "
-               "membership(s) kept for their workers to take back. Rounds "
-               "closed after this snapshot are lost; workers ahead of it "
-               "continue from these values",
-               path, state.tensors.size(), min_version, max_version, members);
+  spdlog::warn(
+      "restored from {}: {} tensor(s) at version {}..{}, {} "
+      "membership(s) kept for their workers to take back. Rounds "
+      "closed after this snapshot are lost; workers ahead of it "
+      "continue from these values",
+      path, state.tensors.size(), min_version, max_version, members);
 }
 
 }  // namespace
@@ -176,9 +176,9 @@ absl::Status Server::BuildStore(ServerOptions& options) {
         store_, core::TensorStore::Restore(options.store, std::move(state)));
   }
   if (!options.snapshot_dir.empty()) {
-    WEIGHTD_ASSIGN_OR_RETURN(snapshot_dir_,
-                             storage::SnapshotDir::Open(options.snapshot_dir,
-                                                       options.crash_at));
+    WEIGHTD_ASSIGN_OR_RETURN(
+        snapshot_dir_,
+        storage::SnapshotDir::Open(options.snapshot_dir, options.crash_at));
   }
   if (store_ == nullptr && snapshot_dir_ != nullptr) {
     absl::StatusOr<storage::SnapshotDir::Loaded> loaded =
@@ -192,9 +192,10 @@ absl::Status Server::BuildStore(ServerOptions& options) {
           store_,
           core::TensorStore::Restore(options.store, std::move(loaded->state)));
     } else if (absl::IsDataLoss(loaded.status())) {
-      spdlog::error("{}; serving NOT_SERVING and refusing calls: repair or "
-                    "move the snapshots away and restart",
-                    loaded.status().ToString());
+      spdlog::error(
+          "{}; serving NOT_SERVING and refusing calls: repair or "
+          "move the snapshots away and restart",
+          loaded.status().ToString());
       unusable_snapshots_ = true;
     } else if (!absl::IsNotFound(loaded.status())) {
       return loaded.status();
@@ -231,13 +232,12 @@ void Server::Shutdown() {
       stop_housekeeping_.Notify();
       housekeeper_.join();
     }
-    if (server_ == nullptr) return;  // Start() failed.
+    if (server_ == nullptr) return;                // Start() failed.
     server_->GetHealthCheckService()->Shutdown();  // All NOT_SERVING.
     // Waiters end with UNAVAILABLE; new work is refused.
     if (store_ != nullptr) store_->Close();
-    const auto deadline =
-        std::chrono::system_clock::now() +
-        absl::ToChronoMilliseconds(options_.shutdown_grace);
+    const auto deadline = std::chrono::system_clock::now() +
+                          absl::ToChronoMilliseconds(options_.shutdown_grace);
     server_->Shutdown(deadline);
     server_->Wait();
     service_->events().Flush(/*force=*/true);

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,9 +13,9 @@
 #include "absl/synchronization/mutex.h"
 #include "common/chunk_codec.h"
 #include "common/grpc_status.h"
-#include "common/wire_format.h"
 #include "common/status_macros.h"
 #include "common/wire.h"
+#include "common/wire_format.h"
 
 namespace weightd::service {
 namespace {
@@ -175,10 +175,13 @@ class TensorStreamer {
       const std::uint64_t length = ChunkLength(bytes, chunk_bytes_, offset_);
       const auto index = static_cast<std::uint32_t>(tensor_);
       if (format_ == WireFormat::kFloat32) {
-        return Chunk{index, offset_, length,
-                     reinterpret_cast<const char*>(snapshot.value->data()) +
-                         offset_,
-                     length, snapshot.value};
+        return Chunk{
+            index,
+            offset_,
+            length,
+            reinterpret_cast<const char*>(snapshot.value->data()) + offset_,
+            length,
+            snapshot.value};
       }
       const std::size_t element = ElementBytes(format_);
       return Chunk{index,
@@ -270,12 +273,13 @@ class ReactorWait {
       if (finished_) return;
       finished_ = true;
     }
-    reactor_->StartWriteAndFinish(last, grpc::WriteOptions(),
-                                  grpc::Status::OK);
+    reactor_->StartWriteAndFinish(last, grpc::WriteOptions(), grpc::Status::OK);
   }
 
   // Finishes the call unless it already was. The last touch of this object.
-  void FinishOnce(const absl::Status& status) { FinishOnce(status, [] {}); }
+  void FinishOnce(const absl::Status& status) {
+    FinishOnce(status, [] {});
+  }
 
   // The same, running `respond` first if the call was not finished yet (a
   // unary call's response is written there: never once gRPC may have
@@ -404,9 +408,8 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
   // later from any thread, or runs a wait through Wait(). Runs before
   // Serve() returns. Only a Wait() ends early if the call is cancelled: an
   // answer given later must still come.
-  using Handler = absl::FunctionRef<void(const Request& request,
-                                         Response* response,
-                                         UnaryReactor* call)>;
+  using Handler = absl::FunctionRef<void(
+      const Request& request, Response* response, UnaryReactor* call)>;
 
   static grpc::ServerUnaryReactor* Serve(const grpc::ByteBuffer& request,
                                          grpc::ByteBuffer* response,
@@ -459,8 +462,12 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   JoinReactor(core::TensorStore* store, TrafficCounters* traffic,
               const v1::ShardInfo& shard, grpc::CallbackServerContext* context,
               grpc::ByteBuffer* response, EventLog* events)
-      : store_(store), traffic_(traffic), shard_(shard), context_(context),
-        response_bytes_(response), events_(events),
+      : store_(store),
+        traffic_(traffic),
+        shard_(shard),
+        context_(context),
+        response_bytes_(response),
+        events_(events),
         call_{events, "Join", context} {
     *response_.mutable_shard() = shard;
     StartRead(&request_bytes_);
@@ -542,10 +549,9 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     core::Declaration& decl = declarations_[i];
     const std::uint64_t bytes = elements_[i] * kFloatBytes;
     if (chunk.offset() >= bytes) {
-      return absl::OutOfRangeError(
-          absl::StrCat("chunk offset ", chunk.offset(),
-                       " is past the end of tensor ", decl.name, " (", bytes,
-                       " bytes)"));
+      return absl::OutOfRangeError(absl::StrCat(
+          "chunk offset ", chunk.offset(), " is past the end of tensor ",
+          decl.name, " (", bytes, " bytes)"));
     }
     if (chunk.offset() != next_offset_[i]) {
       return absl::InvalidArgumentError(
@@ -562,9 +568,9 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     if (keep_[i]) {
       // Grows with the bytes received: a header alone allocates nothing.
       decl.initial_value.resize((chunk.offset() + expected) / kFloatBytes);
-      std::memcpy(reinterpret_cast<char*>(decl.initial_value.data()) +
-                      chunk.offset(),
-                  chunk.data().data(), expected);
+      std::memcpy(
+          reinterpret_cast<char*>(decl.initial_value.data()) + chunk.offset(),
+          chunk.data().data(), expected);
     }
     next_offset_[i] += expected;
     traffic_->bytes_received.fetch_add(expected, std::memory_order_relaxed);
@@ -616,7 +622,7 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   std::string worker_id_;
   std::uint64_t instance_ = 0;
   std::vector<core::Declaration> declarations_;
-  std::vector<bool> keep_;  // Whether to keep the initial value's bytes.
+  std::vector<bool> keep_;       // Whether to keep the initial value's bytes.
   std::uint64_t new_bytes_ = 0;  // Sum of the tensors the server lacks.
   std::vector<std::uint64_t> elements_;
   std::vector<std::uint64_t> next_offset_;
@@ -694,8 +700,8 @@ class PushReader {
   // check instead, which says more.
   absl::Status CheckBatch(std::size_t chunks, std::uint64_t payload) const {
     if (chunks > kMaxBatchChunks) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "a batch of more than ", kMaxBatchChunks, " chunks"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("a batch of more than ", kMaxBatchChunks, " chunks"));
     }
     const std::uint64_t limit = store_->options().chunk_bytes;
     if (chunks > 1 && payload > limit) {
@@ -729,8 +735,10 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   PushReactor(core::TensorStore* store, TrafficCounters* traffic,
               grpc::CallbackServerContext* context, grpc::ByteBuffer* response,
               EventLog* events)
-      : reader_(store, traffic, "Push"), context_(context),
-        response_(response), call_{events, "Push", context} {
+      : reader_(store, traffic, "Push"),
+        context_(context),
+        response_(response),
+        call_{events, "Push", context} {
     StartRead(&request_);
   }
 
@@ -809,7 +817,8 @@ class PushPullReactor final
  public:
   PushPullReactor(core::TensorStore* store, TrafficCounters* traffic,
                   grpc::CallbackServerContext* context, EventLog* events)
-      : reader_(store, traffic, "PushPull"), context_(context),
+      : reader_(store, traffic, "PushPull"),
+        context_(context),
         stream_(this, store, traffic, CallInfo{events, "PushPull", context}) {
     StartRead(&request_);
   }
@@ -890,8 +899,7 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Join(
   if (store == nullptr) {
     return new NotReadyReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>();
   }
-  return new JoinReactor(store, &traffic_, shard_, context, response,
-                         &events_);
+  return new JoinReactor(store, &traffic_, shard_, context, response, &events_);
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Push(
@@ -981,8 +989,8 @@ grpc::ServerUnaryReactor* WeightdService::TakeSnapshot(
   if (store() == nullptr) return FinishUnary(context, NotReady());
   return UnaryReactor<v1::TakeSnapshotRequest, v1::TakeSnapshotResponse>::Serve(
       *request, response, CallInfo{&events_, "TakeSnapshot", context},
-      [this](const v1::TakeSnapshotRequest&,
-             v1::TakeSnapshotResponse* response, auto* call) {
+      [this](const v1::TakeSnapshotRequest&, v1::TakeSnapshotResponse* response,
+             auto* call) {
         if (snapshotter_ == nullptr) {
           return call->Answer(absl::FailedPreconditionError(
               "this server runs without --snapshot_dir; there is nowhere to "

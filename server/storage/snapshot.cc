@@ -11,10 +11,10 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/match.h"
 #include "absl/strings/strip.h"
 #include "common/crash_point.h"
 #include "common/status_macros.h"
@@ -225,7 +225,8 @@ absl::StatusOr<core::StoreState> Decode(Reader& r) {
       WEIGHTD_RETURN_IF_ERROR(r.Pod(&c.round));
       WEIGHTD_RETURN_IF_ERROR(r.Pod(&kind));
       if (kind > 1) return r.Corrupt("an unknown update kind");
-      c.kind = kind == 0 ? core::UpdateKind::kWeights : core::UpdateKind::kDelta;
+      c.kind =
+          kind == 0 ? core::UpdateKind::kWeights : core::UpdateKind::kDelta;
       WEIGHTD_RETURN_IF_ERROR(r.Pod(&c.ready_version));
       t.contributions.push_back(std::move(c));
     }
@@ -263,13 +264,14 @@ absl::StatusOr<core::StoreState> Decode(Reader& r) {
 
 absl::Status SyncDirectoryOf(const std::string& path) {
   const std::string::size_type slash = path.rfind('/');
-  const std::string dir =
-      slash == std::string::npos ? "." : path.substr(0, std::max<std::size_t>(slash, 1));
+  const std::string dir = slash == std::string::npos
+                              ? "."
+                              : path.substr(0, std::max<std::size_t>(slash, 1));
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return ErrnoStatus("cannot open directory", dir);
   const int rc = ::fsync(fd);
-  absl::Status status = rc == 0 ? absl::OkStatus()
-                                : ErrnoStatus("cannot fsync directory", dir);
+  absl::Status status =
+      rc == 0 ? absl::OkStatus() : ErrnoStatus("cannot fsync directory", dir);
   ::close(fd);
   return status;
 }
@@ -295,9 +297,11 @@ absl::Status WriteSnapshotFile(const std::string& path,
   w.Bytes(kTrailer, sizeof(kTrailer));
   absl::Status status = w.Flush();
   CrashPoint(crash_at, "snapshot_before_fsync");
-  if (status.ok() && ::fsync(fd) != 0) status = ErrnoStatus("cannot fsync", tmp);
+  if (status.ok() && ::fsync(fd) != 0)
+    status = ErrnoStatus("cannot fsync", tmp);
   CrashPoint(crash_at, "snapshot_after_fsync");
-  if (::close(fd) != 0 && status.ok()) status = ErrnoStatus("cannot close", tmp);
+  if (::close(fd) != 0 && status.ok())
+    status = ErrnoStatus("cannot close", tmp);
   if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
     status = ErrnoStatus("cannot rename to", path);
   }
@@ -305,7 +309,8 @@ absl::Status WriteSnapshotFile(const std::string& path,
     ::unlink(tmp.c_str());
     return status;
   }
-  CrashPoint(crash_at, "snapshot_after_rename");  // Before the directory's fsync.
+  CrashPoint(crash_at,
+             "snapshot_after_rename");  // Before the directory's fsync.
   return SyncDirectoryOf(path);
 }
 
@@ -327,9 +332,8 @@ absl::StatusOr<core::StoreState> ReadSnapshotFile(const std::string& path) {
 absl::StatusOr<std::unique_ptr<SnapshotDir>> SnapshotDir::Open(
     std::string dir, std::string crash_at) {
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot create snapshot directory ", dir, ": ",
-                     std::strerror(errno)));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot create snapshot directory ", dir, ": ", std::strerror(errno)));
   }
   std::unique_ptr<SnapshotDir> snapshots(
       new SnapshotDir(std::move(dir), std::move(crash_at)));
@@ -347,8 +351,7 @@ std::vector<std::pair<std::uint64_t, std::string>> SnapshotDir::List() const {
     absl::string_view name = e->d_name;
     std::uint64_t number;
     if (absl::ConsumePrefix(&name, "snapshot-") &&
-        absl::ConsumeSuffix(&name, ".wds") &&
-        absl::SimpleAtoi(name, &number)) {
+        absl::ConsumeSuffix(&name, ".wds") && absl::SimpleAtoi(name, &number)) {
       files.emplace_back(number, absl::StrCat(dir_, "/", e->d_name));
     }
   }
@@ -363,7 +366,8 @@ void SnapshotDir::RemoveUnfinished() const {
   std::vector<std::string> unfinished;
   while (const dirent* e = ::readdir(d)) {
     absl::string_view name = e->d_name;
-    if (absl::StartsWith(name, "snapshot-") && absl::EndsWith(name, ".wds.tmp")) {
+    if (absl::StartsWith(name, "snapshot-") &&
+        absl::EndsWith(name, ".wds.tmp")) {
       unfinished.push_back(absl::StrCat(dir_, "/", name));
     }
   }
@@ -401,8 +405,7 @@ absl::StatusOr<SnapshotDir::Loaded> SnapshotDir::LoadNewest() const {
   for (const auto& [path, status] : loaded.skipped) {
     absl::StrAppend(&why, "; ", status.message());
   }
-  return absl::DataLossError(
-      absl::StrCat("no usable snapshot in ", dir_, why));
+  return absl::DataLossError(absl::StrCat("no usable snapshot in ", dir_, why));
 }
 
 }  // namespace weightd::storage

@@ -68,9 +68,9 @@ absl::StatusOr<std::string> Snapshotter::WriteOnce() {
 
 void Snapshotter::Loop() {
   // Wakes for a request, for enough rounds, or for the interval.
-  const absl::Duration poll =
-      options_.every > absl::ZeroDuration() ? options_.every
-                                            : absl::InfiniteDuration();
+  const absl::Duration poll = options_.every > absl::ZeroDuration()
+                                  ? options_.every
+                                  : absl::InfiniteDuration();
   absl::Time last = absl::Now();
   for (;;) {
     std::vector<Done> requests;

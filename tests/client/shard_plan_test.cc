@@ -107,9 +107,9 @@ TEST(SplitTargets, SplitsAndTrims) {
   ASSERT_THAT(t, IsOk());
   EXPECT_THAT(*t, ElementsAre("a:1", "b:2", "c:3"));
   EXPECT_THAT(SplitTargets(""), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(SplitTargets("a:1,,b:2"),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("empty entry")));
+  EXPECT_THAT(
+      SplitTargets("a:1,,b:2"),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty entry")));
 }
 
 TEST(OrderShards, OrdersByReportedIndex) {

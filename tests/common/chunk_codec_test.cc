@@ -13,7 +13,8 @@ namespace {
 using ::testing::ElementsAreArray;
 
 // The message's bytes cut into slices at `cuts` (a float may straddle two).
-grpc::ByteBuffer Sliced(const std::string& bytes, std::vector<std::size_t> cuts) {
+grpc::ByteBuffer Sliced(const std::string& bytes,
+                        std::vector<std::size_t> cuts) {
   std::vector<grpc::Slice> slices;
   std::size_t from = 0;
   cuts.push_back(bytes.size());

@@ -109,9 +109,10 @@ TEST(StartupTest, BadValuesSayWhatTheFlagNeeds) {
   EXPECT_THAT(Parse({"--nolisten"}, &sources),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("--listen is not a true/false flag")));
-  EXPECT_THAT(Parse({"--listen"}, &sources),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       "--listen: needs a value, e.g. --listen=127.0.0.1:7070"));
+  EXPECT_THAT(
+      Parse({"--listen"}, &sources),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               "--listen: needs a value, e.g. --listen=127.0.0.1:7070"));
 }
 
 TEST(StartupTest, UnknownFlagNamesTheClosestOfTheProgram) {
@@ -131,10 +132,10 @@ TEST(StartupTest, AbseilsOwnFlagsAreLeftToAbsl) {
   FlagSources sources;
   // --flagfile's value is skipped, not taken for a positional argument or
   // parsed here.
-  EXPECT_THAT(Parse({"--flagfile", "/nonexistent", "--version", "--help",
-                     "--helpon=x"},
-                    &sources),
-              IsOk());
+  EXPECT_THAT(
+      Parse({"--flagfile", "/nonexistent", "--version", "--help", "--helpon=x"},
+            &sources),
+      IsOk());
   EXPECT_TRUE(sources.empty());
 }
 
@@ -185,13 +186,14 @@ TEST(StartupTest, ProjectTableNamesEachVariableOnceAndKeepsBothServerNames) {
 TEST(StartupTest, ChecksNameWhereTheFinalValueCameFrom) {
   absl::FlagSaver saver;
   FlagSources sources;
-  Program program{"prog", "usage", kMainFile,
-                  {{"lease_timeout", [] {
-                      return absl::GetFlag(FLAGS_lease_timeout) >
-                                     absl::ZeroDuration()
-                                 ? std::string()
-                                 : std::string("must be > 0");
-                    }}}};
+  Program program{
+      "prog", "usage", kMainFile, {{"lease_timeout", [] {
+                                      return absl::GetFlag(
+                                                 FLAGS_lease_timeout) >
+                                                     absl::ZeroDuration()
+                                                 ? std::string()
+                                                 : std::string("must be > 0");
+                                    }}}};
   // The command line wins over the environment: only the final value counts.
   ASSERT_THAT(Apply({"WEIGHTD_LEASE_TIMEOUT=0s"}, &sources), IsOk());
   ASSERT_THAT(Parse({"--lease_timeout=3s"}, &sources), IsOk());

@@ -19,8 +19,8 @@ TEST(WireFormatTest, Bfloat16RoundsToNearestEven) {
   EXPECT_EQ(Bfloat16ToFloat(FloatToBfloat16(1.0f + std::ldexp(1.0f, -8) +
                                             std::ldexp(1.0f, -20))),
             1.0f + std::ldexp(1.0f, -7));
-  EXPECT_TRUE(std::isnan(
-      Bfloat16ToFloat(FloatToBfloat16(std::numeric_limits<float>::quiet_NaN()))));
+  EXPECT_TRUE(std::isnan(Bfloat16ToFloat(
+      FloatToBfloat16(std::numeric_limits<float>::quiet_NaN()))));
   EXPECT_TRUE(std::isinf(Bfloat16ToFloat(
       FloatToBfloat16(std::numeric_limits<float>::max()))));  // Rounds up.
 }

@@ -60,7 +60,8 @@ class Daemon {
     }
     for (int i = 0; i < 100 && address_.empty(); ++i) {
       std::ifstream(ready) >> address_;
-      if (address_.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      if (address_.empty())
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   }
   ~Daemon() {
@@ -82,8 +83,8 @@ class Daemon {
 class Worker {
  public:
   Worker(const std::string& address, const std::string& id)
-      : stub_(v1::Weightd::NewStub(grpc::CreateChannel(
-            address, grpc::InsecureChannelCredentials()))) {
+      : stub_(v1::Weightd::NewStub(
+            grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))) {
     grpc::ClientContext context;
     v1::JoinResponse response;
     auto stream = stub_->Join(&context, &response);
@@ -161,8 +162,9 @@ class Worker {
     while (stream->Read(&msg)) {
       if (msg.has_header()) *got = msg.header().tensors(0).version();
       if (msg.has_chunk()) {
-        std::memcpy(reinterpret_cast<char*>(value.data()) + msg.chunk().offset(),
-                    msg.chunk().data().data(), msg.chunk().data().size());
+        std::memcpy(
+            reinterpret_cast<char*>(value.data()) + msg.chunk().offset(),
+            msg.chunk().data().data(), msg.chunk().data().size());
       }
     }
     EXPECT_TRUE(stream->Finish().ok());
@@ -190,7 +192,8 @@ TEST(DuplicatePushTest, ThousandResendsAreNeverAppliedTwice) {
     const std::uint64_t sequence = r + 1;
     const float va = static_cast<float>(2 * r + 8);  // Exact means.
     const float vb = static_cast<float>(2 * r);
-    const int before = std::uniform_int_distribution<int>(0, kResendsPerRound)(rng);
+    const int before =
+        std::uniform_int_distribution<int>(0, kResendsPerRound)(rng);
     // Broken and whole sends before B's push: the round must still count
     // A exactly once.
     for (int i = 0; i < before; ++i, ++resends) {

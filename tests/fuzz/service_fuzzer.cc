@@ -9,21 +9,20 @@
 // reproduce with the run's corpus, not only the crashing input.
 //
 //   build/asan/tests/service_fuzzer -max_total_time=60
+#include <fuzzer/FuzzedDataProvider.h>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
 #include <chrono>
-#include <iterator>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
 #include <tuple>
 #include <vector>
-
-#include <fuzzer/FuzzedDataProvider.h>
 
 #include "server/service/server.h"
 #include "weightd/v1/weightd.grpc.pb.h"
@@ -35,8 +34,8 @@ constexpr std::uint64_t kChunkBytes = 4096;
 
 // What the calls got, by kind, printed at exit: shows how deep the inputs
 // reach (successful joins and pushes, closed rounds), not just that they ran.
-constexpr const char* kKinds[] = {"join", "push", "push", "pushpull", "pull",
-                                  "unary"};
+constexpr const char* kKinds[] = {"join",     "push", "push",
+                                  "pushpull", "pull", "unary"};
 struct Counts {
   std::map<std::string, std::map<int, long>> by_kind;  // kind -> code -> n.
 };
@@ -65,11 +64,11 @@ struct Known {
   std::uint64_t bytes;
 };
 const std::vector<Known>& KnownTensors() {
-  static const auto* known = new std::vector<Known>{
-      {"t0", {8}, 32},
-      {"t1", {3000}, 12000},  // 3 chunks.
-      {"enc/w", {64, 64}, 16384},
-      {"head/b", {}, 4}};
+  static const auto* known =
+      new std::vector<Known>{{"t0", {8}, 32},
+                             {"t1", {3000}, 12000},  // 3 chunks.
+                             {"enc/w", {64, 64}, 16384},
+                             {"head/b", {}, 4}};
   return *known;
 }
 
@@ -145,8 +144,8 @@ void WholeTensor(FuzzedDataProvider& in, std::uint32_t index,
 
 std::uint64_t Lease(FuzzedDataProvider& in, const Harness& h) {
   if (!h.leases.empty() && in.ConsumeIntegralInRange<int>(0, 3) != 0) {
-    return h.leases[in.ConsumeIntegralInRange<std::size_t>(
-        0, h.leases.size() - 1)];
+    return h
+        .leases[in.ConsumeIntegralInRange<std::size_t>(0, h.leases.size() - 1)];
   }
   return in.ConsumeIntegral<std::uint64_t>();
 }
@@ -161,10 +160,17 @@ void FillChunk(FuzzedDataProvider& in, std::uint32_t tensors,
   std::uint64_t offset = next[index];
   std::size_t length = kChunkBytes;
   switch (in.ConsumeIntegralInRange<int>(0, 5)) {
-    case 0: offset = in.ConsumeIntegral<std::uint64_t>(); break;
-    case 1: length = in.ConsumeIntegralInRange<std::size_t>(0, 9000); break;
-    case 2: length = 4 * in.ConsumeIntegralInRange<std::size_t>(0, 1024); break;
-    default: break;
+    case 0:
+      offset = in.ConsumeIntegral<std::uint64_t>();
+      break;
+    case 1:
+      length = in.ConsumeIntegralInRange<std::size_t>(0, 9000);
+      break;
+    case 2:
+      length = 4 * in.ConsumeIntegralInRange<std::size_t>(0, 1024);
+      break;
+    default:
+      break;
   }
   chunk->set_offset(offset);
   std::string data;
@@ -223,8 +229,8 @@ std::vector<Request> GoodPush(FuzzedDataProvider& in, Harness& h) {
   std::vector<Request> messages;
   if (h.members.empty()) return messages;
   auto it = h.members.begin();
-  std::advance(it, in.ConsumeIntegralInRange<std::size_t>(
-                       0, h.members.size() - 1));
+  std::advance(it,
+               in.ConsumeIntegralInRange<std::size_t>(0, h.members.size() - 1));
   Request header;
   v1::PushHeader* ph = header.mutable_header();
   ph->set_lease_id(it->second.lease);
@@ -258,9 +264,9 @@ grpc::Status Join(FuzzedDataProvider& in, Harness& h) {
   auto stream = h.stub->Join(&context, &response);
   v1::JoinRequest header;
   header.mutable_header()->set_worker_id(
-      in.ConsumeBool() ? std::string("w") +
-                             std::to_string(in.ConsumeIntegralInRange(0, 5))
-                       : in.ConsumeRandomLengthString(40));
+      in.ConsumeBool()
+          ? std::string("w") + std::to_string(in.ConsumeIntegralInRange(0, 5))
+          : in.ConsumeRandomLengthString(40));
   const int tensors = in.ConsumeIntegralInRange(0, 3);
   for (int i = 0; i < tensors; ++i) {
     v1::TensorDeclaration* d = header.mutable_header()->add_tensors();
@@ -505,11 +511,22 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
     const State before = Observe(h);
     grpc::Status status;
     switch (kind) {
-      case 0: status = Join(in, h); break;
-      case 1: case 2: status = Push(in, h); break;
-      case 3: status = PushPull(in, h); break;
-      case 4: status = Pull(in, h); break;
-      default: status = Unary(in, h); break;
+      case 0:
+        status = Join(in, h);
+        break;
+      case 1:
+      case 2:
+        status = Push(in, h);
+        break;
+      case 3:
+        status = PushPull(in, h);
+        break;
+      case 4:
+        status = Pull(in, h);
+        break;
+      default:
+        status = Unary(in, h);
+        break;
     }
     ++Tally().by_kind[kKinds[kind]][status.error_code()];
     const bool checkable = !inconclusive;

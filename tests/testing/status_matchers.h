@@ -18,8 +18,9 @@ const absl::Status& GetStatus(const absl::StatusOr<T>& s) {
   return s.status();
 }
 
-// EXPECT_THAT(store->Leave(7), StatusIs(absl::StatusCode::kFailedPrecondition));
-// EXPECT_THAT(result, StatusIs(kAborted, HasSubstr("current round is 3")));
+// EXPECT_THAT(store->Leave(7),
+// StatusIs(absl::StatusCode::kFailedPrecondition)); EXPECT_THAT(result,
+// StatusIs(kAborted, HasSubstr("current round is 3")));
 MATCHER_P(StatusIs, code,
           std::string(negation ? "isn't" : "is") + " a status with code " +
               absl::StatusCodeToString(code)) {
@@ -34,9 +35,8 @@ MATCHER_P2(StatusIs, code, message_matcher,
   const absl::Status& s = GetStatus(arg);
   *result_listener << "status is " << s;
   return s.code() == code &&
-         ::testing::ExplainMatchResult(message_matcher,
-                                       std::string(s.message()),
-                                       result_listener);
+         ::testing::ExplainMatchResult(
+             message_matcher, std::string(s.message()), result_listener);
 }
 
 MATCHER(IsOk, negation ? "isn't OK" : "is OK") {
@@ -51,8 +51,8 @@ MATCHER(IsOk, negation ? "isn't OK" : "is OK") {
 #define WEIGHTD_EXPECT_OK(expr) EXPECT_THAT((expr), ::weightd::testing::IsOk())
 
 // ASSERT_OK_AND_ASSIGN for tests: `lhs` receives the value of a StatusOr.
-#define WEIGHTD_ASSERT_OK_AND_ASSIGN(lhs, rexpr)                          \
-  WEIGHTD_ASSERT_OK_AND_ASSIGN_IMPL_(                                     \
+#define WEIGHTD_ASSERT_OK_AND_ASSIGN(lhs, rexpr) \
+  WEIGHTD_ASSERT_OK_AND_ASSIGN_IMPL_(            \
       WEIGHTD_TEST_CONCAT_(weightd_statusor_, __LINE__), lhs, rexpr)
 #define WEIGHTD_TEST_CONCAT_INNER_(a, b) a##b
 #define WEIGHTD_TEST_CONCAT_(a, b) WEIGHTD_TEST_CONCAT_INNER_(a, b)

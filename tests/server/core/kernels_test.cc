@@ -55,7 +55,8 @@ TEST(KernelsTest, NonFiniteValueStraddlingPiecesIsFound) {
       const std::vector<absl::string_view> pieces = {
           absl::string_view(bytes).substr(0, cut),
           absl::string_view(bytes).substr(cut)};
-      EXPECT_FALSE(AllFinite(pieces, WireFormat::kFloat32)) << bad << " cut " << cut;
+      EXPECT_FALSE(AllFinite(pieces, WireFormat::kFloat32))
+          << bad << " cut " << cut;
     }
   }
 }
@@ -69,13 +70,15 @@ TEST(KernelsTest, SixteenBitPayloadsAcrossPieceCuts) {
     }
     std::string bytes(x.size() * 2, '\0');
     EncodeValues(x.data(), x.size(), f, bytes.data());
-    for (std::size_t cut : {std::size_t{1}, std::size_t{2}, std::size_t{3001}}) {
+    for (std::size_t cut :
+         {std::size_t{1}, std::size_t{2}, std::size_t{3001}}) {
       const std::vector<absl::string_view> pieces = {
           absl::string_view(bytes).substr(0, cut),
           absl::string_view(bytes).substr(cut)};
       EXPECT_TRUE(AllFinite(pieces, f));
       std::vector<float> acc(x.size(), 1.0f), expected(x.size());
-      for (std::size_t i = 0; i < x.size(); ++i) expected[i] = 1.0f + 3.0f * x[i];
+      for (std::size_t i = 0; i < x.size(); ++i)
+        expected[i] = 1.0f + 3.0f * x[i];
       AccumulateScaled(pieces, f, 3.0f, acc.data());
       EXPECT_EQ(acc, expected) << WireFormatName(f) << " cut " << cut;
       std::vector<float> decoded(x.size());

@@ -28,9 +28,9 @@ using ::weightd::testing::StatusIs;
 constexpr std::uint64_t kChunk = kMinChunkBytes;  // 1024 floats a chunk.
 
 absl::string_view Bytes(const std::vector<float>& v, std::uint64_t offset,
-                       std::uint64_t length) {
+                        std::uint64_t length) {
   return absl::string_view(reinterpret_cast<const char*>(v.data()) + offset,
-                          length);
+                           length);
 }
 
 class TensorStoreTest : public ::testing::Test {
@@ -59,13 +59,13 @@ class TensorStoreTest : public ::testing::Test {
   }
 
   // Joins `worker` declaring each (name, initial value) as a 1-D tensor.
-  std::uint64_t Join(const std::string& worker,
-                     std::vector<std::pair<std::string, std::vector<float>>>
-                         tensors) {
+  std::uint64_t Join(
+      const std::string& worker,
+      std::vector<std::pair<std::string, std::vector<float>>> tensors) {
     std::vector<Declaration> declarations;
     for (auto& [name, value] : tensors) {
-      declarations.push_back(Declaration{
-          name, {static_cast<std::int64_t>(value.size())}, value});
+      declarations.push_back(
+          Declaration{name, {static_cast<std::int64_t>(value.size())}, value});
     }
     auto joined = store_->Join(worker, std::move(declarations));
     EXPECT_THAT(joined, IsOk());
@@ -219,8 +219,9 @@ TEST_F(TensorStoreTest, ShapeMismatchIsRefusedAndChangesNothing) {
 TEST_F(TensorStoreTest, APartOfAnotherWholeShapeIsRefused) {
   // A shard holds one part of "w", a tensor of shape [2, 4] split by rows.
   MakeStore();
-  ASSERT_THAT(store_->Join("a", {Declaration{"w", {1, 4}, {1, 2, 3, 4}, {2, 4}}}),
-              IsOk());
+  ASSERT_THAT(
+      store_->Join("a", {Declaration{"w", {1, 4}, {1, 2, 3, 4}, {2, 4}}}),
+      IsOk());
   // The same part shape, from a whole [1, 4] or from a [4, 4] split.
   EXPECT_THAT(store_->Join("b", {Declaration{"w", {1, 4}, {}}}),
               StatusIs(absl::StatusCode::kAlreadyExists,
@@ -230,7 +231,8 @@ TEST_F(TensorStoreTest, APartOfAnotherWholeShapeIsRefused) {
   EXPECT_THAT(store_->Join("b", {Declaration{"w", {1, 4}, {}, {4, 4}}}),
               StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("[4,4]")));
   EXPECT_EQ(store_->Status().workers.size(), 1u);
-  EXPECT_THAT(store_->Join("b", {Declaration{"w", {1, 4}, {}, {2, 4}}}), IsOk());
+  EXPECT_THAT(store_->Join("b", {Declaration{"w", {1, 4}, {}, {2, 4}}}),
+              IsOk());
   // And a whole tensor refuses a part.
   ASSERT_THAT(store_->Join("c", {Declaration{"v", {1}, {5}}}), IsOk());
   EXPECT_THAT(store_->Join("d", {Declaration{"v", {1}, {}, {2}}}),
@@ -247,15 +249,15 @@ TEST_F(TensorStoreTest, BadDeclarationsAreInvalid) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty")));
   EXPECT_THAT(store_->Join("a", {Declaration{"w", {0}, {}}}),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(store_->Join("a", {Declaration{"w", {2}, {0}}}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("needs 8")));
+  EXPECT_THAT(
+      store_->Join("a", {Declaration{"w", {2}, {0}}}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("needs 8")));
   EXPECT_THAT(store_->Join("a", {Declaration{"w", {1}, {NAN}}}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("NaN")));
   EXPECT_THAT(store_->Join("bad id", {Declaration{"w", {1}, {0}}}),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(
-      store_->Join("a", {Declaration{"w", {1 << 30, 1 << 30}, {}}}),
-      StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(store_->Join("a", {Declaration{"w", {1 << 30, 1 << 30}, {}}}),
+              StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_TRUE(store_->Status().tensors.empty());
 }
 
@@ -282,8 +284,8 @@ TEST_F(TensorStoreTest, InterruptedPushResumesWithoutDoubleCounting) {
   std::vector<float> big(3000, 1.0f);  // 3 chunks.
   const auto a = Join("a", {{"w", std::vector<float>(3000, 0)}});
   {
-    auto session = store_->BeginPush(PushHeader{a, 1, UpdateKind::kWeights,
-                                                1.0, {{"w", 0}}});
+    auto session = store_->BeginPush(
+        PushHeader{a, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
     ASSERT_THAT(session, IsOk());
     ASSERT_THAT((*session)->AddChunk(0, 0, Bytes(big, 0, kChunk)), IsOk());
     // The stream breaks here: the session is dropped unfinished.
@@ -299,9 +301,9 @@ TEST_F(TensorStoreTest, LatePushIsAborted) {
   const auto a = Join("a", {{"w", {0}}});
   ASSERT_THAT(Push(a, 1, {{"w", 0, {1}}}), IsOk());
   ASSERT_EQ(Version("w"), 1u);
-  EXPECT_THAT(Push(a, 2, {{"w", 0, {5}}}),
-              StatusIs(absl::StatusCode::kAborted,
-                       HasSubstr("current round is 1")));
+  EXPECT_THAT(
+      Push(a, 2, {{"w", 0, {5}}}),
+      StatusIs(absl::StatusCode::kAborted, HasSubstr("current round is 1")));
   EXPECT_THAT(Push(a, 3, {{"w", 7, {5}}}),
               StatusIs(absl::StatusCode::kAborted, HasSubstr("not open")));
   EXPECT_THAT(Value("w"), ElementsAre(1));
@@ -386,14 +388,17 @@ TEST_F(TensorStoreTest, InterruptedContributionResumesWithNewSequence) {
                             {"y", std::vector<float>(2000, 0)}});
   std::vector<float> bad(2000, 1.0f);
   bad[1500] = NAN;  // In y's second chunk: x and y's first chunk are in.
-  EXPECT_THAT(Push(a, 1, {{"x", 0, std::vector<float>(2000, 1)}, {"y", 0, bad}}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("NaN")));
+  EXPECT_THAT(
+      Push(a, 1, {{"x", 0, std::vector<float>(2000, 1)}, {"y", 0, bad}}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("NaN")));
   // The client moves to a new sequence; the round resumes where it stopped.
-  ASSERT_THAT(Push(a, 2, {{"x", 0, std::vector<float>(2000, 1)},
-                          {"y", 0, std::vector<float>(2000, 1)}}),
+  ASSERT_THAT(Push(a, 2,
+                   {{"x", 0, std::vector<float>(2000, 1)},
+                    {"y", 0, std::vector<float>(2000, 1)}}),
               IsOk());
-  ASSERT_THAT(Push(b, 1, {{"x", 0, std::vector<float>(2000, 3)},
-                          {"y", 0, std::vector<float>(2000, 3)}}),
+  ASSERT_THAT(Push(b, 1,
+                   {{"x", 0, std::vector<float>(2000, 3)},
+                    {"y", 0, std::vector<float>(2000, 3)}}),
               IsOk());
   EXPECT_EQ(Version("x"), 1u);
   EXPECT_EQ(Version("y"), 1u);
@@ -459,13 +464,13 @@ TEST_F(TensorStoreTest, OverflowingMeanKeepsTheOldChunk) {
 
 TEST_F(TensorStoreTest, JoinLimitsRankAndNeedsAValueForNewTensors) {
   MakeStore();
-  EXPECT_THAT(store_->Join("a", {Declaration{"w", std::vector<std::int64_t>(33, 1),
-                                             {0}}}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("33 dimensions")));
-  EXPECT_THAT(store_->Join("a", {Declaration{"w", {2}, {}}}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("initial value")));
+  EXPECT_THAT(
+      store_->Join("a",
+                   {Declaration{"w", std::vector<std::int64_t>(33, 1), {0}}}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("33 dimensions")));
+  EXPECT_THAT(
+      store_->Join("a", {Declaration{"w", {2}, {}}}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("initial value")));
   Join("a", {{"w", {5, 6}}});
   // An existing tensor needs no value (the server ignores it anyway).
   auto joined = store_->Join("b", {Declaration{"w", {2}, {}}});
@@ -488,9 +493,9 @@ TEST_F(TensorStoreTest, BadHeadersAreRefused) {
                        HasSubstr("did not declare")));
   EXPECT_THAT(store_->BeginPush({a, 1, UpdateKind::kWeights, -1, {E{"w", 0}}}),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(
-      store_->BeginPush({a, 1, UpdateKind::kWeights, 1, {E{"w", 0}, E{"w", 0}}}),
-      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("twice")));
+  EXPECT_THAT(store_->BeginPush(
+                  {a, 1, UpdateKind::kWeights, 1, {E{"w", 0}, E{"w", 0}}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("twice")));
   std::vector<E> too_many(kMaxTensorsPerCall + 1, E{"w", 0});
   EXPECT_THAT(store_->BeginPush({a, 1, UpdateKind::kWeights, 1, too_many}),
               StatusIs(absl::StatusCode::kResourceExhausted));
@@ -550,8 +555,9 @@ TEST_F(TensorStoreTest, AsyncPushAppliesWholeOrNotAtAll) {
 TEST_F(TensorStoreTest, AsyncOverflowIsRefusedWhole) {
   MakeStore(Mode::kAsync, /*server_lr=*/1.0);
   const auto a = Join("a", {{"w", {3e38f, 1}}});
-  EXPECT_THAT(Push(a, 1, {{"w", 0, {3e38f, 1}}}, 1, UpdateKind::kDelta),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("overflow")));
+  EXPECT_THAT(
+      Push(a, 1, {{"w", 0, {3e38f, 1}}}, 1, UpdateKind::kDelta),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("overflow")));
   EXPECT_THAT(Value("w"), ElementsAre(3e38f, 1));
 }
 
@@ -605,8 +611,8 @@ TEST_F(TensorStoreTest, RoundKeepsNoPerWorkerBuffers) {
   std::vector<std::unique_ptr<PushSession>> sessions;
   const std::vector<float> ones(zero.size(), 1.0f);
   for (int w = 0; w < kWorkers; ++w) {
-    auto s = store_->BeginPush(PushHeader{leases[w], 1, UpdateKind::kWeights,
-                                          1.0, {{"t", 0}}});
+    auto s = store_->BeginPush(
+        PushHeader{leases[w], 1, UpdateKind::kWeights, 1.0, {{"t", 0}}});
     ASSERT_THAT(s, IsOk());
     // Every worker has half its payload in flight at once.
     for (std::uint64_t off = 0; off < zero.size() * 2; off += kChunk) {
@@ -660,7 +666,8 @@ TEST_F(TensorStoreTest, WaitAlreadySatisfiedFiresImmediately) {
   MakeStore();
   Join("a", {{"x", {0}}});
   int fired = 0;
-  auto wait = store_->WaitForVersions({{"x", 0}}, [&](absl::Status) { ++fired; });
+  auto wait =
+      store_->WaitForVersions({{"x", 0}}, [&](absl::Status) { ++fired; });
   ASSERT_THAT(wait, IsOk());
   EXPECT_EQ(fired, 1);
   EXPECT_THAT(store_->WaitForVersions({{"nope", 0}}, [](absl::Status) {}),
@@ -671,7 +678,8 @@ TEST_F(TensorStoreTest, CancelledWaitNeverFires) {
   MakeStore();
   const auto a = Join("a", {{"x", {0}}});
   int fired = 0;
-  auto wait = store_->WaitForVersions({{"x", 1}}, [&](absl::Status) { ++fired; });
+  auto wait =
+      store_->WaitForVersions({{"x", 1}}, [&](absl::Status) { ++fired; });
   ASSERT_THAT(wait, IsOk());
   EXPECT_TRUE((*wait)->Cancel());
   ASSERT_THAT(Push(a, 1, {{"x", 0, {1}}}), IsOk());
@@ -699,23 +707,23 @@ TEST_F(TensorStoreTest, BarrierReleasesWhenCountArrivesAndResets) {
   const auto a = Join("a", {{"x", {0}}});
   const auto b = Join("b", {{"x", {0}}});
   std::vector<std::string> released;
-  auto wa = store_->EnterBarrier(a, "start", 2,
-                                 [&](absl::Status s) {
-                                   EXPECT_THAT(s, IsOk());
-                                   released.push_back("a");
-                                 });
+  auto wa = store_->EnterBarrier(a, "start", 2, [&](absl::Status s) {
+    EXPECT_THAT(s, IsOk());
+    released.push_back("a");
+  });
   ASSERT_THAT(wa, IsOk());
   EXPECT_TRUE(released.empty());
-  EXPECT_THAT(store_->EnterBarrier(b, "start", 3, [](absl::Status) {}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("waiting for 2")));
-  auto wb = store_->EnterBarrier(b, "start", 2,
-                                 [&](absl::Status) { released.push_back("b"); });
+  EXPECT_THAT(
+      store_->EnterBarrier(b, "start", 3, [](absl::Status) {}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("waiting for 2")));
+  auto wb = store_->EnterBarrier(
+      b, "start", 2, [&](absl::Status) { released.push_back("b"); });
   ASSERT_THAT(wb, IsOk());
   EXPECT_THAT(released, ::testing::UnorderedElementsAre("a", "b"));
   // The next generation starts empty.
   int next = 0;
-  auto again = store_->EnterBarrier(a, "start", 2, [&](absl::Status) { ++next; });
+  auto again =
+      store_->EnterBarrier(a, "start", 2, [&](absl::Status) { ++next; });
   ASSERT_THAT(again, IsOk());
   EXPECT_EQ(next, 0);
   EXPECT_TRUE((*again)->Cancel());
@@ -782,11 +790,11 @@ TEST_F(TensorStoreTest, BarrierLetsWorkersBeyondItsCountPass) {
   int passed = 0;
   std::vector<std::unique_ptr<Wait>> waits;
   for (int i = 0; i < 6; ++i) {
-    auto wait = store_->EnterBarrier(leases[i], "start", 4,
-                                     [&](absl::Status s) {
-                                       EXPECT_THAT(s, IsOk());
-                                       ++passed;
-                                     });
+    auto wait =
+        store_->EnterBarrier(leases[i], "start", 4, [&](absl::Status s) {
+          EXPECT_THAT(s, IsOk());
+          ++passed;
+        });
     ASSERT_THAT(wait, IsOk());
     waits.push_back(std::move(*wait));
     // The first 4 are released together; the 5th and 6th are late for that
@@ -800,8 +808,10 @@ TEST_F(TensorStoreTest, BarrierNumbersArrivalsAndLateWorkers) {
   const auto a = Join("a", {{"x", {0}}});
   const auto b = Join("b", {{"x", {0}}});
   BarrierPass pa, pb, pc;
-  auto wb = store_->EnterBarrier(b, "s", 2, [](absl::Status) {}, &pb);
-  auto wa = store_->EnterBarrier(a, "s", 2, [](absl::Status) {}, &pa);
+  auto wb = store_->EnterBarrier(
+      b, "s", 2, [](absl::Status) {}, &pb);
+  auto wa = store_->EnterBarrier(
+      a, "s", 2, [](absl::Status) {}, &pa);
   ASSERT_THAT(wa, IsOk());
   EXPECT_EQ(pb.arrival, 0u);
   EXPECT_EQ(pa.arrival, 1u);
@@ -809,7 +819,8 @@ TEST_F(TensorStoreTest, BarrierNumbersArrivalsAndLateWorkers) {
   // c joins after the release: late, it passes at once as the third.
   const auto c = Join("c", {{"x", {0}}});
   int fired = 0;
-  auto wc = store_->EnterBarrier(c, "s", 2, [&](absl::Status) { ++fired; }, &pc);
+  auto wc = store_->EnterBarrier(
+      c, "s", 2, [&](absl::Status) { ++fired; }, &pc);
   EXPECT_EQ(fired, 1);
   EXPECT_EQ(pc.arrival, 2u);
   EXPECT_EQ(pc.generation, 1u);
@@ -852,8 +863,9 @@ TEST_F(TensorStoreTest, SameProcessRejoinTakesItsMembershipBack) {
                             Claimant{42, "ipv4:127.0.0.1:5000"});
   ASSERT_THAT(first, IsOk());
   EXPECT_EQ(first->takeover, Takeover::kNone);
-  EXPECT_THAT(store_->Join("a", {Declaration{"w", {1}, {1}}}, Claimant{43, ""}),
-              StatusIs(absl::StatusCode::kAborted, HasSubstr("127.0.0.1:5000")));
+  EXPECT_THAT(
+      store_->Join("a", {Declaration{"w", {1}, {1}}}, Claimant{43, ""}),
+      StatusIs(absl::StatusCode::kAborted, HasSubstr("127.0.0.1:5000")));
   auto again = store_->Join("a", {Declaration{"w", {1}, {1}}},
                             Claimant{42, "ipv4:127.0.0.1:5001"});
   ASSERT_THAT(again, IsOk());
@@ -962,8 +974,8 @@ TEST_F(LeaseTest, AnOpenWaitKeepsTheLeaseAlive) {
   // a waits for the round (a PushPull) and makes no other call meanwhile;
   // b makes no call at all.
   bool fired = false;
-  auto wait = store_->WaitForVersions({{"w", 1}},
-                                      [&](absl::Status) { fired = true; }, a);
+  auto wait = store_->WaitForVersions(
+      {{"w", 1}}, [&](absl::Status) { fired = true; }, a);
   ASSERT_THAT(wait, IsOk());
   Advance(absl::Seconds(7));
   EXPECT_EQ(store_->ExpireLeases(), 1);
@@ -1007,7 +1019,8 @@ TEST_F(LeaseTest, LapsedOrRestoredMembershipIsTakenByAnyProcess) {
   auto restored = TensorStore::Restore(options, store_->Save());
   ASSERT_THAT(restored, IsOk());
   store_ = std::move(*restored);
-  auto claimed = store_->Join("a", {Declaration{"w", {1}, {}}}, Claimant{5, ""});
+  auto claimed =
+      store_->Join("a", {Declaration{"w", {1}, {}}}, Claimant{5, ""});
   ASSERT_THAT(claimed, IsOk());
   EXPECT_EQ(claimed->takeover, Takeover::kRestored);
   EXPECT_THAT(store_->Join("a", {Declaration{"w", {1}, {}}}, Claimant{6, ""}),
@@ -1074,7 +1087,8 @@ TEST_F(QuorumTest, RoundClosesOnItsQuorumOnceTheTimeoutPassed) {
 TEST_F(QuorumTest, LastQuorumPushClosesAnOverdueRound) {
   MakeQuorumStore(RoundQuorum{.fraction = 0.5}, absl::Seconds(2));
   std::vector<std::uint64_t> leases;
-  for (const char* w : {"a", "b", "c", "d"}) leases.push_back(Join(w, {{"w", {0}}}));
+  for (const char* w : {"a", "b", "c", "d"})
+    leases.push_back(Join(w, {{"w", {0}}}));
   ASSERT_THAT(Push(leases[0], 1, {{"w", 0, {4}}}), IsOk());
   now_ += absl::Seconds(3);
   // Timeout passed, but 1 of 4 is below half: no close.
@@ -1192,15 +1206,16 @@ TEST_F(TensorStoreTest, ConcurrentRoundsAverageCorrectly) {
       for (int r = 0; r < kRounds; ++r) {
         // Worker w pushes the value (w + 1); the mean is 2.5 every round.
         std::vector<float> mine(zero.size(), static_cast<float>(w + 1));
-        if (!Push(leases[w], r + 1, {{"t", static_cast<std::uint64_t>(r), mine}})
+        if (!Push(leases[w], r + 1,
+                  {{"t", static_cast<std::uint64_t>(r), mine}})
                  .ok()) {
           ++failures;
           return;
         }
         absl::Notification done;
-        auto wait = store_->WaitForVersions(
-            {{"t", static_cast<std::uint64_t>(r + 1)}},
-            [&](absl::Status) { done.Notify(); });
+        auto wait =
+            store_->WaitForVersions({{"t", static_cast<std::uint64_t>(r + 1)}},
+                                    [&](absl::Status) { done.Notify(); });
         if (!wait.ok() ||
             !done.WaitForNotificationWithTimeout(absl::Seconds(30))) {
           ++failures;
@@ -1231,11 +1246,12 @@ TEST_F(QuorumTest, ConcurrentQuorumRoundsWithHousekeepingAndChurn) {
   options.round_timeout = absl::Microseconds(200);
   MakeStoreWith(std::move(options));
   constexpr int kWorkers = 4;
-  constexpr int kAccepted = 20;    // Pushes each worker gets accepted.
+  constexpr int kAccepted = 20;  // Pushes each worker gets accepted.
   constexpr int kAttempts = 50000;
   constexpr std::size_t kElements = 2500;  // 3 chunks.
   constexpr std::size_t kChunkElements = kChunk / 4;
-  constexpr std::size_t kChunks = (kElements + kChunkElements - 1) / kChunkElements;
+  constexpr std::size_t kChunks =
+      (kElements + kChunkElements - 1) / kChunkElements;
   std::vector<std::uint64_t> leases;
   for (int w = 0; w < kWorkers; ++w) {
     leases.push_back(
@@ -1248,7 +1264,7 @@ TEST_F(QuorumTest, ConcurrentQuorumRoundsWithHousekeepingAndChurn) {
   // Under mu: (round, chunk) -> the values delivered into it, by complete
   // pushes and by pushes cut off after that chunk.
   std::map<std::pair<std::uint64_t, std::size_t>, std::vector<float>> delivered;
-  std::map<std::uint64_t, std::uint32_t> complete;  // Round -> pushes.
+  std::map<std::uint64_t, std::uint32_t> complete;   // Round -> pushes.
   std::map<std::uint64_t, std::vector<float>> seen;  // Version -> value.
   std::vector<std::thread> threads;
   for (int w = 0; w < kWorkers; ++w) {
@@ -1269,7 +1285,8 @@ TEST_F(QuorumTest, ConcurrentQuorumRoundsWithHousekeepingAndChurn) {
         for (std::size_t k = 0; status.ok() && k < kChunks; ++k) {
           const std::uint64_t offset = k * kChunk;
           status = (*session)->AddChunk(
-              0, offset, Bytes(mine, offset, ChunkLength(kElements * 4, kChunk, offset)));
+              0, offset,
+              Bytes(mine, offset, ChunkLength(kElements * 4, kChunk, offset)));
           if (status.ok()) ++chunks;
         }
         if (status.ok()) {
@@ -1351,7 +1368,8 @@ TEST_F(QuorumTest, ConcurrentQuorumRoundsWithHousekeepingAndChurn) {
       for (float v : values) sum += v;
       const float mean = static_cast<float>(sum / values.size());
       const auto begin = value.begin() + k * kChunkElements;
-      const auto end = value.begin() + std::min(kElements, (k + 1) * kChunkElements);
+      const auto end =
+          value.begin() + std::min(kElements, (k + 1) * kChunkElements);
       EXPECT_THAT(std::vector<float>(begin, end),
                   ::testing::Each(::testing::FloatNear(mean, 1e-5f * mean)))
           << "version " << version << " chunk " << k << ": " << values.size()

@@ -2,6 +2,7 @@
 // the real client and through raw stubs for the malformed calls.
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/impl/client_unary_call.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -12,7 +13,6 @@
 #include <thread>
 #include <tuple>
 #include <utility>
-#include <unistd.h>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -111,8 +111,8 @@ class ServiceTest : public ::testing::Test {
   // Sends `messages`, each as the bytes given, as a Join stream.
   absl::Status RawJoin(const std::vector<std::string>& messages) {
     const grpc::internal::RpcMethod rpc(
-        "/weightd.v1.Weightd/Join",
-        grpc::internal::RpcMethod::CLIENT_STREAMING, channel_);
+        "/weightd.v1.Weightd/Join", grpc::internal::RpcMethod::CLIENT_STREAMING,
+        channel_);
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::seconds(30));
@@ -170,8 +170,8 @@ TEST_F(ServiceTest, ThreeWorkerSyncRoundThroughTheClient) {
     weights[w].assign(kSize, 0.0f);
     clients.push_back(Connect(absl::StrCat("worker-", w)));
     ASSERT_NE(clients.back(), nullptr);
-    ASSERT_THAT(clients[w]->Join({TensorRef{"layer", {3, 1000},
-                                            absl::MakeSpan(weights[w])}}),
+    ASSERT_THAT(clients[w]->Join({TensorRef{
+                    "layer", {3, 1000}, absl::MakeSpan(weights[w])}}),
                 IsOk());
   }
   std::vector<absl::Status> results(kWorkers);
@@ -200,7 +200,8 @@ TEST_F(ServiceTest, LateJoinerStartsFromSharedWeights) {
   auto ca = Connect("a");
   ASSERT_THAT(ca->Join({TensorRef{"enc", {10}, absl::MakeSpan(a)}}), IsOk());
   a.assign(10, 4.0f);
-  ASSERT_THAT(ca->PushPull({TensorRef{"enc", {10}, absl::MakeSpan(a)}}), IsOk());
+  ASSERT_THAT(ca->PushPull({TensorRef{"enc", {10}, absl::MakeSpan(a)}}),
+              IsOk());
   auto cb = Connect("b");
   ASSERT_THAT(cb->Join({TensorRef{"enc", {10}, absl::MakeSpan(b)}}), IsOk());
   EXPECT_THAT(b, ::testing::Each(4.0f));
@@ -276,7 +277,8 @@ TEST_F(ServiceTest, HugeTensorRoundTripIsBitExact) {
 
   std::vector<float> mine = original;
   auto a = Connect("a");
-  const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(kElements)};
+  const std::vector<std::int64_t> shape = {
+      static_cast<std::int64_t>(kElements)};
   ASSERT_THAT(a->Join({TensorRef{"big", shape, absl::MakeSpan(mine)}}), IsOk());
   // One participant: the round's mean is its own push, bit for bit.
   ASSERT_THAT(a->PushPull({TensorRef{"big", shape, absl::MakeSpan(mine)}}),
@@ -284,7 +286,8 @@ TEST_F(ServiceTest, HugeTensorRoundTripIsBitExact) {
   EXPECT_EQ(std::memcmp(mine.data(), original.data(), kElements * 4), 0);
   std::vector<float> other(kElements, 0.0f);
   auto b = Connect("b");
-  ASSERT_THAT(b->Join({TensorRef{"big", shape, absl::MakeSpan(other)}}), IsOk());
+  ASSERT_THAT(b->Join({TensorRef{"big", shape, absl::MakeSpan(other)}}),
+              IsOk());
   EXPECT_EQ(std::memcmp(other.data(), original.data(), kElements * 4), 0);
   EXPECT_EQ(a->stats().bytes_pushed, 2 * kElements * 4);
 }
@@ -297,8 +300,7 @@ TEST_F(ServiceTest, BadInputGetsSpecificCodesAndChangesNothing) {
   auto client = Connect("a");
   ASSERT_THAT(client->Join({TensorRef{"w", {2000}, absl::MakeSpan(mine)}}),
               IsOk());
-  const std::uint64_t lease =
-      server_->store().Status().workers.at(0).lease_id;
+  const std::uint64_t lease = server_->store().Status().workers.at(0).lease_id;
   std::vector<float> chunk(1024, 1.0f);
 
   EXPECT_THAT(RawPush({Header(lease, 11, "nope"), Chunk(0, 0, chunk)}),
@@ -316,14 +318,13 @@ TEST_F(ServiceTest, BadInputGetsSpecificCodesAndChangesNothing) {
                        HasSubstr("exactly one header")));
   v1::PushRequest no_kind = Header(lease, 15, "w");
   no_kind.mutable_header()->set_kind(v1::UPDATE_KIND_UNSPECIFIED);
-  EXPECT_THAT(RawPush({no_kind}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("update kind")));
+  EXPECT_THAT(RawPush({no_kind}), StatusIs(absl::StatusCode::kInvalidArgument,
+                                           HasSubstr("update kind")));
   // Chunk length, offset, index.
-  EXPECT_THAT(RawPush({Header(lease, 16, "w"),
-                       Chunk(0, 0, std::vector<float>(1000, 1.0f))}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("expected 4096")));
+  EXPECT_THAT(
+      RawPush({Header(lease, 16, "w"),
+               Chunk(0, 0, std::vector<float>(1000, 1.0f))}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("expected 4096")));
   EXPECT_THAT(RawPush({Header(lease, 17, "w"), Chunk(0, 4096, chunk)}),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("expected offset 0")));
@@ -345,8 +346,9 @@ TEST_F(ServiceTest, BadInputGetsSpecificCodesAndChangesNothing) {
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("after 0 of 8000 bytes")));
   // A push to a round that is not open.
-  EXPECT_THAT(RawPush({Header(lease, 23, "w", /*round=*/5), Chunk(0, 0, chunk)}),
-              StatusIs(absl::StatusCode::kAborted, HasSubstr("not open")));
+  EXPECT_THAT(
+      RawPush({Header(lease, 23, "w", /*round=*/5), Chunk(0, 0, chunk)}),
+      StatusIs(absl::StatusCode::kAborted, HasSubstr("not open")));
 
   // Join: empty name, shape mismatch, size mismatch.
   std::vector<float> small(3, 0.0f);
@@ -405,8 +407,8 @@ TEST_F(ServiceTest, RejectedPushIsRetriedAndTheRoundCloses) {
   ay.assign(4, 1);
   ay[3] = std::numeric_limits<float>::quiet_NaN();
   // x arrived whole before y's NaN was found: rejected, nothing published.
-  EXPECT_THAT(a->PushPull(at), StatusIs(absl::StatusCode::kInvalidArgument,
-                                        HasSubstr("NaN")));
+  EXPECT_THAT(a->PushPull(at),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("NaN")));
   EXPECT_EQ(server_->store().Describe("x")->version, 0u);
   ay[3] = 1;
   absl::Status b_status;
@@ -440,8 +442,9 @@ TEST_F(ServiceTest, JoinHeaderAloneAllocatesNothingAndIsRefused) {
   ASSERT_TRUE(stream->Write(chunk));
   stream->WritesDone();
   const absl::Status status = FromGrpcStatus(stream->Finish());
-  EXPECT_THAT(status, StatusIs(absl::StatusCode::kInvalidArgument,
-                               HasSubstr("Join ended after 4096 of 1073741824")));
+  EXPECT_THAT(status,
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("Join ended after 4096 of 1073741824")));
   EXPECT_LT(server_->store().AllocatedBytes(), 1u << 20);
   EXPECT_TRUE(server_->store().Status().tensors.empty());
 }
@@ -483,9 +486,9 @@ TEST_F(ServiceTest, BarrierReleasesAllWorkersTogether) {
   std::vector<std::unique_ptr<Client>> clients;
   for (int w = 0; w < kWorkers; ++w) {
     clients.push_back(Connect(absl::StrCat("w", w)));
-    ASSERT_THAT(clients[w]->Join({TensorRef{"x", {2},
-                                            absl::MakeSpan(buffers[w])}}),
-                IsOk());
+    ASSERT_THAT(
+        clients[w]->Join({TensorRef{"x", {2}, absl::MakeSpan(buffers[w])}}),
+        IsOk());
   }
   std::vector<absl::Status> results(kWorkers);
   std::vector<std::thread> threads;
@@ -650,8 +653,9 @@ TEST_F(SnapshotServiceTest, UnusableSnapshotsMeanNotServing) {
   }
   server_.reset();
   // Damage every snapshot in the directory.
-  std::system(("for f in '" + dir_ + "'/snaps/*.wds; do truncate -s 20 \"$f\"; done")
-                  .c_str());
+  std::system(
+      ("for f in '" + dir_ + "'/snaps/*.wds; do truncate -s 20 \"$f\"; done")
+          .c_str());
   Restart();
   EXPECT_TRUE(server_->store().closed());
   ClientOptions options;
@@ -755,10 +759,13 @@ TEST_F(ServiceTest, QuorumClosesWithoutStragglerWhoPullsAndContinues) {
   std::vector<std::unique_ptr<Client>> clients;
   for (int i = 0; i < 3; ++i) {
     clients.push_back(Connect(absl::StrCat("w", i)));
-    ASSERT_THAT(clients[i]->Join({TensorRef{"t", {2000}, absl::MakeSpan(w[i])}}),
-                IsOk());
+    ASSERT_THAT(
+        clients[i]->Join({TensorRef{"t", {2000}, absl::MakeSpan(w[i])}}),
+        IsOk());
   }
-  auto ref = [&](int i) { return TensorRef{"t", {2000}, absl::MakeSpan(w[i])}; };
+  auto ref = [&](int i) {
+    return TensorRef{"t", {2000}, absl::MakeSpan(w[i])};
+  };
   std::vector<absl::Status> results(2);
   std::vector<std::thread> fast;
   for (int i = 0; i < 2; ++i) {
@@ -955,7 +962,8 @@ TEST_F(ServiceTest, WorkersOverTcpAndUnixSocketShareARound) {
   b.assign(3000, 3.0f);
   absl::Status unix_result;
   std::thread t([&] {
-    unix_result = over_unix->PushPull({TensorRef{"w", {3000}, absl::MakeSpan(b)}});
+    unix_result =
+        over_unix->PushPull({TensorRef{"w", {3000}, absl::MakeSpan(b)}});
   });
   ASSERT_THAT(over_tcp->PushPull({TensorRef{"w", {3000}, absl::MakeSpan(a)}}),
               IsOk());
@@ -984,9 +992,9 @@ TEST_F(ServiceTest, SixteenBitWireFormatsAverageInFloat32) {
     auto client = Client::Connect(options);
     ASSERT_THAT(client, IsOk());
     clients.push_back(std::move(*client));
-    ASSERT_THAT(clients[w]->Join({TensorRef{"t", {kSize},
-                                            absl::MakeSpan(values[w])}}),
-                IsOk());
+    ASSERT_THAT(
+        clients[w]->Join({TensorRef{"t", {kSize}, absl::MakeSpan(values[w])}}),
+        IsOk());
   }
   const std::uint64_t pushed_before = clients[1]->stats().bytes_pushed;
   auto value = [](int w, std::size_t i) {
@@ -999,15 +1007,15 @@ TEST_F(ServiceTest, SixteenBitWireFormatsAverageInFloat32) {
     const std::vector<TensorRef> refs = {
         TensorRef{"t", {kSize}, absl::MakeSpan(values[w])}};
     const PushOptions push{UpdateKind::kWeights, w == 2 ? 2.0 : 1.0};
-    ASSERT_THAT(w < 2 ? clients[w]->Push(refs, push)
-                      : clients[w]->PushPull(refs, push),
-                IsOk())
+    ASSERT_THAT(
+        w < 2 ? clients[w]->Push(refs, push) : clients[w]->PushPull(refs, push),
+        IsOk())
         << w;
   }
   for (int w = 0; w < 2; ++w) {
-    ASSERT_THAT(clients[w]->Pull(
-                    {TensorRef{"t", {kSize}, absl::MakeSpan(values[w])}}),
-                IsOk());
+    ASSERT_THAT(
+        clients[w]->Pull({TensorRef{"t", {kSize}, absl::MakeSpan(values[w])}}),
+        IsOk());
   }
 
   // What the server received: worker 1's values rounded to bfloat16,
@@ -1034,9 +1042,9 @@ TEST_F(ServiceTest, SixteenBitWireFormatsAverageInFloat32) {
   const std::uint64_t lease = server_->store().Status().workers.at(0).lease_id;
   v1::PushRequest header = Header(lease, 100, "t", 1);
   header.mutable_header()->set_format(static_cast<v1::WireFormat>(7));
-  EXPECT_THAT(RawPush({header, Chunk(0, 0, std::vector<float>(1024, 9.0f))}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("wire format 7")));
+  EXPECT_THAT(
+      RawPush({header, Chunk(0, 0, std::vector<float>(1024, 9.0f))}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("wire format 7")));
   // A chunk of float32 size in a bfloat16 push: a wrong length.
   header.mutable_header()->set_format(v1::WIRE_FORMAT_BFLOAT16);
   EXPECT_THAT(RawPush({header, Chunk(0, 0, std::vector<float>(1024, 9.0f))}),

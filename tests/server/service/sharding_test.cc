@@ -28,9 +28,9 @@ using ::weightd::testing::StatusIs;
 // Small enough that a 120 KB tensor splits.
 constexpr std::uint64_t kSplitBytes = 64 << 10;
 
-std::unique_ptr<service::Server> StartShard(std::uint32_t index,
-                                            std::uint32_t count,
-                                            std::string listen = "127.0.0.1:0") {
+std::unique_ptr<service::Server> StartShard(
+    std::uint32_t index, std::uint32_t count,
+    std::string listen = "127.0.0.1:0") {
   service::ServerOptions options;
   options.listen_address = std::move(listen);
   options.shard_index = index;
@@ -97,16 +97,20 @@ class ShardingTest : public ::testing::Test {
 
 // One worker's model: a big tensor (split by rows) and 20 small ones.
 struct Model {
-  explicit Model(float offset) : big(300 * 100), small(20, std::vector<float>(16)) {
-    for (std::size_t i = 0; i < big.size(); ++i) big[i] = float(i % 1000) + offset;
+  explicit Model(float offset)
+      : big(300 * 100), small(20, std::vector<float>(16)) {
+    for (std::size_t i = 0; i < big.size(); ++i)
+      big[i] = float(i % 1000) + offset;
     for (std::size_t t = 0; t < small.size(); ++t) {
-      for (std::size_t i = 0; i < 16; ++i) small[t][i] = float(t * 16 + i) + offset;
+      for (std::size_t i = 0; i < 16; ++i)
+        small[t][i] = float(t * 16 + i) + offset;
     }
   }
   std::vector<TensorRef> Refs() {
     std::vector<TensorRef> refs = {{"big", {300, 100}, absl::MakeSpan(big)}};
     for (std::size_t t = 0; t < small.size(); ++t) {
-      refs.push_back({absl::StrCat("small", t), {16}, absl::MakeSpan(small[t])});
+      refs.push_back(
+          {absl::StrCat("small", t), {16}, absl::MakeSpan(small[t])});
     }
     return refs;
   }
@@ -125,8 +129,9 @@ TEST_F(ShardingTest, TensorsSpreadOverShardsAndAverageAsOnOneServer) {
     // Offsets 0, 1, 2: the mean is the offset-1 model, exactly.
     models.emplace_back(float(w));
   }
-  EXPECT_EQ(clients[0]->servers(),
-            std::vector<std::string>({shards_[0]->address(), shards_[1]->address()}));
+  EXPECT_EQ(
+      clients[0]->servers(),
+      std::vector<std::string>({shards_[0]->address(), shards_[1]->address()}));
   for (int w = 0; w < kWorkers; ++w) {
     ASSERT_THAT(clients[w]->Join(models[w].Refs()), IsOk());
   }
@@ -138,9 +143,8 @@ TEST_F(ShardingTest, TensorsSpreadOverShardsAndAverageAsOnOneServer) {
   std::vector<std::thread> threads;
   std::vector<absl::Status> results(kWorkers);
   for (int w = 0; w < kWorkers; ++w) {
-    threads.emplace_back([&, w] {
-      results[w] = clients[w]->PushPull(models[w].Refs());
-    });
+    threads.emplace_back(
+        [&, w] { results[w] = clients[w]->PushPull(models[w].Refs()); });
   }
   for (auto& t : threads) t.join();
   const Model mean(1.0f);
@@ -163,7 +167,8 @@ TEST_F(ShardingTest, TensorsSpreadOverShardsAndAverageAsOnOneServer) {
         EXPECT_EQ(shape, (std::vector<std::int64_t>{150, 100}));
         big_rows += shape[0];
       } else {
-        EXPECT_EQ(StableNameHash(name) % 2, static_cast<std::uint64_t>(i)) << name;
+        EXPECT_EQ(StableNameHash(name) % 2, static_cast<std::uint64_t>(i))
+            << name;
         ++small_held;
       }
     }
@@ -193,7 +198,8 @@ TEST_F(ShardingTest, BarrierWorksForWorkersWithNothingOnShardZero) {
   for (int w = 0; w < 2; ++w) {
     clients.push_back(Connect(absl::StrCat("w", w)));
     ASSERT_NE(clients.back(), nullptr);
-    ASSERT_THAT(clients[w]->Join({{name, {8}, absl::MakeSpan(values[w])}}), IsOk());
+    ASSERT_THAT(clients[w]->Join({{name, {8}, absl::MakeSpan(values[w])}}),
+                IsOk());
   }
   EXPECT_THAT(Held(0), ::testing::IsEmpty());
   ASSERT_EQ(Held(1).size(), 1u);
@@ -277,9 +283,9 @@ TEST_F(ShardingTest, AnotherShapeIsRefusedEvenWherePartsLookAlike) {
                        HasSubstr("a part of a tensor of shape [2,10000]")));
   // [4, N]: four one-row parts, two of them where a's are.
   std::vector<float> four(4 * kCols, 3.0f);
-  EXPECT_THAT(b->Join({{"w", {4, kCols}, absl::MakeSpan(four)}}),
-              StatusIs(absl::StatusCode::kAlreadyExists,
-                       HasSubstr("[4,10000]")));
+  EXPECT_THAT(
+      b->Join({{"w", {4, kCols}, absl::MakeSpan(four)}}),
+      StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("[4,10000]")));
   // b averaged with nothing: a's value is its own.
   ASSERT_THAT(a->PushPull({{"w", {2, kCols}, absl::MakeSpan(two)}}), IsOk());
   EXPECT_EQ(two, std::vector<float>(2 * kCols, 1.0f));
@@ -295,10 +301,10 @@ TEST_F(ShardingTest, AJoinOneShardRefusesIsUndoneOnTheOthers) {
   auto b = Connect("b");
   ASSERT_NE(b, nullptr);
   // Shard 0 would take on0; shard 1 refuses on1's other shape.
-  EXPECT_THAT(b->Join({{on0, {8}, absl::MakeSpan(eight)},
-                       {on1, {4}, absl::MakeSpan(four)}}),
-              StatusIs(absl::StatusCode::kAlreadyExists,
-                       HasSubstr("shard 1 (")));
+  EXPECT_THAT(
+      b->Join({{on0, {8}, absl::MakeSpan(eight)},
+               {on1, {4}, absl::MakeSpan(four)}}),
+      StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("shard 1 (")));
   for (int i = 0; i < 2; ++i) {
     for (const core::WorkerInfo& w : shards_[i]->store().Status().workers) {
       EXPECT_NE(w.worker_id, "b") << "b is still a member of shard " << i;

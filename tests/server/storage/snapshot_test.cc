@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -10,11 +11,9 @@
 #include <string>
 #include <vector>
 
-#include <zlib.h>
-
+#include "common/status_macros.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "common/status_macros.h"
 #include "tests/testing/status_matchers.h"
 
 namespace weightd::storage {
@@ -32,9 +31,7 @@ class SnapshotTest : public ::testing::Test {
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
   }
-  void TearDown() override {
-    std::system(("rm -rf '" + dir_ + "'").c_str());
-  }
+  void TearDown() override { std::system(("rm -rf '" + dir_ + "'").c_str()); }
 
   // A store with two workers, one closed round and one open round.
   std::unique_ptr<core::TensorStore> MakeStore() {
@@ -89,14 +86,15 @@ TEST_F(SnapshotTest, RoundTripRestoresValuesVersionsMembersAndDedupe) {
   EXPECT_THAT(*(*r.Snapshot({"own"}))[0].value, ElementsAre(7));
   // Leases survive: the workers continue without re-joining.
   // b's push of round 0 is remembered: a resend is a duplicate...
-  auto again = r.BeginPush(
-      {lease_b_, 1, core::UpdateKind::kWeights, 1.0, {{"w", 0}}});
+  auto again =
+      r.BeginPush({lease_b_, 1, core::UpdateKind::kWeights, 1.0, {{"w", 0}}});
   ASSERT_THAT(again, IsOk());
   std::vector<float> five(4, 5.0f);
-  ASSERT_THAT((*again)->AddChunk(0, 0, absl::string_view(
-                                           reinterpret_cast<const char*>(
-                                               five.data()), 16)),
-              IsOk());
+  ASSERT_THAT(
+      (*again)->AddChunk(
+          0, 0,
+          absl::string_view(reinterpret_cast<const char*>(five.data()), 16)),
+      IsOk());
   auto results = (*again)->Finish();
   ASSERT_THAT(results, IsOk());
   EXPECT_TRUE((*results)[0].outcome.duplicate);
@@ -124,9 +122,10 @@ TEST_F(SnapshotTest, APartKeepsItsWholeShapeAcrossARestore) {
   // takes one of its own whole shape.
   EXPECT_THAT((*restored)->Join("b", {core::Declaration{"w", {1, 2}, {}}}),
               StatusIs(absl::StatusCode::kAlreadyExists));
-  EXPECT_THAT((*restored)->Join("b", {core::Declaration{"w", {1, 2}, {}, {3, 2}},
-                                      core::Declaration{"v", {1}, {}}}),
-              IsOk());
+  EXPECT_THAT(
+      (*restored)->Join("b", {core::Declaration{"w", {1, 2}, {}, {3, 2}},
+                              core::Declaration{"v", {1}, {}}}),
+      IsOk());
 }
 
 TEST_F(SnapshotTest, AVersionOneFileStillLoads) {
@@ -147,9 +146,9 @@ TEST_F(SnapshotTest, AVersionOneFileStillLoads) {
   put(-2.0f);
   put(std::uint64_t{0});  // Pushes.
   put(std::uint64_t{0});  // Workers.
-  put(static_cast<std::uint32_t>(crc32_z(
-      crc32_z(0L, Z_NULL, 0),
-      reinterpret_cast<const Bytef*>(body.data()), body.size())));
+  put(static_cast<std::uint32_t>(
+      crc32_z(crc32_z(0L, Z_NULL, 0),
+              reinterpret_cast<const Bytef*>(body.data()), body.size())));
   body += std::string("WDSNEND1", 8);
   const std::string path = dir_ + "/v1.wds";
   std::ofstream(path, std::ios::binary) << body;
@@ -226,9 +225,9 @@ TEST_F(SnapshotTest, DirectoryFallsBackToThePreviousGoodSnapshot) {
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("truncated")));
   // Nothing usable left: DATA_LOSS names the files.
   ::truncate(second->c_str(), 10);
-  EXPECT_THAT((*snapshots)->LoadNewest(),
-              StatusIs(absl::StatusCode::kDataLoss,
-                       HasSubstr("no usable snapshot")));
+  EXPECT_THAT(
+      (*snapshots)->LoadNewest(),
+      StatusIs(absl::StatusCode::kDataLoss, HasSubstr("no usable snapshot")));
   // A reopened directory continues the numbering.
   auto reopened = SnapshotDir::Open(dir_ + "/snaps");
   auto fourth = (*reopened)->Write(store->Save());
@@ -245,8 +244,8 @@ TEST_F(SnapshotTest, UnfinishedWritesAreIgnoredAndRemoved) {
   auto good = (*snapshots)->Write(store->Save());
   ASSERT_THAT(good, IsOk());
   const std::string torn = dir_ + "/snaps/snapshot-000000000002.wds.tmp";
-  ASSERT_EQ(std::system(("head -c 40 '" + *good + "' > '" + torn + "'").c_str()),
-            0);
+  ASSERT_EQ(
+      std::system(("head -c 40 '" + *good + "' > '" + torn + "'").c_str()), 0);
   auto loaded = (*snapshots)->LoadNewest();
   ASSERT_THAT(loaded, IsOk());
   EXPECT_EQ(loaded->path, *good);
@@ -264,9 +263,10 @@ TEST_F(SnapshotTest, WriteErrorLeavesThePreviousSnapshotIntact) {
   ASSERT_THAT(WriteSnapshotFile(path, store->Save()), IsOk());
   core::StoreOptions options;
   auto big = std::move(core::TensorStore::Create(options)).value();
-  ASSERT_THAT(big->Join("x", {core::Declaration{"big", {1 << 20},
-                                                std::vector<float>(1 << 20)}}),
-              IsOk());
+  ASSERT_THAT(
+      big->Join("x", {core::Declaration{
+                         "big", {1 << 20}, std::vector<float>(1 << 20)}}),
+      IsOk());
   struct rlimit old_limit;
   ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
   struct rlimit small = old_limit;
