@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Compose deployment for real (issue 11): Debian's podman and
+# The Compose deployment for real: Debian's podman and
 # podman-compose build deploy/Dockerfile and run deploy/docker-compose*.yml
 # as a user would, on this machine only (containers on a podman network).
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start-up checks of the three binaries (issue 11): a configuration that
+# Start-up checks of the three binaries: a configuration that
 # cannot work stops the program at start with exit 2 and one line on stderr
 # that names the flag (or environment variable); --help lists each
 # binary's own flags; --version prints the project's version and build
