@@ -7,7 +7,9 @@ set -euo pipefail
 declare -A GROUPS_=(
   [build]="cmake ninja-build g++ pkg-config"
   [grpc]="libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev libspdlog-dev"
-  [test]="googletest libgtest-dev libgmock-dev pybind11-dev python3-numpy python3-pytest clang libclang-rt-14-dev llvm-14 dpkg-dev iproute2 procps util-linux docker-compose python3-yaml systemd"
+  # python3-dev, -venv, -setuptools, -wheel: the Python package's native
+  # build and its offline `pip install ./python` test.
+  [test]="googletest libgtest-dev libgmock-dev pybind11-dev python3-dev python3-numpy python3-pytest python3-venv python3-setuptools python3-wheel clang libclang-rt-14-dev llvm-14 dpkg-dev iproute2 procps util-linux docker-compose python3-yaml systemd"
   [demo]="libeigen3-dev zlib1g-dev dataset-fashion-mnist"
   # The Python package and its examples (examples/python/, demo.sh --torch
   # and --cnn-rnn, ctest label python).

@@ -206,7 +206,8 @@ def main():
     parser.add_argument("--timeout", type=float, default=900,
                         help="seconds each phase may take")
     args = parser.parse_args()
-    try:
+
+    def run():
         if args.model is None:
             launch(args)
             return
@@ -223,12 +224,8 @@ def main():
             with open(args.result, "w") as f:
                 json.dump({"model": args.model, "alone": args.alone,
                            "accuracy": acc, "shared_sha256": digest}, f)
-    except KeyboardInterrupt:
-        print("cnn_rnn_share: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except local_job.JobFailed as e:
-        print(f"cnn_rnn_share: {e}", file=sys.stderr)
-        sys.exit(1)
+
+    local_job.run_main("cnn_rnn_share", run)
 
 
 if __name__ == "__main__":

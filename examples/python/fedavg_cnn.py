@@ -169,7 +169,8 @@ def main():
         parser.error("--workers must be >= 1")
     if args.threads is None:
         args.threads = os.cpu_count() if args.baseline else 1
-    try:
+
+    def run():
         if args.baseline:
             args.rank = 0
             began = time.monotonic()
@@ -186,12 +187,8 @@ def main():
                 with open(args.result, "w") as f:
                     json.dump({"rank": args.rank, "accuracy": final,
                                "parameters_sha256": shared}, f)
-    except KeyboardInterrupt:
-        print("fedavg_cnn: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except local_job.JobFailed as e:
-        print(f"fedavg_cnn: {e}", file=sys.stderr)
-        sys.exit(1)
+
+    local_job.run_main("fedavg_cnn", run)
 
 
 if __name__ == "__main__":

@@ -141,5 +141,18 @@ class Job:
         return ready.read_text().strip()
 
 
+def run_main(program, main):
+    """Runs ``main()`` as ``program``'s entry point: Ctrl-C (or SIGTERM)
+    exits 130 and a failed job exits 1, each with one line that says so."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except JobFailed as e:
+        print(f"{program}: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
