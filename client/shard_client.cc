@@ -777,7 +777,17 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
       return absl::DataLossError("server answered Push for other tensors");
     }
     for (const v1::PushedResult& r : response.tensors()) {
-      Tracked& t = tracked_.at(r.name());
+      auto found = tracked_.find(r.name());
+      if (found == tracked_.end()) {
+        return absl::DataLossError(absl::StrCat(
+            "server answered Push for tensor ", r.name(), ", not pushed"));
+      }
+      Tracked& t = found->second;
+      // Sync: counted in an earlier round than it named, the server's
+      // rounds went back.
+      if (sync_mode_ && r.round() < t.version) {
+        ReportRollback(r.name(), t.version, r.round());
+      }
       // Sync: the round's result is the next version. Async: the version
       // this push produced.
       t.wait_version = sync_mode_ ? r.round() + 1 : r.round();
@@ -798,18 +808,20 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
                                   tensors, versions, stats_.bytes_pulled);
   WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "PushPull"));
   WEIGHTD_RETURN_IF_ERROR(read);
-  RecordPulled(tensors, versions);
+  RecordPulled(tensors, /*ahead=*/1, versions);
   return absl::OkStatus();
 }
 
 void ShardClient::RecordPulled(absl::Span<const TensorRef> tensors,
+                               std::uint64_t ahead,
                                const std::vector<std::uint64_t>& versions) {
   std::size_t worst = tensors.size();  // The tensor that went back most.
   std::uint64_t lost = 0, before = 0;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     Tracked& t = tracked_.at(tensors[i].name);
-    if (versions[i] < t.version && t.version - versions[i] > lost) {
-      worst = i, lost = t.version - versions[i], before = t.version;
+    const std::uint64_t expected = t.version + ahead;
+    if (versions[i] < expected && expected - versions[i] > lost) {
+      worst = i, lost = expected - versions[i], before = expected;
     }
     t.version = versions[i];
     t.wait_version = 0;
@@ -850,7 +862,7 @@ absl::Status ShardClient::PullOnce(absl::Span<const TensorRef> tensors) {
                                   tensors, versions, stats_.bytes_pulled);
   WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Pull"));
   WEIGHTD_RETURN_IF_ERROR(read);
-  RecordPulled(tensors, versions);
+  RecordPulled(tensors, /*ahead=*/0, versions);
   return absl::OkStatus();
 }
 

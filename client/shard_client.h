@@ -158,8 +158,10 @@ class ShardClient {
   // Joins again with every tracked tensor (values from `in_hand`).
   absl::Status Rejoin(absl::Span<const TensorRef> in_hand);
   std::chrono::system_clock::time_point CallDeadline() const;
-  // The tensors now hold `versions`; pulls need not wait for them.
-  void RecordPulled(absl::Span<const TensorRef> tensors,
+  // The tensors now hold `versions`; pulls need not wait for them. A
+  // version below the tracked one plus `ahead` (1 for a push's result, 0
+  // for a pull) means the server's rounds went back: reported.
+  void RecordPulled(absl::Span<const TensorRef> tensors, std::uint64_t ahead,
                     const std::vector<std::uint64_t>& versions);
   absl::Status CheckRefs(absl::Span<const TensorRef> tensors) const;
   absl::Status DoPush(absl::Span<const TensorRef> tensors,

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 if [[ ${1:-} == --quick ]]; then
   shift
-  scripts/install_deps.sh build grpc test
+  scripts/install_deps.sh build grpc test demo
   scripts/build.sh build/release -DWEIGHTD_BUILD_PYTHON=ON
   (($# > 0)) || set -- -L 'unit|service'
   exec ctest --test-dir build/release --output-on-failure -j 2 --timeout 900 "$@"

@@ -81,7 +81,7 @@ void SharedTensor::RemoveParticipant(absl::string_view worker,
 absl::Status SharedTensor::CheckResendLocked(
     const ContributionKey& key, const Contribution& previous) const {
   if (previous.kind == key.kind &&
-      (options_->mode != Mode::kSync || previous.round == key.round)) {
+      (options_->mode != Mode::kSync || previous.named_round == key.round)) {
     return absl::OkStatus();
   }
   return absl::InvalidArgumentError(absl::StrCat(
@@ -110,13 +110,17 @@ absl::Status SharedTensor::CheckNewLocked(const ContributionKey& key,
                      " is already closed; the current round is ", version_,
                      ": pull the current value and continue"));
   }
-  if (key.round > version_) {
-    // E.g. a server restored from an older snapshot: the worker is ahead.
-    return absl::AbortedError(
-        absl::StrCat("round ", key.round, " of tensor ", name_,
-                     " is not open; the current round is ", version_,
-                     ": pull the current value and continue"));
+  if (key.round > version_ && !restored_) {
+    return absl::AbortedError(absl::StrCat(
+        "round ", key.round, " of tensor ", name_,
+        " is not open (this server has not reached it); the current round "
+        "is ",
+        version_, ": pull the current value and continue"));
   }
+  // A round ahead of the open one of a restored tensor: the rounds went
+  // back (a restore from an older snapshot) after the worker saw a later
+  // one. The push counts in the open round; refused, it would leave the
+  // workers still in that round waiting for a push that never comes.
   if (previous != nullptr && previous->round == version_ &&
       previous->complete) {
     return absl::AlreadyExistsError(absl::StrCat(
@@ -153,11 +157,13 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
       // Resume the unfinished contribution: the chunks it delivered stay
       // counted and are skipped below.
       it->second.sequence = key.sequence;
+      it->second.named_round = key.round;
       it->second.kind = key.kind;
     } else {
       Contribution fresh;
       fresh.sequence = key.sequence;
       fresh.round = version_;
+      fresh.named_round = key.round;
       fresh.kind = key.kind;
       it =
           contributions_.insert_or_assign(std::string(key.worker), fresh).first;
@@ -384,10 +390,12 @@ void SharedTensor::Restore(std::uint64_t version,
                            const std::vector<SavedContribution>& pushes) {
   absl::MutexLock lock(&mu_);
   version_ = version;
+  restored_ = true;
   for (const SavedContribution& p : pushes) {
     Contribution& c = contributions_[p.worker];
     c.sequence = p.sequence;
     c.round = p.round;
+    c.named_round = p.round;
     c.kind = p.kind;
     c.progress = bytes();
     c.complete = true;

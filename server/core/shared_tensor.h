@@ -139,7 +139,9 @@ class SharedTensor {
   void RemoveParticipant(absl::string_view worker, Deferred& deferred);
 
   // Non-mutating check that `key` may start, resume or resend a push.
-  // ABORTED (stale sequence, round closed or not open yet),
+  // A round ahead of the open one counts in the open one if the tensor was
+  // restored from a snapshot (its rounds went back), else is ABORTED.
+  // ABORTED (stale sequence, round closed or not reached),
   // FAILED_PRECONDITION (other update kind collecting), ALREADY_EXISTS (the
   // worker already contributed to the round), INVALID_ARGUMENT (a sequence
   // reused for another round or kind).
@@ -200,7 +202,8 @@ class SharedTensor {
  private:
   struct Contribution {
     std::uint64_t sequence = 0;
-    std::uint64_t round = 0;
+    std::uint64_t round = 0;        // The round it counts in.
+    std::uint64_t named_round = 0;  // The round the push named (sync).
     UpdateKind kind = UpdateKind::kWeights;
     std::uint64_t progress = 0;  // Bytes applied, a prefix of the tensor.
     bool complete = false;
@@ -213,7 +216,7 @@ class SharedTensor {
   };
 
   // Checks of a resend of `previous` (the same sequence): the same update
-  // kind and, in sync mode, the same round.
+  // kind and, in sync mode, the same round named.
   absl::Status CheckResendLocked(const ContributionKey& key,
                                  const Contribution& previous) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -250,6 +253,9 @@ class SharedTensor {
   mutable std::uint64_t encoded_version_[3] ABSL_GUARDED_BY(encoded_mu_) = {};
   TensorValue value_ ABSL_GUARDED_BY(mu_);
   std::uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
+  // Restored from a snapshot: its rounds may have gone back, so a push
+  // naming a round ahead of the open one counts in the open one.
+  bool restored_ ABSL_GUARDED_BY(mu_) = false;
   absl::flat_hash_set<std::string> participants_ ABSL_GUARDED_BY(mu_);
   // Last push of every worker that ever pushed: dedupe and round state.
   absl::flat_hash_map<std::string, Contribution> contributions_

@@ -308,8 +308,8 @@ class TensorStore {
   // until chunks arrive. FAILED_PRECONDITION (unknown lease, tensor not
   // declared by this worker), NOT_FOUND (unknown tensor),
   // INVALID_ARGUMENT (weight outside [kMinPushWeight, kMaxPushWeight], kind,
-  // duplicates), ABORTED (round closed or not open yet, stale
-  // sequence), ALREADY_EXISTS (already contributed), UNAVAILABLE (closed).
+  // duplicates), ABORTED (round closed or not reached, stale sequence; a
+  // restored tensor counts a round ahead in its open one), ALREADY_EXISTS (already contributed), UNAVAILABLE (closed).
   absl::StatusOr<std::unique_ptr<PushSession>> BeginPush(PushHeader header);
 
   // Calls `done(OK)` once every named tensor has reached its version, or

@@ -160,8 +160,8 @@ void LogRestored(const std::string& path, const core::StoreState& state) {
   spdlog::warn(
       "restored from {}: {} tensor(s) at version {}..{}, {} "
       "membership(s) kept for their workers to take back. Rounds "
-      "closed after this snapshot are lost; workers ahead of it "
-      "continue from these values",
+      "closed after this snapshot are lost; a worker's push for a later "
+      "round counts in the open one",
       path, state.tensors.size(), min_version, max_version, members);
 }
 

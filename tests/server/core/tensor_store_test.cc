@@ -304,9 +304,52 @@ TEST_F(TensorStoreTest, LatePushIsAborted) {
   EXPECT_THAT(
       Push(a, 2, {{"w", 0, {5}}}),
       StatusIs(absl::StatusCode::kAborted, HasSubstr("current round is 1")));
+  // A round this server never reached (it was not restored: its rounds
+  // never went back).
   EXPECT_THAT(Push(a, 3, {{"w", 7, {5}}}),
-              StatusIs(absl::StatusCode::kAborted, HasSubstr("not open")));
+              StatusIs(absl::StatusCode::kAborted,
+                       HasSubstr("is not open (this server has not reached")));
   EXPECT_THAT(Value("w"), ElementsAre(1));
+}
+
+// A server restored from an older snapshot has its rounds go back: a worker
+// that saw a later round pushes a round ahead of the open one. Its push
+// counts in the open round, beside the pushes of workers still in it;
+// refusing it would leave those waiting for a push that never comes (with
+// the tensor split over shards, every worker then waits on another).
+TEST_F(TensorStoreTest, PushAheadOfARestoredRoundCountsInTheOpenRound) {
+  MakeStore();
+  const auto a = Join("a", {{"w", {0}}});
+  const auto b = Join("b", {{"w", {0}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {2}}}), IsOk());
+  ASSERT_THAT(Push(b, 1, {{"w", 0, {4}}}), IsOk());
+  StoreState saved = store_->Save();  // Version 1, w = 3.
+  ASSERT_THAT(Push(a, 2, {{"w", 1, {5}}}), IsOk());
+  ASSERT_THAT(Push(b, 2, {{"w", 1, {7}}}), IsOk());
+  ASSERT_EQ(Version("w"), 2u);
+
+  auto restored = TensorStore::Restore(TestOptions(), std::move(saved));
+  ASSERT_THAT(restored, IsOk());
+  store_ = std::move(*restored);
+  ASSERT_EQ(Version("w"), 1u);
+  // a lost the answer to its round-1 push with the server and resends it;
+  // b had its round-1 result and pushes round 2.
+  ASSERT_THAT(Push(a, 2, {{"w", 1, {5}}}), IsOk());
+  auto ahead = Push(b, 3, {{"w", 2, {9}}});
+  ASSERT_THAT(ahead, IsOk());
+  EXPECT_EQ((*ahead)[0].outcome.round, 1u);
+  EXPECT_EQ((*ahead)[0].outcome.ready_version, 2u);
+  EXPECT_EQ(Version("w"), 2u);
+  EXPECT_THAT(Value("w"), ElementsAre(7));  // (5 + 9) / 2
+  // A resend of b's push is the same push, applied once.
+  auto again = Push(b, 3, {{"w", 2, {9}}});
+  ASSERT_THAT(again, IsOk());
+  EXPECT_TRUE((*again)[0].outcome.duplicate);
+  EXPECT_THAT(Value("w"), ElementsAre(7));
+  // Once b's round is the open one again, the rounds are as before.
+  EXPECT_THAT(
+      Push(b, 4, {{"w", 1, {1}}}),
+      StatusIs(absl::StatusCode::kAborted, HasSubstr("current round is 2")));
 }
 
 TEST_F(TensorStoreTest, SecondContributionToSameRoundIsRefused) {

@@ -1,7 +1,11 @@
 // Sharding: several real weightd servers on 127.0.0.1 (port 0), each told
 // its shard index and count, driven through the real client given all of
 // them.
+#include <stdlib.h>
+
 #include <algorithm>
+#include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -9,12 +13,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "client/client.h"
 #include "client/shard_plan.h"
 #include "common/wire.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/service/server.h"
+#include "server/storage/snapshot.h"
 #include "tests/testing/status_matchers.h"
 
 namespace weightd {
@@ -30,9 +36,10 @@ constexpr std::uint64_t kSplitBytes = 64 << 10;
 
 std::unique_ptr<service::Server> StartShard(
     std::uint32_t index, std::uint32_t count,
-    std::string listen = "127.0.0.1:0") {
+    std::string listen = "127.0.0.1:0", std::string snapshot_dir = "") {
   service::ServerOptions options;
   options.listen_address = std::move(listen);
+  options.snapshot_dir = std::move(snapshot_dir);
   options.shard_index = index;
   options.shard_count = count;
   options.store.chunk_bytes = kMinChunkBytes;  // Many chunks on small data.
@@ -44,11 +51,14 @@ std::unique_ptr<service::Server> StartShard(
 }
 
 absl::StatusOr<std::unique_ptr<Client>> ConnectTo(
-    const std::vector<std::string>& addresses, const std::string& worker) {
+    const std::vector<std::string>& addresses, const std::string& worker,
+    absl::Duration call_timeout = absl::Seconds(60),
+    std::function<void(absl::string_view)> log = nullptr) {
   ClientOptions options;
   options.address = absl::StrJoin(addresses, ",");
   options.worker_id = worker;
-  options.call_timeout = absl::Seconds(60);
+  options.log = std::move(log);
+  options.call_timeout = call_timeout;
   options.connect_timeout = absl::Seconds(10);
   options.retry_budget = absl::Seconds(1);
   options.split_bytes = kSplitBytes;
@@ -78,8 +88,11 @@ class ShardingTest : public ::testing::Test {
     std::reverse(out.begin(), out.end());
     return out;
   }
-  std::unique_ptr<Client> Connect(const std::string& worker) {
-    auto client = ConnectTo(Addresses(), worker);
+  std::unique_ptr<Client> Connect(
+      const std::string& worker,
+      absl::Duration call_timeout = absl::Seconds(60),
+      std::function<void(absl::string_view)> log = nullptr) {
+    auto client = ConnectTo(Addresses(), worker, call_timeout, std::move(log));
     EXPECT_THAT(client, IsOk());
     return client.ok() ? std::move(*client) : nullptr;
   }
@@ -312,6 +325,80 @@ TEST_F(ShardingTest, AJoinOneShardRefusesIsUndoneOnTheOthers) {
   }
   // So a's rounds on shard 1 do not wait for b.
   EXPECT_THAT(a->PushPull({{on1, {8}, absl::MakeSpan(eight)}}), IsOk());
+}
+
+// Shard 1 comes back from a snapshot older than the round its workers are
+// in: a worker that lost the answer to its push resends it, another that had
+// the round's result pushes the next round. Both count in the shard's open
+// round. Refused, the second would wait on shard 0 for the first, which
+// waits on shard 1 for the second: both stuck until their call timeout.
+TEST_F(ShardingTest, AShardRestoredFromAnOlderSnapshotKeepsTheWorkersGoing) {
+  StartShards(2);
+  std::vector<float> wa(300 * 100, 1.0f), wb(300 * 100, 3.0f);
+  const std::vector<TensorRef> ta = {{"big", {300, 100}, absl::MakeSpan(wa)}};
+  const std::vector<TensorRef> tb = {{"big", {300, 100}, absl::MakeSpan(wb)}};
+  // 10 s: a refused push shows as a failed call, not a hung test.
+  auto a = Connect("a", absl::Seconds(10));
+  absl::Mutex log_mu;
+  std::vector<std::string> b_log;
+  auto b = Connect("b", absl::Seconds(10), [&](absl::string_view line) {
+    absl::MutexLock lock(&log_mu);
+    b_log.emplace_back(line);
+  });
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  ASSERT_THAT(a->Join(ta), IsOk());
+  ASSERT_THAT(b->Join(tb), IsOk());
+  absl::Status b_status;
+  std::thread round0([&] { b_status = b->PushPull(tb); });
+  ASSERT_THAT(a->PushPull(ta), IsOk());
+  round0.join();
+  ASSERT_THAT(b_status, IsOk());
+  const core::StoreState older = shards_[1]->store().Save();  // Version 1.
+
+  // Round 1: a pushes and, before it pulls, b closes the round.
+  ASSERT_THAT(a->Push(ta), IsOk());
+  ASSERT_THAT(b->PushPull(tb), IsOk());
+  ASSERT_EQ(shards_[1]->store().Describe("big")->version, 2u);
+
+  char tmpl[] = "/tmp/weightd-sharding.XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  {
+    auto snapshots = storage::SnapshotDir::Open(dir);
+    ASSERT_THAT(snapshots, IsOk());
+    ASSERT_THAT((*snapshots)->Write(older), IsOk());
+  }
+  const std::string listen = absl::StrCat("127.0.0.1:", shards_[1]->port());
+  shards_[1].reset();
+  shards_[1] = StartShard(1, 2, listen, dir);
+  ASSERT_NE(shards_[1], nullptr);
+  ASSERT_EQ(shards_[1]->store().Describe("big")->version, 1u);
+
+  // a pushes round 1 again (shard 0 had closed it: a pulls there); b, in
+  // round 2, pushes it.
+  std::fill(wa.begin(), wa.end(), 5.0f);
+  std::fill(wb.begin(), wb.end(), 7.0f);
+  std::thread ahead([&] { b_status = b->PushPull(tb); });
+  EXPECT_THAT(a->PushPull(ta), IsOk());
+  // Shard 0's round 2 waits for a; it closes without a once a leaves.
+  EXPECT_THAT(a->Leave(), IsOk());
+  ahead.join();
+  EXPECT_THAT(b_status, IsOk());
+  EXPECT_EQ(shards_[1]->store().Describe("big")->version, 2u);
+  // Both pushes are in shard 1's round: its part is their mean.
+  for (const Placement& p : PlaceTensor("big", {300, 100}, 2, kSplitBytes)) {
+    if (p.shard != 1) continue;
+    EXPECT_EQ(wa[p.first], 6.0f);
+    EXPECT_EQ(wb[p.first + p.elements - 1], 6.0f);
+  }
+  {
+    absl::MutexLock lock(&log_mu);
+    EXPECT_THAT(b_log, ::testing::Contains(HasSubstr(
+                           "restored version 2 < 3 of tensor big")));
+  }
+  shards_[1].reset();
+  std::system(("rm -rf '" + dir + "'").c_str());
 }
 
 }  // namespace
