@@ -17,6 +17,13 @@
 // its mean loss of the round weighted by its samples, so that the average the
 // server returns is the task's mean train loss over all its workers.
 //
+// With --check_counts (the fault tests) each worker also pushes
+// checks/counts, 2048 floats each 10^rank, first in every push, and checks
+// every element of the average it gets back: it must be the mean of distinct
+// workers' values (decimal digits 0 or 1), holding this worker's own digit
+// unless the round moved on without it. A round that counted a worker or a
+// chunk of its push twice, or silently dropped a push, fails the worker.
+//
 // The worker with --eval prints, after every round,
 //   round R  train_loss L  test_acc A  bytes B  secs S
 // (B: payload bytes the server has received and sent so far; S: seconds since
@@ -26,6 +33,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -108,6 +116,11 @@ ABSL_FLAG(bool, standalone, false,
 ABSL_FLAG(std::string, wire_format, "float32",
           "Format of pushed and pulled values: float32, bfloat16 or float16 "
           "(the 16-bit ones halve the bytes; the server averages in float32).");
+ABSL_FLAG(bool, check_counts, false,
+          "Also push checks/counts and fail if a round's average is not that "
+          "of distinct workers including this one (see the top of "
+          "train_worker.cc). Sync mode, distinct --rank values below 7, the "
+          "same --local_steps and --batch on every worker.");
 ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
           "Directory holding the gzipped Fashion-MNIST IDX files.");
 
@@ -122,6 +135,11 @@ using SteadyClock = std::chrono::steady_clock;
 // sharing groups shrink at once instead of waiting for its lease to expire.
 std::atomic<int> g_stop_signal{0};
 bool Stopping() { return g_stop_signal.load() != 0; }
+
+// --check_counts: 10^rank must stay exact in a float's mean of up to this
+// many workers.
+constexpr int kMaxChecked = 6;
+constexpr std::size_t kCountsElements = 2048;
 
 struct WorkerConfig {
   std::string server;
@@ -145,6 +163,7 @@ struct WorkerConfig {
   absl::Duration barrier_timeout;
   bool standalone = false;
   WireFormat wire_format = WireFormat::kFloat32;
+  bool check_counts = false;
   std::string data_dir;
 };
 
@@ -174,6 +193,7 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
   config.standalone = absl::GetFlag(FLAGS_standalone);
   config.eval = absl::GetFlag(FLAGS_eval) || config.standalone;
   config.data_dir = absl::GetFlag(FLAGS_data_dir);
+  config.check_counts = absl::GetFlag(FLAGS_check_counts);
   if (!ParseWireFormat(absl::GetFlag(FLAGS_wire_format), &config.wire_format)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--wire_format=", absl::GetFlag(FLAGS_wire_format),
@@ -218,6 +238,11 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
   if (config.train_limit < 0) {
     return absl::InvalidArgumentError("--train_limit must be >= 0");
   }
+  if (config.check_counts &&
+      (config.rank < 0 || config.workers > kMaxChecked)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--check_counts needs --rank and --workers <= ", kMaxChecked));
+  }
   return config;
 }
 
@@ -239,6 +264,54 @@ absl::StatusOr<Dataset> LoadTestSet(const WorkerConfig& config) {
   return test;
 }
 
+// --check_counts: `mean` is an element of checks/counts after a round.
+// Returns the contributing ranks, or an error if no set of distinct workers
+// averages to it.
+absl::StatusOr<std::vector<int>> CountedRanks(float mean, int workers) {
+  for (int n = 1; n <= workers; ++n) {
+    const double sum = static_cast<double>(mean) * n;
+    const double digits = std::round(sum);
+    if (std::abs(sum - digits) > 0.01 * n) continue;
+    std::vector<int> ranks;
+    std::uint64_t rest = static_cast<std::uint64_t>(digits);
+    bool ok = true;
+    for (int rank = 0; rest > 0 && ok; ++rank, rest /= 10) {
+      if (rest % 10 == 1) ranks.push_back(rank);
+      ok = rest % 10 <= 1 && rank < workers;
+    }
+    if (ok && static_cast<int>(ranks.size()) == n) return ranks;
+  }
+  return absl::DataLossError(absl::StrCat(
+      "checks/counts averaged to ", mean,
+      ", which no set of distinct workers gives: a round counted a worker "
+      "(or a part of its push) twice"));
+}
+
+// --check_counts: checks every element of `counts` after a round that did
+// (`counted`) or did not count this worker's push.
+absl::Status CheckCounts(absl::Span<const float> counts, int rank, int workers,
+                         bool counted, int server_round) {
+  for (std::size_t i = 0; i < counts.size(); ++i) {
+    // Pulled without a push (the round moved on) before any round closed.
+    if (!counted && counts[i] == 0) continue;
+    absl::StatusOr<std::vector<int>> ranks = CountedRanks(counts[i], workers);
+    if (!ranks.ok()) {
+      return absl::DataLossError(absl::StrCat("round ", server_round,
+                                              ", element ", i, ": ",
+                                              ranks.status().message()));
+    }
+    const bool mine =
+        std::find(ranks->begin(), ranks->end(), rank) != ranks->end();
+    if (counted && !mine) {
+      return absl::DataLossError(absl::StrCat(
+          "round ", server_round, ", element ", i, ": the push of rank ", rank,
+          " succeeded but the round's average holds only ranks ",
+          absl::StrJoin(*ranks, ","), ": the push was dropped"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Cosine decay from `lr` in round 1 towards 0 after the last round. Every
 // worker computes the same rate, and the small late steps let the averaged
 // model settle instead of hovering at the noise level of a constant rate.
@@ -249,12 +322,13 @@ float RoundLearningRate(float lr, int round, int rounds) {
 }
 
 // Trains for config.rounds rounds, averaging `shared` (which must include
-// `*train_loss`) through `client` after each one; `client` is null when
-// standalone. The tensors must already be joined.
+// `*train_loss`, and `*counts` if not null) through `client` after each one;
+// `client` is null when standalone. The tensors must already be joined.
 absl::Status TrainRounds(const WorkerConfig& config, const Dataset& train,
                          const Dataset& test, Mlp* model,
                          absl::Span<const TensorRef> shared, float* train_loss,
-                         Client* client, SteadyClock::time_point start) {
+                         std::vector<float>* counts, Client* client,
+                         SteadyClock::time_point start) {
   // A batch order of its own for every worker.
   WEIGHTD_ASSIGN_OR_RETURN(
       std::unique_ptr<BatchSampler> sampler,
@@ -280,11 +354,21 @@ absl::Status TrainRounds(const WorkerConfig& config, const Dataset& train,
     // version before it closed), as the server's log numbers it.
     int server_round = round - 1;
     if (client != nullptr) {
+      if (counts != nullptr) {
+        std::fill(counts->begin(), counts->end(),
+                  static_cast<float>(std::pow(10.0, config.rank)));
+      }
+      const std::uint64_t missed = client->stats().rounds_missed;
       absl::Status pushed = client->PushPull(
           shared, {.kind = UpdateKind::kWeights, .weight = samples_per_round});
       if (absl::IsCancelled(pushed) && Stopping()) break;
       WEIGHTD_RETURN_IF_ERROR(pushed);
       server_round = static_cast<int>(*client->Version("hidden/w")) - 1;
+      if (counts != nullptr) {
+        WEIGHTD_RETURN_IF_ERROR(CheckCounts(
+            *counts, config.rank, config.workers,
+            /*counted=*/client->stats().rounds_missed == missed, server_round));
+      }
     }
     if (!config.eval) continue;
 
@@ -345,10 +429,17 @@ absl::Status Run(WorkerConfig config, SteadyClock::time_point start,
                     {1},
                     absl::MakeSpan(&train_loss, 1)});
 
+  // First in every push: a chunk of it applied twice shows.
+  std::vector<float> counts(kCountsElements);
+  if (config.check_counts && !config.standalone) {
+    shared.insert(shared.begin(), {"checks/counts",
+                                   {static_cast<std::int64_t>(counts.size())},
+                                   absl::MakeSpan(counts)});
+  }
   if (config.standalone) {
     WEIGHTD_ASSIGN_OR_RETURN(const Dataset train, TrainShard(config, all));
     return TrainRounds(config, train, test, model.get(), shared, &train_loss,
-                       nullptr, start);
+                       nullptr, nullptr, start);
   }
   const std::string prefix = absl::StrCat("weightd_worker ", config.worker_id);
   ClientOptions options{.address = config.server,
@@ -398,7 +489,8 @@ absl::Status Run(WorkerConfig config, SteadyClock::time_point start,
     status = train.status();
     if (status.ok()) {
       status = TrainRounds(config, *train, test, model.get(), shared,
-                           &train_loss, client.get(), start);
+                           &train_loss, config.check_counts ? &counts : nullptr,
+                           client.get(), start);
     }
   }
   if (absl::IsCancelled(status) && Stopping()) {

@@ -97,7 +97,10 @@ expect_close_accuracy() {
 }
 
 # expect_no_double_count LOG...: in each server log, no round of the shared
-# layer closed with more than 4 contributions (4 workers), or twice.
+# layer closed with more than 4 contributions (4 workers), or twice. The
+# values are checked by the workers themselves: run with --check_counts, a
+# worker fails (and so the test) if a round's average of checks/counts is
+# not that of distinct workers, or lacks its own push (train_worker.cc).
 expect_no_double_count() {
   local log over dup
   for log in "$@"; do

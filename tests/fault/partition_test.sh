@@ -53,7 +53,7 @@ start_weightd "$work/server.log" "$server_ip:0" --lease_timeout=${lease_s}s
 declare -A worker_pid
 for rank in 0 1 2 3; do
   ip netns exec "weightd-fault4-$$-worker$rank" "$worker" --server="$address" \
-    --workers=4 --rank=$rank --rounds=$rounds --local_steps=100 --eval \
+    --workers=4 --rank=$rank --rounds=$rounds --local_steps=100 --eval --check_counts \
     >"$work/worker-$rank.log" 2>&1 &
   worker_pid[$rank]=$!
   pids+=($!)

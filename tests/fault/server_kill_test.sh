@@ -17,7 +17,7 @@ start_workers() {
     local eval=()
     [[ $rank -eq 0 ]] && eval=(--eval)
     "$worker" --server="$address" --rank=$rank --workers=4 --rounds=14 \
-      --local_steps=100 "${eval[@]}" >"$1.$rank" 2>&1 &
+      --local_steps=100 --check_counts "${eval[@]}" >"$1.$rank" 2>&1 &
     worker_pids+=($!)
     pids+=($!)
   done

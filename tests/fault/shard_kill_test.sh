@@ -33,7 +33,8 @@ start_workers() {
     # Shard 1 listed first: the client orders the shards itself. 64 KiB:
     # the 401 KB shared layer is split over both shards.
     "$worker" --server="$addr1,$addr0" --split_bytes=65536 --rank=$rank \
-      --workers=4 --rounds=14 --local_steps=100 "${eval[@]}" >"$1.$rank" 2>&1 &
+      --workers=4 --rounds=14 --local_steps=100 --check_counts "${eval[@]}" \
+      >"$1.$rank" 2>&1 &
     worker_pids+=($!)
     pids+=($!)
   done

@@ -12,7 +12,7 @@ start_weightd "$work/server.log" 127.0.0.1:0 --lease_timeout=${lease_s}s
 declare -A worker_pid
 for rank in 0 1 2 3; do
   "$worker" --server="$address" --workers=4 --rank=$rank --rounds=30 \
-    --local_steps=100 >"$work/worker-$rank.log" 2>&1 &
+    --local_steps=100 --check_counts >"$work/worker-$rank.log" 2>&1 &
   worker_pid[$rank]=$!
   pids+=($!)
 done

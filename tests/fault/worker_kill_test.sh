@@ -9,7 +9,7 @@ fault_init "${1:?usage: worker_kill_test.sh BUILD_DIR}" fault2
 lease_s=3
 start_weightd "$work/server.log" 127.0.0.1:0 --lease_timeout=${lease_s}s
 
-flags=(--server="$address" --workers=4 --rounds=40 --local_steps=100)
+flags=(--server="$address" --workers=4 --rounds=40 --local_steps=100 --check_counts)
 declare -A worker_pid
 for rank in 0 1 2 3; do
   "$worker" "${flags[@]}" --rank=$rank >"$work/worker-$rank.log" 2>&1 &

@@ -34,9 +34,10 @@ using ::weightd::testing::StatusIs;
 // Small enough that a 120 KB tensor splits.
 constexpr std::uint64_t kSplitBytes = 64 << 10;
 
-std::unique_ptr<service::Server> StartShard(
-    std::uint32_t index, std::uint32_t count,
-    std::string listen = "127.0.0.1:0", std::string snapshot_dir = "") {
+std::unique_ptr<service::Server> StartShard(std::uint32_t index,
+                                            std::uint32_t count,
+                                            std::string listen = "127.0.0.1:0",
+                                            std::string snapshot_dir = "") {
   service::ServerOptions options;
   options.listen_address = std::move(listen);
   options.snapshot_dir = std::move(snapshot_dir);
@@ -394,8 +395,8 @@ TEST_F(ShardingTest, AShardRestoredFromAnOlderSnapshotKeepsTheWorkersGoing) {
   }
   {
     absl::MutexLock lock(&log_mu);
-    EXPECT_THAT(b_log, ::testing::Contains(HasSubstr(
-                           "restored version 2 < 3 of tensor big")));
+    EXPECT_THAT(b_log, ::testing::Contains(
+                           HasSubstr("restored version 2 < 3 of tensor big")));
   }
   shards_[1].reset();
   std::system(("rm -rf '" + dir + "'").c_str());
