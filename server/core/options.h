@@ -38,6 +38,15 @@ struct RoundClosed {
   std::uint32_t missing = 0;
 };
 
+// Reported when a worker's push to a sync round completes (counted once;
+// a resend of it is not reported again).
+struct ContributionCounted {
+  std::string tensor;
+  std::string worker_id;
+  std::uint64_t round = 0;
+  std::uint32_t contributed = 0;  // Complete contributions to it so far.
+};
+
 // Reported when a worker's lease runs out.
 struct WorkerExpired {
   std::string worker_id;
@@ -93,6 +102,9 @@ struct StoreOptions {
   absl::Duration round_timeout = absl::ZeroDuration();
   // Time source (tests inject a fake).
   std::function<absl::Time()> now = [] { return absl::Now(); };
+  // Called outside every lock, on the thread that completed the push,
+  // before on_round_closed if the push closed the round.
+  std::function<void(const ContributionCounted&)> on_contribution;
   // Called outside every lock, on the thread that closed the round.
   std::function<void(const RoundClosed&)> on_round_closed;
   // Called outside every lock for each expired lease.

@@ -236,6 +236,12 @@ absl::StatusOr<ContributionResult> SharedTensor::Complete(
     c.complete = true;
     c.ready_version = c.round + 1;
     ++round_contributors_;
+    if (options_->on_contribution) {
+      deferred.Add([cb = options_->on_contribution,
+                    counted = ContributionCounted{
+                        name_, std::string(worker), c.round,
+                        round_contributors_}] { cb(counted); });
+    }
     if (RoundCanCloseLocked()) CloseRoundLocked(deferred);
   }
   result.round = c.round;

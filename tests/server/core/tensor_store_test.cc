@@ -352,6 +352,26 @@ TEST_F(TensorStoreTest, PushAheadOfARestoredRoundCountsInTheOpenRound) {
       StatusIs(absl::StatusCode::kAborted, HasSubstr("current round is 2")));
 }
 
+TEST_F(TensorStoreTest, EachCompletedPushIsReportedOnceBeforeItsRoundCloses) {
+  std::vector<std::string> events;  // Appended outside every store lock.
+  StoreOptions options = TestOptions();
+  options.on_contribution = [&](const ContributionCounted& c) {
+    events.push_back(absl::StrCat(c.tensor, " ", c.worker_id, " r", c.round,
+                                  " n", c.contributed));
+  };
+  options.on_round_closed = [&](const RoundClosed& c) {
+    events.push_back(absl::StrCat(c.tensor, " closed r", c.round));
+  };
+  MakeStoreWith(std::move(options));
+  const auto a = Join("a", {{"w", std::vector<float>(3000)}});
+  const auto b = Join("b", {{"w", std::vector<float>(3000)}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, std::vector<float>(3000, 1)}}), IsOk());
+  // A resend of the same push is not counted, so not reported, again.
+  ASSERT_THAT(Push(a, 1, {{"w", 0, std::vector<float>(3000, 1)}}), IsOk());
+  ASSERT_THAT(Push(b, 1, {{"w", 0, std::vector<float>(3000, 3)}}), IsOk());
+  EXPECT_THAT(events, ElementsAre("w a r0 n1", "w b r0 n2", "w closed r0"));
+}
+
 TEST_F(TensorStoreTest, SecondContributionToSameRoundIsRefused) {
   MakeStore();
   const auto a = Join("a", {{"w", {0}}});

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "client/client.h"
 #include "common/grpc_status.h"
 #include "common/wire.h"
@@ -50,9 +52,22 @@ class ServiceTest : public ::testing::Test {
   // Replaces the running server (on 127.0.0.1:0 unless `options` says).
   void Start(service::ServerOptions options) {
     server_.reset();
+    {
+      absl::MutexLock lock(&counted_mu_);
+      counted_.clear();
+    }
     if (options.listen_address == service::ServerOptions().listen_address) {
       options.listen_address = "127.0.0.1:0";
     }
+    options.store.on_contribution =
+        [this, user = std::move(options.store.on_contribution)](
+            const core::ContributionCounted& c) {
+          {
+            absl::MutexLock lock(&counted_mu_);
+            counted_[c.tensor] = c.contributed;
+          }
+          if (user) user(c);
+        };
     auto server = service::Server::Start(std::move(options));
     ASSERT_THAT(server, IsOk());
     server_ = std::move(*server);
@@ -70,6 +85,18 @@ class ServiceTest : public ::testing::Test {
     auto client = Client::Connect(options);
     EXPECT_THAT(client, IsOk());
     return client.ok() ? std::move(*client) : nullptr;
+  }
+
+  // Waits (10 s at most) until `n` pushes to the open round of `tensor` have
+  // completed on the server.
+  bool AwaitContributions(const std::string& tensor, std::uint32_t n) {
+    absl::MutexLock lock(&counted_mu_);
+    auto reached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(counted_mu_) {
+      auto it = counted_.find(tensor);
+      return it != counted_.end() && it->second >= n;
+    };
+    return counted_mu_.AwaitWithTimeout(absl::Condition(&reached),
+                                        absl::Seconds(10));
   }
 
   // The stored value of `name`, read through the store (not the wire).
@@ -132,6 +159,10 @@ class ServiceTest : public ::testing::Test {
     return grpc::ByteBuffer(&slice, 1);
   }
 
+  // Before server_, which reports to them until it is destroyed.
+  absl::Mutex counted_mu_;
+  // Per tensor: complete pushes to its open round at the last report.
+  std::map<std::string, std::uint32_t> counted_ ABSL_GUARDED_BY(counted_mu_);
   std::unique_ptr<service::Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Weightd::Stub> stub_;
@@ -470,10 +501,7 @@ TEST_F(ServiceTest, HealthIsServingAndShutdownReleasesWaiters) {
     waited = ca->PushPull({TensorRef{"w", {4}, absl::MakeSpan(a)}});
   });
   // Shut down only once a's contribution is recorded (it is waiting).
-  for (int i = 0; i < 2000 && server_->store().Describe("w")->contributed == 0;
-       ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  ASSERT_TRUE(AwaitContributions("w", 1));
   ASSERT_EQ(server_->store().Describe("w")->contributed, 1u);
   server_->Shutdown();
   waiter.join();
@@ -774,10 +802,7 @@ TEST_F(ServiceTest, QuorumClosesWithoutStragglerWhoPullsAndContinues) {
       results[i] = clients[i]->PushPull({ref(i)});
     });
   }
-  for (int i = 0; i < 2000 && server_->store().Describe("t")->contributed < 2;
-       ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  ASSERT_TRUE(AwaitContributions("t", 2));
   ASSERT_EQ(server_->store().Describe("t")->contributed, 2u);
   {
     absl::MutexLock lock(&clock->mu);
