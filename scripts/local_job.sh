@@ -76,17 +76,9 @@ fail() {
   exit 1
 }
 
-rm -f "$logs/ready"
-"$weightd" --listen=127.0.0.1:0 --ready_file="$logs/ready" >"$logs/weightd.log" 2>&1 &
-server_pid=$!
-pids+=("$server_pid")
-for _ in $(seq 300); do
-  [[ -s $logs/ready ]] && break
-  kill -0 "$server_pid" 2>/dev/null || fail "weightd exited at start"
-  sleep 0.1
-done
-[[ -s $logs/ready ]] || fail "weightd did not become ready within 30 s"
-address=$(cat "$logs/ready")
+source "$(dirname "$0")/daemon.sh"
+start_daemon "$logs/ready" 30 "$logs/weightd.log" \
+  "$weightd" --listen=127.0.0.1:0 --ready_file="$logs/ready"
 
 # Starts a worker in the background with its output in $logs/NAME.log.
 start_worker() {

@@ -30,22 +30,15 @@ fail() {
   exit 1
 }
 
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/daemon.sh"
+
 # start_weightd LOG ADDRESS [FLAGS...]: starts the daemon and waits (10 s at
 # most) until it serves; sets server_pid and address.
 start_weightd() {
   local log=$1 listen=$2
   shift 2
-  rm -f "$work/ready"
-  "$weightd" --listen="$listen" --ready_file="$work/ready" --log_level=debug "$@" >"$log" 2>&1 &
-  server_pid=$!
-  pids+=("$server_pid")
-  for _ in $(seq 100); do
-    [[ -s $work/ready ]] && break
-    kill -0 "$server_pid" 2>/dev/null || fail "weightd exited at start"
-    sleep 0.1
-  done
-  [[ -s $work/ready ]] || fail "weightd did not start within 10 s"
-  address=$(cat "$work/ready")
+  start_daemon "$work/ready" 10 "$log" "$weightd" --listen="$listen" \
+    --ready_file="$work/ready" --log_level=debug "$@"
 }
 
 # exits_within PID SECONDS: true if PID exits within SECONDS (polled every
