@@ -33,7 +33,7 @@ CXX=clang++ scripts/build.sh build/thread-safety \
 # checks) and UndefinedBehaviorSanitizer, built with clang, plus the
 # libFuzzer target (run for 60 s as a ctest test labelled fuzz).
 CXX=clang++ scripts/build.sh build/asan \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWEIGHTD_BUILD_EXAMPLES=OFF -DWEIGHTD_FUZZ=ON \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWEIGHTD_BUILD_EXAMPLES=OFF -DWEIGHTD_BUILD_BENCHMARKS=OFF -DWEIGHTD_FUZZ=ON \
   "-DCMAKE_CXX_FLAGS=-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
   "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined"
 
@@ -43,7 +43,7 @@ CXX=clang++ scripts/build.sh build/asan \
 # minutes on 2 cores the first time).
 scripts/tsan_deps.sh build/tsan-deps
 CC=clang CXX=clang++ scripts/build.sh build/tsan \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWEIGHTD_BUILD_EXAMPLES=OFF \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWEIGHTD_BUILD_EXAMPLES=OFF -DWEIGHTD_BUILD_BENCHMARKS=OFF \
   "-DCMAKE_PREFIX_PATH=$PWD/build/tsan-deps" \
   "-DWEIGHTD_GRPC_SOURCE_DIR=$PWD/build/tsan-deps/grpc-src" \
   "-DCMAKE_C_FLAGS=-fsanitize=thread -fno-omit-frame-pointer" \
