@@ -13,9 +13,9 @@
 #include "absl/random/random.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "client/buffer_checks.h"
 #include "client/shard_client.h"
 #include "common/status_macros.h"
 
@@ -213,11 +213,7 @@ absl::StatusOr<std::vector<std::vector<TensorRef>>> Client::Split(
           absl::StrCat("tensor ", t.name, " was not declared in Join"));
     }
     const Placement& last = it->second.back();
-    if (t.data.size() != last.first + last.elements) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "buffer of tensor ", t.name, " holds ", t.data.size(),
-          " floats; its shape needs ", last.first + last.elements));
-    }
+    WEIGHTD_RETURN_IF_ERROR(CheckBufferHolds(t, last.first + last.elements));
     for (const Placement& p : it->second) {
       lists[p.shard].push_back(
           TensorRef{t.name, p.shape, t.data.subspan(p.first, p.elements)});
@@ -230,16 +226,7 @@ absl::Status Client::Join(absl::Span<const TensorRef> tensors) {
   if (tensors.empty()) return absl::InvalidArgumentError("no tensors given");
   absl::flat_hash_map<std::string, std::vector<Placement>> placements;
   for (const TensorRef& t : tensors) {
-    std::uint64_t elements = 1;
-    for (std::int64_t d : t.shape) {
-      elements *= d < 0 ? 0 : static_cast<std::uint64_t>(d);
-    }
-    if (t.data.size() != elements) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("buffer of tensor ", t.name, " holds ", t.data.size(),
-                       " floats; shape [", absl::StrJoin(t.shape, ","),
-                       "] needs ", elements));
-    }
+    WEIGHTD_RETURN_IF_ERROR(CheckBufferFitsShape(t));
     placements[t.name] =
         PlaceTensor(t.name, t.shape, shards_.size(), options_.split_bytes);
   }

@@ -2,6 +2,12 @@
 // shard), with its lease, retries, re-joins and heartbeat. weightd::Client
 // (client/client.h) holds one per shard and splits each call over them;
 // this class is internal to the client library.
+//
+// Its member definitions are spread by concern: client/shard_client.cc
+// (push, pull, barriers, leave, retries), client/join.cc (join, re-join),
+// client/channel.cc (connecting, per-call deadlines), client/heartbeat.cc
+// (the heartbeat thread, progress reports). A call's stream goes through
+// client/stream_io.h; the retry schedule is client/retry.h's.
 #ifndef WEIGHTD_CLIENT_SHARD_CLIENT_H_
 #define WEIGHTD_CLIENT_SHARD_CLIENT_H_
 
@@ -16,13 +22,13 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/function_ref.h"
-#include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "client/retry.h"
 #include "client/shard_plan.h"
 #include "client/types.h"
 #include "common/wire_format.h"
@@ -115,6 +121,10 @@ class ShardClient {
 
   ShardClient(ClientOptions options, std::string address,
               std::unique_ptr<Channel> channel, std::uint64_t instance);
+  // A channel to `address` (one gRPC target) with the client's message
+  // sizes, reconnect pacing and keepalives. It connects lazily: Connect
+  // waits for it. (client/channel.cc)
+  static std::unique_ptr<Channel> OpenChannel(const std::string& address);
   void Log(absl::string_view message) const;
   bool Cancelled() const {
     return options_.cancellation != nullptr &&
@@ -133,7 +143,7 @@ class ShardClient {
       grpc::ClientContext& context) const;
   // Sleeps for `duration`; false, early, once options_.cancellation is
   // cancelled.
-  bool Sleep(absl::Duration duration) const;
+  bool Sleep(absl::Duration duration);
   // From the heartbeat thread: says what a long wait waits for.
   void ReportProgress();
   // One attempt of each call; the public calls wrap them in Retrying().
@@ -145,7 +155,7 @@ class ShardClient {
   absl::Status PullOnce(absl::Span<const TensorRef> tensors);
   // Runs `attempt` until it succeeds, fails for good, or the retry budget
   // is spent; CANCELLED once options_.cancellation is. `what` names the
-  // call in messages.
+  // call in messages. (RetryWithBackoff, client/retry.h, with options_.)
   absl::Status Retrying(absl::string_view what,
                         absl::FunctionRef<absl::Status()> attempt);
   // A unary call, each attempt with a fresh context and the call deadline;
@@ -191,7 +201,7 @@ class ShardClient {
   absl::Mutex heartbeat_mu_;
   bool heartbeat_stop_ ABSL_GUARDED_BY(heartbeat_mu_) = false;
   std::atomic<bool> lease_lost_{false};
-  absl::BitGen bitgen_;  // Backoff jitter.
+  SystemRetryEnv retry_env_;  // Clock, sleeps and jitter of Retrying().
 };
 
 }  // namespace weightd

@@ -233,6 +233,7 @@ ChunkView* ChunkReader::NextView() {
 bool ChunkReader::Parse(const grpc::ByteBuffer& message) {
   slices_.clear();
   count_ = 0;
+  batched_ = false;
   if (!message.Dump(&slices_).ok()) return false;
   Cursor in(slices_);
   std::uint8_t tag;
@@ -242,6 +243,7 @@ bool ChunkReader::Parse(const grpc::ByteBuffer& message) {
     return false;
   }
   if (tag == kChunkField) return ParseChunkFields(in, 0, NextView());
+  batched_ = true;
   while (in.left() > 0) {
     std::uint64_t entry;
     if (!in.Byte(&tag) || tag != kBatchChunksField || !in.Varint(&entry) ||

@@ -1,5 +1,17 @@
 // Chunk messages over grpc::ByteBuffer, without copying their payload.
 //
+// Where the wire encoding lives, from the bottom up:
+//   common/wire_format.h    how values are encoded (float32, bfloat16,
+//                           float16), element by element;
+//   common/wire.h           the sizes both sides obey (chunk sizes, batch
+//                           limits, ChunkLength);
+//   common/chunk_codec.h    this file: the bytes of one chunk or batch
+//                           message (the proto wire format, written and
+//                           read without a payload copy);
+//   common/tensor_stream.h  the framing of a whole call: which chunks, in
+//                           which messages, and reading them back. Client
+//                           and service call that, not this file.
+//
 // Every streamed message of the Weightd service has the shape
 //   oneof kind { Header header = 1; TensorChunk chunk = 2; }
 // (JoinRequest names its field 2 initial_value). Protobuf's generated code
@@ -85,6 +97,9 @@ class ChunkReader {
   absl::Span<const ChunkView> chunks() const {
     return absl::MakeConstSpan(views_.data(), count_);
   }
+  // Whether the last successful Parse() read a ChunkBatch (field 3) rather
+  // than a lone chunk (field 2).
+  bool batched() const { return batched_; }
 
  private:
   ChunkView* NextView();
@@ -92,6 +107,7 @@ class ChunkReader {
   std::vector<grpc::Slice> slices_;
   std::vector<ChunkView> views_;  // Reused: no allocation per chunk.
   std::size_t count_ = 0;
+  bool batched_ = false;
 };
 
 }  // namespace weightd

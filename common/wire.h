@@ -1,4 +1,11 @@
-// Tensor payload encoding: raw little-endian float32, in chunks.
+// The sizes of the wire both sides obey: chunk sizes a server may choose,
+// the batching thresholds, the length of each chunk. No gRPC: the core
+// checks chunks against these too.
+//
+// Where the wire encoding lives: common/wire_format.h (values, element by
+// element), this file (sizes), common/chunk_codec.h (the bytes of one
+// chunk or batch message), common/tensor_stream.h (the framing of a whole
+// call; the module the client and the service call).
 #ifndef WEIGHTD_COMMON_WIRE_H_
 #define WEIGHTD_COMMON_WIRE_H_
 

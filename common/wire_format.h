@@ -1,5 +1,7 @@
 // Payload formats on the wire: float32 (exact), or bfloat16 / float16 (half
 // the bytes). The server averages in float32 whatever the wire carries.
+// (The layers above: common/wire.h for sizes, common/chunk_codec.h for
+// message bytes, common/tensor_stream.h for a call's framing.)
 //
 // Chunking is that of the float32 tensor whatever the format: a chunk's
 // offset and its place in the tensor are in float32 bytes, its data holds

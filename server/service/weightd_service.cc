@@ -10,320 +10,18 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "common/chunk_codec.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
+#include "common/tensor_stream.h"
 #include "common/wire.h"
 #include "common/wire_format.h"
+#include "server/service/proto_conversions.h"
+#include "server/service/reactor_wait.h"
+#include "server/service/tensor_streamer.h"
 
 namespace weightd::service {
 namespace {
-
-absl::StatusOr<core::UpdateKind> KindFromProto(v1::UpdateKind kind) {
-  switch (kind) {
-    case v1::UPDATE_KIND_WEIGHTS:
-      return core::UpdateKind::kWeights;
-    case v1::UPDATE_KIND_DELTA:
-      return core::UpdateKind::kDelta;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("push header has update kind ", static_cast<int>(kind),
-                       "; use UPDATE_KIND_WEIGHTS or UPDATE_KIND_DELTA"));
-  }
-}
-
-absl::StatusOr<WireFormat> FormatFromProto(v1::WireFormat format) {
-  switch (format) {
-    case v1::WIRE_FORMAT_FLOAT32:
-      return WireFormat::kFloat32;
-    case v1::WIRE_FORMAT_BFLOAT16:
-      return WireFormat::kBfloat16;
-    case v1::WIRE_FORMAT_FLOAT16:
-      return WireFormat::kFloat16;
-    default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "wire format ", static_cast<int>(format),
-          " is unknown; use WIRE_FORMAT_FLOAT32, _BFLOAT16 or _FLOAT16"));
-  }
-}
-
-v1::Mode ModeToProto(core::Mode mode) {
-  return mode == core::Mode::kSync ? v1::MODE_SYNC : v1::MODE_ASYNC;
-}
-
-void InfoToProto(const core::TensorInfo& info, v1::TensorInfo* out) {
-  out->set_name(info.name);
-  for (std::int64_t d : info.shape) out->add_shape(d);
-  out->set_version(info.version);
-  out->set_participants(info.participants);
-  out->set_contributed(info.contributed);
-}
-
-absl::StatusOr<core::PushHeader> PushHeaderFromProto(const v1::PushHeader& h) {
-  core::PushHeader header;
-  header.lease_id = h.lease_id();
-  header.sequence = h.sequence();
-  WEIGHTD_ASSIGN_OR_RETURN(header.kind, KindFromProto(h.kind()));
-  header.weight = h.has_weight() ? h.weight() : 1.0;
-  WEIGHTD_ASSIGN_OR_RETURN(header.format, FormatFromProto(h.format()));
-  header.entries.reserve(h.tensors_size());
-  for (const v1::PushedTensor& t : h.tensors()) {
-    header.entries.push_back({t.name(), t.round()});
-  }
-  return header;
-}
-
-absl::Status MissingHeader(absl::string_view call) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      "the first message of a ", call, " call must carry the header"));
-}
-
-absl::Status RepeatedHeader(absl::string_view call) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("a ", call, " call carries exactly one header"));
-}
-
-// Parses a whole message that arrived as bytes (every method is raw). The
-// error names the call and the message: "a Leave request is not a valid
-// weightd.v1.LeaveRequest".
-absl::Status ParseMessage(grpc::ByteBuffer* bytes,
-                          google::protobuf::MessageLite* message,
-                          absl::string_view call,
-                          absl::string_view noun = "message") {
-  if (!FromBytes(bytes, message)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "a ", call, " ", noun, " is not a valid ", message->GetTypeName()));
-  }
-  return absl::OkStatus();
-}
-
-// Streams snapshots of tensors as one header message, then their chunks.
-// The messages are those of Pull and PushPull (the same on the wire). Each
-// chunk refers to the immutable published value, never a copy of it (or,
-// for 16-bit formats, to its encoding, made once per version).
-class TensorStreamer {
- public:
-  TensorStreamer(std::vector<std::string> names,
-                 std::vector<core::TensorSnapshot> snapshots,
-                 std::uint64_t chunk_bytes, WireFormat format, bool batches)
-      : names_(std::move(names)),
-        snapshots_(std::move(snapshots)),
-        chunk_bytes_(chunk_bytes),
-        format_(format),
-        batches_(batches) {}
-
-  // True once Next() returned the last message.
-  bool finished() { return header_sent_ && !Peek().has_value(); }
-
-  // Fills `msg` with the next message and returns its payload bytes, or
-  // returns nullopt when everything was sent. Small chunks go packed into
-  // one ChunkBatch if the caller accepts batches (their few bytes copied
-  // into its buffer); the others, one per message, without a copy.
-  std::optional<std::uint64_t> Next(grpc::ByteBuffer* msg) {
-    if (!header_sent_) {
-      header_sent_ = true;
-      v1::PullResponse response;
-      v1::PullHeader* header = response.mutable_header();
-      for (std::size_t i = 0; i < snapshots_.size(); ++i) {
-        v1::TensorInfo* info = header->add_tensors();
-        info->set_name(names_[i]);
-        for (std::int64_t d : snapshots_[i].shape) info->add_shape(d);
-        info->set_version(snapshots_[i].version);
-      }
-      *msg = ToBytes(response);
-      return 0;
-    }
-    std::optional<Chunk> chunk = Peek();
-    if (!chunk.has_value()) return std::nullopt;
-    if (!batches_ || chunk->covers >= kBatchChunksBelow) {
-      offset_ += chunk->covers;
-      *msg = EncodeChunk(chunk->index, chunk->offset, chunk->data, chunk->size,
-                         std::move(chunk->keep));
-      return chunk->size;
-    }
-    BatchWriter batch;
-    while (chunk.has_value() && chunk->covers < kBatchChunksBelow &&
-           batch.payload() + chunk->size <= chunk_bytes_ &&
-           batch.chunks() < kMaxBatchChunks) {
-      std::memcpy(batch.Add(chunk->index, chunk->offset, chunk->size),
-                  chunk->data, chunk->size);
-      offset_ += chunk->covers;
-      chunk = Peek();
-    }
-    const std::uint64_t payload = batch.payload();
-    *msg = batch.Finish();
-    return payload;
-  }
-
- private:
-  struct Chunk {
-    std::uint32_t index;
-    std::uint64_t offset;
-    std::uint64_t covers;  // Float32 bytes of the tensor.
-    const char* data;      // Its payload in format_.
-    std::uint64_t size;
-    std::shared_ptr<const void> keep;  // Owns `data`.
-  };
-
-  // The chunk at (tensor_, offset_), skipping finished tensors.
-  std::optional<Chunk> Peek() {
-    for (; tensor_ < snapshots_.size(); ++tensor_, offset_ = 0) {
-      const core::TensorSnapshot& snapshot = snapshots_[tensor_];
-      const std::uint64_t bytes = snapshot.value->size() * kFloatBytes;
-      if (offset_ >= bytes) continue;
-      const std::uint64_t length = ChunkLength(bytes, chunk_bytes_, offset_);
-      const auto index = static_cast<std::uint32_t>(tensor_);
-      if (format_ == WireFormat::kFloat32) {
-        return Chunk{
-            index,
-            offset_,
-            length,
-            reinterpret_cast<const char*>(snapshot.value->data()) + offset_,
-            length,
-            snapshot.value};
-      }
-      const std::size_t element = ElementBytes(format_);
-      return Chunk{index,
-                   offset_,
-                   length,
-                   snapshot.encoded->data() + offset_ / kFloatBytes * element,
-                   length / kFloatBytes * element,
-                   snapshot.encoded};
-    }
-    return std::nullopt;
-  }
-
-  const std::vector<std::string> names_;
-  const std::vector<core::TensorSnapshot> snapshots_;
-  const std::uint64_t chunk_bytes_;
-  const WireFormat format_;
-  const bool batches_;
-  bool header_sent_ = false;
-  std::size_t tensor_ = 0;
-  std::uint64_t offset_ = 0;
-};
-
-using WaitDone = std::function<void(absl::Status)>;
-
-// Which call a reactor serves, for the log of refused calls.
-// The peer is looked up only for a refusal: a string per call is not for
-// the push path.
-struct CallInfo {
-  EventLog* log;
-  const char* name;
-  const grpc::CallbackServerContext* context;  // Lives until the call's end.
-
-  // The wire status of a call that ends with `status`, logged if refused.
-  // Call before finishing the call.
-  grpc::Status Answer(const absl::Status& status) const {
-    if (!status.ok()) log->Refused(name, context->peer(), status);
-    return ToGrpcStatus(status);
-  }
-};
-
-// Runs one core wait on behalf of a reactor whose Finish must be called
-// exactly once, while the call's cancellation may race with the wait firing.
-// `Reactor` is any server reactor (unary, write or bidi).
-template <typename Reactor>
-class ReactorWait {
- public:
-  ReactorWait(Reactor* reactor, CallInfo call)
-      : reactor_(reactor), call_(std::move(call)) {}
-
-  using Register =
-      std::function<absl::StatusOr<std::unique_ptr<core::Wait>>(WaitDone)>;
-
-  // Registers the wait through `start`; `ready` runs once it fires (also
-  // when it fires inside `start`, but only after `start` returned), unless
-  // the call was cancelled first.
-  void Start(const Register& start, WaitDone ready) {
-    ready_ = std::move(ready);
-    auto wait = start([this](absl::Status s) { OnFired(std::move(s)); });
-    if (!wait.ok()) return FinishOnce(wait.status());
-    std::optional<absl::Status> fired;
-    bool cancelled;
-    {
-      absl::MutexLock lock(&mu_);
-      wait_ = std::move(*wait);
-      started_ = true;
-      fired = std::move(early_);
-      cancelled = cancelled_;
-    }
-    if (fired.has_value()) return ready_(*fired);
-    if (cancelled) CancelWait();
-  }
-
-  // From the reactor's OnCancel.
-  void OnCancel() {
-    {
-      absl::MutexLock lock(&mu_);
-      cancelled_ = true;
-      if (!started_) return;  // Start() will see cancelled_.
-    }
-    CancelWait();
-  }
-
-  // Writes the last message and finishes with OK, unless the call was
-  // finished already (a write reactor's). The last touch of this object.
-  template <typename Message>
-  void WriteAndFinishOnce(const Message* last) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (finished_) return;
-      finished_ = true;
-    }
-    reactor_->StartWriteAndFinish(last, grpc::WriteOptions(), grpc::Status::OK);
-  }
-
-  // Finishes the call unless it already was. The last touch of this object.
-  void FinishOnce(const absl::Status& status) {
-    FinishOnce(status, [] {});
-  }
-
-  // The same, running `respond` first if the call was not finished yet (a
-  // unary call's response is written there: never once gRPC may have
-  // released it).
-  void FinishOnce(const absl::Status& status,
-                  absl::FunctionRef<void()> respond) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (finished_) return;
-      finished_ = true;
-    }
-    respond();
-    reactor_->Finish(call_.Answer(status));
-  }
-
- private:
-  // wait_ is set once, in Start(), before this can run.
-  void CancelWait() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    if (wait_->Cancel()) {
-      FinishOnce(absl::CancelledError("the call was cancelled while waiting"));
-    }
-  }
-
-  void OnFired(absl::Status status) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (!started_) {  // Fired inside start(): Start() continues.
-        early_ = std::move(status);
-        return;
-      }
-    }
-    ready_(status);
-  }
-
-  Reactor* const reactor_;
-  const CallInfo call_;
-  WaitDone ready_;
-  absl::Mutex mu_;
-  bool started_ ABSL_GUARDED_BY(mu_) = false;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  std::optional<absl::Status> early_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<core::Wait> wait_ ABSL_GUARDED_BY(mu_);
-};
 
 // The write half shared by Pull and PushPull: wait for versions, then stream
 // the tensors.
@@ -482,8 +180,18 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       if (joined.ok()) *response_bytes_ = ToBytes(response_);
       return Finish(call_.Answer(joined));
     }
-    absl::Status s = ParseMessage(&request_bytes_, &request_, "Join");
-    if (s.ok()) s = Handle();
+    absl::Status s;
+    switch (stream_.Read(&request_bytes_, &request_)) {
+      case TensorStreamReader::Kind::kInvalid:
+        s = NotAValid(request_, "Join");
+        break;
+      case TensorStreamReader::Kind::kChunks:  // One: Join has no batches.
+        s = Handle(&stream_.chunks().front());
+        break;
+      case TensorStreamReader::Kind::kMessage:
+        s = Handle(nullptr);
+        break;
+    }
     if (!s.ok()) return Finish(call_.Answer(s));
     StartRead(&request_bytes_);
   }
@@ -491,8 +199,9 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   void OnDone() override { delete this; }
 
  private:
-  absl::Status Handle() {
-    if (request_.has_header()) {
+  // Takes the message just read: `chunk`, or request_ if it is null.
+  absl::Status Handle(const ChunkView* chunk) {
+    if (chunk == nullptr && request_.has_header()) {
       if (have_header_) return RepeatedHeader("Join");
       have_header_ = true;
       if (request_.header().has_expected_shard()) {
@@ -536,11 +245,10 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       return store_->AdmitJoin(worker_id_, new_bytes_);
     }
     if (!have_header_) return MissingHeader("Join");
-    if (!request_.has_initial_value()) {
+    if (chunk == nullptr) {
       return absl::InvalidArgumentError("Join message carries nothing");
     }
-    const v1::TensorChunk& chunk = request_.initial_value();
-    const std::uint32_t i = chunk.tensor_index();
+    const std::uint32_t i = chunk->tensor_index;
     if (i >= declarations_.size()) {
       return absl::InvalidArgumentError(
           absl::StrCat("chunk names tensor index ", i, "; the Join declares ",
@@ -548,29 +256,29 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     }
     core::Declaration& decl = declarations_[i];
     const std::uint64_t bytes = elements_[i] * kFloatBytes;
-    if (chunk.offset() >= bytes) {
+    if (chunk->offset >= bytes) {
       return absl::OutOfRangeError(absl::StrCat(
-          "chunk offset ", chunk.offset(), " is past the end of tensor ",
+          "chunk offset ", chunk->offset, " is past the end of tensor ",
           decl.name, " (", bytes, " bytes)"));
     }
-    if (chunk.offset() != next_offset_[i]) {
+    if (chunk->offset != next_offset_[i]) {
       return absl::InvalidArgumentError(
           absl::StrCat("chunk of tensor ", decl.name, " at offset ",
-                       chunk.offset(), "; expected offset ", next_offset_[i]));
+                       chunk->offset, "; expected offset ", next_offset_[i]));
     }
     const std::uint64_t expected =
-        ChunkLength(bytes, store_->options().chunk_bytes, chunk.offset());
-    if (chunk.data().size() != expected) {
+        ChunkLength(bytes, store_->options().chunk_bytes, chunk->offset);
+    if (chunk->size != expected) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "chunk of tensor ", decl.name, " at offset ", chunk.offset(),
-          " carries ", chunk.data().size(), " bytes; expected ", expected));
+          "chunk of tensor ", decl.name, " at offset ", chunk->offset,
+          " carries ", chunk->size, " bytes; expected ", expected));
     }
     if (keep_[i]) {
       // Grows with the bytes received: a header alone allocates nothing.
-      decl.initial_value.resize((chunk.offset() + expected) / kFloatBytes);
-      std::memcpy(
-          reinterpret_cast<char*>(decl.initial_value.data()) + chunk.offset(),
-          chunk.data().data(), expected);
+      decl.initial_value.resize((chunk->offset + expected) / kFloatBytes);
+      CopyPieces(
+          chunk->pieces,
+          reinterpret_cast<char*>(decl.initial_value.data()) + chunk->offset);
     }
     next_offset_[i] += expected;
     traffic_->bytes_received.fetch_add(expected, std::memory_order_relaxed);
@@ -616,7 +324,8 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   EventLog* const events_;
   const CallInfo call_;
   grpc::ByteBuffer request_bytes_;
-  v1::JoinRequest request_;  // The last message read, parsed.
+  v1::JoinRequest request_;  // The last message read, if not a chunk.
+  TensorStreamReader stream_;
   v1::JoinResponse response_;
   bool have_header_ = false;
   std::string worker_id_;
@@ -638,49 +347,36 @@ class PushReader {
       : store_(store), traffic_(traffic), call_(call) {}
 
   absl::Status Handle(grpc::ByteBuffer* message) {
-    if (chunks_.Parse(*message)) {
+    v1::PushRequest request;  // Wire-identical to PushPullRequest.
+    switch (stream_.Read(message, &request)) {
+      case TensorStreamReader::Kind::kInvalid:
+        return NotAValid(request, call_);
+      case TensorStreamReader::Kind::kChunks: {
+        if (session_ == nullptr) return MissingHeader(call_);
+        std::uint64_t payload = 0;
+        for (const ChunkView& chunk : stream_.chunks()) payload += chunk.size;
+        WEIGHTD_RETURN_IF_ERROR(CheckBatch(stream_.chunks().size(), payload,
+                                           store_->options().chunk_bytes));
+        for (const ChunkView& chunk : stream_.chunks()) {
+          WEIGHTD_RETURN_IF_ERROR(
+              AddChunk(chunk.tensor_index, chunk.offset, chunk.pieces));
+        }
+        return absl::OkStatus();
+      }
+      case TensorStreamReader::Kind::kMessage:
+        break;
+    }
+    if (!request.has_header()) {
       if (session_ == nullptr) return MissingHeader(call_);
-      std::uint64_t payload = 0;
-      for (const ChunkView& chunk : chunks_.chunks()) payload += chunk.size;
-      WEIGHTD_RETURN_IF_ERROR(CheckBatch(chunks_.chunks().size(), payload));
-      for (const ChunkView& chunk : chunks_.chunks()) {
-        WEIGHTD_RETURN_IF_ERROR(
-            AddChunk(chunk.tensor_index, chunk.offset, chunk.pieces));
-      }
-      return absl::OkStatus();
-    }
-    v1::PushRequest request;
-    WEIGHTD_RETURN_IF_ERROR(ParseMessage(message, &request, call_));
-    if (request.has_header()) {
-      if (session_ != nullptr) return RepeatedHeader(call_);
-      WEIGHTD_ASSIGN_OR_RETURN(core::PushHeader header,
-                               PushHeaderFromProto(request.header()));
-      WEIGHTD_ASSIGN_OR_RETURN(session_, store_->BeginPush(std::move(header)));
-      accept_batches_ = request.header().accept_batches();
-      return absl::OkStatus();
-    }
-    if (session_ == nullptr) return MissingHeader(call_);
-    if (request.has_batch()) {
-      std::uint64_t payload = 0;
-      for (const v1::TensorChunk& chunk : request.batch().chunks()) {
-        payload += chunk.data().size();
-      }
-      WEIGHTD_RETURN_IF_ERROR(
-          CheckBatch(request.batch().chunks_size(), payload));
-      for (const v1::TensorChunk& chunk : request.batch().chunks()) {
-        const absl::string_view data = chunk.data();
-        WEIGHTD_RETURN_IF_ERROR(AddChunk(chunk.tensor_index(), chunk.offset(),
-                                         core::Pieces(&data, 1)));
-      }
-      return absl::OkStatus();
-    }
-    if (!request.has_chunk()) {
       return absl::InvalidArgumentError(
           absl::StrCat(call_, " message carries nothing"));
     }
-    const absl::string_view data = request.chunk().data();
-    return AddChunk(request.chunk().tensor_index(), request.chunk().offset(),
-                    core::Pieces(&data, 1));
+    if (session_ != nullptr) return RepeatedHeader(call_);
+    WEIGHTD_ASSIGN_OR_RETURN(core::PushHeader header,
+                             PushHeaderFromProto(request.header()));
+    WEIGHTD_ASSIGN_OR_RETURN(session_, store_->BeginPush(std::move(header)));
+    accept_batches_ = request.header().accept_batches();
+    return absl::OkStatus();
   }
 
   absl::StatusOr<std::vector<core::PushResult>> Finish() {
@@ -695,25 +391,6 @@ class PushReader {
   bool accept_batches() const { return accept_batches_; }
 
  private:
-  // A batch's limits (common/wire.h), checked before any of its chunks is
-  // added. A lone chunk longer than chunk_bytes is refused by its length
-  // check instead, which says more.
-  absl::Status CheckBatch(std::size_t chunks, std::uint64_t payload) const {
-    if (chunks > kMaxBatchChunks) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("a batch of more than ", kMaxBatchChunks, " chunks"));
-    }
-    const std::uint64_t limit = store_->options().chunk_bytes;
-    if (chunks > 1 && payload > limit) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "a batch of ", chunks, " chunks carries ", payload,
-          " bytes of payload; a batch carries at most the server's "
-          "chunk_bytes (",
-          limit, ")"));
-    }
-    return absl::OkStatus();
-  }
-
   absl::Status AddChunk(std::uint32_t index, std::uint64_t offset,
                         core::Pieces data) {
     WEIGHTD_RETURN_IF_ERROR(session_->AddChunk(index, offset, data));
@@ -727,7 +404,7 @@ class PushReader {
   const absl::string_view call_;
   std::unique_ptr<core::PushSession> session_;
   bool accept_batches_ = false;
-  ChunkReader chunks_;
+  TensorStreamReader stream_;
 };
 
 class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
@@ -795,7 +472,7 @@ class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       stream_.FinishOnce(absl::InvalidArgumentError("Pull names no tensors"));
       return;
     }
-    absl::StatusOr<WireFormat> format = FormatFromProto(request.format());
+    absl::StatusOr<WireFormat> format = WireFormatFromProto(request.format());
     if (!format.ok()) {
       stream_.FinishOnce(format.status());
       return;

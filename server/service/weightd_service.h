@@ -27,9 +27,12 @@ struct TrafficCounters {
 // itself, so that one that does not parse is refused with INVALID_ARGUMENT
 // naming the call. (Generated handlers answer an undecodable unary request
 // with an empty UNIMPLEMENTED, and end a client stream at an undecodable
-// message as if the client had finished there.) Push, Pull and PushPull read
-// and write their chunks with common/chunk_codec.h, without a protobuf copy
-// of the payload; the other methods work on the generated messages.
+// message as if the client had finished there.) Join, Push, Pull and
+// PushPull read and write their chunks through common/tensor_stream.h (the
+// framing the client shares), without a protobuf copy of the payload; the
+// other methods work on the generated messages. The pieces the reactors in
+// weightd_service.cc use live beside it: proto_conversions.h,
+// tensor_streamer.h, reactor_wait.h.
 using WeightdServiceBase = v1::Weightd::WithRawCallbackMethod_Join<
     v1::Weightd::WithRawCallbackMethod_Push<
         v1::Weightd::WithRawCallbackMethod_Pull<

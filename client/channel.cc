@@ -1,0 +1,113 @@
+#include "client/channel.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/duration.h"
+#include "common/grpc_status.h"
+#include "common/names.h"
+#include "common/status_macros.h"
+#include "common/wire.h"
+
+namespace weightd {
+namespace {
+
+// Room for headers listing thousands of tensors next to a chunk.
+constexpr int kMaxMessageBytes = 64 << 20;
+
+}  // namespace
+
+std::unique_ptr<ShardClient::Channel> ShardClient::OpenChannel(
+    const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  // Reconnect quickly after a server restart; our own retries pace calls.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // Notice a server that vanished without closing the connection (a cut
+  // link, a frozen host) within 30 s, even while a call waits for a round
+  // or a barrier and no data flows; the call then fails and is retried.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  return std::make_unique<Channel>(grpc::CreateCustomChannel(
+      address, grpc::InsecureChannelCredentials(), args));
+}
+
+absl::Status Annotate(const grpc::Status& status, absl::string_view call) {
+  absl::Status s = FromGrpcStatus(status);
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrCat(call, ": ", s.message()));
+}
+
+ShardLayout LayoutOf(const v1::ShardInfo& info) {
+  return info.count() == 0 ? ShardLayout{}
+                           : ShardLayout{info.index(), info.count()};
+}
+
+absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(
+    const ClientOptions& options, const std::string& address,
+    std::uint64_t instance) {
+  WEIGHTD_RETURN_IF_ERROR(ValidateName("worker id", options.worker_id));
+  std::unique_ptr<ShardClient> client(
+      new ShardClient(options, address, OpenChannel(address), instance));
+  // Waits in short slices: a cancellation ends the wait at once, and the
+  // wait is reported while it lasts.
+  const absl::Time start = absl::Now();
+  const absl::Time give_up = start + options.connect_timeout;
+  absl::Time reported = absl::InfinitePast();
+  for (;;) {
+    if (client->Cancelled()) return Cancellation::Status("Connect");
+    const absl::Time slice =
+        std::min(absl::Now() + absl::Milliseconds(100), give_up);
+    if (client->channel_->channel->WaitForConnected(
+            absl::ToChronoTime(slice))) {
+      break;
+    }
+    const absl::Time now = absl::Now();
+    if (now >= give_up) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot reach weightd at ", address, " within ",
+          absl::FormatDuration(options.connect_timeout),
+          " (--connect_timeout); is it running and is its port open?"));
+    }
+    if (now - start >= absl::Seconds(1) &&
+        now - reported >= options.progress_interval) {
+      reported = now;
+      client->Log(absl::StrCat("waiting for weightd at ", address, " (",
+                               HumanDuration(now - start), " of ",
+                               absl::FormatDuration(options.connect_timeout),
+                               "): not reachable yet"));
+    }
+  }
+  // The chunk size is the server's: learn it before sending any payload.
+  // (Retried: a server restoring a snapshot answers UNAVAILABLE for a while.)
+  v1::GetStatusResponse status;
+  WEIGHTD_RETURN_IF_ERROR(
+      client->UnaryWithRetries("GetStatus", [&](grpc::ClientContext* context) {
+        return client->channel_->stub->GetStatus(context, {}, &status);
+      }));
+  client->chunk_bytes_ = status.chunk_bytes();
+  client->layout_ = LayoutOf(status.shard());
+  if (client->chunk_bytes_ < kMinChunkBytes ||
+      client->chunk_bytes_ % kFloatBytes != 0) {
+    return absl::DataLossError("server announced an invalid chunk size");
+  }
+  return client;
+}
+
+Cancellation::Registration ShardClient::CancelsOnCancel(
+    grpc::ClientContext& context) const {
+  return Cancellation::Registration(options_.cancellation.get(),
+                                    [&context] { context.TryCancel(); });
+}
+
+std::chrono::system_clock::time_point ShardClient::CallDeadline() const {
+  return std::chrono::system_clock::now() +
+         absl::ToChronoMilliseconds(options_.call_timeout);
+}
+
+}  // namespace weightd

@@ -1,0 +1,72 @@
+#include "server/service/proto_conversions.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/chunk_codec.h"
+#include "common/status_macros.h"
+#include "common/tensor_stream.h"
+
+namespace weightd::service {
+
+absl::StatusOr<core::UpdateKind> KindFromProto(v1::UpdateKind kind) {
+  switch (kind) {
+    case v1::UPDATE_KIND_WEIGHTS:
+      return core::UpdateKind::kWeights;
+    case v1::UPDATE_KIND_DELTA:
+      return core::UpdateKind::kDelta;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("push header has update kind ", static_cast<int>(kind),
+                       "; use UPDATE_KIND_WEIGHTS or UPDATE_KIND_DELTA"));
+  }
+}
+
+v1::Mode ModeToProto(core::Mode mode) {
+  return mode == core::Mode::kSync ? v1::MODE_SYNC : v1::MODE_ASYNC;
+}
+
+void InfoToProto(const core::TensorInfo& info, v1::TensorInfo* out) {
+  out->set_name(info.name);
+  for (std::int64_t d : info.shape) out->add_shape(d);
+  out->set_version(info.version);
+  out->set_participants(info.participants);
+  out->set_contributed(info.contributed);
+}
+
+absl::StatusOr<core::PushHeader> PushHeaderFromProto(const v1::PushHeader& h) {
+  core::PushHeader header;
+  header.lease_id = h.lease_id();
+  header.sequence = h.sequence();
+  WEIGHTD_ASSIGN_OR_RETURN(header.kind, KindFromProto(h.kind()));
+  header.weight = h.has_weight() ? h.weight() : 1.0;
+  WEIGHTD_ASSIGN_OR_RETURN(header.format, WireFormatFromProto(h.format()));
+  header.entries.reserve(h.tensors_size());
+  for (const v1::PushedTensor& t : h.tensors()) {
+    header.entries.push_back({t.name(), t.round()});
+  }
+  return header;
+}
+
+absl::Status MissingHeader(absl::string_view call) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the first message of a ", call, " call must carry the header"));
+}
+
+absl::Status RepeatedHeader(absl::string_view call) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("a ", call, " call carries exactly one header"));
+}
+
+absl::Status NotAValid(const google::protobuf::MessageLite& message,
+                       absl::string_view call, absl::string_view noun) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "a ", call, " ", noun, " is not a valid ", message.GetTypeName()));
+}
+
+absl::Status ParseMessage(grpc::ByteBuffer* bytes,
+                          google::protobuf::MessageLite* message,
+                          absl::string_view call, absl::string_view noun) {
+  if (!FromBytes(bytes, message)) return NotAValid(*message, call, noun);
+  return absl::OkStatus();
+}
+
+}  // namespace weightd::service
