@@ -9,7 +9,7 @@ Snapshotter::Snapshotter(core::TensorStore* store, SnapshotDir* dir,
                          SnapshotterOptions options, Done on_written)
     : store_(store),
       dir_(dir),
-      options_(options),
+      options_(std::move(options)),
       on_written_(std::move(on_written)) {
   std::uint64_t version = 0;
   for (const core::TensorInfo& t : store_->Status().tensors) {

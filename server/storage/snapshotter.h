@@ -32,12 +32,12 @@ struct SnapshotterOptions {
   // Take a snapshot at this interval if any round closed since (0: off):
   // as soon as a round closes once `every` has passed since the last one.
   absl::Duration every = absl::ZeroDuration();
-  // The clock `every` is measured on. Must be thread-safe and never block
-  // (it is read with the Snapshotter's lock held). Tests inject their own;
-  // the Snapshotter looks at it again whenever its state changes
-  // (OnRoundClosed, Request, Stop) and at least once per `every` of real
-  // time.
-  std::function<absl::Time()> now = absl::Now;
+  // The clock `every` is measured on (as StoreOptions::now). Must be
+  // thread-safe and never block (it is read with the Snapshotter's lock
+  // held). Tests inject their own; the Snapshotter looks at it again
+  // whenever its state changes (OnRoundClosed, Request, Stop) and at least
+  // once per `every` of real time.
+  std::function<absl::Time()> now = [] { return absl::Now(); };
 };
 
 class Snapshotter {
