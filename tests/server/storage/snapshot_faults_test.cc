@@ -13,6 +13,7 @@
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -131,6 +132,7 @@ struct WriteFault {
   // the directory's fsync, after the rename, failed).
   bool new_in_place = false;
 };
+void PrintTo(const WriteFault& fault, std::ostream* os) { *os << fault.name; }
 
 class SnapshotWriteFaultTest
     : public SnapshotFaultTest,
@@ -236,6 +238,7 @@ struct WriteCrash {
   bool temp_left;        // The crash leaves snapshot-2.wds.tmp behind.
   std::uint64_t reload;  // The version a restart finds: old 1 or new 2.
 };
+void PrintTo(const WriteCrash& crash, std::ostream* os) { *os << crash.name; }
 
 class SnapshotCrashTest : public SnapshotFaultTest,
                           public ::testing::WithParamInterface<WriteCrash> {};
@@ -319,6 +322,7 @@ struct NamedCrash {
   std::string point;
   std::uint64_t reload;
 };
+void PrintTo(const NamedCrash& crash, std::ostream* os) { *os << crash.point; }
 
 class CrashPointFileSystemTest
     : public SnapshotFaultTest,
