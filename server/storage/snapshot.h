@@ -64,7 +64,7 @@ class SnapshotDir {
   // Writes `state` as the next snapshot (WriteSnapshotFile), then removes
   // all but the newest two. Returns the file written, or the write's error
   // (then the earlier snapshots are untouched, and the next Write reuses the
-  // number). Not thread-safe: one writer, and no LoadNewest() meanwhile.
+  // number). Not thread-safe: one writer.
   absl::StatusOr<std::string> Write(const core::StoreState& state);
 
   struct Loaded {
