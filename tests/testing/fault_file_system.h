@@ -18,11 +18,13 @@
 #ifndef WEIGHTD_TESTS_TESTING_FAULT_FILE_SYSTEM_H_
 #define WEIGHTD_TESTS_TESTING_FAULT_FILE_SYSTEM_H_
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
