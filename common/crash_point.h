@@ -1,10 +1,10 @@
 // Crash points: fault injection for the crash tests (tests/fault).
 //
-// A component that was handed the name of an armed crash point (weightd's
-// --crash_at flag) calls CrashPoint(armed, "<name>") at each point of
-// interest; at the armed one the process prints "crash point <name>
-// reached" to stderr and kills itself with SIGKILL, exactly as `kill -9`
-// would. Unarmed (empty), a crash point costs one comparison.
+// The daemon's --crash_at flag arms one named point of a snapshot write
+// (server/storage/crash_point_file_system.h); when the write reaches it,
+// DieAtCrashPoint prints "crash point <name> reached" to stderr and kills
+// the process with SIGKILL, exactly as `kill -9` would: no destructor, no
+// flush of anything but stderr.
 #ifndef WEIGHTD_COMMON_CRASH_POINT_H_
 #define WEIGHTD_COMMON_CRASH_POINT_H_
 
@@ -12,7 +12,8 @@
 
 namespace weightd {
 
-void CrashPoint(absl::string_view armed, absl::string_view name);
+// Never returns. Thread-safe (it ends every thread).
+[[noreturn]] void DieAtCrashPoint(absl::string_view name);
 
 }  // namespace weightd
 

@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -20,6 +22,8 @@
 #include "common/startup.h"
 #include "common/wire.h"
 #include "server/service/server.h"
+#include "server/storage/crash_point_file_system.h"
+#include "server/storage/file_system.h"
 #include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070",
@@ -184,6 +188,15 @@ int main(int argc, char** argv) {
           const std::string dir = absl::GetFlag(FLAGS_snapshot_dir);
           return dir.empty() ? std::string() : DirectoryProblem(dir, true);
         }},
+       {"crash_at",
+        [] {
+          const std::string point = absl::GetFlag(FLAGS_crash_at);
+          if (point.empty()) return std::string();
+          const absl::StatusOr<weightd::storage::CrashPoint> parsed =
+              weightd::storage::ParseCrashPoint(point);
+          return parsed.ok() ? std::string()
+                             : std::string(parsed.status().message());
+        }},
        {"ready_file", [] {
           const std::string file = absl::GetFlag(FLAGS_ready_file);
           if (file.empty()) return std::string();
@@ -259,7 +272,18 @@ int main(int argc, char** argv) {
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   options.snapshot_dir = absl::GetFlag(FLAGS_snapshot_dir);
   options.restore_path = absl::GetFlag(FLAGS_restore);
-  options.crash_at = absl::GetFlag(FLAGS_crash_at);
+  // Fault injection: the snapshot writes die at the named step.
+  std::unique_ptr<weightd::storage::CrashPointFileSystem> crash_points;
+  if (const std::string point = absl::GetFlag(FLAGS_crash_at); !point.empty()) {
+    auto created = weightd::storage::CrashPointFileSystem::Create(
+        weightd::storage::DefaultFileSystem(), point);
+    if (!created.ok()) {
+      return Fail(
+          absl::StrCat("--crash_at=", point, ": ", created.status().message()));
+    }
+    crash_points = std::move(*created);
+    options.file_system = crash_points.get();
+  }
   const std::string every = absl::GetFlag(FLAGS_snapshot_every);
   std::uint64_t rounds = 0;
   absl::Duration interval;

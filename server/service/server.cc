@@ -169,8 +169,9 @@ void LogRestored(const std::string& path, const core::StoreState& state) {
 
 absl::Status Server::BuildStore(ServerOptions& options) {
   if (!options.restore_path.empty()) {
-    WEIGHTD_ASSIGN_OR_RETURN(core::StoreState state,
-                             storage::ReadSnapshotFile(options.restore_path));
+    WEIGHTD_ASSIGN_OR_RETURN(
+        core::StoreState state,
+        storage::ReadSnapshotFile(options.restore_path, options.file_system));
     LogRestored(options.restore_path, state);
     WEIGHTD_ASSIGN_OR_RETURN(
         store_, core::TensorStore::Restore(options.store, std::move(state)));
@@ -178,7 +179,7 @@ absl::Status Server::BuildStore(ServerOptions& options) {
   if (!options.snapshot_dir.empty()) {
     WEIGHTD_ASSIGN_OR_RETURN(
         snapshot_dir_,
-        storage::SnapshotDir::Open(options.snapshot_dir, options.crash_at));
+        storage::SnapshotDir::Open(options.snapshot_dir, options.file_system));
   }
   if (store_ == nullptr && snapshot_dir_ != nullptr) {
     absl::StatusOr<storage::SnapshotDir::Loaded> loaded =

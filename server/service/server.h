@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "server/core/options.h"
 #include "server/core/tensor_store.h"
+#include "server/storage/file_system.h"
 #include "server/storage/snapshot.h"
 #include "server/storage/snapshotter.h"
 
@@ -53,9 +54,9 @@ struct ServerOptions {
   storage::SnapshotterOptions snapshot_every;
   // Start from this snapshot file instead (it must be usable).
   std::string restore_path;
-  // Fault injection for the crash tests: a crash point of the snapshot
-  // write to die at (see storage::WriteSnapshotFile). Empty: none.
-  std::string crash_at;
+  // Where snapshots are read and written (not owned; must outlive the
+  // Server). weightd's --crash_at puts a storage::CrashPointFileSystem here.
+  storage::FileSystem* file_system = storage::DefaultFileSystem();
   // Called with the dialable address once the server listens, before it
   // restores its state (until then calls get UNAVAILABLE, health is
   // NOT_SERVING).

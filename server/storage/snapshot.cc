@@ -1,13 +1,8 @@
 #include "server/storage/snapshot.h"
 
-#include <dirent.h>
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <utility>
 
@@ -16,7 +11,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
-#include "common/crash_point.h"
 #include "common/status_macros.h"
 
 namespace weightd::storage {
@@ -28,19 +22,10 @@ constexpr char kMagicV1[8] = {'W', 'D', 'S', 'N', 'A', 'P', '0', '1'};
 constexpr char kTrailer[8] = {'W', 'D', 'S', 'N', 'E', 'N', 'D', '1'};
 constexpr std::size_t kBufferBytes = 1 << 20;
 
-absl::Status ErrnoStatus(absl::string_view what, const std::string& path) {
-  const int e = errno;
-  const std::string message =
-      absl::StrCat(what, " ", path, ": ", std::strerror(e));
-  if (e == ENOENT) return absl::NotFoundError(message);
-  if (e == ENOSPC || e == EDQUOT) return absl::ResourceExhaustedError(message);
-  return absl::InternalError(message);
-}
-
-// Buffered appends to a file descriptor, with a running CRC-32.
+// Buffered appends to a file, with a running CRC-32.
 class Writer {
  public:
-  Writer(int fd, std::string path) : fd_(fd), path_(std::move(path)) {
+  explicit Writer(WritableFile* file) : file_(file) {
     buffer_.reserve(kBufferBytes);
   }
 
@@ -68,25 +53,13 @@ class Writer {
 
   // Writes out the buffer; the first error sticks.
   absl::Status Flush() {
-    const char* p = buffer_.data();
-    std::size_t n = buffer_.size();
-    while (status_.ok() && n > 0) {
-      const ssize_t wrote = ::write(fd_, p, n);
-      if (wrote < 0 && errno == EINTR) continue;
-      if (wrote < 0) {
-        status_ = ErrnoStatus("cannot write", path_);
-        break;
-      }
-      p += wrote;
-      n -= static_cast<std::size_t>(wrote);
-    }
+    if (status_.ok() && !buffer_.empty()) status_ = file_->Append(buffer_);
     buffer_.clear();
     return status_;
   }
 
  private:
-  const int fd_;
-  const std::string path_;
+  WritableFile* const file_;
   std::string buffer_;
   uLong crc_ = crc32_z(0L, Z_NULL, 0);
   absl::Status status_;
@@ -95,20 +68,18 @@ class Writer {
 // Buffered reads that never go past the end of the file.
 class Reader {
  public:
-  Reader(int fd, std::uint64_t size, std::string path)
-      : fd_(fd), remaining_(size), path_(std::move(path)) {}
+  Reader(ReadableFile* file, std::string path)
+      : file_(file), remaining_(file->size()), path_(std::move(path)) {}
 
   absl::Status Bytes(void* out, std::size_t n) {
     if (n > remaining_) return Truncated();
     char* p = static_cast<char*>(out);
     std::size_t left = n;
     while (left > 0) {
-      const ssize_t got = ::read(fd_, p, left);
-      if (got < 0 && errno == EINTR) continue;
-      if (got < 0) return ErrnoStatus("cannot read", path_);
+      WEIGHTD_ASSIGN_OR_RETURN(const std::size_t got, file_->Read(p, left));
       if (got == 0) return Truncated();
       p += got;
-      left -= static_cast<std::size_t>(got);
+      left -= got;
     }
     remaining_ -= n;
     crc_ = crc32_z(crc_, static_cast<const Bytef*>(out), n);
@@ -149,7 +120,7 @@ class Reader {
   }
 
  private:
-  const int fd_;
+  ReadableFile* const file_;
   std::uint64_t remaining_;
   const std::string path_;
   uLong crc_ = crc32_z(0L, Z_NULL, 0);
@@ -262,81 +233,56 @@ absl::StatusOr<core::StoreState> Decode(Reader& r) {
   return state;
 }
 
-absl::Status SyncDirectoryOf(const std::string& path) {
+std::string DirectoryOf(const std::string& path) {
   const std::string::size_type slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos
-                              ? "."
-                              : path.substr(0, std::max<std::size_t>(slash, 1));
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus("cannot open directory", dir);
-  const int rc = ::fsync(fd);
-  absl::Status status =
-      rc == 0 ? absl::OkStatus() : ErrnoStatus("cannot fsync directory", dir);
-  ::close(fd);
-  return status;
+  return slash == std::string::npos
+             ? "."
+             : path.substr(0, std::max<std::size_t>(slash, 1));
 }
 
 }  // namespace
 
 absl::Status WriteSnapshotFile(const std::string& path,
-                               const core::StoreState& state,
-                               absl::string_view crash_at) {
+                               const core::StoreState& state, FileSystem* fs) {
   const std::string tmp = path + ".tmp";
-  const int fd =
-      ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoStatus("cannot create", tmp);
-  Writer w(fd, tmp);
+  WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file,
+                           fs->NewWritableFile(tmp));
+  Writer w(file.get());
   Encode(state, w);
-  if (!crash_at.empty()) {
-    // So that this crash point leaves a torn file even for a small state.
-    (void)w.Flush();
-    CrashPoint(crash_at, "snapshot_mid_write");  // The body, not its trailer.
-  }
   const std::uint32_t crc = w.crc();
   w.Pod<std::uint32_t>(crc);
   w.Bytes(kTrailer, sizeof(kTrailer));
   absl::Status status = w.Flush();
-  CrashPoint(crash_at, "snapshot_before_fsync");
-  if (status.ok() && ::fsync(fd) != 0)
-    status = ErrnoStatus("cannot fsync", tmp);
-  CrashPoint(crash_at, "snapshot_after_fsync");
-  if (::close(fd) != 0 && status.ok())
-    status = ErrnoStatus("cannot close", tmp);
-  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    status = ErrnoStatus("cannot rename to", path);
-  }
+  if (status.ok()) status = file->Sync();
+  const absl::Status closed = file->Close();
+  if (status.ok()) status = closed;
+  if (status.ok()) status = fs->RenameFile(tmp, path);
   if (!status.ok()) {
-    ::unlink(tmp.c_str());
+    (void)fs->RemoveFile(tmp);  // The write's error is the one to report.
     return status;
   }
-  CrashPoint(crash_at,
-             "snapshot_after_rename");  // Before the directory's fsync.
-  return SyncDirectoryOf(path);
+  return fs->SyncDirectory(DirectoryOf(path));
 }
 
-absl::StatusOr<core::StoreState> ReadSnapshotFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus("cannot open", path);
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    absl::Status s = ErrnoStatus("cannot stat", path);
-    ::close(fd);
-    return s;
-  }
-  Reader r(fd, static_cast<std::uint64_t>(st.st_size), path);
-  absl::StatusOr<core::StoreState> state = Decode(r);
-  ::close(fd);
-  return state;
+absl::StatusOr<core::StoreState> ReadSnapshotFile(const std::string& path,
+                                                  FileSystem* fs) {
+  WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> file,
+                           fs->NewReadableFile(path));
+  Reader r(file.get(), path);
+  return Decode(r);
 }
 
-absl::StatusOr<std::unique_ptr<SnapshotDir>> SnapshotDir::Open(
-    std::string dir, std::string crash_at) {
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot create snapshot directory ", dir, ": ", std::strerror(errno)));
+absl::StatusOr<std::unique_ptr<SnapshotDir>> SnapshotDir::Open(std::string dir,
+                                                               FileSystem* fs) {
+  const absl::Status created = fs->CreateDirectory(dir);
+  if (!created.ok()) {
+    // "cannot create directory D: why" -> "cannot create snapshot directory
+    // D: why", with the code of a configuration that cannot work.
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create snapshot ",
+                     absl::StripPrefix(created.message(), "cannot create ")));
   }
-  std::unique_ptr<SnapshotDir> snapshots(
-      new SnapshotDir(std::move(dir), std::move(crash_at)));
+  std::unique_ptr<SnapshotDir> snapshots(new SnapshotDir(std::move(dir), fs));
   snapshots->RemoveUnfinished();
   const auto files = snapshots->List();
   if (!files.empty()) snapshots->next_number_ = files.front().first + 1;
@@ -345,44 +291,39 @@ absl::StatusOr<std::unique_ptr<SnapshotDir>> SnapshotDir::Open(
 
 std::vector<std::pair<std::uint64_t, std::string>> SnapshotDir::List() const {
   std::vector<std::pair<std::uint64_t, std::string>> files;
-  DIR* d = ::opendir(dir_.c_str());
-  if (d == nullptr) return files;
-  while (const dirent* e = ::readdir(d)) {
-    absl::string_view name = e->d_name;
+  absl::StatusOr<std::vector<std::string>> names = fs_->ListDirectory(dir_);
+  if (!names.ok()) return files;  // As if empty: nothing to load or prune.
+  for (const std::string& entry : *names) {
+    absl::string_view name = entry;
     std::uint64_t number;
     if (absl::ConsumePrefix(&name, "snapshot-") &&
         absl::ConsumeSuffix(&name, ".wds") && absl::SimpleAtoi(name, &number)) {
-      files.emplace_back(number, absl::StrCat(dir_, "/", e->d_name));
+      files.emplace_back(number, absl::StrCat(dir_, "/", entry));
     }
   }
-  ::closedir(d);
   std::sort(files.rbegin(), files.rend());
   return files;
 }
 
 void SnapshotDir::RemoveUnfinished() const {
-  DIR* d = ::opendir(dir_.c_str());
-  if (d == nullptr) return;
-  std::vector<std::string> unfinished;
-  while (const dirent* e = ::readdir(d)) {
-    absl::string_view name = e->d_name;
+  absl::StatusOr<std::vector<std::string>> names = fs_->ListDirectory(dir_);
+  if (!names.ok()) return;
+  for (const std::string& name : *names) {
     if (absl::StartsWith(name, "snapshot-") &&
         absl::EndsWith(name, ".wds.tmp")) {
-      unfinished.push_back(absl::StrCat(dir_, "/", name));
+      (void)fs_->RemoveFile(absl::StrCat(dir_, "/", name));  // Best effort.
     }
   }
-  ::closedir(d);
-  for (const std::string& path : unfinished) ::unlink(path.c_str());
 }
 
 absl::StatusOr<std::string> SnapshotDir::Write(const core::StoreState& state) {
   const std::string path =
       absl::StrFormat("%s/snapshot-%012d.wds", dir_, next_number_);
-  WEIGHTD_RETURN_IF_ERROR(WriteSnapshotFile(path, state, crash_at_));
+  WEIGHTD_RETURN_IF_ERROR(WriteSnapshotFile(path, state, fs_));
   ++next_number_;
   const auto files = List();
   for (std::size_t i = 2; i < files.size(); ++i) {
-    ::unlink(files[i].second.c_str());
+    (void)fs_->RemoveFile(files[i].second);  // Best effort; retried next time.
   }
   return path;
 }
@@ -390,7 +331,7 @@ absl::StatusOr<std::string> SnapshotDir::Write(const core::StoreState& state) {
 absl::StatusOr<SnapshotDir::Loaded> SnapshotDir::LoadNewest() const {
   Loaded loaded;
   for (const auto& [number, path] : List()) {
-    absl::StatusOr<core::StoreState> state = ReadSnapshotFile(path);
+    absl::StatusOr<core::StoreState> state = ReadSnapshotFile(path, fs_);
     if (state.ok()) {
       loaded.path = path;
       loaded.state = std::move(*state);

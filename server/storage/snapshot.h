@@ -27,38 +27,44 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "server/core/tensor_store.h"
+#include "server/storage/file_system.h"
 
 namespace weightd::storage {
 
-// Writes `state` to `path` so that `path` holds either its old content or
-// the complete new snapshot, whatever happens: the bytes go to `path`.tmp,
-// which is fsynced, renamed to `path`, and the directory fsynced. On error
-// (disk full, ...) `path` is untouched and the temporary file removed.
-// `crash_at` may name a crash point (common/crash_point.h) to die at:
-// snapshot_mid_write, snapshot_before_fsync, snapshot_after_fsync or
-// snapshot_after_rename.
+// Writes `state` to `path` through `fs` so that `path` holds either its old
+// content or the complete new snapshot, whatever happens: the bytes go to
+// `path`.tmp, which is fsynced, closed, renamed to `path`, and the directory
+// fsynced. On an error before the rename (disk full, ...) `path` is
+// untouched and the temporary file removed; if only the directory's fsync
+// fails, `path` already holds the new snapshot. Returns the failed
+// operation's status (file_system.h: RESOURCE_EXHAUSTED for a full disk,
+// INTERNAL for other I/O errors; its message names the operation, the file
+// and the reason). `fs` must outlive the call.
 absl::Status WriteSnapshotFile(const std::string& path,
                                const core::StoreState& state,
-                               absl::string_view crash_at = {});
+                               FileSystem* fs = DefaultFileSystem());
 
 // Reads a snapshot written by WriteSnapshotFile. NOT_FOUND if the file does
-// not exist; DATA_LOSS if it is truncated, corrupt (checksum) or malformed.
-// Never trusts a length in the file beyond the file's size.
-absl::StatusOr<core::StoreState> ReadSnapshotFile(const std::string& path);
+// not exist; DATA_LOSS if it is truncated, corrupt (checksum) or malformed;
+// INTERNAL if it cannot be read. Never trusts a length in the file beyond
+// the file's size.
+absl::StatusOr<core::StoreState> ReadSnapshotFile(
+    const std::string& path, FileSystem* fs = DefaultFileSystem());
 
 // A directory of numbered snapshots (snapshot-<n>.wds). Keeps the newest
 // two, so that a damaged newest one falls back to the one before.
 class SnapshotDir {
  public:
   // Creates `dir` if needed and deletes the temporary files of writes a
-  // crash interrupted. FAILED_PRECONDITION if it cannot be created.
-  // `crash_at` arms a crash point of the write (tests/fault; see
-  // common/crash_point.h and WriteSnapshotFile).
+  // crash interrupted. FAILED_PRECONDITION if it cannot be created. Every
+  // file operation goes through `fs`, which must outlive the SnapshotDir.
   static absl::StatusOr<std::unique_ptr<SnapshotDir>> Open(
-      std::string dir, std::string crash_at = "");
+      std::string dir, FileSystem* fs = DefaultFileSystem());
 
-  // Writes `state` as the next snapshot, then removes all but the newest two.
-  // Returns the file written. Not thread-safe: one writer.
+  // Writes `state` as the next snapshot (WriteSnapshotFile), then removes
+  // all but the newest two. Returns the file written, or the write's error
+  // (then the earlier snapshots are untouched, and the next Write reuses the
+  // number). Not thread-safe: one writer.
   absl::StatusOr<std::string> Write(const core::StoreState& state);
 
   struct Loaded {
@@ -73,14 +79,14 @@ class SnapshotDir {
   absl::StatusOr<Loaded> LoadNewest() const;
 
  private:
-  SnapshotDir(std::string dir, std::string crash_at)
-      : dir_(std::move(dir)), crash_at_(std::move(crash_at)) {}
+  SnapshotDir(std::string dir, FileSystem* fs)
+      : dir_(std::move(dir)), fs_(fs) {}
   void RemoveUnfinished() const;
   // Snapshot files present, newest first, with their numbers.
   std::vector<std::pair<std::uint64_t, std::string>> List() const;
 
   const std::string dir_;
-  const std::string crash_at_;
+  FileSystem* const fs_;
   std::uint64_t next_number_ = 1;
 };
 

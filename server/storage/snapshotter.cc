@@ -9,7 +9,7 @@ Snapshotter::Snapshotter(core::TensorStore* store, SnapshotDir* dir,
                          SnapshotterOptions options, Done on_written)
     : store_(store),
       dir_(dir),
-      options_(options),
+      options_(std::move(options)),
       on_written_(std::move(on_written)) {
   std::uint64_t version = 0;
   for (const core::TensorInfo& t : store_->Status().tensors) {
@@ -18,6 +18,7 @@ Snapshotter::Snapshotter(core::TensorStore* store, SnapshotDir* dir,
   {
     absl::MutexLock lock(&mu_);
     version_ = version;
+    last_ = options_.now();
   }
   thread_ = std::thread([this] { Loop(); });
 }
@@ -51,7 +52,14 @@ void Snapshotter::Request(Done done) {
 
 bool Snapshotter::DueLocked() const {
   return stop_ || !requests_.empty() ||
-         (options_.every_rounds > 0 && rounds_since_ >= options_.every_rounds);
+         (options_.every_rounds > 0 &&
+          rounds_since_ >= options_.every_rounds) ||
+         IntervalDueLocked();
+}
+
+bool Snapshotter::IntervalDueLocked() const {
+  return options_.every > absl::ZeroDuration() && rounds_since_ > 0 &&
+         options_.now() >= last_ + options_.every;
 }
 
 absl::StatusOr<std::string> Snapshotter::WriteOnce() {
@@ -67,26 +75,29 @@ absl::StatusOr<std::string> Snapshotter::WriteOnce() {
 }
 
 void Snapshotter::Loop() {
-  // Wakes for a request, for enough rounds, or for the interval.
-  const absl::Duration poll = options_.every > absl::ZeroDuration()
-                                  ? options_.every
-                                  : absl::InfiniteDuration();
-  absl::Time last = absl::Now();
   for (;;) {
     std::vector<Done> requests;
     {
       absl::MutexLock lock(&mu_);
-      mu_.AwaitWithDeadline(absl::Condition(this, &Snapshotter::DueLocked),
-                            last + poll);
+      // Wakes for a request, for enough rounds, or for the interval. The
+      // condition is looked at whenever the state changes; the timeout only
+      // makes sure the clock is looked at once the interval has passed.
+      // Once it has passed with no round closed, the round that closes
+      // next is the wake-up: wait up to another interval, not a busy loop.
+      while (!DueLocked()) {
+        absl::Duration wait = absl::InfiniteDuration();
+        if (options_.every > absl::ZeroDuration()) {
+          wait = last_ + options_.every - options_.now();
+          if (wait <= absl::ZeroDuration()) wait = options_.every;
+        }
+        mu_.AwaitWithTimeout(absl::Condition(this, &Snapshotter::DueLocked),
+                             wait);
+      }
       if (stop_) return;
-      const bool interval = options_.every > absl::ZeroDuration() &&
-                            absl::Now() >= last + options_.every &&
-                            rounds_since_ > 0;
-      if (!interval && !DueLocked()) continue;
       requests.swap(requests_);
       rounds_since_ = 0;
+      last_ = options_.now();
     }
-    last = absl::Now();
     absl::StatusOr<std::string> written = WriteOnce();
     for (Done& done : requests) done(written);
   }

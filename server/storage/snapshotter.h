@@ -29,8 +29,15 @@ struct SnapshotterOptions {
   // tensors. A kill -9 then loses at most this many rounds (and the open
   // one).
   std::uint64_t every_rounds = 0;
-  // Take a snapshot at this interval if any round closed since (0: off).
+  // Take a snapshot at this interval if any round closed since (0: off):
+  // as soon as a round closes once `every` has passed since the last one.
   absl::Duration every = absl::ZeroDuration();
+  // The clock `every` is measured on (as StoreOptions::now). Must be
+  // thread-safe and never block (it is read with the Snapshotter's lock
+  // held). Tests inject their own; the Snapshotter looks at it again
+  // whenever its state changes (OnRoundClosed, Request, Stop) and at least
+  // once per `every` of real time.
+  std::function<absl::Time()> now = [] { return absl::Now(); };
 };
 
 class Snapshotter {
@@ -64,6 +71,7 @@ class Snapshotter {
   void Loop();
   absl::StatusOr<std::string> WriteOnce();
   bool DueLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool IntervalDueLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool FinalWrittenLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   core::TensorStore* const store_;
@@ -76,6 +84,7 @@ class Snapshotter {
   mutable absl::Mutex mu_;
   std::uint64_t rounds_since_ ABSL_GUARDED_BY(mu_) = 0;
   std::uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;  // Most advanced tensor's.
+  absl::Time last_ ABSL_GUARDED_BY(mu_);  // Of the last snapshot, by now().
   std::vector<Done> requests_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<absl::StatusOr<std::string>> final_ ABSL_GUARDED_BY(mu_);

@@ -85,6 +85,10 @@ refused "zero shards" shard_count -- -- "$weightd" --shard_count=0
 refused "misspelt flag" --lisen --listen -- -- "$weightd" --lisen=127.0.0.1:0
 refused "positional argument" '"serve"' -- -- "$weightd" serve
 refused "unknown log level" --log_level -- -- "$weightd" --log_level=loud
+refused "unknown crash point" --crash_at=snapshot_mid_wirte 'unknown crash point' \
+  snapshot_mid_write snapshot_after_rename -- -- "$weightd" --crash_at=snapshot_mid_wirte
+refused "unknown crash point, from the environment" WEIGHTD_CRASH_AT 'unknown crash point' -- \
+  WEIGHTD_CRASH_AT=before_fsync -- "$weightd"
 refused "ready file in a missing directory" --ready_file -- -- \
   "$weightd" --listen=127.0.0.1:0 --ready_file="$work/missing/ready"
 

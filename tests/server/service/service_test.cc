@@ -304,7 +304,7 @@ TEST_F(ServiceTest, HugeTensorRoundTripIsBitExact) {
     if ((u & 0x7f800000u) == 0x7f800000u) u &= ~0x00800000u;
     std::memcpy(&f, &u, 4);
   }
-  Start({});  // Default options: 1 MiB chunks, as in production.
+  Start(service::ServerOptions());  // Default: 1 MiB chunks, as in production.
 
   std::vector<float> mine = original;
   auto a = Connect("a");
