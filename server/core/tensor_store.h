@@ -4,6 +4,11 @@
 // Free of gRPC: the service layer converts wire messages into these calls.
 // Every method is thread-safe. Callbacks the store invokes (round observers,
 // version waits) run outside its locks, on the thread whose call caused them.
+//
+// One class, defined by concern: join.cc (Join and its admission),
+// leases.cc (renewal, holds, Leave, expiry), push_session.cc (BeginPush and
+// PushSession), barriers.cc (EnterBarrier over Barriers), store_state.cc
+// (Save, Restore) and tensor_store.cc (creation, reads, waits, status).
 #ifndef WEIGHTD_SERVER_CORE_TENSOR_STORE_H_
 #define WEIGHTD_SERVER_CORE_TENSOR_STORE_H_
 
@@ -22,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "server/core/barriers.h"
 #include "server/core/kernels.h"
 #include "server/core/options.h"
 #include "server/core/shared_tensor.h"
@@ -101,22 +107,6 @@ struct WorkerInfo {
   std::uint64_t lease_id = 0;
   std::vector<std::string> tensors;  // Sorted.
   std::string peer;                  // Of its last Join (Claimant::peer).
-};
-
-// A barrier that workers are waiting in (for status reports).
-struct BarrierInfo {
-  std::string name;
-  std::uint32_t count = 0;     // Workers it waits for.
-  std::uint32_t waiting = 0;   // Workers waiting now.
-  std::uint64_t released = 0;  // Generations released so far.
-};
-
-// How a worker passed a barrier (TensorStore::EnterBarrier).
-struct BarrierPass {
-  // 0 .. count-1 for the workers released together, in the order they
-  // entered; count, count+1, ... for late workers of that generation.
-  std::uint32_t arrival = 0;
-  std::uint64_t generation = 0;  // The generation passed, from 1.
 };
 
 // Everything a restarted server needs to continue where a snapshot was
@@ -309,7 +299,8 @@ class TensorStore {
   // declared by this worker), NOT_FOUND (unknown tensor),
   // INVALID_ARGUMENT (weight outside [kMinPushWeight, kMaxPushWeight], kind,
   // duplicates), ABORTED (round closed or not reached, stale sequence; a
-  // restored tensor counts a round ahead in its open one), ALREADY_EXISTS (already contributed), UNAVAILABLE (closed).
+  // restored tensor counts a round ahead in its open one), ALREADY_EXISTS
+  // (already contributed), UNAVAILABLE (closed).
   absl::StatusOr<std::unique_ptr<PushSession>> BeginPush(PushHeader header);
 
   // Calls `done(OK)` once every named tensor has reached its version, or
@@ -395,29 +386,6 @@ class TensorStore {
       absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   static TensorInfo InfoOf(const SharedTensor& tensor);
 
-  struct Barrier {
-    std::uint32_t count = 0;
-    struct Entry {
-      std::uint64_t id;
-      std::uint64_t lease_id;
-      std::function<void(absl::Status)> done;
-      BarrierPass* pass;
-      std::uint32_t order;  // Of entry into this generation.
-    };
-    absl::flat_hash_map<std::string, Entry> waiting;  // By worker id.
-    std::uint32_t entered = 0;   // Entries into this generation so far.
-    std::uint64_t released = 0;  // Generations released.
-    std::uint32_t late = 0;      // Late passes of the latest generation.
-    // The latest generation each worker passed, with the lease it held.
-    struct Passed {
-      std::uint64_t lease_id;
-      std::uint64_t generation;
-    };
-    absl::flat_hash_map<std::string, Passed> passed;  // By worker id.
-  };
-  bool CancelBarrier(const std::string& name, std::uint64_t id);
-  void FailBarriers(const absl::Status& status);
-
   StoreOptions options_;
   std::atomic<std::uint64_t> rounds_closed_{0};
   // Written under mu_ (so waits registered under mu_ see it), read anywhere.
@@ -431,11 +399,7 @@ class TensorStore {
   std::uint64_t tensor_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // Sum of sizes.
   absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
 
-  // Separate from mu_: never held together with it.
-  mutable absl::Mutex barrier_mu_;
-  absl::flat_hash_map<std::string, Barrier> barriers_
-      ABSL_GUARDED_BY(barrier_mu_);
-  std::uint64_t next_barrier_id_ ABSL_GUARDED_BY(barrier_mu_) = 1;
+  Barriers barriers_;  // Its lock is never held together with mu_.
 };
 
 }  // namespace weightd::core
