@@ -1,6 +1,8 @@
-// Join: who may become a member with which tensors, and the admission
-// limits.
+// Join: who may become a member with which tensors, the admission limits,
+// and JoinSession, which gathers a Join's initial values chunk by chunk.
 #include <algorithm>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -17,15 +19,105 @@
 
 namespace weightd::core {
 
-absl::StatusOr<JoinResult> TensorStore::Join(
-    absl::string_view worker_id, std::vector<Declaration> declarations,
-    const Claimant& claimant) {
-  WEIGHTD_RETURN_IF_ERROR(ValidateName("worker id", worker_id));
+// ---------------------------------------------------------------------------
+// JoinSession
+
+JoinSession::JoinSession(TensorStore* store, JoinHeader header,
+                         std::vector<std::uint64_t> bytes,
+                         std::vector<bool> keep)
+    : store_(store),
+      header_(std::move(header)),
+      bytes_(std::move(bytes)),
+      keep_(std::move(keep)),
+      next_offset_(header_.declarations.size(), 0) {
+  // A value that came with the header is complete.
+  for (std::size_t i = 0; i < header_.declarations.size(); ++i) {
+    if (!header_.declarations[i].initial_value.empty()) {
+      next_offset_[i] = bytes_[i];
+    }
+  }
+}
+
+absl::Status JoinSession::AddChunk(std::uint32_t index, std::uint64_t offset,
+                                   absl::string_view data) {
+  if (!error_.ok()) return error_;
+  auto fail = [this](absl::Status status) {
+    error_ = status;
+    return status;
+  };
+  std::vector<Declaration>& declarations = header_.declarations;
+  if (index >= declarations.size()) {
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("chunk names tensor index ", index, "; the Join declares ",
+                     declarations.size(), " tensors")));
+  }
+  Declaration& d = declarations[index];
+  const std::uint64_t bytes = bytes_[index];
+  if (offset >= bytes) {
+    return fail(absl::OutOfRangeError(
+        absl::StrCat("chunk offset ", offset, " is past the end of tensor ",
+                     d.name, " (", bytes, " bytes)")));
+  }
+  if (offset != next_offset_[index]) {
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("chunk of tensor ", d.name, " at offset ", offset,
+                     "; expected offset ", next_offset_[index])));
+  }
+  const std::uint64_t expected =
+      ChunkLength(bytes, store_->options().chunk_bytes, offset);
+  if (data.size() != expected) {
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("chunk of tensor ", d.name, " at offset ", offset,
+                     " carries ", data.size(), " bytes; expected ", expected)));
+  }
+  if (keep_[index]) {
+    if (!store_->options().allow_non_finite &&
+        !AllFinite(data.data(), expected / kFloatBytes)) {
+      return fail(absl::InvalidArgumentError(absl::StrCat(
+          "initial value of tensor ", d.name, " contains NaN or Inf")));
+    }
+    // Grows with the bytes received: a header alone allocates nothing.
+    d.initial_value.resize((offset + expected) / kFloatBytes);
+    std::memcpy(reinterpret_cast<char*>(d.initial_value.data()) + offset,
+                data.data(), expected);
+  }
+  next_offset_[index] += expected;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<JoinResult> JoinSession::Finish() {
+  if (!error_.ok()) return error_;
+  const std::vector<Declaration>& declarations = header_.declarations;
+  for (std::size_t i = 0; i < declarations.size(); ++i) {
+    // No bytes at all: no value offered (the tensor must exist).
+    if (next_offset_[i] != 0 && next_offset_[i] != bytes_[i]) {
+      error_ = absl::InvalidArgumentError(absl::StrCat(
+          "Join ended after ", next_offset_[i], " of ", bytes_[i],
+          " bytes of the initial value of ", declarations[i].name));
+      return error_;
+    }
+  }
+  absl::StatusOr<JoinResult> result = store_->CommitJoin(std::move(header_));
+  error_ = result.ok() ? absl::FailedPreconditionError("the Join is finished")
+                       : result.status();
+  return result;
+}
+
+// ---------------------------------------------------------------------------
+// TensorStore
+
+absl::StatusOr<std::unique_ptr<JoinSession>> TensorStore::BeginJoin(
+    JoinHeader header) {
+  const std::string& worker_id = header.worker_id;
+  std::vector<Declaration>& declarations = header.declarations;
   if (declarations.size() > kMaxTensorsPerCall) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("worker ", worker_id, " declares ", declarations.size(),
+        absl::StrCat("Join declares ", declarations.size(),
                      " tensors; the limit is ", kMaxTensorsPerCall));
   }
+  WEIGHTD_RETURN_IF_ERROR(ValidateName("worker id", worker_id));
+  std::vector<std::uint64_t> bytes;
+  bytes.reserve(declarations.size());
   absl::flat_hash_set<absl::string_view> seen;
   for (const Declaration& d : declarations) {
     WEIGHTD_RETURN_IF_ERROR(ValidateName("tensor name", d.name));
@@ -54,7 +146,44 @@ absl::StatusOr<JoinResult> TensorStore::Join(
       return absl::InvalidArgumentError(absl::StrCat(
           "initial value of tensor ", d.name, " contains NaN or Inf"));
     }
+    bytes.push_back(count * kFloatBytes);
   }
+  // A tensor the store holds keeps its value: chunks of an initial value for
+  // it are checked, not kept. One it lacks counts against the limits now,
+  // before any of its value is buffered.
+  std::vector<bool> keep;
+  keep.reserve(declarations.size());
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    std::uint64_t new_bytes = 0;
+    for (std::size_t i = 0; i < declarations.size(); ++i) {
+      auto it = tensors_.find(declarations[i].name);
+      keep.push_back(it == tensors_.end() ||
+                     it->second->shape() != declarations[i].shape);
+      if (it == tensors_.end()) new_bytes += bytes[i];
+    }
+    WEIGHTD_RETURN_IF_ERROR(AdmitJoinLocked(worker_id, new_bytes));
+  }
+  return std::unique_ptr<JoinSession>(new JoinSession(
+      this, std::move(header), std::move(bytes), std::move(keep)));
+}
+
+absl::StatusOr<JoinResult> TensorStore::Join(
+    absl::string_view worker_id, std::vector<Declaration> declarations,
+    const Claimant& claimant) {
+  WEIGHTD_ASSIGN_OR_RETURN(
+      std::unique_ptr<JoinSession> session,
+      BeginJoin(JoinHeader{std::string(worker_id), claimant,
+                           std::move(declarations)}));
+  return session->Finish();
+}
+
+absl::StatusOr<JoinResult> TensorStore::CommitJoin(JoinHeader header) {
+  const std::string& worker_id = header.worker_id;
+  const Claimant& claimant = header.claimant;
+  std::vector<Declaration>& declarations = header.declarations;
+  absl::flat_hash_set<absl::string_view> declared;
+  for (const Declaration& d : declarations) declared.insert(d.name);
 
   Deferred deferred;  // Runs after the lock is released.
   absl::MutexLock lock(&mu_);
@@ -126,7 +255,7 @@ absl::StatusOr<JoinResult> TensorStore::Join(
     // A re-join replaces the old membership.
     leases_.erase(worker.lease_id);
     for (const std::string& name : worker.tensors) {
-      if (!seen.contains(name)) {
+      if (!declared.contains(name)) {
         tensors_.at(name)->RemoveParticipant(worker_id, deferred);
       }
     }
@@ -162,12 +291,6 @@ absl::StatusOr<JoinResult> TensorStore::Join(
   }
   std::sort(worker.tensors.begin(), worker.tensors.end());
   return result;
-}
-
-absl::Status TensorStore::AdmitJoin(absl::string_view worker_id,
-                                    std::uint64_t new_bytes) const {
-  absl::ReaderMutexLock lock(&mu_);
-  return AdmitJoinLocked(worker_id, new_bytes);
 }
 
 absl::Status TensorStore::AdmitJoinLocked(absl::string_view worker_id,

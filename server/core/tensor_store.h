@@ -39,7 +39,8 @@ struct Declaration {
   std::string name;
   std::vector<std::int64_t> shape;
   // Exactly the shape's element count; becomes the value if the tensor is
-  // new. May be empty for a tensor that exists (its value is kept anyway).
+  // new. May be empty for a tensor that exists (its value is kept anyway),
+  // or if the value comes in chunks (JoinSession::AddChunk).
   std::vector<float> initial_value;
   // Of the whole tensor, if this is one shard's part of it; else empty.
   std::vector<std::int64_t> whole_shape = {};
@@ -81,6 +82,16 @@ struct JoinResult {
   std::uint64_t next_sequence = 1;
   std::vector<JoinedTensor> tensors;  // In declaration order.
   Takeover takeover = Takeover::kNone;
+};
+
+// What a Join declares (TensorStore::BeginJoin).
+struct JoinHeader {
+  std::string worker_id;
+  Claimant claimant;
+  // In the order the result lists them. A declaration's initial value comes
+  // either here (a caller holding it in memory) or through
+  // JoinSession::AddChunk, never both.
+  std::vector<Declaration> declarations;
 };
 
 struct PushHeader {
@@ -156,6 +167,49 @@ absl::StatusOr<std::uint64_t> ElementCount(
     const std::vector<std::int64_t>& shape, std::uint64_t max_bytes);
 
 class TensorStore;
+
+// One Join in flight: created by TensorStore::BeginJoin, fed the initial
+// values of the declared tensors chunk by chunk, then finished. Nothing in
+// the store changes before Finish(). Not thread-safe (one stream drives it);
+// the store must outlive it.
+class JoinSession {
+ public:
+  JoinSession(const JoinSession&) = delete;
+  JoinSession& operator=(const JoinSession&) = delete;
+
+  const std::string& worker_id() const { return header_.worker_id; }
+
+  // Takes one chunk of the initial value of declaration `index`: float32
+  // bytes at byte `offset`, chunks in order, each options().chunk_bytes long
+  // but the last. The value is kept only for a tensor the store lacked (or
+  // held with another shape) at BeginJoin; for one it holds, the chunk is
+  // checked and dropped, as that tensor keeps its value. INVALID_ARGUMENT for
+  // an index past the list, an offset out of order, a wrong length, or
+  // NaN/Inf in a kept value; OUT_OF_RANGE for an offset past the tensor's
+  // end. After an error the session is dead: every later call returns the
+  // same error.
+  absl::Status AddChunk(std::uint32_t index, std::uint64_t offset,
+                        absl::string_view data);
+
+  // Completes the Join (see TensorStore::Join for what it does and returns):
+  // INVALID_ARGUMENT if a value arrived in part (a declaration that got no
+  // chunk offers no value: its tensor must exist), plus the codes of
+  // TensorStore::Join. Once only: a second call is FAILED_PRECONDITION.
+  absl::StatusOr<JoinResult> Finish();
+
+ private:
+  friend class TensorStore;
+  // `bytes`: each tensor's float32 size; `keep`: whether its value is kept.
+  JoinSession(TensorStore* store, JoinHeader header,
+              std::vector<std::uint64_t> bytes, std::vector<bool> keep);
+
+  TensorStore* const store_;
+  JoinHeader header_;
+  const std::vector<std::uint64_t> bytes_;
+  const std::vector<bool> keep_;
+  std::vector<std::uint64_t> next_offset_;
+  absl::Status error_;
+};
 
 // One push in flight: created by TensorStore::BeginPush, fed chunks in
 // order, then finished. Not thread-safe (one stream drives it).
@@ -254,26 +308,32 @@ class TensorStore {
 
   const StoreOptions& options() const { return options_; }
 
-  // Starts (or replaces, for a known worker id) a membership. All-or-nothing:
-  // on error nothing changed. INVALID_ARGUMENT (names, shapes, value sizes,
-  // duplicates, NaN, a missing value for a new tensor), RESOURCE_EXHAUSTED
-  // (a tensor too large, too many tensors), ALREADY_EXISTS (a tensor of that
-  // name exists with another shape), ABORTED (the worker id's lease is live
-  // and held by another instance: a second process with the same id, or
-  // this process's previous life whose lease has not expired yet; the
-  // message names the holder), UNAVAILABLE (closed). A worker may declare
-  // no tensors (in a sharded job, all of its tensors may live on other
-  // shards): it holds a lease and can enter barriers.
+  // Starts a Join of `header.worker_id` (it starts or, for a known worker
+  // id, replaces a membership; see Join). Checks the header before any
+  // initial value is buffered: names, shapes, duplicates, the values given
+  // in it, and whether the tensors the store lacks fit its limits. Nothing
+  // changes until JoinSession::Finish(), which checks everything that
+  // depends on the store's state again. INVALID_ARGUMENT (names, shapes,
+  // value sizes, duplicates, NaN), RESOURCE_EXHAUSTED (a tensor too large,
+  // more than kMaxTensorsPerCall tensors, max_workers, max_total_bytes),
+  // UNAVAILABLE (closed).
+  absl::StatusOr<std::unique_ptr<JoinSession>> BeginJoin(JoinHeader header);
+
+  // Starts (or replaces, for a known worker id) a membership, every initial
+  // value in memory: BeginJoin and Finish at once. All-or-nothing: on error
+  // nothing changed. The codes of BeginJoin, plus INVALID_ARGUMENT (a missing
+  // value for a new tensor), ALREADY_EXISTS (a tensor of that name exists
+  // with another shape, or whole where this one is a part or the reverse),
+  // ABORTED (the worker id's lease is live and held by another instance: a
+  // second process with the same id, or this process's previous life whose
+  // lease has not expired yet; the message names the holder), UNAVAILABLE
+  // (closed). A worker may declare no tensors (in a sharded job, all of its
+  // tensors may live on other shards): it holds a lease and can enter
+  // barriers. A tensor that exists keeps its value; a value declared for it
+  // is ignored.
   absl::StatusOr<JoinResult> Join(absl::string_view worker_id,
                                   std::vector<Declaration> declarations,
                                   const Claimant& claimant = {});
-
-  // Whether a Join of `worker_id` that creates tensors of `new_bytes` in all
-  // fits the store's limits: RESOURCE_EXHAUSTED (max_workers,
-  // max_total_bytes), UNAVAILABLE (closed). Join checks it again; the
-  // service asks before buffering initial values.
-  absl::Status AdmitJoin(absl::string_view worker_id,
-                         std::uint64_t new_bytes) const;
 
   // Ends a membership and returns the id of the worker that left.
   // FAILED_PRECONDITION for an unknown lease.
@@ -366,7 +426,12 @@ class TensorStore {
     int holds = 0;          // Open waits keeping the lease alive.
   };
 
+  friend class JoinSession;
+
   explicit TensorStore(StoreOptions options);
+  // The part of a Join that takes the lock: takeover, limits and the tensors'
+  // state checked again, then the membership committed.
+  absl::StatusOr<JoinResult> CommitJoin(JoinHeader header);
   // The worker holding `lease_id`, whose lease this renews.
   // FAILED_PRECONDITION if none does.
   absl::StatusOr<Worker*> WorkerForLeaseLocked(std::uint64_t lease_id)

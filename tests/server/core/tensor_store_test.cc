@@ -1189,7 +1189,11 @@ TEST_F(TensorStoreTest, WorkerLimitRefusesNewMembersNotRejoins) {
   EXPECT_THAT(store_->Join("c", {Declaration{"w", {1}, {}}}),
               StatusIs(absl::StatusCode::kResourceExhausted,
                        HasSubstr("--max_workers")));
-  EXPECT_THAT(store_->AdmitJoin("c", 0),
+  // Refused at the header, before any value could be buffered.
+  JoinHeader header;
+  header.worker_id = "c";
+  header.declarations.push_back(Declaration{"w", {1}, {}});
+  EXPECT_THAT(store_->BeginJoin(std::move(header)),
               StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_THAT(store_->Join("a", {Declaration{"w", {1}, {}}}, Claimant{1, ""}),
               IsOk());
@@ -1214,8 +1218,13 @@ TEST_F(TensorStoreTest, TotalBytesLimitRefusesNewTensorsAndChangesNothing) {
   EXPECT_THAT(store_->Join("b", {Declaration{"w", {8}, {}},
                                  Declaration{"v", {2}, {1, 2}}}),
               IsOk());
-  EXPECT_THAT(store_->AdmitJoin("c", 4),
-              StatusIs(absl::StatusCode::kResourceExhausted));
+  // A new tensor is counted at the header, before its value arrives.
+  JoinHeader header;
+  header.worker_id = "c";
+  header.declarations.push_back(Declaration{"u", {1}, {}});
+  EXPECT_THAT(store_->BeginJoin(std::move(header)),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("--max_total_bytes")));
 }
 
 // A snapshot restored under a lower limit holds more than it allows: no new
