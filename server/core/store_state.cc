@@ -70,10 +70,10 @@ StoreState TensorStore::Save() const {
   StoreState state;
   absl::ReaderMutexLock lock(&mu_);
   for (const auto& [name, tensor] : tensors_) {
-    auto [snapshot, pushes] = tensor->Save();
+    auto [published, pushes] = tensor->Save();
     state.tensors.push_back(SavedTensor{
-        name, std::move(snapshot.shape), snapshot.version,
-        std::move(snapshot.value), std::move(pushes), tensor->whole_shape()});
+        name, std::move(published.shape), published.version,
+        std::move(published.value), std::move(pushes), tensor->whole_shape()});
   }
   std::sort(state.tensors.begin(), state.tensors.end(),
             [](const SavedTensor& a, const SavedTensor& b) {

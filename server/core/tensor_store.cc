@@ -218,7 +218,7 @@ absl::StatusOr<std::unique_ptr<Wait>> TensorStore::WaitForVersions(
       std::move(release));
 }
 
-absl::StatusOr<std::vector<TensorSnapshot>> TensorStore::Snapshot(
+absl::StatusOr<std::vector<PublishedTensor>> TensorStore::Read(
     const std::vector<std::string>& names, WireFormat format) const {
   std::vector<std::shared_ptr<SharedTensor>> tensors;
   {
@@ -229,12 +229,12 @@ absl::StatusOr<std::vector<TensorSnapshot>> TensorStore::Snapshot(
       tensors.push_back(std::move(tensor));
     }
   }
-  std::vector<TensorSnapshot> snapshots;
-  snapshots.reserve(tensors.size());
+  std::vector<PublishedTensor> published;
+  published.reserve(tensors.size());
   for (const auto& tensor : tensors) {
-    snapshots.push_back(tensor->Snapshot(format));
+    published.push_back(tensor->Read(format));
   }
-  return snapshots;
+  return published;
 }
 
 absl::StatusOr<TensorInfo> TensorStore::Describe(absl::string_view name) const {

@@ -392,9 +392,10 @@ class TensorStore {
       std::uint64_t lease_id, absl::string_view name, std::uint32_t count,
       std::function<void(absl::Status)> done, BarrierPass* pass = nullptr);
 
-  // The current value and version of each named tensor, and for a 16-bit
-  // `format` its encoding (SharedTensor::Snapshot). NOT_FOUND.
-  absl::StatusOr<std::vector<TensorSnapshot>> Snapshot(
+  // The read path of pulls: the current value and version of each named
+  // tensor, and for a 16-bit `format` its encoding (SharedTensor::Read).
+  // The values are shared, not copied. NOT_FOUND.
+  absl::StatusOr<std::vector<PublishedTensor>> Read(
       const std::vector<std::string>& names,
       WireFormat format = WireFormat::kFloat32) const;
 

@@ -98,17 +98,18 @@ absl::Status ParseMessage(grpc::ByteBuffer* bytes,
   return absl::OkStatus();
 }
 
-// Streams snapshots of tensors as one header message, then their chunks.
+// Streams published tensors (TensorStore::Read) as one header message, then
+// their chunks.
 // The messages are those of Pull and PushPull (the same on the wire). Each
 // chunk refers to the immutable published value, never a copy of it (or,
 // for 16-bit formats, to its encoding, made once per version).
 class TensorStreamer {
  public:
   TensorStreamer(std::vector<std::string> names,
-                 std::vector<core::TensorSnapshot> snapshots,
+                 std::vector<core::PublishedTensor> published,
                  std::uint64_t chunk_bytes, WireFormat format, bool batches)
       : names_(std::move(names)),
-        snapshots_(std::move(snapshots)),
+        published_(std::move(published)),
         chunk_bytes_(chunk_bytes),
         format_(format),
         batches_(batches) {}
@@ -125,11 +126,11 @@ class TensorStreamer {
       header_sent_ = true;
       v1::PullResponse response;
       v1::PullHeader* header = response.mutable_header();
-      for (std::size_t i = 0; i < snapshots_.size(); ++i) {
+      for (std::size_t i = 0; i < published_.size(); ++i) {
         v1::TensorInfo* info = header->add_tensors();
         info->set_name(names_[i]);
-        for (std::int64_t d : snapshots_[i].shape) info->add_shape(d);
-        info->set_version(snapshots_[i].version);
+        for (std::int64_t d : published_[i].shape) info->add_shape(d);
+        info->set_version(published_[i].version);
       }
       *msg = ToBytes(response);
       return 0;
@@ -168,9 +169,9 @@ class TensorStreamer {
 
   // The chunk at (tensor_, offset_), skipping finished tensors.
   std::optional<Chunk> Peek() {
-    for (; tensor_ < snapshots_.size(); ++tensor_, offset_ = 0) {
-      const core::TensorSnapshot& snapshot = snapshots_[tensor_];
-      const std::uint64_t bytes = snapshot.value->size() * kFloatBytes;
+    for (; tensor_ < published_.size(); ++tensor_, offset_ = 0) {
+      const core::PublishedTensor& published = published_[tensor_];
+      const std::uint64_t bytes = published.value->size() * kFloatBytes;
       if (offset_ >= bytes) continue;
       const std::uint64_t length = ChunkLength(bytes, chunk_bytes_, offset_);
       const auto index = static_cast<std::uint32_t>(tensor_);
@@ -179,23 +180,23 @@ class TensorStreamer {
             index,
             offset_,
             length,
-            reinterpret_cast<const char*>(snapshot.value->data()) + offset_,
+            reinterpret_cast<const char*>(published.value->data()) + offset_,
             length,
-            snapshot.value};
+            published.value};
       }
       const std::size_t element = ElementBytes(format_);
       return Chunk{index,
                    offset_,
                    length,
-                   snapshot.encoded->data() + offset_ / kFloatBytes * element,
+                   published.encoded->data() + offset_ / kFloatBytes * element,
                    length / kFloatBytes * element,
-                   snapshot.encoded};
+                   published.encoded};
     }
     return std::nullopt;
   }
 
   const std::vector<std::string> names_;
-  const std::vector<core::TensorSnapshot> snapshots_;
+  const std::vector<core::PublishedTensor> published_;
   const std::uint64_t chunk_bytes_;
   const WireFormat format_;
   const bool batches_;
@@ -364,9 +365,9 @@ class WaitThenStream {
  private:
   void Stream(const absl::Status& status) {
     if (!status.ok()) return FinishOnce(status);
-    auto snapshots = store_->Snapshot(names_, format_);
-    if (!snapshots.ok()) return FinishOnce(snapshots.status());
-    streamer_.emplace(names_, std::move(*snapshots),
+    auto published = store_->Read(names_, format_);
+    if (!published.ok()) return FinishOnce(published.status());
+    streamer_.emplace(names_, std::move(*published),
                       store_->options().chunk_bytes, format_, batches_);
     WriteNext();
   }

@@ -80,7 +80,7 @@ class JoinSessionTest : public ::testing::Test {
   }
 
   std::vector<float> Value(const std::string& name) {
-    auto read = store_->Snapshot({name});
+    auto read = store_->Read({name});
     EXPECT_THAT(read, IsOk());
     return read.ok() ? *(*read)[0].value : std::vector<float>{};
   }
