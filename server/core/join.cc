@@ -97,7 +97,8 @@ absl::StatusOr<JoinResult> JoinSession::Finish() {
       return error_;
     }
   }
-  absl::StatusOr<JoinResult> result = store_->CommitJoin(std::move(header_));
+  absl::StatusOr<JoinResult> result = store_->CommitJoin(
+      header_.worker_id, header_.claimant, std::move(header_.declarations));
   error_ = result.ok() ? absl::FailedPreconditionError("the Join is finished")
                        : result.status();
   return result;
@@ -178,10 +179,9 @@ absl::StatusOr<JoinResult> TensorStore::Join(
   return session->Finish();
 }
 
-absl::StatusOr<JoinResult> TensorStore::CommitJoin(JoinHeader header) {
-  const std::string& worker_id = header.worker_id;
-  const Claimant& claimant = header.claimant;
-  std::vector<Declaration>& declarations = header.declarations;
+absl::StatusOr<JoinResult> TensorStore::CommitJoin(
+    const std::string& worker_id, const Claimant& claimant,
+    std::vector<Declaration> declarations) {
   absl::flat_hash_set<absl::string_view> declared;
   for (const Declaration& d : declarations) declared.insert(d.name);
 

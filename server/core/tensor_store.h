@@ -177,6 +177,7 @@ class JoinSession {
   JoinSession(const JoinSession&) = delete;
   JoinSession& operator=(const JoinSession&) = delete;
 
+  // The worker that joins (also after Finish()).
   const std::string& worker_id() const { return header_.worker_id; }
 
   // Takes one chunk of the initial value of declaration `index`: float32
@@ -432,7 +433,9 @@ class TensorStore {
   explicit TensorStore(StoreOptions options);
   // The part of a Join that takes the lock: takeover, limits and the tensors'
   // state checked again, then the membership committed.
-  absl::StatusOr<JoinResult> CommitJoin(JoinHeader header);
+  absl::StatusOr<JoinResult> CommitJoin(const std::string& worker_id,
+                                        const Claimant& claimant,
+                                        std::vector<Declaration> declarations);
   // The worker holding `lease_id`, whose lease this renews.
   // FAILED_PRECONDITION if none does.
   absl::StatusOr<Worker*> WorkerForLeaseLocked(std::uint64_t lease_id)

@@ -104,6 +104,7 @@ TEST_F(JoinSessionTest, ValueInChunksCreatesTheTensorBitForBit) {
   EXPECT_EQ(joined->tensors[0].info.participants, 1u);
   EXPECT_NE(joined->lease_id, 0u);
   EXPECT_EQ(Value("w"), value);
+  EXPECT_EQ(session->worker_id(), "a");  // For the event log, after Finish.
 }
 
 TEST_F(JoinSessionTest, TensorsPerCallLimitIsRefusedAtTheHeader) {
