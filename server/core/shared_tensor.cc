@@ -409,7 +409,7 @@ void SharedTensor::Restore(std::uint64_t version,
   }
 }
 
-std::pair<TensorSnapshot, std::vector<SavedContribution>> SharedTensor::Save()
+std::pair<PublishedTensor, std::vector<SavedContribution>> SharedTensor::Save()
     const {
   absl::MutexLock lock(&mu_);
   std::vector<SavedContribution> pushes;
@@ -426,28 +426,29 @@ std::pair<TensorSnapshot, std::vector<SavedContribution>> SharedTensor::Save()
             [](const SavedContribution& a, const SavedContribution& b) {
               return a.worker < b.worker;
             });
-  return {TensorSnapshot{value_, version_, shape_, nullptr}, std::move(pushes)};
+  return {PublishedTensor{value_, version_, shape_, nullptr},
+          std::move(pushes)};
 }
 
-TensorSnapshot SharedTensor::Snapshot(WireFormat format) const {
-  TensorSnapshot snapshot;
+PublishedTensor SharedTensor::Read(WireFormat format) const {
+  PublishedTensor published;
   {
     absl::MutexLock lock(&mu_);
-    snapshot = TensorSnapshot{value_, version_, shape_, nullptr};
+    published = PublishedTensor{value_, version_, shape_, nullptr};
   }
-  if (format == WireFormat::kFloat32) return snapshot;
+  if (format == WireFormat::kFloat32) return published;
   const auto f = static_cast<std::size_t>(format);
   absl::MutexLock lock(&encoded_mu_);
-  if (encoded_[f] == nullptr || encoded_version_[f] != snapshot.version) {
+  if (encoded_[f] == nullptr || encoded_version_[f] != published.version) {
     auto encoded = std::make_shared<std::vector<char>>();
-    encoded->resize(snapshot.value->size() * ElementBytes(format));
-    EncodeValues(snapshot.value->data(), snapshot.value->size(), format,
+    encoded->resize(published.value->size() * ElementBytes(format));
+    EncodeValues(published.value->data(), published.value->size(), format,
                  encoded->data());
     encoded_[f] = std::move(encoded);
-    encoded_version_[f] = snapshot.version;
+    encoded_version_[f] = published.version;
   }
-  snapshot.encoded = encoded_[f];
-  return snapshot;
+  published.encoded = encoded_[f];
+  return published;
 }
 
 std::uint64_t SharedTensor::version() const {

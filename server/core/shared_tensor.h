@@ -76,7 +76,9 @@ class ValueRecycler : public std::enable_shared_from_this<ValueRecycler> {
 // The value's bytes in a 16-bit WireFormat, for pulls in that format.
 using EncodedValue = std::shared_ptr<const std::vector<char>>;
 
-struct TensorSnapshot {
+// A tensor as a read sees it: the value published at one version
+// (SharedTensor::Read, TensorStore::Read).
+struct PublishedTensor {
   TensorValue value;
   std::uint64_t version = 0;
   std::vector<std::int64_t> shape;
@@ -132,7 +134,7 @@ class SharedTensor {
                const std::vector<SavedContribution>& pushes);
   // The published value and version, with the completed pushes of closed
   // rounds (what a snapshot keeps).
-  std::pair<TensorSnapshot, std::vector<SavedContribution>> Save() const;
+  std::pair<PublishedTensor, std::vector<SavedContribution>> Save() const;
 
   void AddParticipant(absl::string_view worker);
   // The group shrinks; a sync round waiting only on `worker` closes.
@@ -176,7 +178,7 @@ class SharedTensor {
   // The current value; for a 16-bit `format` also its encoding, made once
   // per version and format (by the first pull that asks) and shared by
   // every pull of that version.
-  TensorSnapshot Snapshot(WireFormat format = WireFormat::kFloat32) const;
+  PublishedTensor Read(WireFormat format = WireFormat::kFloat32) const;
   std::uint64_t version() const;
   // Sync: closes the open round if its quorum contributed and its timeout
   // passed (see StoreOptions::round_quorum). True if it closed.

@@ -4,6 +4,11 @@
 // Free of gRPC: the service layer converts wire messages into these calls.
 // Every method is thread-safe. Callbacks the store invokes (round observers,
 // version waits) run outside its locks, on the thread whose call caused them.
+//
+// One class, defined by concern: join.cc (Join and its admission),
+// leases.cc (renewal, holds, Leave, expiry), push_session.cc (BeginPush and
+// PushSession), barriers.cc (EnterBarrier over Barriers), store_state.cc
+// (Save, Restore) and tensor_store.cc (creation, reads, waits, status).
 #ifndef WEIGHTD_SERVER_CORE_TENSOR_STORE_H_
 #define WEIGHTD_SERVER_CORE_TENSOR_STORE_H_
 
@@ -22,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "server/core/barriers.h"
 #include "server/core/kernels.h"
 #include "server/core/options.h"
 #include "server/core/shared_tensor.h"
@@ -33,7 +39,8 @@ struct Declaration {
   std::string name;
   std::vector<std::int64_t> shape;
   // Exactly the shape's element count; becomes the value if the tensor is
-  // new. May be empty for a tensor that exists (its value is kept anyway).
+  // new. May be empty for a tensor that exists (its value is kept anyway),
+  // or if the value comes in chunks (JoinSession::AddChunk).
   std::vector<float> initial_value;
   // Of the whole tensor, if this is one shard's part of it; else empty.
   std::vector<std::int64_t> whole_shape = {};
@@ -77,6 +84,16 @@ struct JoinResult {
   Takeover takeover = Takeover::kNone;
 };
 
+// What a Join declares (TensorStore::BeginJoin).
+struct JoinHeader {
+  std::string worker_id;
+  Claimant claimant;
+  // In the order the result lists them. A declaration's initial value comes
+  // either here (a caller holding it in memory) or through
+  // JoinSession::AddChunk, never both.
+  std::vector<Declaration> declarations;
+};
+
 struct PushHeader {
   std::uint64_t lease_id = 0;
   std::uint64_t sequence = 0;
@@ -101,22 +118,6 @@ struct WorkerInfo {
   std::uint64_t lease_id = 0;
   std::vector<std::string> tensors;  // Sorted.
   std::string peer;                  // Of its last Join (Claimant::peer).
-};
-
-// A barrier that workers are waiting in (for status reports).
-struct BarrierInfo {
-  std::string name;
-  std::uint32_t count = 0;     // Workers it waits for.
-  std::uint32_t waiting = 0;   // Workers waiting now.
-  std::uint64_t released = 0;  // Generations released so far.
-};
-
-// How a worker passed a barrier (TensorStore::EnterBarrier).
-struct BarrierPass {
-  // 0 .. count-1 for the workers released together, in the order they
-  // entered; count, count+1, ... for late workers of that generation.
-  std::uint32_t arrival = 0;
-  std::uint64_t generation = 0;  // The generation passed, from 1.
 };
 
 // Everything a restarted server needs to continue where a snapshot was
@@ -166,6 +167,54 @@ absl::StatusOr<std::uint64_t> ElementCount(
     const std::vector<std::int64_t>& shape, std::uint64_t max_bytes);
 
 class TensorStore;
+
+// One Join in flight: created by TensorStore::BeginJoin, fed the initial
+// values of the declared tensors chunk by chunk, then finished. Nothing in
+// the store changes before Finish(). Not thread-safe (one stream drives it);
+// the store must outlive it.
+class JoinSession {
+ public:
+  JoinSession(const JoinSession&) = delete;
+  JoinSession& operator=(const JoinSession&) = delete;
+
+  // The worker that joins (also after Finish()).
+  const std::string& worker_id() const { return header_.worker_id; }
+
+  // Takes one chunk of the initial value of declaration `index`: float32
+  // bytes at byte `offset`, chunks in order, each options().chunk_bytes long
+  // but the last. The value is kept only for a tensor the store lacked (or
+  // held with another shape) at BeginJoin; for one it holds, the chunk is
+  // checked and dropped, as that tensor keeps its value. INVALID_ARGUMENT for
+  // an index past the list, an offset out of order, a wrong length, or
+  // NaN/Inf in a kept value; OUT_OF_RANGE for an offset past the tensor's
+  // end. After an error the session is dead: every later call returns the
+  // same error. `data` is the byte ranges the chunk arrived in.
+  absl::Status AddChunk(std::uint32_t index, std::uint64_t offset, Pieces data);
+  // The same for a payload in one piece.
+  absl::Status AddChunk(std::uint32_t index, std::uint64_t offset,
+                        absl::string_view data) {
+    return AddChunk(index, offset, Pieces(&data, 1));
+  }
+
+  // Completes the Join (see TensorStore::Join for what it does and returns):
+  // INVALID_ARGUMENT if a value arrived in part (a declaration that got no
+  // chunk offers no value: its tensor must exist), plus the codes of
+  // TensorStore::Join. Once only: a second call is FAILED_PRECONDITION.
+  absl::StatusOr<JoinResult> Finish();
+
+ private:
+  friend class TensorStore;
+  // `bytes`: each tensor's float32 size; `keep`: whether its value is kept.
+  JoinSession(TensorStore* store, JoinHeader header,
+              std::vector<std::uint64_t> bytes, std::vector<bool> keep);
+
+  TensorStore* const store_;
+  JoinHeader header_;
+  const std::vector<std::uint64_t> bytes_;
+  const std::vector<bool> keep_;
+  std::vector<std::uint64_t> next_offset_;
+  absl::Status error_;
+};
 
 // One push in flight: created by TensorStore::BeginPush, fed chunks in
 // order, then finished. Not thread-safe (one stream drives it).
@@ -264,26 +313,32 @@ class TensorStore {
 
   const StoreOptions& options() const { return options_; }
 
-  // Starts (or replaces, for a known worker id) a membership. All-or-nothing:
-  // on error nothing changed. INVALID_ARGUMENT (names, shapes, value sizes,
-  // duplicates, NaN, a missing value for a new tensor), RESOURCE_EXHAUSTED
-  // (a tensor too large, too many tensors), ALREADY_EXISTS (a tensor of that
-  // name exists with another shape), ABORTED (the worker id's lease is live
-  // and held by another instance: a second process with the same id, or
-  // this process's previous life whose lease has not expired yet; the
-  // message names the holder), UNAVAILABLE (closed). A worker may declare
-  // no tensors (in a sharded job, all of its tensors may live on other
-  // shards): it holds a lease and can enter barriers.
+  // Starts a Join of `header.worker_id` (it starts or, for a known worker
+  // id, replaces a membership; see Join). Checks the header before any
+  // initial value is buffered: names, shapes, duplicates, the values given
+  // in it, and whether the tensors the store lacks fit its limits. Nothing
+  // changes until JoinSession::Finish(), which checks everything that
+  // depends on the store's state again. INVALID_ARGUMENT (names, shapes,
+  // value sizes, duplicates, NaN), RESOURCE_EXHAUSTED (a tensor too large,
+  // more than kMaxTensorsPerCall tensors, max_workers, max_total_bytes),
+  // UNAVAILABLE (closed).
+  absl::StatusOr<std::unique_ptr<JoinSession>> BeginJoin(JoinHeader header);
+
+  // Starts (or replaces, for a known worker id) a membership, every initial
+  // value in memory: BeginJoin and Finish at once. All-or-nothing: on error
+  // nothing changed. The codes of BeginJoin, plus INVALID_ARGUMENT (a missing
+  // value for a new tensor), ALREADY_EXISTS (a tensor of that name exists
+  // with another shape, or whole where this one is a part or the reverse),
+  // ABORTED (the worker id's lease is live and held by another instance: a
+  // second process with the same id, or this process's previous life whose
+  // lease has not expired yet; the message names the holder), UNAVAILABLE
+  // (closed). A worker may declare no tensors (in a sharded job, all of its
+  // tensors may live on other shards): it holds a lease and can enter
+  // barriers. A tensor that exists keeps its value; a value declared for it
+  // is ignored.
   absl::StatusOr<JoinResult> Join(absl::string_view worker_id,
                                   std::vector<Declaration> declarations,
                                   const Claimant& claimant = {});
-
-  // Whether a Join of `worker_id` that creates tensors of `new_bytes` in all
-  // fits the store's limits: RESOURCE_EXHAUSTED (max_workers,
-  // max_total_bytes), UNAVAILABLE (closed). Join checks it again; the
-  // service asks before buffering initial values.
-  absl::Status AdmitJoin(absl::string_view worker_id,
-                         std::uint64_t new_bytes) const;
 
   // Ends a membership and returns the id of the worker that left.
   // FAILED_PRECONDITION for an unknown lease.
@@ -309,7 +364,8 @@ class TensorStore {
   // declared by this worker), NOT_FOUND (unknown tensor),
   // INVALID_ARGUMENT (weight outside [kMinPushWeight, kMaxPushWeight], kind,
   // duplicates), ABORTED (round closed or not reached, stale sequence; a
-  // restored tensor counts a round ahead in its open one), ALREADY_EXISTS (already contributed), UNAVAILABLE (closed).
+  // restored tensor counts a round ahead in its open one), ALREADY_EXISTS
+  // (already contributed), UNAVAILABLE (closed).
   absl::StatusOr<std::unique_ptr<PushSession>> BeginPush(PushHeader header);
 
   // Calls `done(OK)` once every named tensor has reached its version, or
@@ -341,9 +397,10 @@ class TensorStore {
       std::uint64_t lease_id, absl::string_view name, std::uint32_t count,
       std::function<void(absl::Status)> done, BarrierPass* pass = nullptr);
 
-  // The current value and version of each named tensor, and for a 16-bit
-  // `format` its encoding (SharedTensor::Snapshot). NOT_FOUND.
-  absl::StatusOr<std::vector<TensorSnapshot>> Snapshot(
+  // The read path of pulls: the current value and version of each named
+  // tensor, and for a 16-bit `format` its encoding (SharedTensor::Read).
+  // The values are shared, not copied. NOT_FOUND.
+  absl::StatusOr<std::vector<PublishedTensor>> Read(
       const std::vector<std::string>& names,
       WireFormat format = WireFormat::kFloat32) const;
 
@@ -375,7 +432,14 @@ class TensorStore {
     int holds = 0;          // Open waits keeping the lease alive.
   };
 
+  friend class JoinSession;
+
   explicit TensorStore(StoreOptions options);
+  // The part of a Join that takes the lock: takeover, limits and the tensors'
+  // state checked again, then the membership committed.
+  absl::StatusOr<JoinResult> CommitJoin(const std::string& worker_id,
+                                        const Claimant& claimant,
+                                        std::vector<Declaration> declarations);
   // The worker holding `lease_id`, whose lease this renews.
   // FAILED_PRECONDITION if none does.
   absl::StatusOr<Worker*> WorkerForLeaseLocked(std::uint64_t lease_id)
@@ -395,29 +459,6 @@ class TensorStore {
       absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   static TensorInfo InfoOf(const SharedTensor& tensor);
 
-  struct Barrier {
-    std::uint32_t count = 0;
-    struct Entry {
-      std::uint64_t id;
-      std::uint64_t lease_id;
-      std::function<void(absl::Status)> done;
-      BarrierPass* pass;
-      std::uint32_t order;  // Of entry into this generation.
-    };
-    absl::flat_hash_map<std::string, Entry> waiting;  // By worker id.
-    std::uint32_t entered = 0;   // Entries into this generation so far.
-    std::uint64_t released = 0;  // Generations released.
-    std::uint32_t late = 0;      // Late passes of the latest generation.
-    // The latest generation each worker passed, with the lease it held.
-    struct Passed {
-      std::uint64_t lease_id;
-      std::uint64_t generation;
-    };
-    absl::flat_hash_map<std::string, Passed> passed;  // By worker id.
-  };
-  bool CancelBarrier(const std::string& name, std::uint64_t id);
-  void FailBarriers(const absl::Status& status);
-
   StoreOptions options_;
   std::atomic<std::uint64_t> rounds_closed_{0};
   // Written under mu_ (so waits registered under mu_ see it), read anywhere.
@@ -431,11 +472,7 @@ class TensorStore {
   std::uint64_t tensor_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // Sum of sizes.
   absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
 
-  // Separate from mu_: never held together with it.
-  mutable absl::Mutex barrier_mu_;
-  absl::flat_hash_map<std::string, Barrier> barriers_
-      ABSL_GUARDED_BY(barrier_mu_);
-  std::uint64_t next_barrier_id_ ABSL_GUARDED_BY(barrier_mu_) = 1;
+  Barriers barriers_;  // Its lock is never held together with mu_.
 };
 
 }  // namespace weightd::core

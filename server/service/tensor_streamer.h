@@ -24,10 +24,10 @@ namespace weightd::service {
 // reactor drives it.
 class TensorStreamer {
  public:
-  // `names[i]` is the name of `snapshots[i]`, taken in `format` (16-bit
+  // `names[i]` is the name of `published[i]`, taken in `format` (16-bit
   // formats: `encoded` set); `chunk_bytes` is the store's.
   TensorStreamer(const std::vector<std::string>& names,
-                 const std::vector<core::TensorSnapshot>& snapshots,
+                 const std::vector<core::PublishedTensor>& published,
                  std::uint64_t chunk_bytes, WireFormat format, bool batches);
   TensorStreamer(const TensorStreamer&) = delete;
   TensorStreamer& operator=(const TensorStreamer&) = delete;

@@ -62,9 +62,9 @@ class WaitThenStream {
  private:
   void Stream(const absl::Status& status) {
     if (!status.ok()) return FinishOnce(status);
-    auto snapshots = store_->Snapshot(names_, format_);
-    if (!snapshots.ok()) return FinishOnce(snapshots.status());
-    streamer_.emplace(names_, std::move(*snapshots),
+    auto published = store_->Read(names_, format_);
+    if (!published.ok()) return FinishOnce(published.status());
+    streamer_.emplace(names_, std::move(*published),
                       store_->options().chunk_bytes, format_, batches_);
     WriteNext();
   }
@@ -216,92 +216,35 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
               "restart the workers with the new server list"));
         }
       }
-      worker_id_ = request_.header().worker_id();
-      instance_ = request_.header().instance();
-      const auto& tensors = request_.header().tensors();
-      if (tensors.size() > static_cast<int>(core::kMaxTensorsPerCall)) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat("Join declares ", tensors.size(),
-                         " tensors; the limit is ", core::kMaxTensorsPerCall));
-      }
-      for (const v1::TensorDeclaration& d : tensors) {
+      core::JoinHeader header;
+      header.worker_id = request_.header().worker_id();
+      header.claimant =
+          core::Claimant{request_.header().instance(), context_->peer()};
+      for (const v1::TensorDeclaration& d : request_.header().tensors()) {
         core::Declaration decl;
         decl.name = d.name();
         decl.shape.assign(d.shape().begin(), d.shape().end());
         decl.whole_shape.assign(d.whole_shape().begin(), d.whole_shape().end());
-        WEIGHTD_ASSIGN_OR_RETURN(
-            std::uint64_t count,
-            core::ElementCount(decl.shape, store_->options().max_tensor_bytes));
-        // A tensor that exists keeps its value: its chunks are checked, not
-        // kept.
-        absl::StatusOr<core::TensorInfo> existing = store_->Describe(d.name());
-        keep_.push_back(!existing.ok() || existing->shape != decl.shape);
-        if (!existing.ok()) new_bytes_ += count * kFloatBytes;
-        declarations_.push_back(std::move(decl));
-        elements_.push_back(count);
+        header.declarations.push_back(std::move(decl));
       }
-      next_offset_.assign(declarations_.size(), 0);
       // Refused before any initial value is buffered.
-      return store_->AdmitJoin(worker_id_, new_bytes_);
+      WEIGHTD_ASSIGN_OR_RETURN(session_, store_->BeginJoin(std::move(header)));
+      return absl::OkStatus();
     }
     if (!have_header_) return MissingHeader("Join");
     if (chunk == nullptr) {
       return absl::InvalidArgumentError("Join message carries nothing");
     }
-    const std::uint32_t i = chunk->tensor_index;
-    if (i >= declarations_.size()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chunk names tensor index ", i, "; the Join declares ",
-                       declarations_.size(), " tensors"));
-    }
-    core::Declaration& decl = declarations_[i];
-    const std::uint64_t bytes = elements_[i] * kFloatBytes;
-    if (chunk->offset >= bytes) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "chunk offset ", chunk->offset, " is past the end of tensor ",
-          decl.name, " (", bytes, " bytes)"));
-    }
-    if (chunk->offset != next_offset_[i]) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chunk of tensor ", decl.name, " at offset ",
-                       chunk->offset, "; expected offset ", next_offset_[i]));
-    }
-    const std::uint64_t expected =
-        ChunkLength(bytes, store_->options().chunk_bytes, chunk->offset);
-    if (chunk->size != expected) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chunk of tensor ", decl.name, " at offset ", chunk->offset,
-          " carries ", chunk->size, " bytes; expected ", expected));
-    }
-    if (keep_[i]) {
-      // Grows with the bytes received: a header alone allocates nothing.
-      decl.initial_value.resize((chunk->offset + expected) / kFloatBytes);
-      CopyPieces(
-          chunk->pieces,
-          reinterpret_cast<char*>(decl.initial_value.data()) + chunk->offset);
-    }
-    next_offset_[i] += expected;
-    traffic_->bytes_received.fetch_add(expected, std::memory_order_relaxed);
+    WEIGHTD_RETURN_IF_ERROR(
+        session_->AddChunk(chunk->tensor_index, chunk->offset, chunk->pieces));
+    traffic_->bytes_received.fetch_add(chunk->size, std::memory_order_relaxed);
     return absl::OkStatus();
   }
 
   absl::Status Complete() {
     if (!have_header_) return MissingHeader("Join");
-    for (std::size_t i = 0; i < declarations_.size(); ++i) {
-      // No bytes at all: no value offered (the tensor must exist).
-      if (next_offset_[i] != 0 &&
-          next_offset_[i] != elements_[i] * kFloatBytes) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "Join ended after ", next_offset_[i], " of ",
-            elements_[i] * kFloatBytes, " bytes of the initial value of ",
-            declarations_[i].name));
-      }
-    }
-    WEIGHTD_ASSIGN_OR_RETURN(
-        core::JoinResult joined,
-        store_->Join(worker_id_, std::move(declarations_),
-                     core::Claimant{instance_, context_->peer()}));
-    events_->Joined(worker_id_, context_->peer(), joined);
+    WEIGHTD_ASSIGN_OR_RETURN(core::JoinResult joined, session_->Finish());
+    events_->Joined(session_->worker_id(), context_->peer(), joined);
     response_.set_lease_id(joined.lease_id);
     response_.set_lease_timeout_ms(
         absl::ToInt64Milliseconds(store_->options().lease_timeout));
@@ -328,13 +271,7 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   TensorStreamReader stream_;
   v1::JoinResponse response_;
   bool have_header_ = false;
-  std::string worker_id_;
-  std::uint64_t instance_ = 0;
-  std::vector<core::Declaration> declarations_;
-  std::vector<bool> keep_;       // Whether to keep the initial value's bytes.
-  std::uint64_t new_bytes_ = 0;  // Sum of the tensors the server lacks.
-  std::vector<std::uint64_t> elements_;
-  std::vector<std::uint64_t> next_offset_;
+  std::unique_ptr<core::JoinSession> session_;  // Once the header is read.
 };
 
 // Reads a push stream (header, then chunks) into a core::PushSession.

@@ -484,9 +484,9 @@ State Observe(Harness& h) {
   core::TensorStore& store = h.server->store();
   const core::StoreStatus status = store.Status();
   for (const core::TensorInfo& t : status.tensors) {
-    auto snap = store.Snapshot({t.name});
-    if (!snap.ok()) std::abort();
-    state.values[t.name] = {(*snap)[0].version, *(*snap)[0].value};
+    auto read = store.Read({t.name});
+    if (!read.ok()) std::abort();
+    state.values[t.name] = {(*read)[0].version, *(*read)[0].value};
     state.groups.emplace_back(t.name, t.participants, t.contributed);
   }
   for (const core::WorkerInfo& w : status.workers) {

@@ -97,9 +97,9 @@ class TensorStoreTest : public ::testing::Test {
   }
 
   std::vector<float> Value(const std::string& name) {
-    auto snap = store_->Snapshot({name});
-    EXPECT_THAT(snap, IsOk());
-    return snap.ok() ? *(*snap)[0].value : std::vector<float>{};
+    auto read = store_->Read({name});
+    EXPECT_THAT(read, IsOk());
+    return read.ok() ? *(*read)[0].value : std::vector<float>{};
   }
   std::uint64_t Version(const std::string& name) {
     auto info = store_->Describe(name);
@@ -643,12 +643,12 @@ TEST_F(TensorStoreTest, ConcurrentAsyncPushesNeverTear) {
       for (int p = 0; p < kPushes; ++p) {
         std::vector<float> mine(zero.size(), static_cast<float>(w + p));
         if (!Push(leases[w], p + 1, {{"t", 0, mine}}).ok()) ++failures;
-        auto snap = store_->Snapshot({"t"});
-        if (!snap.ok()) {
+        auto read = store_->Read({"t"});
+        if (!read.ok()) {
           ++failures;
           continue;
         }
-        const std::vector<float>& v = *(*snap)[0].value;
+        const std::vector<float>& v = *(*read)[0].value;
         for (float f : v) {
           if (f != v[0]) {
             ++failures;
@@ -696,7 +696,7 @@ TEST_F(TensorStoreTest, HeldValueStaysIntactAcrossRounds) {
   for (Mode mode : {Mode::kSync, Mode::kAsync}) {
     MakeStore(mode);
     const auto a = Join("a", {{"w", std::vector<float>(3000, 1.0f)}});
-    auto held = store_->Snapshot({"w"});
+    auto held = store_->Read({"w"});
     ASSERT_THAT(held, IsOk());
     for (std::uint64_t r = 0; r < 3; ++r) {
       ASSERT_THAT(Push(a, r + 1, {{"w", r, std::vector<float>(3000, 9.0f)}}),
@@ -1209,7 +1209,11 @@ TEST_F(TensorStoreTest, WorkerLimitRefusesNewMembersNotRejoins) {
   EXPECT_THAT(store_->Join("c", {Declaration{"w", {1}, {}}}),
               StatusIs(absl::StatusCode::kResourceExhausted,
                        HasSubstr("--max_workers")));
-  EXPECT_THAT(store_->AdmitJoin("c", 0),
+  // Refused at the header, before any value could be buffered.
+  JoinHeader header;
+  header.worker_id = "c";
+  header.declarations.push_back(Declaration{"w", {1}, {}});
+  EXPECT_THAT(store_->BeginJoin(std::move(header)),
               StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_THAT(store_->Join("a", {Declaration{"w", {1}, {}}}, Claimant{1, ""}),
               IsOk());
@@ -1234,8 +1238,13 @@ TEST_F(TensorStoreTest, TotalBytesLimitRefusesNewTensorsAndChangesNothing) {
   EXPECT_THAT(store_->Join("b", {Declaration{"w", {8}, {}},
                                  Declaration{"v", {2}, {1, 2}}}),
               IsOk());
-  EXPECT_THAT(store_->AdmitJoin("c", 4),
-              StatusIs(absl::StatusCode::kResourceExhausted));
+  // A new tensor is counted at the header, before its value arrives.
+  JoinHeader header;
+  header.worker_id = "c";
+  header.declarations.push_back(Declaration{"u", {1}, {}});
+  EXPECT_THAT(store_->BeginJoin(std::move(header)),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("--max_total_bytes")));
 }
 
 // A snapshot restored under a lower limit holds more than it allows: no new
@@ -1252,7 +1261,7 @@ TEST_F(TensorStoreTest, RestoredStateOverTheLimitAdmitsNoNewTensor) {
   EXPECT_THAT(store_->Join("a", {Declaration{"w", {10}, {}}}), IsOk());
 }
 
-// Many workers push many rounds concurrently while pullers snapshot.
+// Many workers push many rounds concurrently while pullers read.
 TEST_F(TensorStoreTest, ConcurrentRoundsAverageCorrectly) {
   MakeStore();
   constexpr int kWorkers = 4;
@@ -1284,8 +1293,8 @@ TEST_F(TensorStoreTest, ConcurrentRoundsAverageCorrectly) {
           ++failures;
           return;
         }
-        auto snap = store_->Snapshot({"t"});
-        if (!snap.ok() || (*(*snap)[0].value)[0] != 2.5f) ++failures;
+        auto read = store_->Read({"t"});
+        if (!read.ok() || (*(*read)[0].value)[0] != 2.5f) ++failures;
       }
     });
   }
@@ -1385,13 +1394,13 @@ TEST_F(QuorumTest, ConcurrentQuorumRoundsWithHousekeepingAndChurn) {
   });
   std::thread reader([&] {
     while (!stop) {
-      auto snap = store_->Snapshot({"t"});
-      if (!snap.ok()) {
+      auto read = store_->Read({"t"});
+      if (!read.ok()) {
         ++bad;
         return;
       }
       absl::MutexLock lock(&mu);
-      seen.try_emplace((*snap)[0].version, *(*snap)[0].value);
+      seen.try_emplace((*read)[0].version, *(*read)[0].value);
     }
   });
   std::thread churn([&] {

@@ -101,9 +101,9 @@ class ServiceTest : public ::testing::Test {
 
   // The stored value of `name`, read through the store (not the wire).
   std::vector<float> Stored(const std::string& name) {
-    auto snap = server_->store().Snapshot({name});
-    EXPECT_THAT(snap, IsOk());
-    return snap.ok() ? *(*snap)[0].value : std::vector<float>{};
+    auto read = server_->store().Read({name});
+    EXPECT_THAT(read, IsOk());
+    return read.ok() ? *(*read)[0].value : std::vector<float>{};
   }
 
   // Sends `messages` as a raw Push stream; returns the final status.
@@ -633,7 +633,7 @@ TEST_F(SnapshotServiceTest, RestartContinuesFromTheFinalSnapshot) {
   auto info = server_->store().Describe("w");
   ASSERT_THAT(info, IsOk());
   EXPECT_EQ(info->version, 3u);
-  EXPECT_THAT(*(*server_->store().Snapshot({"w"}))[0].value,
+  EXPECT_THAT(*(*server_->store().Read({"w"}))[0].value,
               ::testing::Each(12.0f));
   // The worker comes back under its id and continues from the saved value.
   std::vector<float> back(3000, 0.0f);

@@ -82,8 +82,8 @@ TEST_F(SnapshotTest, RoundTripRestoresValuesVersionsMembersAndDedupe) {
   auto& r = **restored;
   EXPECT_EQ(r.Describe("w")->version, 1u);
   EXPECT_EQ(r.Describe("w")->participants, 2u);
-  EXPECT_THAT(*(*r.Snapshot({"w"}))[0].value, ElementsAre(4, 4, 4, 4));
-  EXPECT_THAT(*(*r.Snapshot({"own"}))[0].value, ElementsAre(7));
+  EXPECT_THAT(*(*r.Read({"w"}))[0].value, ElementsAre(4, 4, 4, 4));
+  EXPECT_THAT(*(*r.Read({"own"}))[0].value, ElementsAre(7));
   // Leases survive: the workers continue without re-joining.
   // b's push of round 0 is remembered: a resend is a duplicate...
   auto again =
@@ -102,7 +102,7 @@ TEST_F(SnapshotTest, RoundTripRestoresValuesVersionsMembersAndDedupe) {
   ASSERT_THAT(Push(r, lease_a_, 2, 1, {9, 9, 9, 9}), IsOk());
   ASSERT_THAT(Push(r, lease_b_, 2, 1, {1, 1, 1, 1}), IsOk());
   EXPECT_EQ(r.Describe("w")->version, 2u);
-  EXPECT_THAT(*(*r.Snapshot({"w"}))[0].value, ElementsAre(5, 5, 5, 5));
+  EXPECT_THAT(*(*r.Read({"w"}))[0].value, ElementsAre(5, 5, 5, 5));
 }
 
 TEST_F(SnapshotTest, APartKeepsItsWholeShapeAcrossARestore) {

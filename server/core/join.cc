@@ -1,0 +1,323 @@
+// Join: who may become a member with which tensors, the admission limits,
+// and JoinSession, which gathers a Join's initial values chunk by chunk.
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/duration.h"
+#include "common/names.h"
+#include "common/status_macros.h"
+#include "common/wire.h"
+#include "server/core/errors.h"
+#include "server/core/kernels.h"
+#include "server/core/tensor_store.h"
+
+namespace weightd::core {
+
+// ---------------------------------------------------------------------------
+// JoinSession
+
+JoinSession::JoinSession(TensorStore* store, JoinHeader header,
+                         std::vector<std::uint64_t> bytes,
+                         std::vector<bool> keep)
+    : store_(store),
+      header_(std::move(header)),
+      bytes_(std::move(bytes)),
+      keep_(std::move(keep)),
+      next_offset_(header_.declarations.size(), 0) {
+  // A value that came with the header is complete.
+  for (std::size_t i = 0; i < header_.declarations.size(); ++i) {
+    if (!header_.declarations[i].initial_value.empty()) {
+      next_offset_[i] = bytes_[i];
+    }
+  }
+}
+
+absl::Status JoinSession::AddChunk(std::uint32_t index, std::uint64_t offset,
+                                   Pieces data) {
+  if (!error_.ok()) return error_;
+  auto fail = [this](absl::Status status) {
+    error_ = status;
+    return status;
+  };
+  std::vector<Declaration>& declarations = header_.declarations;
+  if (index >= declarations.size()) {
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("chunk names tensor index ", index, "; the Join declares ",
+                     declarations.size(), " tensors")));
+  }
+  Declaration& d = declarations[index];
+  const std::uint64_t bytes = bytes_[index];
+  if (offset >= bytes) {
+    return fail(absl::OutOfRangeError(
+        absl::StrCat("chunk offset ", offset, " is past the end of tensor ",
+                     d.name, " (", bytes, " bytes)")));
+  }
+  if (offset != next_offset_[index]) {
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("chunk of tensor ", d.name, " at offset ", offset,
+                     "; expected offset ", next_offset_[index])));
+  }
+  const std::uint64_t expected =
+      ChunkLength(bytes, store_->options().chunk_bytes, offset);
+  const std::uint64_t size = PiecesSize(data);
+  if (size != expected) {
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("chunk of tensor ", d.name, " at offset ", offset,
+                     " carries ", size, " bytes; expected ", expected)));
+  }
+  if (keep_[index]) {
+    if (!store_->options().allow_non_finite &&
+        !AllFinite(data, WireFormat::kFloat32)) {
+      return fail(absl::InvalidArgumentError(absl::StrCat(
+          "initial value of tensor ", d.name, " contains NaN or Inf")));
+    }
+    // Grows with the bytes received: a header alone allocates nothing.
+    d.initial_value.resize((offset + expected) / kFloatBytes);
+    char* out = reinterpret_cast<char*>(d.initial_value.data()) + offset;
+    for (absl::string_view piece : data) {
+      std::memcpy(out, piece.data(), piece.size());
+      out += piece.size();
+    }
+  }
+  next_offset_[index] += expected;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<JoinResult> JoinSession::Finish() {
+  if (!error_.ok()) return error_;
+  const std::vector<Declaration>& declarations = header_.declarations;
+  for (std::size_t i = 0; i < declarations.size(); ++i) {
+    // No bytes at all: no value offered (the tensor must exist).
+    if (next_offset_[i] != 0 && next_offset_[i] != bytes_[i]) {
+      error_ = absl::InvalidArgumentError(absl::StrCat(
+          "Join ended after ", next_offset_[i], " of ", bytes_[i],
+          " bytes of the initial value of ", declarations[i].name));
+      return error_;
+    }
+  }
+  absl::StatusOr<JoinResult> result = store_->CommitJoin(
+      header_.worker_id, header_.claimant, std::move(header_.declarations));
+  error_ = result.ok() ? absl::FailedPreconditionError("the Join is finished")
+                       : result.status();
+  return result;
+}
+
+// ---------------------------------------------------------------------------
+// TensorStore
+
+absl::StatusOr<std::unique_ptr<JoinSession>> TensorStore::BeginJoin(
+    JoinHeader header) {
+  const std::string& worker_id = header.worker_id;
+  std::vector<Declaration>& declarations = header.declarations;
+  if (declarations.size() > kMaxTensorsPerCall) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("Join declares ", declarations.size(),
+                     " tensors; the limit is ", kMaxTensorsPerCall));
+  }
+  WEIGHTD_RETURN_IF_ERROR(ValidateName("worker id", worker_id));
+  std::vector<std::uint64_t> bytes;
+  bytes.reserve(declarations.size());
+  absl::flat_hash_set<absl::string_view> seen;
+  for (const Declaration& d : declarations) {
+    WEIGHTD_RETURN_IF_ERROR(ValidateName("tensor name", d.name));
+    if (!seen.insert(d.name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", d.name, " is declared twice"));
+    }
+    WEIGHTD_ASSIGN_OR_RETURN(std::uint64_t count,
+                             ElementCount(d.shape, options_.max_tensor_bytes));
+    if (d.whole_shape.size() > kMaxRank ||
+        std::any_of(d.whole_shape.begin(), d.whole_shape.end(),
+                    [](std::int64_t dim) { return dim < 1; })) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "whole shape ", ShapeString(d.whole_shape), " of tensor ", d.name,
+          " has a dimension < 1 or more than ", kMaxRank, " dimensions"));
+    }
+    if (!d.initial_value.empty() && d.initial_value.size() != count) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("initial value of tensor ", d.name, " has ",
+                       d.initial_value.size() * kFloatBytes, " bytes; shape ",
+                       ShapeString(d.shape), " needs ", count * kFloatBytes));
+    }
+    if (!options_.allow_non_finite &&
+        !AllFinite(reinterpret_cast<const char*>(d.initial_value.data()),
+                   d.initial_value.size())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "initial value of tensor ", d.name, " contains NaN or Inf"));
+    }
+    bytes.push_back(count * kFloatBytes);
+  }
+  // A tensor the store holds keeps its value: chunks of an initial value for
+  // it are checked, not kept. One it lacks counts against the limits now,
+  // before any of its value is buffered.
+  std::vector<bool> keep;
+  keep.reserve(declarations.size());
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    std::uint64_t new_bytes = 0;
+    for (std::size_t i = 0; i < declarations.size(); ++i) {
+      auto it = tensors_.find(declarations[i].name);
+      keep.push_back(it == tensors_.end() ||
+                     it->second->shape() != declarations[i].shape);
+      if (it == tensors_.end()) new_bytes += bytes[i];
+    }
+    WEIGHTD_RETURN_IF_ERROR(AdmitJoinLocked(worker_id, new_bytes));
+  }
+  return std::unique_ptr<JoinSession>(new JoinSession(
+      this, std::move(header), std::move(bytes), std::move(keep)));
+}
+
+absl::StatusOr<JoinResult> TensorStore::Join(
+    absl::string_view worker_id, std::vector<Declaration> declarations,
+    const Claimant& claimant) {
+  WEIGHTD_ASSIGN_OR_RETURN(
+      std::unique_ptr<JoinSession> session,
+      BeginJoin(JoinHeader{std::string(worker_id), claimant,
+                           std::move(declarations)}));
+  return session->Finish();
+}
+
+absl::StatusOr<JoinResult> TensorStore::CommitJoin(
+    const std::string& worker_id, const Claimant& claimant,
+    std::vector<Declaration> declarations) {
+  absl::flat_hash_set<absl::string_view> declared;
+  for (const Declaration& d : declarations) declared.insert(d.name);
+
+  Deferred deferred;  // Runs after the lock is released.
+  absl::MutexLock lock(&mu_);
+  if (closed()) return ClosedError();
+  const absl::Time now = options_.now();
+  Takeover takeover = Takeover::kNone;
+  if (auto it = workers_.find(worker_id); it != workers_.end()) {
+    const Worker& held = it->second;
+    const absl::Duration silent = now - held.last_seen;
+    const bool live = held.lease_id != 0 &&
+                      (held.holds > 0 || silent < options_.lease_timeout);
+    if (!live) {
+      takeover = Takeover::kLapsed;
+    } else if (held.restored) {
+      takeover = Takeover::kRestored;
+    } else if (claimant.instance != 0 && claimant.instance == held.instance) {
+      takeover = Takeover::kSameProcess;
+    } else {
+      const absl::Duration left = held.holds > 0
+                                      ? options_.lease_timeout
+                                      : options_.lease_timeout - silent;
+      return absl::AbortedError(absl::StrCat(
+          "worker id ", worker_id, " is held by another live process (",
+          held.peer.empty() ? "peer unknown" : held.peer, ", last call ",
+          HumanDuration(silent),
+          " ago); give every worker its own id (weightd_worker: --worker_id "
+          "or --rank). If that process is gone, its lease expires within ",
+          absl::FormatDuration(absl::Ceil(left, absl::Milliseconds(100))),
+          " and a Join then succeeds"));
+    }
+  }
+  std::uint64_t new_bytes = 0;
+  for (const Declaration& d : declarations) {
+    if (!tensors_.contains(d.name)) {
+      new_bytes += d.initial_value.size() * kFloatBytes;
+    }
+  }
+  WEIGHTD_RETURN_IF_ERROR(AdmitJoinLocked(worker_id, new_bytes));
+  for (const Declaration& d : declarations) {
+    auto it = tensors_.find(d.name);
+    if (it == tensors_.end() && d.initial_value.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", d.name,
+                       " does not exist yet; its declaration must "
+                       "carry an initial value"));
+    }
+    if (it != tensors_.end() && it->second->shape() != d.shape) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("tensor ", d.name, " already exists with shape ",
+                       ShapeString(it->second->shape()), "; worker ", worker_id,
+                       " declared ", ShapeString(d.shape)));
+    }
+    if (it != tensors_.end() && it->second->whole_shape() != d.whole_shape) {
+      auto whole = [](const std::vector<std::int64_t>& w,
+                      const std::vector<std::int64_t>& part) {
+        return w.empty() ? absl::StrCat("whole, shape ", ShapeString(part))
+                         : absl::StrCat("a part of a tensor of shape ",
+                                        ShapeString(w), " split over shards");
+      };
+      return absl::AlreadyExistsError(absl::StrCat(
+          "tensor ", d.name, " exists here as ",
+          whole(it->second->whole_shape(), it->second->shape()), "; worker ",
+          worker_id, " declared it as ", whole(d.whole_shape, d.shape)));
+    }
+  }
+
+  Worker& worker = workers_[worker_id];
+  if (!worker.id.empty()) {
+    // A re-join replaces the old membership.
+    leases_.erase(worker.lease_id);
+    for (const std::string& name : worker.tensors) {
+      if (!declared.contains(name)) {
+        tensors_.at(name)->RemoveParticipant(worker_id, deferred);
+      }
+    }
+  }
+  worker.id = std::string(worker_id);
+  worker.last_seen = now;
+  worker.instance = claimant.instance;
+  worker.peer = claimant.peer;
+  worker.restored = false;
+  worker.holds = 0;  // Holds of the old lease release nothing now.
+  do {
+    worker.lease_id = absl::Uniform<std::uint64_t>(bitgen_);
+  } while (worker.lease_id == 0 || leases_.contains(worker.lease_id));
+  leases_[worker.lease_id] = worker.id;
+  worker.tensors.clear();
+
+  JoinResult result;
+  result.takeover = takeover;
+  result.lease_id = worker.lease_id;
+  result.next_sequence = worker.max_sequence + 1;
+  for (Declaration& d : declarations) {
+    auto& slot = tensors_[d.name];
+    const bool created = slot == nullptr;
+    if (created) {
+      tensor_bytes_ += d.initial_value.size() * kFloatBytes;
+      slot = std::make_shared<SharedTensor>(d.name, d.shape,
+                                            std::move(d.initial_value),
+                                            &options_, d.whole_shape);
+    }
+    slot->AddParticipant(worker.id);
+    worker.tensors.push_back(d.name);
+    result.tensors.push_back(JoinedTensor{InfoOf(*slot), created});
+  }
+  std::sort(worker.tensors.begin(), worker.tensors.end());
+  return result;
+}
+
+absl::Status TensorStore::AdmitJoinLocked(absl::string_view worker_id,
+                                          std::uint64_t new_bytes) const {
+  if (closed()) return ClosedError();
+  if (options_.max_workers > 0 && leases_.size() >= options_.max_workers) {
+    auto it = workers_.find(worker_id);
+    if (it == workers_.end() || it->second.lease_id == 0) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "worker ", worker_id, " cannot join: ", leases_.size(),
+          " workers are members, the server's limit (--max_workers)"));
+    }
+  }
+  if (options_.max_total_bytes > 0 &&
+      (tensor_bytes_ >= options_.max_total_bytes ||
+       new_bytes > options_.max_total_bytes - tensor_bytes_) &&
+      new_bytes > 0) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "worker ", worker_id, " would create ", new_bytes,
+        " bytes of tensors; the server holds ", tensor_bytes_, " of at most ",
+        options_.max_total_bytes, " (--max_total_bytes)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace weightd::core
