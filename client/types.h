@@ -13,6 +13,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "client/cancellation.h"
+#include "common/update_kind.h"
 #include "common/wire_format.h"
 
 namespace weightd {
@@ -23,11 +24,6 @@ struct TensorRef {
   std::string name;
   std::vector<std::int64_t> shape;
   absl::Span<float> data;
-};
-
-enum class UpdateKind {
-  kWeights,  // The payload is the worker's weights (model averaging).
-  kDelta,    // The payload is a change, applied with the server's lr.
 };
 
 struct ClientOptions {

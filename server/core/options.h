@@ -11,6 +11,7 @@
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/update_kind.h"
 #include "common/wire.h"
 
 namespace weightd::core {
@@ -20,10 +21,7 @@ enum class Mode {
   kAsync,  // Every push is applied as soon as it completes.
 };
 
-enum class UpdateKind {
-  kWeights,  // Payload is weights: averaged (sync) or mixed in (async).
-  kDelta,    // Payload is a change: value += server_lr * mean (or each) delta.
-};
+using ::weightd::UpdateKind;  // common/update_kind.h
 
 // Reported once per closed round (sync) or applied push (async).
 struct RoundClosed {
