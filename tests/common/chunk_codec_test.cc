@@ -5,12 +5,14 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/byte_buffer.h"
 #include "weightd/v1/weightd.pb.h"
 
 namespace weightd {
 namespace {
 
 using ::testing::ElementsAreArray;
+using ::weightd::testing::Flatten;
 
 // The message's bytes cut into slices at `cuts` (a float may straddle two).
 grpc::ByteBuffer Sliced(const std::string& bytes,
@@ -28,16 +30,6 @@ grpc::ByteBuffer Sliced(const std::string& bytes,
 std::string Joined(const ChunkView& view) {
   std::string out;
   for (absl::string_view p : view.pieces) out.append(p.data(), p.size());
-  return out;
-}
-
-std::string Flatten(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(buffer.Dump(&slices).ok());
-  std::string out;
-  for (const grpc::Slice& s : slices) {
-    out.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
   return out;
 }
 

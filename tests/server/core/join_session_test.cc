@@ -12,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/core/tensor_store.h"
+#include "tests/testing/bytes.h"
 #include "tests/testing/status_matchers.h"
 
 namespace weightd::core {
@@ -19,16 +20,11 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::weightd::testing::FloatBytes;
 using ::weightd::testing::IsOk;
 using ::weightd::testing::StatusIs;
 
 constexpr std::uint64_t kChunk = kMinChunkBytes;  // 1024 floats a chunk.
-
-absl::string_view Bytes(const std::vector<float>& v, std::uint64_t offset,
-                        std::uint64_t length) {
-  return absl::string_view(reinterpret_cast<const char*>(v.data()) + offset,
-                           length);
-}
 
 // 0, 1, 2, ...: a value whose every chunk differs from every other.
 std::vector<float> Ramp(std::size_t n) {
@@ -67,7 +63,7 @@ class JoinSessionTest : public ::testing::Test {
     const std::uint64_t bytes = value.size() * 4;
     for (std::uint64_t off = 0; off < bytes; off += kChunk) {
       absl::Status s = session.AddChunk(
-          index, off, Bytes(value, off, ChunkLength(bytes, kChunk, off)));
+          index, off, FloatBytes(value, off, ChunkLength(bytes, kChunk, off)));
       if (!s.ok()) return s;
     }
     return absl::OkStatus();
@@ -148,18 +144,18 @@ TEST_F(JoinSessionTest, ChunksAreCheckedForIndexOffsetOrderAndLength) {
     auto session = Begin(Header("a", {{"w", 2500}}));
     ASSERT_NE(session, nullptr);
     const absl::Status refused =
-        session->AddChunk(c.index, c.offset, Bytes(value, 0, c.length));
+        session->AddChunk(c.index, c.offset, FloatBytes(value, 0, c.length));
     EXPECT_THAT(refused, StatusIs(c.code, HasSubstr(c.message)));
     // The session is dead: a good chunk and Finish() get the same error.
-    EXPECT_EQ(session->AddChunk(0, 0, Bytes(value, 0, kChunk)), refused);
+    EXPECT_EQ(session->AddChunk(0, 0, FloatBytes(value, 0, kChunk)), refused);
     EXPECT_EQ(session->Finish().status(), refused);
     EXPECT_THAT(store_->Describe("w"), StatusIs(absl::StatusCode::kNotFound));
   }
   // A chunk sent twice is out of order the second time.
   auto session = Begin(Header("a", {{"w", 2500}}));
   ASSERT_NE(session, nullptr);
-  ASSERT_THAT(session->AddChunk(0, 0, Bytes(value, 0, kChunk)), IsOk());
-  EXPECT_THAT(session->AddChunk(0, 0, Bytes(value, 0, kChunk)),
+  ASSERT_THAT(session->AddChunk(0, 0, FloatBytes(value, 0, kChunk)), IsOk());
+  EXPECT_THAT(session->AddChunk(0, 0, FloatBytes(value, 0, kChunk)),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("expected offset 4096")));
 }
@@ -169,7 +165,7 @@ TEST_F(JoinSessionTest, AValueSentInPartIsRefusedAtFinish) {
   const std::vector<float> value = Ramp(2500);
   auto session = Begin(Header("a", {{"w", 2500}}));
   ASSERT_NE(session, nullptr);
-  ASSERT_THAT(session->AddChunk(0, 0, Bytes(value, 0, kChunk)), IsOk());
+  ASSERT_THAT(session->AddChunk(0, 0, FloatBytes(value, 0, kChunk)), IsOk());
   EXPECT_THAT(session->Finish(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("Join ended after 4096 of 10000 bytes of "
@@ -217,7 +213,7 @@ TEST_F(JoinSessionTest, AnExistingTensorKeepsItsValueAndTheNewcomerGetsIt) {
   session = Begin(Header("c", {{"w", 2500}}));
   ASSERT_NE(session, nullptr);
   EXPECT_THAT(
-      session->AddChunk(0, 0, Bytes(mine, 0, 8)),
+      session->AddChunk(0, 0, FloatBytes(mine, 0, 8)),
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("expected 4096")));
 }
 
@@ -227,8 +223,8 @@ TEST_F(JoinSessionTest, NonFiniteValueOfANewTensorIsRefused) {
   value[2000] = std::numeric_limits<float>::infinity();  // In the 2nd chunk.
   auto session = Begin(Header("a", {{"w", 2500}}));
   ASSERT_NE(session, nullptr);
-  ASSERT_THAT(session->AddChunk(0, 0, Bytes(value, 0, kChunk)), IsOk());
-  EXPECT_THAT(session->AddChunk(0, kChunk, Bytes(value, kChunk, kChunk)),
+  ASSERT_THAT(session->AddChunk(0, 0, FloatBytes(value, 0, kChunk)), IsOk());
+  EXPECT_THAT(session->AddChunk(0, kChunk, FloatBytes(value, kChunk, kChunk)),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("initial value of tensor w contains NaN or "
                                  "Inf")));

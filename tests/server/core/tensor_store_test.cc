@@ -15,6 +15,7 @@
 #include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/bytes.h"
 #include "tests/testing/status_matchers.h"
 
 namespace weightd::core {
@@ -22,16 +23,11 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::weightd::testing::FloatBytes;
 using ::weightd::testing::IsOk;
 using ::weightd::testing::StatusIs;
 
 constexpr std::uint64_t kChunk = kMinChunkBytes;  // 1024 floats a chunk.
-
-absl::string_view Bytes(const std::vector<float>& v, std::uint64_t offset,
-                        std::uint64_t length) {
-  return absl::string_view(reinterpret_cast<const char*>(v.data()) + offset,
-                           length);
-}
 
 class TensorStoreTest : public ::testing::Test {
  protected:
@@ -89,7 +85,7 @@ class TensorStoreTest : public ::testing::Test {
       const std::uint64_t bytes = value.size() * 4;
       for (std::uint64_t off = 0; off < bytes; off += kChunk) {
         absl::Status s = (*session)->AddChunk(
-            i, off, Bytes(value, off, ChunkLength(bytes, kChunk, off)));
+            i, off, FloatBytes(value, off, ChunkLength(bytes, kChunk, off)));
         if (!s.ok()) return s;
       }
     }
@@ -287,7 +283,7 @@ TEST_F(TensorStoreTest, InterruptedPushResumesWithoutDoubleCounting) {
     auto session = store_->BeginPush(
         PushHeader{a, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
     ASSERT_THAT(session, IsOk());
-    ASSERT_THAT((*session)->AddChunk(0, 0, Bytes(big, 0, kChunk)), IsOk());
+    ASSERT_THAT((*session)->AddChunk(0, 0, FloatBytes(big, 0, kChunk)), IsOk());
     // The stream breaks here: the session is dropped unfinished.
   }
   std::vector<float> resent(3000, 1.0f);
@@ -395,23 +391,23 @@ TEST_F(TensorStoreTest, BadChunksAreRefusedAndChangeNothing) {
   {
     auto s = begin();
     ASSERT_THAT(s, IsOk());
-    EXPECT_THAT((*s)->AddChunk(1, 0, Bytes(payload, 0, kChunk)),
+    EXPECT_THAT((*s)->AddChunk(1, 0, FloatBytes(payload, 0, kChunk)),
                 StatusIs(absl::StatusCode::kInvalidArgument));
   }
   {
     auto s = begin();
-    EXPECT_THAT((*s)->AddChunk(0, kChunk, Bytes(payload, kChunk, 3808)),
+    EXPECT_THAT((*s)->AddChunk(0, kChunk, FloatBytes(payload, kChunk, 3808)),
                 StatusIs(absl::StatusCode::kInvalidArgument,
                          HasSubstr("expected offset 0")));
   }
   {
     auto s = begin();
-    EXPECT_THAT((*s)->AddChunk(0, 8000, Bytes(payload, 0, 4)),
+    EXPECT_THAT((*s)->AddChunk(0, 8000, FloatBytes(payload, 0, 4)),
                 StatusIs(absl::StatusCode::kOutOfRange));
   }
   {
     auto s = begin();
-    EXPECT_THAT((*s)->AddChunk(0, 0, Bytes(payload, 0, 100)),
+    EXPECT_THAT((*s)->AddChunk(0, 0, FloatBytes(payload, 0, 100)),
                 StatusIs(absl::StatusCode::kInvalidArgument,
                          HasSubstr("expected 4096")));
   }
@@ -419,7 +415,7 @@ TEST_F(TensorStoreTest, BadChunksAreRefusedAndChangeNothing) {
     auto s = begin();
     std::vector<float> nan = payload;
     nan[5] = std::numeric_limits<float>::quiet_NaN();
-    EXPECT_THAT((*s)->AddChunk(0, 0, Bytes(nan, 0, kChunk)),
+    EXPECT_THAT((*s)->AddChunk(0, 0, FloatBytes(nan, 0, kChunk)),
                 StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("NaN")));
     // The session is dead after an error.
     EXPECT_THAT((*s)->Finish(), StatusIs(absl::StatusCode::kInvalidArgument));
@@ -476,12 +472,12 @@ TEST_F(TensorStoreTest, PushSupersededByANewerOneIsAborted) {
   const std::vector<float> value = {4, 4};
   auto first = store_->BeginPush({a, 1, UpdateKind::kWeights, 1, {{"w", 0}}});
   ASSERT_THAT(first, IsOk());
-  ASSERT_THAT((*first)->AddChunk(0, 0, Bytes(value, 0, 8)), IsOk());
+  ASSERT_THAT((*first)->AddChunk(0, 0, FloatBytes(value, 0, 8)), IsOk());
   // A newer push of the same worker takes over the contribution (its chunk
   // was delivered already, so it is not counted again) and completes it.
   auto second = store_->BeginPush({a, 2, UpdateKind::kWeights, 1, {{"w", 0}}});
   ASSERT_THAT(second, IsOk());
-  ASSERT_THAT((*second)->AddChunk(0, 0, Bytes(value, 0, 8)), IsOk());
+  ASSERT_THAT((*second)->AddChunk(0, 0, FloatBytes(value, 0, 8)), IsOk());
   ASSERT_THAT((*second)->Finish(), IsOk());
   EXPECT_THAT((*first)->Finish(),
               StatusIs(absl::StatusCode::kAborted, HasSubstr("superseded")));
@@ -495,7 +491,7 @@ TEST_F(TensorStoreTest, SequenceReusedForAnotherKindIsRefused) {
   auto first = store_->BeginPush({a, 1, UpdateKind::kWeights, 1, {{"w", 0}}});
   ASSERT_THAT(first, IsOk());
   std::vector<float> ones(2000, 1.0f);
-  ASSERT_THAT((*first)->AddChunk(0, 0, Bytes(ones, 0, kChunk)), IsOk());
+  ASSERT_THAT((*first)->AddChunk(0, 0, FloatBytes(ones, 0, kChunk)), IsOk());
   auto other = store_->BeginPush({a, 1, UpdateKind::kDelta, 1, {{"w", 0}}});
   EXPECT_THAT(other, StatusIs(absl::StatusCode::kInvalidArgument,
                               HasSubstr("different round or update kind")));
@@ -597,7 +593,7 @@ TEST_F(TensorStoreTest, AsyncPushAppliesWholeOrNotAtAll) {
   auto partial = store_->BeginPush({a, 1, UpdateKind::kWeights, 1, {{"w", 0}}});
   ASSERT_THAT(partial, IsOk());
   std::vector<float> big(3000, 101.0f);
-  ASSERT_THAT((*partial)->AddChunk(0, 0, Bytes(big, 0, kChunk)), IsOk());
+  ASSERT_THAT((*partial)->AddChunk(0, 0, FloatBytes(big, 0, kChunk)), IsOk());
   ASSERT_THAT(Push(b, 1, {{"w", 0, std::vector<float>(3000, 3.0f)}}), IsOk());
   EXPECT_THAT(Value("w"), ::testing::Each(2.0f));  // Only b's push.
   partial->reset();
@@ -611,7 +607,7 @@ TEST_F(TensorStoreTest, AsyncPushAppliesWholeOrNotAtAll) {
   // A delta in flight does not block weights pushes.
   auto delta = store_->BeginPush({a, 3, UpdateKind::kDelta, 1, {{"w", 0}}});
   ASSERT_THAT(delta, IsOk());
-  ASSERT_THAT((*delta)->AddChunk(0, 0, Bytes(big, 0, kChunk)), IsOk());
+  ASSERT_THAT((*delta)->AddChunk(0, 0, FloatBytes(big, 0, kChunk)), IsOk());
   EXPECT_THAT(Push(b, 2, {{"w", 0, std::vector<float>(3000, 2.0f)}}), IsOk());
 }
 
@@ -679,7 +675,8 @@ TEST_F(TensorStoreTest, RoundKeepsNoPerWorkerBuffers) {
     ASSERT_THAT(s, IsOk());
     // Every worker has half its payload in flight at once.
     for (std::uint64_t off = 0; off < zero.size() * 2; off += kChunk) {
-      ASSERT_THAT((*s)->AddChunk(0, off, Bytes(ones, off, kChunk)), IsOk());
+      ASSERT_THAT((*s)->AddChunk(0, off, FloatBytes(ones, off, kChunk)),
+                  IsOk());
     }
     sessions.push_back(std::move(*s));
   }
@@ -1358,7 +1355,8 @@ TEST_F(QuorumTest, ConcurrentQuorumRoundsWithHousekeepingAndChurn) {
           const std::uint64_t offset = k * kChunk;
           status = (*session)->AddChunk(
               0, offset,
-              Bytes(mine, offset, ChunkLength(kElements * 4, kChunk, offset)));
+              FloatBytes(mine, offset,
+                         ChunkLength(kElements * 4, kChunk, offset)));
           if (status.ok()) ++chunks;
         }
         if (status.ok()) {

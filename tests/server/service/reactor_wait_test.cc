@@ -57,8 +57,8 @@ class FakeWait {
 
 TEST(ReactorWaitTest, FiringFinishesThroughReady) {
   FakeReactor reactor;
+  FakeWait store;  // Outlives the wait, as the store outlives a call.
   Wait wait(&reactor, FakeCall{});
-  FakeWait store;
   wait.Start([&](WaitDone done) { return store.Register(std::move(done)); },
              [&](absl::Status s) { wait.FinishOnce(s); });
   EXPECT_EQ(reactor.finishes, 0);
@@ -71,8 +71,8 @@ TEST(ReactorWaitTest, FiringFinishesThroughReady) {
 
 TEST(ReactorWaitTest, FiringInsideRegistrationRunsReadyAfterIt) {
   FakeReactor reactor;
+  FakeWait store;  // Outlives the wait, as the store outlives a call.
   Wait wait(&reactor, FakeCall{});
-  FakeWait store;
   bool registered = false;
   wait.Start(
       [&](WaitDone done) {
@@ -91,8 +91,8 @@ TEST(ReactorWaitTest, FiringInsideRegistrationRunsReadyAfterIt) {
 
 TEST(ReactorWaitTest, CancelBeforeStartCancelsTheWait) {
   FakeReactor reactor;
+  FakeWait store;  // Outlives the wait, as the store outlives a call.
   Wait wait(&reactor, FakeCall{});
-  FakeWait store;
   wait.OnCancel();
   wait.Start([&](WaitDone done) { return store.Register(std::move(done)); },
              [&](absl::Status s) { wait.FinishOnce(s); });
@@ -124,8 +124,8 @@ TEST(ReactorWaitTest, CancelRacingTheWaitFinishesExactlyOnce) {
   for (int round = 0; round < kRounds; ++round) {
     FakeReactor reactor;
     const int last = round;
+    FakeWait store;  // Outlives the wait, as the store outlives a call.
     auto wait = std::make_unique<Wait>(&reactor, FakeCall{});
-    FakeWait store;
     absl::Notification go, registered;
     bool fired = false;
     std::thread firer([&] {
@@ -171,8 +171,8 @@ TEST(ReactorWaitTest, CancelRacingRegistrationIsNeverLost) {
   constexpr int kRounds = 3000;
   for (int round = 0; round < kRounds; ++round) {
     FakeReactor reactor;
+    FakeWait store;  // Outlives the wait, as the store outlives a call.
     Wait wait(&reactor, FakeCall{});
-    FakeWait store;
     absl::Notification go;
     std::thread canceller([&] {
       go.WaitForNotification();
