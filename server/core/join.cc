@@ -111,6 +111,35 @@ absl::StatusOr<JoinResult> JoinSession::Finish() {
 // ---------------------------------------------------------------------------
 // TensorStore
 
+namespace {
+
+// ALREADY_EXISTS if `held`, the store's tensor of `d`'s name, is not what
+// `d` declares: another shape, or whole where `d` is a part or the reverse.
+absl::Status CheckHeld(const SharedTensor& held, const Declaration& d,
+                       absl::string_view worker_id) {
+  if (held.shape() != d.shape) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("tensor ", d.name, " already exists with shape ",
+                     ShapeString(held.shape()), "; worker ", worker_id,
+                     " declared ", ShapeString(d.shape)));
+  }
+  if (held.whole_shape() != d.whole_shape) {
+    auto whole = [](const std::vector<std::int64_t>& w,
+                    const std::vector<std::int64_t>& part) {
+      return w.empty() ? absl::StrCat("whole, shape ", ShapeString(part))
+                       : absl::StrCat("a part of a tensor of shape ",
+                                      ShapeString(w), " split over shards");
+    };
+    return absl::AlreadyExistsError(absl::StrCat(
+        "tensor ", d.name, " exists here as ",
+        whole(held.whole_shape(), held.shape()), "; worker ", worker_id,
+        " declared it as ", whole(d.whole_shape, d.shape)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<JoinSession>> TensorStore::BeginJoin(
     JoinHeader header) {
   const std::string& worker_id = header.worker_id;
@@ -153,9 +182,10 @@ absl::StatusOr<std::unique_ptr<JoinSession>> TensorStore::BeginJoin(
     }
     bytes.push_back(count * kFloatBytes);
   }
-  // A tensor the store holds keeps its value: chunks of an initial value for
-  // it are checked, not kept. One it lacks counts against the limits now,
-  // before any of its value is buffered.
+  // A tensor the store holds must be what is declared, and keeps its
+  // value: chunks of an initial value for it are checked, not kept. One it
+  // lacks counts against the limits now. Both before any value is buffered
+  // (Finish checks again: the store may change meanwhile).
   std::vector<bool> keep;
   keep.reserve(declarations.size());
   {
@@ -163,8 +193,11 @@ absl::StatusOr<std::unique_ptr<JoinSession>> TensorStore::BeginJoin(
     std::uint64_t new_bytes = 0;
     for (std::size_t i = 0; i < declarations.size(); ++i) {
       auto it = tensors_.find(declarations[i].name);
-      keep.push_back(it == tensors_.end() ||
-                     it->second->shape() != declarations[i].shape);
+      if (it != tensors_.end()) {
+        WEIGHTD_RETURN_IF_ERROR(
+            CheckHeld(*it->second, declarations[i], worker_id));
+      }
+      keep.push_back(it == tensors_.end());
       if (it == tensors_.end()) new_bytes += bytes[i];
     }
     WEIGHTD_RETURN_IF_ERROR(AdmitJoinLocked(worker_id, new_bytes));
@@ -234,23 +267,8 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
                        " does not exist yet; its declaration must "
                        "carry an initial value"));
     }
-    if (it != tensors_.end() && it->second->shape() != d.shape) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("tensor ", d.name, " already exists with shape ",
-                       ShapeString(it->second->shape()), "; worker ", worker_id,
-                       " declared ", ShapeString(d.shape)));
-    }
-    if (it != tensors_.end() && it->second->whole_shape() != d.whole_shape) {
-      auto whole = [](const std::vector<std::int64_t>& w,
-                      const std::vector<std::int64_t>& part) {
-        return w.empty() ? absl::StrCat("whole, shape ", ShapeString(part))
-                         : absl::StrCat("a part of a tensor of shape ",
-                                        ShapeString(w), " split over shards");
-      };
-      return absl::AlreadyExistsError(absl::StrCat(
-          "tensor ", d.name, " exists here as ",
-          whole(it->second->whole_shape(), it->second->shape()), "; worker ",
-          worker_id, " declared it as ", whole(d.whole_shape, d.shape)));
+    if (it != tensors_.end()) {
+      WEIGHTD_RETURN_IF_ERROR(CheckHeld(*it->second, d, worker_id));
     }
   }
 

@@ -182,9 +182,9 @@ class JoinSession {
 
   // Takes one chunk of the initial value of declaration `index`: float32
   // bytes at byte `offset`, chunks in order, each options().chunk_bytes long
-  // but the last. The value is kept only for a tensor the store lacked (or
-  // held with another shape) at BeginJoin; for one it holds, the chunk is
-  // checked and dropped, as that tensor keeps its value. INVALID_ARGUMENT for
+  // but the last. The value is kept only for a tensor the store lacked at
+  // BeginJoin; for one it holds, the chunk is checked and dropped, as that
+  // tensor keeps its value. INVALID_ARGUMENT for
   // an index past the list, an offset out of order, a wrong length, or
   // NaN/Inf in a kept value; OUT_OF_RANGE for an offset past the tensor's
   // end. After an error the session is dead: every later call returns the
@@ -316,12 +316,14 @@ class TensorStore {
   // Starts a Join of `header.worker_id` (it starts or, for a known worker
   // id, replaces a membership; see Join). Checks the header before any
   // initial value is buffered: names, shapes, duplicates, the values given
-  // in it, and whether the tensors the store lacks fit its limits. Nothing
-  // changes until JoinSession::Finish(), which checks everything that
-  // depends on the store's state again. INVALID_ARGUMENT (names, shapes,
-  // value sizes, duplicates, NaN), RESOURCE_EXHAUSTED (a tensor too large,
-  // more than kMaxTensorsPerCall tensors, max_workers, max_total_bytes),
-  // UNAVAILABLE (closed).
+  // in it, that the tensors the store holds are what is declared, and
+  // whether the tensors it lacks fit its limits. Nothing changes until
+  // JoinSession::Finish(), which checks everything that depends on the
+  // store's state again. INVALID_ARGUMENT (names, shapes, value sizes,
+  // duplicates, NaN), ALREADY_EXISTS (a tensor held with another shape, or
+  // whole where this one is a part or the reverse), RESOURCE_EXHAUSTED (a
+  // tensor too large, more than kMaxTensorsPerCall tensors, max_workers,
+  // max_total_bytes), UNAVAILABLE (closed).
   absl::StatusOr<std::unique_ptr<JoinSession>> BeginJoin(JoinHeader header);
 
   // Starts (or replaces, for a known worker id) a membership, every initial
