@@ -1,9 +1,13 @@
-"""No hidden copies: a worker process that joins, pushes and pulls a 256 MiB
-tensor peaks at most 150 MiB above the tensor itself (the interpreter,
-numpy, gRPC and the client's chunk buffers)."""
+"""No hidden copies and no unbounded buffering: a worker process that joins,
+pushes and pulls a 256 MiB tensor, on a machine whose cores are all busy,
+peaks at most 16 MiB above what it held before the calls (the interpreter,
+numpy, the package, a channel) plus the tensor itself."""
+
+import os
 
 MiB = 1 << 20
 TENSOR_BYTES = 256 * MiB
+TRANSIENT_BYTES = 16 * MiB  # The client's chunk buffers and gRPC's windows.
 
 MEMORY_WORKER = """
     import json, sys
@@ -35,15 +39,31 @@ MEMORY_WORKER = """
               flush=True)
 """
 
+# Keeps a core busy for at most 120 s (or until killed).
+SPINNER = """
+    import time
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        pass
+"""
 
-def test_peak_rss_of_a_256_mib_worker(server, spawn):
+
+def test_peak_rss_of_a_256_mib_worker_on_a_busy_machine(server, spawn):
+    # A worker slower than the server to copy what arrives is where gRPC's
+    # own flow control (windows grown by BDP probing) parked 40-100 MiB of
+    # received chunks (CI, 2026-12-01): keep every core busy meanwhile.
+    spinners = [spawn(SPINNER) for _ in range(os.cpu_count() or 2)]
     w = spawn(MEMORY_WORKER, server, TENSOR_BYTES)
     rss = w.expect("rss ", timeout=120)
     assert w.wait(timeout=30) == 0, w.err()
+    for s in spinners:
+        s.kill()
     assert rss["pushed"] == 3 * TENSOR_BYTES   # Join, push, push_pull.
     assert rss["pulled"] == 2 * TENSOR_BYTES   # pull, push_pull.
-    over = (rss["peak"] - TENSOR_BYTES) / MiB
-    print(f"peak RSS {rss['peak'] / MiB:.0f} MiB = tensor + {over:.0f} MiB "
-          f"(before the tensor: {rss['before'] / MiB:.0f} MiB)")
-    assert rss["peak"] <= TENSOR_BYTES + 150 * MiB, (
-        f"peak RSS {rss['peak'] / MiB:.0f} MiB: tensor + {over:.0f} MiB")
+    over = (rss["peak"] - rss["before"] - TENSOR_BYTES) / MiB
+    print(f"peak RSS {rss['peak'] / MiB:.0f} MiB = {rss['before'] / MiB:.0f} "
+          f"MiB before the calls + tensor + {over:.0f} MiB")
+    assert rss["peak"] <= rss["before"] + TENSOR_BYTES + TRANSIENT_BYTES, (
+        f"peak RSS {rss['peak'] / MiB:.0f} MiB: {rss['before'] / MiB:.0f} MiB "
+        f"before the calls + tensor + {over:.0f} MiB (at most "
+        f"{TRANSIENT_BYTES // MiB} MiB)")
