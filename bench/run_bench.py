@@ -22,11 +22,29 @@ import time
 MiB = 1 << 20
 
 
+class Local:
+    """Where Bench runs its processes: here, every daemon on 127.0.0.1.
+    bench/net_bench.py places them on hosts of their own instead."""
+
+    def server(self, index):
+        """(argv prefix, address to listen on) of the index-th daemon."""
+        return [], "127.0.0.1"
+
+    def worker(self, rank):
+        """argv prefix of the rank-th worker."""
+        return []
+
+    def dial(self, address):
+        """The address workers dial to reach a daemon at `address`."""
+        return address
+
+
 class Bench:
-    def __init__(self, build, smoke, reps):
+    def __init__(self, build, smoke, reps, hosts=None):
         self.build = build
         self.smoke = smoke
         self.reps = reps
+        self.hosts = hosts or Local()
         self.tmp = tempfile.mkdtemp(prefix="weightd-bench.")
         self.rows = []
 
@@ -137,24 +155,28 @@ class Bench:
     # --- weightd -----------------------------------------------------------
     def rounds(self, workers, layout, nbytes=0, count=1, unix=False,
                reps=None, wire_format="float32", shards=1, split_bytes=None,
-               python=False):
+               python=False, per_worker=False):
         """Round times of W bench_workers against a fresh weightd (over TCP,
         or over the Unix socket it also listens on), or `shards` of them,
         and the peak RSS of the first. `python`: the workers are
-        bench/bench_worker.py over the Python package (layout single)."""
+        bench/bench_worker.py over the Python package (layout single).
+        The times are each round's slowest worker's, or with `per_worker`
+        every worker's list of round times."""
         daemons, addresses = [], []
         try:
             for i in range(shards):
                 ready = os.path.join(self.tmp, "weightd%d.addr" % i)
                 sock = os.path.join(self.tmp, "weightd%d.sock" % i)
-                daemon, address = self.start(
-                    [self.path("server", "weightd"), "--listen=127.0.0.1:0",
-                     "--unix_socket=" + sock, "--ready_file=" + ready,
-                     "--shard_index=%d" % i, "--shard_count=%d" % shards,
-                     "--log_level=warn",
-                     "--max_tensor_bytes=%d" % (2 << 30)], ready)
+                prefix, host = self.hosts.server(i)
+                daemon, address = self.start(prefix + [
+                    self.path("server", "weightd"), "--listen=%s:0" % host,
+                    "--unix_socket=" + sock, "--ready_file=" + ready,
+                    "--shard_index=%d" % i, "--shard_count=%d" % shards,
+                    "--log_level=warn",
+                    "--max_tensor_bytes=%d" % (2 << 30)], ready)
                 daemons.append(daemon)
-                addresses.append("unix:" + sock if unix else address)
+                addresses.append("unix:" + sock if unix else
+                                 self.hosts.dial(address))
         except SystemExit:  # A shard did not start: none is left running.
             for d in daemons:
                 d.kill()
@@ -187,8 +209,8 @@ class Bench:
                 ["--split_bytes=%d" % split_bytes] if split_bytes else [])
             env = None
         try:
-            per_worker = self.parallel(
-                [worker + ["--server=" + address,
+            times = self.parallel(
+                [self.hosts.worker(r) + worker + ["--server=" + address,
                            "--rank=%d" % r, "--workers=%d" % workers,
                            "--bytes=%d" % nbytes,
                            "--reps=%d" % (reps or self.reps),
@@ -202,7 +224,7 @@ class Bench:
         finally:
             for d in daemons:
                 self.stop(d)
-        return self.slowest(per_worker), rss
+        return (times if per_worker else self.slowest(times)), rss
 
     # --- reporting ---------------------------------------------------------
     def row(self, scenario, workers, nbytes, values, unit, baseline_name,
@@ -229,6 +251,26 @@ class Bench:
         print("  %-34s %12.4g %-7s ratio %s" % (
             scenario, med, unit, "-" if ratio is None else "%.3f" % ratio),
             flush=True)
+
+
+    def report(self, out):
+        """Writes the rows to out/summary.json and prints them as a table."""
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump(self.rows, f, indent=1)
+        print()
+        print("| scenario | W | tensor | median | min | max | unit | baseline "
+              "| ratio | target |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in self.rows:
+            print("| %s | %d | %s | %.4g | %.4g | %.4g | %s | %s = %.4g | %s "
+                  "| %s |" % (
+                      r["scenario"], r["workers"], human(r["tensor_bytes"]),
+                      r["median"], r["min"], r["max"], r["unit"],
+                      r["baseline_name"], r["baseline"],
+                      "-" if r["ratio"] is None else "%.3f" % r["ratio"],
+                      "-" if r["target"] is None else ">= %g" % r["target"]))
+        print("\nsummary: %s" % os.path.join(out, "summary.json"))
 
 
 def gbps(nbytes, times):
@@ -361,19 +403,7 @@ def main():
         b.row("11 sync W=4, Python workers", 4, size, gbps(size, times),
               "GB/s", "scenario 1 (C++ bench_worker)", s1, 0.9)
 
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(b.rows, f, indent=1)
-    print()
-    print("| scenario | W | tensor | median | min | max | unit | baseline | ratio | target |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in b.rows:
-        print("| %s | %d | %s | %.4g | %.4g | %.4g | %s | %s = %.4g | %s | %s |" % (
-            r["scenario"], r["workers"], human(r["tensor_bytes"]), r["median"],
-            r["min"], r["max"], r["unit"], r["baseline_name"], r["baseline"],
-            "-" if r["ratio"] is None else "%.3f" % r["ratio"],
-            "-" if r["target"] is None else ">= %g" % r["target"]))
-    print("\nsummary: %s" % os.path.join(args.out, "summary.json"))
+    b.report(args.out)
 
 
 def human(n):
