@@ -33,6 +33,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                      "): a deployment of N shards numbers them 0 to "
                      "N-1"));
   }
+  // spdlog makes its default logger on first use. Made here, on the thread
+  // that starts the server, before gRPC's threads log, it is made once and
+  // visibly before them: TSan cannot see the guard of that lazy creation
+  // inside (uninstrumented) libspdlog, and reported two gRPC threads that
+  // logged first at once as a race (sharding_test, CI 2026-12-01).
+  spdlog::default_logger_raw();
   std::unique_ptr<Server> server(new Server());
   server->service_ = std::make_unique<WeightdService>(options.shard_index,
                                                       options.shard_count);
