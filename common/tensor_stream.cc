@@ -116,10 +116,17 @@ TensorStreamWriter::TensorStreamWriter(std::vector<OutgoingTensor> tensors,
       format_(format),
       plan_(TensorBytes(tensors_), chunk_bytes, format, batches) {}
 
+const std::vector<PlannedChunk>& TensorStreamWriter::Peek() {
+  if (!peeked_) peeked_ = plan_.Next(&chunks_, &batch_);
+  return chunks_;  // Cleared by plan_.Next() at the end.
+}
+
 std::optional<std::uint64_t> TensorStreamWriter::Next(
     grpc::ByteBuffer* message) {
-  bool batch = false;
-  if (!plan_.Next(&chunks_, &batch)) return std::nullopt;
+  if (!std::exchange(peeked_, false) && !plan_.Next(&chunks_, &batch_)) {
+    return std::nullopt;
+  }
+  const bool batch = batch_;
   const std::size_t element = ElementBytes(format_);
   if (!batch) {
     const PlannedChunk& c = chunks_.front();

@@ -120,14 +120,20 @@ class TensorStreamWriter {
   // Sets `*message` to the next message and returns its payload bytes, or
   // returns nullopt (leaving `*message` alone) once every chunk was built.
   std::optional<std::uint64_t> Next(grpc::ByteBuffer* message);
+  // The chunks the next message will carry (empty once every chunk was
+  // built), for a caller that sends each message only once its values are
+  // final (a round's result streamed while the round is open).
+  const std::vector<PlannedChunk>& Peek();
   // True once Next() has nothing left to return.
-  bool finished() { return plan_.done(); }
+  bool finished() { return !peeked_ && plan_.done(); }
 
  private:
   const std::vector<OutgoingTensor> tensors_;
   const WireFormat format_;
   ChunkPlan plan_;
   std::vector<PlannedChunk> chunks_;  // Reused between messages.
+  bool batch_ = false;                // Whether chunks_ travel as a batch.
+  bool peeked_ = false;               // chunks_ is planned, not built.
 };
 
 // INVALID_ARGUMENT unless a batch of `chunks` chunks carrying `payload`

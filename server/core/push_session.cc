@@ -72,8 +72,9 @@ absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
   } else {
     const ContributionKey key{worker_, header_.sequence,
                               header_.entries[index].round, header_.kind};
+    Deferred deferred;  // Wakes the pulls of published chunks, unlocked.
     if (absl::Status s = tensor.AddChunk(key, header_.weight, offset, data,
-                                         format, expected);
+                                         format, expected, deferred);
         !s.ok()) {
       return fail(s);
     }

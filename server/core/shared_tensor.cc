@@ -16,13 +16,12 @@ absl::string_view KindName(UpdateKind kind) {
 
 }  // namespace
 
-TensorValue ValueRecycler::Publish(std::vector<float> value) {
-  return TensorValue(new std::vector<float>(std::move(value)),
-                     [self = shared_from_this()](const std::vector<float>* v) {
-                       std::unique_ptr<std::vector<float>> owned(
-                           const_cast<std::vector<float>*>(v));
-                       self->Give(std::move(*owned));
-                     });
+TensorStorage ValueRecycler::Publish(std::vector<float> value) {
+  return TensorStorage(new std::vector<float>(std::move(value)),
+                       [self = shared_from_this()](std::vector<float>* v) {
+                         std::unique_ptr<std::vector<float>> owned(v);
+                         self->Give(std::move(*owned));
+                       });
 }
 
 void ValueRecycler::Retire(TensorValue value) {
@@ -62,7 +61,11 @@ SharedTensor::SharedTensor(std::string name, std::vector<std::int64_t> shape,
       options_(options),
       chunk_elements_(options->chunk_bytes / 4),
       recycler_(std::make_shared<ValueRecycler>()),
-      value_(recycler_->Publish(std::move(initial))) {}
+      value_(recycler_->Publish(std::move(initial))) {
+  if (options_->mode == Mode::kSync) {
+    acc_ = recycler_->Publish(std::vector<float>(elements_));
+  }
+}
 
 void SharedTensor::AddParticipant(absl::string_view worker) {
   absl::MutexLock lock(&mu_);
@@ -73,8 +76,14 @@ void SharedTensor::RemoveParticipant(absl::string_view worker,
                                      Deferred& deferred) {
   absl::MutexLock lock(&mu_);
   participants_.erase(std::string(worker));
-  if (options_->mode == Mode::kSync && RoundCanCloseLocked()) {
+  if (options_->mode != Mode::kSync) return;
+  // The round stops waiting for it: published chunks may no longer hold
+  // its copy, so if it comes back it takes part from the next round.
+  if (members_.has_value()) members_->erase(std::string(worker));
+  if (RoundCanCloseLocked()) {
     CloseRoundLocked(deferred);
+  } else {
+    PublishReadyChunksLocked(deferred);  // It may have been the slowest.
   }
 }
 
@@ -121,8 +130,15 @@ absl::Status SharedTensor::CheckNewLocked(const ContributionKey& key,
   // back (a restore from an older snapshot) after the worker saw a later
   // one. The push counts in the open round; refused, it would leave the
   // workers still in that round waiting for a push that never comes.
-  if (previous != nullptr && previous->round == version_ &&
-      previous->complete) {
+  const bool in_round = previous != nullptr && previous->round == version_;
+  if (!in_round && members_.has_value() && !members_->contains(key.worker)) {
+    return absl::AbortedError(absl::StrCat(
+        "round ", version_, " of tensor ", name_,
+        " was already publishing its result when worker ", key.worker,
+        " joined it; the worker takes part from round ", version_ + 1,
+        ": pull the current value and continue"));
+  }
+  if (in_round && previous->complete) {
     return absl::AlreadyExistsError(absl::StrCat(
         "worker ", key.worker, " already contributed to round ", version_,
         " of tensor ", name_, " (push sequence ", previous->sequence, ")"));
@@ -144,7 +160,8 @@ absl::Status SharedTensor::CheckContribution(const ContributionKey& key) const {
 
 absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
                                     std::uint64_t offset, Pieces data,
-                                    WireFormat format, std::uint64_t length) {
+                                    WireFormat format, std::uint64_t length,
+                                    Deferred& deferred) {
   absl::MutexLock lock(&mu_);
   auto it = contributions_.find(key.worker);
   if (it != contributions_.end() && it->second.sequence == key.sequence) {
@@ -186,7 +203,15 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
         "tensor ", name_, " is collecting ", KindName(*acc_kind_),
         " updates in its open round; this push is ", KindName(key.kind)));
   }
-  if (acc_.size() != elements_) acc_.resize(elements_);
+  if (offset < result_bytes_) {
+    // Only a worker the round stopped waiting for (it left, and came back)
+    // can be behind what was published; the published part stays final.
+    return absl::AbortedError(
+        absl::StrCat("the result of round ", version_, " of tensor ", name_,
+                     " was published up to byte ", result_bytes_,
+                     " without this worker's chunk at byte ", offset,
+                     "; pull the current value and continue"));
+  }
   if (!round_started_) {
     round_started_ = true;
     chunk_weight_.assign((elements_ + chunk_elements_ - 1) / chunk_elements_,
@@ -196,15 +221,16 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
   const std::uint64_t first = offset / 4;
   double& chunk_weight = chunk_weight_[first / chunk_elements_];
   if (chunk_weight == 0.0) {
-    StoreScaled(data, format, static_cast<float>(weight), acc_.data() + first);
+    StoreScaled(data, format, static_cast<float>(weight), acc_->data() + first);
   } else {
     AccumulateScaled(data, format, static_cast<float>(weight),
-                     acc_.data() + first);
+                     acc_->data() + first);
   }
   chunk_weight += weight;
   acc_kind_ = key.kind;
   c.progress += length;
   round_bytes_ += length;
+  PublishReadyChunksLocked(deferred);
   return absl::OkStatus();
 }
 
@@ -305,9 +331,20 @@ absl::StatusOr<ContributionResult> SharedTensor::ApplyPush(
   return ContributionResult{c.round, c.ready_version, version_, false};
 }
 
+bool SharedTensor::WaitedForLocked(const std::string& worker) const {
+  return !members_.has_value() || members_->contains(worker);
+}
+
+std::uint32_t SharedTensor::WaitedForCountLocked() const {
+  std::uint32_t n = 0;
+  for (const std::string& p : participants_) n += WaitedForLocked(p);
+  return n;
+}
+
 std::uint32_t SharedTensor::CompleteParticipantsLocked() const {
   std::uint32_t n = 0;
   for (const std::string& p : participants_) {
+    if (!WaitedForLocked(p)) continue;
     auto it = contributions_.find(p);
     if (it != contributions_.end() && it->second.round == version_ &&
         it->second.complete) {
@@ -319,7 +356,7 @@ std::uint32_t SharedTensor::CompleteParticipantsLocked() const {
 
 bool SharedTensor::RoundCanCloseLocked() const {
   if (round_contributors_ == 0) return false;
-  const auto group = static_cast<std::uint32_t>(participants_.size());
+  const std::uint32_t group = WaitedForCountLocked();
   const std::uint32_t complete = CompleteParticipantsLocked();
   if (complete == group) return true;
   return options_->now() - round_start_ >= options_->round_timeout &&
@@ -333,42 +370,81 @@ bool SharedTensor::CloseIfOverdue(Deferred& deferred) {
   return true;
 }
 
-void SharedTensor::CloseRoundLocked(Deferred& deferred) {
+void SharedTensor::FinishChunkLocked(std::uint64_t k) {
   const float* old = value_->data();
-  float* acc = acc_.data();
-  const bool delta = acc_kind_ == UpdateKind::kDelta;
-  const float lr = static_cast<float>(options_->server_lr);
-  std::uint64_t non_finite_chunks = 0;
-  for (std::size_t k = 0; k < chunk_weight_.size(); ++k) {
-    const std::uint64_t begin = k * chunk_elements_;
-    const std::uint64_t end = std::min(elements_, begin + chunk_elements_);
-    const double w = chunk_weight_[k];
-    if (w == 0.0) {
-      std::copy(old + begin, old + end, acc + begin);
-      continue;
-    }
-    // Finite inputs can still overflow in the sum: such a chunk keeps its
-    // old value rather than publishing Inf or NaN.
-    if (!FinishMean(acc + begin, old + begin, end - begin, w, delta, lr) &&
-        !options_->allow_non_finite) {
-      std::copy(old + begin, old + end, acc + begin);
-      ++non_finite_chunks;
-    }
+  float* acc = acc_->data();
+  const std::uint64_t begin = k * chunk_elements_;
+  const std::uint64_t end = std::min(elements_, begin + chunk_elements_);
+  const double w = chunk_weight_[k];
+  if (w == 0.0) {
+    std::copy(old + begin, old + end, acc + begin);
+    return;
   }
-  // The old value's storage comes back as the next accumulator once the
-  // pulls still streaming it are done (right away if there are none).
-  recycler_->Retire(std::exchange(value_, recycler_->Publish(std::move(acc_))));
-  acc_ = recycler_->Take();
+  // Finite inputs can still overflow in the sum: such a chunk keeps its
+  // old value rather than publishing Inf or NaN.
+  if (!FinishMean(acc + begin, old + begin, end - begin, w,
+                  acc_kind_ == UpdateKind::kDelta,
+                  static_cast<float>(options_->server_lr)) &&
+      !options_->allow_non_finite) {
+    std::copy(old + begin, old + end, acc + begin);
+    ++round_non_finite_chunks_;
+  }
+}
 
-  const RoundClosed closed{name_,
-                           version_,
-                           round_contributors_,
-                           round_bytes_,
-                           options_->now() - round_start_,
-                           non_finite_chunks,
-                           static_cast<std::uint32_t>(participants_.size()) -
-                               CompleteParticipantsLocked()};
+void SharedTensor::PublishReadyChunksLocked(Deferred& deferred) {
+  if (!round_started_) return;
+  // The prefix every participant the round waits for has delivered.
+  std::uint64_t ready = bytes();
+  bool anyone = false;
+  for (const std::string& p : participants_) {
+    if (!WaitedForLocked(p)) continue;
+    anyone = true;
+    auto it = contributions_.find(p);
+    const bool in_round =
+        it != contributions_.end() && it->second.round == version_;
+    ready = std::min(ready, in_round ? it->second.progress : 0);
+  }
+  if (!anyone || ready <= result_bytes_) return;
+  if (!members_.has_value()) {
+    members_.emplace(participants_.begin(), participants_.end());
+  }
+  const std::uint64_t chunk_bytes = chunk_elements_ * 4;
+  for (std::uint64_t k = result_bytes_ / chunk_bytes; k * chunk_bytes < ready;
+       ++k) {
+    FinishChunkLocked(k);
+  }
+  result_bytes_ = ready;  // A chunk boundary, or the end: chunks go whole.
+  WakeWaitersLocked(deferred);
+}
+
+void SharedTensor::CloseRoundLocked(Deferred& deferred) {
+  // The chunks not published yet (result_bytes_ is a chunk boundary or the
+  // end).
+  const std::uint64_t chunk_bytes = chunk_elements_ * 4;
+  for (std::uint64_t k = (result_bytes_ + chunk_bytes - 1) / chunk_bytes;
+       k < chunk_weight_.size(); ++k) {
+    FinishChunkLocked(k);
+  }
+  // The accumulator is the result; the old value's storage comes back as
+  // the next accumulator once the pulls still streaming it are done (at
+  // once if there are none), else the next one is new storage.
+  recycler_->Retire(std::exchange(value_, std::move(acc_)));
+  std::vector<float> storage = recycler_->Take();
+  storage.resize(elements_);
+  acc_ = recycler_->Publish(std::move(storage));
+
+  const RoundClosed closed{
+      name_,
+      version_,
+      round_contributors_,
+      round_bytes_,
+      options_->now() - round_start_,
+      round_non_finite_chunks_,
+      WaitedForCountLocked() - CompleteParticipantsLocked()};
   round_started_ = false;
+  result_bytes_ = 0;
+  members_.reset();
+  round_non_finite_chunks_ = 0;
   acc_kind_.reset();
   round_contributors_ = 0;
   round_bytes_ = 0;
@@ -382,10 +458,20 @@ void SharedTensor::PublishLocked(RoundClosed closed, Deferred& deferred) {
       cb(closed);
     });
   }
-  auto ready = std::stable_partition(waiters_.begin(), waiters_.end(),
-                                     [version = version_](const Waiter& w) {
-                                       return w.min_version > version;
-                                     });
+  WakeWaitersLocked(deferred);
+}
+
+bool SharedTensor::SatisfiedLocked(const Waiter& waiter) const {
+  return version_ >= waiter.version ||
+         (version_ + 1 == waiter.version && result_bytes_ >= waiter.bytes);
+}
+
+void SharedTensor::WakeWaitersLocked(Deferred& deferred) {
+  auto ready = std::stable_partition(
+      waiters_.begin(), waiters_.end(),
+      [this](const Waiter& w) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        return !SatisfiedLocked(w);  // Under mu_, as every caller.
+      });
   for (auto it = ready; it != waiters_.end(); ++it) {
     deferred.Add([done = std::move(it->done)] { done(absl::OkStatus()); });
   }
@@ -430,6 +516,19 @@ std::pair<PublishedTensor, std::vector<SavedContribution>> SharedTensor::Save()
           std::move(pushes)};
 }
 
+absl::StatusOr<RoundResult> SharedTensor::ReadResult(
+    std::uint64_t round) const {
+  absl::MutexLock lock(&mu_);
+  if (options_->mode == Mode::kSync && round == version_) {
+    return RoundResult{acc_, round + 1, result_bytes_};
+  }
+  if (round + 1 == version_) return RoundResult{value_, version_, bytes()};
+  return absl::AbortedError(absl::StrCat(
+      "the result of round ", round, " of tensor ", name_,
+      round < version_ ? " is no longer held" : " is not being made",
+      "; the tensor is at version ", version_));
+}
+
 PublishedTensor SharedTensor::Read(WireFormat format) const {
   PublishedTensor published;
   {
@@ -470,7 +569,8 @@ std::uint64_t SharedTensor::AllocatedBytes() const {
   std::uint64_t bytes;
   {
     absl::MutexLock lock(&mu_);
-    bytes = (value_->capacity() + acc_.capacity() + recycler_->spare_floats()) *
+    bytes = (value_->capacity() + (acc_ ? acc_->capacity() : 0) +
+             recycler_->spare_floats()) *
                 sizeof(float) +
             chunk_weight_.capacity() * sizeof(double);
   }
@@ -481,13 +581,15 @@ std::uint64_t SharedTensor::AllocatedBytes() const {
   return bytes;
 }
 
-std::optional<std::uint64_t> SharedTensor::WaitForVersion(
-    std::uint64_t min_version, WaitCallback done) {
+std::optional<std::uint64_t> SharedTensor::WaitForResult(std::uint64_t version,
+                                                         std::uint64_t bytes,
+                                                         WaitCallback done) {
   absl::MutexLock lock(&mu_);
-  if (version_ >= min_version) return std::nullopt;
-  const std::uint64_t id = next_waiter_id_++;
-  waiters_.push_back(Waiter{id, min_version, std::move(done)});
-  return id;
+  Waiter waiter{next_waiter_id_, version, bytes, std::move(done)};
+  if (SatisfiedLocked(waiter)) return std::nullopt;
+  ++next_waiter_id_;
+  waiters_.push_back(std::move(waiter));
+  return waiters_.back().id;
 }
 
 bool SharedTensor::CancelWait(std::uint64_t id) {

@@ -46,6 +46,9 @@ class Deferred {
 
 // An immutable published value, shared with the pulls streaming it.
 using TensorValue = std::shared_ptr<const std::vector<float>>;
+// Storage that becomes a TensorValue: a sync round's accumulator, which
+// turns into the round's result in place.
+using TensorStorage = std::shared_ptr<std::vector<float>>;
 
 // Recycles the storage of a tensor's published values. A published value is
 // shared with the pulls and snapshots reading it; when the last of them lets
@@ -54,8 +57,8 @@ using TensorValue = std::shared_ptr<const std::vector<float>>;
 // or async result instead of a fresh allocation. Thread-safe.
 class ValueRecycler : public std::enable_shared_from_this<ValueRecycler> {
  public:
-  // Publishes `value`.
-  TensorValue Publish(std::vector<float> value);
+  // Publishes `value` (a TensorValue, or a TensorStorage still written).
+  TensorStorage Publish(std::vector<float> value);
   // `value` is published no more: its storage is kept for the next Take()
   // once the last reader lets go of it.
   void Retire(TensorValue value);
@@ -84,6 +87,15 @@ struct PublishedTensor {
   std::vector<std::int64_t> shape;
   // Set when asked for a 16-bit format: `value` encoded in it.
   EncodedValue encoded;
+};
+
+// The result of one sync round as far as it is published (see
+// SharedTensor::ReadResult): its first `ready_bytes` (float32 bytes) are
+// final and never change; the rest is still being summed.
+struct RoundResult {
+  TensorValue value;          // elements() values; the round's result.
+  std::uint64_t version = 0;  // The version it becomes: the round + 1.
+  std::uint64_t ready_bytes = 0;
 };
 
 // What a completed (or re-sent) push of one tensor produced.
@@ -153,12 +165,14 @@ class SharedTensor {
   // aligned, right length, finite) into the open round. A chunk this
   // worker's contribution to the round already delivered is skipped, so a
   // resend, or a new push after an interrupted one, applies each chunk once.
-  // Codes as CheckContribution.
+  // Codes as CheckContribution, and ABORTED for a chunk whose part of the
+  // round's result was already published (its worker was not waited for).
   // `length` is the chunk's float32 bytes; `data` holds its values in
-  // `format`.
+  // `format`. Publishes the chunks of the result every member has now
+  // delivered (see ReadResult), waking the waits for them.
   absl::Status AddChunk(const ContributionKey& key, double weight,
                         std::uint64_t offset, Pieces data, WireFormat format,
-                        std::uint64_t length);
+                        std::uint64_t length, Deferred& deferred);
 
   // Sync mode. Marks the push complete and closes the round if it was the
   // last one missing. INVALID_ARGUMENT if not all bytes arrived, ABORTED if
@@ -174,6 +188,16 @@ class SharedTensor {
   absl::StatusOr<ContributionResult> ApplyPush(const ContributionKey& key,
                                                absl::Span<const float> payload,
                                                Deferred& deferred);
+
+  // Sync mode: the result of round `round` as far as it is published. A
+  // chunk of the open round's result is published (averaged, final) as
+  // soon as every member of the round has delivered its copy of the chunk,
+  // before the round closes, so that pulls of the result overlap the
+  // pushes. The members are the participants when the first chunk was
+  // published; a worker that joins later takes part from the next round.
+  // For the round that closed last, its whole published value. ABORTED for
+  // a round older than that (its result is no longer held) or not open yet.
+  absl::StatusOr<RoundResult> ReadResult(std::uint64_t round) const;
 
   // The current value; for a 16-bit `format` also its encoding, made once
   // per version and format (by the first pull that asks) and shared by
@@ -191,11 +215,14 @@ class SharedTensor {
   std::uint64_t AllocatedBytes() const;
 
   using WaitCallback = std::function<void(absl::Status)>;
-  // If the version is already >= min_version returns nullopt and does not
-  // call `done`. Otherwise calls `done(OK)` once it is, from the thread
-  // that publishes it, outside the lock, and returns an id for CancelWait.
-  std::optional<std::uint64_t> WaitForVersion(std::uint64_t min_version,
-                                              WaitCallback done);
+  // If the version is already >= `version`, or `bytes` of it are published
+  // while its round is still open (see ReadResult), returns nullopt and does
+  // not call `done`. Otherwise calls `done(OK)` once that is so, from the
+  // thread that publishes it, outside the lock, and returns an id for
+  // CancelWait. (bytes = ~0: the version only.)
+  std::optional<std::uint64_t> WaitForResult(std::uint64_t version,
+                                             std::uint64_t bytes,
+                                             WaitCallback done);
   // True if the waiter was removed before being called.
   bool CancelWait(std::uint64_t id);
   // Calls every waiter with `status` (the store is closing).
@@ -213,7 +240,8 @@ class SharedTensor {
   };
   struct Waiter {
     std::uint64_t id;
-    std::uint64_t min_version;
+    std::uint64_t version;  // Fires at this version,
+    std::uint64_t bytes;    // or when this much of it is published.
     WaitCallback done;
   };
 
@@ -229,9 +257,25 @@ class SharedTensor {
   // Round closed / version published: observer and waiters.
   void PublishLocked(RoundClosed closed, Deferred& deferred)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Participants whose contribution to the open round is complete.
+  // Hands `deferred` the callbacks of the waiters that are satisfied now.
+  void WakeWaitersLocked(Deferred& deferred) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool SatisfiedLocked(const Waiter& waiter) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sync: whether the open round waits for participant `worker` (every
+  // participant until a chunk of the result is published; then the members).
+  bool WaitedForLocked(const std::string& worker) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Participants the open round waits for, and those of them whose
+  // contribution to it is complete.
+  std::uint32_t WaitedForCountLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::uint32_t CompleteParticipantsLocked() const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sync: publishes the chunks of the open round's result that every
+  // participant it waits for has delivered.
+  void PublishReadyChunksLocked(Deferred& deferred)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sync: turns chunk `k` of the accumulator into the round's result.
+  void FinishChunkLocked(std::uint64_t k) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sync: every participant contributed, or the quorum did and the round's
   // timeout passed.
   bool RoundCanCloseLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -266,10 +310,19 @@ class SharedTensor {
   // Sync: the open round's sum of weight * payload, and the weight summed
   // per chunk (a chunk the round received from nobody keeps its old value).
   // A chunk of acc_ holds garbage until its first contribution stores into
-  // it, so a round needs no zeroing pass.
-  std::vector<float> acc_ ABSL_GUARDED_BY(mu_);
+  // it, so a round needs no zeroing pass. Its first result_bytes_ are the
+  // round's result already (published: pulls read them without the lock,
+  // and nothing writes them again); at the close the whole of it becomes
+  // the value. Allocated with the tensor and again at each close, so the
+  // open round's result always has its storage.
+  TensorStorage acc_ ABSL_GUARDED_BY(mu_);
+  std::uint64_t result_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // The participants the round waits for, set when it publishes its first
+  // chunk (see ReadResult).
+  std::optional<absl::flat_hash_set<std::string>> members_ ABSL_GUARDED_BY(mu_);
   bool round_started_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<double> chunk_weight_ ABSL_GUARDED_BY(mu_);
+  std::uint64_t round_non_finite_chunks_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<UpdateKind> acc_kind_ ABSL_GUARDED_BY(mu_);
   std::uint32_t round_contributors_ ABSL_GUARDED_BY(mu_) = 0;
   std::uint64_t round_bytes_ ABSL_GUARDED_BY(mu_) = 0;

@@ -162,17 +162,33 @@ int TensorStore::CloseOverdueRounds() {
 absl::StatusOr<std::unique_ptr<Wait>> TensorStore::WaitForVersions(
     const VersionRequest& request, std::function<void(absl::Status)> done,
     std::uint64_t lease_id) {
+  std::vector<WaitTarget> targets;
+  targets.reserve(request.size());
   absl::flat_hash_set<absl::string_view> seen;
   for (const auto& [name, version] : request) {
     if (!seen.insert(name).second) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor ", name, " is requested twice"));
     }
+    targets.push_back(WaitTarget{name, version});
   }
+  return WaitFor(targets, std::move(done), lease_id);
+}
+
+absl::StatusOr<std::unique_ptr<Wait>> TensorStore::WaitForResult(
+    absl::string_view name, std::uint64_t version, std::uint64_t bytes,
+    std::function<void(absl::Status)> done, std::uint64_t lease_id) {
+  const WaitTarget target{name, version, bytes};
+  return WaitFor(absl::MakeConstSpan(&target, 1), std::move(done), lease_id);
+}
+
+absl::StatusOr<std::unique_ptr<Wait>> TensorStore::WaitFor(
+    absl::Span<const WaitTarget> targets,
+    std::function<void(absl::Status)> done, std::uint64_t lease_id) {
   auto countdown = std::make_shared<VersionCountdown>();
   {
     absl::MutexLock lock(&countdown->mu);
-    countdown->pending = request.size() + 1;  // +1: released below.
+    countdown->pending = targets.size() + 1;  // +1: released below.
     countdown->done = std::move(done);
   }
   std::vector<std::pair<std::shared_ptr<SharedTensor>, std::uint64_t>> ids;
@@ -188,16 +204,16 @@ absl::StatusOr<std::unique_ptr<Wait>> TensorStore::WaitForVersions(
       worker->last_seen = options_.now();
     }
     std::vector<std::shared_ptr<SharedTensor>> tensors;
-    for (const auto& [name, version] : request) {
+    for (const WaitTarget& target : targets) {
       WEIGHTD_ASSIGN_OR_RETURN(std::shared_ptr<SharedTensor> tensor,
-                               FindLocked(name));
+                               FindLocked(target.name));
       tensors.push_back(std::move(tensor));
     }
     // Registered under mu_ so that Close() either sees every waiter or
     // happened before (and we returned UNAVAILABLE above).
     for (std::size_t i = 0; i < tensors.size(); ++i) {
-      std::optional<std::uint64_t> id = tensors[i]->WaitForVersion(
-          request[i].second,
+      std::optional<std::uint64_t> id = tensors[i]->WaitForResult(
+          targets[i].version, targets[i].bytes,
           [countdown](absl::Status s) { countdown->Arrive(s); });
       if (id.has_value()) {
         ids.emplace_back(tensors[i], *id);
@@ -216,6 +232,16 @@ absl::StatusOr<std::unique_ptr<Wait>> TensorStore::WaitForVersions(
         return true;
       },
       std::move(release));
+}
+
+absl::StatusOr<RoundResult> TensorStore::ReadResult(absl::string_view name,
+                                                    std::uint64_t round) const {
+  std::shared_ptr<SharedTensor> tensor;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    WEIGHTD_ASSIGN_OR_RETURN(tensor, FindLocked(name));
+  }
+  return tensor->ReadResult(round);
 }
 
 absl::StatusOr<std::vector<PublishedTensor>> TensorStore::Read(

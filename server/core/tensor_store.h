@@ -380,6 +380,20 @@ class TensorStore {
       const VersionRequest& request, std::function<void(absl::Status)> done,
       std::uint64_t lease_id = 0);
 
+  // As WaitForVersions for tensor `name` at `version`, but also fires once
+  // the first `bytes` of that version are published while its round is
+  // still open (see ReadResult).
+  absl::StatusOr<std::unique_ptr<Wait>> WaitForResult(
+      absl::string_view name, std::uint64_t version, std::uint64_t bytes,
+      std::function<void(absl::Status)> done, std::uint64_t lease_id = 0);
+
+  // Sync mode, the read path of a PushPull streaming its round's result
+  // while the round is still open: the result of round `round` of tensor
+  // `name` as far as it is published (SharedTensor::ReadResult). NOT_FOUND,
+  // ABORTED.
+  absl::StatusOr<RoundResult> ReadResult(absl::string_view name,
+                                         std::uint64_t round) const;
+
   // Calls `done(OK)` once `count` distinct workers (this one included) have
   // entered barrier `name` (a generation is released); the barrier then
   // resets for its next generation. A worker that enters after a release
@@ -460,6 +474,16 @@ class TensorStore {
   absl::StatusOr<std::shared_ptr<SharedTensor>> FindLocked(
       absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   static TensorInfo InfoOf(const SharedTensor& tensor);
+  // What WaitForVersions and WaitForResult wait for, per tensor: `version`,
+  // or its first `bytes` published.
+  struct WaitTarget {
+    absl::string_view name;
+    std::uint64_t version = 0;
+    std::uint64_t bytes = ~std::uint64_t{0};
+  };
+  absl::StatusOr<std::unique_ptr<Wait>> WaitFor(
+      absl::Span<const WaitTarget> targets,
+      std::function<void(absl::Status)> done, std::uint64_t lease_id);
 
   StoreOptions options_;
   std::atomic<std::uint64_t> rounds_closed_{0};

@@ -18,6 +18,7 @@
 #include "common/wire_format.h"
 #include "server/service/proto_conversions.h"
 #include "server/service/reactor_wait.h"
+#include "server/service/result_stream.h"
 #include "server/service/tensor_streamer.h"
 
 namespace weightd::service {
@@ -321,8 +322,12 @@ class PushReader {
     return session_->Finish();
   }
 
+  // Whether the header was read and accepted; then header().
+  bool has_header() const { return session_ != nullptr; }
+  const core::PushHeader& header() const { return session_->header(); }
+
   // The push's wire format, and whether its result may come in batches
-  // (after a successful Finish()).
+  // (once the header was accepted).
   WireFormat format() const { return session_->header().format; }
   std::uint64_t lease_id() const { return session_->header().lease_id; }
   bool accept_batches() const { return accept_batches_; }
@@ -426,23 +431,31 @@ class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   WaitThenStream<PullReactor> stream_;
 };
 
+// A PushPull: the push is read into a core::PushSession; in sync mode its
+// round's result streams back while the round is open (ResultStream), so
+// that pulls overlap pushes. Otherwise (async mode, or a push that counts
+// in a round other than the one it names) the result streams once the
+// push is complete, as a Pull's does.
 class PushPullReactor final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   PushPullReactor(core::TensorStore* store, TrafficCounters* traffic,
                   grpc::CallbackServerContext* context, EventLog* events)
-      : reader_(store, traffic, "PushPull"),
+      : store_(store),
+        reader_(store, traffic, "PushPull"),
         context_(context),
-        stream_(this, store, traffic, CallInfo{events, "PushPull", context}) {
+        stream_(this, store, traffic, CallInfo{events, "PushPull", context}),
+        result_(this, store, traffic, CallInfo{events, "PushPull", context}) {
     StartRead(&request_);
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
       if (context_->IsCancelled()) {
-        return stream_.FinishOnce(absl::CancelledError("cancelled"));
+        return End(absl::CancelledError("cancelled"));
       }
       absl::StatusOr<std::vector<core::PushResult>> results = reader_.Finish();
+      if (pipelined_) return result_.PushEnded(std::move(results));
       if (!results.ok()) return stream_.FinishOnce(results.status());
       core::TensorStore::VersionRequest wanted;
       for (const core::PushResult& r : *results) {
@@ -451,21 +464,48 @@ class PushPullReactor final
       return stream_.Start(std::move(wanted), reader_.format(),
                            reader_.accept_batches(), reader_.lease_id());
     }
-    if (absl::Status s = reader_.Handle(&request_); !s.ok()) {
-      return stream_.FinishOnce(s);
-    }
+    const bool had_header = reader_.has_header();
+    if (absl::Status s = reader_.Handle(&request_); !s.ok()) return End(s);
+    if (!had_header && reader_.has_header()) StartResult();
     StartRead(&request_);
   }
 
-  void OnCancel() override { stream_.OnCancel(); }
-  void OnWriteDone(bool ok) override { stream_.OnWriteDone(ok); }
+  void OnCancel() override {
+    stream_.OnCancel();
+    result_.OnCancel();
+  }
+  void OnWriteDone(bool ok) override {
+    if (pipelined_) return result_.OnWriteDone(ok);
+    stream_.OnWriteDone(ok);
+  }
   void OnDone() override { delete this; }
 
  private:
+  // The push header was accepted: stream its result now if it can.
+  void StartResult() {
+    std::vector<ResultStream::Tensor> tensors;
+    for (const core::PushHeader::Entry& e : reader_.header().entries) {
+      tensors.push_back(ResultStream::Tensor{e.name, e.round});
+    }
+    if (!ResultStream::Applies(*store_, tensors)) return;
+    pipelined_ = true;  // Before the first write: OnWriteDone sees it.
+    result_.Start(std::move(tensors), reader_.format(),
+                  reader_.accept_batches(), reader_.lease_id());
+  }
+
+  // Ends the call with an error of the read side.
+  void End(const absl::Status& status) {
+    if (pipelined_) return result_.PushEnded(status);
+    stream_.FinishOnce(status);
+  }
+
+  core::TensorStore* const store_;
   PushReader reader_;
   grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer request_;
+  bool pipelined_ = false;  // Set on the read side before any write.
   WaitThenStream<PushPullReactor> stream_;
+  ResultStream result_;
 };
 
 // The answer to every call that arrives before the store is attached.

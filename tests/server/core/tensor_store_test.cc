@@ -979,6 +979,141 @@ TEST_F(TensorStoreTest, RejoinIsNeverCountedTwice) {
   EXPECT_EQ(store_->Describe("w")->participants, 2u);
 }
 
+// The pipelined round: a chunk of the result is published (final) once
+// every member delivered its copy, before the round closes, and a wait for
+// the first bytes of the result fires then.
+TEST_F(TensorStoreTest, ResultChunksArePublishedOnceEveryMemberDeliveredThem) {
+  MakeStore();
+  const std::vector<float> zero(3 * kChunk / 4, 0.0f);  // Three chunks.
+  const auto a = Join("a", {{"w", zero}});
+  const auto b = Join("b", {{"w", zero}});
+  const std::vector<float> twos(zero.size(), 2.0f), fours(zero.size(), 4.0f);
+  auto pa = store_->BeginPush(
+      PushHeader{a, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
+  auto pb = store_->BeginPush(
+      PushHeader{b, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
+  ASSERT_THAT(pa, IsOk());
+  ASSERT_THAT(pb, IsOk());
+  for (std::uint64_t off = 0; off < 3 * kChunk; off += kChunk) {
+    ASSERT_THAT((*pa)->AddChunk(0, off, FloatBytes(twos, off, kChunk)), IsOk());
+  }
+  auto result = store_->ReadResult("w", 0);
+  ASSERT_THAT(result, IsOk());
+  EXPECT_EQ(result->version, 1u);
+  EXPECT_EQ(result->ready_bytes, 0u);  // b delivered nothing yet.
+
+  std::vector<absl::Status> fired;
+  auto wait = store_->WaitForResult(
+      "w", 1, 2 * kChunk, [&](absl::Status s) { fired.push_back(s); });
+  ASSERT_THAT(wait, IsOk());
+  ASSERT_THAT((*pb)->AddChunk(0, 0, FloatBytes(fours, 0, kChunk)), IsOk());
+  result = store_->ReadResult("w", 0);
+  ASSERT_THAT(result, IsOk());
+  EXPECT_EQ(result->ready_bytes, kChunk);
+  EXPECT_EQ((*result->value)[0], 3.0f);  // Averaged, before the round closed.
+  EXPECT_EQ((*result->value)[kChunk / 4 - 1], 3.0f);
+  EXPECT_TRUE(fired.empty());  // It waits for two chunks.
+  EXPECT_EQ(Version("w"), 0u);
+
+  ASSERT_THAT((*pb)->AddChunk(0, kChunk, FloatBytes(fours, kChunk, kChunk)),
+              IsOk());
+  EXPECT_THAT(fired, ElementsAre(IsOk()));
+  ASSERT_THAT(
+      (*pb)->AddChunk(0, 2 * kChunk, FloatBytes(fours, 2 * kChunk, kChunk)),
+      IsOk());
+  EXPECT_EQ(store_->ReadResult("w", 0)->ready_bytes, 3 * kChunk);
+  EXPECT_EQ(Version("w"), 0u);  // Closed by the pushes' Finish only.
+  ASSERT_THAT((*pa)->Finish(), IsOk());
+  ASSERT_THAT((*pb)->Finish(), IsOk());
+  EXPECT_EQ(Version("w"), 1u);
+  // The published value is the storage the result was read from.
+  auto read = store_->Read({"w"});
+  ASSERT_THAT(read, IsOk());
+  EXPECT_EQ((*read)[0].value.get(), result->value.get());
+  EXPECT_THAT(*(*read)[0].value, ::testing::Each(3.0f));
+  // The closed round's result is still readable whole; older ones are not.
+  EXPECT_EQ(store_->ReadResult("w", 0)->ready_bytes, 3 * kChunk);
+  EXPECT_THAT(
+      store_->ReadResult("w", 5),
+      StatusIs(absl::StatusCode::kAborted, HasSubstr("not being made")));
+}
+
+// A worker that joins once the open round publishes its result is not
+// waited for: its push to that round is refused, the round closes without
+// it, and it takes part from the next one.
+TEST_F(TensorStoreTest,
+       AWorkerJoiningWhileTheResultPublishesTakesTheNextRound) {
+  MakeStore();
+  const std::vector<float> zero(2 * kChunk / 4, 0.0f);
+  const auto a = Join("a", {{"w", zero}});
+  const auto b = Join("b", {{"w", zero}});
+  const std::vector<float> ones(zero.size(), 1.0f);
+  auto pa = store_->BeginPush(
+      PushHeader{a, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
+  auto pb = store_->BeginPush(
+      PushHeader{b, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
+  ASSERT_THAT(pa, IsOk());
+  ASSERT_THAT(pb, IsOk());
+  ASSERT_THAT((*pa)->AddChunk(0, 0, FloatBytes(ones, 0, kChunk)), IsOk());
+  ASSERT_THAT((*pb)->AddChunk(0, 0, FloatBytes(ones, 0, kChunk)), IsOk());
+  ASSERT_EQ(store_->ReadResult("w", 0)->ready_bytes, kChunk);
+
+  const auto c = Join("c", {{"w", zero}});
+  EXPECT_THAT(Push(c, 1, {{"w", 0, ones}}),
+              StatusIs(absl::StatusCode::kAborted,
+                       HasSubstr("takes part from round 1")));
+  for (auto& p : {&pa, &pb}) {
+    ASSERT_THAT((**p)->AddChunk(0, kChunk, FloatBytes(ones, kChunk, kChunk)),
+                IsOk());
+    ASSERT_THAT((**p)->Finish(), IsOk());
+  }
+  EXPECT_EQ(Version("w"), 1u);  // Not waiting for c.
+  // Round 1 waits for all three.
+  ASSERT_THAT(Push(a, 2, {{"w", 1, ones}}), IsOk());
+  ASSERT_THAT(Push(b, 2, {{"w", 1, ones}}), IsOk());
+  EXPECT_EQ(Version("w"), 1u);
+  ASSERT_THAT(Push(c, 2, {{"w", 1, ones}}), IsOk());
+  EXPECT_EQ(Version("w"), 2u);
+}
+
+// A member that leaves stops being waited for; published chunks then lack
+// its copy, so if it comes back its push to that round cannot add to them.
+TEST_F(TensorStoreTest, AWorkerTheRoundStoppedWaitingForCannotRewriteIt) {
+  MakeStore();
+  const std::vector<float> zero(2 * kChunk / 4, 0.0f);
+  const auto a = Join("a", {{"w", zero}});
+  const auto b = Join("b", {{"w", zero}});
+  const std::vector<float> ones(zero.size(), 1.0f), fives(zero.size(), 5.0f);
+  auto pa = store_->BeginPush(
+      PushHeader{a, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
+  auto pb = store_->BeginPush(
+      PushHeader{b, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
+  ASSERT_THAT(pa, IsOk());
+  ASSERT_THAT(pb, IsOk());
+  ASSERT_THAT((*pa)->AddChunk(0, 0, FloatBytes(ones, 0, kChunk)), IsOk());
+  ASSERT_THAT((*pa)->AddChunk(0, kChunk, FloatBytes(ones, kChunk, kChunk)),
+              IsOk());
+  ASSERT_THAT((*pb)->AddChunk(0, 0, FloatBytes(fives, 0, kChunk)), IsOk());
+  ASSERT_EQ(store_->ReadResult("w", 0)->ready_bytes, kChunk);
+
+  ASSERT_THAT(store_->Leave(b), IsOk());  // a's copy alone: published.
+  EXPECT_EQ(store_->ReadResult("w", 0)->ready_bytes, 2 * kChunk);
+  const auto b2 = Join("b", {{"w", zero}});
+  auto resumed = store_->BeginPush(
+      PushHeader{b2, 2, UpdateKind::kWeights, 1.0, {{"w", 0}}});
+  ASSERT_THAT(resumed, IsOk());
+  ASSERT_THAT((*resumed)->AddChunk(0, 0, FloatBytes(fives, 0, kChunk)),
+              IsOk());  // Delivered before: skipped.
+  EXPECT_THAT(
+      (*resumed)->AddChunk(0, kChunk, FloatBytes(fives, kChunk, kChunk)),
+      StatusIs(absl::StatusCode::kAborted, HasSubstr("published up to byte")));
+  ASSERT_THAT((*pa)->Finish(), IsOk());
+  EXPECT_EQ(Version("w"), 1u);  // Not waiting for b.
+  const std::vector<float> value = Value("w");
+  EXPECT_EQ(value.front(), 3.0f);  // a and b's first chunk.
+  EXPECT_EQ(value.back(), 1.0f);   // a's alone.
+}
+
 class LeaseTest : public TensorStoreTest {
  protected:
   void SetUp() override {

@@ -226,6 +226,127 @@ TEST_F(ServiceTest, ThreeWorkerSyncRoundThroughTheClient) {
   EXPECT_THAT(Stored("layer"), ::testing::Each(mean));
 }
 
+// A sync PushPull streams its round's result while the round is open: each
+// chunk as soon as every worker delivered its copy, so that pulls overlap
+// pushes. Here b has sent one chunk of three: a, which sent all of its
+// chunks, receives the header and the first chunk of the result (the mean)
+// before b sends more, then the rest once b does; both end OK.
+TEST_F(ServiceTest, PushPullStreamsTheResultWhileTheRoundIsOpen) {
+  constexpr std::uint64_t kFloats = 3 * kMinChunkBytes / 4;  // Three chunks.
+  std::uint64_t lease[2];
+  for (int w = 0; w < 2; ++w) {
+    auto joined = server_->store().Join(
+        w == 0 ? "a" : "b",
+        {core::Declaration{"w",
+                           {static_cast<std::int64_t>(kFloats)},
+                           std::vector<float>(kFloats, 0.0f)}});
+    ASSERT_THAT(joined, IsOk());
+    lease[w] = joined->lease_id;
+  }
+  auto header = [&](int w) {
+    v1::PushPullRequest m;
+    *m.mutable_header() = Header(lease[w], 1, "w").header();
+    return m;
+  };
+  auto chunk = [&](int k, float value) {
+    v1::PushPullRequest m;
+    *m.mutable_chunk() = Chunk(0, k * kMinChunkBytes,
+                               std::vector<float>(kMinChunkBytes / 4, value))
+                             .chunk();
+    return m;
+  };
+  grpc::ClientContext ca, cb;
+  for (grpc::ClientContext* c : {&ca, &cb}) {
+    c->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::seconds(30));
+  }
+  auto a = stub_->PushPull(&ca);
+  auto b = stub_->PushPull(&cb);
+  ASSERT_TRUE(a->Write(header(0)));
+  for (int k = 0; k < 3; ++k) ASSERT_TRUE(a->Write(chunk(k, 2.0f)));
+  ASSERT_TRUE(b->Write(header(1)));
+  ASSERT_TRUE(b->Write(chunk(0, 4.0f)));
+
+  v1::PushPullResponse m;
+  ASSERT_TRUE(a->Read(&m));
+  ASSERT_TRUE(m.has_header());
+  ASSERT_EQ(m.header().tensors_size(), 1);
+  EXPECT_EQ(m.header().tensors(0).version(), 1u);
+  ASSERT_TRUE(a->Read(&m));
+  ASSERT_TRUE(m.has_chunk());
+  EXPECT_EQ(m.chunk().offset(), 0u);
+  std::vector<float> values(kMinChunkBytes / 4);
+  ASSERT_EQ(m.chunk().data().size(), kMinChunkBytes);
+  std::memcpy(values.data(), m.chunk().data().data(), kMinChunkBytes);
+  EXPECT_THAT(values, ::testing::Each(3.0f));
+  EXPECT_EQ(server_->store().Describe("w")->version, 0u);  // Still open.
+
+  ASSERT_TRUE(b->Write(chunk(1, 4.0f)));
+  ASSERT_TRUE(b->Write(chunk(2, 4.0f)));
+  for (auto* stream : {a.get(), b.get()}) ASSERT_TRUE(stream->WritesDone());
+  std::uint64_t next = kMinChunkBytes;
+  while (a->Read(&m)) {
+    ASSERT_TRUE(m.has_chunk());
+    EXPECT_EQ(m.chunk().offset(), next);
+    next += m.chunk().data().size();
+  }
+  EXPECT_EQ(next, 3 * kMinChunkBytes);
+  EXPECT_THAT(FromGrpcStatus(a->Finish()), IsOk());
+  int b_messages = 0;
+  while (b->Read(&m)) ++b_messages;
+  EXPECT_EQ(b_messages, 4);  // The header and three chunks.
+  EXPECT_THAT(FromGrpcStatus(b->Finish()), IsOk());
+  EXPECT_THAT(Stored("w"), ::testing::Each(3.0f));
+}
+
+// A push that fails after its result began to stream ends the call with
+// the push's error (not OK), and the round stays open for a resend.
+TEST_F(ServiceTest, PushPullWhosePushFailsMidStreamEndsWithItsError) {
+  constexpr std::uint64_t kFloats = 2 * kMinChunkBytes / 4;
+  std::uint64_t lease[2];
+  for (int w = 0; w < 2; ++w) {
+    auto joined = server_->store().Join(
+        w == 0 ? "a" : "b",
+        {core::Declaration{"w",
+                           {static_cast<std::int64_t>(kFloats)},
+                           std::vector<float>(kFloats, 0.0f)}});
+    ASSERT_THAT(joined, IsOk());
+    lease[w] = joined->lease_id;
+  }
+  ASSERT_THAT(
+      RawPush({Header(lease[1], 1, "w"),
+               Chunk(0, 0, std::vector<float>(kMinChunkBytes / 4, 4.0f)),
+               Chunk(0, kMinChunkBytes,
+                     std::vector<float>(kMinChunkBytes / 4, 4.0f))}),
+      IsOk());
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(30));
+  auto a = stub_->PushPull(&context);
+  v1::PushPullRequest m;
+  *m.mutable_header() = Header(lease[0], 1, "w").header();
+  ASSERT_TRUE(a->Write(m));
+  *m.mutable_chunk() =
+      Chunk(0, 0, std::vector<float>(kMinChunkBytes / 4, 2.0f)).chunk();
+  ASSERT_TRUE(a->Write(m));
+  v1::PushPullResponse r;
+  ASSERT_TRUE(a->Read(&r));  // The header,
+  ASSERT_TRUE(r.has_header());
+  ASSERT_TRUE(a->Read(&r));  // and the first chunk: both copies arrived.
+  ASSERT_TRUE(r.has_chunk());
+  // The second chunk at a wrong offset.
+  *m.mutable_chunk() =
+      Chunk(0, 0, std::vector<float>(kMinChunkBytes / 4, 2.0f)).chunk();
+  a->Write(m);
+  a->WritesDone();
+  while (a->Read(&r)) {
+  }
+  EXPECT_THAT(FromGrpcStatus(a->Finish()),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("expected offset")));
+  EXPECT_EQ(server_->store().Describe("w")->version, 0u);
+}
+
 TEST_F(ServiceTest, LateJoinerStartsFromSharedWeights) {
   std::vector<float> a(10, 1.5f), b(10, -7.0f);
   auto ca = Connect("a");
