@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -221,11 +222,37 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
                                                              .get(),
                                                          channel_->push_pull,
                                                          &context));
-  WritePush(*stream, header, tensors, chunk_bytes_, options_.wire_format,
-            stats_.bytes_pushed);
+  // The result is read on a second thread while this one writes the push:
+  // the server may stream each chunk of the result as soon as every
+  // worker's copy of it has arrived, and a client that read only after its
+  // last write would leave those chunks waiting (gRPC's sync stream allows
+  // one thread in Read() while another is in Write()). A thread per call,
+  // as Client runs one per shard: simpler than an async stream, and cheap
+  // beside a call that moves chunks of tensors.
+  //
+  // The reader writes into the caller's buffers while the writer still
+  // reads them, and that is safe: each push message holds a copy of its
+  // values (OutgoingTensor::Copied, in WritePush), and the server sends a
+  // chunk of the result only after this call's own copy of that chunk has
+  // arrived, so the writer is done with every range the reader fills.
+  //
+  // Either side failing ends the other: ReadTensors cancels the call on a
+  // malformed result, so the writer's next Write() fails; a failed Write()
+  // means the call is over, so the reader's Read() returns false. Each
+  // thread counts its bytes into a local, added to stats_ after the join.
   std::vector<std::uint64_t> versions;
-  absl::Status read = ReadTensors(*stream, context, options_.wire_format,
-                                  tensors, versions, stats_.bytes_pulled);
+  std::uint64_t pulled = 0;
+  absl::Status read;
+  std::thread reader([&] {
+    read = ReadTensors(*stream, context, options_.wire_format, tensors,
+                       versions, pulled);
+  });
+  std::uint64_t pushed = 0;
+  WritePush(*stream, header, tensors, chunk_bytes_, options_.wire_format,
+            pushed);
+  reader.join();
+  stats_.bytes_pushed += pushed;
+  stats_.bytes_pulled += pulled;
   WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "PushPull"));
   WEIGHTD_RETURN_IF_ERROR(read);
   RecordPulled(tensors, /*ahead=*/1, versions);

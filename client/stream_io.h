@@ -37,7 +37,9 @@ namespace weightd {
 // to `bytes_read`. UNAVAILABLE if the stream ended early (Finish() then
 // says why); DATA_LOSS if the server sent something malformed, after
 // cancelling the call through `context` so that Finish() does not wait for
-// the rest.
+// the rest. May run while another thread writes to `stream` (a PushPull
+// reads its result as it pushes): every error returned while the stream
+// is still open cancels the call, so that writer's next Write() fails.
 template <typename Stream>
 absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
                          WireFormat format, absl::Span<const TensorRef> tensors,

@@ -577,6 +577,22 @@ TEST_F(ServiceTest, RejectedPushIsRetriedAndTheRoundCloses) {
   EXPECT_THAT(bx, ::testing::Each(2.0f));
 }
 
+// Refused at its first chunk, while the client still writes the rest and
+// already waits for the result on its reading thread: the call ends (no
+// hang) with the server's status, not the reader's "stream ended".
+TEST_F(ServiceTest, PushPullRefusedMidwayEndsWithTheServersStatus) {
+  constexpr std::int64_t kElements = 4 << 20;  // 16 MiB: 4096 chunks.
+  std::vector<float> w(kElements, 1.0f);
+  auto client = Connect("a");
+  const TensorRef ref{"w", {kElements}, absl::MakeSpan(w)};
+  ASSERT_THAT(client->Join({ref}), IsOk());
+  w[0] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THAT(client->PushPull({ref}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("NaN")));
+  EXPECT_EQ(server_->store().Describe("w")->version, 0u);
+  EXPECT_THAT(Stored("w"), ::testing::Each(1.0f));
+}
+
 TEST_F(ServiceTest, JoinHeaderAloneAllocatesNothingAndIsRefused) {
   grpc::ClientContext context;
   v1::JoinResponse response;
