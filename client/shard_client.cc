@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -240,17 +241,30 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
   // malformed result, so the writer's next Write() fails; a failed Write()
   // means the call is over, so the reader's Read() returns false. Each
   // thread counts its bytes into a local, added to stats_ after the join.
+  //
+  // A push of one chunk or less cannot overlap its result (the result's
+  // only chunk needs this call's whole push): it is written, then read, on
+  // this thread. A thread per such call cost 0.4 ms of a 1.1 ms round p50
+  // (bench scenario 5, W=4, 4 KiB, on 2 busy cores).
+  std::uint64_t payload = 0;
+  for (const TensorRef& t : tensors) payload += t.data.size() * kFloatBytes;
   std::vector<std::uint64_t> versions;
   std::uint64_t pulled = 0;
   absl::Status read;
-  std::thread reader([&] {
+  auto read_result = [&] {
     read = ReadTensors(*stream, context, options_.wire_format, tensors,
                        versions, pulled);
-  });
+  };
+  std::optional<std::thread> reader;
+  if (payload > chunk_bytes_) reader.emplace(read_result);
   std::uint64_t pushed = 0;
   WritePush(*stream, header, tensors, chunk_bytes_, options_.wire_format,
             pushed);
-  reader.join();
+  if (reader.has_value()) {
+    reader->join();
+  } else {
+    read_result();
+  }
   stats_.bytes_pushed += pushed;
   stats_.bytes_pulled += pulled;
   WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "PushPull"));
