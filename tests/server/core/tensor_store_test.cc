@@ -92,6 +92,15 @@ class TensorStoreTest : public ::testing::Test {
     return (*session)->Finish();
   }
 
+  // Begins push sequence 1 of `lease` to round 0 of tensor "w", weight 1,
+  // to be fed chunk by chunk; null (and a test failure) if refused.
+  std::unique_ptr<PushSession> BeginRoundZero(std::uint64_t lease) {
+    auto session = store_->BeginPush(
+        PushHeader{lease, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
+    EXPECT_THAT(session, IsOk());
+    return session.ok() ? std::move(*session) : nullptr;
+  }
+
   std::vector<float> Value(const std::string& name) {
     auto read = store_->Read({name});
     EXPECT_THAT(read, IsOk());
@@ -988,14 +997,12 @@ TEST_F(TensorStoreTest, ResultChunksArePublishedOnceEveryMemberDeliveredThem) {
   const auto a = Join("a", {{"w", zero}});
   const auto b = Join("b", {{"w", zero}});
   const std::vector<float> twos(zero.size(), 2.0f), fours(zero.size(), 4.0f);
-  auto pa = store_->BeginPush(
-      PushHeader{a, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
-  auto pb = store_->BeginPush(
-      PushHeader{b, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
-  ASSERT_THAT(pa, IsOk());
-  ASSERT_THAT(pb, IsOk());
+  auto pa = BeginRoundZero(a);
+  auto pb = BeginRoundZero(b);
+  ASSERT_NE(pa, nullptr);
+  ASSERT_NE(pb, nullptr);
   for (std::uint64_t off = 0; off < 3 * kChunk; off += kChunk) {
-    ASSERT_THAT((*pa)->AddChunk(0, off, FloatBytes(twos, off, kChunk)), IsOk());
+    ASSERT_THAT(pa->AddChunk(0, off, FloatBytes(twos, off, kChunk)), IsOk());
   }
   auto result = store_->ReadResult("w", 0);
   ASSERT_THAT(result, IsOk());
@@ -1006,7 +1013,7 @@ TEST_F(TensorStoreTest, ResultChunksArePublishedOnceEveryMemberDeliveredThem) {
   auto wait = store_->WaitForResult(
       "w", 1, 2 * kChunk, [&](absl::Status s) { fired.push_back(s); });
   ASSERT_THAT(wait, IsOk());
-  ASSERT_THAT((*pb)->AddChunk(0, 0, FloatBytes(fours, 0, kChunk)), IsOk());
+  ASSERT_THAT(pb->AddChunk(0, 0, FloatBytes(fours, 0, kChunk)), IsOk());
   result = store_->ReadResult("w", 0);
   ASSERT_THAT(result, IsOk());
   EXPECT_EQ(result->ready_bytes, kChunk);
@@ -1015,16 +1022,16 @@ TEST_F(TensorStoreTest, ResultChunksArePublishedOnceEveryMemberDeliveredThem) {
   EXPECT_TRUE(fired.empty());  // It waits for two chunks.
   EXPECT_EQ(Version("w"), 0u);
 
-  ASSERT_THAT((*pb)->AddChunk(0, kChunk, FloatBytes(fours, kChunk, kChunk)),
+  ASSERT_THAT(pb->AddChunk(0, kChunk, FloatBytes(fours, kChunk, kChunk)),
               IsOk());
   EXPECT_THAT(fired, ElementsAre(IsOk()));
   ASSERT_THAT(
-      (*pb)->AddChunk(0, 2 * kChunk, FloatBytes(fours, 2 * kChunk, kChunk)),
+      pb->AddChunk(0, 2 * kChunk, FloatBytes(fours, 2 * kChunk, kChunk)),
       IsOk());
   EXPECT_EQ(store_->ReadResult("w", 0)->ready_bytes, 3 * kChunk);
   EXPECT_EQ(Version("w"), 0u);  // Closed by the pushes' Finish only.
-  ASSERT_THAT((*pa)->Finish(), IsOk());
-  ASSERT_THAT((*pb)->Finish(), IsOk());
+  ASSERT_THAT(pa->Finish(), IsOk());
+  ASSERT_THAT(pb->Finish(), IsOk());
   EXPECT_EQ(Version("w"), 1u);
   // The published value is the storage the result was read from.
   auto read = store_->Read({"w"});
@@ -1048,14 +1055,12 @@ TEST_F(TensorStoreTest,
   const auto a = Join("a", {{"w", zero}});
   const auto b = Join("b", {{"w", zero}});
   const std::vector<float> ones(zero.size(), 1.0f);
-  auto pa = store_->BeginPush(
-      PushHeader{a, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
-  auto pb = store_->BeginPush(
-      PushHeader{b, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
-  ASSERT_THAT(pa, IsOk());
-  ASSERT_THAT(pb, IsOk());
-  ASSERT_THAT((*pa)->AddChunk(0, 0, FloatBytes(ones, 0, kChunk)), IsOk());
-  ASSERT_THAT((*pb)->AddChunk(0, 0, FloatBytes(ones, 0, kChunk)), IsOk());
+  auto pa = BeginRoundZero(a);
+  auto pb = BeginRoundZero(b);
+  ASSERT_NE(pa, nullptr);
+  ASSERT_NE(pb, nullptr);
+  ASSERT_THAT(pa->AddChunk(0, 0, FloatBytes(ones, 0, kChunk)), IsOk());
+  ASSERT_THAT(pb->AddChunk(0, 0, FloatBytes(ones, 0, kChunk)), IsOk());
   ASSERT_EQ(store_->ReadResult("w", 0)->ready_bytes, kChunk);
 
   const auto c = Join("c", {{"w", zero}});
@@ -1063,9 +1068,9 @@ TEST_F(TensorStoreTest,
               StatusIs(absl::StatusCode::kAborted,
                        HasSubstr("takes part from round 1")));
   for (auto& p : {&pa, &pb}) {
-    ASSERT_THAT((**p)->AddChunk(0, kChunk, FloatBytes(ones, kChunk, kChunk)),
+    ASSERT_THAT((*p)->AddChunk(0, kChunk, FloatBytes(ones, kChunk, kChunk)),
                 IsOk());
-    ASSERT_THAT((**p)->Finish(), IsOk());
+    ASSERT_THAT((*p)->Finish(), IsOk());
   }
   EXPECT_EQ(Version("w"), 1u);  // Not waiting for c.
   // Round 1 waits for all three.
@@ -1084,16 +1089,14 @@ TEST_F(TensorStoreTest, AWorkerTheRoundStoppedWaitingForCannotRewriteIt) {
   const auto a = Join("a", {{"w", zero}});
   const auto b = Join("b", {{"w", zero}});
   const std::vector<float> ones(zero.size(), 1.0f), fives(zero.size(), 5.0f);
-  auto pa = store_->BeginPush(
-      PushHeader{a, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
-  auto pb = store_->BeginPush(
-      PushHeader{b, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
-  ASSERT_THAT(pa, IsOk());
-  ASSERT_THAT(pb, IsOk());
-  ASSERT_THAT((*pa)->AddChunk(0, 0, FloatBytes(ones, 0, kChunk)), IsOk());
-  ASSERT_THAT((*pa)->AddChunk(0, kChunk, FloatBytes(ones, kChunk, kChunk)),
+  auto pa = BeginRoundZero(a);
+  auto pb = BeginRoundZero(b);
+  ASSERT_NE(pa, nullptr);
+  ASSERT_NE(pb, nullptr);
+  ASSERT_THAT(pa->AddChunk(0, 0, FloatBytes(ones, 0, kChunk)), IsOk());
+  ASSERT_THAT(pa->AddChunk(0, kChunk, FloatBytes(ones, kChunk, kChunk)),
               IsOk());
-  ASSERT_THAT((*pb)->AddChunk(0, 0, FloatBytes(fives, 0, kChunk)), IsOk());
+  ASSERT_THAT(pb->AddChunk(0, 0, FloatBytes(fives, 0, kChunk)), IsOk());
   ASSERT_EQ(store_->ReadResult("w", 0)->ready_bytes, kChunk);
 
   ASSERT_THAT(store_->Leave(b), IsOk());  // a's copy alone: published.
@@ -1107,7 +1110,7 @@ TEST_F(TensorStoreTest, AWorkerTheRoundStoppedWaitingForCannotRewriteIt) {
   EXPECT_THAT(
       (*resumed)->AddChunk(0, kChunk, FloatBytes(fives, kChunk, kChunk)),
       StatusIs(absl::StatusCode::kAborted, HasSubstr("published up to byte")));
-  ASSERT_THAT((*pa)->Finish(), IsOk());
+  ASSERT_THAT(pa->Finish(), IsOk());
   EXPECT_EQ(Version("w"), 1u);  // Not waiting for b.
   const std::vector<float> value = Value("w");
   EXPECT_EQ(value.front(), 3.0f);  // a and b's first chunk.

@@ -99,6 +99,17 @@ class ServiceTest : public ::testing::Test {
                                         absl::Seconds(10));
   }
 
+  // Joins `worker` to tensor "w" of `floats` zeros through the store (not
+  // the wire); returns its lease, 0 (and a test failure) if refused.
+  std::uint64_t JoinZeros(const std::string& worker, std::uint64_t floats) {
+    auto joined = server_->store().Join(
+        worker, {core::Declaration{"w",
+                                   {static_cast<std::int64_t>(floats)},
+                                   std::vector<float>(floats, 0.0f)}});
+    EXPECT_THAT(joined, IsOk());
+    return joined.ok() ? joined->lease_id : 0;
+  }
+
   // The stored value of `name`, read through the store (not the wire).
   std::vector<float> Stored(const std::string& name) {
     auto read = server_->store().Read({name});
@@ -233,16 +244,10 @@ TEST_F(ServiceTest, ThreeWorkerSyncRoundThroughTheClient) {
 // before b sends more, then the rest once b does; both end OK.
 TEST_F(ServiceTest, PushPullStreamsTheResultWhileTheRoundIsOpen) {
   constexpr std::uint64_t kFloats = 3 * kMinChunkBytes / 4;  // Three chunks.
-  std::uint64_t lease[2];
-  for (int w = 0; w < 2; ++w) {
-    auto joined = server_->store().Join(
-        w == 0 ? "a" : "b",
-        {core::Declaration{"w",
-                           {static_cast<std::int64_t>(kFloats)},
-                           std::vector<float>(kFloats, 0.0f)}});
-    ASSERT_THAT(joined, IsOk());
-    lease[w] = joined->lease_id;
-  }
+  const std::uint64_t lease[2] = {JoinZeros("a", kFloats),
+                                  JoinZeros("b", kFloats)};
+  ASSERT_NE(lease[0], 0u);
+  ASSERT_NE(lease[1], 0u);
   auto header = [&](int w) {
     v1::PushPullRequest m;
     *m.mutable_header() = Header(lease[w], 1, "w").header();
@@ -303,16 +308,10 @@ TEST_F(ServiceTest, PushPullStreamsTheResultWhileTheRoundIsOpen) {
 // the push's error (not OK), and the round stays open for a resend.
 TEST_F(ServiceTest, PushPullWhosePushFailsMidStreamEndsWithItsError) {
   constexpr std::uint64_t kFloats = 2 * kMinChunkBytes / 4;
-  std::uint64_t lease[2];
-  for (int w = 0; w < 2; ++w) {
-    auto joined = server_->store().Join(
-        w == 0 ? "a" : "b",
-        {core::Declaration{"w",
-                           {static_cast<std::int64_t>(kFloats)},
-                           std::vector<float>(kFloats, 0.0f)}});
-    ASSERT_THAT(joined, IsOk());
-    lease[w] = joined->lease_id;
-  }
+  const std::uint64_t lease[2] = {JoinZeros("a", kFloats),
+                                  JoinZeros("b", kFloats)};
+  ASSERT_NE(lease[0], 0u);
+  ASSERT_NE(lease[1], 0u);
   ASSERT_THAT(
       RawPush({Header(lease[1], 1, "w"),
                Chunk(0, 0, std::vector<float>(kMinChunkBytes / 4, 4.0f)),
