@@ -232,10 +232,16 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
   // beside a call that moves chunks of tensors.
   //
   // The reader writes into the caller's buffers while the writer still
-  // reads them, and that is safe: each push message holds a copy of its
-  // values (OutgoingTensor::Copied, in WritePush), and the server sends a
-  // chunk of the result only after this call's own copy of that chunk has
-  // arrived, so the writer is done with every range the reader fills.
+  // reads them. Each push message holds a copy of its values
+  // (OutgoingTensor::Copied, in WritePush), and a chunk of the result
+  // usually arrives only after this call's own copy of it was sent, so the
+  // writer is done with the range the reader fills. Not always: the server
+  // may publish a chunk from the copy an earlier attempt delivered (a
+  // resent or resumed push), or without this worker's copy (a round that
+  // stopped waiting for it). So each chunk of the result waits (`copied`)
+  // until the writer has copied that range: the push carries the caller's
+  // values, and the two threads never touch a range at once. (No
+  // deadlock: the server reads the push whatever happens to its writes.)
   //
   // Either side failing ends the other: ReadTensors cancels the call on a
   // malformed result, so the writer's next Write() fails; a failed Write()
@@ -248,18 +254,20 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
   // (bench scenario 5, W=4, 4 KiB, on 2 busy cores).
   std::uint64_t payload = 0;
   for (const TensorRef& t : tensors) payload += t.data.size() * kFloatBytes;
+  CopyProgress copied(tensors.size());
   std::vector<std::uint64_t> versions;
   std::uint64_t pulled = 0;
   absl::Status read;
   auto read_result = [&] {
     read = ReadTensors(*stream, context, options_.wire_format, tensors,
-                       versions, pulled);
+                       versions, pulled, &copied);
   };
   std::optional<std::thread> reader;
   if (payload > chunk_bytes_) reader.emplace(read_result);
   std::uint64_t pushed = 0;
   WritePush(*stream, header, tensors, chunk_bytes_, options_.wire_format,
-            pushed);
+            pushed, &copied);
+  copied.Done();
   if (reader.has_value()) {
     reader->join();
   } else {

@@ -17,8 +17,10 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "client/buffer_checks.h"
 #include "client/types.h"
@@ -30,6 +32,43 @@
 
 namespace weightd {
 
+// How far a push has copied each tensor out of the caller's buffers (its
+// chunks go in offset order), for a PushPull that reads its result into
+// the same buffers on another thread: a chunk of the result waits until
+// the push has copied what it overwrites. Thread-safe.
+class CopyProgress {
+ public:
+  explicit CopyProgress(std::size_t tensors) : copied_(tensors, 0) {}
+  CopyProgress(const CopyProgress&) = delete;
+  CopyProgress& operator=(const CopyProgress&) = delete;
+
+  // The push has copied `chunks` (float32 byte ranges).
+  void Copied(const std::vector<PlannedChunk>& chunks) {
+    absl::MutexLock lock(&mu_);
+    for (const PlannedChunk& c : chunks) {
+      copied_[c.tensor_index] = c.offset + c.covers;
+    }
+  }
+  // The push copies nothing more (it built every message, or it failed).
+  void Done() {
+    absl::MutexLock lock(&mu_);
+    done_ = true;
+  }
+  // Waits until bytes [0, end) of tensor `i` are copied, or Done().
+  void AwaitCopied(std::uint32_t i, std::uint64_t end) {
+    absl::MutexLock lock(&mu_);
+    auto copied = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return done_ || copied_[i] >= end;
+    };
+    mu_.Await(absl::Condition(&copied));
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::uint64_t> copied_ ABSL_GUARDED_BY(mu_);
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 // Reads a pull-shaped stream (header, then chunks) into the callers' spans,
 // copying each chunk once, from the slices it arrived in. Checks everything
 // the server sends: a bad server cannot make the client write outside the
@@ -39,12 +78,15 @@ namespace weightd {
 // cancelling the call through `context` so that Finish() does not wait for
 // the rest. May run while another thread writes to `stream` (a PushPull
 // reads its result as it pushes): every error returned while the stream
-// is still open cancels the call, so that writer's next Write() fails.
+// is still open cancels the call, so that writer's next Write() fails;
+// with `progress` (that writer's), each chunk waits until the push has
+// copied the part of the spans it overwrites.
 template <typename Stream>
 absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
                          WireFormat format, absl::Span<const TensorRef> tensors,
                          std::vector<std::uint64_t>& versions,
-                         std::uint64_t& bytes_read) {
+                         std::uint64_t& bytes_read,
+                         CopyProgress* progress = nullptr) {
   auto malformed = [&context](absl::string_view what) {
     context.TryCancel();
     return absl::DataLossError(absl::StrCat("server sent ", what));
@@ -81,6 +123,7 @@ absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
         covers > tensors[i].data.size() * kFloatBytes - chunk.offset) {
       return false;
     }
+    if (progress != nullptr) progress->AwaitCopied(i, chunk.offset + covers);
     DecodePieces(chunk.pieces, format,
                  tensors[i].data.data() + chunk.offset / kFloatBytes);
     next[i] += covers;
@@ -111,11 +154,14 @@ absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
 // payload is copied (or encoded, for 16-bit formats) into a buffer gRPC
 // owns, so the caller's buffers are theirs again when this returns, even
 // if a stalled connection still holds unsent bytes. On a failed write the
-// server has ended the call: Finish() says why.
+// server has ended the call: Finish() says why. With `progress`, reports
+// each message's chunks there once they are copied (the caller says
+// Done() when this returns).
 template <typename Stream>
 void WritePush(Stream& stream, const v1::PushHeader& header,
                absl::Span<const TensorRef> tensors, std::uint64_t chunk_bytes,
-               WireFormat format, std::uint64_t& bytes_written) {
+               WireFormat format, std::uint64_t& bytes_written,
+               CopyProgress* progress = nullptr) {
   v1::PushRequest msg;  // Wire-identical to PushPullRequest.
   *msg.mutable_header() = header;
   // Each message is written once the next exists, so that the last one
@@ -132,9 +178,12 @@ void WritePush(Stream& stream, const v1::PushHeader& header,
   std::optional<grpc::ByteBuffer> pending;
   grpc::ByteBuffer next;
   std::uint64_t total = 0;  // Payload bytes; counted if the push went out.
+  std::vector<PlannedChunk> planned;  // The chunks of `next`.
   while (ok) {
+    if (progress != nullptr) planned = writer.Peek();
     const std::optional<std::uint64_t> payload = writer.Next(&next);
     if (!payload.has_value()) break;
+    if (progress != nullptr) progress->Copied(planned);
     if (pending.has_value()) ok = stream.Write(*pending);
     pending = std::move(next);
     total += *payload;

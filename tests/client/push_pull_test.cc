@@ -36,6 +36,8 @@ constexpr std::uint64_t kChunkBytes = 64 << 10;
 // 16 MiB cannot all be in flight while nobody reads the other direction.
 constexpr int kWindowBytes = 4 << 20;
 constexpr std::int64_t kElements = 4 << 20;  // 16 MiB of float32.
+constexpr std::int64_t kSmallElements = kChunkBytes / sizeof(float);
+constexpr float kPushed = 2.0f;  // The value every test pushes.
 
 // What the fake's PushPull does after reading the push's header.
 enum class Answer {
@@ -48,6 +50,12 @@ enum class Answer {
   kMalformedAtOnce,
   // Says and reads nothing until the test releases it.
   kNothing,
+  // For a push of "w" and then "b" (kSmallElements, one chunk): sends the
+  // result of "b" (the pushed values plus one) before reading anything of
+  // the push, as weightd may for a resent push whose earlier attempt
+  // delivered it; then reads the push, recording whether every value
+  // pushed was the caller's; then sends the result of "w".
+  kSmallResultFirst,
 };
 
 // Just enough of weightd for a client to join one tensor and PushPull it.
@@ -93,6 +101,7 @@ class FakeWeightd final : public v1::Weightd::Service {
     }
     header_seen_.Notify();
     v1::PushPullResponse out;
+    if (answer_ == Answer::kSmallResultFirst) return SmallResultFirst(stream);
     if (answer_ != Answer::kEachChunkAtOnce) {
       if (answer_ == Answer::kMalformedAtOnce) {
         out.mutable_header();  // Names no tensor: the client pushed one.
@@ -125,6 +134,9 @@ class FakeWeightd final : public v1::Weightd::Service {
     return grpc::Status::OK;
   }
 
+  // kSmallResultFirst: whether every value pushed was `kPushed`.
+  bool pushed_only_callers_values() const { return pushed_only_callers_; }
+
   // Notified once a PushPull's header has arrived.
   absl::Notification& header_seen() { return header_seen_; }
   // Lets kMalformedAtOnce and kNothing read the rest and end.
@@ -133,18 +145,61 @@ class FakeWeightd final : public v1::Weightd::Service {
   }
 
  private:
+  grpc::Status SmallResultFirst(
+      grpc::ServerReaderWriter<v1::PushPullResponse, v1::PushPullRequest>*
+          stream) {
+    v1::PushPullResponse out;
+    v1::TensorInfo* w = out.mutable_header()->add_tensors();
+    w->set_name("w");
+    w->add_shape(kElements);
+    w->set_version(1);
+    v1::TensorInfo* b = out.mutable_header()->add_tensors();
+    b->set_name("b");
+    b->add_shape(kSmallElements);
+    b->set_version(1);
+    const std::vector<float> result(kChunkBytes / sizeof(float), kPushed + 1);
+    bool ok = stream->Write(out);
+    out.mutable_chunk()->set_tensor_index(1);
+    out.mutable_chunk()->set_data(reinterpret_cast<const char*>(result.data()),
+                                  kChunkBytes);
+    ok = ok && stream->Write(out);
+    // The client's push is held up in "w" now (the windows are a fraction
+    // of it) while the result of "b" is at the client.
+    v1::PushPullRequest in;
+    while (stream->Read(&in)) {
+      if (!in.has_chunk()) {  // Chunks of 64 KiB are never batched.
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no chunk");
+      }
+      std::vector<float> values(in.chunk().data().size() / sizeof(float));
+      std::memcpy(values.data(), in.chunk().data().data(),
+                  in.chunk().data().size());
+      for (float v : values) pushed_only_callers_ &= v == kPushed;
+    }
+    out.mutable_chunk()->set_tensor_index(0);
+    for (std::uint64_t offset = 0; ok && offset < kElements * sizeof(float);
+         offset += kChunkBytes) {
+      out.mutable_chunk()->set_offset(offset);
+      ok = stream->Write(out);
+    }
+    return grpc::Status::OK;
+  }
+
   const Answer answer_;
   absl::Notification header_seen_;
   absl::Notification release_;
+  bool pushed_only_callers_ = true;
 };
 
 class PushPullTest : public ::testing::Test {
  protected:
-  void TearDown() override {
-    if (server_ != nullptr) {
-      fake_->Release();  // Else Shutdown() would wait for its handler.
-      server_->Shutdown();
-    }
+  void TearDown() override { StopServer(); }
+
+  // Stops the fake once its handlers returned.
+  void StopServer() {
+    if (server_ == nullptr) return;
+    fake_->Release();  // Else Shutdown() would wait for its handler.
+    server_->Shutdown();
+    server_.reset();
   }
 
   // Starts a fake answering `answer`; returns a client joined to it with
@@ -188,13 +243,32 @@ TEST_F(PushPullTest, ResultStreamedWhilePushingIsReadAsItArrives) {
   std::unique_ptr<Client> client = Start(Answer::kEachChunkAtOnce, values);
   ASSERT_NE(client, nullptr);
   const ClientStats before = client->stats();
-  values.assign(kElements, 2.0f);
+  values.assign(kElements, kPushed);
   ASSERT_THAT(client->PushPull({Ref(values)}), IsOk());
-  EXPECT_THAT(values, Each(3.0f));
+  EXPECT_THAT(values, Each(kPushed + 1));
   EXPECT_EQ(client->stats().bytes_pushed - before.bytes_pushed,
             kElements * sizeof(float));
   EXPECT_EQ(client->stats().bytes_pulled - before.bytes_pulled,
             kElements * sizeof(float));
+}
+
+// A result chunk that arrives before the push copied that part of the
+// caller's buffers waits for the copy: the push carries the caller's
+// values, not the result's.
+TEST_F(PushPullTest, ResultArrivingBeforeThePushWaitsForItsCopy) {
+  std::vector<float> values;
+  std::unique_ptr<Client> client = Start(Answer::kSmallResultFirst, values);
+  ASSERT_NE(client, nullptr);
+  std::vector<float> small(kSmallElements, 0.5f);
+  const TensorRef small_ref{"b", {kSmallElements}, absl::MakeSpan(small)};
+  ASSERT_THAT(client->Join({Ref(values), small_ref}), IsOk());
+  values.assign(kElements, kPushed);
+  small.assign(kSmallElements, kPushed);
+  ASSERT_THAT(client->PushPull({Ref(values), small_ref}), IsOk());
+  EXPECT_THAT(values, Each(kPushed + 1));
+  EXPECT_THAT(small, Each(kPushed + 1));
+  StopServer();  // Waits for the fake's handler: its flag is final.
+  EXPECT_TRUE(fake_->pushed_only_callers_values());
 }
 
 TEST_F(PushPullTest, MalformedResultStopsThePushAndEndsTheCall) {
