@@ -27,7 +27,8 @@ scripts/build.sh build/release -DWEIGHTD_BUILD_PYTHON=ON
 # the tests' own too; the unit tests run from this tree as well.
 CXX=clang++ scripts/build.sh build/thread-safety \
   -DCMAKE_BUILD_TYPE=Debug -DWEIGHTD_THREAD_SAFETY=ON \
-  -DWEIGHTD_BUILD_TESTS=ON -DWEIGHTD_BUILD_EXAMPLES=OFF
+  -DWEIGHTD_BUILD_TESTS=ON -DWEIGHTD_BUILD_EXAMPLES=OFF \
+  -DWEIGHTD_BUILD_BENCHMARKS=OFF
 
 # The unit and service tests again under AddressSanitizer (with leak
 # checks) and UndefinedBehaviorSanitizer, built with clang, plus the
