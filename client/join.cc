@@ -119,6 +119,11 @@ absl::Status ShardClient::JoinOnce(absl::Span<const Declared> declared,
     StartHeartbeat(lease_id_,
                    absl::Milliseconds(response->lease_timeout_ms()) / 3);
   }
+  std::vector<std::pair<std::string, std::uint64_t>> places;
+  for (const Declared& d : declared) {
+    places.emplace_back(d.name, ElementsOf(d.shape) * kFloatBytes);
+  }
+  AttachSegment(places);
   return absl::OkStatus();
 }
 

@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "client/buffer_checks.h"
 #include "client/channel.h"
+#include "client/segment.h"
 #include "client/stream_io.h"
 #include "common/chunk_codec.h"
 #include "common/status_macros.h"
@@ -165,22 +166,60 @@ absl::Status ShardClient::DoPush(absl::Span<const TensorRef> tensors,
   }
 }
 
-absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
-                                   const PushOptions& options, bool pull_result,
-                                   std::uint64_t sequence) {
-  v1::PushHeader header;
-  header.set_lease_id(lease_id_);
-  header.set_sequence(sequence);
-  header.set_kind(options.kind == UpdateKind::kWeights ? v1::UPDATE_KIND_WEIGHTS
-                                                       : v1::UPDATE_KIND_DELTA);
-  header.set_weight(options.weight);
-  header.set_format(WireFormatToProto(options_.wire_format));
-  header.set_accept_batches(true);
+void ShardClient::FillPushHeader(absl::Span<const TensorRef> tensors,
+                                 const PushOptions& options,
+                                 std::uint64_t sequence,
+                                 v1::PushHeader* header) const {
+  header->set_lease_id(lease_id_);
+  header->set_sequence(sequence);
+  header->set_kind(options.kind == UpdateKind::kWeights
+                       ? v1::UPDATE_KIND_WEIGHTS
+                       : v1::UPDATE_KIND_DELTA);
+  header->set_weight(options.weight);
+  header->set_format(WireFormatToProto(options_.wire_format));
+  header->set_accept_batches(true);
   for (const TensorRef& t : tensors) {
-    v1::PushedTensor* p = header.add_tensors();
+    v1::PushedTensor* p = header->add_tensors();
     p->set_name(t.name);
     p->set_round(tracked_.at(t.name).version);
   }
+}
+
+absl::Status ShardClient::RecordPushed(const v1::PushResponse& response,
+                                       std::size_t count) {
+  if (response.tensors_size() != static_cast<int>(count)) {
+    return absl::DataLossError("server answered Push for other tensors");
+  }
+  for (const v1::PushedResult& r : response.tensors()) {
+    auto found = tracked_.find(r.name());
+    if (found == tracked_.end()) {
+      return absl::DataLossError(absl::StrCat(
+          "server answered Push for tensor ", r.name(), ", not pushed"));
+    }
+    Tracked& t = found->second;
+    // Sync: counted in an earlier round than it named, the server's
+    // rounds went back.
+    if (sync_mode_ && r.round() < t.version) {
+      ReportRollback(r.name(), t.version, r.round());
+    }
+    // Sync: the round's result is the next version. Async: the version
+    // this push produced.
+    t.wait_version = sync_mode_ ? r.round() + 1 : r.round();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
+                                   const PushOptions& options, bool pull_result,
+                                   std::uint64_t sequence) {
+  if (UsesSegment(tensors)) {
+    absl::Status status =
+        PushOnceSegment(tensors, options, pull_result, sequence);
+    if (!absl::IsFailedPrecondition(status) || !Reattach()) return status;
+    return PushOnceSegment(tensors, options, pull_result, sequence);
+  }
+  v1::PushHeader header;
+  FillPushHeader(tensors, options, sequence, &header);
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
   const Cancellation::Registration cancel = CancelsOnCancel(context);
@@ -194,27 +233,10 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
               stats_.bytes_pushed);
     WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "Push"));
     v1::PushResponse response;
-    if (!FromBytes(&response_bytes, &response) ||
-        response.tensors_size() != static_cast<int>(tensors.size())) {
-      return absl::DataLossError("server answered Push for other tensors");
+    if (!FromBytes(&response_bytes, &response)) {
+      return absl::DataLossError("server's answer to Push does not parse");
     }
-    for (const v1::PushedResult& r : response.tensors()) {
-      auto found = tracked_.find(r.name());
-      if (found == tracked_.end()) {
-        return absl::DataLossError(absl::StrCat(
-            "server answered Push for tensor ", r.name(), ", not pushed"));
-      }
-      Tracked& t = found->second;
-      // Sync: counted in an earlier round than it named, the server's
-      // rounds went back.
-      if (sync_mode_ && r.round() < t.version) {
-        ReportRollback(r.name(), t.version, r.round());
-      }
-      // Sync: the round's result is the next version. Async: the version
-      // this push produced.
-      t.wait_version = sync_mode_ ? r.round() + 1 : r.round();
-    }
-    return absl::OkStatus();
+    return RecordPushed(response, tensors.size());
   }
 
   std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>>
@@ -306,6 +328,11 @@ absl::Status ShardClient::Pull(absl::Span<const TensorRef> tensors) {
 }
 
 absl::Status ShardClient::PullOnce(absl::Span<const TensorRef> tensors) {
+  if (UsesSegment(tensors)) {
+    absl::Status status = PullOnceSegment(tensors);
+    if (!absl::IsFailedPrecondition(status) || !Reattach()) return status;
+    return PullOnceSegment(tensors);
+  }
   v1::PullRequest request;
   request.set_lease_id(lease_id_);
   for (const TensorRef& t : tensors) {

@@ -39,9 +39,11 @@ class Status;
 }  // namespace grpc
 
 namespace weightd {
+class Segment;
 namespace v1 {
 class JoinResponse;  // The wire types stay out of this header.
 class PushHeader;
+class PushResponse;
 }  // namespace v1
 
 class ShardClient {
@@ -153,6 +155,33 @@ class ShardClient {
                         const PushOptions& options, bool pull_result,
                         std::uint64_t sequence);
   absl::Status PullOnce(absl::Span<const TensorRef> tensors);
+  // The same through the segment (UsesSegment). (client/segment_calls.cc)
+  absl::Status PushOnceSegment(absl::Span<const TensorRef> tensors,
+                               const PushOptions& options, bool pull_result,
+                               std::uint64_t sequence);
+  absl::Status PullOnceSegment(absl::Span<const TensorRef> tensors);
+  // Whether every one of `tensors` has a place in an attached segment.
+  bool UsesSegment(absl::Span<const TensorRef> tensors) const;
+  // After a Join: hands the daemon a segment for `declared` (reusing the
+  // one it has if it fits), or goes without one; logs which path the
+  // worker's values take. (client/segment_calls.cc)
+  // `places`: (name, float32 bytes) of each tensor.
+  void AttachSegment(
+      const std::vector<std::pair<std::string, std::uint64_t>>& places);
+  // After a segment call was refused FAILED_PRECONDITION: the daemon may
+  // have lost the segment (it restarted and restored the lease from a
+  // snapshot). Hands it over again; true if the daemon took it.
+  bool Reattach();
+  // Logs which path the worker's values take (`attached`: the outcome of
+  // AttachSegment), when that changed.
+  void LogPath(const absl::Status& attached);
+  // The header of a push of `tensors` with `sequence`.
+  void FillPushHeader(absl::Span<const TensorRef> tensors,
+                      const PushOptions& options, std::uint64_t sequence,
+                      v1::PushHeader* header) const;
+  // Takes in the server's answer to a Push of `count` tensors.
+  absl::Status RecordPushed(const v1::PushResponse& response,
+                            std::size_t count);
   // Runs `attempt` until it succeeds, fails for good, or the retry budget
   // is spent; CANCELLED once options_.cancellation is. `what` names the
   // call in messages. (RetryWithBackoff, client/retry.h, with options_.)
@@ -191,6 +220,9 @@ class ShardClient {
   std::uint64_t next_sequence_ = 1;
   bool sync_mode_ = true;
   absl::flat_hash_map<std::string, Tracked> tracked_;
+  // The same-host data path, once attached (null: the stream calls).
+  std::unique_ptr<Segment> segment_;
+  std::string logged_path_;  // The last LogPath line.
   ClientStats stats_;
 
   const std::uint64_t instance_;

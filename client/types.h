@@ -73,6 +73,13 @@ struct ClientOptions {
   // is retried for this long: long enough for the lease of this worker's
   // own previous process (restarted, killed) to lapse on the server.
   absl::Duration held_id_wait = absl::Seconds(20);
+  // A worker on the daemon's host moves tensor values through a shared-
+  // memory segment it hands the daemon, gRPC carrying only the calls
+  // (docs/protocol.md, "Shared memory"); where the daemon cannot map it
+  // (another host, a container without the same pid namespace, no
+  // access), the stream calls carry them. Which one a worker uses is
+  // logged at Join. Off: always the stream calls.
+  bool shared_memory = true;
 };
 
 struct PushOptions {

@@ -64,6 +64,11 @@ absl::Status TensorStore::Heartbeat(std::uint64_t lease_id) {
   return WorkerForLeaseLocked(lease_id).status();
 }
 
+bool TensorStore::HoldsLease(std::uint64_t lease_id) const {
+  absl::MutexLock lock(&mu_);
+  return lease_id != 0 && leases_.contains(lease_id);
+}
+
 int TensorStore::ExpireLeases() {
   Deferred deferred;
   absl::MutexLock lock(&mu_);

@@ -24,6 +24,10 @@ PushSession::PushSession(TensorStore* store, std::string worker,
   if (store_->options().mode == Mode::kAsync) staged_.resize(tensors_.size());
 }
 
+std::uint64_t PushSession::tensor_bytes(std::uint32_t index) const {
+  return tensors_.at(index)->bytes();
+}
+
 absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
                                    Pieces data) {
   if (!error_.ok()) return error_;

@@ -229,6 +229,8 @@ class PushSession {
   PushSession& operator=(const PushSession&) = delete;
 
   const PushHeader& header() const { return header_; }
+  // The float32 size of header().entries[index]'s tensor.
+  std::uint64_t tensor_bytes(std::uint32_t index) const;
 
   // Takes one chunk of header().entries[index], its payload in `data` (the
   // slices it arrived in, summed without a copy). UNAVAILABLE once the store
@@ -355,6 +357,9 @@ class TensorStore {
   // worker close). Returns how many expired. The server calls it
   // periodically; tests call it after advancing their clock.
   int ExpireLeases();
+
+  // Whether a joined worker holds `lease_id` now (without renewing it).
+  bool HoldsLease(std::uint64_t lease_id) const;
 
   // Closes every sync round whose quorum contributed and whose
   // options().round_timeout passed. Returns how many closed. The server

@@ -49,6 +49,14 @@ void EventLog::Left(absl::string_view worker) {
   spdlog::info("worker {} left", std::string(worker));
 }
 
+void EventLog::SegmentAttached(std::uint64_t lease_id, absl::string_view peer,
+                               std::uint32_t pid, std::uint64_t bytes) {
+  spdlog::info(
+      "lease {} ({}, pid {}) moves its tensors through shared memory: a "
+      "segment of {:.1f} MiB",
+      lease_id, std::string(peer), pid, bytes / 1048576.0);
+}
+
 void EventLog::Expired(const core::WorkerExpired& e) {
   spdlog::warn(
       "worker {} dropped: no call for {} (its lease expired); open "

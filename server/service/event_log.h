@@ -38,6 +38,9 @@ class EventLog {
   void Joined(absl::string_view worker, absl::string_view peer,
               const core::JoinResult& result);
   void Left(absl::string_view worker);
+  // A worker (by lease) now moves its values through shared memory.
+  void SegmentAttached(std::uint64_t lease_id, absl::string_view peer,
+                       std::uint32_t pid, std::uint64_t bytes);
   void Expired(const core::WorkerExpired& expired);
   // A call that ended with `status` (not OK). CANCELLED by the client is
   // not a refusal and is not logged.

@@ -69,4 +69,11 @@ absl::Status ParseMessage(grpc::ByteBuffer* bytes,
   return absl::OkStatus();
 }
 
+void PushResultToProto(const core::PushResult& result, v1::PushedResult* out) {
+  out->set_name(result.name);
+  out->set_round(result.outcome.round);
+  out->set_version(result.outcome.version);
+  out->set_duplicate(result.outcome.duplicate);
+}
+
 }  // namespace weightd::service

@@ -27,6 +27,9 @@ void InfoToProto(const core::TensorInfo& info, v1::TensorInfo* out);
 // for an unknown update kind or wire format.
 absl::StatusOr<core::PushHeader> PushHeaderFromProto(const v1::PushHeader& h);
 
+// What a push of one tensor produced, as Push answers it.
+void PushResultToProto(const core::PushResult& result, v1::PushedResult* out);
+
 // INVALID_ARGUMENT: "the first message of a <call> call must carry the
 // header".
 absl::Status MissingHeader(absl::string_view call);

@@ -226,6 +226,7 @@ void Server::HousekeepingLoop() {
   period = std::clamp(period, absl::Milliseconds(10), absl::Milliseconds(250));
   while (!stop_housekeeping_.WaitForNotificationWithTimeout(period)) {
     store_->ExpireLeases();
+    service_->SweepSegments();
     store_->CloseOverdueRounds();
     service_->events().Flush();
   }

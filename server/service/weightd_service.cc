@@ -370,11 +370,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       if (!results.ok()) return Finish(call_.Answer(results.status()));
       v1::PushResponse response;
       for (const core::PushResult& r : *results) {
-        v1::PushedResult* out = response.add_tensors();
-        out->set_name(r.name);
-        out->set_round(r.outcome.round);
-        out->set_version(r.outcome.version);
-        out->set_duplicate(r.outcome.duplicate);
+        PushResultToProto(r, response.add_tensors());
       }
       *response_ = ToBytes(response);
       return Finish(grpc::Status::OK);
@@ -508,6 +504,109 @@ class PushPullReactor final
   ResultStream result_;
 };
 
+// ---------------------------------------------------------------------------
+// The same-host data path: values in the worker's segment.
+
+// Where each tensor of a segment call lies in `segment`: `places[i]` for a
+// tensor of `bytes[i]` float32 bytes sent in `format`. INVALID_ARGUMENT for
+// a count that does not match, an offset not a multiple of 4, or a range
+// outside the segment.
+absl::StatusOr<std::vector<char*>> SegmentRanges(
+    const Segment& segment,
+    const google::protobuf::RepeatedPtrField<v1::SegmentPlace>& places,
+    const std::vector<std::string>& names,
+    const std::vector<std::uint64_t>& bytes, WireFormat format) {
+  if (static_cast<std::size_t>(places.size()) != names.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the call names ", names.size(), " tensors but gives ",
+                     places.size(), " places in the segment"));
+  }
+  std::vector<char*> ranges;
+  ranges.reserve(names.size());
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    const std::uint64_t offset = places[static_cast<int>(i)].offset();
+    const std::uint64_t length = bytes[i] / kFloatBytes * ElementBytes(format);
+    char* range = segment.Range(offset, length);
+    if (offset % kFloatBytes != 0 || range == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", names[i], ": its place in the segment (offset ", offset,
+          ", ", length, " bytes) is not a 4-byte aligned range inside the ",
+          segment.size(), "-byte segment after its token"));
+    }
+    ranges.push_back(range);
+  }
+  return ranges;
+}
+
+// Writes each of `published` into `segment` at its place, in `format`, and
+// describes it in `out`.
+absl::Status WriteToSegment(
+    const Segment& segment,
+    const google::protobuf::RepeatedPtrField<v1::SegmentPlace>& places,
+    const std::vector<std::string>& names,
+    const std::vector<core::PublishedTensor>& published, WireFormat format,
+    TrafficCounters* traffic,
+    google::protobuf::RepeatedPtrField<v1::TensorInfo>* out) {
+  std::vector<std::uint64_t> bytes;
+  for (const core::PublishedTensor& t : published) {
+    bytes.push_back(t.value->size() * kFloatBytes);
+  }
+  WEIGHTD_ASSIGN_OR_RETURN(
+      std::vector<char*> ranges,
+      SegmentRanges(segment, places, names, bytes, format));
+  for (std::size_t i = 0; i < published.size(); ++i) {
+    const core::PublishedTensor& t = published[i];
+    EncodeValues(t.value->data(), t.value->size(), format, ranges[i]);
+    traffic->bytes_sent.fetch_add(t.value->size() * ElementBytes(format),
+                                  std::memory_order_relaxed);
+    v1::TensorInfo* info = out->Add();
+    info->set_name(names[i]);
+    for (std::int64_t d : t.shape) info->add_shape(d);
+    info->set_version(t.version);
+  }
+  return absl::OkStatus();
+}
+
+// Sums a push whose values are in `segment` through `session`, chunk by
+// chunk as the stream path does, and completes it.
+absl::StatusOr<std::vector<core::PushResult>> PushFromSegment(
+    core::TensorStore& store, core::PushSession& session,
+    const Segment& segment,
+    const google::protobuf::RepeatedPtrField<v1::SegmentPlace>& places,
+    TrafficCounters* traffic) {
+  const core::PushHeader& header = session.header();
+  std::vector<std::string> names;
+  std::vector<std::uint64_t> bytes;
+  for (std::uint32_t i = 0; i < header.entries.size(); ++i) {
+    names.push_back(header.entries[i].name);
+    bytes.push_back(session.tensor_bytes(i));
+  }
+  WEIGHTD_ASSIGN_OR_RETURN(
+      std::vector<char*> ranges,
+      SegmentRanges(segment, places, names, bytes, header.format));
+  const std::uint64_t chunk_bytes = store.options().chunk_bytes;
+  const std::size_t element = ElementBytes(header.format);
+  for (std::uint32_t i = 0; i < ranges.size(); ++i) {
+    for (std::uint64_t offset = 0; offset < bytes[i];) {
+      const std::uint64_t length = ChunkLength(bytes[i], chunk_bytes, offset);
+      const absl::string_view data(ranges[i] + offset / kFloatBytes * element,
+                                   length / kFloatBytes * element);
+      WEIGHTD_RETURN_IF_ERROR(session.AddChunk(i, offset, data));
+      traffic->bytes_received.fetch_add(data.size(), std::memory_order_relaxed);
+      offset += length;
+    }
+  }
+  return session.Finish();
+}
+
+// The answer to a segment call of a lease that attached no segment.
+absl::Status NoSegment(std::uint64_t lease_id) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "lease ", lease_id,
+      " has no shared-memory segment here (AttachSegment first, or it ended "
+      "with the lease or a restart of weightd); use the stream calls"));
+}
+
 // The answer to every call that arrives before the store is attached.
 grpc::Status NotReady() {
   return grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -594,7 +693,10 @@ grpc::ServerUnaryReactor* WeightdService::Leave(
       *request, response, CallInfo{&events_, "Leave", context},
       [&](const v1::LeaveRequest& request, v1::LeaveResponse*, auto* call) {
         absl::StatusOr<std::string> left = store->Leave(request.lease_id());
-        if (left.ok()) events_.Left(*left);
+        if (left.ok()) {
+          events_.Left(*left);
+          SweepSegments();
+        }
         call->Answer(left.status());
       });
 }
@@ -708,6 +810,130 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
         }
         call->Answer(absl::OkStatus());
       });
+}
+
+grpc::ServerUnaryReactor* WeightdService::AttachSegment(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  core::TensorStore* store = this->store();
+  if (store == nullptr) return FinishUnary(context, NotReady());
+  return UnaryReactor<v1::AttachSegmentRequest, v1::AttachSegmentResponse>::
+      Serve(*request, response, CallInfo{&events_, "AttachSegment", context},
+            [&](const v1::AttachSegmentRequest& request,
+                v1::AttachSegmentResponse*, auto* call) {
+              if (absl::Status s = store->Heartbeat(request.lease_id());
+                  !s.ok()) {
+                return call->Answer(s);
+              }
+              absl::StatusOr<std::shared_ptr<Segment>> segment = Segment::Open(
+                  request.pid(), request.fd(), request.size(), request.token());
+              if (!segment.ok()) return call->Answer(segment.status());
+              segments_.Attach(request.lease_id(), *std::move(segment));
+              events_.SegmentAttached(request.lease_id(), context->peer(),
+                                      request.pid(), request.size());
+              call->Answer(absl::OkStatus());
+            });
+}
+
+grpc::ServerUnaryReactor* WeightdService::PushSegment(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  core::TensorStore* store = this->store();
+  if (store == nullptr) return FinishUnary(context, NotReady());
+  return UnaryReactor<v1::PushSegmentRequest, v1::PushSegmentResponse>::Serve(
+      *request, response, CallInfo{&events_, "PushSegment", context},
+      [&](const v1::PushSegmentRequest& request,
+          v1::PushSegmentResponse* response, auto* call) {
+        absl::StatusOr<core::PushHeader> header =
+            PushHeaderFromProto(request.header());
+        if (!header.ok()) return call->Answer(header.status());
+        std::shared_ptr<Segment> segment = segments_.Find(header->lease_id);
+        if (segment == nullptr) {
+          return call->Answer(NoSegment(header->lease_id));
+        }
+        absl::StatusOr<std::unique_ptr<core::PushSession>> session =
+            store->BeginPush(*std::move(header));
+        if (!session.ok()) return call->Answer(session.status());
+        absl::StatusOr<std::vector<core::PushResult>> results = PushFromSegment(
+            *store, **session, *segment, request.places(), &traffic_);
+        if (!results.ok()) return call->Answer(results.status());
+        for (const core::PushResult& r : *results) {
+          PushResultToProto(r, response->add_tensors());
+        }
+        if (!request.pull_result()) return call->Answer(absl::OkStatus());
+        // The round's result, once published, over the pushed values.
+        core::TensorStore::VersionRequest wanted;
+        std::vector<std::string> names;
+        for (const core::PushResult& r : *results) {
+          wanted.emplace_back(r.name, r.outcome.ready_version);
+          names.push_back(r.name);
+        }
+        const WireFormat format = (*session)->header().format;
+        const std::uint64_t lease_id = (*session)->header().lease_id;
+        call->Wait(
+            [&](WaitDone done) {
+              return store->WaitForVersions(wanted, std::move(done), lease_id);
+            },
+            [this, store, call, &request, response, segment,
+             names = std::move(names), format](absl::Status status) {
+              if (!status.ok()) return call->Answer(status);
+              auto published = store->Read(names);
+              if (!published.ok()) return call->Answer(published.status());
+              call->Answer(WriteToSegment(*segment, request.places(), names,
+                                          *published, format, &traffic_,
+                                          response->mutable_results()));
+            });
+      });
+}
+
+grpc::ServerUnaryReactor* WeightdService::PullSegment(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  core::TensorStore* store = this->store();
+  if (store == nullptr) return FinishUnary(context, NotReady());
+  return UnaryReactor<v1::PullSegmentRequest, v1::PullSegmentResponse>::Serve(
+      *request, response, CallInfo{&events_, "PullSegment", context},
+      [&](const v1::PullSegmentRequest& request,
+          v1::PullSegmentResponse* response, auto* call) {
+        const v1::PullRequest& pull = request.request();
+        std::shared_ptr<Segment> segment = segments_.Find(pull.lease_id());
+        if (segment == nullptr) {
+          return call->Answer(NoSegment(pull.lease_id()));
+        }
+        absl::StatusOr<WireFormat> format = WireFormatFromProto(pull.format());
+        if (!format.ok()) return call->Answer(format.status());
+        core::TensorStore::VersionRequest wanted;
+        std::vector<std::string> names;
+        for (const v1::PulledTensor& t : pull.tensors()) {
+          wanted.emplace_back(t.name(), t.min_version());
+          names.push_back(t.name());
+        }
+        if (wanted.empty()) {
+          return call->Answer(
+              absl::InvalidArgumentError("PullSegment names no tensors"));
+        }
+        call->Wait(
+            [&](WaitDone done) {
+              return store->WaitForVersions(wanted, std::move(done),
+                                            pull.lease_id());
+            },
+            [this, store, call, &request, response, segment,
+             names = std::move(names), format = *format](absl::Status status) {
+              if (!status.ok()) return call->Answer(status);
+              auto published = store->Read(names);
+              if (!published.ok()) return call->Answer(published.status());
+              call->Answer(WriteToSegment(*segment, request.places(), names,
+                                          *published, format, &traffic_,
+                                          response->mutable_tensors()));
+            });
+      });
+}
+
+void WeightdService::SweepSegments() {
+  core::TensorStore* store = this->store();
+  if (store == nullptr) return;
+  segments_.Sweep(
+      [store](std::uint64_t lease_id) { return store->HoldsLease(lease_id); });
 }
 
 }  // namespace weightd::service

@@ -12,6 +12,7 @@
 
 #include "server/core/tensor_store.h"
 #include "server/service/event_log.h"
+#include "server/service/segments.h"
 #include "server/storage/snapshotter.h"
 #include "weightd/v1/weightd.grpc.pb.h"
 
@@ -34,15 +35,20 @@ struct TrafficCounters {
 // weightd_service.cc use live beside it: proto_conversions.h,
 // tensor_streamer.h, reactor_wait.h.
 using WeightdServiceBase = v1::Weightd::WithRawCallbackMethod_Join<
-    v1::Weightd::WithRawCallbackMethod_Push<
-        v1::Weightd::WithRawCallbackMethod_Pull<
-            v1::Weightd::WithRawCallbackMethod_PushPull<
-                v1::Weightd::WithRawCallbackMethod_Leave<
-                    v1::Weightd::WithRawCallbackMethod_Heartbeat<
-                        v1::Weightd::WithRawCallbackMethod_Barrier<
-                            v1::Weightd::WithRawCallbackMethod_GetStatus<
-                                v1::Weightd::WithRawCallbackMethod_TakeSnapshot<
-                                    v1::Weightd::Service>>>>>>>>>;
+    v1::Weightd::WithRawCallbackMethod_Push<v1::Weightd::WithRawCallbackMethod_Pull<
+        v1::Weightd::WithRawCallbackMethod_PushPull<
+            v1::Weightd::WithRawCallbackMethod_Leave<
+                v1::Weightd::WithRawCallbackMethod_Heartbeat<
+                    v1::Weightd::WithRawCallbackMethod_Barrier<
+                        v1::Weightd::WithRawCallbackMethod_GetStatus<
+                            v1::Weightd::WithRawCallbackMethod_TakeSnapshot<
+                                v1::Weightd::WithRawCallbackMethod_AttachSegment<
+                                    v1::Weightd::
+                                        WithRawCallbackMethod_PushSegment<
+                                            v1::Weightd::
+                                                WithRawCallbackMethod_PullSegment<
+                                                    v1::Weightd::
+                                                        Service>>>>>>>>>>>>;
 
 class WeightdService final : public WeightdServiceBase {
  public:
@@ -84,6 +90,19 @@ class WeightdService final : public WeightdServiceBase {
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
                                       const grpc::ByteBuffer* request,
                                       grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* AttachSegment(grpc::CallbackServerContext* context,
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* PushSegment(grpc::CallbackServerContext* context,
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* PullSegment(grpc::CallbackServerContext* context,
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
+
+  // Unmaps the segments of leases no worker holds any more (left, expired,
+  // replaced). Called by the server's housekeeping.
+  void SweepSegments();
 
  private:
   core::TensorStore* store() const;  // Null until Attach().
@@ -93,6 +112,7 @@ class WeightdService final : public WeightdServiceBase {
   std::atomic<core::TensorStore*> store_{nullptr};
   storage::Snapshotter* snapshotter_ = nullptr;
   TrafficCounters traffic_;
+  SegmentTable segments_;  // Same-host workers' shared memory, by lease.
   v1::ShardInfo shard_;
   EventLog events_;
 };
