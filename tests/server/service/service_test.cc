@@ -25,6 +25,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "server/service/server.h"
+#include "tests/testing/client_options.h"
 #include "tests/testing/status_matchers.h"
 #include "weightd/v1/weightd.grpc.pb.h"
 
@@ -77,7 +78,7 @@ class ServiceTest : public ::testing::Test {
   }
 
   std::unique_ptr<Client> Connect(const std::string& worker) {
-    ClientOptions options;
+    ClientOptions options = testing::TestClientOptions();
     options.address = server_->address();
     options.worker_id = worker;
     options.call_timeout = absl::Seconds(60);
@@ -697,7 +698,7 @@ TEST_F(ServiceTest, SilentWorkerIsDroppedWhileWaitingWorkerHeartbeats) {
 
   std::vector<float> a(4, 0.0f), b(4, 0.0f);
   auto ca = Connect("a");
-  ClientOptions silent;
+  ClientOptions silent = testing::TestClientOptions();
   silent.address = server_->address();
   silent.worker_id = "b";
   silent.heartbeat = false;
@@ -785,7 +786,7 @@ TEST_F(SnapshotServiceTest, RestartContinuesFromTheFinalSnapshot) {
 // the outage, the restored lease is still valid, and the round continues.
 TEST_F(SnapshotServiceTest, ClientRidesThroughARestartOnTheSamePort) {
   std::vector<float> w(8, 1.0f);
-  ClientOptions options;
+  ClientOptions options = testing::TestClientOptions();
   options.address = server_->address();
   options.worker_id = "a";
   options.retry_budget = absl::Seconds(30);
@@ -822,7 +823,7 @@ TEST_F(SnapshotServiceTest, UnusableSnapshotsMeanNotServing) {
           .c_str());
   Restart();
   EXPECT_TRUE(server_->store().closed());
-  ClientOptions options;
+  ClientOptions options = testing::TestClientOptions();
   options.address = server_->address();
   options.worker_id = "a";
   options.retry_budget = absl::Milliseconds(300);
@@ -1111,7 +1112,7 @@ TEST_F(ServiceTest, WorkersOverTcpAndUnixSocketShareARound) {
   options.unix_socket = socket;
   Start(std::move(options));
   auto over_tcp = Connect("tcp");
-  ClientOptions unix_options;
+  ClientOptions unix_options = testing::TestClientOptions();
   unix_options.address = "unix:" + socket;
   unix_options.worker_id = "unix";
   auto over_unix = std::move(Client::Connect(unix_options)).value();
@@ -1146,7 +1147,7 @@ TEST_F(ServiceTest, SixteenBitWireFormatsAverageInFloat32) {
   std::vector<std::vector<float>> values(3, std::vector<float>(kSize));
   std::vector<std::unique_ptr<Client>> clients;
   for (int w = 0; w < 3; ++w) {
-    ClientOptions options;
+    ClientOptions options = testing::TestClientOptions();
     options.address = server_->address();
     options.worker_id = absl::StrCat("w", w);
     options.wire_format = formats[w];

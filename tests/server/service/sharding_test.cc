@@ -21,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "server/service/server.h"
 #include "server/storage/snapshot.h"
+#include "tests/testing/client_options.h"
 #include "tests/testing/status_matchers.h"
 
 namespace weightd {
@@ -55,7 +56,7 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectTo(
     const std::vector<std::string>& addresses, const std::string& worker,
     absl::Duration call_timeout = absl::Seconds(60),
     std::function<void(absl::string_view)> log = nullptr) {
-  ClientOptions options;
+  ClientOptions options = testing::TestClientOptions();
   options.address = absl::StrJoin(addresses, ",");
   options.worker_id = worker;
   options.log = std::move(log);
