@@ -30,6 +30,10 @@ ABSL_FLAG(std::string, wire_format, "float32",
 ABSL_FLAG(int, reps, 10, "Measured rounds (after one warm-up round).");
 ABSL_FLAG(uint64_t, split_bytes, uint64_t{4} << 20,
           "Sharded servers: tensors above this are split over the shards.");
+ABSL_FLAG(bool, shared_memory, false,
+          "Move values through shared memory when on the daemon's host "
+          "(ClientOptions::shared_memory; off here so that the scenarios "
+          "measure the stream path unless they ask).");
 ABSL_FLAG(std::string, joined_file, "",
           "If set, created once every worker has joined (before the rounds).");
 
@@ -100,6 +104,7 @@ int main(int argc, char** argv) {
   options.address = absl::GetFlag(FLAGS_server);
   options.worker_id = absl::StrCat("bench-", rank);
   options.split_bytes = absl::GetFlag(FLAGS_split_bytes);
+  options.shared_memory = absl::GetFlag(FLAGS_shared_memory);
   if (!weightd::ParseWireFormat(absl::GetFlag(FLAGS_wire_format),
                                 &options.wire_format)) {
     std::fprintf(stderr, "bench_worker: unknown --wire_format\n");

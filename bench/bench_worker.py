@@ -27,6 +27,8 @@ def main():
     ap.add_argument("--bytes", type=int, default=1 << 20)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--wire_format", default="float32")
+    ap.add_argument("--shared_memory", default="false",
+                    help="true: shared memory on the daemon's host")
     ap.add_argument("--joined_file", default="",
                     help="created once every worker has joined")
     args = ap.parse_args()
@@ -35,7 +37,8 @@ def main():
     tensors = {"t0": tensor}
     expected = (args.workers + 1) / 2
     with weightd.Client(args.server, worker_id=f"bench-{args.rank}",
-                        wire_format=args.wire_format) as client:
+                        wire_format=args.wire_format,
+                        shared_memory=args.shared_memory == "true") as client:
         client.join(tensors)
         client.barrier("joined", args.workers)
         if args.joined_file:

@@ -155,7 +155,7 @@ class Bench:
     # --- weightd -----------------------------------------------------------
     def rounds(self, workers, layout, nbytes=0, count=1, unix=False,
                reps=None, wire_format="float32", shards=1, split_bytes=None,
-               python=False, per_worker=False):
+               python=False, per_worker=False, shared_memory=False):
         """Round times of W bench_workers against a fresh weightd (over TCP,
         or over the Unix socket it also listens on), or `shards` of them,
         and the peak RSS of the first. `python`: the workers are
@@ -214,7 +214,9 @@ class Bench:
                            "--rank=%d" % r, "--workers=%d" % workers,
                            "--bytes=%d" % nbytes,
                            "--reps=%d" % (reps or self.reps),
-                           "--wire_format=" + wire_format] + extra
+                           "--wire_format=" + wire_format,
+                           "--shared_memory=%s" % str(shared_memory).lower()]
+                 + extra
                  + (["--joined_file=" + joined] if r == 0 else [])
                  for r in range(workers)], env=env)
             watcher.join(timeout=10)
@@ -313,6 +315,7 @@ def main():
               "tcp_ceiling/(2W)", tcp_here / (2 * workers), 0.8)
         return statistics.median(algbw), times
 
+    s1, tcp_many = None, None
     # 1. W=4, one tensor.
     if want(1) or want(3) or want(4) or want(9) or want(11):
         s1, s1_times = sync_round("1 sync W=4", 4, size)
@@ -336,6 +339,7 @@ def main():
     if want(4):
         count, each = (100, 4096) if smoke else (10000, 4096)
         many, _ = b.rounds(4, "many", count * each, count=count)
+        tcp_many = many
         one, _ = b.rounds(4, "single", count * each)
         b.row("4 %d x 4 KiB, W=4 round time" % count, 4, count * each,
               [t * 1e3 for t in many], "ms", "2 x one tensor's round time",
@@ -402,6 +406,44 @@ def main():
         times, _ = b.rounds(4, "single", size, python=True)
         b.row("11 sync W=4, Python workers", 4, size, gbps(size, times),
               "GB/s", "scenario 1 (C++ bench_worker)", s1, 0.9)
+
+    # 12. Same-host data path: the workers hand the daemon a shared-memory
+    # segment and move their values through it (docs/protocol.md).
+    if want(12):
+        def shm(workers, layout, nbytes=0, count=1):
+            return b.rounds(workers, layout, nbytes, count=count,
+                            shared_memory=True)
+        times, rss = shm(4, "single", size)
+        s12 = gbps(size, times)
+        b.row("12 shm W=4 vs tcp_ceiling/2W", 4, size, s12, "GB/s",
+              "tcp_ceiling/(2W)", tcp / 8, 2.0)
+        if s1 is None:
+            s1, s1_times = sync_round("1 sync W=4", 4, size)
+        b.row("12 shm W=4 vs scenario 1 (TCP)", 4, size, s12, "GB/s",
+              "scenario 1", s1, 3.0)
+        b.row("12 shm W=4 server peak RSS", 4, size, [rss["rounds"] / MiB],
+              "MiB", "value + accumulator + 4 segments", 6 * size / MiB, 1.0,
+              lower_is_better=True,
+              note="the daemon maps each worker's segment: its pages count "
+                   "in its RSS once read")
+        for workers in (2, 8):
+            times, _ = shm(workers, "single", size)
+            b.row("12 shm W=%d vs tcp_ceiling/2W" % workers, workers, size,
+                  gbps(size, times), "GB/s", "tcp_ceiling/(2W)",
+                  tcp / (2 * workers), None)
+        if not smoke:
+            times, _ = shm(4, "resnet")
+            resnet_bytes = 25557032 * 4
+            b.row("12 shm resnet50 (161 tensors) W=4", 4, resnet_bytes,
+                  gbps(resnet_bytes, times), "GB/s", "scenario 12 W=4",
+                  statistics.median(s12), None)
+        count, each = (100, 4096) if smoke else (10000, 4096)
+        if tcp_many is None:
+            tcp_many, _ = b.rounds(4, "many", count * each, count=count)
+        many, _ = shm(4, "many", count * each, count=count)
+        b.row("12 shm %d x 4 KiB W=4 round time" % count, 4, count * each,
+              [t * 1e3 for t in many], "ms", "the same over TCP",
+              statistics.median(tcp_many) * 1e3, 1.0, lower_is_better=True)
 
     b.report(args.out)
 

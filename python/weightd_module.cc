@@ -87,8 +87,9 @@ class PyClient {
            double retry_budget, double initial_backoff, double max_backoff,
            const std::string& wire_format, std::uint64_t split_bytes,
            const py::object& log, double progress_interval,
-           double held_id_wait) {
+           double held_id_wait, bool shared_memory) {
     options_.address = address;
+    options_.shared_memory = shared_memory;
     options_.worker_id = worker_id;
     options_.call_timeout = Seconds("call_timeout", call_timeout);
     options_.connect_timeout = Seconds("connect_timeout", connect_timeout);
@@ -310,13 +311,13 @@ PYBIND11_MODULE(_weightd, m) {
   py::class_<PyClient>(m, "Client")
       .def(py::init<const std::string&, const std::string&, double, double,
                     bool, double, double, double, const std::string&,
-                    std::uint64_t, const py::object&, double, double>(),
+                    std::uint64_t, const py::object&, double, double, bool>(),
            py::arg("address"), py::arg("worker_id"), py::arg("call_timeout"),
            py::arg("connect_timeout"), py::arg("heartbeat"),
            py::arg("retry_budget"), py::arg("initial_backoff"),
            py::arg("max_backoff"), py::arg("wire_format"),
            py::arg("split_bytes"), py::arg("log"), py::arg("progress_interval"),
-           py::arg("held_id_wait"))
+           py::arg("held_id_wait"), py::arg("shared_memory"))
       .def("join", &PyClient::Join, py::arg("tensors"))
       .def("push", &PyClient::Push, py::arg("tensors"), py::arg("weight"),
            py::arg("kind"))

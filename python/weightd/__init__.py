@@ -144,6 +144,9 @@ class Client:
     - ``held_id_wait``: how long a join refused because another process
       holds ``worker_id`` is retried (for your own previous process's lease
       to lapse).
+    - ``shared_memory``: on the daemon's host, move values through a
+      shared-memory segment instead of the gRPC stream (chosen at join when
+      the daemon can map it, else the stream; the client logs which).
 
     Raises ``Unavailable`` if the server cannot be reached in time,
     ``ValueError`` for an option that cannot work. One client per thread:
@@ -157,11 +160,11 @@ class Client:
                  wire_format: str = "float32", split_bytes: int = 4 << 20,
                  log: typing.Optional[typing.Callable[[str], None]] = None,
                  progress_interval: float = 10.0,
-                 held_id_wait: float = 20.0):
+                 held_id_wait: float = 20.0, shared_memory: bool = True):
         self._native = _weightd.Client(
             address, worker_id, call_timeout, connect_timeout, heartbeat,
             retry_budget, initial_backoff, max_backoff, wire_format,
-            split_bytes, log, progress_interval, held_id_wait)
+            split_bytes, log, progress_interval, held_id_wait, shared_memory)
 
     def join(self, tensors: Tensors) -> None:
         """Declares the tensors your model shares (name -> numpy array or
