@@ -149,9 +149,14 @@ class ShardClient {
   // One attempt of each call; the public calls wrap them in Retrying().
   absl::Status JoinOnce(absl::Span<const Declared> declared,
                         v1::JoinResponse* response);
+  // `held[i]`: the float32 bytes at the start of tensor i's buffer that an
+  // earlier attempt of this push wrote its result over (sent as
+  // v1::PushedTensor.held_bytes); raised to what this attempt's result
+  // wrote, whether or not it succeeds.
   absl::Status PushOnce(absl::Span<const TensorRef> tensors,
                         const PushOptions& options, bool pull_result,
-                        std::uint64_t sequence);
+                        std::uint64_t sequence,
+                        std::vector<std::uint64_t>& held);
   absl::Status PullOnce(absl::Span<const TensorRef> tensors);
   // Runs `attempt` until it succeeds, fails for good, or the retry budget
   // is spent; CANCELLED once options_.cancellation is. `what` names the
