@@ -118,13 +118,13 @@ void ShardClient::LogPath(const absl::Status& attached) {
   logged_path_ = std::move(path);
 }
 
-absl::Status ShardClient::PushOnceSegment(absl::Span<const TensorRef> tensors,
-                                          const PushOptions& options,
-                                          bool pull_result,
-                                          std::uint64_t sequence) {
+absl::Status ShardClient::PushOnceSegment(
+    absl::Span<const TensorRef> tensors, const PushOptions& options,
+    bool pull_result, std::uint64_t sequence,
+    absl::Span<const std::uint64_t> held) {
   const char* what = pull_result ? "PushPull" : "Push";
   v1::PushSegmentRequest request;
-  FillPushHeader(tensors, options, sequence, request.mutable_header());
+  FillPushHeader(tensors, options, sequence, held, request.mutable_header());
   request.set_pull_result(pull_result);
   const WireFormat format = options_.wire_format;
   std::uint64_t pushed = 0;

@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <optional>
@@ -130,9 +131,16 @@ absl::Status ShardClient::DoPush(absl::Span<const TensorRef> tensors,
     }
   }
   Watching watching(this, std::move(watch));
+  // A PushPull's result is written into the caller's buffers, which its
+  // push reads: after a failed attempt they may hold result values where
+  // the caller's update was. A resend says so (held_bytes): the server
+  // skips those bytes if it holds them from this push, else refuses it
+  // (ABORTED, below) rather than take the result as this worker's update.
+  // Kept across a re-join: the new sequence resumes the old contribution.
+  std::vector<std::uint64_t> held(tensors.size(), 0);
   for (int rejoins = 0;; ++rejoins) {
     absl::Status status = Retrying(pull_result ? "PushPull" : "Push", [&] {
-      return PushOnce(tensors, options, pull_result, sequence);
+      return PushOnce(tensors, options, pull_result, sequence, held);
     });
     if (status.ok()) return status;
     if (absl::IsFailedPrecondition(status) && rejoins < kMaxRejoins &&
@@ -169,6 +177,7 @@ absl::Status ShardClient::DoPush(absl::Span<const TensorRef> tensors,
 void ShardClient::FillPushHeader(absl::Span<const TensorRef> tensors,
                                  const PushOptions& options,
                                  std::uint64_t sequence,
+                                 absl::Span<const std::uint64_t> held,
                                  v1::PushHeader* header) const {
   header->set_lease_id(lease_id_);
   header->set_sequence(sequence);
@@ -178,10 +187,11 @@ void ShardClient::FillPushHeader(absl::Span<const TensorRef> tensors,
   header->set_weight(options.weight);
   header->set_format(WireFormatToProto(options_.wire_format));
   header->set_accept_batches(true);
-  for (const TensorRef& t : tensors) {
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
     v1::PushedTensor* p = header->add_tensors();
-    p->set_name(t.name);
-    p->set_round(tracked_.at(t.name).version);
+    p->set_name(tensors[i].name);
+    p->set_round(tracked_.at(tensors[i].name).version);
+    p->set_held_bytes(held[i]);
   }
 }
 
@@ -211,15 +221,16 @@ absl::Status ShardClient::RecordPushed(const v1::PushResponse& response,
 
 absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
                                    const PushOptions& options, bool pull_result,
-                                   std::uint64_t sequence) {
+                                   std::uint64_t sequence,
+                                   std::vector<std::uint64_t>& held) {
   if (UsesSegment(tensors)) {
     absl::Status status =
-        PushOnceSegment(tensors, options, pull_result, sequence);
+        PushOnceSegment(tensors, options, pull_result, sequence, held);
     if (!absl::IsFailedPrecondition(status) || !Reattach()) return status;
-    return PushOnceSegment(tensors, options, pull_result, sequence);
+    return PushOnceSegment(tensors, options, pull_result, sequence, held);
   }
   v1::PushHeader header;
-  FillPushHeader(tensors, options, sequence, &header);
+  FillPushHeader(tensors, options, sequence, held, &header);
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
   const Cancellation::Registration cancel = CancelsOnCancel(context);
@@ -264,6 +275,8 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
   // until the writer has copied that range: the push carries the caller's
   // values, and the two threads never touch a range at once. (No
   // deadlock: the server reads the push whatever happens to its writes.)
+  // What the reader wrote is no longer the caller's update: if the call
+  // fails, the resend tells the server (`held`, see DoPush).
   //
   // Either side failing ends the other: ReadTensors cancels the call on a
   // malformed result, so the writer's next Write() fails; a failed Write()
@@ -279,10 +292,11 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
   CopyProgress copied(tensors.size());
   std::vector<std::uint64_t> versions;
   std::uint64_t pulled = 0;
+  std::vector<std::uint64_t> written;
   absl::Status read;
   auto read_result = [&] {
     read = ReadTensors(*stream, context, options_.wire_format, tensors,
-                       versions, pulled, &copied);
+                       versions, pulled, &copied, &written);
   };
   std::optional<std::thread> reader;
   if (payload > chunk_bytes_) reader.emplace(read_result);
@@ -297,6 +311,9 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
   }
   stats_.bytes_pushed += pushed;
   stats_.bytes_pulled += pulled;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    held[i] = std::max(held[i], written[i]);
+  }
   WEIGHTD_RETURN_IF_ERROR(Annotate(stream->Finish(), "PushPull"));
   WEIGHTD_RETURN_IF_ERROR(read);
   RecordPulled(tensors, /*ahead=*/1, versions);

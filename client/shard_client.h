@@ -151,14 +151,22 @@ class ShardClient {
   // One attempt of each call; the public calls wrap them in Retrying().
   absl::Status JoinOnce(absl::Span<const Declared> declared,
                         v1::JoinResponse* response);
+  // `held[i]`: the float32 bytes at the start of tensor i's buffer that an
+  // earlier attempt of this push wrote its result over (sent as
+  // v1::PushedTensor.held_bytes); raised to what this attempt's result
+  // wrote, whether or not it succeeds.
   absl::Status PushOnce(absl::Span<const TensorRef> tensors,
                         const PushOptions& options, bool pull_result,
-                        std::uint64_t sequence);
+                        std::uint64_t sequence,
+                        std::vector<std::uint64_t>& held);
   absl::Status PullOnce(absl::Span<const TensorRef> tensors);
   // The same through the segment (UsesSegment). (client/segment_calls.cc)
+  // (It writes into the caller's buffers only once the call succeeded,
+  // so it never raises `held`.)
   absl::Status PushOnceSegment(absl::Span<const TensorRef> tensors,
                                const PushOptions& options, bool pull_result,
-                               std::uint64_t sequence);
+                               std::uint64_t sequence,
+                               absl::Span<const std::uint64_t> held);
   absl::Status PullOnceSegment(absl::Span<const TensorRef> tensors);
   // Whether every one of `tensors` has a place in an attached segment.
   bool UsesSegment(absl::Span<const TensorRef> tensors) const;
@@ -175,9 +183,11 @@ class ShardClient {
   // Logs which path the worker's values take (`attached`: the outcome of
   // AttachSegment), when that changed.
   void LogPath(const absl::Status& attached);
-  // The header of a push of `tensors` with `sequence`.
+  // The header of a push of `tensors` with `sequence` (`held`: as
+  // PushOnce's).
   void FillPushHeader(absl::Span<const TensorRef> tensors,
                       const PushOptions& options, std::uint64_t sequence,
+                      absl::Span<const std::uint64_t> held,
                       v1::PushHeader* header) const;
   // Takes in the server's answer to a Push of `count` tensors.
   absl::Status RecordPushed(const v1::PushResponse& response,

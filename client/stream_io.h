@@ -80,13 +80,19 @@ class CopyProgress {
 // reads its result as it pushes): every error returned while the stream
 // is still open cancels the call, so that writer's next Write() fails;
 // with `progress` (that writer's), each chunk waits until the push has
-// copied the part of the spans it overwrites.
+// copied the part of the spans it overwrites. With `written`, sets
+// (*written)[i] to the float32 bytes of tensor i's span it wrote, also
+// when it fails: a prefix, as chunks are taken only in offset order.
 template <typename Stream>
 absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
                          WireFormat format, absl::Span<const TensorRef> tensors,
                          std::vector<std::uint64_t>& versions,
                          std::uint64_t& bytes_read,
-                         CopyProgress* progress = nullptr) {
+                         CopyProgress* progress = nullptr,
+                         std::vector<std::uint64_t>* written = nullptr) {
+  std::vector<std::uint64_t> own;
+  std::vector<std::uint64_t>& next = written != nullptr ? *written : own;
+  next.assign(tensors.size(), 0);
   auto malformed = [&context](absl::string_view what) {
     context.TryCancel();
     return absl::DataLossError(absl::StrCat("server sent ", what));
@@ -111,7 +117,6 @@ absl::Status ReadTensors(Stream& stream, grpc::ClientContext& context,
     }
     versions[i] = info.version();
   }
-  std::vector<std::uint64_t> next(tensors.size(), 0);
   // Copies one chunk into its tensor; false if it is out of place.
   auto take = [&](const ChunkView& chunk) {
     const std::uint32_t i = chunk.tensor_index;

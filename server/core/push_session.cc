@@ -75,7 +75,8 @@ absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
     DecodePieces(data, format, staged.data() + offset / kFloatBytes);
   } else {
     const ContributionKey key{worker_, header_.sequence,
-                              header_.entries[index].round, header_.kind};
+                              header_.entries[index].round, header_.kind,
+                              header_.entries[index].held_bytes};
     Deferred deferred;  // Wakes the pulls of published chunks, unlocked.
     if (absl::Status s = tensor.AddChunk(key, header_.weight, offset, data,
                                          format, expected, deferred);
@@ -109,7 +110,8 @@ absl::StatusOr<std::vector<PushResult>> PushSession::Finish() {
             ? tensor->Complete(worker_, header_.sequence, deferred)
             : tensor->ApplyPush(
                   ContributionKey{worker_, header_.sequence,
-                                  header_.entries[i].round, header_.kind},
+                                  header_.entries[i].round, header_.kind,
+                                  header_.entries[i].held_bytes},
                   staged_[i], deferred);
     if (!outcome.ok()) {
       error_ = outcome.status();
@@ -161,8 +163,8 @@ absl::StatusOr<std::unique_ptr<PushSession>> TensorStore::BeginPush(
           absl::StrCat("worker ", worker->id, " did not declare tensor ",
                        e.name, " in its Join"));
     }
-    WEIGHTD_RETURN_IF_ERROR(tensor->CheckContribution(
-        ContributionKey{worker->id, header.sequence, e.round, header.kind}));
+    WEIGHTD_RETURN_IF_ERROR(tensor->CheckContribution(ContributionKey{
+        worker->id, header.sequence, e.round, header.kind, e.held_bytes}));
     tensors.push_back(std::move(tensor));
   }
   worker->max_sequence = std::max(worker->max_sequence, header.sequence);

@@ -147,15 +147,47 @@ absl::Status SharedTensor::CheckNewLocked(const ContributionKey& key,
   return absl::OkStatus();
 }
 
+std::uint64_t SharedTensor::HeldLocked(const ContributionKey& key,
+                                       const Contribution* previous) const {
+  if (previous == nullptr) return 0;
+  if (previous->sequence == key.sequence) return previous->progress;
+  const bool resumed = options_->mode == Mode::kSync &&
+                       previous->round == version_ && !previous->complete;
+  return resumed ? previous->progress : 0;
+}
+
+absl::Status SharedTensor::CheckPushLocked(const ContributionKey& key,
+                                           const Contribution* previous) const {
+  if (key.held_bytes > bytes()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("push says the server holds ", key.held_bytes,
+                     " bytes of it already, past the end of tensor ", name_,
+                     " (", bytes(), " bytes)"));
+  }
+  const bool resend = previous != nullptr && previous->sequence == key.sequence;
+  if (absl::Status s = resend ? CheckResendLocked(key, *previous)
+                              : CheckNewLocked(key, previous);
+      !s.ok()) {
+    return s;
+  }
+  if (key.held_bytes == 0) return absl::OkStatus();
+  const std::uint64_t held = HeldLocked(key, previous);
+  if (held >= key.held_bytes) return absl::OkStatus();
+  // The client wrote a result over these values: resent, they would count
+  // as its update (e.g. new weights summed as a delta).
+  return absl::AbortedError(absl::StrCat(
+      "tensor ", name_, ": this push's first ", key.held_bytes,
+      " bytes were delivered to a server that no longer holds them (it holds ",
+      held,
+      "; did it restart?); the update cannot be resent: pull the "
+      "current value and continue"));
+}
+
 absl::Status SharedTensor::CheckContribution(const ContributionKey& key) const {
   absl::MutexLock lock(&mu_);
   auto it = contributions_.find(key.worker);
-  const Contribution* previous =
-      it == contributions_.end() ? nullptr : &it->second;
-  if (previous != nullptr && previous->sequence == key.sequence) {
-    return CheckResendLocked(key, *previous);  // Applied at most once.
-  }
-  return CheckNewLocked(key, previous);
+  return CheckPushLocked(key,
+                         it == contributions_.end() ? nullptr : &it->second);
 }
 
 absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
@@ -164,12 +196,10 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
                                     Deferred& deferred) {
   absl::MutexLock lock(&mu_);
   auto it = contributions_.find(key.worker);
-  if (it != contributions_.end() && it->second.sequence == key.sequence) {
-    if (absl::Status s = CheckResendLocked(key, it->second); !s.ok()) return s;
-  } else {
-    const Contribution* previous =
-        it == contributions_.end() ? nullptr : &it->second;
-    if (absl::Status s = CheckNewLocked(key, previous); !s.ok()) return s;
+  const Contribution* previous =
+      it == contributions_.end() ? nullptr : &it->second;
+  if (absl::Status s = CheckPushLocked(key, previous); !s.ok()) return s;
+  if (previous == nullptr || previous->sequence != key.sequence) {
     if (previous != nullptr && previous->round == version_) {
       // Resume the unfinished contribution: the chunks it delivered stay
       // counted and are skipped below.
@@ -288,7 +318,7 @@ absl::StatusOr<ContributionResult> SharedTensor::ApplyPush(
   }
   const Contribution* previous =
       it == contributions_.end() ? nullptr : &it->second;
-  if (absl::Status s = CheckNewLocked(key, previous); !s.ok()) return s;
+  if (absl::Status s = CheckPushLocked(key, previous); !s.ok()) return s;
 
   const absl::Time start = options_->now();
   const float* old = value_->data();

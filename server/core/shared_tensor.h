@@ -121,6 +121,10 @@ struct ContributionKey {
   std::uint64_t sequence = 0;
   std::uint64_t round = 0;
   UpdateKind kind = UpdateKind::kWeights;
+  // A resend whose first held_bytes (float32 bytes) the client no longer
+  // has (a PushPull's result was written over them): the tensor must hold
+  // them from this push already, else the push is refused (ABORTED).
+  std::uint64_t held_bytes = 0;
 };
 
 // Thread-safe. Lock order: TensorStore::mu_ before SharedTensor::mu_.
@@ -155,10 +159,11 @@ class SharedTensor {
   // Non-mutating check that `key` may start, resume or resend a push.
   // A round ahead of the open one counts in the open one if the tensor was
   // restored from a snapshot (its rounds went back), else is ABORTED.
-  // ABORTED (stale sequence, round closed or not reached),
-  // FAILED_PRECONDITION (other update kind collecting), ALREADY_EXISTS (the
-  // worker already contributed to the round), INVALID_ARGUMENT (a sequence
-  // reused for another round or kind).
+  // ABORTED (stale sequence, round closed or not reached, or key.held_bytes
+  // not held: see HeldLocked), FAILED_PRECONDITION (other update kind
+  // collecting), ALREADY_EXISTS (the worker already contributed to the
+  // round), INVALID_ARGUMENT (a sequence reused for another round or kind,
+  // key.held_bytes past the end of the tensor).
   absl::Status CheckContribution(const ContributionKey& key) const;
 
   // Sync mode. Sums the chunk at byte `offset` (validated by the caller:
@@ -253,6 +258,19 @@ class SharedTensor {
   // Checks of a push that is not a resend of `previous`.
   absl::Status CheckNewLocked(const ContributionKey& key,
                               const Contribution* previous) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The bytes of push `key` the tensor holds already, and would skip: a
+  // resend's delivered prefix, or (sync) that of the unfinished
+  // contribution to the open round a new sequence resumes; else 0.
+  // `previous`: the worker's last contribution, or null.
+  std::uint64_t HeldLocked(const ContributionKey& key,
+                           const Contribution* previous) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // CheckResendLocked or CheckNewLocked, then that the tensor holds
+  // key.held_bytes of the push (ABORTED if not: the client no longer has
+  // those values, so the push cannot be completed with its own).
+  absl::Status CheckPushLocked(const ContributionKey& key,
+                               const Contribution* previous) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Round closed / version published: observer and waiters.
   void PublishLocked(RoundClosed closed, Deferred& deferred)

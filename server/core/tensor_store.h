@@ -102,6 +102,9 @@ struct PushHeader {
   struct Entry {
     std::string name;
     std::uint64_t round = 0;
+    // A resend: the first held_bytes (float32 bytes) of the tensor must be
+    // held from this push already (see ContributionKey::held_bytes).
+    std::uint64_t held_bytes = 0;
   };
   std::vector<Entry> entries;
   // Of the chunks' payloads (their offsets are float32 bytes regardless).

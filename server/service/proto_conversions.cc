@@ -41,7 +41,7 @@ absl::StatusOr<core::PushHeader> PushHeaderFromProto(const v1::PushHeader& h) {
   WEIGHTD_ASSIGN_OR_RETURN(header.format, WireFormatFromProto(h.format()));
   header.entries.reserve(h.tensors_size());
   for (const v1::PushedTensor& t : h.tensors()) {
-    header.entries.push_back({t.name(), t.round()});
+    header.entries.push_back({t.name(), t.round(), t.held_bytes()});
   }
   return header;
 }

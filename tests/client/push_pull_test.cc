@@ -6,6 +6,7 @@
 // reads only after its last write.
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -37,7 +38,9 @@ constexpr std::uint64_t kChunkBytes = 64 << 10;
 constexpr int kWindowBytes = 4 << 20;
 constexpr std::int64_t kElements = 4 << 20;  // 16 MiB of float32.
 constexpr std::int64_t kSmallElements = kChunkBytes / sizeof(float);
-constexpr float kPushed = 2.0f;  // The value every test pushes.
+constexpr float kPushed = 2.0f;   // The value every test pushes.
+constexpr float kCurrent = 7.0f;  // The value kResultThenForget's Pull has.
+constexpr std::uint64_t kResultChunks = 3;  // See kResultThenForget.
 
 // What the fake's PushPull does after reading the push's header.
 enum class Answer {
@@ -56,6 +59,16 @@ enum class Answer {
   // delivered it; then reads the push, recording whether every value
   // pushed was the caller's; then sends the result of "w".
   kSmallResultFirst,
+  // A PushPull that fails after part of its result arrived, to a server
+  // that then forgets the push (it restarts from a snapshot taken before
+  // it). The first call reads the whole push, sends the result's header
+  // and first kResultChunks chunks (the pushed values plus one), then
+  // fails with UNAVAILABLE. Later calls act as weightd after the restart: a
+  // push whose header says the server holds part of it already
+  // (held_bytes) is refused with ABORTED; any other is a new push,
+  // recording whether every value pushed was the caller's, answered as
+  // kEachChunkAtOnce does. Pull streams kCurrent.
+  kResultThenForget,
 };
 
 // Just enough of weightd for a client to join one tensor and PushPull it.
@@ -99,10 +112,20 @@ class FakeWeightd final : public v1::Weightd::Service {
     if (!stream->Read(&in) || !in.has_header()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no header");
     }
-    header_seen_.Notify();
+    if (!header_seen_.HasBeenNotified()) header_seen_.Notify();
     v1::PushPullResponse out;
     if (answer_ == Answer::kSmallResultFirst) return SmallResultFirst(stream);
-    if (answer_ != Answer::kEachChunkAtOnce) {
+    if (answer_ == Answer::kResultThenForget && ++push_pulls_ == 1) {
+      return ResultThenFail(stream);
+    }
+    if (answer_ == Answer::kResultThenForget) {
+      held_bytes_ = in.header().tensors(0).held_bytes();
+      if (held_bytes_ > 0) {
+        return grpc::Status(grpc::StatusCode::ABORTED,
+                            "this server no longer holds the push");
+      }
+    }
+    if (answer_ == Answer::kMalformedAtOnce || answer_ == Answer::kNothing) {
       if (answer_ == Answer::kMalformedAtOnce) {
         out.mutable_header();  // Names no tensor: the client pushed one.
         stream->Write(out);
@@ -124,6 +147,7 @@ class FakeWeightd final : public v1::Weightd::Service {
       std::vector<float> values(in.chunk().data().size() / sizeof(float));
       std::memcpy(values.data(), in.chunk().data().data(),
                   in.chunk().data().size());
+      for (float v : values) pushed_only_callers_ &= v == kPushed;
       for (float& v : values) v += 1;
       *out.mutable_chunk() = in.chunk();
       out.mutable_chunk()->set_data(
@@ -134,8 +158,32 @@ class FakeWeightd final : public v1::Weightd::Service {
     return grpc::Status::OK;
   }
 
-  // kSmallResultFirst: whether every value pushed was `kPushed`.
+  grpc::Status Pull(grpc::ServerContext*, const v1::PullRequest*,
+                    grpc::ServerWriter<v1::PullResponse>* writer) override {
+    v1::PullResponse out;
+    v1::TensorInfo* info = out.mutable_header()->add_tensors();
+    info->set_name("w");
+    info->add_shape(kElements);
+    info->set_version(1);
+    bool ok = writer->Write(out);
+    const std::vector<float> value(kChunkBytes / sizeof(float), kCurrent);
+    out.mutable_chunk()->set_data(reinterpret_cast<const char*>(value.data()),
+                                  kChunkBytes);
+    for (std::uint64_t offset = 0; ok && offset < kElements * sizeof(float);
+         offset += kChunkBytes) {
+      out.mutable_chunk()->set_offset(offset);
+      ok = writer->Write(out);
+    }
+    return grpc::Status::OK;
+  }
+
+  // kSmallResultFirst, kEachChunkAtOnce, kResultThenForget (its pushes
+  // after the first): whether every value pushed was `kPushed`.
   bool pushed_only_callers_values() const { return pushed_only_callers_; }
+  // kResultThenForget: PushPull calls, and held_bytes of the last one's
+  // only tensor.
+  int push_pulls() const { return push_pulls_; }
+  std::uint64_t held_bytes() const { return held_bytes_; }
 
   // Notified once a PushPull's header has arrived.
   absl::Notification& header_seen() { return header_seen_; }
@@ -184,10 +232,36 @@ class FakeWeightd final : public v1::Weightd::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status ResultThenFail(
+      grpc::ServerReaderWriter<v1::PushPullResponse, v1::PushPullRequest>*
+          stream) {
+    v1::PushPullRequest in;
+    while (stream->Read(&in)) {
+    }
+    v1::PushPullResponse out;
+    v1::TensorInfo* info = out.mutable_header()->add_tensors();
+    info->set_name("w");
+    info->add_shape(kElements);
+    info->set_version(1);
+    bool ok = stream->Write(out);
+    const std::vector<float> result(kChunkBytes / sizeof(float), kPushed + 1);
+    out.mutable_chunk()->set_data(reinterpret_cast<const char*>(result.data()),
+                                  kChunkBytes);
+    for (std::uint64_t k = 0; ok && k < kResultChunks; ++k) {
+      out.mutable_chunk()->set_offset(k * kChunkBytes);
+      ok = stream->Write(out);
+    }
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server killed");
+  }
+
   const Answer answer_;
   absl::Notification header_seen_;
   absl::Notification release_;
+  // Handlers run one at a time (the client makes one call at a time); the
+  // test reads these once StopServer() waited for them.
   bool pushed_only_callers_ = true;
+  std::atomic<int> push_pulls_{0};
+  std::atomic<std::uint64_t> held_bytes_{0};
 };
 
 class PushPullTest : public ::testing::Test {
@@ -204,8 +278,10 @@ class PushPullTest : public ::testing::Test {
 
   // Starts a fake answering `answer`; returns a client joined to it with
   // `values` as tensor "w", or null.
+  // Without `retries`, no call is retried (a hang stays a failure).
   std::unique_ptr<Client> Start(Answer answer, std::vector<float>& values,
-                                ClientOptions options = {}) {
+                                ClientOptions options = {},
+                                bool retries = false) {
     fake_ = std::make_unique<FakeWeightd>(answer);
     grpc::ServerBuilder builder;
     int port = 0;
@@ -220,7 +296,7 @@ class PushPullTest : public ::testing::Test {
     options.address = absl::StrCat("127.0.0.1:", port);
     options.worker_id = "a";
     options.heartbeat = false;
-    options.retry_budget = absl::ZeroDuration();  // A hang stays a failure.
+    if (!retries) options.retry_budget = absl::ZeroDuration();
     options.call_timeout = absl::Seconds(30);
     absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
     EXPECT_THAT(client, IsOk());
@@ -268,6 +344,30 @@ TEST_F(PushPullTest, ResultArrivingBeforeThePushWaitsForItsCopy) {
   EXPECT_THAT(values, Each(kPushed + 1));
   EXPECT_THAT(small, Each(kPushed + 1));
   StopServer();  // Waits for the fake's handler: its flag is final.
+  EXPECT_TRUE(fake_->pushed_only_callers_values());
+}
+
+// A PushPull whose call fails after part of its result was written into
+// the caller's buffers must not push those values again: they are the
+// result, not the caller's update. Its resend says how much of the push
+// the server must hold already (held_bytes); a server that forgot the push
+// (restarted from an older snapshot) refuses it, and the client continues
+// from the current value. A resend carrying the result as the caller's
+// update would corrupt the round (a delta summed from the new weights).
+TEST_F(PushPullTest, ResendAfterAPartialResultNeverPushesTheResult) {
+  std::vector<float> values;
+  ClientOptions options;
+  options.initial_backoff = absl::Milliseconds(1);
+  std::unique_ptr<Client> client =
+      Start(Answer::kResultThenForget, values, options, /*retries=*/true);
+  ASSERT_NE(client, nullptr);
+  values.assign(kElements, kPushed);
+  ASSERT_THAT(client->PushPull({Ref(values)}), IsOk());
+  EXPECT_THAT(values, Each(kCurrent));  // Pulled once refused.
+  EXPECT_EQ(client->stats().rounds_missed, 1u);
+  StopServer();  // Waits for the fake's handlers: its fields are final.
+  EXPECT_EQ(fake_->push_pulls(), 2);
+  EXPECT_EQ(fake_->held_bytes(), kResultChunks * kChunkBytes);
   EXPECT_TRUE(fake_->pushed_only_callers_values());
 }
 

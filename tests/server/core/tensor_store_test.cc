@@ -101,6 +101,25 @@ class TensorStoreTest : public ::testing::Test {
     return session.ok() ? std::move(*session) : nullptr;
   }
 
+  // Sends push `sequence` of `lease` to round `round` of tensor "w", whole,
+  // as a resend whose first `held_bytes` the server must hold already (a
+  // PushPull's result was written over them in the client's buffer).
+  absl::StatusOr<std::vector<PushResult>> Resend(
+      std::uint64_t lease, std::uint64_t sequence, std::uint64_t round,
+      std::uint64_t held_bytes, const std::vector<float>& value,
+      UpdateKind kind = UpdateKind::kDelta) {
+    auto session = store_->BeginPush(
+        PushHeader{lease, sequence, kind, 1.0, {{"w", round, held_bytes}}});
+    if (!session.ok()) return session.status();
+    const std::uint64_t bytes = value.size() * 4;
+    for (std::uint64_t off = 0; off < bytes; off += kChunk) {
+      absl::Status s = (*session)->AddChunk(
+          0, off, FloatBytes(value, off, ChunkLength(bytes, kChunk, off)));
+      if (!s.ok()) return s;
+    }
+    return (*session)->Finish();
+  }
+
   std::vector<float> Value(const std::string& name) {
     auto read = store_->Read({name});
     EXPECT_THAT(read, IsOk());
@@ -355,6 +374,121 @@ TEST_F(TensorStoreTest, PushAheadOfARestoredRoundCountsInTheOpenRound) {
   EXPECT_THAT(
       Push(b, 4, {{"w", 1, {1}}}),
       StatusIs(absl::StatusCode::kAborted, HasSubstr("current round is 2")));
+}
+
+// A PushPull's client writes the result into the buffers its push reads
+// from: a resend after a failed call carries result values where the
+// result arrived (held_bytes). A server that still holds that part of the
+// push skips it; the resend completes the push with the caller's values.
+TEST_F(TensorStoreTest, ResendIsAcceptedOnlyIfTheServerHoldsItsHeldBytes) {
+  MakeStore();
+  const std::vector<float> ones(2 * kChunk / 4, 1.0f);  // Two chunks.
+  const auto a = Join("a", {{"w", ones}});
+  const auto b = Join("b", {{"w", ones}});
+  const std::vector<float> deltas(ones.size(), 0.5f);
+  auto pa =
+      store_->BeginPush(PushHeader{a, 1, UpdateKind::kDelta, 1.0, {{"w", 0}}});
+  ASSERT_THAT(pa, IsOk());
+  ASSERT_THAT((*pa)->AddChunk(0, 0, FloatBytes(deltas, 0, kChunk)), IsOk());
+  pa->reset();  // a's call failed after its first chunk.
+
+  EXPECT_THAT(Resend(a, 1, 0, 2 * kChunk + 4, deltas),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("past the end of tensor w")));
+  // The server holds one chunk of a's push, not two.
+  EXPECT_THAT(
+      Resend(a, 1, 0, 2 * kChunk, deltas),
+      StatusIs(absl::StatusCode::kAborted, HasSubstr("no longer holds")));
+  // Nor any chunk of a push it never saw.
+  EXPECT_THAT(
+      Resend(b, 1, 0, kChunk, deltas),
+      StatusIs(absl::StatusCode::kAborted, HasSubstr("no longer holds")));
+
+  std::vector<float> overwritten = deltas;  // The result, in the first chunk.
+  std::fill(overwritten.begin(), overwritten.begin() + kChunk / 4, 1.5f);
+  ASSERT_THAT(Resend(a, 1, 0, kChunk, overwritten), IsOk());
+  ASSERT_THAT(Resend(b, 1, 0, 0, deltas), IsOk());
+  EXPECT_EQ(Version("w"), 1u);
+  EXPECT_THAT(Value("w"), ::testing::Each(1.5f));  // 1 + (0.5 + 0.5) / 2.
+}
+
+// The defect this guards against: the server restarted from a snapshot
+// taken before the round's chunks, so the round is open again with none of
+// a's push. a's client had the first chunk of the result written over its
+// update (a PushPull's result goes into the caller's buffers); resent as
+// a's delta, it would be summed into the round as if a had computed it.
+TEST_F(TensorStoreTest, ResendOfBytesARestoredServerNoLongerHoldsIsAborted) {
+  MakeStore();
+  const std::vector<float> ones(2 * kChunk / 4, 1.0f);  // Two chunks.
+  const auto a = Join("a", {{"w", ones}});
+  const auto b = Join("b", {{"w", ones}});
+  const std::vector<float> zeros(ones.size(), 0.0f);
+  ASSERT_THAT(Resend(a, 1, 0, 0, zeros), IsOk());
+  ASSERT_THAT(Resend(b, 1, 0, 0, zeros), IsOk());
+  // Version 1, w = 1; it keeps a's and b's completed pushes of round 0
+  // (other sequences than the ones below).
+  StoreState saved = store_->Save();
+  const std::vector<float> deltas(ones.size(), 0.5f);
+  auto pa =
+      store_->BeginPush(PushHeader{a, 2, UpdateKind::kDelta, 1.0, {{"w", 1}}});
+  auto pb =
+      store_->BeginPush(PushHeader{b, 2, UpdateKind::kDelta, 1.0, {{"w", 1}}});
+  ASSERT_THAT(pa, IsOk());
+  ASSERT_THAT(pb, IsOk());
+  ASSERT_THAT((*pa)->AddChunk(0, 0, FloatBytes(deltas, 0, kChunk)), IsOk());
+  ASSERT_THAT((*pb)->AddChunk(0, 0, FloatBytes(deltas, 0, kChunk)), IsOk());
+  ASSERT_EQ(store_->ReadResult("w", 1)->ready_bytes, kChunk);
+  // a's client read that chunk of the result into its buffer; then the
+  // server died and came back from the snapshot.
+  std::vector<float> overwritten = deltas;
+  std::fill(overwritten.begin(), overwritten.begin() + kChunk / 4,
+            (*store_->ReadResult("w", 1)->value)[0]);
+  pa->reset();
+  pb->reset();
+  auto restored = TensorStore::Restore(TestOptions(), std::move(saved));
+  ASSERT_THAT(restored, IsOk());
+  store_ = std::move(*restored);
+
+  EXPECT_THAT(Resend(a, 2, 1, kChunk, overwritten),
+              StatusIs(absl::StatusCode::kAborted,
+                       HasSubstr("tensor w: this push's first 4096 bytes were "
+                                 "delivered to a server that no longer holds "
+                                 "them")));
+  EXPECT_EQ(Version("w"), 1u);
+  EXPECT_EQ(store_->Describe("w")->contributed, 0u);
+  EXPECT_THAT(Value("w"), ::testing::Each(1.0f));
+  // a continues from the current value with a new push; b resends its
+  // own, whose result it never read.
+  EXPECT_THAT(Resend(a, 3, 1, 0, deltas), IsOk());
+  EXPECT_THAT(Resend(b, 2, 1, 0, deltas), IsOk());
+  EXPECT_EQ(Version("w"), 2u);
+  EXPECT_THAT(Value("w"), ::testing::Each(1.5f));  // 1 + (0.5 + 0.5) / 2.
+}
+
+// Async: a PushPull's result arrives once the push was applied; a server
+// restored from before it was applied never saw it.
+TEST_F(TensorStoreTest,
+       AsyncResendOfAPushARestoredServerNeverAppliedIsAborted) {
+  MakeStore(Mode::kAsync);
+  const auto a = Join("a", {{"w", {1}}});
+  StoreState saved = store_->Save();  // Version 0, w = 1.
+  ASSERT_THAT(Resend(a, 1, 0, 0, {0.5}), IsOk());
+  ASSERT_THAT(Value("w"), ElementsAre(1.5f));
+  // The result (1.5) is in a's buffer now. A resend to this server is a
+  // duplicate; to the restored one it is refused.
+  auto again = Resend(a, 1, 0, 4, {1.5});
+  ASSERT_THAT(again, IsOk());
+  EXPECT_TRUE((*again)[0].outcome.duplicate);
+  StoreOptions options = TestOptions();
+  options.mode = Mode::kAsync;
+  auto restored = TensorStore::Restore(std::move(options), std::move(saved));
+  ASSERT_THAT(restored, IsOk());
+  store_ = std::move(*restored);
+  EXPECT_THAT(
+      Resend(a, 1, 0, 4, {1.5}),
+      StatusIs(absl::StatusCode::kAborted, HasSubstr("no longer holds")));
+  EXPECT_THAT(Value("w"), ElementsAre(1.0f));
+  EXPECT_EQ(Version("w"), 0u);
 }
 
 TEST_F(TensorStoreTest, EachCompletedPushIsReportedOnceBeforeItsRoundCloses) {
