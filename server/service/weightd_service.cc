@@ -877,11 +877,16 @@ grpc::ServerUnaryReactor* WeightdService::PushSegment(
             [this, store, call, &request, response, segment,
              names = std::move(names), format](absl::Status status) {
               if (!status.ok()) return call->Answer(status);
-              auto published = store->Read(names);
-              if (!published.ok()) return call->Answer(published.status());
-              call->Answer(WriteToSegment(*segment, request.places(), names,
-                                          *published, format, &traffic_,
-                                          response->mutable_results()));
+              // A wait that fired is not ended by a cancellation: the call
+              // stays open until this answers it.
+              segment_writes_.Post([this, store, call, &request, response,
+                                    segment, names, format] {
+                auto published = store->Read(names);
+                if (!published.ok()) return call->Answer(published.status());
+                call->Answer(WriteToSegment(*segment, request.places(), names,
+                                            *published, format, &traffic_,
+                                            response->mutable_results()));
+              });
             });
       });
 }
@@ -920,11 +925,14 @@ grpc::ServerUnaryReactor* WeightdService::PullSegment(
             [this, store, call, &request, response, segment,
              names = std::move(names), format = *format](absl::Status status) {
               if (!status.ok()) return call->Answer(status);
-              auto published = store->Read(names);
-              if (!published.ok()) return call->Answer(published.status());
-              call->Answer(WriteToSegment(*segment, request.places(), names,
-                                          *published, format, &traffic_,
-                                          response->mutable_tensors()));
+              segment_writes_.Post([this, store, call, &request, response,
+                                    segment, names, format] {
+                auto published = store->Read(names);
+                if (!published.ok()) return call->Answer(published.status());
+                call->Answer(WriteToSegment(*segment, request.places(), names,
+                                            *published, format, &traffic_,
+                                            response->mutable_tensors()));
+              });
             });
       });
 }

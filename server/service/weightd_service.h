@@ -13,6 +13,7 @@
 #include "server/core/tensor_store.h"
 #include "server/service/event_log.h"
 #include "server/service/segments.h"
+#include "server/service/work_queue.h"
 #include "server/storage/snapshotter.h"
 #include "weightd/v1/weightd.grpc.pb.h"
 
@@ -115,6 +116,10 @@ class WeightdService final : public WeightdServiceBase {
   SegmentTable segments_;  // Same-host workers' shared memory, by lease.
   v1::ShardInfo shard_;
   EventLog events_;
+  // Writes results into segments: when a round closes, every waiting
+  // call's copy runs here, in parallel, rather than in series on the
+  // thread that closed it. Declared last: destroyed (drained) first.
+  WorkQueue segment_writes_{2};
 };
 
 }  // namespace weightd::service
