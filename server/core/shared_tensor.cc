@@ -77,6 +77,7 @@ void SharedTensor::RemoveParticipant(absl::string_view worker,
   absl::MutexLock lock(&mu_);
   participants_.erase(std::string(worker));
   if (options_->mode != Mode::kSync) return;
+  AwaitNoSumsLocked();
   // The round stops waiting for it: published chunks may no longer hold
   // its copy, so if it comes back it takes part from the next round.
   if (members_.has_value()) members_->erase(std::string(worker));
@@ -194,7 +195,47 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
                                     std::uint64_t offset, Pieces data,
                                     WireFormat format, std::uint64_t length,
                                     Deferred& deferred) {
+  const std::uint64_t first = offset / 4;
+  const std::uint64_t k = first / chunk_elements_;
+  float* into;  // Chunk k of the accumulator, once this push may sum it.
+  bool store;   // The chunk's first contribution: stored, not added.
+  {
+    absl::MutexLock lock(&mu_);
+    // Another push summing into this chunk (outside the lock) ends first:
+    // then this one sees its progress (a resend of it skips the chunk) and
+    // the chunk's weight.
+    auto chunk_free = [this, k]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return !summing_.contains(k);
+    };
+    mu_.Await(absl::Condition(&chunk_free));
+    absl::StatusOr<bool> claimed = ClaimChunkLocked(key, offset, k);
+    if (!claimed.ok()) return claimed.status();
+    if (!*claimed) return absl::OkStatus();  // Delivered before.
+    into = acc_->data() + first;
+    store = chunk_weight_[k] == 0.0;
+  }
+  // The sum, outside the lock: pushes of different workers sum different
+  // chunks in parallel. Nothing else touches chunk k meanwhile: it is not
+  // published and the round does not close while it is in summing_.
+  if (store) {
+    StoreScaled(data, format, static_cast<float>(weight), into);
+  } else {
+    AccumulateScaled(data, format, static_cast<float>(weight), into);
+  }
   absl::MutexLock lock(&mu_);
+  summing_.erase(k);
+  chunk_weight_[k] += weight;
+  // The contribution is still this push's (a resend of it waited for this
+  // chunk; the round cannot have closed).
+  contributions_.at(key.worker).progress += length;
+  round_bytes_ += length;
+  PublishReadyChunksLocked(deferred);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> SharedTensor::ClaimChunkLocked(const ContributionKey& key,
+                                                    std::uint64_t offset,
+                                                    std::uint64_t k) {
   auto it = contributions_.find(key.worker);
   const Contribution* previous =
       it == contributions_.end() ? nullptr : &it->second;
@@ -217,7 +258,7 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
     }
   }
   Contribution& c = it->second;
-  if (offset < c.progress) return absl::OkStatus();  // Delivered before.
+  if (offset < c.progress) return false;  // Delivered before.
   if (offset > c.progress) {
     return absl::InternalError(
         absl::StrCat("chunk at byte ", offset, " of tensor ", name_,
@@ -248,25 +289,15 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
                          0.0);
     round_start_ = options_->now();
   }
-  const std::uint64_t first = offset / 4;
-  double& chunk_weight = chunk_weight_[first / chunk_elements_];
-  if (chunk_weight == 0.0) {
-    StoreScaled(data, format, static_cast<float>(weight), acc_->data() + first);
-  } else {
-    AccumulateScaled(data, format, static_cast<float>(weight),
-                     acc_->data() + first);
-  }
-  chunk_weight += weight;
-  acc_kind_ = key.kind;
-  c.progress += length;
-  round_bytes_ += length;
-  PublishReadyChunksLocked(deferred);
-  return absl::OkStatus();
+  acc_kind_ = key.kind;  // The round collects this kind from now on.
+  summing_.insert(k);
+  return true;
 }
 
 absl::StatusOr<ContributionResult> SharedTensor::Complete(
     absl::string_view worker, std::uint64_t sequence, Deferred& deferred) {
   absl::MutexLock lock(&mu_);
+  AwaitNoSumsLocked();  // It may close the round.
   auto it = contributions_.find(worker);
   if (it == contributions_.end() || it->second.sequence != sequence) {
     return absl::AbortedError(
@@ -395,7 +426,9 @@ bool SharedTensor::RoundCanCloseLocked() const {
 
 bool SharedTensor::CloseIfOverdue(Deferred& deferred) {
   absl::MutexLock lock(&mu_);
-  if (options_->mode != Mode::kSync || !RoundCanCloseLocked()) return false;
+  if (options_->mode != Mode::kSync) return false;
+  AwaitNoSumsLocked();
+  if (!RoundCanCloseLocked()) return false;
   CloseRoundLocked(deferred);
   return true;
 }
@@ -421,6 +454,13 @@ void SharedTensor::FinishChunkLocked(std::uint64_t k) {
   }
 }
 
+void SharedTensor::AwaitNoSumsLocked() {
+  auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return summing_.empty();
+  };
+  mu_.Await(absl::Condition(&none));
+}
+
 void SharedTensor::PublishReadyChunksLocked(Deferred& deferred) {
   if (!round_started_) return;
   // The prefix every participant the round waits for has delivered.
@@ -434,11 +474,13 @@ void SharedTensor::PublishReadyChunksLocked(Deferred& deferred) {
         it != contributions_.end() && it->second.round == version_;
     ready = std::min(ready, in_round ? it->second.progress : 0);
   }
+  // Not past a chunk still being summed: it is not final yet.
+  const std::uint64_t chunk_bytes = chunk_elements_ * 4;
+  for (std::uint64_t k : summing_) ready = std::min(ready, k * chunk_bytes);
   if (!anyone || ready <= result_bytes_) return;
   if (!members_.has_value()) {
     members_.emplace(participants_.begin(), participants_.end());
   }
-  const std::uint64_t chunk_bytes = chunk_elements_ * 4;
   for (std::uint64_t k = result_bytes_ / chunk_bytes; k * chunk_bytes < ready;
        ++k) {
     FinishChunkLocked(k);

@@ -288,8 +288,19 @@ class SharedTensor {
   std::uint32_t WaitedForCountLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::uint32_t CompleteParticipantsLocked() const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // AddChunk's checks and bookkeeping, under the lock: true if chunk `k`
+  // (at byte `offset`) is now this push's to sum (it is in summing_);
+  // false if the push delivered it before (skipped); or why not.
+  absl::StatusOr<bool> ClaimChunkLocked(const ContributionKey& key,
+                                        std::uint64_t offset, std::uint64_t k)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sync: waits (releasing mu_) until no chunk is being summed, so that
+  // the caller may close the round or stop waiting for a worker. A sum is
+  // short and takes no other lock, so the wait is too.
+  void AwaitNoSumsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sync: publishes the chunks of the open round's result that every
-  // participant it waits for has delivered.
+  // participant it waits for has delivered (none from the first chunk
+  // being summed on).
   void PublishReadyChunksLocked(Deferred& deferred)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sync: turns chunk `k` of the accumulator into the round's result.
@@ -340,6 +351,9 @@ class SharedTensor {
   std::optional<absl::flat_hash_set<std::string>> members_ ABSL_GUARDED_BY(mu_);
   bool round_started_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<double> chunk_weight_ ABSL_GUARDED_BY(mu_);
+  // Chunks being summed into acc_ right now, outside mu_ (see AddChunk):
+  // nothing else writes, publishes or closes them until they are done.
+  absl::flat_hash_set<std::uint64_t> summing_ ABSL_GUARDED_BY(mu_);
   std::uint64_t round_non_finite_chunks_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<UpdateKind> acc_kind_ ABSL_GUARDED_BY(mu_);
   std::uint32_t round_contributors_ ABSL_GUARDED_BY(mu_) = 0;
