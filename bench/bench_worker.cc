@@ -34,6 +34,10 @@ ABSL_FLAG(bool, shared_memory, false,
           "Move values through shared memory when on the daemon's host "
           "(ClientOptions::shared_memory; off here so that the scenarios "
           "measure the stream path unless they ask).");
+ABSL_FLAG(bool, in_place, false,
+          "With --shared_memory: keep the tensors in the segment "
+          "(Client::SharedBufferFor), so that no byte is copied in this "
+          "process.");
 ABSL_FLAG(std::string, joined_file, "",
           "If set, created once every worker has joined (before the rounds).");
 
@@ -126,12 +130,26 @@ int main(int argc, char** argv) {
       !check((*client)->Barrier("joined", workers), "Barrier")) {
     return 1;
   }
+  // Where the values live: this process's buffers, or (--in_place) the
+  // tensors' places in the shared-memory segment.
+  std::vector<absl::Span<float>> values;
+  std::vector<weightd::SharedBuffer> shared;
+  for (auto& b : buffers) values.push_back(absl::MakeSpan(b));
+  if (absl::GetFlag(FLAGS_in_place)) {
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      auto buffer = (*client)->SharedBufferFor(tensors[i].name);
+      if (!check(buffer.status(), "SharedBufferFor")) return 1;
+      std::copy(buffers[i].begin(), buffers[i].end(), buffer->values.begin());
+      values[i] = tensors[i].data = buffer->values;
+      shared.push_back(*std::move(buffer));
+    }
+  }
   if (!absl::GetFlag(FLAGS_joined_file).empty()) {
     std::ofstream(absl::GetFlag(FLAGS_joined_file)) << "joined\n";
   }
   const float expected = (workers + 1) / 2.0f;
   for (int rep = -1; rep < absl::GetFlag(FLAGS_reps); ++rep) {
-    for (auto& b : buffers) std::fill(b.begin(), b.end(), float(rank + 1));
+    for (auto& v : values) std::fill(v.begin(), v.end(), float(rank + 1));
     if (!check((*client)->Barrier(absl::StrCat("round-", rep), workers),
                "Barrier")) {
       return 1;
@@ -139,7 +157,7 @@ int main(int argc, char** argv) {
     const double start = Now();
     if (!check((*client)->PushPull(tensors), "PushPull")) return 1;
     const double secs = Now() - start;
-    for (const auto& b : buffers) {
+    for (const auto& b : values) {
       if (std::fabs(b.front() - expected) > 1e-5f ||
           std::fabs(b.back() - expected) > 1e-5f) {
         std::fprintf(stderr, "bench_worker %d: mean %g, expected %g\n", rank,

@@ -29,6 +29,8 @@ def main():
     ap.add_argument("--wire_format", default="float32")
     ap.add_argument("--shared_memory", default="false",
                     help="true: shared memory on the daemon's host")
+    ap.add_argument("--in_place", default="false",
+                    help="true: keep the tensor in the segment")
     ap.add_argument("--joined_file", default="",
                     help="created once every worker has joined")
     args = ap.parse_args()
@@ -40,6 +42,11 @@ def main():
                         wire_format=args.wire_format,
                         shared_memory=args.shared_memory == "true") as client:
         client.join(tensors)
+        if args.in_place == "true":
+            shared = client.shared_array("t0")
+            shared[:] = tensor
+            tensor = shared
+            tensors = {"t0": tensor}
         client.barrier("joined", args.workers)
         if args.joined_file:
             open(args.joined_file, "w").write("joined\n")

@@ -155,7 +155,8 @@ class Bench:
     # --- weightd -----------------------------------------------------------
     def rounds(self, workers, layout, nbytes=0, count=1, unix=False,
                reps=None, wire_format="float32", shards=1, split_bytes=None,
-               python=False, per_worker=False, shared_memory=False):
+               python=False, per_worker=False, shared_memory=False,
+               in_place=False):
         """Round times of W bench_workers against a fresh weightd (over TCP,
         or over the Unix socket it also listens on), or `shards` of them,
         and the peak RSS of the first. `python`: the workers are
@@ -215,7 +216,8 @@ class Bench:
                            "--bytes=%d" % nbytes,
                            "--reps=%d" % (reps or self.reps),
                            "--wire_format=" + wire_format,
-                           "--shared_memory=%s" % str(shared_memory).lower()]
+                           "--shared_memory=%s" % str(shared_memory).lower(),
+                           "--in_place=%s" % str(in_place).lower()]
                  + extra
                  + (["--joined_file=" + joined] if r == 0 else [])
                  for r in range(workers)], env=env)
@@ -421,6 +423,12 @@ def main():
             s1, s1_times = sync_round("1 sync W=4", 4, size)
         b.row("12 shm W=4 vs scenario 1 (TCP)", 4, size, s12, "GB/s",
               "scenario 1", s1, 3.0)
+        # The same with the tensors kept in the segment (SharedBufferFor):
+        # the workers copy nothing.
+        times, _ = b.rounds(4, "single", size, shared_memory=True,
+                            in_place=True)
+        b.row("12 shm W=4 in place vs scenario 1", 4, size, gbps(size, times),
+              "GB/s", "scenario 1", s1, 3.0)
         # What the daemon holds: the value, the accumulator, and the 4
         # workers' segments it maps (their pages count in its RSS once it
         # read them), plus the process itself (64 MiB: code, gRPC).

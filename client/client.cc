@@ -331,6 +331,21 @@ absl::StatusOr<std::uint64_t> Client::Version(const std::string& name) const {
   return shards_[it->second.front().shard]->Version(name);
 }
 
+absl::StatusOr<SharedBuffer> Client::SharedBufferFor(const std::string& name) {
+  auto it = placements_.find(name);
+  if (it == placements_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("tensor ", name, " was not declared in Join"));
+  }
+  if (it->second.size() != 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "tensor ", name, " is split over ", it->second.size(),
+        " shards, whose parts live in different segments; it has no shared "
+        "buffer"));
+  }
+  return shards_[it->second.front().shard]->SharedBufferFor(name);
+}
+
 bool Client::lease_lost() const {
   return std::any_of(shards_.begin(), shards_.end(),
                      [](const auto& s) { return s->lease_lost(); });

@@ -126,6 +126,19 @@ class Client {
   // independently). NOT_FOUND if this client has not joined with it.
   absl::StatusOr<std::uint64_t> Version(const std::string& name) const;
 
+  // Tensor `name`'s place in this worker's shared-memory segment (see
+  // ClientOptions::shared_memory), to keep its values in: Push, Pull and
+  // PushPull of a TensorRef whose data is this span copy nothing in this
+  // process (the daemon reads the values there and writes the result
+  // there). It holds what last moved through it (zeros at first): copy the
+  // values in before the first push. If the client later falls back to
+  // the stream calls (the daemon restarted and cannot map it), it is an
+  // ordinary buffer. FAILED_PRECONDITION when there is none: the worker
+  // uses the stream path to that tensor's server, a 16-bit wire format
+  // (the segment holds encoded values), or a tensor split over shards.
+  // NOT_FOUND if not declared in Join.
+  absl::StatusOr<SharedBuffer> SharedBufferFor(const std::string& name);
+
   // True once a heartbeat was refused on any shard: it dropped this
   // worker's lease (silent too long, or restarted). Join again.
   bool lease_lost() const;

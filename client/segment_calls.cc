@@ -23,6 +23,13 @@
 namespace weightd {
 namespace {
 
+// Whether `t`'s buffer is its place in the segment (SharedBufferFor):
+// then nothing is copied between them.
+bool InPlace(const TensorRef& t, const char* place, WireFormat format) {
+  return format == WireFormat::kFloat32 &&
+         reinterpret_cast<const char*>(t.data.data()) == place;
+}
+
 // Checks the server's description of what it wrote into the segment, and
 // copies each tensor from there into the caller's buffer.
 absl::Status TakeFromSegment(
@@ -45,8 +52,11 @@ absl::Status TakeFromSegment(
                        " or a different size into the segment"));
     }
     const std::uint64_t length = t.data.size() * ElementBytes(format);
-    const absl::string_view piece(segment.At(segment.Place(t.name)), length);
-    DecodePieces(Pieces(&piece, 1), format, t.data.data());
+    char* place = segment.At(segment.Place(t.name));
+    if (!InPlace(t, place, format)) {
+      const absl::string_view piece(place, length);
+      DecodePieces(Pieces(&piece, 1), format, t.data.data());
+    }
     versions.push_back(info.version());
     bytes += length;
   }
@@ -74,7 +84,7 @@ void ShardClient::AttachSegment(
     segment_.reset();
     absl::StatusOr<std::unique_ptr<Segment>> created = Segment::Create(places);
     if (!created.ok()) return LogPath(created.status());
-    segment_ = *std::move(created);
+    segment_ = std::shared_ptr<Segment>(*std::move(created));
   }
   v1::AttachSegmentRequest request;
   request.set_lease_id(lease_id_);
@@ -118,28 +128,43 @@ void ShardClient::LogPath(const absl::Status& attached) {
   logged_path_ = std::move(path);
 }
 
-absl::Status ShardClient::PushOnceSegment(
-    absl::Span<const TensorRef> tensors, const PushOptions& options,
-    bool pull_result, std::uint64_t sequence,
-    absl::Span<const std::uint64_t> held) {
+absl::Status ShardClient::PushOnceSegment(absl::Span<const TensorRef> tensors,
+                                          const PushOptions& options,
+                                          bool pull_result,
+                                          std::uint64_t sequence,
+                                          std::vector<std::uint64_t>& held) {
   const char* what = pull_result ? "PushPull" : "Push";
   v1::PushSegmentRequest request;
   FillPushHeader(tensors, options, sequence, held, request.mutable_header());
   request.set_pull_result(pull_result);
   const WireFormat format = options_.wire_format;
   std::uint64_t pushed = 0;
+  std::vector<bool> in_place;
   for (const TensorRef& t : tensors) {
     const std::int64_t place = segment_->Place(t.name);
     request.add_places()->set_offset(static_cast<std::uint64_t>(place));
-    EncodeValues(t.data.data(), t.data.size(), format, segment_->At(place));
+    in_place.push_back(InPlace(t, segment_->At(place), format));
+    if (!in_place.back()) {
+      EncodeValues(t.data.data(), t.data.size(), format, segment_->At(place));
+    }
     pushed += t.data.size() * ElementBytes(format);
   }
   v1::PushSegmentResponse response;
   grpc::ClientContext context;
   context.set_deadline(CallDeadline());
   const Cancellation::Registration cancel = CancelsOnCancel(context);
-  WEIGHTD_RETURN_IF_ERROR(Annotate(
-      channel_->stub->PushSegment(&context, request, &response), what));
+  if (absl::Status status = Annotate(
+          channel_->stub->PushSegment(&context, request, &response), what);
+      !status.ok()) {
+    // The daemon may have written the result over the values of a tensor
+    // kept in the segment before the call failed: a resend must not count
+    // them as this worker's update unless the daemon still holds the
+    // push (v1::PushedTensor.held_bytes).
+    for (std::size_t i = 0; pull_result && i < tensors.size(); ++i) {
+      if (in_place[i]) held[i] = tensors[i].data.size() * kFloatBytes;
+    }
+    return status;
+  }
   stats_.bytes_pushed += pushed;
   if (!pull_result) {
     v1::PushResponse pushed_results;
@@ -147,13 +172,36 @@ absl::Status ShardClient::PushOnceSegment(
     return RecordPushed(pushed_results, tensors.size());
   }
   // The caller's buffers change only now, once the call succeeded: a
-  // failed call leaves them as they were, and a resend pushes them again.
+  // failed call leaves them as they were (unless they are the segment's),
+  // and a resend pushes them again.
   std::vector<std::uint64_t> versions;
   WEIGHTD_RETURN_IF_ERROR(TakeFromSegment(*segment_, response.results(),
                                           tensors, format, versions,
                                           stats_.bytes_pulled));
   RecordPulled(tensors, /*ahead=*/1, versions);
   return absl::OkStatus();
+}
+
+absl::StatusOr<SharedBuffer> ShardClient::SharedBufferFor(
+    const std::string& name) {
+  auto it = tracked_.find(name);
+  if (it == tracked_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("tensor ", name, " was not declared in Join"));
+  }
+  if (segment_ == nullptr || segment_->Place(name) < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "worker ", worker_id_, " has no shared-memory segment with ", address_,
+        " for tensor ", name, " (it uses the stream path; its log says why)"));
+  }
+  if (options_.wire_format != WireFormat::kFloat32) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "worker ", worker_id_, " sends ", WireFormatName(options_.wire_format),
+        ": its segment holds encoded values, not a tensor to train in"));
+  }
+  auto* values = reinterpret_cast<float*>(segment_->At(segment_->Place(name)));
+  return SharedBuffer{absl::MakeSpan(values, it->second.elements),
+                      it->second.shape, segment_};
 }
 
 absl::Status ShardClient::PullOnceSegment(absl::Span<const TensorRef> tensors) {

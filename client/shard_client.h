@@ -86,6 +86,7 @@ class ShardClient {
   absl::Status Leave();
   absl::StatusOr<ServerStatus> GetStatus();
   absl::StatusOr<std::uint64_t> Version(const std::string& name) const;
+  absl::StatusOr<SharedBuffer> SharedBufferFor(const std::string& name);
   bool lease_lost() const { return lease_lost_.load(); }
   const ClientStats& stats() const { return stats_; }
   const std::string& worker_id() const { return worker_id_; }
@@ -161,12 +162,13 @@ class ShardClient {
                         std::vector<std::uint64_t>& held);
   absl::Status PullOnce(absl::Span<const TensorRef> tensors);
   // The same through the segment (UsesSegment). (client/segment_calls.cc)
-  // (It writes into the caller's buffers only once the call succeeded,
-  // so it never raises `held`.)
+  // A PushPull of a tensor kept in the segment (SharedBufferFor) has the
+  // result written over its values by the daemon: after a failed attempt,
+  // held[i] becomes the whole tensor for it (see PushOnce).
   absl::Status PushOnceSegment(absl::Span<const TensorRef> tensors,
                                const PushOptions& options, bool pull_result,
                                std::uint64_t sequence,
-                               absl::Span<const std::uint64_t> held);
+                               std::vector<std::uint64_t>& held);
   absl::Status PullOnceSegment(absl::Span<const TensorRef> tensors);
   // Whether every one of `tensors` has a place in an attached segment.
   bool UsesSegment(absl::Span<const TensorRef> tensors) const;
@@ -231,7 +233,8 @@ class ShardClient {
   bool sync_mode_ = true;
   absl::flat_hash_map<std::string, Tracked> tracked_;
   // The same-host data path, once attached (null: the stream calls).
-  std::unique_ptr<Segment> segment_;
+  // Shared with the SharedBuffers lent out of it.
+  std::shared_ptr<Segment> segment_;
   std::string logged_path_;  // The last LogPath line.
   ClientStats stats_;
 

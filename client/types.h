@@ -95,6 +95,17 @@ struct ServerStatus {
   std::uint64_t rounds_closed = 0;   // Over all tensors.
 };
 
+// A tensor's place in a worker's shared-memory segment (Client::
+// SharedBuffer): train in `values` and pass them to the calls, and no byte
+// of the tensor is copied in this process. `keep` holds the segment mapped:
+// the span stays valid while this object lives, also after the Client is
+// gone.
+struct SharedBuffer {
+  absl::Span<float> values;
+  std::vector<std::int64_t> shape;  // As declared in Join.
+  std::shared_ptr<const void> keep;
+};
+
 // Traffic counters of one client (payload bytes only).
 struct ClientStats {
   std::uint64_t bytes_pushed = 0;

@@ -195,6 +195,18 @@ class PyClient {
     out["rounds_missed"] = stats.rounds_missed;
     return out;
   }
+  // A numpy array over tensor `name`'s place in the shared-memory segment
+  // (Client::SharedBufferFor); it keeps the segment mapped while it lives.
+  py::array SharedArray(const std::string& name) {
+    absl::StatusOr<SharedBuffer> buffer = Open()->SharedBufferFor(name);
+    if (!buffer.ok()) Raise(buffer.status());
+    auto* keep = new std::shared_ptr<const void>(std::move(buffer->keep));
+    py::capsule owner(keep, [](void* p) {
+      delete static_cast<std::shared_ptr<const void>*>(p);
+    });
+    std::vector<py::ssize_t> shape(buffer->shape.begin(), buffer->shape.end());
+    return py::array_t<float>(shape, buffer->values.data(), owner);
+  }
   const std::string& worker_id() const { return options_.worker_id; }
   bool closed() const { return cancellation_->cancelled(); }
   // Ends every wait; the connection and the heartbeat thread are freed at
@@ -330,6 +342,7 @@ PYBIND11_MODULE(_weightd, m) {
       .def("version", &PyClient::Version, py::arg("name"))
       .def("status", &PyClient::Status)
       .def("stats", &PyClient::Stats)
+      .def("shared_array", &PyClient::SharedArray, py::arg("name"))
       .def("close", &PyClient::Close)
       .def_property_readonly("closed", &PyClient::closed)
       .def_property_readonly("worker_id", &PyClient::worker_id);

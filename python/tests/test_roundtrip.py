@@ -140,3 +140,38 @@ def test_weighted_mean_of_three_is_exact(server, weights, expected):
     finally:
         for c in clients:
             c.close()
+
+
+def test_shared_arrays_live_in_the_segment_and_outlive_the_client(server):
+    """On the daemon's host, shared_array gives a tensor's place in the
+    worker's shared-memory segment: push_pull of it copies nothing in the
+    process, and the daemon writes the result there."""
+    a = np.array(A0, np.float32)
+    b = np.array(A0, np.float32)
+    with weightd.Client(server, worker_id="a") as ca, \
+            weightd.Client(server, worker_id="b") as cb:
+        ca.join({"w": a})
+        cb.join({"w": b})
+        sa, sb = ca.shared_array("w"), cb.shared_array("w")
+        assert sa.shape == (2, 3) and sa.dtype == np.float32
+        sa[:] = A0
+        sb[:] = B1
+        ptr = sa.ctypes.data
+        both(lambda: ca.push_pull({"w": sa}, weight=1.0),
+             lambda: cb.push_pull({"w": sb}, weight=3.0))
+        np.testing.assert_array_equal(sa, MEAN)
+        np.testing.assert_array_equal(sb, MEAN)
+        assert sa.ctypes.data == ptr
+        np.testing.assert_array_equal(a, A0)  # Its own buffer: untouched.
+        with pytest.raises(weightd.NotFound):
+            ca.shared_array("nope")
+    sa[:] = 1.0  # Still mapped after close.
+    np.testing.assert_array_equal(sa, np.ones((2, 3), np.float32))
+
+
+def test_no_shared_array_on_the_stream_path(server):
+    a = np.array(A0, np.float32)
+    with weightd.Client(server, worker_id="a", shared_memory=False) as ca:
+        ca.join({"w": a})
+        with pytest.raises(weightd.FailedPrecondition, match="stream path"):
+            ca.shared_array("w")

@@ -192,6 +192,16 @@ class Client:
         shared value and the call still returns."""
         self._native.push_pull(_arrays(tensors), weight, kind)
 
+    def shared_array(self, name: str) -> np.ndarray:
+        """A float32 array (the tensor's shape) over ``name``'s place in this
+        worker's shared-memory segment, after ``join``. Keep the tensor's
+        values there (copy them in first; e.g. ``param.data =
+        torch.from_numpy(arr)``) and pass it to ``push_pull``: no byte of
+        it is then copied in this process. Raises ``FailedPrecondition``
+        when there is none (the stream path, a 16-bit wire format, a tensor
+        split over shards). The array stays valid after ``close``."""
+        return self._native.shared_array(name)
+
     def barrier(self, name: str, count: int, timeout: float = 0.0) -> int:
         """Waits until ``count`` workers entered barrier ``name`` (workers
         beyond ``count`` pass at once) and returns this worker's arrival

@@ -11,14 +11,17 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
@@ -267,6 +270,77 @@ TEST_F(SegmentTest, TheDaemonLetsGoOfASegmentWhenItsLeaseEnds) {
   }
   EXPECT_EQ(MappedSegments(), before + 2);
   EXPECT_FALSE(server_->store().HoldsLease(1));
+}
+
+TEST_F(SegmentTest, WorkersTrainInTheirSegmentsAndCopyNothing) {
+  std::vector<std::unique_ptr<Client>> clients;
+  std::vector<SharedBuffer> shared;
+  for (int w = 0; w < 2; ++w) {
+    ClientOptions options = testing::TestClientOptions();
+    options.shared_memory = true;
+    options.address = server_->address();
+    options.worker_id = absl::StrCat("w", w);
+    clients.push_back(std::move(Client::Connect(options)).value());
+    std::vector<float> initial(kFloats, 1.0f);
+    ASSERT_THAT(
+        clients[w]->Join({TensorRef{"w", {kFloats}, absl::MakeSpan(initial)}}),
+        IsOk());
+    auto buffer = clients[w]->SharedBufferFor("w");
+    ASSERT_THAT(buffer, IsOk());
+    EXPECT_EQ(buffer->shape, std::vector<std::int64_t>{kFloats});
+    ASSERT_EQ(buffer->values.size(), kFloats);
+    std::fill(buffer->values.begin(), buffer->values.end(), 2.0f * w + 1);
+    shared.push_back(*std::move(buffer));
+  }
+  for (int round = 0; round < 3; ++round) {
+    absl::Status second;
+    std::thread t([&] {
+      second =
+          clients[1]->PushPull({TensorRef{"w", {kFloats}, shared[1].values}});
+    });
+    ASSERT_THAT(
+        clients[0]->PushPull({TensorRef{"w", {kFloats}, shared[0].values}}),
+        IsOk());
+    t.join();
+    ASSERT_THAT(second, IsOk());
+    // The mean of 1 and 3, written by the daemon where each worker keeps it.
+    EXPECT_THAT(shared[0].values, Each(2.0f));
+    EXPECT_THAT(shared[1].values, Each(2.0f));
+    EXPECT_EQ(*clients[0]->Version("w"), static_cast<std::uint64_t>(round + 1));
+    std::fill(shared[0].values.begin(), shared[0].values.end(), 1.0f);
+    std::fill(shared[1].values.begin(), shared[1].values.end(), 3.0f);
+  }
+  EXPECT_THAT(Value(), Each(2.0f));
+  // The buffers stay mapped while they live, after their clients are gone.
+  clients.clear();
+  std::fill(shared[0].values.begin(), shared[0].values.end(), 5.0f);
+  EXPECT_THAT(shared[0].values, Each(5.0f));
+}
+
+TEST_F(SegmentTest, ThereIsNoSharedBufferWithoutASegmentOfFloats) {
+  ClientOptions options = testing::TestClientOptions();
+  options.address = server_->address();
+  std::vector<float> initial(kFloats, 1.0f);
+  const TensorRef w{"w", {kFloats}, absl::MakeSpan(initial)};
+
+  options.worker_id = "stream";
+  options.shared_memory = false;
+  auto stream = std::move(Client::Connect(options)).value();
+  ASSERT_THAT(stream->Join({w}), IsOk());
+  EXPECT_THAT(stream->SharedBufferFor("w"),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("stream path")));
+  EXPECT_THAT(stream->SharedBufferFor("nope"),
+              StatusIs(absl::StatusCode::kNotFound));
+
+  options.worker_id = "bf16";
+  options.shared_memory = true;
+  options.wire_format = WireFormat::kBfloat16;
+  auto bf16 = std::move(Client::Connect(options)).value();
+  ASSERT_THAT(bf16->Join({w}), IsOk());
+  EXPECT_THAT(
+      bf16->SharedBufferFor("w"),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("bfloat16")));
 }
 
 }  // namespace
