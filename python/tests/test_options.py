@@ -64,6 +64,8 @@ def test_log_callable_hears_a_slow_round(server):
         waiting = threading.Thread(
             target=c.push_pull, args=({"w": np.zeros(2, np.float32)},))
         waiting.start()
+        line = lines.get(timeout=10)  # Which data path (shared memory).
+        assert "moves its tensors through shared memory" in line, line
         line = lines.get(timeout=10)
         other.push_pull({"w": np.zeros(2, np.float32)})
         waiting.join(timeout=10)

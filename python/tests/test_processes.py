@@ -96,10 +96,10 @@ def test_ctrl_c_in_a_worker_process_ends_the_wait_and_the_process(
         w = spawn(CTRL_C_WORKER, server, catch, log)
         # Wait until the child waits in push_pull with its push counted.
         if log == "callable":
-            progress = w.expect("log ", timeout=20)
+            progress = w.expect("log PushPull", timeout=20)
         else:
-            progress = w.expect("weightd client interrupted: ", timeout=20,
-                                stream="stderr")
+            progress = w.expect("weightd client interrupted: PushPull",
+                                timeout=20, stream="stderr")
         assert "1 of 2 workers have pushed" in progress, progress
         sent = time.monotonic()
         w.proc.send_signal(signal.SIGINT)
