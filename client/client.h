@@ -12,9 +12,11 @@
 //   }
 //   (*client)->Leave();
 //
-// Buffers: every call reads from and writes into the caller's spans; the
-// client never keeps its own copy of a tensor. Spans must stay valid for the
-// duration of the call only.
+// Buffers: every call reads from and writes into the caller's spans. Spans
+// must stay valid for the duration of the call only. On the stream path the
+// client keeps no copy of a tensor; on the same-host path
+// (ClientOptions::shared_memory) its segment holds one, unless the caller
+// keeps the tensor there (SharedBufferFor).
 //
 // Shards: given several servers (ClientOptions::address), the client places
 // each tensor, or each row range of a large one, on one shard

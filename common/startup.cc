@@ -58,6 +58,7 @@ constexpr EnvironmentVariable kEnvironment[] = {
     // weightd: every flag, as its usage message says.
     {"WEIGHTD_LISTEN", "weightd", "listen"},
     {"WEIGHTD_UNIX_SOCKET", "weightd", "unix_socket"},
+    {"WEIGHTD_SHARED_MEMORY", "weightd", "shared_memory"},
     {"WEIGHTD_SHARD_INDEX", "weightd", "shard_index"},
     {"WEIGHTD_SHARD_COUNT", "weightd", "shard_count"},
     {"WEIGHTD_MODE", "weightd", "mode"},

@@ -33,6 +33,10 @@ ABSL_FLAG(std::string, unix_socket, "",
           "Also listen on this Unix-domain socket path (workers on the same "
           "host, or sharing a volume in Compose, dial unix:PATH). Empty: "
           "TCP only.");
+ABSL_FLAG(bool, shared_memory, true,
+          "Let workers on this host move their values through shared memory "
+          "(a memfd each hands over; docs/protocol.md, section 11). false: "
+          "every worker uses the gRPC stream.");
 ABSL_FLAG(std::string, shard_index, "0",
           "This server's index among --shard_count shards, 0..count-1; "
           "'hostname' takes the number after the host name's last '-' (a "
@@ -223,6 +227,7 @@ int main(int argc, char** argv) {
   weightd::service::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.unix_socket = absl::GetFlag(FLAGS_unix_socket);
+  options.shared_memory = absl::GetFlag(FLAGS_shared_memory);
   std::string shard = absl::GetFlag(FLAGS_shard_index);
   if (shard == "hostname") {
     char host[256] = {};

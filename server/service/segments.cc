@@ -1,8 +1,10 @@
 #include "server/service/segments.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -74,6 +76,13 @@ absl::StatusOr<std::shared_ptr<Segment>> Segment::Open(
                        (F_SEAL_SHRINK | F_SEAL_GROW)) {
     return absl::FailedPreconditionError(
         absl::StrCat(path, " is not a memfd sealed against resizing"));
+  }
+  // Only shmem: a read of a hugetlbfs memfd's page that no huge page
+  // backs raises SIGBUS, which would stop the daemon.
+  struct statfs fs;
+  if (fstatfs(file.get(), &fs) != 0 || fs.f_type != TMPFS_MAGIC) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, " is not a memfd of ordinary shared memory (hugetlbfs?)"));
   }
   struct stat st;
   if (fstat(file.get(), &st) != 0 ||

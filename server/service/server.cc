@@ -40,8 +40,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   // logged first at once as a race (sharding_test, CI 2026-12-01).
   spdlog::default_logger_raw();
   std::unique_ptr<Server> server(new Server());
-  server->service_ = std::make_unique<WeightdService>(options.shard_index,
-                                                      options.shard_count);
+  server->service_ = std::make_unique<WeightdService>(
+      options.shard_index, options.shard_count, options.shared_memory);
   EventLog* events = &server->service_->events();
   options.store.on_worker_expired =
       [events, user = std::move(options.store.on_worker_expired)](

@@ -40,6 +40,10 @@ struct ServerOptions {
   // send it. Index in [0, shard_count).
   std::uint32_t shard_index = 0;
   std::uint32_t shard_count = 1;
+  // Workers on this host may move their values through shared memory
+  // (docs/protocol.md, section 11). False: AttachSegment is refused and
+  // every worker uses the stream calls.
+  bool shared_memory = true;
   core::StoreOptions store;
   // How long Shutdown() lets in-flight calls finish before cancelling them.
   absl::Duration shutdown_grace = absl::Seconds(5);

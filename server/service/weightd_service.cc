@@ -631,7 +631,8 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
 }  // namespace
 
 WeightdService::WeightdService(std::uint32_t shard_index,
-                               std::uint32_t shard_count) {
+                               std::uint32_t shard_count, bool shared_memory)
+    : shared_memory_(shared_memory) {
   shard_.set_index(shard_index);
   shard_.set_count(shard_count);
 }
@@ -824,6 +825,11 @@ grpc::ServerUnaryReactor* WeightdService::AttachSegment(
               if (absl::Status s = store->Heartbeat(request.lease_id());
                   !s.ok()) {
                 return call->Answer(s);
+              }
+              if (!shared_memory_) {
+                return call->Answer(absl::FailedPreconditionError(
+                    "this weightd runs with --shared_memory=false: use the "
+                    "stream calls"));
               }
               absl::StatusOr<std::shared_ptr<Segment>> segment = Segment::Open(
                   request.pid(), request.fd(), request.size(), request.token());

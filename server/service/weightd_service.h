@@ -55,8 +55,10 @@ class WeightdService final : public WeightdServiceBase {
  public:
   // Until Attach(), every call gets UNAVAILABLE (the server is restoring).
   // Join and GetStatus report the shard layout (see v1::ShardInfo).
+  // `shared_memory`: whether AttachSegment maps workers' segments.
   explicit WeightdService(std::uint32_t shard_index = 0,
-                          std::uint32_t shard_count = 1);
+                          std::uint32_t shard_count = 1,
+                          bool shared_memory = true);
 
   // Starts serving from `store`, once. `store` (and `snapshotter`, null
   // without snapshots) must outlive the service and every call in flight.
@@ -113,6 +115,7 @@ class WeightdService final : public WeightdServiceBase {
   std::atomic<core::TensorStore*> store_{nullptr};
   storage::Snapshotter* snapshotter_ = nullptr;
   TrafficCounters traffic_;
+  const bool shared_memory_;
   SegmentTable segments_;  // Same-host workers' shared memory, by lease.
   v1::ShardInfo shard_;
   EventLog events_;

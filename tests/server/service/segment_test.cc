@@ -59,9 +59,10 @@ class SegmentTest : public ::testing::Test {
  protected:
   void SetUp() override { Start(absl::Seconds(30)); }
 
-  void Start(absl::Duration lease_timeout) {
+  void Start(absl::Duration lease_timeout, bool shared_memory = true) {
     server_.reset();
     service::ServerOptions options;
+    options.shared_memory = shared_memory;
     options.listen_address = "127.0.0.1:0";
     options.store.chunk_bytes = kMinChunkBytes;
     options.store.lease_timeout = lease_timeout;
@@ -341,6 +342,17 @@ TEST_F(SegmentTest, ThereIsNoSharedBufferWithoutASegmentOfFloats) {
   EXPECT_THAT(
       bf16->SharedBufferFor("w"),
       StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("bfloat16")));
+}
+
+TEST_F(SegmentTest, ADaemonStartedWithoutSharedMemoryMapsNothing) {
+  Start(absl::Seconds(30), /*shared_memory=*/false);
+  const std::uint64_t lease = Join("a", 1.0f);
+  std::unique_ptr<Segment> segment = NewSegment();
+  const int before = MappedSegments();
+  EXPECT_THAT(Attach(lease, *segment),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("--shared_memory=false")));
+  EXPECT_EQ(MappedSegments(), before);
 }
 
 }  // namespace
