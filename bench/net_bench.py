@@ -303,6 +303,118 @@ def tcp_pair(net, mode, nbytes, reps, client="w0", server="s0", delay=0.0):
         sink.wait()
 
 
+# The traffic of a round, as raw TCP (tcp_mesh). "sink HOST COUNT" accepts
+# COUNT streams (prints its port); each sends a 32-byte length, then that
+# many bytes, and gets one byte back. "send START NBYTES ADDR:PORT..."
+# connects to every sink, waits until the wall-clock time START, sends
+# NBYTES on every connection at once (a thread each) and prints the
+# seconds from START until the last acknowledgement.
+MESH = r"""
+import json, socket, sys, threading, time
+def recv_exactly(s, n):
+    got = bytearray()
+    while len(got) < n:
+        b = s.recv(min(n - len(got), 1 << 20))
+        if not b:
+            raise SystemExit("mesh: a peer closed early")
+        if n <= 64:
+            got += b
+        else:
+            n -= len(b)
+    return bytes(got)
+if sys.argv[1] == "sink":
+    l = socket.socket()
+    l.bind((sys.argv[2], 0))
+    l.listen(128)
+    print(l.getsockname()[1], flush=True)
+    l.settimeout(120)
+    def serve(s):
+        s.settimeout(300)
+        n = int(recv_exactly(s, 32).decode())
+        recv_exactly(s, n)
+        s.sendall(b"k")
+    threads = []
+    for _ in range(int(sys.argv[3])):
+        s, _ = l.accept()
+        threads.append(threading.Thread(target=serve, args=(s,)))
+        threads[-1].start()
+    for t in threads:
+        t.join()
+else:
+    start, n = float(sys.argv[2]), int(sys.argv[3])
+    conns = []
+    for target in sys.argv[4:]:
+        host, port = target.rsplit(":", 1)
+        c = socket.create_connection((host, int(port)), timeout=60)
+        c.settimeout(300)
+        conns.append(c)
+    data = memoryview(bytearray(n))
+    done = []
+    def send(c):
+        c.sendall(str(n).ljust(32).encode())
+        for i in range(0, n, 1 << 20):
+            c.sendall(data[i:i + (1 << 20)])
+        recv_exactly(c, 1)
+        done.append(time.time())
+    time.sleep(max(0.0, start - time.time()))
+    threads = [threading.Thread(target=send, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(json.dumps({"secs": max(done) - start}), flush=True)
+"""
+
+
+def tcp_mesh(net, workers, shards, nbytes, runs):
+    """Seconds, per run, that raw TCP needs to move a round's bytes over the
+    same links at once: every worker host sends nbytes / shards to every
+    daemon host and every daemon host the same back, all starting at one
+    instant (2 x W x S streams; a process per host and direction)."""
+    each = max(nbytes // shards, 1)
+    worker_hosts = ["w%d" % r for r in range(workers)]
+    shard_hosts = ["s%d" % i for i in range(shards)]
+    times = []
+    for _ in range(runs):
+        procs = []
+        try:
+            sinks = {}
+            for host, incoming in ([(h, shards) for h in worker_hosts] +
+                                   [(h, workers) for h in shard_hosts]):
+                sink = subprocess.Popen(
+                    net.enter(host) + [sys.executable, "-c", MESH, "sink",
+                                       net.hosts[host][1], str(incoming)],
+                    stdout=subprocess.PIPE, text=True)
+                procs.append(sink)
+                port = sink.stdout.readline().strip()
+                if not port.isdigit():
+                    raise RuntimeError("a mesh sink on %s did not start" % host)
+                sinks[host] = "%s:%s" % (net.hosts[host][1], port)
+            start = time.time() + 2.0 + 0.05 * (workers + shards)
+            senders = []
+            for host, peers in ([(h, shard_hosts) for h in worker_hosts] +
+                                [(h, worker_hosts) for h in shard_hosts]):
+                senders.append(subprocess.Popen(
+                    net.enter(host) + [sys.executable, "-c", MESH, "send",
+                                       repr(start), str(each)] +
+                    [sinks[p] for p in peers],
+                    stdout=subprocess.PIPE, text=True))
+            procs += senders
+            slowest = 0.0
+            for p in senders:
+                out, _ = p.communicate(timeout=600)
+                if p.returncode != 0:
+                    raise RuntimeError("a mesh sender failed")
+                slowest = max(slowest, json.loads(out)["secs"])
+            times.append(slowest)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+    return times
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build/release")
@@ -373,6 +485,20 @@ def bench(net, args, want):
               lower_is_better=True, note=note)
         return statistics.median(gbps(nbytes, times))
 
+    def mesh_row(name, workers, shards, nbytes, times):
+        """The round against raw TCP moving its bytes over the same links
+        at once (tcp_mesh): where the links stop being the bottleneck
+        (every link busy at once is more traffic than two cores carry
+        through the kernel's bridge), T* is out of reach and this says by
+        how much."""
+        mesh = statistics.median(tcp_mesh(net, workers, shards, nbytes,
+                                          1 if smoke else 3))
+        b.row("net%s W=%d S=%d vs raw TCP, same bytes at once" % (
+                  name, workers, shards), workers, nbytes, times, "s",
+              "raw TCP mesh %.3g s = %.2f x T*" % (
+                  mesh, mesh / t_star(workers, shards, nbytes)),
+              mesh, None, lower_is_better=True)
+
     # 1. W=4, S=1, 100 MiB float32.
     if want(1) or want(2) or want(3):
         times, _ = b.rounds(4, "single", size)
@@ -389,6 +515,8 @@ def bench(net, args, want):
             times, _ = b.rounds(4, "single", size, shards=shards,
                                 split_bytes=256 << 10 if smoke else None)
             algbw = round_row("3", 4, shards, size, times)
+            if shards == 4 or smoke:
+                mesh_row("3", 4, shards, size, times)
             if shards < 4:
                 b.row("net3 W=4 S=%d algorithmic bandwidth" % shards, 4, size,
                       [algbw], "GB/s", "S x net1", shards * s1, 0.8)
@@ -433,6 +561,7 @@ def bench(net, args, want):
                   note="per-worker median round %.3g-%.3g s" % (
                       min(medians), max(medians)))
         b.rows[-1]["worker_medians"] = medians
+        mesh_row("6", 16, 4, size, b.slowest(per_worker))
 
     b.report(args.out)
 

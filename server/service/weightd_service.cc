@@ -599,6 +599,39 @@ absl::StatusOr<std::vector<core::PushResult>> PushFromSegment(
   return session.Finish();
 }
 
+// A segment call's answer: waits until every `wanted` version is reached
+// (keeping lease `lease_id` alive), then on `writes` (the wait fires on the
+// thread that closed the round, once for every waiting call) writes the
+// tensors into `segment` at `places` in `format`, describes them in `out`
+// and answers `call`. A wait that fired is not ended by a cancellation, so
+// the call stays open until it is answered here.
+template <typename Call>
+void WaitThenWriteToSegment(
+    Call* call, core::TensorStore* store, WorkQueue& writes,
+    TrafficCounters* traffic, const core::TensorStore::VersionRequest& wanted,
+    std::uint64_t lease_id, std::shared_ptr<Segment> segment,
+    const google::protobuf::RepeatedPtrField<v1::SegmentPlace>& places,
+    WireFormat format,
+    google::protobuf::RepeatedPtrField<v1::TensorInfo>* out) {
+  std::vector<std::string> names;
+  for (const auto& [name, version] : wanted) names.push_back(name);
+  call->Wait(
+      [&](WaitDone done) {
+        return store->WaitForVersions(wanted, std::move(done), lease_id);
+      },
+      [call, store, &writes, traffic, segment = std::move(segment), &places,
+       format, out, names = std::move(names)](absl::Status status) {
+        if (!status.ok()) return call->Answer(status);
+        writes.Post(
+            [call, store, traffic, segment, &places, format, out, names] {
+              auto published = store->Read(names);
+              if (!published.ok()) return call->Answer(published.status());
+              call->Answer(WriteToSegment(*segment, places, names, *published,
+                                          format, traffic, out));
+            });
+      });
+}
+
 // The answer to a segment call of a lease that attached no segment.
 absl::Status NoSegment(std::uint64_t lease_id) {
   return absl::FailedPreconditionError(absl::StrCat(
@@ -869,31 +902,14 @@ grpc::ServerUnaryReactor* WeightdService::PushSegment(
         if (!request.pull_result()) return call->Answer(absl::OkStatus());
         // The round's result, once published, over the pushed values.
         core::TensorStore::VersionRequest wanted;
-        std::vector<std::string> names;
         for (const core::PushResult& r : *results) {
           wanted.emplace_back(r.name, r.outcome.ready_version);
-          names.push_back(r.name);
         }
-        const WireFormat format = (*session)->header().format;
-        const std::uint64_t lease_id = (*session)->header().lease_id;
-        call->Wait(
-            [&](WaitDone done) {
-              return store->WaitForVersions(wanted, std::move(done), lease_id);
-            },
-            [this, store, call, &request, response, segment,
-             names = std::move(names), format](absl::Status status) {
-              if (!status.ok()) return call->Answer(status);
-              // A wait that fired is not ended by a cancellation: the call
-              // stays open until this answers it.
-              segment_writes_.Post([this, store, call, &request, response,
-                                    segment, names, format] {
-                auto published = store->Read(names);
-                if (!published.ok()) return call->Answer(published.status());
-                call->Answer(WriteToSegment(*segment, request.places(), names,
-                                            *published, format, &traffic_,
-                                            response->mutable_results()));
-              });
-            });
+        const core::PushHeader& pushed = (*session)->header();
+        WaitThenWriteToSegment(call, store, segment_writes_, &traffic_, wanted,
+                               pushed.lease_id, std::move(segment),
+                               request.places(), pushed.format,
+                               response->mutable_results());
       });
 }
 
@@ -914,32 +930,17 @@ grpc::ServerUnaryReactor* WeightdService::PullSegment(
         absl::StatusOr<WireFormat> format = WireFormatFromProto(pull.format());
         if (!format.ok()) return call->Answer(format.status());
         core::TensorStore::VersionRequest wanted;
-        std::vector<std::string> names;
         for (const v1::PulledTensor& t : pull.tensors()) {
           wanted.emplace_back(t.name(), t.min_version());
-          names.push_back(t.name());
         }
         if (wanted.empty()) {
           return call->Answer(
               absl::InvalidArgumentError("PullSegment names no tensors"));
         }
-        call->Wait(
-            [&](WaitDone done) {
-              return store->WaitForVersions(wanted, std::move(done),
-                                            pull.lease_id());
-            },
-            [this, store, call, &request, response, segment,
-             names = std::move(names), format = *format](absl::Status status) {
-              if (!status.ok()) return call->Answer(status);
-              segment_writes_.Post([this, store, call, &request, response,
-                                    segment, names, format] {
-                auto published = store->Read(names);
-                if (!published.ok()) return call->Answer(published.status());
-                call->Answer(WriteToSegment(*segment, request.places(), names,
-                                            *published, format, &traffic_,
-                                            response->mutable_tensors()));
-              });
-            });
+        WaitThenWriteToSegment(call, store, segment_writes_, &traffic_, wanted,
+                               pull.lease_id(), std::move(segment),
+                               request.places(), *format,
+                               response->mutable_tensors());
       });
 }
 
