@@ -66,7 +66,7 @@ absl::Status TakeFromSegment(
 }  // namespace
 
 bool ShardClient::UsesSegment(absl::Span<const TensorRef> tensors) const {
-  if (segment_ == nullptr) return false;
+  if (segment_ == nullptr || !segment_attached_) return false;
   for (const TensorRef& t : tensors) {
     if (segment_->Place(t.name) < 0) return false;
   }
@@ -75,11 +75,13 @@ bool ShardClient::UsesSegment(absl::Span<const TensorRef> tensors) const {
 
 void ShardClient::AttachSegment(
     const std::vector<std::pair<std::string, std::uint64_t>>& places) {
+  segment_attached_ = false;
   if (!options_.shared_memory || places.empty()) {
     segment_.reset();
     return;
   }
-  // A re-join with the same tensors hands the same segment over again.
+  // A re-join with the same tensors hands the same segment over again (so
+  // the buffers lent out of it stay in place).
   if (segment_ == nullptr || !segment_->Fits(places)) {
     segment_.reset();
     absl::StatusOr<std::unique_ptr<Segment>> created = Segment::Create(places);
@@ -99,18 +101,19 @@ void ShardClient::AttachSegment(
   const absl::Status status =
       Annotate(channel_->stub->AttachSegment(&context, request, &response),
                "AttachSegment");
-  if (!status.ok()) segment_.reset();
+  // Refused, the segment is kept (unused) for the next Join to hand over.
+  segment_attached_ = status.ok();
   LogPath(status);
 }
 
 bool ShardClient::Reattach() {
-  if (segment_ == nullptr) return false;
+  if (segment_ == nullptr || !segment_attached_) return false;
   std::vector<std::pair<std::string, std::uint64_t>> places;
   for (const auto& [name, t] : tracked_) {
     places.emplace_back(name, t.elements * kFloatBytes);
   }
   AttachSegment(places);
-  return segment_ != nullptr;
+  return segment_attached_;
 }
 
 void ShardClient::LogPath(const absl::Status& attached) {
@@ -156,11 +159,17 @@ absl::Status ShardClient::PushOnceSegment(absl::Span<const TensorRef> tensors,
   if (absl::Status status = Annotate(
           channel_->stub->PushSegment(&context, request, &response), what);
       !status.ok()) {
-    // The daemon may have written the result over the values of a tensor
-    // kept in the segment before the call failed: a resend must not count
-    // them as this worker's update unless the daemon still holds the
-    // push (v1::PushedTensor.held_bytes).
-    for (std::size_t i = 0; pull_result && i < tensors.size(); ++i) {
+    // A tensor kept in the segment may have had the result written over
+    // its values before the call failed: then a resend must not count them
+    // as this worker's update unless the daemon still holds the push
+    // (v1::PushedTensor.held_bytes). Not when the daemon refused the call:
+    // it writes a result only just before it answers OK.
+    const bool refused =
+        absl::IsFailedPrecondition(status) || absl::IsInvalidArgument(status) ||
+        absl::IsAborted(status) || absl::IsAlreadyExists(status) ||
+        absl::IsNotFound(status) || absl::IsOutOfRange(status);
+    for (std::size_t i = 0; pull_result && !refused && i < tensors.size();
+         ++i) {
       if (in_place[i]) held[i] = tensors[i].data.size() * kFloatBytes;
     }
     return status;
@@ -189,7 +198,7 @@ absl::StatusOr<SharedBuffer> ShardClient::SharedBufferFor(
     return absl::NotFoundError(
         absl::StrCat("tensor ", name, " was not declared in Join"));
   }
-  if (segment_ == nullptr || segment_->Place(name) < 0) {
+  if (segment_ == nullptr || !segment_attached_ || segment_->Place(name) < 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "worker ", worker_id_, " has no shared-memory segment with ", address_,
         " for tensor ", name, " (it uses the stream path; its log says why)"));

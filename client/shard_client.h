@@ -235,7 +235,8 @@ class ShardClient {
   // The same-host data path, once attached (null: the stream calls).
   // Shared with the SharedBuffers lent out of it.
   std::shared_ptr<Segment> segment_;
-  std::string logged_path_;  // The last LogPath line.
+  bool segment_attached_ = false;  // The daemon maps segment_ now.
+  std::string logged_path_;        // The last LogPath line.
   ClientStats stats_;
 
   const std::uint64_t instance_;

@@ -355,5 +355,41 @@ TEST_F(SegmentTest, ADaemonStartedWithoutSharedMemoryMapsNothing) {
   EXPECT_EQ(MappedSegments(), before);
 }
 
+// A worker whose lease lapsed (silent, no heartbeat) joins again on its
+// next call; the buffer it trains in stays its place in the segment the
+// daemon maps, so its calls still copy nothing.
+TEST_F(SegmentTest, ALentBufferStaysInPlaceWhenTheLeaseLapsesAndComesBack) {
+  Start(absl::Milliseconds(300));
+  ClientOptions options = testing::TestClientOptions();
+  options.shared_memory = true;
+  options.address = server_->address();
+  options.worker_id = "a";
+  options.heartbeat = false;
+  auto client = std::move(Client::Connect(options)).value();
+  std::vector<float> initial(kFloats, 1.0f);
+  ASSERT_THAT(
+      client->Join({TensorRef{"w", {kFloats}, absl::MakeSpan(initial)}}),
+      IsOk());
+  auto buffer = client->SharedBufferFor("w");
+  ASSERT_THAT(buffer, IsOk());
+  std::fill(buffer->values.begin(), buffer->values.end(), 4.0f);
+  // The lease lapses and the daemon lets go of the segment (this process
+  // maps it twice: the client and the daemon).
+  const int mapped = MappedSegments();
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (MappedSegments() == mapped && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_EQ(MappedSegments(), mapped - 1);
+  ASSERT_THAT(client->PushPull({TensorRef{"w", {kFloats}, buffer->values}}),
+              IsOk());
+  EXPECT_THAT(buffer->values, Each(4.0f));
+  auto again = client->SharedBufferFor("w");
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(again->values.data(), buffer->values.data())
+      << "the re-join handed the daemon a new segment: the lent buffer is "
+         "no longer where the worker's values move";
+}
+
 }  // namespace
 }  // namespace weightd
