@@ -106,6 +106,12 @@ void ShardClient::AttachSegment(
   LogPath(status);
 }
 
+absl::Status ShardClient::OnSegment(absl::FunctionRef<absl::Status()> call) {
+  absl::Status status = call();
+  if (!absl::IsFailedPrecondition(status) || !Reattach()) return status;
+  return call();
+}
+
 bool ShardClient::Reattach() {
   if (segment_ == nullptr || !segment_attached_) return false;
   std::vector<std::pair<std::string, std::uint64_t>> places;

@@ -224,10 +224,9 @@ absl::Status ShardClient::PushOnce(absl::Span<const TensorRef> tensors,
                                    std::uint64_t sequence,
                                    std::vector<std::uint64_t>& held) {
   if (UsesSegment(tensors)) {
-    absl::Status status =
-        PushOnceSegment(tensors, options, pull_result, sequence, held);
-    if (!absl::IsFailedPrecondition(status) || !Reattach()) return status;
-    return PushOnceSegment(tensors, options, pull_result, sequence, held);
+    return OnSegment([&] {
+      return PushOnceSegment(tensors, options, pull_result, sequence, held);
+    });
   }
   v1::PushHeader header;
   FillPushHeader(tensors, options, sequence, held, &header);
@@ -346,9 +345,7 @@ absl::Status ShardClient::Pull(absl::Span<const TensorRef> tensors) {
 
 absl::Status ShardClient::PullOnce(absl::Span<const TensorRef> tensors) {
   if (UsesSegment(tensors)) {
-    absl::Status status = PullOnceSegment(tensors);
-    if (!absl::IsFailedPrecondition(status) || !Reattach()) return status;
-    return PullOnceSegment(tensors);
+    return OnSegment([&] { return PullOnceSegment(tensors); });
   }
   v1::PullRequest request;
   request.set_lease_id(lease_id_);

@@ -182,6 +182,9 @@ class ShardClient {
   // have lost the segment (it restarted and restored the lease from a
   // snapshot). Hands it over again; true if the daemon took it.
   bool Reattach();
+  // Runs a segment call; refused FAILED_PRECONDITION, runs it once more if
+  // Reattach() handed the segment over again.
+  absl::Status OnSegment(absl::FunctionRef<absl::Status()> call);
   // Logs which path the worker's values take (`attached`: the outcome of
   // AttachSegment), when that changed.
   void LogPath(const absl::Status& attached);
