@@ -16,6 +16,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
+#include "tests/testing/model_shapes.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:7070", "weightd address.");
 ABSL_FLAG(int, rank, 0, "This worker's index, 0..workers-1.");
@@ -28,7 +29,7 @@ ABSL_FLAG(int, count, 1, "Tensors (many).");
 ABSL_FLAG(std::string, wire_format, "float32",
           "float32, bfloat16 or float16 on the wire.");
 ABSL_FLAG(int, reps, 10, "Measured rounds (after one warm-up round).");
-ABSL_FLAG(uint64_t, split_bytes, uint64_t{4} << 20,
+ABSL_FLAG(uint64_t, split_bytes, weightd::ClientOptions{}.split_bytes,
           "Sharded servers: tensors above this are split over the shards.");
 ABSL_FLAG(bool, shared_memory, false,
           "Move values through shared memory when on the daemon's host "
@@ -49,34 +50,6 @@ double Now() {
       .count();
 }
 
-// ResNet-50's trainable tensors (conv weights, batch-norm scale and shift,
-// the classifier), about 25.6 M floats.
-std::vector<std::vector<std::int64_t>> ResNetShapes() {
-  std::vector<std::vector<std::int64_t>> shapes;
-  auto conv = [&](std::int64_t out, std::int64_t in, std::int64_t k) {
-    shapes.push_back({out, in, k, k});
-    shapes.push_back({out});  // Batch-norm scale.
-    shapes.push_back({out});  // Batch-norm shift.
-  };
-  conv(64, 3, 7);
-  std::int64_t in = 64;
-  const std::int64_t widths[] = {64, 128, 256, 512};
-  const int blocks[] = {3, 4, 6, 3};
-  for (int stage = 0; stage < 4; ++stage) {
-    const std::int64_t w = widths[stage];
-    for (int b = 0; b < blocks[stage]; ++b) {
-      conv(w, in, 1);
-      conv(w, w, 3);
-      conv(4 * w, w, 1);
-      if (b == 0) conv(4 * w, in, 1);  // Downsample.
-      in = 4 * w;
-    }
-  }
-  shapes.push_back({1000, 2048});
-  shapes.push_back({1000});
-  return shapes;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -86,7 +59,7 @@ int main(int argc, char** argv) {
   std::vector<std::vector<std::int64_t>> shapes;
   const std::string layout = absl::GetFlag(FLAGS_layout);
   if (layout == "resnet") {
-    shapes = ResNetShapes();
+    shapes = weightd::testing::ResNet50Shapes();
   } else {
     const int count = layout == "many" ? absl::GetFlag(FLAGS_count) : 1;
     const auto floats =

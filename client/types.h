@@ -57,8 +57,11 @@ struct ClientOptions {
   WireFormat wire_format = WireFormat::kFloat32;
   // Sharded deployments: a tensor larger than this is split by rows over
   // every shard; smaller ones live whole on one shard, chosen by a hash of
-  // the name. Every worker of a job must use the same value.
-  std::uint64_t split_bytes = std::uint64_t{4} << 20;
+  // the name. Every worker of a job must use the same value. 256 KiB
+  // spreads real models' bytes evenly: ResNet-50's busiest shard holds
+  // 0.4 % over an equal share at 2 and 4 shards, 2.6 % at 8 (at 4 MiB:
+  // 12.6 %, 20 % and 61 %, and the busiest shard's link sets the round).
+  std::uint64_t split_bytes = std::uint64_t{256} << 10;
   // Lets another thread stop Connect and every call (client/cancellation.h).
   // Null: calls end only by themselves (each is bounded by the timeouts
   // above).

@@ -69,7 +69,7 @@ ABSL_FLAG(std::string, server, "",
           "comma-separated list, or one DNS name resolving to all shards "
           "(default: $WEIGHTD_SERVERS, else 127.0.0.1:7070).");
 ABSL_FLAG(std::string, worker_id, "", "Worker id; empty means <task>-<rank>.");
-ABSL_FLAG(std::uint64_t, split_bytes, std::uint64_t{4} << 20,
+ABSL_FLAG(std::uint64_t, split_bytes, weightd::ClientOptions{}.split_bytes,
           "Sharded servers: tensors larger than this are split by rows over "
           "every shard (the same on every worker).");
 ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(60),

@@ -157,7 +157,7 @@ class Client:
                  call_timeout: float = 600.0, connect_timeout: float = 30.0,
                  heartbeat: bool = True, retry_budget: float = 120.0,
                  initial_backoff: float = 0.05, max_backoff: float = 2.0,
-                 wire_format: str = "float32", split_bytes: int = 4 << 20,
+                 wire_format: str = "float32", split_bytes: int = 256 << 10,
                  log: typing.Optional[typing.Callable[[str], None]] = None,
                  progress_interval: float = 10.0,
                  held_id_wait: float = 20.0, shared_memory: bool = True):

@@ -1,11 +1,14 @@
 #include "client/shard_plan.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "client/types.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/model_shapes.h"
 #include "tests/testing/status_matchers.h"
 
 namespace weightd {
@@ -99,6 +102,31 @@ TEST(PlaceTensor, AnotherShapeOfTheSameSizeGivesAnotherPartShape) {
   ASSERT_EQ(a.size(), 2u);
   ASSERT_EQ(b.size(), 2u);
   EXPECT_NE(a[0].shape, b[0].shape);
+}
+
+// A round lasts as long as its busiest shard's link is busy, so the default
+// split must spread a real model's bytes evenly. At the old default, 4 MiB,
+// ResNet-50's busiest shard held 12.6 %, 20 % and 61 % over an equal share
+// at 2, 4 and 8 shards.
+TEST(PlaceTensor, TheDefaultSplitSpreadsResNet50Evenly) {
+  const std::uint64_t split = ClientOptions{}.split_bytes;
+  const auto shapes = testing::ResNet50Shapes();
+  for (std::uint32_t shards : {2u, 4u, 8u}) {
+    std::vector<std::uint64_t> bytes(shards, 0);
+    std::uint64_t total = 0;
+    for (std::size_t i = 0; i < shapes.size(); ++i) {
+      for (const Placement& p :
+           PlaceTensor("t" + std::to_string(i), shapes[i], shards, split)) {
+        bytes[p.shard] += 4 * p.elements;
+        total += 4 * p.elements;
+      }
+    }
+    ASSERT_EQ(total, 25557032u * 4);
+    const double busiest =
+        static_cast<double>(*std::max_element(bytes.begin(), bytes.end()));
+    EXPECT_LE(busiest / (static_cast<double>(total) / shards), 1.03)
+        << shards << " shards";
+  }
 }
 
 TEST(SplitTargets, SplitsAndTrims) {
