@@ -139,7 +139,8 @@ int main(int argc, char** argv) {
       }
     }
     if (rep >= 0) {
-      std::printf("{\"rep\": %d, \"secs\": %.9f}\n", rep, secs);
+      std::printf("{\"rep\": %d, \"secs\": %.9f, \"start\": %.9f}\n", rep,
+                  secs, start);
       std::fflush(stdout);
     }
   }

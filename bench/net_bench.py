@@ -19,7 +19,7 @@ Rows are prefixed "net" and have run_bench.py's format (table and
 summary.json). For a round time the ratio is T*/time: 0.8 means 1.25 x T*.
 
 Usage: net_bench.py --build build/release --out build/bench/net [--smoke]
-       [--rate 1gbit] [--only 1,5] [--reps 5]
+       [--rate 1gbit] [--only 1,5] [--reps 5] [--daemon_flag=--flag=value]
 """
 import argparse
 import json
@@ -428,6 +428,10 @@ def main():
                          "message crosses two links")
     ap.add_argument("--reps", type=int, default=0,
                     help="measured rounds per scenario (default 5; smoke 2)")
+    ap.add_argument("--daemon_flag", action="append", default=[],
+                    help="a flag added to every weightd's command line, "
+                         "e.g. --daemon_flag=--pace_pushes=false (repeat "
+                         "for more)")
     ap.add_argument("--only", default="",
                     help="comma-separated scenario numbers (default: all); "
                          "2 and 3 run scenario 1 for their baseline")
@@ -467,6 +471,7 @@ def bench(net, args, want):
     for r in range(max_workers):
         net.add_host("w%d" % r)
     b = Bench(args.build, smoke, reps, hosts=Hosts(net))
+    b.daemon_args = args.daemon_flag
     print("net: %d hosts on one bridge, every link %s each way" % (
         max_shards + max_workers, args.rate), flush=True)
 

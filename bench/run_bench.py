@@ -47,6 +47,7 @@ class Bench:
         self.hosts = hosts or Local()
         self.tmp = tempfile.mkdtemp(prefix="weightd-bench.")
         self.rows = []
+        self.daemon_args = []  # Added to every weightd's command line.
 
     def path(self, *parts):
         return os.path.join(self.build, *parts)
@@ -174,7 +175,8 @@ class Bench:
                     "--unix_socket=" + sock, "--ready_file=" + ready,
                     "--shard_index=%d" % i, "--shard_count=%d" % shards,
                     "--log_level=warn",
-                    "--max_tensor_bytes=%d" % (2 << 30)], ready)
+                    "--max_tensor_bytes=%d" % (2 << 30)] + self.daemon_args,
+                    ready)
                 daemons.append(daemon)
                 addresses.append("unix:" + sock if unix else
                                  self.hosts.dial(address))

@@ -59,6 +59,7 @@ constexpr EnvironmentVariable kEnvironment[] = {
     {"WEIGHTD_LISTEN", "weightd", "listen"},
     {"WEIGHTD_UNIX_SOCKET", "weightd", "unix_socket"},
     {"WEIGHTD_SHARED_MEMORY", "weightd", "shared_memory"},
+    {"WEIGHTD_PACE_PUSHES", "weightd", "pace_pushes"},
     {"WEIGHTD_SHARD_INDEX", "weightd", "shard_index"},
     {"WEIGHTD_SHARD_COUNT", "weightd", "shard_count"},
     {"WEIGHTD_MODE", "weightd", "mode"},

@@ -37,6 +37,11 @@ ABSL_FLAG(bool, shared_memory, true,
           "Let workers on this host move their values through shared memory "
           "(a memfd each hands over; docs/protocol.md, section 11). false: "
           "every worker uses the gRPC stream.");
+ABSL_FLAG(bool, pace_pushes, true,
+          "Stop reading a sync round's push while it is more than 2 MiB "
+          "ahead of the round's slowest push, so that the round's result "
+          "streams at the link's rate (docs/design.md, \"Pacing a round's "
+          "pushes\"). false: read every push as fast as it arrives.");
 ABSL_FLAG(std::string, shard_index, "0",
           "This server's index among --shard_count shards, 0..count-1; "
           "'hostname' takes the number after the host name's last '-' (a "
@@ -228,6 +233,7 @@ int main(int argc, char** argv) {
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.unix_socket = absl::GetFlag(FLAGS_unix_socket);
   options.shared_memory = absl::GetFlag(FLAGS_shared_memory);
+  options.pace_pushes = absl::GetFlag(FLAGS_pace_pushes);
   std::string shard = absl::GetFlag(FLAGS_shard_index);
   if (shard == "hostname") {
     char host[256] = {};

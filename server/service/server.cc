@@ -41,7 +41,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   spdlog::default_logger_raw();
   std::unique_ptr<Server> server(new Server());
   server->service_ = std::make_unique<WeightdService>(
-      options.shard_index, options.shard_count, options.shared_memory);
+      options.shard_index, options.shard_count, options.shared_memory,
+      options.pace_pushes);
   EventLog* events = &server->service_->events();
   options.store.on_worker_expired =
       [events, user = std::move(options.store.on_worker_expired)](
@@ -227,6 +228,7 @@ void Server::HousekeepingLoop() {
   while (!stop_housekeeping_.WaitForNotificationWithTimeout(period)) {
     store_->ExpireLeases();
     service_->SweepSegments();
+    service_->TickPacer();
     store_->CloseOverdueRounds();
     service_->events().Flush();
   }

@@ -44,6 +44,9 @@ struct ServerOptions {
   // (docs/protocol.md, section 11). False: AttachSegment is refused and
   // every worker uses the stream calls.
   bool shared_memory = true;
+  // Keep a sync round's pushes within kPushLeadBytes of each other, so that
+  // its result streams at the link's rate (server/service/push_pacer.h).
+  bool pace_pushes = true;
   core::StoreOptions store;
   // How long Shutdown() lets in-flight calls finish before cancelling them.
   absl::Duration shutdown_grace = absl::Seconds(5);

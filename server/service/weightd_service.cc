@@ -1,6 +1,7 @@
 #include "server/service/weightd_service.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -429,15 +430,18 @@ class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
 // A PushPull: the push is read into a core::PushSession; in sync mode its
 // round's result streams back while the round is open (ResultStream), so
-// that pulls overlap pushes. Otherwise (async mode, or a push that counts
-// in a round other than the one it names) the result streams once the
-// push is complete, as a Pull's does.
+// that pulls overlap pushes, and its reads are paced with the round's other
+// pushes (PushPacer). Otherwise (async mode, or a push that counts in a
+// round other than the one it names) the result streams once the push is
+// complete, as a Pull's does.
 class PushPullReactor final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   PushPullReactor(core::TensorStore* store, TrafficCounters* traffic,
-                  grpc::CallbackServerContext* context, EventLog* events)
+                  grpc::CallbackServerContext* context, EventLog* events,
+                  PushPacer* pacer)
       : store_(store),
+        pacer_(pacer),
         reader_(store, traffic, "PushPull"),
         context_(context),
         stream_(this, store, traffic, CallInfo{events, "PushPull", context}),
@@ -450,6 +454,7 @@ class PushPullReactor final
       if (context_->IsCancelled()) {
         return End(absl::CancelledError("cancelled"));
       }
+      StopPacing();
       absl::StatusOr<std::vector<core::PushResult>> results = reader_.Finish();
       if (pipelined_) return result_.PushEnded(std::move(results));
       if (!results.ok()) return stream_.FinishOnce(results.status());
@@ -461,12 +466,20 @@ class PushPullReactor final
                            reader_.accept_batches(), reader_.lease_id());
     }
     const bool had_header = reader_.has_header();
+    const std::uint64_t bytes = request_.Length();
     if (absl::Status s = reader_.Handle(&request_); !s.ok()) return End(s);
     if (!had_header && reader_.has_header()) StartResult();
+    // Parked: the pacer starts the next read. Not once cancelled: OnCancel
+    // may have run before paced_ was set, and would not resume it.
+    if (paced_.load(std::memory_order_relaxed) && !context_->IsCancelled() &&
+        !pacer_->Received(pace_id_, bytes, [this] { StartRead(&request_); })) {
+      return;
+    }
     StartRead(&request_);
   }
 
   void OnCancel() override {
+    StopPacing();  // A parked read starts, and fails: OnReadDone ends.
     stream_.OnCancel();
     result_.OnCancel();
   }
@@ -485,21 +498,37 @@ class PushPullReactor final
     }
     if (!ResultStream::Applies(*store_, tensors)) return;
     pipelined_ = true;  // Before the first write: OnWriteDone sees it.
+    if (!tensors.empty()) {
+      pace_id_ = pacer_->Add(
+          absl::StrCat(tensors.front().round, " ", tensors.front().name));
+      paced_.store(true, std::memory_order_release);
+    }
     result_.Start(std::move(tensors), reader_.format(),
                   reader_.accept_batches(), reader_.lease_id());
   }
 
   // Ends the call with an error of the read side.
   void End(const absl::Status& status) {
+    StopPacing();
     if (pipelined_) return result_.PushEnded(status);
     stream_.FinishOnce(status);
   }
 
+  // The push holds no other push back any more. Idempotent.
+  void StopPacing() {
+    if (paced_.load(std::memory_order_acquire)) pacer_->Remove(pace_id_);
+  }
+
   core::TensorStore* const store_;
+  PushPacer* const pacer_;
   PushReader reader_;
   grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer request_;
   bool pipelined_ = false;  // Set on the read side before any write.
+  // Whether the reads are paced, as pace_id_ (written before paced_). Set
+  // on the read side; OnCancel, on any thread, reads them.
+  std::atomic<bool> paced_{false};
+  PushPacer::Id pace_id_ = 0;
   WaitThenStream<PushPullReactor> stream_;
   ResultStream result_;
 };
@@ -664,8 +693,10 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
 }  // namespace
 
 WeightdService::WeightdService(std::uint32_t shard_index,
-                               std::uint32_t shard_count, bool shared_memory)
-    : shared_memory_(shared_memory) {
+                               std::uint32_t shard_count, bool shared_memory,
+                               bool pace_pushes)
+    : shared_memory_(shared_memory),
+      pacer_(pace_pushes ? kPushLeadBytes : 0, kPushStall) {
   shard_.set_index(shard_index);
   shard_.set_count(shard_count);
 }
@@ -715,7 +746,7 @@ WeightdService::PushPull(grpc::CallbackServerContext* context) {
     return new NotReadyReactor<
         grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>();
   }
-  return new PushPullReactor(store, &traffic_, context, &events_);
+  return new PushPullReactor(store, &traffic_, context, &events_, &pacer_);
 }
 
 grpc::ServerUnaryReactor* WeightdService::Leave(

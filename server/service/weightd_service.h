@@ -12,12 +12,19 @@
 
 #include "server/core/tensor_store.h"
 #include "server/service/event_log.h"
+#include "server/service/push_pacer.h"
 #include "server/service/segments.h"
 #include "server/service/work_queue.h"
 #include "server/storage/snapshotter.h"
 #include "weightd/v1/weightd.grpc.pb.h"
 
 namespace weightd::service {
+
+// How far (in received bytes) a sync round's push may run ahead of the
+// round's slowest live push before the service stops reading it.
+inline constexpr std::uint64_t kPushLeadBytes = std::uint64_t{2} << 20;
+// How long a push may go without a message and still hold others back.
+inline constexpr absl::Duration kPushStall = absl::Milliseconds(500);
 
 // Payload traffic since start.
 struct TrafficCounters {
@@ -55,10 +62,11 @@ class WeightdService final : public WeightdServiceBase {
  public:
   // Until Attach(), every call gets UNAVAILABLE (the server is restoring).
   // Join and GetStatus report the shard layout (see v1::ShardInfo).
-  // `shared_memory`: whether AttachSegment maps workers' segments.
+  // `shared_memory`: whether AttachSegment maps workers' segments;
+  // `pace_pushes`: whether a sync round's pushes are kept level (PushPacer).
   explicit WeightdService(std::uint32_t shard_index = 0,
                           std::uint32_t shard_count = 1,
-                          bool shared_memory = true);
+                          bool shared_memory = true, bool pace_pushes = true);
 
   // Starts serving from `store`, once. `store` (and `snapshotter`, null
   // without snapshots) must outlive the service and every call in flight.
@@ -106,6 +114,9 @@ class WeightdService final : public WeightdServiceBase {
   // Unmaps the segments of leases no worker holds any more (left, expired,
   // replaced). Called by the server's housekeeping.
   void SweepSegments();
+  // Lets on the pushes paced behind one that stalled (push_pacer.h).
+  // Called by the server's housekeeping.
+  void TickPacer() { pacer_.Tick(); }
 
  private:
   core::TensorStore* store() const;  // Null until Attach().
@@ -119,6 +130,8 @@ class WeightdService final : public WeightdServiceBase {
   SegmentTable segments_;  // Same-host workers' shared memory, by lease.
   v1::ShardInfo shard_;
   EventLog events_;
+  // Keeps a sync round's pushes level (push_pacer.h): lead and stall.
+  PushPacer pacer_;
   // Writes results into segments: when a round closes, every waiting
   // call's copy runs here, in parallel, rather than in series on the
   // thread that closed it. Declared last: destroyed (drained) first.

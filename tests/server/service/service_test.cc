@@ -25,6 +25,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "server/service/server.h"
+#include "server/service/weightd_service.h"
 #include "tests/testing/client_options.h"
 #include "tests/testing/status_matchers.h"
 #include "weightd/v1/weightd.grpc.pb.h"
@@ -88,16 +89,16 @@ class ServiceTest : public ::testing::Test {
     return client.ok() ? std::move(*client) : nullptr;
   }
 
-  // Waits (10 s at most) until `n` pushes to the open round of `tensor` have
-  // completed on the server.
-  bool AwaitContributions(const std::string& tensor, std::uint32_t n) {
+  // Waits (`timeout` at most) until `n` pushes to the open round of
+  // `tensor` have completed on the server.
+  bool AwaitContributions(const std::string& tensor, std::uint32_t n,
+                          absl::Duration timeout = absl::Seconds(10)) {
     absl::MutexLock lock(&counted_mu_);
     auto reached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(counted_mu_) {
       auto it = counted_.find(tensor);
       return it != counted_.end() && it->second >= n;
     };
-    return counted_mu_.AwaitWithTimeout(absl::Condition(&reached),
-                                        absl::Seconds(10));
+    return counted_mu_.AwaitWithTimeout(absl::Condition(&reached), timeout);
   }
 
   // Joins `worker` to tensor "w" of `floats` zeros through the store (not
@@ -303,6 +304,59 @@ TEST_F(ServiceTest, PushPullStreamsTheResultWhileTheRoundIsOpen) {
   EXPECT_EQ(b_messages, 4);  // The header and three chunks.
   EXPECT_THAT(FromGrpcStatus(b->Finish()), IsOk());
   EXPECT_THAT(Stored("w"), ::testing::Each(3.0f));
+}
+
+// The service stops reading a round's push that runs more than
+// kPushLeadBytes ahead of the round's slowest push (PushPacer), but a push
+// that stalled holds it back only briefly, not until a timeout.
+TEST_F(ServiceTest, APushPullIsPacedBehindAStalledPeerOnlyBriefly) {
+  constexpr std::uint64_t kBytes = service::kPushLeadBytes + (1 << 20);
+  constexpr std::uint64_t kFloats = kBytes / 4;
+  const std::uint64_t lease[2] = {JoinZeros("a", kFloats),
+                                  JoinZeros("b", kFloats)};
+  ASSERT_NE(lease[0], 0u);
+  ASSERT_NE(lease[1], 0u);
+  auto message = [](const v1::PushRequest& m) {
+    v1::PushPullRequest out;
+    out.ParseFromString(m.SerializeAsString());
+    return out;
+  };
+  const std::vector<float> values(kMinChunkBytes / 4, 2.0f);
+  grpc::ClientContext ca, cb;
+  for (grpc::ClientContext* c : {&ca, &cb}) {
+    c->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::seconds(30));
+  }
+  // b sends one chunk, then nothing: its worker froze.
+  auto b = stub_->PushPull(&cb);
+  ASSERT_TRUE(b->Write(message(Header(lease[1], 1, "w"))));
+  ASSERT_TRUE(b->Write(message(Chunk(0, 0, values))));
+  v1::PushPullResponse r;
+  ASSERT_TRUE(b->Read(&r));  // The result's header: b's push is paced.
+  ASSERT_TRUE(r.has_header());
+  // a sends all of its push (its writes block while the server does not
+  // read them).
+  auto a = stub_->PushPull(&ca);
+  std::thread writer([&] {
+    a->Write(message(Header(lease[0], 1, "w")));
+    for (std::uint64_t offset = 0; offset < kBytes; offset += kMinChunkBytes) {
+      if (!a->Write(message(Chunk(0, offset, values)))) return;
+    }
+    a->WritesDone();
+  });
+  // Held back while b counts as live (it sent within the last 500 ms),
+  EXPECT_FALSE(AwaitContributions("w", 1, absl::Milliseconds(300)));
+  // then let on: a's whole push arrives although b's never does.
+  EXPECT_TRUE(AwaitContributions("w", 1, absl::Seconds(10)));
+  cb.TryCancel();
+  ca.TryCancel();
+  writer.join();
+  while (a->Read(&r)) {
+  }
+  while (b->Read(&r)) {
+  }
+  a->Finish();
+  b->Finish();
 }
 
 // A push that fails after its result began to stream ends the call with
