@@ -162,26 +162,41 @@ ResultStream::Step ResultStream::DecideLocked() {
   return Step::kWait;
 }
 
+bool ResultStream::ChunkReady(const PlannedChunk& c) {
+  const std::uint64_t needed = c.offset + c.covers;
+  core::RoundResult& result = results_[c.tensor_index];
+  if (result.ready_bytes >= needed) return true;
+  const Tensor& t = tensors_[c.tensor_index];
+  absl::StatusOr<core::RoundResult> now = store_->ReadResult(t.name, t.round);
+  if (!now.ok()) {
+    absl::MutexLock lock(&mu_);
+    if (!error_.has_value()) error_ = now.status();
+    return false;
+  }
+  result.ready_bytes = now->ready_bytes;
+  return result.ready_bytes >= needed;
+}
+
 bool ResultStream::NextReady(std::size_t* wait_tensor,
                              std::uint64_t* wait_bytes) {
-  for (const PlannedChunk& c : writer_->Peek()) {
-    const std::uint64_t needed = c.offset + c.covers;
-    core::RoundResult& result = results_[c.tensor_index];
-    if (result.ready_bytes >= needed) continue;
-    const Tensor& t = tensors_[c.tensor_index];
-    absl::StatusOr<core::RoundResult> now = store_->ReadResult(t.name, t.round);
-    if (!now.ok()) {
-      absl::MutexLock lock(&mu_);
-      error_ = now.status();
+  // A message goes out whole, so a batch waits for its last chunk first:
+  // one wait per message rather than one per tensor, and the chunks before
+  // ready_chunks_ are not looked at again (a batch of 4096 one-float
+  // tensors, rescanned after each tensor's round, cost a fifth of the
+  // daemon's CPU).
+  const std::vector<PlannedChunk>& chunks = writer_->Peek();
+  for (; ready_chunks_ < chunks.size(); ++ready_chunks_) {
+    if (ChunkReady(chunks[ready_chunks_])) continue;
+    const PlannedChunk& last = chunks.back();
+    const PlannedChunk& wait = ChunkReady(last) ? chunks[ready_chunks_] : last;
+    absl::MutexLock lock(&mu_);
+    if (error_.has_value()) {
       *wait_bytes = 0;
       return false;
     }
-    result.ready_bytes = now->ready_bytes;
-    if (result.ready_bytes < needed) {
-      *wait_tensor = c.tensor_index;
-      *wait_bytes = needed;
-      return false;
-    }
+    *wait_tensor = wait.tensor_index;
+    *wait_bytes = wait.offset + wait.covers;
+    return false;
   }
   return true;
 }
@@ -198,6 +213,7 @@ void ResultStream::Write() {
     message_ = std::move(header_);
   } else {
     bytes = writer_->Next(&message_).value_or(0);
+    ready_chunks_ = 0;
     traffic_->bytes_sent.fetch_add(bytes, std::memory_order_relaxed);
   }
   {

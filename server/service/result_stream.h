@@ -78,6 +78,10 @@ class ResultStream {
   // what to wait for (`*wait_bytes` of tensor `*wait_tensor`), or sets
   // error_ and *wait_bytes = 0.
   bool NextReady(std::size_t* wait_tensor, std::uint64_t* wait_bytes);
+  // Whether chunk `c` of the next message is published (asks the store
+  // unless results_ says so already); false and error_ if the store
+  // refuses.
+  bool ChunkReady(const PlannedChunk& c);
   void Write();
   void StartWait(std::size_t tensor, std::uint64_t bytes);
   void Finish();
@@ -95,6 +99,9 @@ class ResultStream {
   grpc::ByteBuffer header_;
   std::uint64_t lease_id_ = 0;
   grpc::ByteBuffer message_;  // The write in flight.
+  // How many chunks of the next message (writer_->Peek()) are known to be
+  // published.
+  std::size_t ready_chunks_ = 0;
 
   absl::Mutex mu_;
   bool pumping_ ABSL_GUARDED_BY(mu_) = false;

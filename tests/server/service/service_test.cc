@@ -1269,6 +1269,32 @@ TEST_F(ServiceTest, SixteenBitWireFormatsAverageInFloat32) {
   EXPECT_EQ(Stored("t"), stored);
 }
 
+// A result batch goes out once all of its chunks are published, whichever
+// of them comes last: here y (held by a alone) is ready at once and x waits
+// for b, which pushes later.
+TEST_F(ServiceTest, AResultBatchWaitsForItsSlowestTensor) {
+  std::vector<float> ax(8, 1.0f), ay(8, 5.0f), bx(8, 3.0f);
+  auto ca = Connect("a");
+  auto cb = Connect("b");
+  ASSERT_THAT(ca->Join({{"x", {8}, absl::MakeSpan(ax)},
+                        {"y", {8}, absl::MakeSpan(ay)}}),
+              IsOk());
+  ASSERT_THAT(cb->Join({{"x", {8}, absl::MakeSpan(bx)}}), IsOk());
+  std::fill(bx.begin(), bx.end(), 3.0f);  // Join gave b the shared value.
+  absl::Status sa;
+  std::thread t([&] {
+    sa = ca->PushPull(
+        {{"x", {8}, absl::MakeSpan(ax)}, {"y", {8}, absl::MakeSpan(ay)}});
+  });
+  ASSERT_TRUE(AwaitContributions("y", 1));  // a's push is in.
+  ASSERT_THAT(cb->PushPull({{"x", {8}, absl::MakeSpan(bx)}}), IsOk());
+  t.join();
+  ASSERT_THAT(sa, IsOk());
+  EXPECT_THAT(ax, ::testing::Each(2.0f));
+  EXPECT_THAT(ay, ::testing::Each(5.0f));
+  EXPECT_THAT(bx, ::testing::Each(2.0f));
+}
+
 TEST_F(ServiceTest, SmallTensorsTravelInBatchesAndOversizedBatchesAreRefused) {
   // 300 tensors of 8 floats each: one ChunkBatch message each way.
   constexpr int kTensors = 300;
