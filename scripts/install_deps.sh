@@ -5,7 +5,8 @@
 set -euo pipefail
 
 declare -A GROUPS_=(
-  [build]="cmake ninja-build g++ pkg-config"
+  # libjemalloc-dev: the daemon's allocator (server/CMakeLists.txt).
+  [build]="cmake ninja-build g++ pkg-config libjemalloc-dev"
   [grpc]="libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev libspdlog-dev"
   # python3-dev, -venv, -setuptools, -wheel: the Python package's native
   # build and its offline `pip install ./python` test.
