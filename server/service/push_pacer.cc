@@ -46,16 +46,17 @@ bool PushPacer::Received(Id id, std::uint64_t bytes, Resume resume) {
   return read_on;
 }
 
-void PushPacer::Remove(Id id) {
+PushPacer::Resume PushPacer::Remove(Id id) {
   const absl::Time now = now_();
+  Resume own;
   std::vector<Resume> resumes;
   {
     absl::MutexLock lock(&mu_);
     auto it = streams_.find(id);
-    if (it == streams_.end()) return;
+    if (it == streams_.end()) return nullptr;
     const std::string group = std::move(it->second.group);
     if (it->second.resume) {
-      resumes.push_back(std::move(it->second.resume));
+      own = std::move(it->second.resume);
       --parked_;
     }
     streams_.erase(it);
@@ -68,6 +69,7 @@ void PushPacer::Remove(Id id) {
     }
   }
   for (Resume& r : resumes) std::move(r)();
+  return own;
 }
 
 void PushPacer::Tick() {

@@ -54,9 +54,10 @@ class PushPacer {
   // (or it is removed). Unknown ids (removed) always read on.
   bool Received(Id id, std::uint64_t bytes, Resume resume);
   // Stream `id` ended (its push is complete, failed or cancelled): it holds
-  // nobody back any more; if it was parked, its resume is called now.
-  // Unknown ids are ignored.
-  void Remove(Id id);
+  // nobody back any more. Returns its resume if it was parked, for the
+  // caller to call (or to drop, if the call is over); null otherwise and
+  // for unknown ids.
+  [[nodiscard]] Resume Remove(Id id);
   // Resumes the parked streams that may read on because a stream they
   // waited for stalled. Called periodically (the server's housekeeping).
   void Tick();

@@ -11,8 +11,13 @@
 namespace weightd::service {
 
 ResultStream::ResultStream(Reactor* reactor, core::TensorStore* store,
-                           TrafficCounters* traffic, CallInfo call)
-    : reactor_(reactor), store_(store), traffic_(traffic), call_(call) {}
+                           TrafficCounters* traffic, CallInfo call,
+                           std::function<void()> before_finish)
+    : reactor_(reactor),
+      store_(store),
+      traffic_(traffic),
+      call_(call),
+      before_finish_(std::move(before_finish)) {}
 
 bool ResultStream::Applies(const core::TensorStore& store,
                            const std::vector<Tensor>& tensors) {
@@ -253,6 +258,7 @@ void ResultStream::StartWait(std::size_t tensor, std::uint64_t bytes) {
 }
 
 void ResultStream::Finish() {
+  if (before_finish_) before_finish_();
   absl::Status status;
   std::unique_ptr<core::Wait> done;  // Releases its hold on the lease.
   {

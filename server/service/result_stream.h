@@ -9,6 +9,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -41,8 +42,11 @@ class ResultStream {
     std::uint64_t round = 0;
   };
 
+  // `before_finish` (may be null) runs once, just before the call is
+  // finished, on the thread that finishes it.
   ResultStream(Reactor* reactor, core::TensorStore* store,
-               TrafficCounters* traffic, CallInfo call);
+               TrafficCounters* traffic, CallInfo call,
+               std::function<void()> before_finish = nullptr);
   ResultStream(const ResultStream&) = delete;
   ResultStream& operator=(const ResultStream&) = delete;
 
@@ -90,6 +94,7 @@ class ResultStream {
   core::TensorStore* const store_;
   TrafficCounters* const traffic_;
   const CallInfo call_;
+  const std::function<void()> before_finish_;
 
   // Set by Start() before anything reads them; then only the pumping
   // thread touches them.

@@ -445,7 +445,8 @@ class PushPullReactor final
         reader_(store, traffic, "PushPull"),
         context_(context),
         stream_(this, store, traffic, CallInfo{events, "PushPull", context}),
-        result_(this, store, traffic, CallInfo{events, "PushPull", context}) {
+        result_(this, store, traffic, CallInfo{events, "PushPull", context},
+                [this] { BeforeFinish(); }) {
     StartRead(&request_);
   }
 
@@ -469,11 +470,16 @@ class PushPullReactor final
     const std::uint64_t bytes = request_.Length();
     if (absl::Status s = reader_.Handle(&request_); !s.ok()) return End(s);
     if (!had_header && reader_.has_header()) StartResult();
-    // Parked: the pacer starts the next read. Not once cancelled: OnCancel
-    // may have run before paced_ was set, and would not resume it.
-    if (paced_.load(std::memory_order_relaxed) && !context_->IsCancelled() &&
-        !pacer_->Received(pace_id_, bytes, [this] { StartRead(&request_); })) {
-      return;
+    if (paced_.load(std::memory_order_relaxed)) {
+      absl::MutexLock lock(&pace_mu_);
+      // Not once the call is ending: BeforeFinish or OnCancel may have
+      // looked before paced_ was set, and would not resume it.
+      if (finishing_ || context_->IsCancelled()) {
+        PushPacer::Resume none = pacer_->Remove(pace_id_);  // Not parked.
+      } else if (!pacer_->Received(pace_id_, bytes,
+                                   [this] { StartRead(&request_); })) {
+        return;  // Parked: the pacer starts the next read.
+      }
     }
     StartRead(&request_);
   }
@@ -487,7 +493,13 @@ class PushPullReactor final
     if (pipelined_) return result_.OnWriteDone(ok);
     stream_.OnWriteDone(ok);
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    // Never parked here (BeforeFinish resumed it); only forgotten.
+    if (paced_.load(std::memory_order_acquire)) {
+      PushPacer::Resume none = pacer_->Remove(pace_id_);
+    }
+    delete this;
+  }
 
  private:
   // The push header was accepted: stream its result now if it can.
@@ -514,9 +526,25 @@ class PushPullReactor final
     stream_.FinishOnce(status);
   }
 
-  // The push holds no other push back any more. Idempotent.
+  // The push holds no other push back any more; a parked read starts.
+  // Idempotent.
   void StopPacing() {
-    if (paced_.load(std::memory_order_acquire)) pacer_->Remove(pace_id_);
+    if (!paced_.load(std::memory_order_acquire)) return;
+    if (PushPacer::Resume resume = pacer_->Remove(pace_id_)) {
+      std::move(resume)();
+    }
+  }
+
+  // The result side is about to finish the call. A parked push has no read
+  // outstanding, and gRPC ends a call with no operation outstanding at
+  // once (OnDone deletes this): the read starts first, so that the call
+  // ends after its OnReadDone, as it did before pacing.
+  void BeforeFinish() {
+    {
+      absl::MutexLock lock(&pace_mu_);
+      finishing_ = true;
+    }
+    StopPacing();
   }
 
   core::TensorStore* const store_;
@@ -529,6 +557,10 @@ class PushPullReactor final
   // on the read side; OnCancel, on any thread, reads them.
   std::atomic<bool> paced_{false};
   PushPacer::Id pace_id_ = 0;
+  // Orders a park (OnReadDone) against BeforeFinish: either the park
+  // comes first and BeforeFinish resumes it, or OnReadDone sees finishing_.
+  absl::Mutex pace_mu_;
+  bool finishing_ ABSL_GUARDED_BY(pace_mu_) = false;
   WaitThenStream<PushPullReactor> stream_;
   ResultStream result_;
 };

@@ -1,6 +1,7 @@
 #include "server/service/push_pacer.h"
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -68,25 +69,28 @@ TEST_F(PushPacerTest,
   EXPECT_TRUE(Receive(a, 10 * kMiB));
 }
 
-TEST_F(PushPacerTest, AStreamThatEndsReleasesTheOthersAndAParkedOneResumes) {
+TEST_F(PushPacerTest, AStreamThatEndsReleasesTheOthersAndHandsBackItsResume) {
   const PushPacer::Id a = pacer_.Add("g");
   const PushPacer::Id b = pacer_.Add("g");
   const PushPacer::Id c = pacer_.Add("g");
   EXPECT_FALSE(Receive(a, 3 * kMiB));
   EXPECT_FALSE(Receive(b, 3 * kMiB));
-  pacer_.Remove(c);  // The slowest ends: a and b are level.
+  EXPECT_EQ(pacer_.Remove(c), nullptr);  // The slowest ends: a, b level.
   EXPECT_EQ(resumed_, (std::vector<PushPacer::Id>{a, b}));
   resumed_.clear();
 
-  // Removing a parked stream resumes it (its read then fails and ends it).
+  // Removing a parked stream hands back its resume.
   const PushPacer::Id d = pacer_.Add("h");
   pacer_.Add("h");
   EXPECT_FALSE(Receive(d, 3 * kMiB));
-  pacer_.Remove(d);
+  PushPacer::Resume resume = pacer_.Remove(d);
+  ASSERT_NE(resume, nullptr);  // For the caller to call (or to drop).
+  EXPECT_TRUE(resumed_.empty());
+  std::move(resume)();
   EXPECT_EQ(resumed_, std::vector<PushPacer::Id>{d});
   EXPECT_EQ(pacer_.parked(), 0);
-  pacer_.Remove(d);                     // Twice: nothing.
-  EXPECT_TRUE(Receive(d, 100 * kMiB));  // Unknown: reads on.
+  EXPECT_EQ(pacer_.Remove(d), nullptr);  // Twice: nothing.
+  EXPECT_TRUE(Receive(d, 100 * kMiB));   // Unknown: reads on.
 }
 
 TEST_F(PushPacerTest, GroupsArePacedApart) {

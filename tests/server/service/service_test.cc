@@ -359,6 +359,51 @@ TEST_F(ServiceTest, APushPullIsPacedBehindAStalledPeerOnlyBriefly) {
   b->Finish();
 }
 
+// A daemon that stops while a push is paced ends every call, the parked
+// one's too, rather than waiting for the stall rule or hanging.
+TEST_F(ServiceTest, AServerStoppingWhileAPushIsPacedEndsEveryCall) {
+  constexpr std::uint64_t kBytes = service::kPushLeadBytes + (1 << 20);
+  constexpr std::uint64_t kFloats = kBytes / 4;
+  const std::uint64_t lease[2] = {JoinZeros("a", kFloats),
+                                  JoinZeros("b", kFloats)};
+  ASSERT_NE(lease[0], 0u);
+  ASSERT_NE(lease[1], 0u);
+  auto message = [](const v1::PushRequest& m) {
+    v1::PushPullRequest out;
+    out.ParseFromString(m.SerializeAsString());
+    return out;
+  };
+  const std::vector<float> values(kMinChunkBytes / 4, 2.0f);
+  grpc::ClientContext ca, cb;
+  for (grpc::ClientContext* c : {&ca, &cb}) {
+    c->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::seconds(30));
+  }
+  auto b = stub_->PushPull(&cb);
+  ASSERT_TRUE(b->Write(message(Header(lease[1], 1, "w"))));
+  ASSERT_TRUE(b->Write(message(Chunk(0, 0, values))));
+  v1::PushPullResponse r;
+  ASSERT_TRUE(b->Read(&r));
+  auto a = stub_->PushPull(&ca);
+  std::thread writer([&] {
+    a->Write(message(Header(lease[0], 1, "w")));
+    for (std::uint64_t offset = 0; offset < kBytes; offset += kMinChunkBytes) {
+      if (!a->Write(message(Chunk(0, offset, values)))) return;
+    }
+    a->WritesDone();
+  });
+  // a is parked behind b for 500 ms; the server stops meanwhile.
+  absl::SleepFor(absl::Milliseconds(100));
+  server_.reset();
+  while (a->Read(&r)) {
+  }
+  while (b->Read(&r)) {
+  }
+  EXPECT_FALSE(a->Finish().ok());
+  EXPECT_FALSE(b->Finish().ok());
+  writer.join();
+}
+
 // A push that fails after its result began to stream ends the call with
 // the push's error (not OK), and the round stays open for a resend.
 TEST_F(ServiceTest, PushPullWhosePushFailsMidStreamEndsWithItsError) {
