@@ -15,8 +15,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "bench/model_shapes.h"
 #include "client/client.h"
-#include "tests/testing/model_shapes.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:7070", "weightd address.");
 ABSL_FLAG(int, rank, 0, "This worker's index, 0..workers-1.");
@@ -59,7 +59,7 @@ int main(int argc, char** argv) {
   std::vector<std::vector<std::int64_t>> shapes;
   const std::string layout = absl::GetFlag(FLAGS_layout);
   if (layout == "resnet") {
-    shapes = weightd::testing::ResNet50Shapes();
+    shapes = weightd::bench::ResNet50Shapes();
   } else {
     const int count = layout == "many" ? absl::GetFlag(FLAGS_count) : 1;
     const auto floats =
@@ -139,8 +139,8 @@ int main(int argc, char** argv) {
       }
     }
     if (rep >= 0) {
-      std::printf("{\"rep\": %d, \"secs\": %.9f, \"start\": %.9f}\n", rep,
-                  secs, start);
+      std::printf("{\"rep\": %d, \"secs\": %.9f, \"start\": %.9f}\n", rep, secs,
+                  start);
       std::fflush(stdout);
     }
   }

@@ -5,10 +5,10 @@
 #include <string>
 #include <vector>
 
+#include "bench/model_shapes.h"
 #include "client/types.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/testing/model_shapes.h"
 #include "tests/testing/status_matchers.h"
 
 namespace weightd {
@@ -110,7 +110,7 @@ TEST(PlaceTensor, AnotherShapeOfTheSameSizeGivesAnotherPartShape) {
 // at 2, 4 and 8 shards.
 TEST(PlaceTensor, TheDefaultSplitSpreadsResNet50Evenly) {
   const std::uint64_t split = ClientOptions{}.split_bytes;
-  const auto shapes = testing::ResNet50Shapes();
+  const auto shapes = bench::ResNet50Shapes();
   for (std::uint32_t shards : {2u, 4u, 8u}) {
     std::vector<std::uint64_t> bytes(shards, 0);
     std::uint64_t total = 0;

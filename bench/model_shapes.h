@@ -1,12 +1,13 @@
-// The shapes of a real model's shared tensors, for tests and benchmarks
-// that need more than one tensor of one size.
-#ifndef WEIGHTD_TESTS_TESTING_MODEL_SHAPES_H_
-#define WEIGHTD_TESTS_TESTING_MODEL_SHAPES_H_
+// The shapes of a real model's shared tensors, for the benchmarks and the
+// tests that need more than one tensor of one size. In bench/, not tests/:
+// the image's build context (.dockerignore) leaves tests/ out.
+#ifndef WEIGHTD_BENCH_MODEL_SHAPES_H_
+#define WEIGHTD_BENCH_MODEL_SHAPES_H_
 
 #include <cstdint>
 #include <vector>
 
-namespace weightd::testing {
+namespace weightd::bench {
 
 // ResNet-50's trainable tensors (conv weights, batch-norm scale and shift,
 // the classifier): 161 tensors, 25,557,032 floats.
@@ -36,6 +37,6 @@ inline std::vector<std::vector<std::int64_t>> ResNet50Shapes() {
   return shapes;
 }
 
-}  // namespace weightd::testing
+}  // namespace weightd::bench
 
-#endif  // WEIGHTD_TESTS_TESTING_MODEL_SHAPES_H_
+#endif  // WEIGHTD_BENCH_MODEL_SHAPES_H_
