@@ -45,10 +45,15 @@ absl::Status RetryWithBackoff(const RetryPolicy& policy, RetryEnv& env,
     if (env.Cancelled() && !status.ok()) return Cancellation::Status(what);
     if (status.ok() ||
         !(absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status))) {
-      if (attempts > 1) {
+      if (attempts > 1 && status.ok()) {
         env.Log(absl::StrCat(
             what, " to ", address, " went through again after ", attempts,
             " attempts in ", HumanDuration(env.Now() - start)));
+      } else if (attempts > 1) {  // Reached, but refused: not retried.
+        env.Log(absl::StrCat(what, " to ", address,
+                             " reached weightd again after ", attempts,
+                             " attempts in ", HumanDuration(env.Now() - start),
+                             ", and was refused: ", status.ToString()));
       }
       return status;
     }

@@ -90,6 +90,22 @@ TEST(RetryTest, PausesDoubleUpToTheCap) {
             "Push to host:1 went through again after 7 attempts in 3s");
 }
 
+// An attempt that reaches the server again but is refused (not retried)
+// must not be logged as having gone through.
+TEST(RetryTest, ARefusalAfterRetriesIsNotLoggedAsGoingThrough) {
+  FakeRetryEnv env;
+  Attempts attempts{Unavailable(2)};
+  attempts.failures.push_back(absl::AbortedError("the round moved on"));
+  EXPECT_THAT(RetryWithBackoff(Policy(), env, "PushPull", "host:1",
+                               [&] { return attempts(); }),
+              StatusIs(absl::StatusCode::kAborted));
+  EXPECT_EQ(attempts.calls, 3);
+  ASSERT_FALSE(env.logs.empty());
+  EXPECT_EQ(env.logs.back(),
+            "PushPull to host:1 reached weightd again after 3 attempts in "
+            "300ms, and was refused: ABORTED: the round moved on");
+}
+
 TEST(RetryTest, JitterScalesEachPauseNotTheSchedule) {
   FakeRetryEnv env;
   env.jitter = {0.5, 1.5, 1.0};
