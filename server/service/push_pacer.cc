@@ -34,8 +34,8 @@ bool PushPacer::Received(Id id, std::uint64_t bytes, Resume resume) {
     s.received += bytes;
     s.last_message = now;
     // This stream may have been the slowest: others may read on now.
-    ReleaseLocked(s.group, now, &resumes);
-    if (AheadLocked(s, now)) {
+    const std::uint64_t slowest = ReleaseLocked(s.group, now, &resumes);
+    if (Ahead(s, slowest)) {
       s.resume = std::move(resume);
       ++parked_;
       ++parks_;
@@ -105,23 +105,22 @@ std::uint64_t PushPacer::SlowestLocked(const std::string& group,
   return slowest;
 }
 
-bool PushPacer::AheadLocked(const Stream& s, absl::Time now) const {
-  const std::uint64_t slowest = SlowestLocked(s.group, now);
+bool PushPacer::Ahead(const Stream& s, std::uint64_t slowest) const {
   return slowest != UINT64_MAX && s.received > slowest + lead_bytes_;
 }
 
-void PushPacer::ReleaseLocked(const std::string& group, absl::Time now,
-                              std::vector<Resume>* out) {
+std::uint64_t PushPacer::ReleaseLocked(const std::string& group, absl::Time now,
+                                       std::vector<Resume>* out) {
   const std::uint64_t slowest = SlowestLocked(group, now);
   for (Id id : groups_.at(group)) {
     Stream& s = streams_.at(id);
-    if (s.resume &&
-        (slowest == UINT64_MAX || s.received <= slowest + lead_bytes_)) {
+    if (s.resume && !Ahead(s, slowest)) {
       out->push_back(std::move(s.resume));
       s.resume = nullptr;
       --parked_;
     }
   }
+  return slowest;
 }
 
 }  // namespace weightd::service

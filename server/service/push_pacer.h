@@ -78,13 +78,13 @@ class PushPacer {
   // live.
   std::uint64_t SlowestLocked(const std::string& group, absl::Time now) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Whether `s` is more than lead_bytes_ ahead of its group's slowest live
-  // stream.
-  bool AheadLocked(const Stream& s, absl::Time now) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Takes out the resumes of `group`'s parked streams that may read on.
-  void ReleaseLocked(const std::string& group, absl::Time now,
-                     std::vector<Resume>* out)
+  // Whether `s` is more than lead_bytes_ ahead of `slowest` (a group's
+  // SlowestLocked; UINT64_MAX: no live stream, so nobody is ahead).
+  bool Ahead(const Stream& s, std::uint64_t slowest) const;
+  // Takes out the resumes of `group`'s parked streams that may read on;
+  // returns the group's SlowestLocked.
+  std::uint64_t ReleaseLocked(const std::string& group, absl::Time now,
+                              std::vector<Resume>* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::uint64_t lead_bytes_;

@@ -22,6 +22,15 @@ class PushPacerTest : public ::testing::Test {
     return pacer_.Received(id, bytes, [this, id] { resumed_.push_back(id); });
   }
 
+  // Streams a, b, c of group "g": a and b 3 MiB in, so parked; c nothing.
+  std::vector<PushPacer::Id> TwoParkedAheadOfAThird() {
+    std::vector<PushPacer::Id> ids;
+    for (int i = 0; i < 3; ++i) ids.push_back(pacer_.Add("g"));
+    EXPECT_FALSE(Receive(ids[0], 3 * kMiB));
+    EXPECT_FALSE(Receive(ids[1], 3 * kMiB));
+    return ids;
+  }
+
   absl::Time now_ = absl::FromUnixSeconds(1000);
   PushPacer pacer_{kLead, kStall, [this] { return now_; }};
   std::vector<PushPacer::Id> resumed_;
@@ -43,11 +52,7 @@ TEST_F(PushPacerTest, AStreamAheadOfTheSlowestWaitsUntilItCatchesUp) {
 }
 
 TEST_F(PushPacerTest, TheSlowestStreamIsNeverHeldBack) {
-  const PushPacer::Id a = pacer_.Add("g");
-  const PushPacer::Id b = pacer_.Add("g");
-  const PushPacer::Id c = pacer_.Add("g");
-  EXPECT_FALSE(Receive(a, 3 * kMiB));
-  EXPECT_FALSE(Receive(b, 3 * kMiB));
+  const PushPacer::Id c = TwoParkedAheadOfAThird()[2];
   EXPECT_TRUE(Receive(c, kMiB / 2));  // 2.5 MiB behind both.
   EXPECT_TRUE(resumed_.empty());
   EXPECT_TRUE(Receive(c, kMiB / 2));  // 2 MiB behind both.
@@ -70,13 +75,9 @@ TEST_F(PushPacerTest,
 }
 
 TEST_F(PushPacerTest, AStreamThatEndsReleasesTheOthersAndHandsBackItsResume) {
-  const PushPacer::Id a = pacer_.Add("g");
-  const PushPacer::Id b = pacer_.Add("g");
-  const PushPacer::Id c = pacer_.Add("g");
-  EXPECT_FALSE(Receive(a, 3 * kMiB));
-  EXPECT_FALSE(Receive(b, 3 * kMiB));
-  EXPECT_EQ(pacer_.Remove(c), nullptr);  // The slowest ends: a, b level.
-  EXPECT_EQ(resumed_, (std::vector<PushPacer::Id>{a, b}));
+  const std::vector<PushPacer::Id> ids = TwoParkedAheadOfAThird();
+  EXPECT_EQ(pacer_.Remove(ids[2]), nullptr);  // The slowest ends: a, b level.
+  EXPECT_EQ(resumed_, (std::vector<PushPacer::Id>{ids[0], ids[1]}));
   resumed_.clear();
 
   // Removing a parked stream hands back its resume.

@@ -306,102 +306,109 @@ TEST_F(ServiceTest, PushPullStreamsTheResultWhileTheRoundIsOpen) {
   EXPECT_THAT(Stored("w"), ::testing::Each(3.0f));
 }
 
+// Two raw PushPulls of one tensor "w" of kBytes, for the pacing tests: b
+// sends its header and one chunk, then nothing (its worker froze); a sends
+// all of its push from a thread (its writes block while the server does
+// not read them).
+class PacedPushes {
+ public:
+  static constexpr std::uint64_t kBytes = service::kPushLeadBytes + (1 << 20);
+
+  // Starts b, waits until the server accepted b's header, then starts a.
+  void Start(v1::Weightd::Stub* stub, std::uint64_t lease_a,
+             std::uint64_t lease_b) {
+    for (grpc::ClientContext* c : {&ca_, &cb_}) {
+      c->set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::seconds(30));
+    }
+    const std::vector<float> values(kMinChunkBytes / 4, 2.0f);
+    b_ = stub->PushPull(&cb_);
+    ASSERT_TRUE(b_->Write(Message(Header(lease_b, 1, "w"))));
+    ASSERT_TRUE(b_->Write(Message(Chunk(0, 0, values))));
+    v1::PushPullResponse r;
+    ASSERT_TRUE(b_->Read(&r));  // The result's header: b's push is paced.
+    ASSERT_TRUE(r.has_header());
+    a_ = stub->PushPull(&ca_);
+    writer_ = std::thread([this, lease_a, values] {
+      a_->Write(Message(Header(lease_a, 1, "w")));
+      for (std::uint64_t off = 0; off < kBytes; off += kMinChunkBytes) {
+        if (!a_->Write(Message(Chunk(0, off, values)))) return;
+      }
+      a_->WritesDone();
+    });
+  }
+
+  // Cancels both calls unless `cancel` is false, drains them and returns
+  // their final statuses (a's, then b's).
+  std::pair<absl::Status, absl::Status> End(bool cancel) {
+    if (cancel) {
+      cb_.TryCancel();
+      ca_.TryCancel();
+    }
+    v1::PushPullResponse r;
+    while (a_ != nullptr && a_->Read(&r)) {
+    }
+    while (b_ != nullptr && b_->Read(&r)) {
+    }
+    if (writer_.joinable()) writer_.join();
+    return {a_ ? FromGrpcStatus(a_->Finish()) : absl::UnknownError("no a"),
+            b_ ? FromGrpcStatus(b_->Finish()) : absl::UnknownError("no b")};
+  }
+
+  ~PacedPushes() {
+    if (writer_.joinable()) End(true);
+  }
+
+ private:
+  static v1::PushPullRequest Message(const v1::PushRequest& m) {
+    v1::PushPullRequest out;
+    out.ParseFromString(m.SerializeAsString());
+    return out;
+  }
+
+  grpc::ClientContext ca_, cb_;
+  std::unique_ptr<
+      grpc::ClientReaderWriter<v1::PushPullRequest, v1::PushPullResponse>>
+      a_, b_;
+  std::thread writer_;
+};
+
 // The service stops reading a round's push that runs more than
 // kPushLeadBytes ahead of the round's slowest push (PushPacer), but a push
 // that stalled holds it back only briefly, not until a timeout.
 TEST_F(ServiceTest, APushPullIsPacedBehindAStalledPeerOnlyBriefly) {
-  constexpr std::uint64_t kBytes = service::kPushLeadBytes + (1 << 20);
-  constexpr std::uint64_t kFloats = kBytes / 4;
+  constexpr std::uint64_t kFloats = PacedPushes::kBytes / 4;
   const std::uint64_t lease[2] = {JoinZeros("a", kFloats),
                                   JoinZeros("b", kFloats)};
   ASSERT_NE(lease[0], 0u);
   ASSERT_NE(lease[1], 0u);
-  auto message = [](const v1::PushRequest& m) {
-    v1::PushPullRequest out;
-    out.ParseFromString(m.SerializeAsString());
-    return out;
-  };
-  const std::vector<float> values(kMinChunkBytes / 4, 2.0f);
-  grpc::ClientContext ca, cb;
-  for (grpc::ClientContext* c : {&ca, &cb}) {
-    c->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::seconds(30));
-  }
-  // b sends one chunk, then nothing: its worker froze.
-  auto b = stub_->PushPull(&cb);
-  ASSERT_TRUE(b->Write(message(Header(lease[1], 1, "w"))));
-  ASSERT_TRUE(b->Write(message(Chunk(0, 0, values))));
-  v1::PushPullResponse r;
-  ASSERT_TRUE(b->Read(&r));  // The result's header: b's push is paced.
-  ASSERT_TRUE(r.has_header());
-  // a sends all of its push (its writes block while the server does not
-  // read them).
-  auto a = stub_->PushPull(&ca);
-  std::thread writer([&] {
-    a->Write(message(Header(lease[0], 1, "w")));
-    for (std::uint64_t offset = 0; offset < kBytes; offset += kMinChunkBytes) {
-      if (!a->Write(message(Chunk(0, offset, values)))) return;
-    }
-    a->WritesDone();
-  });
+  PacedPushes pushes;
+  ASSERT_NO_FATAL_FAILURE(pushes.Start(stub_.get(), lease[0], lease[1]));
   // Held back while b counts as live (it sent within the last 500 ms),
   EXPECT_FALSE(AwaitContributions("w", 1, absl::Milliseconds(300)));
   // then let on: a's whole push arrives although b's never does.
   EXPECT_TRUE(AwaitContributions("w", 1, absl::Seconds(10)));
-  cb.TryCancel();
-  ca.TryCancel();
-  writer.join();
-  while (a->Read(&r)) {
-  }
-  while (b->Read(&r)) {
-  }
-  a->Finish();
-  b->Finish();
+  pushes.End(/*cancel=*/true);
 }
 
 // A daemon that stops while a push is paced ends every call, the parked
-// one's too, rather than waiting for the stall rule or hanging.
+// one's too, at once: not at the calls' 30 s deadline.
 TEST_F(ServiceTest, AServerStoppingWhileAPushIsPacedEndsEveryCall) {
-  constexpr std::uint64_t kBytes = service::kPushLeadBytes + (1 << 20);
-  constexpr std::uint64_t kFloats = kBytes / 4;
+  constexpr std::uint64_t kFloats = PacedPushes::kBytes / 4;
   const std::uint64_t lease[2] = {JoinZeros("a", kFloats),
                                   JoinZeros("b", kFloats)};
   ASSERT_NE(lease[0], 0u);
   ASSERT_NE(lease[1], 0u);
-  auto message = [](const v1::PushRequest& m) {
-    v1::PushPullRequest out;
-    out.ParseFromString(m.SerializeAsString());
-    return out;
-  };
-  const std::vector<float> values(kMinChunkBytes / 4, 2.0f);
-  grpc::ClientContext ca, cb;
-  for (grpc::ClientContext* c : {&ca, &cb}) {
-    c->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::seconds(30));
-  }
-  auto b = stub_->PushPull(&cb);
-  ASSERT_TRUE(b->Write(message(Header(lease[1], 1, "w"))));
-  ASSERT_TRUE(b->Write(message(Chunk(0, 0, values))));
-  v1::PushPullResponse r;
-  ASSERT_TRUE(b->Read(&r));
-  auto a = stub_->PushPull(&ca);
-  std::thread writer([&] {
-    a->Write(message(Header(lease[0], 1, "w")));
-    for (std::uint64_t offset = 0; offset < kBytes; offset += kMinChunkBytes) {
-      if (!a->Write(message(Chunk(0, offset, values)))) return;
-    }
-    a->WritesDone();
-  });
+  PacedPushes pushes;
+  ASSERT_NO_FATAL_FAILURE(pushes.Start(stub_.get(), lease[0], lease[1]));
   // a is parked behind b for 500 ms; the server stops meanwhile.
   absl::SleepFor(absl::Milliseconds(100));
   server_.reset();
-  while (a->Read(&r)) {
+  auto [a, b] = pushes.End(/*cancel=*/false);
+  for (const absl::Status& s : {a, b}) {
+    EXPECT_FALSE(s.ok()) << s;
+    EXPECT_FALSE(absl::IsDeadlineExceeded(s)) << s;
   }
-  while (b->Read(&r)) {
-  }
-  EXPECT_FALSE(a->Finish().ok());
-  EXPECT_FALSE(b->Finish().ok());
-  writer.join();
 }
 
 // A push that fails after its result began to stream ends the call with
