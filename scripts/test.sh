@@ -23,18 +23,15 @@ scripts/install_deps.sh
 # package's native part (python/, ctest label python).
 scripts/build.sh build/release -DWEIGHTD_BUILD_PYTHON=ON
 
-# clang's -Wthread-safety checks the lock annotations (g++ ignores them),
-# the tests' own too; the unit tests run from this tree as well.
-CXX=clang++ scripts/build.sh build/thread-safety \
-  -DCMAKE_BUILD_TYPE=Debug -DWEIGHTD_THREAD_SAFETY=ON \
-  -DWEIGHTD_BUILD_TESTS=ON -DWEIGHTD_BUILD_EXAMPLES=OFF \
-  -DWEIGHTD_BUILD_BENCHMARKS=OFF
-
 # The unit and service tests again under AddressSanitizer (with leak
 # checks) and UndefinedBehaviorSanitizer, built with clang, plus the
-# libFuzzer target (run for 60 s as a ctest test labelled fuzz).
+# libFuzzer target (run for 60 s as a ctest test labelled fuzz). The same
+# clang build checks the lock annotations (-Wthread-safety -Werror; g++
+# ignores them), the tests' own too: one tree, not a second build of
+# everything.
 CXX=clang++ scripts/build.sh build/asan \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWEIGHTD_BUILD_EXAMPLES=OFF -DWEIGHTD_BUILD_BENCHMARKS=OFF -DWEIGHTD_FUZZ=ON \
+  -DWEIGHTD_THREAD_SAFETY=ON \
   "-DCMAKE_CXX_FLAGS=-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
   "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined"
 
@@ -54,9 +51,6 @@ CC=clang CXX=clang++ scripts/build.sh build/tsan \
 echo "test: ctest in build/release"
 status=0
 ctest --test-dir build/release --output-on-failure -j 2 --timeout 900 "$@" || status=1
-echo "test: unit tests of the -Wthread-safety tree in build/thread-safety"
-ctest --test-dir build/thread-safety --output-on-failure -j 2 --timeout 900 \
-  -L unit "$@" || status=1
 echo "test: ctest under ASan/UBSan in build/asan"
 # Debian's gRPC and Abseil are not instrumented, and ASan's
 # container-overflow check can misfire on containers that code fills.
