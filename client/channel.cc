@@ -2,8 +2,10 @@
 
 #include <chrono>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "client/credentials.h"
 #include "common/duration.h"
 #include "common/grpc_status.h"
 #include "common/names.h"
@@ -24,8 +26,20 @@ constexpr int kStreamWindowBytes = 4 << 20;
 
 }  // namespace
 
-std::unique_ptr<ShardClient::Channel> ShardClient::OpenChannel(
-    const std::string& address) {
+std::string ShardClient::WhyUnreachable() const {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(1));
+  context.set_wait_for_ready(false);
+  v1::GetStatusResponse response;
+  const grpc::Status status =
+      channel_->stub->GetStatus(&context, {}, &response);
+  if (status.ok()) return "reachable now";
+  return status.error_message();
+}
+
+absl::StatusOr<std::unique_ptr<ShardClient::Channel>> ShardClient::OpenChannel(
+    const TlsOptions& tls, const std::string& address) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -41,8 +55,11 @@ std::unique_ptr<ShardClient::Channel> ShardClient::OpenChannel(
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  return std::make_unique<Channel>(grpc::CreateCustomChannel(
-      address, grpc::InsecureChannelCredentials(), args));
+  WEIGHTD_ASSIGN_OR_RETURN(
+      std::shared_ptr<grpc::ChannelCredentials> credentials,
+      ChannelCredentials(tls, address, args));
+  return std::make_unique<Channel>(
+      grpc::CreateCustomChannel(address, credentials, args));
 }
 
 absl::Status Annotate(const grpc::Status& status, absl::string_view call) {
@@ -60,13 +77,17 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(
     const ClientOptions& options, const std::string& address,
     std::uint64_t instance) {
   WEIGHTD_RETURN_IF_ERROR(ValidateName("worker id", options.worker_id));
+  WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<Channel> channel,
+                           OpenChannel(options.tls, address));
   std::unique_ptr<ShardClient> client(
-      new ShardClient(options, address, OpenChannel(address), instance));
+      new ShardClient(options, address, std::move(channel), instance));
   // Waits in short slices: a cancellation ends the wait at once, and the
   // wait is reported while it lasts.
   const absl::Time start = absl::Now();
   const absl::Time give_up = start + options.connect_timeout;
   absl::Time reported = absl::InfinitePast();
+  absl::Time asked = absl::InfinitePast();
+  std::string why = "not reachable yet";
   for (;;) {
     if (client->Cancelled()) return Cancellation::Status("Connect");
     const absl::Time slice =
@@ -76,19 +97,31 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(
       break;
     }
     const absl::Time now = absl::Now();
+    if (now - asked >= absl::Seconds(1) &&
+        client->channel_->channel->GetState(false) ==
+            GRPC_CHANNEL_TRANSIENT_FAILURE) {
+      asked = now;
+      why = client->WhyUnreachable();
+      // A certificate that does not verify will not verify on the next
+      // attempt either: say so now rather than at the end of the timeout.
+      if (UsesTls(options.tls) && IsTlsFailure(why)) {
+        return absl::UnavailableError(absl::StrCat(
+            "the TLS handshake with weightd at ", address, " failed: ", why,
+            "; ", ConnectHint(options.tls, why)));
+      }
+    }
     if (now >= give_up) {
       return absl::UnavailableError(absl::StrCat(
           "cannot reach weightd at ", address, " within ",
           absl::FormatDuration(options.connect_timeout),
-          " (--connect_timeout); is it running and is its port open?"));
+          " (--connect_timeout): ", why, "; ", ConnectHint(options.tls, why)));
     }
     if (now - start >= absl::Seconds(1) &&
         now - reported >= options.progress_interval) {
       reported = now;
-      client->Log(absl::StrCat("waiting for weightd at ", address, " (",
-                               HumanDuration(now - start), " of ",
-                               absl::FormatDuration(options.connect_timeout),
-                               "): not reachable yet"));
+      client->Log(absl::StrCat(
+          "waiting for weightd at ", address, " (", HumanDuration(now - start),
+          " of ", absl::FormatDuration(options.connect_timeout), "): ", why));
     }
   }
   // The chunk size is the server's: learn it before sending any payload.

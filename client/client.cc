@@ -16,6 +16,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "client/buffer_checks.h"
+#include "client/credentials.h"
 #include "client/shard_client.h"
 #include "common/status_macros.h"
 
@@ -28,6 +29,7 @@ struct Resolved {
   // Nothing to wait for: an IP address, or not a host name at all (e.g.
   // "unix:/path").
   bool fixed = true;
+  std::string host;  // The name resolved (its certificate's name under TLS).
   std::vector<std::string> ipv4;
   std::vector<std::string> ipv6;
 };
@@ -51,6 +53,7 @@ Resolved ResolveAll(absl::string_view target) {
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_NUMERICHOST;
   addrinfo* found = nullptr;
+  out.host = host;
   out.fixed = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found) == 0;
   if (found != nullptr) ::freeaddrinfo(found);
   found = nullptr;
@@ -157,7 +160,13 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
         ": give every shard's address, or a name that resolves to all of "
         "them"));
   }
-  WEIGHTD_ASSIGN_OR_RETURN(shards, ConnectAll(options, resolved, instance));
+  // The shards are dialled by address; under TLS their certificates are
+  // checked against the name they were found by.
+  ClientOptions by_address = options;
+  if (by_address.tls.server_name.empty()) {
+    by_address.tls.server_name = UsesTls(options.tls) ? found.host : "";
+  }
+  WEIGHTD_ASSIGN_OR_RETURN(shards, ConnectAll(by_address, resolved, instance));
   return absl::WrapUnique(new Client(options, std::move(shards)));
 }
 

@@ -26,6 +26,23 @@ struct TensorRef {
   absl::Span<float> data;
 };
 
+// TLS towards the servers (docs/security.md). TLS is on when `ca_file` is
+// set; the other fields need it. A Unix-socket address ("unix:PATH") never
+// uses TLS: the socket file's permissions decide who may connect.
+struct TlsOptions {
+  // PEM bundle of the CA(s) that signed the servers' certificates.
+  std::string ca_file;
+  // This worker's certificate chain and private key (PEM, the key
+  // unencrypted), for servers that ask for client certificates (mutual
+  // TLS). Both or neither. Re-read when they change on disk.
+  std::string cert_file;
+  std::string key_file;
+  // The name the server's certificate must carry, when it is not the host
+  // of the address dialled (an IP address, a tunnel). A headless-service
+  // name resolved to its shards' addresses is checked against that name.
+  std::string server_name;
+};
+
 struct ClientOptions {
   // Where weightd runs: one gRPC target ("127.0.0.1:7070",
   // "unix:/run/weightd.sock"), or the shards of a sharded deployment as a
@@ -83,6 +100,7 @@ struct ClientOptions {
   // access), the stream calls carry them. Which one a worker uses is
   // logged at Join. Off: always the stream calls.
   bool shared_memory = true;
+  TlsOptions tls;
 };
 
 struct PushOptions {

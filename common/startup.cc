@@ -58,6 +58,12 @@ constexpr EnvironmentVariable kEnvironment[] = {
     // weightd: every flag, as its usage message says.
     {"WEIGHTD_LISTEN", "weightd", "listen"},
     {"WEIGHTD_UNIX_SOCKET", "weightd", "unix_socket"},
+    {"WEIGHTD_UNIX_SOCKET_MODE", "weightd", "unix_socket_mode"},
+    {"WEIGHTD_TLS_CERT", "weightd", "tls_cert"},
+    {"WEIGHTD_TLS_KEY", "weightd", "tls_key"},
+    {"WEIGHTD_TLS_CLIENT_CA", "weightd", "tls_client_ca"},
+    {"WEIGHTD_TLS_RELOAD_INTERVAL", "weightd", "tls_reload_interval"},
+    {"WEIGHTD_INSECURE", "weightd", "insecure"},
     {"WEIGHTD_SHARED_MEMORY", "weightd", "shared_memory"},
     {"WEIGHTD_PACE_PUSHES", "weightd", "pace_pushes"},
     {"WEIGHTD_SHARD_INDEX", "weightd", "shard_index"},
@@ -84,6 +90,17 @@ constexpr EnvironmentVariable kEnvironment[] = {
     // of --server; weightd_worker reads it itself (its default of --server).
     {"WEIGHTD_SERVERS", "weightctl", "server"},
     {"WEIGHTD_SERVERS", "weightd_worker", ""},
+    // TLS towards the servers (client/tls_flags.h), for every client
+    // program: the CA that signed the servers' certificates, this client's
+    // certificate and key (mutual TLS), the name to check.
+    {"WEIGHTD_TLS_CA", "weightctl", "tls_ca"},
+    {"WEIGHTD_TLS_CERT", "weightctl", "tls_cert"},
+    {"WEIGHTD_TLS_KEY", "weightctl", "tls_key"},
+    {"WEIGHTD_TLS_SERVER_NAME", "weightctl", "tls_server_name"},
+    {"WEIGHTD_TLS_CA", "weightd_worker", "tls_ca"},
+    {"WEIGHTD_TLS_CERT", "weightd_worker", "tls_cert"},
+    {"WEIGHTD_TLS_KEY", "weightd_worker", "tls_key"},
+    {"WEIGHTD_TLS_SERVER_NAME", "weightd_worker", "tls_server_name"},
     // scripts/build.sh and scripts/tsan_deps.sh: parallel compile jobs.
     {"WEIGHTD_BUILD_JOBS", "scripts/build.sh", ""},
     // Substituted by Compose in deploy/docker-compose*.yml (often exported
@@ -335,7 +352,12 @@ absl::Status ParseFlags(const std::vector<std::string>& args,
 }
 
 absl::Status CheckFlags(const Program& program, const FlagSources& sources) {
-  for (const std::string& name : FlagsOfFile(program.main_file)) {
+  std::vector<std::string> names = FlagsOfFile(program.main_file);
+  for (const std::string& file : program.library_flag_files) {
+    const std::vector<std::string> more = FlagsOfFile(file);
+    names.insert(names.end(), more.begin(), more.end());
+  }
+  for (const std::string& name : names) {
     const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
     const absl::optional<absl::Duration> d = flag->TryGet<absl::Duration>();
     if (d.has_value() && *d < absl::ZeroDuration()) {
@@ -361,8 +383,13 @@ absl::Status CheckFlags(const Program& program, const FlagSources& sources) {
 
 std::vector<char*> StartProgram(const Program& program, int argc, char** argv) {
   absl::FlagsUsageConfig config;
-  auto matches = [file = program.main_file](absl::string_view f) {
-    return absl::EndsWith(f, file);
+  std::vector<std::string> files = program.library_flag_files;
+  files.push_back(program.main_file);
+  auto matches = [files](absl::string_view f) {
+    for (const std::string& file : files) {
+      if (absl::EndsWith(f, file)) return true;
+    }
+    return false;
   };
   config.contains_help_flags = matches;
   config.contains_helpshort_flags = matches;

@@ -44,6 +44,9 @@ struct Program {
   std::string main_file;  // "server/main.cc": --help lists the flags defined
                           // in the file whose path ends with it
   std::vector<FlagCheck> checks;  // run in order on the final values
+  // More files whose flags are the program's (--help lists them, their
+  // durations are checked): a library's flags, "client/tls_flags.cc".
+  std::vector<std::string> library_flag_files = {};
 };
 
 // A WEIGHTD_* environment variable of the project.

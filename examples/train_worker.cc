@@ -59,6 +59,7 @@
 #include "absl/types/span.h"
 #include "client/client.h"
 #include "client/shard_plan.h"
+#include "client/tls_flags.h"
 #include "common/startup.h"
 #include "common/status_macros.h"
 #include "examples/fashion_mnist.h"
@@ -448,9 +449,11 @@ absl::Status Run(WorkerConfig config, SteadyClock::time_point start,
                         .wire_format = config.wire_format,
                         .split_bytes = config.split_bytes,
                         .cancellation = cancellation,
-                        .log = [prefix](absl::string_view line) {
-                          absl::FPrintF(stderr, "%s: %s\n", prefix, line);
-                        }};
+                        .log =
+                            [prefix](absl::string_view line) {
+                              absl::FPrintF(stderr, "%s: %s\n", prefix, line);
+                            },
+                        .tls = TlsOptionsFromFlags()};
   absl::StatusOr<std::unique_ptr<Client>> connected = Client::Connect(options);
   if (absl::IsCancelled(connected.status()) && Stopping()) {
     absl::FPrintF(stderr, "%s: stopping on a signal before connecting\n",
@@ -526,7 +529,8 @@ int main(int argc, char** argv) {
        "Trains a Fashion-MNIST MLP on one data shard, averaging its weights "
        "with other workers through a weightd server.",
        "examples/train_worker.cc",
-       {}},
+       {},
+       {weightd::kTlsFlagsFile}},
       argc, argv);
   if (positional.size() > 1) {
     std::cerr << "weightd_worker: unexpected argument " << positional[1]

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -33,6 +34,25 @@ ABSL_FLAG(std::string, unix_socket, "",
           "Also listen on this Unix-domain socket path (workers on the same "
           "host, or sharing a volume in Compose, dial unix:PATH). Empty: "
           "TCP only.");
+ABSL_FLAG(std::string, unix_socket_mode, "0660",
+          "Permissions of the --unix_socket file, in octal: who on this "
+          "host may connect (owner and group by default).");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain to serve TLS with on --listen (with "
+          "--tls_key). Re-read when it changes (--tls_reload_interval): new "
+          "connections get the new one, open ones keep theirs.");
+ABSL_FLAG(std::string, tls_key, "",
+          "PEM private key of --tls_cert (unencrypted; protect it by file "
+          "permissions).");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM bundle of CAs: with it, every client must present a "
+          "certificate signed by one of them (mutual TLS).");
+ABSL_FLAG(absl::Duration, tls_reload_interval, absl::Seconds(10),
+          "How often the TLS files are read again.");
+ABSL_FLAG(bool, insecure, false,
+          "Serve plaintext on --listen, on purpose (e.g. a private network "
+          "or a test). Without TLS flags and without this, weightd serves "
+          "plaintext and warns at start.");
 ABSL_FLAG(bool, shared_memory, true,
           "Let workers on this host move their values through shared memory "
           "(a memfd each hands over; docs/protocol.md, section 11). false: "
@@ -232,6 +252,37 @@ int main(int argc, char** argv) {
   weightd::service::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.unix_socket = absl::GetFlag(FLAGS_unix_socket);
+  const std::string socket_mode = absl::GetFlag(FLAGS_unix_socket_mode);
+  char* mode_end = nullptr;
+  options.unix_socket_mode = static_cast<std::uint32_t>(
+      std::strtoul(socket_mode.c_str(), &mode_end, 8));
+  if (socket_mode.empty() || *mode_end != '\0' ||
+      options.unix_socket_mode > 0777) {
+    return Fail(absl::StrCat("--unix_socket_mode=", socket_mode,
+                             ": use an octal mode from 0 to 0777, e.g. 0660"));
+  }
+  options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.tls.reload_interval = absl::GetFlag(FLAGS_tls_reload_interval);
+  const bool tls = !options.tls.cert_file.empty() ||
+                   !options.tls.key_file.empty() ||
+                   !options.tls.client_ca_file.empty();
+  if (tls && absl::GetFlag(FLAGS_insecure)) {
+    return Fail(
+        "--insecure and TLS flags (--tls_cert, --tls_key, --tls_client_ca) "
+        "contradict each other: give one or the other");
+  }
+  if (tls && (options.tls.cert_file.empty() || options.tls.key_file.empty())) {
+    return Fail(
+        "TLS needs both --tls_cert and --tls_key (--tls_client_ca adds "
+        "client certificates to them)");
+  }
+  if (options.tls.reload_interval < absl::Seconds(1)) {
+    return Fail(absl::StrCat("--tls_reload_interval=",
+                             absl::FormatDuration(options.tls.reload_interval),
+                             ": must be at least 1s"));
+  }
   options.shared_memory = absl::GetFlag(FLAGS_shared_memory);
   options.pace_pushes = absl::GetFlag(FLAGS_pace_pushes);
   std::string shard = absl::GetFlag(FLAGS_shard_index);
@@ -325,6 +376,18 @@ int main(int argc, char** argv) {
   };
   auto server = weightd::service::Server::Start(options);
   if (!server.ok()) return Fail(std::string(server.status().message()));
+  if (!tls && !absl::StartsWith(options.listen_address, "unix")) {
+    if (absl::GetFlag(FLAGS_insecure)) {
+      spdlog::info("plaintext on {} (--insecure)", (*server)->address());
+    } else {
+      spdlog::warn(
+          "serving plaintext on {}: whoever reaches this port can join as "
+          "any worker, read and overwrite every tensor, and see the calls "
+          "in clear. Give --tls_cert and --tls_key (docs/security.md), or "
+          "--insecure to say plaintext is intended",
+          (*server)->address());
+    }
+  }
   spdlog::info(
       "weightd serving on {}{} (mode={} chunk_bytes={} server_lr={} "
       "shard={}/{})",

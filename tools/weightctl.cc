@@ -18,6 +18,8 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "client/credentials.h"
+#include "client/tls_flags.h"
 #include "common/startup.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "weightd/v1/weightd.grpc.pb.h"
@@ -40,12 +42,15 @@ std::chrono::system_clock::time_point Deadline() {
 }
 
 int Failed(const char* what, const grpc::Status& status) {
-  std::fprintf(stderr, "weightctl: %s: %s: %s\n", what,
-               status.error_code() == grpc::StatusCode::UNAVAILABLE
-                   ? "UNAVAILABLE"
-                   : "error",
-               status.error_message().c_str());
-  return status.error_code() == grpc::StatusCode::UNAVAILABLE ? 2 : 1;
+  const bool unavailable = status.error_code() == grpc::StatusCode::UNAVAILABLE;
+  const std::string hint =
+      unavailable ? "; " + weightd::ConnectHint(weightd::TlsOptionsFromFlags(),
+                                                status.error_message())
+                  : "";
+  std::fprintf(stderr, "weightctl: %s: %s: %s%s\n", what,
+               unavailable ? "UNAVAILABLE" : "error",
+               status.error_message().c_str(), hint.c_str());
+  return unavailable ? 2 : 1;
 }
 
 int Health(const std::shared_ptr<grpc::Channel>& channel) {
@@ -131,11 +136,13 @@ int main(int argc, char** argv) {
       "weightctl",
       kUsage,
       "tools/weightctl.cc",
-      {{"timeout", [] {
+      {{"timeout",
+        [] {
           return absl::GetFlag(FLAGS_timeout) > absl::ZeroDuration()
                      ? std::string()
                      : std::string("must be > 0, e.g. 5s");
-        }}}};
+        }}},
+      {weightd::kTlsFlagsFile}};
   std::vector<char*> args = weightd::StartProgram(program, argc, argv);
   if (args.size() != 2) {
     std::fprintf(stderr,
@@ -145,8 +152,15 @@ int main(int argc, char** argv) {
   }
   std::string address = absl::GetFlag(FLAGS_server);
   if (address.empty()) address = "127.0.0.1:7070";
-  auto channel =
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  grpc::ChannelArguments channel_args;
+  const auto credentials = weightd::ChannelCredentials(
+      weightd::TlsOptionsFromFlags(), address, channel_args);
+  if (!credentials.ok()) {
+    std::fprintf(stderr, "weightctl: %s\n",
+                 std::string(credentials.status().message()).c_str());
+    return 2;
+  }
+  auto channel = grpc::CreateCustomChannel(address, *credentials, channel_args);
   const std::string command = args[1];
   if (command == "health") return Health(channel);
   if (command == "status") return Status(channel);

@@ -19,6 +19,7 @@ the server's message. Ctrl-C during a call ends it promptly with
 
 from __future__ import annotations
 
+import os
 import typing
 
 __all__ = [
@@ -147,6 +148,13 @@ class Client:
     - ``shared_memory``: on the daemon's host, move values through a
       shared-memory segment instead of the gRPC stream (chosen at join when
       the daemon can map it, else the stream; the client logs which).
+    - ``tls_ca``: PEM bundle of the CA(s) that signed the servers'
+      certificates: connect with TLS (default: ``$WEIGHTD_TLS_CA``, else
+      plaintext). ``tls_cert`` and ``tls_key``: this worker's certificate
+      and key, for servers that require client certificates (default:
+      ``$WEIGHTD_TLS_CERT``, ``$WEIGHTD_TLS_KEY``). ``tls_server_name``: the
+      name the servers' certificates must carry if not the host dialled
+      (default: ``$WEIGHTD_TLS_SERVER_NAME``). See docs/security.md.
 
     Raises ``Unavailable`` if the server cannot be reached in time,
     ``ValueError`` for an option that cannot work. One client per thread:
@@ -160,11 +168,21 @@ class Client:
                  wire_format: str = "float32", split_bytes: int = 256 << 10,
                  log: typing.Optional[typing.Callable[[str], None]] = None,
                  progress_interval: float = 10.0,
-                 held_id_wait: float = 20.0, shared_memory: bool = True):
+                 held_id_wait: float = 20.0, shared_memory: bool = True,
+                 tls_ca: typing.Optional[str] = None,
+                 tls_cert: typing.Optional[str] = None,
+                 tls_key: typing.Optional[str] = None,
+                 tls_server_name: typing.Optional[str] = None):
+        def env(value, name):
+            return os.environ.get(name, "") if value is None else value
+
         self._native = _weightd.Client(
             address, worker_id, call_timeout, connect_timeout, heartbeat,
             retry_budget, initial_backoff, max_backoff, wire_format,
-            split_bytes, log, progress_interval, held_id_wait, shared_memory)
+            split_bytes, log, progress_interval, held_id_wait, shared_memory,
+            env(tls_ca, "WEIGHTD_TLS_CA"), env(tls_cert, "WEIGHTD_TLS_CERT"),
+            env(tls_key, "WEIGHTD_TLS_KEY"),
+            env(tls_server_name, "WEIGHTD_TLS_SERVER_NAME"))
 
     def join(self, tensors: Tensors) -> None:
         """Declares the tensors your model shares (name -> numpy array or

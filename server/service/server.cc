@@ -6,11 +6,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
@@ -67,8 +70,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
+  if (!options.tls.cert_file.empty()) {
+    WEIGHTD_ASSIGN_OR_RETURN(server->tls_, ServerTls::Create(options.tls));
+  } else if (!options.tls.key_file.empty() ||
+             !options.tls.client_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "a TLS key or client CA needs the server's certificate too");
+  }
   builder.AddListeningPort(options.listen_address,
-                           grpc::InsecureServerCredentials(), &port);
+                           server->tls_ != nullptr
+                               ? server->tls_->credentials()
+                               : grpc::InsecureServerCredentials(),
+                           &port);
+  if (options.unix_socket_mode > 0777) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Unix socket mode %#o is not a permission mode (0 to 0777)",
+        options.unix_socket_mode));
+  }
   if (!options.unix_socket.empty()) {
     struct stat st;
     if (::lstat(options.unix_socket.c_str(), &st) == 0 &&
@@ -107,7 +125,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
                              static_cast<int>(2 * options.store.chunk_bytes));
+  // The socket is made with the mode asked for, not opened wider first and
+  // narrowed by the chmod below (the umask is the process's: restored at
+  // once).
+  const mode_t umask = options.unix_socket.empty()
+                           ? 0
+                           : ::umask(~options.unix_socket_mode & 0777);
   server->server_ = builder.BuildAndStart();
+  if (!options.unix_socket.empty()) {
+    ::umask(umask);
+    if (server->server_ != nullptr &&
+        ::chmod(options.unix_socket.c_str(), options.unix_socket_mode) != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot set the mode of the Unix socket ",
+                       options.unix_socket, ": ", std::strerror(errno)));
+    }
+  }
   const bool unix_socket = absl::StartsWith(options.listen_address, "unix:");
   if (server->server_ == nullptr || (!unix_socket && port == 0)) {
     return absl::UnavailableError(absl::StrCat(
@@ -227,6 +260,7 @@ void Server::HousekeepingLoop() {
   period = std::clamp(period, absl::Milliseconds(10), absl::Milliseconds(250));
   while (!stop_housekeeping_.WaitForNotificationWithTimeout(period)) {
     store_->ExpireLeases();
+    if (tls_ != nullptr) tls_->Poll(absl::Now());
     service_->SweepSegments();
     service_->TickPacer();
     store_->CloseOverdueRounds();

@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "server/core/options.h"
 #include "server/core/tensor_store.h"
+#include "server/service/server_tls.h"
 #include "server/storage/file_system.h"
 #include "server/storage/snapshot.h"
 #include "server/storage/snapshotter.h"
@@ -35,6 +36,12 @@ struct ServerOptions {
   // path for workers on the same host or sharing a volume with it. A stale
   // socket file from an earlier run is replaced.
   std::string unix_socket;
+  // The Unix socket file's permission bits (who on this host may connect).
+  std::uint32_t unix_socket_mode = 0660;
+  // TLS on listen_address (server/service/server_tls.h); an empty
+  // cert_file serves plaintext. The Unix socket never uses TLS: its file
+  // permissions decide who may connect.
+  TlsFiles tls;
   // This server's place among the shards of a deployment: it holds the
   // tensors (or row ranges) that clients given all `shard_count` servers
   // send it. Index in [0, shard_count).
@@ -108,6 +115,7 @@ class Server {
   std::unique_ptr<storage::Snapshotter> snapshotter_;
   std::atomic<storage::Snapshotter*> round_sink_{nullptr};
   std::unique_ptr<WeightdService> service_;
+  std::unique_ptr<ServerTls> tls_;  // Null: plaintext.
   std::unique_ptr<grpc::Server> server_;
   std::once_flag shutdown_once_;
   absl::Status final_snapshot_;

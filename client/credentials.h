@@ -1,0 +1,46 @@
+// The credentials of a channel to weightd: plaintext, or TLS from
+// TlsOptions (client/types.h), with the files checked first. For the
+// client library and the programs that open channels of their own
+// (weightctl).
+#ifndef WEIGHTD_CLIENT_CREDENTIALS_H_
+#define WEIGHTD_CLIENT_CREDENTIALS_H_
+
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "client/types.h"
+
+namespace weightd {
+
+// Credentials for a channel to `target` ("HOST:PORT", "unix:PATH"), with
+// the channel arguments they need (the server name to check) added to
+// `args`. A "unix:" target gets plaintext whatever `tls` says.
+// INVALID_ARGUMENT naming the option and the fix: fields set without
+// ca_file, a certificate without its key or the other way round, a file
+// that cannot be read or parsed, a key of another certificate, an expired
+// certificate.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
+    const TlsOptions& tls, absl::string_view target,
+    grpc::ChannelArguments& args);
+
+// Whether `tls` asks for TLS at all (ca_file set).
+inline bool UsesTls(const TlsOptions& tls) { return !tls.ca_file.empty(); }
+
+// Whether gRPC's reason for a failed connection (`why`: "failed to connect
+// to all addresses; last error: ...") is a TLS handshake that failed on
+// this side: a certificate that did not verify will not on the next try.
+bool IsTlsFailure(absl::string_view why);
+
+// What a person should check when a channel made with `tls` cannot
+// connect for reason `why`: the TLS options that fit the failure, or
+// whether the server runs at all. One sentence, no trailing period.
+std::string ConnectHint(const TlsOptions& tls, absl::string_view why);
+
+}  // namespace weightd
+
+#endif  // WEIGHTD_CLIENT_CREDENTIALS_H_
