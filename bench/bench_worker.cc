@@ -17,7 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "bench/model_shapes.h"
 #include "client/client.h"
-#include "client/tls_flags.h"
+#include "client/credential_flags.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:7070", "weightd address.");
 ABSL_FLAG(int, rank, 0, "This worker's index, 0..workers-1.");
@@ -84,6 +84,13 @@ int main(int argc, char** argv) {
   options.split_bytes = absl::GetFlag(FLAGS_split_bytes);
   options.shared_memory = absl::GetFlag(FLAGS_shared_memory);
   options.tls = weightd::TlsOptionsFromFlags();
+  absl::StatusOr<std::string> token = weightd::TokenFromFlags();
+  if (!token.ok()) {
+    std::fprintf(stderr, "bench_worker: %s\n",
+                 std::string(token.status().message()).c_str());
+    return 2;
+  }
+  options.token = *std::move(token);
   if (!weightd::ParseWireFormat(absl::GetFlag(FLAGS_wire_format),
                                 &options.wire_format)) {
     std::fprintf(stderr, "bench_worker: unknown --wire_format\n");

@@ -39,7 +39,7 @@ std::string ShardClient::WhyUnreachable() const {
 }
 
 absl::StatusOr<std::unique_ptr<ShardClient::Channel>> ShardClient::OpenChannel(
-    const TlsOptions& tls, const std::string& address) {
+    const ClientOptions& options, const std::string& address) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -56,10 +56,9 @@ absl::StatusOr<std::unique_ptr<ShardClient::Channel>> ShardClient::OpenChannel(
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   WEIGHTD_ASSIGN_OR_RETURN(
-      std::shared_ptr<grpc::ChannelCredentials> credentials,
-      ChannelCredentials(tls, address, args));
-  return std::make_unique<Channel>(
-      grpc::CreateCustomChannel(address, credentials, args));
+      std::shared_ptr<grpc::Channel> channel,
+      CreateChannel(options.tls, options.token, address, args));
+  return std::make_unique<Channel>(std::move(channel));
 }
 
 absl::Status Annotate(const grpc::Status& status, absl::string_view call) {
@@ -78,7 +77,7 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(
     std::uint64_t instance) {
   WEIGHTD_RETURN_IF_ERROR(ValidateName("worker id", options.worker_id));
   WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<Channel> channel,
-                           OpenChannel(options.tls, address));
+                           OpenChannel(options, address));
   std::unique_ptr<ShardClient> client(
       new ShardClient(options, address, std::move(channel), instance));
   // Waits in short slices: a cancellation ends the wait at once, and the

@@ -1,11 +1,11 @@
-// The credentials of a channel to weightd: plaintext, or TLS from
-// TlsOptions (client/types.h), with the files checked first. For the
-// client library and the programs that open channels of their own
-// (weightctl).
+// Channels to weightd with the client's credentials: plaintext or TLS from
+// TlsOptions (client/types.h), the files checked first, and a bearer token
+// on every call. For the client library and the programs that open
+// channels of their own (weightctl).
 #ifndef WEIGHTD_CLIENT_CREDENTIALS_H_
 #define WEIGHTD_CLIENT_CREDENTIALS_H_
 
-#include <grpcpp/security/credentials.h>
+#include <grpcpp/channel.h>
 #include <grpcpp/support/channel_arguments.h>
 
 #include <memory>
@@ -17,16 +17,17 @@
 
 namespace weightd {
 
-// Credentials for a channel to `target` ("HOST:PORT", "unix:PATH"), with
-// the channel arguments they need (the server name to check) added to
-// `args`. A "unix:" target gets plaintext whatever `tls` says.
-// INVALID_ARGUMENT naming the option and the fix: fields set without
-// ca_file, a certificate without its key or the other way round, a file
-// that cannot be read or parsed, a key of another certificate, an expired
-// certificate.
-absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
-    const TlsOptions& tls, absl::string_view target,
-    grpc::ChannelArguments& args);
+// A channel to `target` ("HOST:PORT", "unix:PATH") with credentials from
+// `tls` (a "unix:" target gets plaintext whatever `tls` says) and the
+// channel arguments they need (the server name to check) added to `args`;
+// with a `token`, every call carries it as "authorization: Bearer TOKEN".
+// The channel connects lazily. INVALID_ARGUMENT naming the option and the
+// fix: fields set without ca_file, a certificate without its key or the
+// other way round, a file that cannot be read or parsed, a key of another
+// certificate, an expired certificate, a token with a line break.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(
+    const TlsOptions& tls, const std::string& token, const std::string& target,
+    grpc::ChannelArguments args);
 
 // Whether `tls` asks for TLS at all (ca_file set).
 inline bool UsesTls(const TlsOptions& tls) { return !tls.ca_file.empty(); }

@@ -125,11 +125,12 @@ class ShardClient {
   ShardClient(ClientOptions options, std::string address,
               std::unique_ptr<Channel> channel, std::uint64_t instance);
   // A channel to `address` (one gRPC target) with the client's message
-  // sizes, reconnect pacing, keepalives and credentials (`tls`). It
-  // connects lazily: Connect waits for it. INVALID_ARGUMENT for TLS options
-  // that cannot work (client/credentials.h). (client/channel.cc)
+  // sizes, reconnect pacing, keepalives and credentials (options.tls,
+  // options.token). It connects lazily: Connect waits for it.
+  // INVALID_ARGUMENT for credentials that cannot work
+  // (client/credentials.h). (client/channel.cc)
   static absl::StatusOr<std::unique_ptr<Channel>> OpenChannel(
-      const TlsOptions& tls, const std::string& address);
+      const ClientOptions& options, const std::string& address);
   void Log(absl::string_view message) const;
   // While the channel fails to connect: gRPC's reason, from one quick call
   // that does not wait for the channel ("failed to connect to all

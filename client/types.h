@@ -101,6 +101,11 @@ struct ClientOptions {
   // logged at Join. Off: always the stream calls.
   bool shared_memory = true;
   TlsOptions tls;
+  // A bearer token, sent with every call ("authorization: Bearer TOKEN")
+  // to servers whose --auth_policy names principals by token. Empty: none
+  // (a client certificate, or a server without a policy). Send it over TLS
+  // or a Unix socket only.
+  std::string token;
 };
 
 struct PushOptions {

@@ -64,6 +64,8 @@ constexpr EnvironmentVariable kEnvironment[] = {
     {"WEIGHTD_TLS_CLIENT_CA", "weightd", "tls_client_ca"},
     {"WEIGHTD_TLS_RELOAD_INTERVAL", "weightd", "tls_reload_interval"},
     {"WEIGHTD_INSECURE", "weightd", "insecure"},
+    {"WEIGHTD_AUTH_POLICY", "weightd", "auth_policy"},
+    {"WEIGHTD_AUTH_RELOAD_INTERVAL", "weightd", "auth_reload_interval"},
     {"WEIGHTD_SHARED_MEMORY", "weightd", "shared_memory"},
     {"WEIGHTD_PACE_PUSHES", "weightd", "pace_pushes"},
     {"WEIGHTD_SHARD_INDEX", "weightd", "shard_index"},
@@ -90,7 +92,7 @@ constexpr EnvironmentVariable kEnvironment[] = {
     // of --server; weightd_worker reads it itself (its default of --server).
     {"WEIGHTD_SERVERS", "weightctl", "server"},
     {"WEIGHTD_SERVERS", "weightd_worker", ""},
-    // TLS towards the servers (client/tls_flags.h), for every client
+    // TLS towards the servers (client/credential_flags.h), for every client
     // program: the CA that signed the servers' certificates, this client's
     // certificate and key (mutual TLS), the name to check.
     {"WEIGHTD_TLS_CA", "weightctl", "tls_ca"},
@@ -101,6 +103,9 @@ constexpr EnvironmentVariable kEnvironment[] = {
     {"WEIGHTD_TLS_CERT", "weightd_worker", "tls_cert"},
     {"WEIGHTD_TLS_KEY", "weightd_worker", "tls_key"},
     {"WEIGHTD_TLS_SERVER_NAME", "weightd_worker", "tls_server_name"},
+    // A file holding the client's bearer token (client/credential_flags.h).
+    {"WEIGHTD_TOKEN_FILE", "weightctl", "token_file"},
+    {"WEIGHTD_TOKEN_FILE", "weightd_worker", "token_file"},
     // scripts/build.sh and scripts/tsan_deps.sh: parallel compile jobs.
     {"WEIGHTD_BUILD_JOBS", "scripts/build.sh", ""},
     // Substituted by Compose in deploy/docker-compose*.yml (often exported

@@ -45,7 +45,7 @@ struct Program {
                           // in the file whose path ends with it
   std::vector<FlagCheck> checks;  // run in order on the final values
   // More files whose flags are the program's (--help lists them, their
-  // durations are checked): a library's flags, "client/tls_flags.cc".
+  // durations are checked): a library's flags, "client/credential_flags.cc".
   std::vector<std::string> library_flag_files = {};
 };
 

@@ -58,8 +58,8 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "client/client.h"
+#include "client/credential_flags.h"
 #include "client/shard_plan.h"
-#include "client/tls_flags.h"
 #include "common/startup.h"
 #include "common/status_macros.h"
 #include "examples/fashion_mnist.h"
@@ -166,6 +166,7 @@ struct WorkerConfig {
   WireFormat wire_format = WireFormat::kFloat32;
   bool check_counts = false;
   std::string data_dir;
+  std::string token;  // --token_file's.
 };
 
 // Reads and checks the flags. INVALID_ARGUMENT names the first bad one.
@@ -177,6 +178,7 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
     config.server = env != nullptr && *env != '\0' ? env : "127.0.0.1:7070";
   }
   config.connect_timeout = absl::GetFlag(FLAGS_connect_timeout);
+  WEIGHTD_ASSIGN_OR_RETURN(config.token, TokenFromFlags());
   config.split_bytes = absl::GetFlag(FLAGS_split_bytes);
   config.rank = absl::GetFlag(FLAGS_rank);
   config.workers = absl::GetFlag(FLAGS_workers);
@@ -453,7 +455,8 @@ absl::Status Run(WorkerConfig config, SteadyClock::time_point start,
                             [prefix](absl::string_view line) {
                               absl::FPrintF(stderr, "%s: %s\n", prefix, line);
                             },
-                        .tls = TlsOptionsFromFlags()};
+                        .tls = TlsOptionsFromFlags(),
+                        .token = config.token};
   absl::StatusOr<std::unique_ptr<Client>> connected = Client::Connect(options);
   if (absl::IsCancelled(connected.status()) && Stopping()) {
     absl::FPrintF(stderr, "%s: stopping on a signal before connecting\n",
@@ -530,7 +533,7 @@ int main(int argc, char** argv) {
        "with other workers through a weightd server.",
        "examples/train_worker.cc",
        {},
-       {weightd::kTlsFlagsFile}},
+       {weightd::kCredentialFlagsFile}},
       argc, argv);
   if (positional.size() > 1) {
     std::cerr << "weightd_worker: unexpected argument " << positional[1]

@@ -89,12 +89,13 @@ class PyClient {
            const py::object& log, double progress_interval, double held_id_wait,
            bool shared_memory, const std::string& tls_ca,
            const std::string& tls_cert, const std::string& tls_key,
-           const std::string& tls_server_name) {
+           const std::string& tls_server_name, const std::string& token) {
     options_.address = address;
     options_.tls = {.ca_file = tls_ca,
                     .cert_file = tls_cert,
                     .key_file = tls_key,
                     .server_name = tls_server_name};
+    options_.token = token;
     options_.shared_memory = shared_memory;
     options_.worker_id = worker_id;
     options_.call_timeout = Seconds("call_timeout", call_timeout);
@@ -331,14 +332,15 @@ PYBIND11_MODULE(_weightd, m) {
                     bool, double, double, double, const std::string&,
                     std::uint64_t, const py::object&, double, double, bool,
                     const std::string&, const std::string&, const std::string&,
-                    const std::string&>(),
+                    const std::string&, const std::string&>(),
            py::arg("address"), py::arg("worker_id"), py::arg("call_timeout"),
            py::arg("connect_timeout"), py::arg("heartbeat"),
            py::arg("retry_budget"), py::arg("initial_backoff"),
            py::arg("max_backoff"), py::arg("wire_format"),
            py::arg("split_bytes"), py::arg("log"), py::arg("progress_interval"),
            py::arg("held_id_wait"), py::arg("shared_memory"), py::arg("tls_ca"),
-           py::arg("tls_cert"), py::arg("tls_key"), py::arg("tls_server_name"))
+           py::arg("tls_cert"), py::arg("tls_key"), py::arg("tls_server_name"),
+           py::arg("token"))
       .def("join", &PyClient::Join, py::arg("tensors"))
       .def("push", &PyClient::Push, py::arg("tensors"), py::arg("weight"),
            py::arg("kind"))

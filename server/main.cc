@@ -49,6 +49,15 @@ ABSL_FLAG(std::string, tls_client_ca, "",
           "certificate signed by one of them (mutual TLS).");
 ABSL_FLAG(absl::Duration, tls_reload_interval, absl::Seconds(10),
           "How often the TLS files are read again.");
+ABSL_FLAG(std::string, auth_policy, "",
+          "JSON file of principals, roles and name patterns "
+          "(proto/weightd/v1/auth_policy.proto, docs/security.md): who may "
+          "make which calls. Read again on SIGHUP and when it changes "
+          "(every --auth_reload_interval); a new file that cannot be used is "
+          "logged and the old policy kept. Empty: every client may make "
+          "every call.");
+ABSL_FLAG(absl::Duration, auth_reload_interval, absl::Seconds(10),
+          "How often the --auth_policy file is checked for changes.");
 ABSL_FLAG(bool, insecure, false,
           "Serve plaintext on --listen, on purpose (e.g. a private network "
           "or a test). Without TLS flags and without this, weightd serves "
@@ -278,6 +287,13 @@ int main(int argc, char** argv) {
         "TLS needs both --tls_cert and --tls_key (--tls_client_ca adds "
         "client certificates to them)");
   }
+  options.auth_policy = absl::GetFlag(FLAGS_auth_policy);
+  options.auth_reload_interval = absl::GetFlag(FLAGS_auth_reload_interval);
+  if (options.auth_reload_interval < absl::Seconds(1)) {
+    return Fail(absl::StrCat("--auth_reload_interval=",
+                             absl::FormatDuration(options.auth_reload_interval),
+                             ": must be at least 1s"));
+  }
   if (options.tls.reload_interval < absl::Seconds(1)) {
     return Fail(absl::StrCat("--tls_reload_interval=",
                              absl::FormatDuration(options.tls.reload_interval),
@@ -366,6 +382,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);  // Reload the auth policy.
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   options.on_listening = [](const std::string& address) {
@@ -417,7 +434,10 @@ int main(int argc, char** argv) {
   }
 
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  while (sigwait(&signals, &signal_number) == 0 && signal_number == SIGHUP) {
+    spdlog::info("received SIGHUP: reading the auth policy again");
+    (void)(*server)->ReloadAuthPolicy();  // Logs what happened.
+  }
   spdlog::info("received {}; draining (grace {})",
                signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
                absl::FormatDuration(options.shutdown_grace));

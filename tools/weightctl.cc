@@ -18,8 +18,8 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "client/credential_flags.h"
 #include "client/credentials.h"
-#include "client/tls_flags.h"
 #include "common/startup.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "weightd/v1/weightd.grpc.pb.h"
@@ -142,7 +142,7 @@ int main(int argc, char** argv) {
                      ? std::string()
                      : std::string("must be > 0, e.g. 5s");
         }}},
-      {weightd::kTlsFlagsFile}};
+      {weightd::kCredentialFlagsFile}};
   std::vector<char*> args = weightd::StartProgram(program, argc, argv);
   if (args.size() != 2) {
     std::fprintf(stderr,
@@ -152,15 +152,18 @@ int main(int argc, char** argv) {
   }
   std::string address = absl::GetFlag(FLAGS_server);
   if (address.empty()) address = "127.0.0.1:7070";
-  grpc::ChannelArguments channel_args;
-  const auto credentials = weightd::ChannelCredentials(
-      weightd::TlsOptionsFromFlags(), address, channel_args);
-  if (!credentials.ok()) {
+  absl::StatusOr<std::string> token = weightd::TokenFromFlags();
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> created =
+      token.ok()
+          ? weightd::CreateChannel(weightd::TlsOptionsFromFlags(), *token,
+                                   address, grpc::ChannelArguments())
+          : token.status();
+  if (!created.ok()) {
     std::fprintf(stderr, "weightctl: %s\n",
-                 std::string(credentials.status().message()).c_str());
+                 std::string(created.status().message()).c_str());
     return 2;
   }
-  auto channel = grpc::CreateCustomChannel(address, *credentials, channel_args);
+  const std::shared_ptr<grpc::Channel>& channel = *created;
   const std::string command = args[1];
   if (command == "health") return Health(channel);
   if (command == "status") return Status(channel);

@@ -154,7 +154,10 @@ class Client:
       and key, for servers that require client certificates (default:
       ``$WEIGHTD_TLS_CERT``, ``$WEIGHTD_TLS_KEY``). ``tls_server_name``: the
       name the servers' certificates must carry if not the host dialled
-      (default: ``$WEIGHTD_TLS_SERVER_NAME``). See docs/security.md.
+      (default: ``$WEIGHTD_TLS_SERVER_NAME``). ``token``: a bearer token
+      sent with every call, for servers whose policy names principals by
+      token (default: the contents of the file ``$WEIGHTD_TOKEN_FILE``).
+      See docs/security.md.
 
     Raises ``Unavailable`` if the server cannot be reached in time,
     ``ValueError`` for an option that cannot work. One client per thread:
@@ -172,9 +175,14 @@ class Client:
                  tls_ca: typing.Optional[str] = None,
                  tls_cert: typing.Optional[str] = None,
                  tls_key: typing.Optional[str] = None,
-                 tls_server_name: typing.Optional[str] = None):
+                 tls_server_name: typing.Optional[str] = None,
+                 token: typing.Optional[str] = None):
         def env(value, name):
             return os.environ.get(name, "") if value is None else value
+
+        if token is None and os.environ.get("WEIGHTD_TOKEN_FILE"):
+            with open(os.environ["WEIGHTD_TOKEN_FILE"]) as f:
+                token = f.read().strip()
 
         self._native = _weightd.Client(
             address, worker_id, call_timeout, connect_timeout, heartbeat,
@@ -182,7 +190,7 @@ class Client:
             split_bytes, log, progress_interval, held_id_wait, shared_memory,
             env(tls_ca, "WEIGHTD_TLS_CA"), env(tls_cert, "WEIGHTD_TLS_CERT"),
             env(tls_key, "WEIGHTD_TLS_KEY"),
-            env(tls_server_name, "WEIGHTD_TLS_SERVER_NAME"))
+            env(tls_server_name, "WEIGHTD_TLS_SERVER_NAME"), token or "")
 
     def join(self, tensors: Tensors) -> None:
         """Declares the tensors your model shares (name -> numpy array or

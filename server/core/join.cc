@@ -286,6 +286,7 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
   worker.last_seen = now;
   worker.instance = claimant.instance;
   worker.peer = claimant.peer;
+  worker.principal = claimant.principal;
   worker.restored = false;
   worker.holds = 0;  // Holds of the old lease release nothing now.
   do {

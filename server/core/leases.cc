@@ -69,6 +69,18 @@ bool TensorStore::HoldsLease(std::uint64_t lease_id) const {
   return lease_id != 0 && leases_.contains(lease_id);
 }
 
+absl::StatusOr<LeaseHolder> TensorStore::HolderOf(
+    std::uint64_t lease_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = lease_id == 0 ? leases_.end() : leases_.find(lease_id);
+  if (it == leases_.end()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("lease ", lease_id, " is not held by any joined worker"));
+  }
+  const Worker& worker = workers_.at(it->second);
+  return LeaseHolder{worker.id, worker.principal};
+}
+
 int TensorStore::ExpireLeases() {
   Deferred deferred;
   absl::MutexLock lock(&mu_);

@@ -43,6 +43,7 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Restore(
     Worker& worker = store->workers_[w.id];
     worker.id = w.id;
     worker.max_sequence = w.max_sequence;
+    worker.principal = w.principal;
     worker.last_seen = now;  // A full lease period to come back.
     if (w.lease_id == 0) continue;
     worker.restored = true;  // The next Join of this id claims it.
@@ -80,8 +81,9 @@ StoreState TensorStore::Save() const {
               return a.name < b.name;
             });
   for (const auto& [id, worker] : workers_) {
-    state.workers.push_back(
-        SavedWorker{id, worker.lease_id, worker.max_sequence, worker.tensors});
+    state.workers.push_back(SavedWorker{id, worker.lease_id,
+                                        worker.max_sequence, worker.tensors,
+                                        worker.principal});
   }
   std::sort(
       state.workers.begin(), state.workers.end(),

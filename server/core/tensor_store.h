@@ -67,6 +67,10 @@ struct Claimant {
   std::uint64_t instance = 0;
   // Where the Join came from, e.g. "ipv4:10.0.0.3:41234"; may be empty.
   std::string peer;
+  // The authenticated principal joining (server/service/auth_policy.h);
+  // empty on a server without a policy. The membership's lease belongs to
+  // it (TensorStore::LeaseHolder).
+  std::string principal;
 };
 
 // What a Join replaced.
@@ -142,6 +146,13 @@ struct SavedWorker {
   std::uint64_t lease_id = 0;  // 0: not a member (left or expired).
   std::uint64_t max_sequence = 0;
   std::vector<std::string> tensors;  // Sorted.
+  std::string principal = {};        // Claimant::principal of its Join.
+};
+
+// Who holds a lease (TensorStore::LeaseHolder).
+struct LeaseHolder {
+  std::string worker_id;
+  std::string principal;  // Claimant::principal of the worker's Join.
 };
 
 struct StoreState {
@@ -363,6 +374,9 @@ class TensorStore {
 
   // Whether a joined worker holds `lease_id` now (without renewing it).
   bool HoldsLease(std::uint64_t lease_id) const;
+  // The worker holding `lease_id` and the principal it joined as (without
+  // renewing it). FAILED_PRECONDITION if no worker holds it.
+  absl::StatusOr<LeaseHolder> HolderOf(std::uint64_t lease_id) const;
 
   // Closes every sync round whose quorum contributed and whose
   // options().round_timeout passed. Returns how many closed. The server
@@ -452,6 +466,7 @@ class TensorStore {
     absl::Time last_seen;
     std::uint64_t instance = 0;  // Claimant::instance of its last Join.
     std::string peer;            // Claimant::peer of its last Join.
+    std::string principal;       // Claimant::principal of its last Join.
     bool restored = false;  // Restored from a snapshot and not yet claimed.
     int holds = 0;          // Open waits keeping the lease alive.
   };

@@ -43,9 +43,28 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   // logged first at once as a race (sharding_test, CI 2026-12-01).
   spdlog::default_logger_raw();
   std::unique_ptr<Server> server(new Server());
+  if (!options.auth_policy.empty()) {
+    WEIGHTD_ASSIGN_OR_RETURN(
+        server->authorizer_,
+        Authorizer::Load(options.auth_policy, options.auth_reload_interval));
+    const bool plaintext_tcp =
+        options.tls.cert_file.empty() &&
+        !absl::StartsWith(options.listen_address, "unix:");
+    if (plaintext_tcp && server->authorizer_->has_tokens()) {
+      spdlog::warn(
+          "auth: the policy names bearer tokens, and {} serves plaintext: a "
+          "token sent there travels in clear. Serve TLS (--tls_cert, "
+          "--tls_key), or send tokens over the Unix socket only",
+          options.listen_address);
+    }
+  } else {
+    spdlog::info(
+        "auth: no --auth_policy: every client that connects may make every "
+        "call as any worker");
+  }
   server->service_ = std::make_unique<WeightdService>(
       options.shard_index, options.shard_count, options.shared_memory,
-      options.pace_pushes);
+      options.pace_pushes, server->authorizer_.get());
   EventLog* events = &server->service_->events();
   options.store.on_worker_expired =
       [events, user = std::move(options.store.on_worker_expired)](
@@ -261,6 +280,7 @@ void Server::HousekeepingLoop() {
   while (!stop_housekeeping_.WaitForNotificationWithTimeout(period)) {
     store_->ExpireLeases();
     if (tls_ != nullptr) tls_->Poll(absl::Now());
+    if (authorizer_ != nullptr) authorizer_->Poll(absl::Now());
     service_->SweepSegments();
     service_->TickPacer();
     store_->CloseOverdueRounds();
@@ -269,6 +289,14 @@ void Server::HousekeepingLoop() {
 }
 
 Server::~Server() { Shutdown(); }
+
+absl::Status Server::ReloadAuthPolicy() {
+  if (authorizer_ == nullptr) {
+    spdlog::info("auth: SIGHUP, but this weightd runs without --auth_policy");
+    return absl::OkStatus();
+  }
+  return authorizer_->Reload();
+}
 
 void Server::Shutdown() {
   std::call_once(shutdown_once_, [this] {

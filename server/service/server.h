@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "server/core/options.h"
 #include "server/core/tensor_store.h"
+#include "server/service/authorizer.h"
 #include "server/service/server_tls.h"
 #include "server/storage/file_system.h"
 #include "server/storage/snapshot.h"
@@ -42,6 +43,11 @@ struct ServerOptions {
   // cert_file serves plaintext. The Unix socket never uses TLS: its file
   // permissions decide who may connect.
   TlsFiles tls;
+  // The --auth_policy file (server/service/authorizer.h): who may make
+  // which calls. Empty: every caller may make every call.
+  std::string auth_policy;
+  // How often the policy file is checked for changes.
+  absl::Duration auth_reload_interval = absl::Seconds(10);
   // This server's place among the shards of a deployment: it holds the
   // tensors (or row ranges) that clients given all `shard_count` servers
   // send it. Index in [0, shard_count).
@@ -97,6 +103,8 @@ class Server {
   // new calls are refused, in-flight streams get `shutdown_grace` to finish.
   // Idempotent; thread-safe.
   void Shutdown();
+  // Reads the auth policy file again (SIGHUP): see Authorizer::Reload.
+  absl::Status ReloadAuthPolicy();
   // After Shutdown(): whether the final snapshot was written (OK without a
   // snapshot directory).
   const absl::Status& final_snapshot() const { return final_snapshot_; }
@@ -114,6 +122,7 @@ class Server {
   std::unique_ptr<storage::SnapshotDir> snapshot_dir_;
   std::unique_ptr<storage::Snapshotter> snapshotter_;
   std::atomic<storage::Snapshotter*> round_sink_{nullptr};
+  std::unique_ptr<Authorizer> authorizer_;  // Before the service using it.
   std::unique_ptr<WeightdService> service_;
   std::unique_ptr<ServerTls> tls_;  // Null: plaintext.
   std::unique_ptr<grpc::Server> server_;

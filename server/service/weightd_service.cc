@@ -25,6 +25,43 @@
 namespace weightd::service {
 namespace {
 
+// Whether `permissions` may use lease `lease_id`. A lease no worker holds
+// passes: the call then fails as it would without a policy.
+absl::Status MayUseLease(const Permissions& permissions,
+                         const core::TensorStore& store,
+                         std::uint64_t lease_id) {
+  if (permissions.admin()) return absl::OkStatus();
+  const absl::StatusOr<core::LeaseHolder> holder = store.HolderOf(lease_id);
+  if (!holder.ok()) return absl::OkStatus();
+  return permissions.MayUseLease(lease_id, holder->principal,
+                                 holder->worker_id);
+}
+
+// A push's lease and tensors (Push, PushPull, PushSegment).
+absl::Status MayPush(const Permissions& permissions,
+                     const core::TensorStore& store,
+                     const core::PushHeader& header) {
+  WEIGHTD_RETURN_IF_ERROR(MayUseLease(permissions, store, header.lease_id));
+  for (const core::PushHeader::Entry& e : header.entries) {
+    WEIGHTD_RETURN_IF_ERROR(permissions.MayUseTensor(e.name));
+  }
+  return absl::OkStatus();
+}
+
+// A pull's lease (0: none) and tensors (Pull, PullSegment).
+absl::Status MayPull(const Permissions& permissions,
+                     const core::TensorStore& store,
+                     const v1::PullRequest& request) {
+  if (request.lease_id() != 0) {
+    WEIGHTD_RETURN_IF_ERROR(
+        MayUseLease(permissions, store, request.lease_id()));
+  }
+  for (const v1::PulledTensor& t : request.tensors()) {
+    WEIGHTD_RETURN_IF_ERROR(permissions.MayUseTensor(t.name()));
+  }
+  return absl::OkStatus();
+}
+
 // The write half shared by Pull and PushPull: wait for versions, then stream
 // the tensors.
 template <typename Reactor>
@@ -161,8 +198,10 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   JoinReactor(core::TensorStore* store, TrafficCounters* traffic,
               const v1::ShardInfo& shard, grpc::CallbackServerContext* context,
-              grpc::ByteBuffer* response, EventLog* events)
-      : store_(store),
+              grpc::ByteBuffer* response, EventLog* events,
+              Permissions permissions)
+      : permissions_(std::move(permissions)),
+        store_(store),
         traffic_(traffic),
         shard_(shard),
         context_(context),
@@ -220,9 +259,12 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       }
       core::JoinHeader header;
       header.worker_id = request_.header().worker_id();
+      WEIGHTD_RETURN_IF_ERROR(permissions_.MayJoinAs(header.worker_id));
       header.claimant =
-          core::Claimant{request_.header().instance(), context_->peer()};
+          core::Claimant{request_.header().instance(), context_->peer(),
+                         permissions_.principal_name()};
       for (const v1::TensorDeclaration& d : request_.header().tensors()) {
+        WEIGHTD_RETURN_IF_ERROR(permissions_.MayUseTensor(d.name()));
         core::Declaration decl;
         decl.name = d.name();
         decl.shape.assign(d.shape().begin(), d.shape().end());
@@ -261,6 +303,7 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     return absl::OkStatus();
   }
 
+  const Permissions permissions_;
   core::TensorStore* const store_;
   TrafficCounters* const traffic_;
   const v1::ShardInfo shard_;
@@ -282,8 +325,11 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
 class PushReader {
  public:
   PushReader(core::TensorStore* store, TrafficCounters* traffic,
-             absl::string_view call)
-      : store_(store), traffic_(traffic), call_(call) {}
+             absl::string_view call, Permissions permissions)
+      : store_(store),
+        traffic_(traffic),
+        call_(call),
+        permissions_(std::move(permissions)) {}
 
   absl::Status Handle(grpc::ByteBuffer* message) {
     v1::PushRequest request;  // Wire-identical to PushPullRequest.
@@ -313,6 +359,7 @@ class PushReader {
     if (session_ != nullptr) return RepeatedHeader(call_);
     WEIGHTD_ASSIGN_OR_RETURN(core::PushHeader header,
                              PushHeaderFromProto(request.header()));
+    WEIGHTD_RETURN_IF_ERROR(MayPush(permissions_, *store_, header));
     WEIGHTD_ASSIGN_OR_RETURN(session_, store_->BeginPush(std::move(header)));
     accept_batches_ = request.header().accept_batches();
     return absl::OkStatus();
@@ -345,6 +392,7 @@ class PushReader {
   core::TensorStore* const store_;
   TrafficCounters* const traffic_;
   const absl::string_view call_;
+  const Permissions permissions_;
   std::unique_ptr<core::PushSession> session_;
   bool accept_batches_ = false;
   TensorStreamReader stream_;
@@ -354,8 +402,8 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   PushReactor(core::TensorStore* store, TrafficCounters* traffic,
               grpc::CallbackServerContext* context, grpc::ByteBuffer* response,
-              EventLog* events)
-      : reader_(store, traffic, "Push"),
+              EventLog* events, Permissions permissions)
+      : reader_(store, traffic, "Push", std::move(permissions)),
         context_(context),
         response_(response),
         call_{events, "Push", context} {
@@ -395,11 +443,16 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
 class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   PullReactor(core::TensorStore* store, TrafficCounters* traffic,
-              grpc::ByteBuffer request_bytes, CallInfo call)
+              grpc::ByteBuffer request_bytes, CallInfo call,
+              const Permissions& permissions)
       : stream_(this, store, traffic, std::move(call)) {
     v1::PullRequest request;
     if (absl::Status s = ParseMessage(&request_bytes, &request, "Pull");
         !s.ok()) {
+      stream_.FinishOnce(s);
+      return;
+    }
+    if (absl::Status s = MayPull(permissions, *store, request); !s.ok()) {
       stream_.FinishOnce(s);
       return;
     }
@@ -439,10 +492,10 @@ class PushPullReactor final
  public:
   PushPullReactor(core::TensorStore* store, TrafficCounters* traffic,
                   grpc::CallbackServerContext* context, EventLog* events,
-                  PushPacer* pacer)
+                  PushPacer* pacer, Permissions permissions)
       : store_(store),
         pacer_(pacer),
-        reader_(store, traffic, "PushPull"),
+        reader_(store, traffic, "PushPull", std::move(permissions)),
         context_(context),
         stream_(this, store, traffic, CallInfo{events, "PushPull", context}),
         result_(this, store, traffic, CallInfo{events, "PushPull", context},
@@ -708,10 +761,11 @@ grpc::Status NotReady() {
                       "does not serve yet; retry shortly");
 }
 
+// A call answered at once: refused, or the server not ready.
 template <typename Reactor>
-class NotReadyReactor final : public Reactor {
+class FinishedReactor final : public Reactor {
  public:
-  NotReadyReactor() { this->Finish(NotReady()); }
+  explicit FinishedReactor(const grpc::Status& status) { this->Finish(status); }
   void OnDone() override { delete this; }
 };
 
@@ -726,8 +780,9 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
 
 WeightdService::WeightdService(std::uint32_t shard_index,
                                std::uint32_t shard_count, bool shared_memory,
-                               bool pace_pushes)
-    : shared_memory_(shared_memory),
+                               bool pace_pushes, const Authorizer* authorizer)
+    : authorizer_(authorizer),
+      shared_memory_(shared_memory),
       pacer_(pace_pushes ? kPushLeadBytes : 0, kPushStall) {
   shard_.set_index(shard_index);
   shard_.set_count(shard_count);
@@ -743,42 +798,76 @@ core::TensorStore* WeightdService::store() const {
   return store_.load(std::memory_order_acquire);
 }
 
+absl::StatusOr<Permissions> WeightdService::Admit(
+    const grpc::CallbackServerContext* context, Rpc rpc) const {
+  if (authorizer_ == nullptr) return Permissions::Unrestricted();
+  return authorizer_->Admit(*context, rpc);
+}
+
 grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Join(
     grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) {
-    return new NotReadyReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>();
+    return new FinishedReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>(
+        NotReady());
   }
-  return new JoinReactor(store, &traffic_, shard_, context, response, &events_);
+  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kJoin);
+  if (!permissions.ok()) {
+    return new FinishedReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>(
+        CallInfo{&events_, "Join", context}.Answer(permissions.status()));
+  }
+  return new JoinReactor(store, &traffic_, shard_, context, response, &events_,
+                         *std::move(permissions));
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Push(
     grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) {
-    return new NotReadyReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>();
+    return new FinishedReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>(
+        NotReady());
   }
-  return new PushReactor(store, &traffic_, context, response, &events_);
+  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kPush);
+  if (!permissions.ok()) {
+    return new FinishedReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>(
+        CallInfo{&events_, "Push", context}.Answer(permissions.status()));
+  }
+  return new PushReactor(store, &traffic_, context, response, &events_,
+                         *std::move(permissions));
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* WeightdService::Pull(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   core::TensorStore* store = this->store();
   if (store == nullptr) {
-    return new NotReadyReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>>();
+    return new FinishedReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
+        NotReady());
+  }
+  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kPull);
+  if (!permissions.ok()) {
+    return new FinishedReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
+        CallInfo{&events_, "Pull", context}.Answer(permissions.status()));
   }
   return new PullReactor(store, &traffic_, *request,
-                         CallInfo{&events_, "Pull", context});
+                         CallInfo{&events_, "Pull", context}, *permissions);
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 WeightdService::PushPull(grpc::CallbackServerContext* context) {
   core::TensorStore* store = this->store();
   if (store == nullptr) {
-    return new NotReadyReactor<
-        grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>();
+    return new FinishedReactor<
+        grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>(
+        NotReady());
   }
-  return new PushPullReactor(store, &traffic_, context, &events_, &pacer_);
+  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kPushPull);
+  if (!permissions.ok()) {
+    return new FinishedReactor<
+        grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>(
+        CallInfo{&events_, "PushPull", context}.Answer(permissions.status()));
+  }
+  return new PushPullReactor(store, &traffic_, context, &events_, &pacer_,
+                             *std::move(permissions));
 }
 
 grpc::ServerUnaryReactor* WeightdService::Leave(
@@ -786,9 +875,19 @@ grpc::ServerUnaryReactor* WeightdService::Leave(
     grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
+  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kLeave);
+  if (!permissions.ok()) {
+    return FinishUnary(context, CallInfo{&events_, "Leave", context}.Answer(
+                                    permissions.status()));
+  }
   return UnaryReactor<v1::LeaveRequest, v1::LeaveResponse>::Serve(
       *request, response, CallInfo{&events_, "Leave", context},
       [&](const v1::LeaveRequest& request, v1::LeaveResponse*, auto* call) {
+        if (absl::Status s =
+                MayUseLease(*permissions, *store, request.lease_id());
+            !s.ok()) {
+          return call->Answer(s);
+        }
         absl::StatusOr<std::string> left = store->Leave(request.lease_id());
         if (left.ok()) {
           events_.Left(*left);
@@ -803,10 +902,18 @@ grpc::ServerUnaryReactor* WeightdService::Heartbeat(
     grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
+  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kHeartbeat);
+  if (!permissions.ok()) {
+    return FinishUnary(context, CallInfo{&events_, "Heartbeat", context}.Answer(
+                                    permissions.status()));
+  }
   return UnaryReactor<v1::HeartbeatRequest, v1::HeartbeatResponse>::Serve(
       *request, response, CallInfo{&events_, "Heartbeat", context},
       [&](const v1::HeartbeatRequest& request, v1::HeartbeatResponse*,
-          auto* call) { call->Answer(store->Heartbeat(request.lease_id())); });
+          auto* call) {
+        absl::Status s = MayUseLease(*permissions, *store, request.lease_id());
+        call->Answer(s.ok() ? store->Heartbeat(request.lease_id()) : s);
+      });
 }
 
 grpc::ServerUnaryReactor* WeightdService::Barrier(
@@ -814,10 +921,20 @@ grpc::ServerUnaryReactor* WeightdService::Barrier(
     grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
+  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kBarrier);
+  if (!permissions.ok()) {
+    return FinishUnary(context, CallInfo{&events_, "Barrier", context}.Answer(
+                                    permissions.status()));
+  }
   return UnaryReactor<v1::BarrierRequest, v1::BarrierResponse>::Serve(
       *request, response, CallInfo{&events_, "Barrier", context},
       [&](const v1::BarrierRequest& request, v1::BarrierResponse* response,
           auto* call) {
+        if (absl::Status s =
+                MayUseLease(*permissions, *store, request.lease_id());
+            !s.ok()) {
+          return call->Answer(s);
+        }
         // Written by the store before it releases the call.
         auto pass = std::make_shared<core::BarrierPass>();
         call->Wait(
@@ -840,6 +957,12 @@ grpc::ServerUnaryReactor* WeightdService::TakeSnapshot(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   if (store() == nullptr) return FinishUnary(context, NotReady());
+  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kTakeSnapshot);
+  if (!permissions.ok()) {
+    return FinishUnary(context,
+                       CallInfo{&events_, "TakeSnapshot", context}.Answer(
+                           permissions.status()));
+  }
   return UnaryReactor<v1::TakeSnapshotRequest, v1::TakeSnapshotResponse>::Serve(
       *request, response, CallInfo{&events_, "TakeSnapshot", context},
       [this](const v1::TakeSnapshotRequest&, v1::TakeSnapshotResponse* response,
@@ -863,6 +986,11 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
     grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
+  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kGetStatus);
+  if (!permissions.ok()) {
+    return FinishUnary(context, CallInfo{&events_, "GetStatus", context}.Answer(
+                                    permissions.status()));
+  }
   return UnaryReactor<v1::GetStatusRequest, v1::GetStatusResponse>::Serve(
       *request, response, CallInfo{&events_, "GetStatus", context},
       [&](const v1::GetStatusRequest& request, v1::GetStatusResponse* response,
@@ -884,7 +1012,8 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
           for (const core::WorkerInfo& w : status.workers) {
             v1::WorkerInfo* out = response->add_workers();
             out->set_worker_id(w.worker_id);
-            out->set_lease_id(w.lease_id);
+            // A lease id is what a call acts as: admins only.
+            if (permissions->admin()) out->set_lease_id(w.lease_id);
             for (const std::string& t : w.tensors) out->add_tensors(t);
             out->set_peer(w.peer);
           }
@@ -914,10 +1043,21 @@ grpc::ServerUnaryReactor* WeightdService::AttachSegment(
     grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
+  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kAttachSegment);
+  if (!permissions.ok()) {
+    return FinishUnary(context,
+                       CallInfo{&events_, "AttachSegment", context}.Answer(
+                           permissions.status()));
+  }
   return UnaryReactor<v1::AttachSegmentRequest, v1::AttachSegmentResponse>::
       Serve(*request, response, CallInfo{&events_, "AttachSegment", context},
             [&](const v1::AttachSegmentRequest& request,
                 v1::AttachSegmentResponse*, auto* call) {
+              if (absl::Status s =
+                      MayUseLease(*permissions, *store, request.lease_id());
+                  !s.ok()) {
+                return call->Answer(s);
+              }
               if (absl::Status s = store->Heartbeat(request.lease_id());
                   !s.ok()) {
                 return call->Answer(s);
@@ -942,6 +1082,12 @@ grpc::ServerUnaryReactor* WeightdService::PushSegment(
     grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
+  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kPushSegment);
+  if (!permissions.ok()) {
+    return FinishUnary(context,
+                       CallInfo{&events_, "PushSegment", context}.Answer(
+                           permissions.status()));
+  }
   return UnaryReactor<v1::PushSegmentRequest, v1::PushSegmentResponse>::Serve(
       *request, response, CallInfo{&events_, "PushSegment", context},
       [&](const v1::PushSegmentRequest& request,
@@ -949,6 +1095,9 @@ grpc::ServerUnaryReactor* WeightdService::PushSegment(
         absl::StatusOr<core::PushHeader> header =
             PushHeaderFromProto(request.header());
         if (!header.ok()) return call->Answer(header.status());
+        if (absl::Status s = MayPush(*permissions, *store, *header); !s.ok()) {
+          return call->Answer(s);
+        }
         std::shared_ptr<Segment> segment = segments_.Find(header->lease_id);
         if (segment == nullptr) {
           return call->Answer(NoSegment(header->lease_id));
@@ -981,11 +1130,20 @@ grpc::ServerUnaryReactor* WeightdService::PullSegment(
     grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
+  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kPullSegment);
+  if (!permissions.ok()) {
+    return FinishUnary(context,
+                       CallInfo{&events_, "PullSegment", context}.Answer(
+                           permissions.status()));
+  }
   return UnaryReactor<v1::PullSegmentRequest, v1::PullSegmentResponse>::Serve(
       *request, response, CallInfo{&events_, "PullSegment", context},
       [&](const v1::PullSegmentRequest& request,
           v1::PullSegmentResponse* response, auto* call) {
         const v1::PullRequest& pull = request.request();
+        if (absl::Status s = MayPull(*permissions, *store, pull); !s.ok()) {
+          return call->Answer(s);
+        }
         std::shared_ptr<Segment> segment = segments_.Find(pull.lease_id());
         if (segment == nullptr) {
           return call->Answer(NoSegment(pull.lease_id()));

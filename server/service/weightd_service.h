@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "server/core/tensor_store.h"
+#include "server/service/authorizer.h"
 #include "server/service/event_log.h"
 #include "server/service/push_pacer.h"
 #include "server/service/segments.h"
@@ -64,9 +65,13 @@ class WeightdService final : public WeightdServiceBase {
   // Join and GetStatus report the shard layout (see v1::ShardInfo).
   // `shared_memory`: whether AttachSegment maps workers' segments;
   // `pace_pushes`: whether a sync round's pushes are kept level (PushPacer).
+  // `authorizer` (not owned; null: every caller unrestricted) admits each
+  // call: UNAUTHENTICATED and PERMISSION_DENIED end it before anything
+  // changes.
   explicit WeightdService(std::uint32_t shard_index = 0,
                           std::uint32_t shard_count = 1,
-                          bool shared_memory = true, bool pace_pushes = true);
+                          bool shared_memory = true, bool pace_pushes = true,
+                          const Authorizer* authorizer = nullptr);
 
   // Starts serving from `store`, once. `store` (and `snapshotter`, null
   // without snapshots) must outlive the service and every call in flight.
@@ -120,11 +125,15 @@ class WeightdService final : public WeightdServiceBase {
 
  private:
   core::TensorStore* store() const;  // Null until Attach().
+  // The caller's permissions for `rpc` (see Authorizer::Admit).
+  absl::StatusOr<Permissions> Admit(const grpc::CallbackServerContext* context,
+                                    Rpc rpc) const;
 
   // Written once by Attach(); snapshotter_ before store_ (release), read
   // only after store_ was seen non-null (acquire).
   std::atomic<core::TensorStore*> store_{nullptr};
   storage::Snapshotter* snapshotter_ = nullptr;
+  const Authorizer* const authorizer_;  // Null: no policy.
   TrafficCounters traffic_;
   const bool shared_memory_;
   SegmentTable segments_;  // Same-host workers' shared memory, by lease.

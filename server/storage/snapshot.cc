@@ -16,8 +16,10 @@
 namespace weightd::storage {
 namespace {
 
-// Version 2 adds each tensor's whole shape; version 1 files still load.
-constexpr char kMagic[8] = {'W', 'D', 'S', 'N', 'A', 'P', '0', '2'};
+// Version 2 adds each tensor's whole shape, version 3 each membership's
+// principal; files of versions 1 and 2 still load.
+constexpr char kMagic[8] = {'W', 'D', 'S', 'N', 'A', 'P', '0', '3'};
+constexpr char kMagicV2[8] = {'W', 'D', 'S', 'N', 'A', 'P', '0', '2'};
 constexpr char kMagicV1[8] = {'W', 'D', 'S', 'N', 'A', 'P', '0', '1'};
 constexpr char kTrailer[8] = {'W', 'D', 'S', 'N', 'E', 'N', 'D', '1'};
 constexpr std::size_t kBufferBytes = 1 << 20;
@@ -154,6 +156,7 @@ void Encode(const core::StoreState& state, Writer& w) {
     w.Pod<std::uint64_t>(worker.max_sequence);
     w.Pod<std::uint32_t>(static_cast<std::uint32_t>(worker.tensors.size()));
     for (const std::string& name : worker.tensors) w.Str(name);
+    w.Str(worker.principal);
   }
 }
 
@@ -161,7 +164,8 @@ absl::StatusOr<core::StoreState> Decode(Reader& r) {
   char magic[sizeof(kMagic)];
   WEIGHTD_RETURN_IF_ERROR(r.Bytes(magic, sizeof(magic)));
   const bool v1 = std::memcmp(magic, kMagicV1, sizeof(kMagicV1)) == 0;
-  if (!v1 && std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) {
+  const bool v2 = std::memcmp(magic, kMagicV2, sizeof(kMagicV2)) == 0;
+  if (!v1 && !v2 && std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) {
     return r.Corrupt("not a weightd snapshot (bad magic)");
   }
   core::StoreState state;
@@ -217,6 +221,9 @@ absl::StatusOr<core::StoreState> Decode(Reader& r) {
     for (std::uint32_t k = 0; k < n; ++k) {
       WEIGHTD_ASSIGN_OR_RETURN(std::string name, r.Str());
       w.tensors.push_back(std::move(name));
+    }
+    if (!v1 && !v2) {
+      WEIGHTD_ASSIGN_OR_RETURN(w.principal, r.Str());
     }
     state.workers.push_back(std::move(w));
   }

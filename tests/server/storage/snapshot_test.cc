@@ -161,6 +161,66 @@ TEST_F(SnapshotTest, AVersionOneFileStillLoads) {
   EXPECT_TRUE(state->tensors[0].whole_shape.empty());
 }
 
+TEST_F(SnapshotTest, AMembershipKeepsItsPrincipalAcrossARestore) {
+  core::StoreOptions options;
+  options.chunk_bytes = kMinChunkBytes;
+  auto store = std::move(core::TensorStore::Create(options)).value();
+  auto joined = store->Join("a", {core::Declaration{"w", {1}, {7}}},
+                            core::Claimant{1, "peer", "trainer-a"});
+  ASSERT_THAT(joined, IsOk());
+  const std::string path = dir_ + "/owned.wds";
+  ASSERT_THAT(WriteSnapshotFile(path, store->Save()), IsOk());
+  auto state = ReadSnapshotFile(path);
+  ASSERT_THAT(state, IsOk());
+  auto restored = core::TensorStore::Restore(options, std::move(*state));
+  ASSERT_THAT(restored, IsOk());
+  auto holder = (*restored)->HolderOf(joined->lease_id);
+  ASSERT_THAT(holder, IsOk());
+  EXPECT_EQ(holder->worker_id, "a");
+  EXPECT_EQ(holder->principal, "trainer-a");
+}
+
+TEST_F(SnapshotTest, AVersionTwoFileStillLoadsWithUnownedMemberships) {
+  // Format 2, byte by byte: tensor "w" [1] = {3}, version 2, no pushes;
+  // worker "a" with lease 7, sequence 4, holding "w"; CRC-32, trailer.
+  std::string body("WDSNAP02", 8);
+  auto put = [&body](const auto& v) {
+    body.append(reinterpret_cast<const char*>(&v), sizeof(v));
+  };
+  auto str = [&](const std::string& text) {
+    put(static_cast<std::uint32_t>(text.size()));
+    body += text;
+  };
+  put(std::uint64_t{1});
+  str("w");
+  put(std::uint32_t{1});  // Rank.
+  put(std::int64_t{1});
+  put(std::uint32_t{0});  // Whole rank.
+  put(std::uint64_t{2});  // Version.
+  put(std::uint64_t{1});  // Elements.
+  put(3.0f);
+  put(std::uint64_t{0});  // Pushes.
+  put(std::uint64_t{1});  // Workers.
+  str("a");
+  put(std::uint64_t{7});  // Lease.
+  put(std::uint64_t{4});  // Sequence.
+  put(std::uint32_t{1});  // Tensors.
+  str("w");
+  put(static_cast<std::uint32_t>(
+      crc32_z(crc32_z(0L, Z_NULL, 0),
+              reinterpret_cast<const Bytef*>(body.data()), body.size())));
+  body += std::string("WDSNEND1", 8);
+  const std::string path = dir_ + "/v2.wds";
+  std::ofstream(path, std::ios::binary) << body;
+  auto state = ReadSnapshotFile(path);
+  ASSERT_THAT(state, IsOk());
+  ASSERT_EQ(state->workers.size(), 1u);
+  EXPECT_EQ(state->workers[0].id, "a");
+  EXPECT_EQ(state->workers[0].lease_id, 7u);
+  EXPECT_EQ(state->workers[0].principal, "");
+  EXPECT_THAT(*state->tensors[0].value, ElementsAre(3.0f));
+}
+
 TEST_F(SnapshotTest, CorruptOrTruncatedFilesAreDataLoss) {
   auto store = MakeStore();
   const std::string path = dir_ + "/s.wds";

@@ -1,0 +1,123 @@
+#include "server/service/authorizer.h"
+
+#include <grpc/grpc_security_constants.h>
+#include <grpcpp/security/auth_context.h>
+#include <sys/stat.h>
+
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+
+namespace weightd::service {
+namespace {
+
+std::string Fingerprint(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return "-";
+  return absl::StrCat(st.st_ino, ",", st.st_size, ",", st.st_mtim.tv_sec, ".",
+                      st.st_mtim.tv_nsec);
+}
+
+// The names of the caller's client certificate, if TLS verified one.
+std::vector<std::string> CertificateNames(
+    const grpc::ServerContextBase& context) {
+  std::vector<std::string> names;
+  const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) return names;
+  for (const char* property :
+       {GRPC_X509_SAN_PROPERTY_NAME, GRPC_X509_CN_PROPERTY_NAME}) {
+    for (const grpc::string_ref& value : auth->FindPropertyValues(property)) {
+      names.emplace_back(value.data(), value.size());
+    }
+  }
+  return names;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Load(
+    std::string path, absl::Duration reload_interval) {
+  std::unique_ptr<Authorizer> authorizer(
+      new Authorizer(std::move(path), reload_interval));
+  const std::string fingerprint = Fingerprint(authorizer->path_);
+  absl::StatusOr<std::shared_ptr<const AuthPolicy>> policy =
+      AuthPolicy::Load(authorizer->path_);
+  if (!policy.ok()) return policy.status();
+  absl::MutexLock lock(&authorizer->mu_);
+  authorizer->policy_ = *std::move(policy);
+  authorizer->fingerprint_ = fingerprint;
+  authorizer->next_poll_ = absl::Now() + reload_interval;
+  spdlog::info(
+      "auth: policy {} in force: {} principal(s); read again on SIGHUP and "
+      "when it changes (checked every {})",
+      authorizer->path_, authorizer->policy_->size(),
+      absl::FormatDuration(reload_interval));
+  return authorizer;
+}
+
+bool Authorizer::has_tokens() const {
+  absl::MutexLock lock(&mu_);
+  return policy_ != nullptr && policy_->has_tokens();
+}
+
+absl::StatusOr<Permissions> Authorizer::Admit(
+    const grpc::ServerContextBase& context, Rpc rpc) const {
+  if (!enabled()) return Permissions::Unrestricted();
+  std::shared_ptr<const AuthPolicy> policy;
+  {
+    absl::MutexLock lock(&mu_);
+    policy = policy_;
+  }
+  std::optional<absl::string_view> authorization;
+  const auto& metadata = context.client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    authorization = absl::string_view(it->second.data(), it->second.size());
+  }
+  absl::StatusOr<const Principal*> principal =
+      policy->Identify(authorization, CertificateNames(context));
+  if (!principal.ok()) return principal.status();
+  if (!RoleAllows((*principal)->role, rpc)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "principal ", (*principal)->name, " (", RoleName((*principal)->role),
+        ") may not call ", RpcName(rpc)));
+  }
+  return Permissions(std::move(policy), *principal);
+}
+
+absl::Status Authorizer::Reload() {
+  if (!enabled()) return absl::OkStatus();
+  const std::string fingerprint = Fingerprint(path_);
+  absl::StatusOr<std::shared_ptr<const AuthPolicy>> policy =
+      AuthPolicy::Load(path_);
+  absl::MutexLock lock(&mu_);
+  fingerprint_ = fingerprint;
+  if (!policy.ok()) {
+    spdlog::error(
+        "auth: the policy {} cannot be used, the one read before stays in "
+        "force: {}",
+        path_, std::string(policy.status().message()));
+    return policy.status();
+  }
+  policy_ = *std::move(policy);
+  spdlog::info(
+      "auth: policy {} read again: {} principal(s), in force for "
+      "calls from now on",
+      path_, policy_->size());
+  return absl::OkStatus();
+}
+
+void Authorizer::Poll(absl::Time now) {
+  if (!enabled()) return;
+  {
+    absl::MutexLock lock(&mu_);
+    if (now < next_poll_) return;
+    next_poll_ = now + reload_interval_;
+    if (Fingerprint(path_) == fingerprint_) return;
+  }
+  (void)Reload();  // Logs what happened.
+}
+
+}  // namespace weightd::service
