@@ -9,10 +9,6 @@
 //
 // Usage: duplicate_push_test PATH_TO_WEIGHTD
 #include <grpcpp/grpcpp.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -25,9 +21,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/testing/daemon_process.h"
 #include "weightd/v1/weightd.grpc.pb.h"
-
-extern char** environ;
 
 namespace weightd {
 namespace {
@@ -38,47 +33,6 @@ constexpr std::uint32_t kChunkBytes = 4096;
 constexpr std::size_t kElements = 2500;  // 3 chunks.
 constexpr int kRounds = 50;
 constexpr int kResendsPerRound = 20;  // 1,000 in all.
-
-// The real daemon, on 127.0.0.1 with a free port; stopped with SIGTERM.
-class Daemon {
- public:
-  Daemon() {
-    char dir[] = "/tmp/weightd-fault5.XXXXXX";
-    if (::mkdtemp(dir) == nullptr) return;
-    dir_ = dir;
-    const std::string ready = dir_ + "/ready";
-    std::vector<std::string> args = {
-        g_weightd, "--listen=127.0.0.1:0", "--ready_file=" + ready,
-        absl::StrCat("--chunk_bytes=", kChunkBytes), "--log_level=warn"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    if (::posix_spawn(&pid_, g_weightd.c_str(), nullptr, nullptr, argv.data(),
-                      environ) != 0) {
-      pid_ = -1;
-      return;
-    }
-    for (int i = 0; i < 100 && address_.empty(); ++i) {
-      std::ifstream(ready) >> address_;
-      if (address_.empty())
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-  }
-  ~Daemon() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGTERM);
-      ::waitpid(pid_, &exit_status_, 0);
-    }
-    if (!dir_.empty()) std::system(("rm -rf '" + dir_ + "'").c_str());
-  }
-  const std::string& address() const { return address_; }
-
- private:
-  std::string dir_;
-  pid_t pid_ = -1;
-  int exit_status_ = 0;
-  std::string address_;
-};
 
 class Worker {
  public:
@@ -178,7 +132,9 @@ class Worker {
 };
 
 TEST(DuplicatePushTest, ThousandResendsAreNeverAppliedTwice) {
-  Daemon daemon;
+  testing::DaemonProcess daemon(
+      g_weightd, "fault5",
+      {absl::StrCat("--chunk_bytes=", kChunkBytes), "--log_level=warn"});
   ASSERT_FALSE(daemon.address().empty()) << "weightd did not start";
   Worker a(daemon.address(), "a");
   Worker b(daemon.address(), "b");
