@@ -95,6 +95,9 @@ int Status(const std::shared_ptr<grpc::Channel>& channel) {
       static_cast<unsigned long long>(r.bytes_sent()),
       static_cast<unsigned long long>(r.snapshots_written()),
       static_cast<unsigned long long>(r.snapshot_failures()));
+  std::printf("refused_unauthenticated %llu  refused_permission_denied %llu\n",
+              static_cast<unsigned long long>(r.refused_unauthenticated()),
+              static_cast<unsigned long long>(r.refused_permission_denied()));
   std::printf("tensors %u\n", r.tensor_count());
   for (const auto& t : r.tensors()) {
     std::printf("  %s [%s] version %llu participants %u contributed %u\n",

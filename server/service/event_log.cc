@@ -68,6 +68,11 @@ void EventLog::Expired(const core::WorkerExpired& e) {
 void EventLog::Refused(absl::string_view call, absl::string_view peer,
                        const absl::Status& status) {
   if (status.ok() || absl::IsCancelled(status)) return;
+  if (absl::IsUnauthenticated(status)) {
+    unauthenticated_.fetch_add(1, std::memory_order_relaxed);
+  } else if (absl::IsPermissionDenied(status)) {
+    permission_denied_.fetch_add(1, std::memory_order_relaxed);
+  }
   {
     absl::MutexLock lock(&mu_);
     if (refusals_logged_ >= kRefusalsPerWindow) {

@@ -9,6 +9,7 @@
 #ifndef WEIGHTD_SERVER_SERVICE_EVENT_LOG_H_
 #define WEIGHTD_SERVER_SERVICE_EVENT_LOG_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -46,6 +47,13 @@ class EventLog {
   // not a refusal and is not logged.
   void Refused(absl::string_view call, absl::string_view peer,
                const absl::Status& status);
+  // Refusals since start with UNAUTHENTICATED, and PERMISSION_DENIED.
+  std::uint64_t unauthenticated() const {
+    return unauthenticated_.load(std::memory_order_relaxed);
+  }
+  std::uint64_t permission_denied() const {
+    return permission_denied_.load(std::memory_order_relaxed);
+  }
   void RoundClosed(const core::RoundClosed& closed);
 
   // Writes the summaries of the window if it is over (or `force`). Called
@@ -55,6 +63,8 @@ class EventLog {
  private:
   const absl::Duration window_;
   const std::function<absl::Time()> now_;
+  std::atomic<std::uint64_t> unauthenticated_{0};
+  std::atomic<std::uint64_t> permission_denied_{0};
 
   absl::Mutex mu_;
   absl::Time window_start_ ABSL_GUARDED_BY(mu_);

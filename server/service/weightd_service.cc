@@ -1030,6 +1030,8 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
         response->set_bytes_sent(
             traffic_.bytes_sent.load(std::memory_order_relaxed));
         response->set_rounds_closed(status.rounds_closed);
+        response->set_refused_unauthenticated(events_.unauthenticated());
+        response->set_refused_permission_denied(events_.permission_denied());
         if (snapshotter_ != nullptr) {
           response->set_snapshots_written(snapshotter_->written());
           response->set_snapshot_failures(snapshotter_->failed());

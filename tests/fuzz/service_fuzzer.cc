@@ -4,6 +4,11 @@
 // call: a call the server refuses leaves every published value and version,
 // sharing group, open-round count and membership exactly as it was.
 //
+// The server runs with an --auth_policy (tokens "admin", "worker" for the
+// tensors t* and enc/*, "reader"); each call carries the admin's token most
+// of the time, so that inputs reach the store, and otherwise another
+// principal's, none, or a malformed or unknown authorization header.
+//
 // One server lives for the whole run (starting one per input would cost
 // more than the input), so a crash may depend on the inputs before it:
 // reproduce with the run's corpus, not only the crashing input.
@@ -11,6 +16,7 @@
 //   build/asan/tests/service_fuzzer -max_total_time=60
 #include <fuzzer/FuzzedDataProvider.h>
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -84,6 +90,22 @@ Harness& Get() {
     options.store.max_workers = 64;
     // No background change: only the fuzzer's calls move the state.
     options.store.lease_timeout = absl::Hours(24);
+    char policy[] = "/tmp/weightd-fuzz-policy.XXXXXX";
+    const int fd = ::mkstemp(policy);
+    if (fd < 0) std::abort();
+    // sha256 of "admin", "worker" and "reader".
+    const std::string json = R"({"principals": [
+      {"name": "admin", "role": "ADMIN", "token_sha256": ["8c6976e5b5410415bde908bd4dee15dfb167a9c873fc4bb8a81f6f2ab448a918"]},
+      {"name": "worker", "role": "WORKER", "tensors": ["t*", "enc/*"], "worker_ids": ["*"],
+       "token_sha256": ["87eba76e7f3164534045ba922e7770fb58bbd14ad732bbf5ba6f11cc56989e6e"]},
+      {"name": "reader", "role": "READER", "tensors": ["*"],
+       "token_sha256": ["3d0941964aa3ebdcb00ccef58b1bb399f9f898465e9886d5aec7f31090a0fb30"]}]})";
+    if (::write(fd, json.data(), json.size()) !=
+        static_cast<ssize_t>(json.size())) {
+      std::abort();
+    }
+    ::close(fd);
+    options.auth_policy = policy;
     auto server = service::Server::Start(std::move(options));
     if (!server.ok()) {
       std::fprintf(stderr, "cannot start server: %s\n",
@@ -114,6 +136,31 @@ Harness& Get() {
 void SetDeadline(grpc::ClientContext& context, int ms) {
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::milliseconds(ms));
+}
+
+// Printable ASCII (what a header value may hold) of random length.
+std::string HeaderText(FuzzedDataProvider& in) {
+  std::string text = in.ConsumeRandomLengthString(100);
+  for (char& c : text) c = static_cast<char>(0x20 + (c & 0x7f) % 0x5f);
+  return text;
+}
+
+// Who the call is (see the top of the file).
+void Credentials(FuzzedDataProvider& in, grpc::ClientContext& context) {
+  switch (in.ConsumeIntegralInRange(0, 11)) {
+    case 0:
+      return;  // No credentials.
+    case 1:
+      return context.AddMetadata("authorization", "Bearer worker");
+    case 2:
+      return context.AddMetadata("authorization", "Bearer reader");
+    case 3:
+      return context.AddMetadata("authorization", HeaderText(in));
+    case 4:
+      return context.AddMetadata("authorization", "Bearer " + HeaderText(in));
+    default:
+      return context.AddMetadata("authorization", "Bearer admin");
+  }
 }
 
 std::string Name(FuzzedDataProvider& in) {
@@ -190,6 +237,7 @@ void FillChunk(FuzzedDataProvider& in, std::uint32_t tensors,
 // A well-formed Join of known tensors from a small pool of workers.
 grpc::Status GoodJoin(FuzzedDataProvider& in, Harness& h) {
   grpc::ClientContext context;
+  Credentials(in, context);
   SetDeadline(context, 2000);
   v1::JoinResponse response;
   auto stream = h.stub->Join(&context, &response);
@@ -259,6 +307,7 @@ std::vector<Request> GoodPush(FuzzedDataProvider& in, Harness& h) {
 grpc::Status Join(FuzzedDataProvider& in, Harness& h) {
   if (in.ConsumeBool()) return GoodJoin(in, h);
   grpc::ClientContext context;
+  Credentials(in, context);
   SetDeadline(context, 500);
   v1::JoinResponse response;
   auto stream = h.stub->Join(&context, &response);
@@ -346,6 +395,7 @@ grpc::Status Push(FuzzedDataProvider& in, Harness& h) {
     std::vector<v1::PushRequest> messages = GoodPush<v1::PushRequest>(in, h);
     Mutate(in, messages);
     grpc::ClientContext context;
+    Credentials(in, context);
     SetDeadline(context, 2000);
     v1::PushResponse response;
     auto stream = h.stub->Push(&context, &response);
@@ -356,6 +406,7 @@ grpc::Status Push(FuzzedDataProvider& in, Harness& h) {
     return stream->Finish();
   }
   grpc::ClientContext context;
+  Credentials(in, context);
   SetDeadline(context, 500);
   v1::PushResponse response;
   auto stream = h.stub->Push(&context, &response);
@@ -376,6 +427,7 @@ grpc::Status Push(FuzzedDataProvider& in, Harness& h) {
 
 grpc::Status PushPull(FuzzedDataProvider& in, Harness& h) {
   grpc::ClientContext context;
+  Credentials(in, context);
   SetDeadline(context, 100);
   auto stream = h.stub->PushPull(&context);
   if (in.ConsumeBool()) {
@@ -411,6 +463,7 @@ grpc::Status PushPull(FuzzedDataProvider& in, Harness& h) {
 
 grpc::Status Pull(FuzzedDataProvider& in, Harness& h) {
   grpc::ClientContext context;
+  Credentials(in, context);
   SetDeadline(context, 100);
   v1::PullRequest request;
   request.set_lease_id(Lease(in, h));
@@ -429,6 +482,7 @@ grpc::Status Pull(FuzzedDataProvider& in, Harness& h) {
 
 grpc::Status Unary(FuzzedDataProvider& in, Harness& h) {
   grpc::ClientContext context;
+  Credentials(in, context);
   SetDeadline(context, 100);
   switch (in.ConsumeIntegralInRange(0, 4)) {
     case 0: {
@@ -543,6 +597,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
   }
   // The server still answers.
   grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer admin");
   SetDeadline(context, 10000);
   v1::GetStatusResponse response;
   if (!h.stub->GetStatus(&context, {}, &response).ok()) {

@@ -513,6 +513,12 @@ TEST_F(AuthTest, EveryCallOfEveryRoleGetsItsCodeAndRefusalsChangeNothing) {
     }
   }
   EXPECT_EQ(refused, 40);
+  // Each refusal is counted, by its code (the segment calls' own
+  // FAILED_PRECONDITIONs are not refusals of who may).
+  v1::GetStatusResponse status;
+  ASSERT_TRUE(c.GetStatus(kAdmin, &status).ok());
+  EXPECT_EQ(status.refused_unauthenticated(), 12u);
+  EXPECT_EQ(status.refused_permission_denied(), 22u);
   // The pushes that were let in moved a/w (async: halfway each time).
   EXPECT_NE(Weights().find("a/w@4;"), std::string::npos) << Weights();
 }
