@@ -100,12 +100,12 @@ struct ClientOptions {
   // access), the stream calls carry them. Which one a worker uses is
   // logged at Join. Off: always the stream calls.
   bool shared_memory = true;
-  TlsOptions tls;
+  TlsOptions tls = {};
   // A bearer token, sent with every call ("authorization: Bearer TOKEN")
   // to servers whose --auth_policy names principals by token. Empty: none
   // (a client certificate, or a server without a policy). Send it over TLS
   // or a Unix socket only.
-  std::string token;
+  std::string token = {};
 };
 
 struct PushOptions {

@@ -76,3 +76,34 @@ def test_options_that_cannot_work_are_refused_before_connecting(certs):
         weightd.Client("127.0.0.1:1", "x", tls_ca=str(certs / "ca.crt"),
                        tls_cert=str(certs / "client-expired.crt"),
                        tls_key=str(certs / "client.key"))
+
+
+@pytest.fixture
+def policy_server(tmp_path):
+    import hashlib
+    digest = hashlib.sha256(b"py-secret").hexdigest()
+    policy = tmp_path / "policy.json"
+    policy.write_text(
+        '{"principals": [{"name": "py", "role": "WORKER", "tensors": ["py/*"],'
+        ' "worker_ids": ["py-*"], "token_sha256": ["%s"]}]}' % digest)
+    with weightd_daemon(f"--auth_policy={policy}", "--insecure") as (address,
+                                                                    _):
+        yield address
+
+
+def test_a_token_admits_a_worker_and_its_absence_is_unauthenticated(
+        policy_server, tmp_path, monkeypatch):
+    client = weightd.Client(policy_server, "py-0", token="py-secret")
+    w = np.full(4, 2.0, dtype=np.float32)
+    client.join({"py/w": w})
+    with pytest.raises(weightd.PermissionDenied,
+                       match="principal py .* may not use tensor other/w"):
+        client.join({"other/w": np.zeros(4, np.float32)})
+    # The token from the file WEIGHTD_TOKEN_FILE names.
+    token_file = tmp_path / "token"
+    token_file.write_text("py-secret\n")
+    monkeypatch.setenv("WEIGHTD_TOKEN_FILE", str(token_file))
+    assert weightd.Client(policy_server, "py-1").status()["rounds_closed"] == 0
+    monkeypatch.delenv("WEIGHTD_TOKEN_FILE")
+    with pytest.raises(weightd.Unauthenticated, match="no credentials"):
+        weightd.Client(policy_server, "py-2", connect_timeout=5)

@@ -69,8 +69,8 @@ struct Claimant {
   std::string peer;
   // The authenticated principal joining (server/service/auth_policy.h);
   // empty on a server without a policy. The membership's lease belongs to
-  // it (TensorStore::LeaseHolder).
-  std::string principal;
+  // it (TensorStore::HolderOf).
+  std::string principal = {};
 };
 
 // What a Join replaced.
