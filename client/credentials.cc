@@ -12,6 +12,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "common/tls.h"
 
@@ -125,6 +126,18 @@ class TokenInterceptorFactory final
   const std::string header_;  // Outlives the channel's interceptors.
 };
 
+// A target whose traffic stays on this host: a Unix socket or loopback.
+bool IsLocal(absl::string_view target) {
+  absl::ConsumePrefix(&target, "dns:///");
+  absl::ConsumePrefix(&target, "ipv4:");
+  absl::ConsumePrefix(&target, "ipv6:");
+  for (absl::string_view local :
+       {"unix:", "unix-abstract:", "127.", "localhost:", "[::1]:"}) {
+    if (absl::StartsWith(target, local)) return true;
+  }
+  return false;
+}
+
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
     const TlsOptions& tls, absl::string_view target,
     grpc::ChannelArguments& args) {
@@ -172,6 +185,12 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(
   if (token.find_first_of("\r\n") != std::string::npos) {
     return absl::InvalidArgumentError(
         "the bearer token holds a line break; give the token alone");
+  }
+  if (!UsesTls(tls) && !IsLocal(target)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a bearer token would travel in clear to ", target,
+        ": give --tls_ca (WEIGHTD_TLS_CA) for TLS, or dial a Unix socket or "
+        "this host's loopback address"));
   }
   std::vector<
       std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>

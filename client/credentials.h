@@ -24,7 +24,8 @@ namespace weightd {
 // The channel connects lazily. INVALID_ARGUMENT naming the option and the
 // fix: fields set without ca_file, a certificate without its key or the
 // other way round, a file that cannot be read or parsed, a key of another
-// certificate, an expired certificate, a token with a line break.
+// certificate, an expired certificate, a token with a line break, a token
+// that would travel in clear (plaintext TCP to another host).
 absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(
     const TlsOptions& tls, const std::string& token, const std::string& target,
     grpc::ChannelArguments args);

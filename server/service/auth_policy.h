@@ -80,6 +80,7 @@ class AuthPolicy {
 
   std::size_t size() const { return principals_.size(); }
   bool has_tokens() const { return !tokens_.empty(); }
+  bool has_certificate_names() const { return !certificate_names_.empty(); }
 
  private:
   AuthPolicy() = default;

@@ -38,13 +38,33 @@ std::vector<std::string> CertificateNames(
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Load(
-    std::string path, absl::Duration reload_interval) {
-  std::unique_ptr<Authorizer> authorizer(
-      new Authorizer(std::move(path), reload_interval));
-  const std::string fingerprint = Fingerprint(authorizer->path_);
+absl::StatusOr<std::shared_ptr<const AuthPolicy>> Authorizer::Read() const {
   absl::StatusOr<std::shared_ptr<const AuthPolicy>> policy =
-      AuthPolicy::Load(authorizer->path_);
+      AuthPolicy::Load(path_);
+  if (!policy.ok()) return policy.status();
+  if ((*policy)->has_certificate_names() && !transport_.client_certificates) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path_,
+        ": names principals by certificate_names, but this weightd asks "
+        "clients for no certificate: give --tls_client_ca (mutual TLS), or "
+        "name those principals by token_sha256"));
+  }
+  if ((*policy)->has_tokens() && transport_.plaintext_tcp) {
+    spdlog::warn(
+        "auth: the policy {} names bearer tokens, and this weightd serves "
+        "plaintext TCP: a token sent there travels in clear. Serve TLS "
+        "(--tls_cert, --tls_key), or send tokens over the Unix socket only",
+        path_);
+  }
+  return policy;
+}
+
+absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Load(
+    std::string path, absl::Duration reload_interval, Transport transport) {
+  std::unique_ptr<Authorizer> authorizer(
+      new Authorizer(std::move(path), reload_interval, transport));
+  const std::string fingerprint = Fingerprint(authorizer->path_);
+  absl::StatusOr<std::shared_ptr<const AuthPolicy>> policy = authorizer->Read();
   if (!policy.ok()) return policy.status();
   absl::MutexLock lock(&authorizer->mu_);
   authorizer->policy_ = *std::move(policy);
@@ -56,11 +76,6 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Load(
       authorizer->path_, authorizer->policy_->size(),
       absl::FormatDuration(reload_interval));
   return authorizer;
-}
-
-bool Authorizer::has_tokens() const {
-  absl::MutexLock lock(&mu_);
-  return policy_ != nullptr && policy_->has_tokens();
 }
 
 absl::StatusOr<Permissions> Authorizer::Admit(
@@ -89,9 +104,9 @@ absl::StatusOr<Permissions> Authorizer::Admit(
 
 absl::Status Authorizer::Reload() {
   if (!enabled()) return absl::OkStatus();
+  absl::MutexLock reloading(&reload_mu_);
   const std::string fingerprint = Fingerprint(path_);
-  absl::StatusOr<std::shared_ptr<const AuthPolicy>> policy =
-      AuthPolicy::Load(path_);
+  absl::StatusOr<std::shared_ptr<const AuthPolicy>> policy = Read();
   absl::MutexLock lock(&mu_);
   fingerprint_ = fingerprint;
   if (!policy.ok()) {

@@ -18,20 +18,27 @@
 
 namespace weightd::service {
 
+// What the listener can carry, which decides which policies can work.
+struct Transport {
+  // Clients present certificates (mutual TLS): certificate_names can match.
+  bool client_certificates = false;
+  // TCP without TLS: bearer tokens would travel in clear (warned).
+  bool plaintext_tcp = false;
+};
+
 class Authorizer {
  public:
   // Every caller unrestricted (the server runs without a policy).
   Authorizer() = default;
-  // Loads the policy at `path`. INVALID_ARGUMENT if it cannot be used.
+  // Loads the policy at `path`. INVALID_ARGUMENT if it cannot be used,
+  // which includes a policy naming certificate_names on a `transport`
+  // without client certificates (those principals could never call).
   static absl::StatusOr<std::unique_ptr<Authorizer>> Load(
-      std::string path, absl::Duration reload_interval);
+      std::string path, absl::Duration reload_interval, Transport transport);
   Authorizer(const Authorizer&) = delete;
   Authorizer& operator=(const Authorizer&) = delete;
 
   bool enabled() const { return !path_.empty(); }
-  // Whether the policy in force names bearer tokens (a plaintext listener
-  // would carry them in clear).
-  bool has_tokens() const;
 
   // The caller of `rpc` and what it may do. UNAUTHENTICATED (no, bad or
   // unknown credentials) or PERMISSION_DENIED (its role does not make
@@ -47,11 +54,21 @@ class Authorizer {
   void Poll(absl::Time now);
 
  private:
-  Authorizer(std::string path, absl::Duration reload_interval)
-      : path_(std::move(path)), reload_interval_(reload_interval) {}
+  Authorizer(std::string path, absl::Duration reload_interval,
+             Transport transport)
+      : path_(std::move(path)),
+        reload_interval_(reload_interval),
+        transport_(transport) {}
+  // The policy in `path_` if it can work on transport_ (logging the
+  // warnings it deserves).
+  absl::StatusOr<std::shared_ptr<const AuthPolicy>> Read() const;
 
   const std::string path_;
   const absl::Duration reload_interval_ = absl::Seconds(10);
+  const Transport transport_;
+  // Held across a whole reload (read and commit), so that a SIGHUP and a
+  // timed reload cannot commit an older file after a newer one.
+  absl::Mutex reload_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   std::shared_ptr<const AuthPolicy> policy_ ABSL_GUARDED_BY(mu_);
   std::string fingerprint_ ABSL_GUARDED_BY(mu_);  // Of the file, as read.

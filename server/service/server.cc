@@ -44,19 +44,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   spdlog::default_logger_raw();
   std::unique_ptr<Server> server(new Server());
   if (!options.auth_policy.empty()) {
-    WEIGHTD_ASSIGN_OR_RETURN(
-        server->authorizer_,
-        Authorizer::Load(options.auth_policy, options.auth_reload_interval));
-    const bool plaintext_tcp =
+    Transport transport;
+    transport.client_certificates =
+        !options.tls.cert_file.empty() && !options.tls.client_ca_file.empty();
+    transport.plaintext_tcp =
         options.tls.cert_file.empty() &&
         !absl::StartsWith(options.listen_address, "unix:");
-    if (plaintext_tcp && server->authorizer_->has_tokens()) {
-      spdlog::warn(
-          "auth: the policy names bearer tokens, and {} serves plaintext: a "
-          "token sent there travels in clear. Serve TLS (--tls_cert, "
-          "--tls_key), or send tokens over the Unix socket only",
-          options.listen_address);
-    }
+    WEIGHTD_ASSIGN_OR_RETURN(
+        server->authorizer_,
+        Authorizer::Load(options.auth_policy, options.auth_reload_interval,
+                         transport));
   } else {
     spdlog::info(
         "auth: no --auth_policy: every client that connects may make every "

@@ -1003,13 +1003,16 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
         *response->mutable_shard() = shard_;
         response->set_tensor_count(status.tensors.size());
         response->set_worker_count(status.workers.size());
+        // A non-admin sees the tensors and workers its patterns name.
         if (request.include_tensors()) {
           for (const core::TensorInfo& t : status.tensors) {
+            if (!permissions->MayUseTensor(t.name).ok()) continue;
             InfoToProto(t, response->add_tensors());
           }
         }
         if (request.include_workers()) {
           for (const core::WorkerInfo& w : status.workers) {
+            if (!permissions->MayJoinAs(w.worker_id).ok()) continue;
             v1::WorkerInfo* out = response->add_workers();
             out->set_worker_id(w.worker_id);
             // A lease id is what a call acts as: admins only.

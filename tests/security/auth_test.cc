@@ -302,6 +302,10 @@ std::string CodeName(StatusCode code) {
 
 class AuthTest : public ::testing::Test {
  protected:
+  // Only SIGHUP reads the policy again, unless a test says otherwise.
+  explicit AuthTest(const char* reload_interval = "1h")
+      : reload_interval_(reload_interval) {}
+
   void SetUp() override {
     certs_ = testing::MakeCerts();
     ASSERT_FALSE(certs_.empty());
@@ -312,9 +316,9 @@ class AuthTest : public ::testing::Test {
         std::vector<std::string>{
             "--tls_cert=" + certs_ + "/server.crt",
             "--tls_key=" + certs_ + "/server.key", "--auth_policy=" + policy_,
-            "--auth_reload_interval=1s", "--mode=async",
-            absl::StrCat("--chunk_bytes=", kChunkBytes), "--log_level=warn",
-            "--snapshot_dir=" + certs_ + "/snapshots"});
+            absl::StrCat("--auth_reload_interval=", reload_interval_),
+            "--mode=async", absl::StrCat("--chunk_bytes=", kChunkBytes),
+            "--log_level=warn", "--snapshot_dir=" + certs_ + "/snapshots"});
     ASSERT_FALSE(daemon_->address().empty()) << "weightd did not start";
     c_ = std::make_unique<Connection>(daemon_->address(), certs_ + "/ca.crt");
     ASSERT_TRUE(c_->Join(kWorkerA, "a-0", {"shared/w", "a/w"},
@@ -343,6 +347,7 @@ class AuthTest : public ::testing::Test {
     return bytes;
   }
 
+  const char* const reload_interval_;
   std::string certs_;
   std::string policy_;
   std::unique_ptr<testing::DaemonProcess> daemon_;
@@ -545,18 +550,25 @@ TEST_F(AuthTest, AnotherPrincipalsLeaseIsRefusedAndItsOwnerCarriesOn) {
       << hijack.error_message();
   EXPECT_EQ(c_->PushPull(kWorkerB, lease_a_, "shared/w", 100).error_code(),
             StatusCode::PERMISSION_DENIED);
+  // Every call that carries a lease holds team-b to its own.
+  EXPECT_EQ(c_->Pull(kWorkerB, {"shared/w"}, lease_a_).error_code(),
+            StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(c_->PushSegment(kWorkerB, lease_a_, "shared/w").error_code(),
+            StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(c_->PullSegment(kWorkerB, lease_a_, "shared/w").error_code(),
+            StatusCode::PERMISSION_DENIED);
   EXPECT_EQ(Weights(), before);
   // team-a's own push goes through and counts.
   EXPECT_TRUE(c_->Push(kWorkerA, lease_a_, "shared/w", 3).ok());
   EXPECT_NE(Weights(), before);
-  // Only the admin sees lease ids.
+  // Only the admin sees lease ids; a worker sees the workers its patterns
+  // name.
   v1::GetStatusResponse worker_view, admin_view;
   ASSERT_TRUE(c_->GetStatus(kWorkerB, &worker_view).ok());
   ASSERT_TRUE(c_->GetStatus(kAdmin, &admin_view).ok());
-  ASSERT_EQ(worker_view.workers_size(), 2);
-  for (const v1::WorkerInfo& w : worker_view.workers()) {
-    EXPECT_EQ(w.lease_id(), 0u) << w.worker_id();
-  }
+  ASSERT_EQ(worker_view.workers_size(), 1);
+  EXPECT_EQ(worker_view.workers(0).worker_id(), "b-0");
+  EXPECT_EQ(worker_view.workers(0).lease_id(), 0u);
   ASSERT_EQ(admin_view.workers_size(), 2);
   EXPECT_EQ(admin_view.workers(0).lease_id(), lease_a_);
   EXPECT_EQ(admin_view.workers(1).lease_id(), lease_b_);
@@ -571,29 +583,65 @@ bool Eventually(const std::function<bool()>& ok) {
   return ok();
 }
 
-TEST_F(AuthTest, ARemovedTokenIsRefusedOnItsNextCallAndABadPolicyIsIgnored) {
+TEST_F(AuthTest, SighupRefusesARemovedTokenAndKeepsThePolicyOverABadFile) {
   ASSERT_TRUE(c_->Heartbeat(kWorkerB, lease_b_).ok());
-  // SIGHUP: the policy without team-b.
+  // The policy without team-b: read on SIGHUP (the timed check is an hour
+  // away here).
   WritePolicy(Policy(false));
   ::kill(daemon_->pid(), SIGHUP);
   EXPECT_TRUE(Eventually([&] {
     return c_->Heartbeat(kWorkerB, lease_b_).error_code() ==
            StatusCode::UNAUTHENTICATED;
-  })) << "team-b's token still admitted after SIGHUP";
+  })) << "team-b's token still admitted after SIGHUP: "
+      << daemon_->log();
   EXPECT_TRUE(c_->Heartbeat(kWorkerA, lease_a_).ok());
-  // A file that cannot be used: the policy in force stays.
+  // A file that cannot be used: an error line, and the policy in force
+  // stays.
   WritePolicy("{\"principals\": [{\"name\": \"broken\"}]}");
   ::kill(daemon_->pid(), SIGHUP);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_TRUE(Eventually([&] {
+    return daemon_->log().find(
+               "cannot be used, the one read before stays "
+               "in force") != std::string::npos;
+  })) << daemon_->log();
   EXPECT_TRUE(c_->Heartbeat(kWorkerA, lease_a_).ok());
   EXPECT_EQ(c_->Heartbeat(kWorkerB, lease_b_).error_code(),
             StatusCode::UNAUTHENTICATED);
-  // A change on disk alone (no signal) is read within the interval: team-b
-  // is back.
+}
+
+class AuthReloadTest : public AuthTest {
+ protected:
+  AuthReloadTest() : AuthTest("1s") {}
+};
+
+TEST_F(AuthReloadTest, AChangedFileIsReadWithoutASignal) {
+  WritePolicy(Policy(false));
+  EXPECT_TRUE(Eventually([&] {
+    return c_->Heartbeat(kWorkerB, lease_b_).error_code() ==
+           StatusCode::UNAUTHENTICATED;
+  })) << "the changed file was not read again";
   WritePolicy(Policy(true));
   EXPECT_TRUE(Eventually([&] {
     return c_->Heartbeat(kWorkerB, lease_b_).ok();
-  })) << "the changed file was not read again";
+  })) << "team-b not let in again";
+}
+
+TEST(AuthStartTest, CertificateNamesWithoutClientCertificatesStopTheDaemon) {
+  const std::string certs = testing::MakeCerts();
+  ASSERT_FALSE(certs.empty());
+  std::ofstream(certs + "/policy.json")
+      << R"({"principals": [{"name": "ops", "role": "ADMIN", "certificate_names": ["ops"]}]})";
+  testing::DaemonProcess daemon(g_weightd, "auth-start",
+                                {"--tls_cert=" + certs + "/server.crt",
+                                 "--tls_key=" + certs + "/server.key",
+                                 "--auth_policy=" + certs + "/policy.json"});
+  EXPECT_TRUE(daemon.address().empty()) << "weightd started";
+  EXPECT_NE(daemon.log().find("names principals by certificate_names, but "
+                              "this weightd asks clients for no certificate: "
+                              "give --tls_client_ca"),
+            std::string::npos)
+      << daemon.log();
+  std::system(("rm -rf '" + certs + "'").c_str());
 }
 
 }  // namespace
