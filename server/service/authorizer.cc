@@ -80,7 +80,6 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Load(
 
 absl::StatusOr<Permissions> Authorizer::Admit(
     const grpc::ServerContextBase& context, Rpc rpc) const {
-  if (!enabled()) return Permissions::Unrestricted();
   std::shared_ptr<const AuthPolicy> policy;
   {
     absl::MutexLock lock(&mu_);
@@ -103,7 +102,6 @@ absl::StatusOr<Permissions> Authorizer::Admit(
 }
 
 absl::Status Authorizer::Reload() {
-  if (!enabled()) return absl::OkStatus();
   absl::MutexLock reloading(&reload_mu_);
   const std::string fingerprint = Fingerprint(path_);
   absl::StatusOr<std::shared_ptr<const AuthPolicy>> policy = Read();
@@ -125,7 +123,6 @@ absl::Status Authorizer::Reload() {
 }
 
 void Authorizer::Poll(absl::Time now) {
-  if (!enabled()) return;
   {
     absl::MutexLock lock(&mu_);
     if (now < next_poll_) return;

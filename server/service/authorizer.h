@@ -26,10 +26,9 @@ struct Transport {
   bool plaintext_tcp = false;
 };
 
+// A server without a policy has no Authorizer (WeightdService takes null).
 class Authorizer {
  public:
-  // Every caller unrestricted (the server runs without a policy).
-  Authorizer() = default;
   // Loads the policy at `path`. INVALID_ARGUMENT if it cannot be used,
   // which includes a policy naming certificate_names on a `transport`
   // without client certificates (those principals could never call).
@@ -38,7 +37,6 @@ class Authorizer {
   Authorizer(const Authorizer&) = delete;
   Authorizer& operator=(const Authorizer&) = delete;
 
-  bool enabled() const { return !path_.empty(); }
 
   // The caller of `rpc` and what it may do. UNAUTHENTICATED (no, bad or
   // unknown credentials) or PERMISSION_DENIED (its role does not make
