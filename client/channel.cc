@@ -26,10 +26,9 @@ constexpr int kStreamWindowBytes = 4 << 20;
 
 }  // namespace
 
-std::string ShardClient::WhyUnreachable() const {
+std::string ShardClient::WhyUnreachable(absl::Time deadline) const {
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::seconds(1));
+  context.set_deadline(absl::ToChronoTime(deadline));
   context.set_wait_for_ready(false);
   v1::GetStatusResponse response;
   const grpc::Status status =
@@ -100,7 +99,7 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(
         client->channel_->channel->GetState(false) ==
             GRPC_CHANNEL_TRANSIENT_FAILURE) {
       asked = now;
-      why = client->WhyUnreachable();
+      why = client->WhyUnreachable(std::min(give_up, now + absl::Seconds(1)));
       // A certificate that does not verify will not verify on the next
       // attempt either: say so now rather than at the end of the timeout.
       if (UsesTls(options.tls) && IsTlsFailure(why)) {

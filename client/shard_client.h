@@ -133,9 +133,10 @@ class ShardClient {
       const ClientOptions& options, const std::string& address);
   void Log(absl::string_view message) const;
   // While the channel fails to connect: gRPC's reason, from one quick call
-  // that does not wait for the channel ("failed to connect to all
-  // addresses; last error: ..."). (client/channel.cc)
-  std::string WhyUnreachable() const;
+  // that does not wait for the channel, ended by `deadline` at the latest
+  // ("failed to connect to all addresses; last error: ...").
+  // (client/channel.cc)
+  std::string WhyUnreachable(absl::Time deadline) const;
   bool Cancelled() const {
     return options_.cancellation != nullptr &&
            options_.cancellation->cancelled();
