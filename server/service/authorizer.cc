@@ -2,24 +2,17 @@
 
 #include <grpc/grpc_security_constants.h>
 #include <grpcpp/security/auth_context.h>
-#include <sys/stat.h>
 
 #include <optional>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/service/file_stamp.h"
 #include "spdlog/spdlog.h"
 
 namespace weightd::service {
 namespace {
-
-std::string Fingerprint(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return "-";
-  return absl::StrCat(st.st_ino, ",", st.st_size, ",", st.st_mtim.tv_sec, ".",
-                      st.st_mtim.tv_nsec);
-}
 
 // The names of the caller's client certificate, if TLS verified one.
 std::vector<std::string> CertificateNames(
@@ -63,7 +56,7 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Load(
     std::string path, absl::Duration reload_interval, Transport transport) {
   std::unique_ptr<Authorizer> authorizer(
       new Authorizer(std::move(path), reload_interval, transport));
-  const std::string fingerprint = Fingerprint(authorizer->path_);
+  const std::string fingerprint = FileStamp(authorizer->path_);
   absl::StatusOr<std::shared_ptr<const AuthPolicy>> policy = authorizer->Read();
   if (!policy.ok()) return policy.status();
   absl::MutexLock lock(&authorizer->mu_);
@@ -103,7 +96,7 @@ absl::StatusOr<Permissions> Authorizer::Admit(
 
 absl::Status Authorizer::Reload() {
   absl::MutexLock reloading(&reload_mu_);
-  const std::string fingerprint = Fingerprint(path_);
+  const std::string fingerprint = FileStamp(path_);
   absl::StatusOr<std::shared_ptr<const AuthPolicy>> policy = Read();
   absl::MutexLock lock(&mu_);
   fingerprint_ = fingerprint;
@@ -127,7 +120,7 @@ void Authorizer::Poll(absl::Time now) {
     absl::MutexLock lock(&mu_);
     if (now < next_poll_) return;
     next_poll_ = now + reload_interval_;
-    if (Fingerprint(path_) == fingerprint_) return;
+    if (FileStamp(path_) == fingerprint_) return;
   }
   (void)Reload();  // Logs what happened.
 }

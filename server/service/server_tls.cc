@@ -2,7 +2,6 @@
 
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <utility>
@@ -11,26 +10,17 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/tls.h"
+#include "server/service/file_stamp.h"
 #include "spdlog/spdlog.h"
 
 namespace weightd::service {
 namespace {
 
-// What changes when a file is replaced or rewritten (stat follows a
-// symlink to the file it names now).
+// The stamps of the three files (file_stamp.h).
 std::string Fingerprint(const TlsFiles& files) {
-  std::string out;
-  for (const std::string* file :
-       {&files.cert_file, &files.key_file, &files.client_ca_file}) {
-    struct stat st;
-    if (file->empty() || ::stat(file->c_str(), &st) != 0) {
-      absl::StrAppend(&out, "-;");
-      continue;
-    }
-    absl::StrAppend(&out, st.st_ino, ",", st.st_size, ",", st.st_mtim.tv_sec,
-                    ".", st.st_mtim.tv_nsec, ";");
-  }
-  return out;
+  return absl::StrCat(FileStamp(files.cert_file), ";",
+                      FileStamp(files.key_file), ";",
+                      FileStamp(files.client_ca_file));
 }
 
 // What the server presents and whom it lets in, for the log; or why the
