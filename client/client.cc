@@ -366,6 +366,7 @@ ClientStats Client::stats() const {
     sum.bytes_pushed += shard->stats().bytes_pushed;
     sum.bytes_pulled += shard->stats().bytes_pulled;
     sum.rounds_missed += shard->stats().rounds_missed;
+    sum.retries += shard->stats().retries;
   }
   return sum;
 }

@@ -104,7 +104,12 @@ absl::Status ShardClient::Retrying(absl::string_view what,
   policy.initial_backoff = options_.initial_backoff;
   policy.max_backoff = options_.max_backoff;
   policy.progress_interval = options_.progress_interval;
-  return RetryWithBackoff(policy, retry_env_, what, address_, attempt);
+  bool first = true;
+  return RetryWithBackoff(policy, retry_env_, what, address_, [&] {
+    if (!first) ++stats_.retries;
+    first = false;
+    return attempt();
+  });
 }
 
 absl::Status ShardClient::Push(absl::Span<const TensorRef> tensors,

@@ -139,6 +139,11 @@ struct ClientStats {
   // PushPulls whose round moved on without them (answered with the current
   // value instead).
   std::uint64_t rounds_missed = 0;
+  // Attempts made again after a call failed with UNAVAILABLE or
+  // DEADLINE_EXCEEDED (a lost connection, a server restarting): each is
+  // also a log line naming the error. A resent push counts its bytes again
+  // in bytes_pushed.
+  std::uint64_t retries = 0;
 };
 
 }  // namespace weightd

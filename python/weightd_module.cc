@@ -200,6 +200,7 @@ class PyClient {
     out["bytes_pushed"] = stats.bytes_pushed;
     out["bytes_pulled"] = stats.bytes_pulled;
     out["rounds_missed"] = stats.rounds_missed;
+    out["retries"] = stats.retries;
     return out;
   }
   // A numpy array over tensor `name`'s place in the shared-memory segment

@@ -45,7 +45,8 @@ MEMORY_WORKER = """
         assert a[0] == a[-1] == 3.5, (a[0], a[-1])
         print("rss", json.dumps({"before": before, "peak": peak(),
                                  "pushed": c.stats()["bytes_pushed"],
-                                 "pulled": c.stats()["bytes_pulled"]}),
+                                 "pulled": c.stats()["bytes_pulled"],
+                                 "retries": c.stats()["retries"]}),
               flush=True)
 """
 
@@ -69,8 +70,15 @@ def test_peak_rss_of_a_256_mib_worker_on_a_busy_machine(server, spawn, path):
     assert w.wait(timeout=30) == 0, w.err()
     for s in spinners:
         s.kill()
-    assert rss["pushed"] == 3 * TENSOR_BYTES   # Join, push, push_pull.
-    assert rss["pulled"] == 2 * TENSOR_BYTES   # pull, push_pull.
+    if rss["retries"] == 0:
+        assert rss["pushed"] == 3 * TENSOR_BYTES   # Join, push, push_pull.
+        assert rss["pulled"] == 2 * TENSOR_BYTES   # pull, push_pull.
+    else:
+        # A call was made again (the client logged why): it moved its bytes
+        # again, and the peak still counts.
+        print(f"{path}: {rss['retries']} call(s) made again:\n{w.err()}")
+        assert rss["pushed"] >= 3 * TENSOR_BYTES
+        assert rss["pulled"] >= 2 * TENSOR_BYTES
     held = TENSOR_BYTES * (2 if path == "shared" else 1)  # + its segment
     over = (rss["peak"] - rss["before"] - held) / MiB
     print(f"{path}: peak RSS {rss['peak'] / MiB:.0f} MiB = "

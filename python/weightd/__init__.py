@@ -247,7 +247,7 @@ class Client:
         return self._native.status()
 
     def stats(self) -> dict:
-        """This client's counters (bytes pushed and pulled, rounds missed)."""
+        """This client's counters (bytes pushed and pulled, rounds missed, retries)."""
         return self._native.stats()
 
     def close(self) -> None:

@@ -65,6 +65,12 @@ absl::Status NotAValid(const google::protobuf::MessageLite& message,
 absl::Status ParseMessage(grpc::ByteBuffer* bytes,
                           google::protobuf::MessageLite* message,
                           absl::string_view call, absl::string_view noun) {
+  // No bytes at all: the client half-closed (or was cancelled) before
+  // sending one, which is not a message that fails to parse.
+  if (!bytes->Valid()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a ", call, " call ended its side without a ", noun));
+  }
   if (!FromBytes(bytes, message)) return NotAValid(*message, call, noun);
   return absl::OkStatus();
 }

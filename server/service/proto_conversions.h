@@ -38,7 +38,8 @@ absl::Status RepeatedHeader(absl::string_view call);
 
 // Parses a whole message that arrived as bytes (every method is raw),
 // consuming `bytes`. INVALID_ARGUMENT naming the call and the message: "a
-// Leave request is not a valid weightd.v1.LeaveRequest".
+// Leave request is not a valid weightd.v1.LeaveRequest", or "a Leave call
+// ended its side without a request" when no message came.
 absl::Status ParseMessage(grpc::ByteBuffer* bytes,
                           google::protobuf::MessageLite* message,
                           absl::string_view call,

@@ -1,5 +1,6 @@
 // Service tests: a real weightd server on 127.0.0.1 (port 0), driven through
 // the real client and through raw stubs for the malformed calls.
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/impl/client_unary_call.h>
 #include <unistd.h>
@@ -18,6 +19,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "client/client.h"
 #include "common/grpc_status.h"
 #include "common/wire.h"
@@ -547,7 +550,46 @@ TEST_F(ServiceTest, HugeTensorRoundTripIsBitExact) {
   ASSERT_THAT(b->Join({TensorRef{"big", shape, absl::MakeSpan(other)}}),
               IsOk());
   EXPECT_EQ(std::memcmp(other.data(), original.data(), kElements * 4), 0);
-  EXPECT_EQ(a->stats().bytes_pushed, 2 * kElements * 4);
+  // Join and PushPull, once each, unless a call was made again (a lost
+  // connection on a busy machine: logged above with its error).
+  if (a->stats().retries == 0) {
+    EXPECT_EQ(a->stats().bytes_pushed, 2 * kElements * 4);
+  } else {
+    EXPECT_GE(a->stats().bytes_pushed, 2 * kElements * 4);
+  }
+}
+
+// A unary call that ends its side without a request (a raw client, or one
+// cancelled before its message went out) is refused for what it is, not
+// as a request that does not parse.
+TEST_F(ServiceTest, AUnaryCallWithoutItsRequestIsRefusedForWhatItIs) {
+  grpc::GenericStub generic(channel_);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(10));
+  auto call =
+      generic.PrepareCall(&context, "/weightd.v1.Weightd/Heartbeat", &cq);
+  auto step = [&cq](int tag) {
+    void* got = nullptr;
+    bool ok = false;
+    return cq.Next(&got, &ok) && got == reinterpret_cast<void*>(tag);
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(step(1));
+  call->WritesDone(reinterpret_cast<void*>(2));
+  ASSERT_TRUE(step(2));
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(3));
+  ASSERT_TRUE(step(3));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(),
+              HasSubstr("a Heartbeat call ended its side without a request"));
+  cq.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq.Next(&tag, &ok)) {
+  }
 }
 
 // Every malformed call gets its specific code and leaves the value alone.
@@ -903,15 +945,21 @@ TEST_F(SnapshotServiceTest, ClientRidesThroughARestartOnTheSamePort) {
   const int port = server_->port();
   server_.reset();  // Final snapshot written; the port is free.
   absl::Status pushed;
+  absl::Notification calling;
   std::thread worker([&] {
     std::fill(w.begin(), w.end(), 3.0f);
+    calling.Notify();
     pushed = client->PushPull({TensorRef{"w", {8}, absl::MakeSpan(w)}});
   });
+  // The call meets the closed port at least once.
+  calling.WaitForNotification();
+  absl::SleepFor(absl::Milliseconds(300));
   Restart(absl::StrCat("127.0.0.1:", port));
   worker.join();
   EXPECT_THAT(pushed, IsOk());
   EXPECT_THAT(w, ::testing::Each(3.0f));
   EXPECT_EQ(*client->Version("w"), 2u);
+  EXPECT_GE(client->stats().retries, 1u);
 }
 
 TEST_F(SnapshotServiceTest, UnusableSnapshotsMeanNotServing) {
