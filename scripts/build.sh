@@ -14,5 +14,7 @@ fi
 echo "build: $dir"
 # Two compile jobs by default: the reference machine has 2 cores. Progress
 # lines are dropped; warnings and errors are shown.
+start=$SECONDS
 cmake --build "$dir" -j "${WEIGHTD_BUILD_JOBS:-2}" |
   { grep -vE '^\[[0-9]+/[0-9]+\] (Building|Linking|Generating|Running)' || true; }
+echo "build: $dir took $((SECONDS - start)) s"

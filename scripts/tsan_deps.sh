@@ -46,6 +46,7 @@ cmake -S "$work/abseil-src" -B "$work/abseil-build" -G Ninja \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
   -DCMAKE_CXX_STANDARD=17 -DABSL_PROPAGATE_CXX_STD=ON \
   -DCMAKE_CXX_FLAGS="-fsanitize=thread" -DCMAKE_POSITION_INDEPENDENT_CODE=ON \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -gline-tables-only -DNDEBUG" \
   -DBUILD_TESTING=OFF -DCMAKE_INSTALL_PREFIX="$prefix" >/dev/null
 cmake --build "$work/abseil-build" -j "${WEIGHTD_BUILD_JOBS:-2}" >/dev/null
 cmake --install "$work/abseil-build" >/dev/null
