@@ -2,6 +2,7 @@
 //
 // flags / WEIGHTD_* env -> ServerOptions -> Server -> wait for SIGTERM/SIGINT.
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -99,6 +100,38 @@ ABSL_FLAG(uint64_t, max_total_bytes, 0,
 ABSL_FLAG(uint32_t, max_workers, 10000,
           "Most workers that may be members at once; a Join of another gets "
           "RESOURCE_EXHAUSTED. 0: no limit.");
+ABSL_FLAG(uint32_t, max_tensors_per_principal, 0,
+          "Most tensors the joins of one --auth_policy principal may create; "
+          "a Join over it gets RESOURCE_EXHAUSTED. 0: no limit.");
+ABSL_FLAG(uint64_t, max_bytes_per_principal, 0,
+          "Most bytes of tensors the joins of one --auth_policy principal may "
+          "create; a Join over it gets RESOURCE_EXHAUSTED. 0: no limit.");
+ABSL_FLAG(uint32_t, max_calls, 10000,
+          "Most calls served at once, over all connections; another gets "
+          "UNAVAILABLE (clients retry with backoff). 0: no limit.");
+ABSL_FLAG(uint32_t, max_streams_per_connection, 100,
+          "Most calls one connection may have open at once (HTTP/2 "
+          "SETTINGS_MAX_CONCURRENT_STREAMS); clients queue beyond it.");
+ABSL_FLAG(uint64_t, max_receive_memory, uint64_t{1} << 30,
+          "Memory, in bytes, gRPC may hold for connections and the data "
+          "they bring in before calls consume it (its resource quota); "
+          "under pressure it stops reading, then cancels streams with "
+          "RESOURCE_EXHAUSTED. At least 16 MiB.");
+ABSL_FLAG(absl::Duration, stall_timeout, absl::Seconds(30),
+          "How long a Join, Push or PushPull may send nothing in the middle "
+          "of its stream before the call is cut (DEADLINE_EXCEEDED; weightd's "
+          "clients send the push again): a stalled pusher holds no round and "
+          "no memory longer. inf: never.");
+ABSL_FLAG(absl::Duration, min_client_ping_interval, absl::Seconds(5),
+          "Client pings without data closer together than this are strikes; "
+          "after two the connection is closed (GOAWAY too_many_pings). "
+          "weightd's clients ping every 20s at most.");
+ABSL_FLAG(absl::Duration, max_connection_idle, absl::Minutes(10),
+          "A connection with no call for this long is closed (a client "
+          "reconnects for its next call). inf: never.");
+ABSL_FLAG(absl::Duration, handshake_timeout, absl::Seconds(10),
+          "A new connection must finish its TLS and HTTP/2 handshakes "
+          "within this, or it is closed.");
 ABSL_FLAG(std::string, round_quorum, "all",
           "Sync mode: how many of a tensor's workers must have pushed before "
           "its round may close without the rest, once --round_timeout has "
@@ -196,6 +229,31 @@ std::string DirectoryProblem(const std::string& dir, bool create) {
   const absl::Status s = weightd::ProbeWritableDirectory(dir, create);
   if (s.ok()) return "";
   return absl::StrCat(s.message(), "; give a directory weightd can write");
+}
+
+// Each connection holds a file descriptor, and the soft limit is often
+// 1,024 where the hard one is far higher: take the hard one, and say what
+// it is.
+void RaiseOpenFileLimit() {
+  struct rlimit limit;
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  if (limit.rlim_cur < limit.rlim_max) {
+    struct rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max == RLIM_INFINITY
+                          ? std::max<rlim_t>(limit.rlim_cur, rlim_t{1} << 20)
+                          : limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  if (limit.rlim_cur < 4096) {
+    spdlog::warn(
+        "open files: at most {} (RLIMIT_NOFILE): each connection holds one, "
+        "so about that many workers and idle connections fill it and new "
+        "ones are refused; raise it (ulimit -n, LimitNOFILE= in systemd)",
+        static_cast<unsigned long long>(limit.rlim_cur));
+  } else {
+    spdlog::info("open files: at most {} (RLIMIT_NOFILE)",
+                 static_cast<unsigned long long>(limit.rlim_cur));
+  }
 }
 
 }  // namespace
@@ -332,6 +390,19 @@ int main(int argc, char** argv) {
   options.store.lease_timeout = absl::GetFlag(FLAGS_lease_timeout);
   options.store.max_total_bytes = absl::GetFlag(FLAGS_max_total_bytes);
   options.store.max_workers = absl::GetFlag(FLAGS_max_workers);
+  options.store.max_tensors_per_principal =
+      absl::GetFlag(FLAGS_max_tensors_per_principal);
+  options.store.max_bytes_per_principal =
+      absl::GetFlag(FLAGS_max_bytes_per_principal);
+  options.limits.max_calls = absl::GetFlag(FLAGS_max_calls);
+  options.limits.max_streams_per_connection =
+      absl::GetFlag(FLAGS_max_streams_per_connection);
+  options.limits.max_receive_memory = absl::GetFlag(FLAGS_max_receive_memory);
+  options.limits.stall_timeout = absl::GetFlag(FLAGS_stall_timeout);
+  options.limits.min_client_ping_interval =
+      absl::GetFlag(FLAGS_min_client_ping_interval);
+  options.limits.max_connection_idle = absl::GetFlag(FLAGS_max_connection_idle);
+  options.limits.handshake_timeout = absl::GetFlag(FLAGS_handshake_timeout);
   options.store.round_timeout = absl::GetFlag(FLAGS_round_timeout);
   const std::string quorum = absl::GetFlag(FLAGS_round_quorum);
   std::uint32_t quorum_count = 0;
@@ -391,6 +462,7 @@ int main(int argc, char** argv) {
         "until then)",
         address);
   };
+  RaiseOpenFileLimit();
   auto server = weightd::service::Server::Start(options);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   if (!tls && !absl::StartsWith(options.listen_address, "unix")) {

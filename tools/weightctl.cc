@@ -98,6 +98,9 @@ int Status(const std::shared_ptr<grpc::Channel>& channel) {
   std::printf("refused_unauthenticated %llu  refused_permission_denied %llu\n",
               static_cast<unsigned long long>(r.refused_unauthenticated()),
               static_cast<unsigned long long>(r.refused_permission_denied()));
+  std::printf("refused_busy %llu  stalled_calls_cut %llu\n",
+              static_cast<unsigned long long>(r.refused_busy()),
+              static_cast<unsigned long long>(r.stalled_calls_cut()));
   std::printf("tensors %u\n", r.tensor_count());
   for (const auto& t : r.tensors()) {
     std::printf("  %s [%s] version %llu participants %u contributed %u\n",

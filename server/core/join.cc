@@ -191,6 +191,7 @@ absl::StatusOr<std::unique_ptr<JoinSession>> TensorStore::BeginJoin(
   {
     absl::ReaderMutexLock lock(&mu_);
     std::uint64_t new_bytes = 0;
+    std::uint32_t new_tensors = 0;
     for (std::size_t i = 0; i < declarations.size(); ++i) {
       auto it = tensors_.find(declarations[i].name);
       if (it != tensors_.end()) {
@@ -198,9 +199,13 @@ absl::StatusOr<std::unique_ptr<JoinSession>> TensorStore::BeginJoin(
             CheckHeld(*it->second, declarations[i], worker_id));
       }
       keep.push_back(it == tensors_.end());
-      if (it == tensors_.end()) new_bytes += bytes[i];
+      if (it == tensors_.end()) {
+        new_bytes += bytes[i];
+        ++new_tensors;
+      }
     }
-    WEIGHTD_RETURN_IF_ERROR(AdmitJoinLocked(worker_id, new_bytes));
+    WEIGHTD_RETURN_IF_ERROR(AdmitJoinLocked(
+        worker_id, header.claimant.principal, new_tensors, new_bytes));
   }
   return std::unique_ptr<JoinSession>(new JoinSession(
       this, std::move(header), std::move(bytes), std::move(keep)));
@@ -221,6 +226,19 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
     std::vector<Declaration> declarations) {
   absl::flat_hash_set<absl::string_view> declared;
   for (const Declaration& d : declarations) declared.insert(d.name);
+  // The tensors this Join may create (those it brought a value for), built
+  // before the store's lock: a large one's accumulator is allocated and
+  // zeroed here, not while every other call waits. (A 256 MiB tensor under
+  // TSan held the lock 6.8 s, and its worker's new lease had lapsed by the
+  // time it was handed out.) One that another Join created meanwhile is
+  // dropped after the lock is released.
+  std::vector<std::shared_ptr<SharedTensor>> fresh(declarations.size());
+  for (std::size_t i = 0; i < declarations.size(); ++i) {
+    Declaration& d = declarations[i];
+    if (d.initial_value.empty()) continue;
+    fresh[i] = std::make_shared<SharedTensor>(
+        d.name, d.shape, std::move(d.initial_value), &options_, d.whole_shape);
+  }
 
   Deferred deferred;  // Runs after the lock is released.
   absl::MutexLock lock(&mu_);
@@ -253,15 +271,19 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
     }
   }
   std::uint64_t new_bytes = 0;
-  for (const Declaration& d : declarations) {
-    if (!tensors_.contains(d.name)) {
-      new_bytes += d.initial_value.size() * kFloatBytes;
+  std::uint32_t new_tensors = 0;
+  for (std::size_t i = 0; i < declarations.size(); ++i) {
+    if (!tensors_.contains(declarations[i].name)) {
+      if (fresh[i] != nullptr) new_bytes += fresh[i]->elements() * kFloatBytes;
+      ++new_tensors;
     }
   }
-  WEIGHTD_RETURN_IF_ERROR(AdmitJoinLocked(worker_id, new_bytes));
-  for (const Declaration& d : declarations) {
+  WEIGHTD_RETURN_IF_ERROR(
+      AdmitJoinLocked(worker_id, claimant.principal, new_tensors, new_bytes));
+  for (std::size_t i = 0; i < declarations.size(); ++i) {
+    const Declaration& d = declarations[i];
     auto it = tensors_.find(d.name);
-    if (it == tensors_.end() && d.initial_value.empty()) {
+    if (it == tensors_.end() && fresh[i] == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor ", d.name,
                        " does not exist yet; its declaration must "
@@ -299,14 +321,19 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
   result.takeover = takeover;
   result.lease_id = worker.lease_id;
   result.next_sequence = worker.max_sequence + 1;
-  for (Declaration& d : declarations) {
+  for (std::size_t i = 0; i < declarations.size(); ++i) {
+    const Declaration& d = declarations[i];
     auto& slot = tensors_[d.name];
     const bool created = slot == nullptr;
     if (created) {
-      tensor_bytes_ += d.initial_value.size() * kFloatBytes;
-      slot = std::make_shared<SharedTensor>(d.name, d.shape,
-                                            std::move(d.initial_value),
-                                            &options_, d.whole_shape);
+      const std::uint64_t bytes = fresh[i]->elements() * kFloatBytes;
+      tensor_bytes_ += bytes;
+      if (!claimant.principal.empty()) {
+        Created& by = created_by_[claimant.principal];
+        ++by.tensors;
+        by.bytes += bytes;
+      }
+      slot = std::move(fresh[i]);
     }
     slot->AddParticipant(worker.id);
     worker.tensors.push_back(d.name);
@@ -317,6 +344,8 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
 }
 
 absl::Status TensorStore::AdmitJoinLocked(absl::string_view worker_id,
+                                          absl::string_view principal,
+                                          std::uint32_t new_tensors,
                                           std::uint64_t new_bytes) const {
   if (closed()) return ClosedError();
   if (options_.max_workers > 0 && leases_.size() >= options_.max_workers) {
@@ -335,6 +364,27 @@ absl::Status TensorStore::AdmitJoinLocked(absl::string_view worker_id,
         "worker ", worker_id, " would create ", new_bytes,
         " bytes of tensors; the server holds ", tensor_bytes_, " of at most ",
         options_.max_total_bytes, " (--max_total_bytes)"));
+  }
+  if (principal.empty() || new_tensors == 0) return absl::OkStatus();
+  Created created;
+  if (auto it = created_by_.find(principal); it != created_by_.end()) {
+    created = it->second;
+  }
+  const std::uint32_t max_tensors = options_.max_tensors_per_principal;
+  if (max_tensors > 0 && (created.tensors >= max_tensors ||
+                          new_tensors > max_tensors - created.tensors)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "worker ", worker_id, " would create ", new_tensors,
+        " tensor(s); principal ", principal, " created ", created.tensors,
+        " of at most ", max_tensors, " (--max_tensors_per_principal)"));
+  }
+  const std::uint64_t max_bytes = options_.max_bytes_per_principal;
+  if (max_bytes > 0 &&
+      (created.bytes >= max_bytes || new_bytes > max_bytes - created.bytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "worker ", worker_id, " would create ", new_bytes,
+        " bytes of tensors; principal ", principal, " created ", created.bytes,
+        " of at most ", max_bytes, " (--max_bytes_per_principal)"));
   }
   return absl::OkStatus();
 }

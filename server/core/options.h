@@ -88,6 +88,12 @@ struct StoreOptions {
   std::uint64_t max_total_bytes = 0;
   // Most workers that may be members at once (0: no limit).
   std::uint32_t max_workers = 0;
+  // Most tensors, and bytes of tensors, the joins of one principal
+  // (Claimant::principal; not the unnamed one of a server without a policy)
+  // may create (0: no limit). Counted from the daemon's start: tensors
+  // restored from a snapshot count for nobody.
+  std::uint32_t max_tensors_per_principal = 0;
+  std::uint64_t max_bytes_per_principal = 0;
   // A joined worker that makes no call for this long (pushes, barriers,
   // heartbeats) loses its lease and leaves every sharing group, so that sync
   // rounds stop waiting for it. Enforced by TensorStore::ExpireLeases().

@@ -491,7 +491,11 @@ class TensorStore {
   std::function<void()> HoldLeaseLocked(Worker& worker)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseLease(const std::string& worker_id, std::uint64_t lease_id);
+  // Whether a join of `worker_id` by `principal` may create `new_tensors`
+  // tensors of `new_bytes`: RESOURCE_EXHAUSTED over a limit.
   absl::Status AdmitJoinLocked(absl::string_view worker_id,
+                               absl::string_view principal,
+                               std::uint32_t new_tensors,
                                std::uint64_t new_bytes) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::shared_ptr<SharedTensor>> FindLocked(
@@ -519,6 +523,12 @@ class TensorStore {
   absl::flat_hash_map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::uint64_t, std::string> leases_ ABSL_GUARDED_BY(mu_);
   std::uint64_t tensor_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // Sum of sizes.
+  // What each principal's joins created since start (named principals).
+  struct Created {
+    std::uint32_t tensors = 0;
+    std::uint64_t bytes = 0;
+  };
+  absl::flat_hash_map<std::string, Created> created_by_ ABSL_GUARDED_BY(mu_);
   absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
 
   Barriers barriers_;  // Its lock is never held together with mu_.

@@ -37,7 +37,6 @@ class Authorizer {
   Authorizer(const Authorizer&) = delete;
   Authorizer& operator=(const Authorizer&) = delete;
 
-
   // The caller of `rpc` and what it may do. UNAUTHENTICATED (no, bad or
   // unknown credentials) or PERMISSION_DENIED (its role does not make
   // `rpc`), each saying what is missing, never a token. Thread-safe.

@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -16,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/status_macros.h"
 #include "server/service/weightd_service.h"
 #include "spdlog/spdlog.h"
@@ -25,6 +28,46 @@ namespace {
 
 // Room for a header listing thousands of tensors next to a full chunk.
 constexpr int kHeaderSlackBytes = 8 << 20;
+
+// A duration as a gRPC channel argument in milliseconds (INT_MAX: never).
+int ArgMs(absl::Duration d) {
+  if (d == absl::InfiniteDuration()) return std::numeric_limits<int>::max();
+  return static_cast<int>(std::clamp<std::int64_t>(
+      absl::ToInt64Milliseconds(d), 1, std::numeric_limits<int>::max()));
+}
+
+// Limits that cannot work stop the server at start.
+absl::Status CheckLimits(const ServerLimits& l) {
+  if (l.max_streams_per_connection < 1) {
+    return absl::InvalidArgumentError(
+        "max_streams_per_connection must be at least 1: a worker needs a "
+        "stream for each call it makes");
+  }
+  if (l.max_receive_memory < (std::uint64_t{16} << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_receive_memory ", l.max_receive_memory,
+        " is below 16 MiB: gRPC could not hold one connection's buffers and "
+        "a chunk in flight"));
+  }
+  for (const auto& [name, d] :
+       {std::pair{"stall_timeout", l.stall_timeout},
+        std::pair{"min_client_ping_interval", l.min_client_ping_interval},
+        std::pair{"max_connection_idle", l.max_connection_idle},
+        std::pair{"handshake_timeout", l.handshake_timeout}}) {
+    if (d <= absl::ZeroDuration()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " must be positive"));
+    }
+  }
+  if (l.min_client_ping_interval > absl::Seconds(20)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "min_client_ping_interval ",
+        absl::FormatDuration(l.min_client_ping_interval),
+        " is longer than the 20 s at which weightd's clients ping during a "
+        "long wait: the server would close their connections"));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -59,9 +102,29 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
         "auth: no --auth_policy: every client that connects may make every "
         "call as any worker");
   }
-  server->service_ = std::make_unique<WeightdService>(
-      options.shard_index, options.shard_count, options.shared_memory,
-      options.pace_pushes, server->authorizer_.get());
+  WEIGHTD_RETURN_IF_ERROR(CheckLimits(options.limits));
+  const ServerLimits& limits = options.limits;
+  spdlog::info(
+      "limits: {} calls at once (--max_calls), {} per connection "
+      "(--max_streams_per_connection), {} MiB for incoming data "
+      "(--max_receive_memory); a stream silent mid-push for {} is cut "
+      "(--stall_timeout); idle connections close after {} "
+      "(--max_connection_idle), handshakes after {} (--handshake_timeout)",
+      limits.max_calls == 0 ? std::string("unlimited")
+                            : absl::StrCat(limits.max_calls),
+      limits.max_streams_per_connection, limits.max_receive_memory >> 20,
+      absl::FormatDuration(limits.stall_timeout),
+      absl::FormatDuration(limits.max_connection_idle),
+      absl::FormatDuration(limits.handshake_timeout));
+  ServiceOptions service;
+  service.shard_index = options.shard_index;
+  service.shard_count = options.shard_count;
+  service.shared_memory = options.shared_memory;
+  service.pace_pushes = options.pace_pushes;
+  service.authorizer = server->authorizer_.get();
+  service.max_calls = options.limits.max_calls;
+  service.stall_timeout = options.limits.stall_timeout;
+  server->service_ = std::make_unique<WeightdService>(service);
   EventLog* events = &server->service_->events();
   options.store.on_worker_expired =
       [events, user = std::move(options.store.on_worker_expired)](
@@ -136,9 +199,24 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, keepalive_ms);
   // Keep pinging through a long wait in which no data flows (a barrier).
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  // Clients ping too (client/channel.cc), every 20 s at the most.
+  // Clients ping too (client/channel.cc), every 20 s at the most; closer
+  // pings are strikes, and two close the connection.
   builder.AddChannelArgument(
-      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+      ArgMs(options.limits.min_client_ping_interval));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+  // What callers may hold at once (ServerLimits, docs/security.md).
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             static_cast<int>(std::min<std::uint32_t>(
+                                 options.limits.max_streams_per_connection,
+                                 std::numeric_limits<int>::max())));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             ArgMs(options.limits.max_connection_idle));
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+                             ArgMs(options.limits.handshake_timeout));
+  grpc::ResourceQuota quota("weightd");
+  quota.Resize(static_cast<std::size_t>(options.limits.max_receive_memory));
+  builder.SetResourceQuota(quota);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
                              static_cast<int>(2 * options.store.chunk_bytes));
   // The socket is made with the mode asked for, not opened wider first and
@@ -280,6 +358,7 @@ void Server::HousekeepingLoop() {
     if (authorizer_ != nullptr) authorizer_->Poll(absl::Now());
     service_->SweepSegments();
     service_->TickPacer();
+    service_->CutStalledReads();
     store_->CloseOverdueRounds();
     service_->events().Flush();
   }

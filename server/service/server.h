@@ -29,6 +29,36 @@ namespace weightd::service {
 
 class WeightdService;
 
+// What callers may hold of the server at once, whoever they are
+// (docs/security.md, "Limits"). Each is a weightd flag of the same name.
+struct ServerLimits {
+  // Calls served at once over all connections (0: no limit). Over it a new
+  // call gets UNAVAILABLE, which clients retry with backoff.
+  std::uint32_t max_calls = 10000;
+  // Calls one connection may have open at once (HTTP/2
+  // SETTINGS_MAX_CONCURRENT_STREAMS: well-behaved clients queue beyond it;
+  // a stream over it is refused, UNAVAILABLE).
+  std::uint32_t max_streams_per_connection = 100;
+  // Memory gRPC may hold for connections and the data they bring in before
+  // the calls consume it (its resource quota). Under pressure gRPC stops
+  // reading and then cancels streams with RESOURCE_EXHAUSTED.
+  std::uint64_t max_receive_memory = std::uint64_t{1} << 30;
+  // How long a Join, Push or PushPull may leave a read of its stream
+  // waiting for the client before the call is cut (DEADLINE_EXCEEDED; what
+  // it delivered counts as for a push that ends early, and a resend
+  // completes it). InfiniteDuration: never.
+  absl::Duration stall_timeout = absl::Seconds(30);
+  // Pings (without data) closer together than this are a strike; after
+  // two, the connection is closed (GOAWAY ENHANCE_YOUR_CALM,
+  // "too_many_pings"). weightd's clients ping every 20 s at most.
+  absl::Duration min_client_ping_interval = absl::Seconds(5);
+  // A connection with no call for this long is closed (GOAWAY; a client
+  // reconnects for its next call). InfiniteDuration: never.
+  absl::Duration max_connection_idle = absl::Minutes(10);
+  // A new connection must finish its TLS and HTTP/2 handshakes within this.
+  absl::Duration handshake_timeout = absl::Seconds(10);
+};
+
 struct ServerOptions {
   // gRPC listen address: "127.0.0.1:7070", "0.0.0.0:0" (any free port),
   // "unix:/path.sock".
@@ -61,6 +91,7 @@ struct ServerOptions {
   // its result streams at the link's rate (server/service/push_pacer.h).
   bool pace_pushes = true;
   core::StoreOptions store;
+  ServerLimits limits;
   // How long Shutdown() lets in-flight calls finish before cancelling them.
   absl::Duration shutdown_grace = absl::Seconds(5);
   // Log one info line per closed round.

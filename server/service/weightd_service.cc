@@ -1,5 +1,7 @@
 #include "server/service/weightd_service.h"
 
+#include <grpc/grpc.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -12,6 +14,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "common/chunk_codec.h"
+#include "common/duration.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "common/tensor_stream.h"
@@ -150,9 +153,11 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
 
   static grpc::ServerUnaryReactor* Serve(const grpc::ByteBuffer& request,
                                          grpc::ByteBuffer* response,
-                                         CallInfo call, Handler handler) {
+                                         CallCounter::Slot slot, CallInfo call,
+                                         Handler handler) {
     const char* name = call.name;
-    auto* reactor = new UnaryReactor(response, std::move(call));
+    auto* reactor =
+        new UnaryReactor(response, std::move(slot), std::move(call));
     grpc::ByteBuffer bytes = request;  // Shares the slices.
     if (absl::Status s =
             ParseMessage(&bytes, &reactor->request_, name, "request");
@@ -183,9 +188,13 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
   void OnDone() override { delete this; }
 
  private:
-  UnaryReactor(grpc::ByteBuffer* response, CallInfo call)
-      : response_bytes_(response), wait_(this, std::move(call)) {}
+  UnaryReactor(grpc::ByteBuffer* response, CallCounter::Slot slot,
+               CallInfo call)
+      : slot_(std::move(slot)),
+        response_bytes_(response),
+        wait_(this, std::move(call)) {}
 
+  const CallCounter::Slot slot_;
   grpc::ByteBuffer* const response_bytes_;
   Request request_;
   Response response_;
@@ -199,8 +208,11 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   JoinReactor(core::TensorStore* store, TrafficCounters* traffic,
               const v1::ShardInfo& shard, grpc::CallbackServerContext* context,
               grpc::ByteBuffer* response, EventLog* events,
-              Permissions permissions)
-      : permissions_(std::move(permissions)),
+              Permissions permissions, CallCounter::Slot slot,
+              std::unique_ptr<StallWatch::Reader> stall)
+      : slot_(std::move(slot)),
+        stall_(std::move(stall)),
+        permissions_(std::move(permissions)),
         store_(store),
         traffic_(traffic),
         shard_(shard),
@@ -209,10 +221,11 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         events_(events),
         call_{events, "Join", context} {
     *response_.mutable_shard() = shard;
-    StartRead(&request_bytes_);
+    Read();
   }
 
   void OnReadDone(bool ok) override {
+    if (stall_ != nullptr) stall_->Idle();
     if (!ok) {
       if (context_->IsCancelled()) {
         return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
@@ -234,12 +247,17 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         break;
     }
     if (!s.ok()) return Finish(call_.Answer(s));
-    StartRead(&request_bytes_);
+    Read();
   }
 
   void OnDone() override { delete this; }
 
  private:
+  void Read() {
+    if (stall_ != nullptr) stall_->Reading();
+    StartRead(&request_bytes_);
+  }
+
   // Takes the message just read: `chunk`, or request_ if it is null.
   absl::Status Handle(const ChunkView* chunk) {
     if (chunk == nullptr && request_.has_header()) {
@@ -303,6 +321,8 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     return absl::OkStatus();
   }
 
+  const CallCounter::Slot slot_;
+  const std::unique_ptr<StallWatch::Reader> stall_;  // Null: not watched.
   const Permissions permissions_;
   core::TensorStore* const store_;
   TrafficCounters* const traffic_;
@@ -402,15 +422,19 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   PushReactor(core::TensorStore* store, TrafficCounters* traffic,
               grpc::CallbackServerContext* context, grpc::ByteBuffer* response,
-              EventLog* events, Permissions permissions)
-      : reader_(store, traffic, "Push", std::move(permissions)),
+              EventLog* events, Permissions permissions, CallCounter::Slot slot,
+              std::unique_ptr<StallWatch::Reader> stall)
+      : slot_(std::move(slot)),
+        stall_(std::move(stall)),
+        reader_(store, traffic, "Push", std::move(permissions)),
         context_(context),
         response_(response),
         call_{events, "Push", context} {
-    StartRead(&request_);
+    Read();
   }
 
   void OnReadDone(bool ok) override {
+    if (stall_ != nullptr) stall_->Idle();
     if (!ok) {
       if (context_->IsCancelled()) {
         return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
@@ -427,12 +451,19 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     if (absl::Status s = reader_.Handle(&request_); !s.ok()) {
       return Finish(call_.Answer(s));
     }
-    StartRead(&request_);
+    Read();
   }
 
   void OnDone() override { delete this; }
 
  private:
+  void Read() {
+    if (stall_ != nullptr) stall_->Reading();
+    StartRead(&request_);
+  }
+
+  const CallCounter::Slot slot_;
+  const std::unique_ptr<StallWatch::Reader> stall_;  // Null: not watched.
   PushReader reader_;
   grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer* const response_;
@@ -444,8 +475,8 @@ class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   PullReactor(core::TensorStore* store, TrafficCounters* traffic,
               grpc::ByteBuffer request_bytes, CallInfo call,
-              const Permissions& permissions)
-      : stream_(this, store, traffic, std::move(call)) {
+              const Permissions& permissions, CallCounter::Slot slot)
+      : slot_(std::move(slot)), stream_(this, store, traffic, std::move(call)) {
     v1::PullRequest request;
     if (absl::Status s = ParseMessage(&request_bytes, &request, "Pull");
         !s.ok()) {
@@ -478,6 +509,7 @@ class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   void OnDone() override { delete this; }
 
  private:
+  const CallCounter::Slot slot_;
   WaitThenStream<PullReactor> stream_;
 };
 
@@ -492,18 +524,23 @@ class PushPullReactor final
  public:
   PushPullReactor(core::TensorStore* store, TrafficCounters* traffic,
                   grpc::CallbackServerContext* context, EventLog* events,
-                  PushPacer* pacer, Permissions permissions)
-      : store_(store),
+                  PushPacer* pacer, Permissions permissions,
+                  CallCounter::Slot slot,
+                  std::unique_ptr<StallWatch::Reader> stall)
+      : slot_(std::move(slot)),
+        stall_(std::move(stall)),
+        store_(store),
         pacer_(pacer),
         reader_(store, traffic, "PushPull", std::move(permissions)),
         context_(context),
         stream_(this, store, traffic, CallInfo{events, "PushPull", context}),
         result_(this, store, traffic, CallInfo{events, "PushPull", context},
                 [this] { BeforeFinish(); }) {
-    StartRead(&request_);
+    Read();
   }
 
   void OnReadDone(bool ok) override {
+    if (stall_ != nullptr) stall_->Idle();
     if (!ok) {
       if (context_->IsCancelled()) {
         return End(absl::CancelledError("cancelled"));
@@ -529,12 +566,11 @@ class PushPullReactor final
       // looked before paced_ was set, and would not resume it.
       if (finishing_ || context_->IsCancelled()) {
         PushPacer::Resume none = pacer_->Remove(pace_id_);  // Not parked.
-      } else if (!pacer_->Received(pace_id_, bytes,
-                                   [this] { StartRead(&request_); })) {
+      } else if (!pacer_->Received(pace_id_, bytes, [this] { Read(); })) {
         return;  // Parked: the pacer starts the next read.
       }
     }
-    StartRead(&request_);
+    Read();
   }
 
   void OnCancel() override {
@@ -555,6 +591,13 @@ class PushPullReactor final
   }
 
  private:
+  // Reads the next message. A parked push has no read outstanding: the time
+  // the pacer holds it back is not the client's stall.
+  void Read() {
+    if (stall_ != nullptr) stall_->Reading();
+    StartRead(&request_);
+  }
+
   // The push header was accepted: stream its result now if it can.
   void StartResult() {
     std::vector<ResultStream::Tensor> tensors;
@@ -600,6 +643,8 @@ class PushPullReactor final
     StopPacing();
   }
 
+  const CallCounter::Slot slot_;
+  const std::unique_ptr<StallWatch::Reader> stall_;  // Null: not watched.
   core::TensorStore* const store_;
   PushPacer* const pacer_;
   PushReader reader_;
@@ -761,6 +806,31 @@ grpc::Status NotReady() {
                       "does not serve yet; retry shortly");
 }
 
+// Ends a call from any thread with a status its client receives, also
+// once its reactor is gone: it holds a reference to the gRPC call. The
+// reactor then sees a cancelled call (OnCancel, failed reads) and ends as
+// for a client's cancellation.
+class CallCutter {
+ public:
+  explicit CallCutter(grpc::CallbackServerContext* context)
+      : call_(context->c_call()) {
+    grpc_call_ref(call_);
+  }
+  CallCutter(const CallCutter&) = delete;
+  CallCutter& operator=(const CallCutter&) = delete;
+  ~CallCutter() { grpc_call_unref(call_); }
+
+  void Cut(const absl::Status& status) const {
+    const std::string message(status.message());
+    grpc_call_cancel_with_status(call_,
+                                 static_cast<grpc_status_code>(status.code()),
+                                 message.c_str(), nullptr);
+  }
+
+ private:
+  grpc_call* const call_;
+};
+
 // A call answered at once: refused, or the server not ready.
 template <typename Reactor>
 class FinishedReactor final : public Reactor {
@@ -778,14 +848,14 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
 
 }  // namespace
 
-WeightdService::WeightdService(std::uint32_t shard_index,
-                               std::uint32_t shard_count, bool shared_memory,
-                               bool pace_pushes, const Authorizer* authorizer)
-    : authorizer_(authorizer),
-      shared_memory_(shared_memory),
-      pacer_(pace_pushes ? kPushLeadBytes : 0, kPushStall) {
-  shard_.set_index(shard_index);
-  shard_.set_count(shard_count);
+WeightdService::WeightdService(const ServiceOptions& options)
+    : authorizer_(options.authorizer),
+      shared_memory_(options.shared_memory),
+      pacer_(options.pace_pushes ? kPushLeadBytes : 0, kPushStall),
+      calls_(options.max_calls),
+      stalls_(options.stall_timeout) {
+  shard_.set_index(options.shard_index);
+  shard_.set_count(options.shard_count);
 }
 
 void WeightdService::Attach(core::TensorStore* store,
@@ -798,10 +868,32 @@ core::TensorStore* WeightdService::store() const {
   return store_.load(std::memory_order_acquire);
 }
 
-absl::StatusOr<Permissions> WeightdService::Admit(
-    const grpc::CallbackServerContext* context, Rpc rpc) const {
-  if (authorizer_ == nullptr) return Permissions::Unrestricted();
-  return authorizer_->Admit(*context, rpc);
+absl::StatusOr<WeightdService::Admitted> WeightdService::Admit(
+    const grpc::CallbackServerContext* context, Rpc rpc) {
+  Admitted admitted{Permissions::Unrestricted(), CallCounter::Slot()};
+  if (authorizer_ != nullptr) {
+    WEIGHTD_ASSIGN_OR_RETURN(admitted.permissions,
+                             authorizer_->Admit(*context, rpc));
+  }
+  WEIGHTD_ASSIGN_OR_RETURN(admitted.slot, calls_.Acquire());
+  return admitted;
+}
+
+std::unique_ptr<StallWatch::Reader> WeightdService::WatchReads(
+    grpc::CallbackServerContext* context, const char* call) {
+  if (stalls_.timeout() == absl::InfiniteDuration()) return nullptr;
+  return stalls_.Watch([cutter = std::make_shared<CallCutter>(context), call,
+                        peer = context->peer(), events = &events_,
+                        timeout = stalls_.timeout()](absl::Duration waited) {
+    const absl::Status status = absl::DeadlineExceededError(absl::StrCat(
+        call, " sent nothing for ", HumanDuration(waited),
+        " in the middle of its stream, more than the server allows (",
+        HumanDuration(timeout),
+        ", --stall_timeout): the call is cut; send it again to complete "
+        "it"));
+    events->Refused(call, peer, status);
+    cutter->Cut(status);
+  });
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Join(
@@ -811,13 +903,15 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Join(
     return new FinishedReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>(
         NotReady());
   }
-  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kJoin);
-  if (!permissions.ok()) {
+  absl::StatusOr<Admitted> admitted = Admit(context, Rpc::kJoin);
+  if (!admitted.ok()) {
     return new FinishedReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>(
-        CallInfo{&events_, "Join", context}.Answer(permissions.status()));
+        CallInfo{&events_, "Join", context}.Answer(admitted.status()));
   }
   return new JoinReactor(store, &traffic_, shard_, context, response, &events_,
-                         *std::move(permissions));
+                         std::move(admitted->permissions),
+                         std::move(admitted->slot),
+                         WatchReads(context, "Join"));
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Push(
@@ -827,13 +921,15 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Push(
     return new FinishedReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>(
         NotReady());
   }
-  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kPush);
-  if (!permissions.ok()) {
+  absl::StatusOr<Admitted> admitted = Admit(context, Rpc::kPush);
+  if (!admitted.ok()) {
     return new FinishedReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>(
-        CallInfo{&events_, "Push", context}.Answer(permissions.status()));
+        CallInfo{&events_, "Push", context}.Answer(admitted.status()));
   }
   return new PushReactor(store, &traffic_, context, response, &events_,
-                         *std::move(permissions));
+                         std::move(admitted->permissions),
+                         std::move(admitted->slot),
+                         WatchReads(context, "Push"));
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* WeightdService::Pull(
@@ -843,13 +939,14 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* WeightdService::Pull(
     return new FinishedReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
         NotReady());
   }
-  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kPull);
-  if (!permissions.ok()) {
+  absl::StatusOr<Admitted> admitted = Admit(context, Rpc::kPull);
+  if (!admitted.ok()) {
     return new FinishedReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
-        CallInfo{&events_, "Pull", context}.Answer(permissions.status()));
+        CallInfo{&events_, "Pull", context}.Answer(admitted.status()));
   }
-  return new PullReactor(store, &traffic_, *request,
-                         CallInfo{&events_, "Pull", context}, *permissions);
+  return new PullReactor(
+      store, &traffic_, *request, CallInfo{&events_, "Pull", context},
+      std::move(admitted->permissions), std::move(admitted->slot));
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
@@ -860,14 +957,16 @@ WeightdService::PushPull(grpc::CallbackServerContext* context) {
         grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>(
         NotReady());
   }
-  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kPushPull);
-  if (!permissions.ok()) {
+  absl::StatusOr<Admitted> admitted = Admit(context, Rpc::kPushPull);
+  if (!admitted.ok()) {
     return new FinishedReactor<
         grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>(
-        CallInfo{&events_, "PushPull", context}.Answer(permissions.status()));
+        CallInfo{&events_, "PushPull", context}.Answer(admitted.status()));
   }
   return new PushPullReactor(store, &traffic_, context, &events_, &pacer_,
-                             *std::move(permissions));
+                             std::move(admitted->permissions),
+                             std::move(admitted->slot),
+                             WatchReads(context, "PushPull"));
 }
 
 grpc::ServerUnaryReactor* WeightdService::Leave(
@@ -875,16 +974,17 @@ grpc::ServerUnaryReactor* WeightdService::Leave(
     grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
-  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kLeave);
-  if (!permissions.ok()) {
+  absl::StatusOr<Admitted> admitted = Admit(context, Rpc::kLeave);
+  if (!admitted.ok()) {
     return FinishUnary(context, CallInfo{&events_, "Leave", context}.Answer(
-                                    permissions.status()));
+                                    admitted.status()));
   }
   return UnaryReactor<v1::LeaveRequest, v1::LeaveResponse>::Serve(
-      *request, response, CallInfo{&events_, "Leave", context},
+      *request, response, std::move(admitted->slot),
+      CallInfo{&events_, "Leave", context},
       [&](const v1::LeaveRequest& request, v1::LeaveResponse*, auto* call) {
         if (absl::Status s =
-                MayUseLease(*permissions, *store, request.lease_id());
+                MayUseLease(admitted->permissions, *store, request.lease_id());
             !s.ok()) {
           return call->Answer(s);
         }
@@ -902,16 +1002,18 @@ grpc::ServerUnaryReactor* WeightdService::Heartbeat(
     grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
-  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kHeartbeat);
-  if (!permissions.ok()) {
+  absl::StatusOr<Admitted> admitted = Admit(context, Rpc::kHeartbeat);
+  if (!admitted.ok()) {
     return FinishUnary(context, CallInfo{&events_, "Heartbeat", context}.Answer(
-                                    permissions.status()));
+                                    admitted.status()));
   }
   return UnaryReactor<v1::HeartbeatRequest, v1::HeartbeatResponse>::Serve(
-      *request, response, CallInfo{&events_, "Heartbeat", context},
+      *request, response, std::move(admitted->slot),
+      CallInfo{&events_, "Heartbeat", context},
       [&](const v1::HeartbeatRequest& request, v1::HeartbeatResponse*,
           auto* call) {
-        absl::Status s = MayUseLease(*permissions, *store, request.lease_id());
+        absl::Status s =
+            MayUseLease(admitted->permissions, *store, request.lease_id());
         call->Answer(s.ok() ? store->Heartbeat(request.lease_id()) : s);
       });
 }
@@ -921,17 +1023,18 @@ grpc::ServerUnaryReactor* WeightdService::Barrier(
     grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
-  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kBarrier);
-  if (!permissions.ok()) {
+  absl::StatusOr<Admitted> admitted = Admit(context, Rpc::kBarrier);
+  if (!admitted.ok()) {
     return FinishUnary(context, CallInfo{&events_, "Barrier", context}.Answer(
-                                    permissions.status()));
+                                    admitted.status()));
   }
   return UnaryReactor<v1::BarrierRequest, v1::BarrierResponse>::Serve(
-      *request, response, CallInfo{&events_, "Barrier", context},
+      *request, response, std::move(admitted->slot),
+      CallInfo{&events_, "Barrier", context},
       [&](const v1::BarrierRequest& request, v1::BarrierResponse* response,
           auto* call) {
         if (absl::Status s =
-                MayUseLease(*permissions, *store, request.lease_id());
+                MayUseLease(admitted->permissions, *store, request.lease_id());
             !s.ok()) {
           return call->Answer(s);
         }
@@ -957,14 +1060,15 @@ grpc::ServerUnaryReactor* WeightdService::TakeSnapshot(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   if (store() == nullptr) return FinishUnary(context, NotReady());
-  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kTakeSnapshot);
-  if (!permissions.ok()) {
-    return FinishUnary(context,
-                       CallInfo{&events_, "TakeSnapshot", context}.Answer(
-                           permissions.status()));
+  absl::StatusOr<Admitted> admitted = Admit(context, Rpc::kTakeSnapshot);
+  if (!admitted.ok()) {
+    return FinishUnary(
+        context,
+        CallInfo{&events_, "TakeSnapshot", context}.Answer(admitted.status()));
   }
   return UnaryReactor<v1::TakeSnapshotRequest, v1::TakeSnapshotResponse>::Serve(
-      *request, response, CallInfo{&events_, "TakeSnapshot", context},
+      *request, response, std::move(admitted->slot),
+      CallInfo{&events_, "TakeSnapshot", context},
       [this](const v1::TakeSnapshotRequest&, v1::TakeSnapshotResponse* response,
              auto* call) {
         if (snapshotter_ == nullptr) {
@@ -986,13 +1090,14 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
     grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
-  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kGetStatus);
-  if (!permissions.ok()) {
+  absl::StatusOr<Admitted> admitted = Admit(context, Rpc::kGetStatus);
+  if (!admitted.ok()) {
     return FinishUnary(context, CallInfo{&events_, "GetStatus", context}.Answer(
-                                    permissions.status()));
+                                    admitted.status()));
   }
   return UnaryReactor<v1::GetStatusRequest, v1::GetStatusResponse>::Serve(
-      *request, response, CallInfo{&events_, "GetStatus", context},
+      *request, response, std::move(admitted->slot),
+      CallInfo{&events_, "GetStatus", context},
       [&](const v1::GetStatusRequest& request, v1::GetStatusResponse* response,
           auto* call) {
         const core::StoreStatus status = store->Status();
@@ -1006,17 +1111,17 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
         // A non-admin sees the tensors and workers its patterns name.
         if (request.include_tensors()) {
           for (const core::TensorInfo& t : status.tensors) {
-            if (!permissions->MayUseTensor(t.name).ok()) continue;
+            if (!admitted->permissions.MayUseTensor(t.name).ok()) continue;
             InfoToProto(t, response->add_tensors());
           }
         }
         if (request.include_workers()) {
           for (const core::WorkerInfo& w : status.workers) {
-            if (!permissions->MayJoinAs(w.worker_id).ok()) continue;
+            if (!admitted->permissions.MayJoinAs(w.worker_id).ok()) continue;
             v1::WorkerInfo* out = response->add_workers();
             out->set_worker_id(w.worker_id);
             // A lease id is what a call acts as: admins only.
-            if (permissions->admin()) out->set_lease_id(w.lease_id);
+            if (admitted->permissions.admin()) out->set_lease_id(w.lease_id);
             for (const std::string& t : w.tensors) out->add_tensors(t);
             out->set_peer(w.peer);
           }
@@ -1035,6 +1140,8 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
         response->set_rounds_closed(status.rounds_closed);
         response->set_refused_unauthenticated(events_.unauthenticated());
         response->set_refused_permission_denied(events_.permission_denied());
+        response->set_refused_busy(calls_.refused());
+        response->set_stalled_calls_cut(stalls_.cut());
         if (snapshotter_ != nullptr) {
           response->set_snapshots_written(snapshotter_->written());
           response->set_snapshot_failures(snapshotter_->failed());
@@ -1048,18 +1155,19 @@ grpc::ServerUnaryReactor* WeightdService::AttachSegment(
     grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
-  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kAttachSegment);
-  if (!permissions.ok()) {
-    return FinishUnary(context,
-                       CallInfo{&events_, "AttachSegment", context}.Answer(
-                           permissions.status()));
+  absl::StatusOr<Admitted> admitted = Admit(context, Rpc::kAttachSegment);
+  if (!admitted.ok()) {
+    return FinishUnary(
+        context,
+        CallInfo{&events_, "AttachSegment", context}.Answer(admitted.status()));
   }
   return UnaryReactor<v1::AttachSegmentRequest, v1::AttachSegmentResponse>::
-      Serve(*request, response, CallInfo{&events_, "AttachSegment", context},
+      Serve(*request, response, std::move(admitted->slot),
+            CallInfo{&events_, "AttachSegment", context},
             [&](const v1::AttachSegmentRequest& request,
                 v1::AttachSegmentResponse*, auto* call) {
-              if (absl::Status s =
-                      MayUseLease(*permissions, *store, request.lease_id());
+              if (absl::Status s = MayUseLease(admitted->permissions, *store,
+                                               request.lease_id());
                   !s.ok()) {
                 return call->Answer(s);
               }
@@ -1087,20 +1195,22 @@ grpc::ServerUnaryReactor* WeightdService::PushSegment(
     grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
-  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kPushSegment);
-  if (!permissions.ok()) {
-    return FinishUnary(context,
-                       CallInfo{&events_, "PushSegment", context}.Answer(
-                           permissions.status()));
+  absl::StatusOr<Admitted> admitted = Admit(context, Rpc::kPushSegment);
+  if (!admitted.ok()) {
+    return FinishUnary(
+        context,
+        CallInfo{&events_, "PushSegment", context}.Answer(admitted.status()));
   }
   return UnaryReactor<v1::PushSegmentRequest, v1::PushSegmentResponse>::Serve(
-      *request, response, CallInfo{&events_, "PushSegment", context},
+      *request, response, std::move(admitted->slot),
+      CallInfo{&events_, "PushSegment", context},
       [&](const v1::PushSegmentRequest& request,
           v1::PushSegmentResponse* response, auto* call) {
         absl::StatusOr<core::PushHeader> header =
             PushHeaderFromProto(request.header());
         if (!header.ok()) return call->Answer(header.status());
-        if (absl::Status s = MayPush(*permissions, *store, *header); !s.ok()) {
+        if (absl::Status s = MayPush(admitted->permissions, *store, *header);
+            !s.ok()) {
           return call->Answer(s);
         }
         std::shared_ptr<Segment> segment = segments_.Find(header->lease_id);
@@ -1135,18 +1245,20 @@ grpc::ServerUnaryReactor* WeightdService::PullSegment(
     grpc::ByteBuffer* response) {
   core::TensorStore* store = this->store();
   if (store == nullptr) return FinishUnary(context, NotReady());
-  absl::StatusOr<Permissions> permissions = Admit(context, Rpc::kPullSegment);
-  if (!permissions.ok()) {
-    return FinishUnary(context,
-                       CallInfo{&events_, "PullSegment", context}.Answer(
-                           permissions.status()));
+  absl::StatusOr<Admitted> admitted = Admit(context, Rpc::kPullSegment);
+  if (!admitted.ok()) {
+    return FinishUnary(
+        context,
+        CallInfo{&events_, "PullSegment", context}.Answer(admitted.status()));
   }
   return UnaryReactor<v1::PullSegmentRequest, v1::PullSegmentResponse>::Serve(
-      *request, response, CallInfo{&events_, "PullSegment", context},
+      *request, response, std::move(admitted->slot),
+      CallInfo{&events_, "PullSegment", context},
       [&](const v1::PullSegmentRequest& request,
           v1::PullSegmentResponse* response, auto* call) {
         const v1::PullRequest& pull = request.request();
-        if (absl::Status s = MayPull(*permissions, *store, pull); !s.ok()) {
+        if (absl::Status s = MayPull(admitted->permissions, *store, pull);
+            !s.ok()) {
           return call->Answer(s);
         }
         std::shared_ptr<Segment> segment = segments_.Find(pull.lease_id());

@@ -9,9 +9,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 
 #include "server/core/tensor_store.h"
 #include "server/service/authorizer.h"
+#include "server/service/call_limits.h"
 #include "server/service/event_log.h"
 #include "server/service/push_pacer.h"
 #include "server/service/segments.h"
@@ -59,19 +61,30 @@ using WeightdServiceBase = v1::Weightd::WithRawCallbackMethod_Join<
                                                     v1::Weightd::
                                                         Service>>>>>>>>>>>>;
 
+struct ServiceOptions {
+  // This server's place in the shard layout (see v1::ShardInfo), reported
+  // by Join and GetStatus.
+  std::uint32_t shard_index = 0;
+  std::uint32_t shard_count = 1;
+  // Whether AttachSegment maps workers' segments.
+  bool shared_memory = true;
+  // Whether a sync round's pushes are kept level (PushPacer).
+  bool pace_pushes = true;
+  // Admits each call (not owned; null: every caller unrestricted):
+  // UNAUTHENTICATED and PERMISSION_DENIED end it before anything changes.
+  const Authorizer* authorizer = nullptr;
+  // Calls served at once (0: no limit); over it a call gets UNAVAILABLE.
+  std::uint32_t max_calls = 0;
+  // How long a Join, Push or PushPull may leave a read of its stream
+  // waiting for the client before it is cut with DEADLINE_EXCEEDED
+  // (InfiniteDuration: never). Cut by CutStalledReads().
+  absl::Duration stall_timeout = absl::InfiniteDuration();
+};
+
 class WeightdService final : public WeightdServiceBase {
  public:
   // Until Attach(), every call gets UNAVAILABLE (the server is restoring).
-  // Join and GetStatus report the shard layout (see v1::ShardInfo).
-  // `shared_memory`: whether AttachSegment maps workers' segments;
-  // `pace_pushes`: whether a sync round's pushes are kept level (PushPacer).
-  // `authorizer` (not owned; null: every caller unrestricted) admits each
-  // call: UNAUTHENTICATED and PERMISSION_DENIED end it before anything
-  // changes.
-  explicit WeightdService(std::uint32_t shard_index = 0,
-                          std::uint32_t shard_count = 1,
-                          bool shared_memory = true, bool pace_pushes = true,
-                          const Authorizer* authorizer = nullptr);
+  explicit WeightdService(const ServiceOptions& options = {});
 
   // Starts serving from `store`, once. `store` (and `snapshotter`, null
   // without snapshots) must outlive the service and every call in flight.
@@ -122,12 +135,25 @@ class WeightdService final : public WeightdServiceBase {
   // Lets on the pushes paced behind one that stalled (push_pacer.h).
   // Called by the server's housekeeping.
   void TickPacer() { pacer_.Tick(); }
+  // Cuts the calls whose client left a read of their stream waiting for
+  // longer than the stall timeout. Called by the server's housekeeping.
+  void CutStalledReads() { stalls_.Check(absl::Now()); }
 
  private:
+  // What a call may do, and its place among the calls in flight.
+  struct Admitted {
+    Permissions permissions;
+    CallCounter::Slot slot;
+  };
+
   core::TensorStore* store() const;  // Null until Attach().
-  // The caller's permissions for `rpc` (see Authorizer::Admit).
-  absl::StatusOr<Permissions> Admit(const grpc::CallbackServerContext* context,
-                                    Rpc rpc) const;
+  // The caller's permissions for `rpc` (see Authorizer::Admit), and a call
+  // slot (UNAVAILABLE over max_calls).
+  absl::StatusOr<Admitted> Admit(const grpc::CallbackServerContext* context,
+                                 Rpc rpc);
+  // Watches the reads of a call's client stream (null if the watch is off).
+  std::unique_ptr<StallWatch::Reader> WatchReads(
+      grpc::CallbackServerContext* context, const char* call);
 
   // Written once by Attach(); snapshotter_ before store_ (release), read
   // only after store_ was seen non-null (acquire).
@@ -141,6 +167,8 @@ class WeightdService final : public WeightdServiceBase {
   EventLog events_;
   // Keeps a sync round's pushes level (push_pacer.h): lead and stall.
   PushPacer pacer_;
+  CallCounter calls_;
+  StallWatch stalls_;
   // Writes results into segments: when a round closes, every waiting
   // call's copy runs here, in parallel, rather than in series on the
   // thread that closed it. Declared last: destroyed (drained) first.

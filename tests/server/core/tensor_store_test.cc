@@ -1516,6 +1516,56 @@ TEST_F(TensorStoreTest, TotalBytesLimitRefusesNewTensorsAndChangesNothing) {
                        HasSubstr("--max_total_bytes")));
 }
 
+// Each principal's joins may create so many tensors and bytes; joining
+// tensors that exist costs nothing, another principal has its own count,
+// and a refusal creates nothing.
+TEST_F(TensorStoreTest, PerPrincipalLimitsCountWhatEachPrincipalCreated) {
+  StoreOptions options = TestOptions();
+  options.max_tensors_per_principal = 2;
+  options.max_bytes_per_principal = 40;  // 10 floats.
+  MakeStoreWith(std::move(options));
+  const Claimant team_a{1, "", "team-a"};
+  const Claimant team_b{2, "", "team-b"};
+  ASSERT_THAT(store_->Join("a-0", {Declaration{"x", {4}, {1, 1, 1, 1}}},
+                           team_a),
+              IsOk());
+  // Over the bytes: 4 + 8 floats.
+  EXPECT_THAT(store_->Join("a-1", {Declaration{"x", {4}, {}},
+                                   Declaration{"y", {8}, std::vector<float>(8)}},
+                           team_a),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("principal team-a created 16 of at most 40 "
+                                 "(--max_bytes_per_principal)")));
+  EXPECT_THAT(store_->Describe("y"), StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_THAT(store_->Join("a-1", {Declaration{"x", {4}, {}},
+                                   Declaration{"y", {2}, {2, 2}}},
+                           team_a),
+              IsOk());
+  // Over the count: a third tensor, even a small one.
+  JoinHeader header;
+  header.worker_id = "a-2";
+  header.claimant = team_a;
+  header.declarations.push_back(Declaration{"z", {1}, {}});
+  EXPECT_THAT(store_->BeginJoin(std::move(header)),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("principal team-a created 2 of at most 2 "
+                                 "(--max_tensors_per_principal)")));
+  // Joining what exists is free; team-b counts on its own.
+  EXPECT_THAT(store_->Join("a-2", {Declaration{"x", {4}, {}},
+                                   Declaration{"y", {2}, {}}},
+                           team_a),
+              IsOk());
+  EXPECT_THAT(store_->Join("b-0", {Declaration{"x", {4}, {}},
+                                   Declaration{"z", {1}, {3}}},
+                           team_b),
+              IsOk());
+  // No policy: no principal, no per-principal count.
+  EXPECT_THAT(store_->Join("n-0", {Declaration{"n1", {1}, {1}},
+                                   Declaration{"n2", {1}, {1}},
+                                   Declaration{"n3", {1}, {1}}}),
+              IsOk());
+}
+
 // A snapshot restored under a lower limit holds more than it allows: no new
 // tensor fits (the unsigned room must not wrap around), members still join.
 TEST_F(TensorStoreTest, RestoredStateOverTheLimitAdmitsNoNewTensor) {

@@ -559,6 +559,122 @@ TEST_F(ServiceTest, HugeTensorRoundTripIsBitExact) {
   }
 }
 
+// A push that sends its header and part of its tensor, then nothing, is
+// cut once it has left the server's read waiting longer than the stall
+// timeout: DEADLINE_EXCEEDED naming the flag, the round still open, and
+// the push completed by a resend (the chunk the cut call delivered counts,
+// as for any push that ends early).
+TEST_F(ServiceTest, AStalledPushIsCutAfterTheStallTimeout) {
+  service::ServerOptions options;
+  options.store.chunk_bytes = kMinChunkBytes;
+  options.limits.stall_timeout = absl::Milliseconds(500);
+  Start(std::move(options));
+  const std::uint64_t lease = JoinZeros("a", 2000);  // Two chunks.
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(30));
+  v1::PushResponse response;
+  auto stream = stub_->Push(&context, &response);
+  ASSERT_TRUE(stream->Write(Header(lease, 1, "w")));
+  ASSERT_TRUE(stream->Write(Chunk(0, 0, std::vector<float>(1024, 5.0f))));
+  const absl::Time start = absl::Now();
+  const grpc::Status cut = stream->Finish();  // Ended by the server.
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(400));
+  EXPECT_EQ(cut.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << cut.error_message();
+  EXPECT_THAT(cut.error_message(), HasSubstr("--stall_timeout"));
+  EXPECT_THAT(Stored("w"), ::testing::Each(0.0f));
+
+  // The same sequence again, whole: the round closes with the chunk the
+  // cut call delivered and the rest of the resend.
+  EXPECT_THAT(RawPush({Header(lease, 1, "w"),
+                       Chunk(0, 0, std::vector<float>(1024, 2.0f)),
+                       Chunk(0, 4096, std::vector<float>(976, 2.0f))}),
+              IsOk());
+  std::vector<float> expected(2000, 2.0f);
+  std::fill(expected.begin(), expected.begin() + 1024, 5.0f);
+  EXPECT_EQ(Stored("w"), expected);
+  v1::GetStatusResponse status;
+  {
+    grpc::ClientContext status_context;
+    ASSERT_TRUE(
+        stub_->GetStatus(&status_context, v1::GetStatusRequest(), &status)
+            .ok());
+  }
+  EXPECT_EQ(status.stalled_calls_cut(), 1u);
+}
+
+// A push whose messages keep coming, each within the stall timeout, is not
+// cut however long it takes in all.
+TEST_F(ServiceTest, ASlowPushThatKeepsSendingIsNotCut) {
+  service::ServerOptions options;
+  options.store.chunk_bytes = kMinChunkBytes;
+  options.limits.stall_timeout = absl::Seconds(2);
+  Start(std::move(options));
+  const std::uint64_t lease = JoinZeros("a", 4096);  // Four chunks.
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(30));
+  v1::PushResponse response;
+  auto stream = stub_->Push(&context, &response);
+  ASSERT_TRUE(stream->Write(Header(lease, 1, "w")));
+  for (std::uint64_t i = 0; i < 4; ++i) {
+    absl::SleepFor(absl::Milliseconds(700));  // 2.8 s in all.
+    ASSERT_TRUE(
+        stream->Write(Chunk(0, i * 4096, std::vector<float>(1024, 3.0f))));
+  }
+  stream->WritesDone();
+  EXPECT_THAT(FromGrpcStatus(stream->Finish()), IsOk());
+  EXPECT_THAT(Stored("w"), ::testing::Each(3.0f));
+}
+
+// Over --max_calls calls at once, another call gets UNAVAILABLE (which
+// clients retry), and goes through once a call ended.
+TEST_F(ServiceTest, CallsOverTheLimitAreRefusedUntilOneEnds) {
+  service::ServerOptions options;
+  options.limits.max_calls = 2;
+  Start(std::move(options));
+  const std::uint64_t lease = JoinZeros("a", 1024);
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<v1::PushResponse> responses(2);
+  std::vector<std::unique_ptr<grpc::ClientWriter<v1::PushRequest>>> open;
+  for (int i = 0; i < 2; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    contexts.back()->set_deadline(std::chrono::system_clock::now() +
+                                  std::chrono::seconds(30));
+    open.push_back(stub_->Push(contexts.back().get(), &responses[i]));
+    ASSERT_TRUE(open.back()->Write(Header(lease, 1 + i, "w")));
+  }
+  // Once both pushes hold their places (they start on the server in their
+  // own time), a third call is refused.
+  v1::GetStatusResponse status;
+  grpc::Status refused;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    grpc::ClientContext status_context;
+    refused =
+        stub_->GetStatus(&status_context, v1::GetStatusRequest(), &status);
+    if (!refused.ok()) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(refused.error_message(), HasSubstr("--max_calls"));
+  for (auto& stream : open) {
+    stream->WritesDone();
+    stream->Finish();  // Incomplete pushes: refused, and over.
+  }
+  // Their places are free once gRPC is done with them.
+  grpc::Status answered;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    grpc::ClientContext status_context;
+    answered =
+        stub_->GetStatus(&status_context, v1::GetStatusRequest(), &status);
+    if (answered.ok()) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(answered.ok()) << answered.error_message();
+  EXPECT_GE(status.refused_busy(), 1u);
+}
+
 // A unary call that ends its side without a request (a raw client, or one
 // cancelled before its message went out) is refused for what it is, not
 // as a request that does not parse.
