@@ -23,6 +23,7 @@
 #include "absl/time/time.h"
 #include "common/startup.h"
 #include "common/wire.h"
+#include "server/service/grpc_log.h"
 #include "server/service/server.h"
 #include "server/storage/crash_point_file_system.h"
 #include "server/storage/file_system.h"
@@ -106,9 +107,10 @@ ABSL_FLAG(uint32_t, max_tensors_per_principal, 0,
 ABSL_FLAG(uint64_t, max_bytes_per_principal, 0,
           "Most bytes of tensors the joins of one --auth_policy principal may "
           "create; a Join over it gets RESOURCE_EXHAUSTED. 0: no limit.");
-ABSL_FLAG(uint32_t, max_calls, 10000,
+ABSL_FLAG(uint32_t, max_calls, 40000,
           "Most calls served at once, over all connections; another gets "
-          "UNAVAILABLE (clients retry with backoff). 0: no limit.");
+          "UNAVAILABLE (clients retry with backoff). At least 3 x "
+          "--max_workers. 0: no limit.");
 ABSL_FLAG(uint32_t, max_streams_per_connection, 100,
           "Most calls one connection may have open at once (HTTP/2 "
           "SETTINGS_MAX_CONCURRENT_STREAMS); clients queue beyond it.");
@@ -116,7 +118,7 @@ ABSL_FLAG(uint64_t, max_receive_memory, uint64_t{1} << 30,
           "Memory, in bytes, gRPC may hold for connections and the data "
           "they bring in before calls consume it (its resource quota); "
           "under pressure it stops reading, then cancels streams with "
-          "RESOURCE_EXHAUSTED. At least 16 MiB.");
+          "RESOURCE_EXHAUSTED. At least 4 x (2 x --chunk_bytes + 8 MiB).");
 ABSL_FLAG(absl::Duration, stall_timeout, absl::Seconds(30),
           "How long a Join, Push or PushPull may send nothing in the middle "
           "of its stream before the call is cut (DEADLINE_EXCEEDED; weightd's "
@@ -463,6 +465,7 @@ int main(int argc, char** argv) {
         address);
   };
   RaiseOpenFileLimit();
+  weightd::service::RouteGrpcLogs();
   auto server = weightd::service::Server::Start(options);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   if (!tls && !absl::StartsWith(options.listen_address, "unix")) {

@@ -226,19 +226,6 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
     std::vector<Declaration> declarations) {
   absl::flat_hash_set<absl::string_view> declared;
   for (const Declaration& d : declarations) declared.insert(d.name);
-  // The tensors this Join may create (those it brought a value for), built
-  // before the store's lock: a large one's accumulator is allocated and
-  // zeroed here, not while every other call waits. (A 256 MiB tensor under
-  // TSan held the lock 6.8 s, and its worker's new lease had lapsed by the
-  // time it was handed out.) One that another Join created meanwhile is
-  // dropped after the lock is released.
-  std::vector<std::shared_ptr<SharedTensor>> fresh(declarations.size());
-  for (std::size_t i = 0; i < declarations.size(); ++i) {
-    Declaration& d = declarations[i];
-    if (d.initial_value.empty()) continue;
-    fresh[i] = std::make_shared<SharedTensor>(
-        d.name, d.shape, std::move(d.initial_value), &options_, d.whole_shape);
-  }
 
   Deferred deferred;  // Runs after the lock is released.
   absl::MutexLock lock(&mu_);
@@ -270,20 +257,13 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
           " and a Join then succeeds"));
     }
   }
+  // A tensor it lacks needs a value (checked first: such a Join is
+  // INVALID_ARGUMENT, not over a limit).
   std::uint64_t new_bytes = 0;
   std::uint32_t new_tensors = 0;
-  for (std::size_t i = 0; i < declarations.size(); ++i) {
-    if (!tensors_.contains(declarations[i].name)) {
-      if (fresh[i] != nullptr) new_bytes += fresh[i]->elements() * kFloatBytes;
-      ++new_tensors;
-    }
-  }
-  WEIGHTD_RETURN_IF_ERROR(
-      AdmitJoinLocked(worker_id, claimant.principal, new_tensors, new_bytes));
-  for (std::size_t i = 0; i < declarations.size(); ++i) {
-    const Declaration& d = declarations[i];
+  for (const Declaration& d : declarations) {
     auto it = tensors_.find(d.name);
-    if (it == tensors_.end() && fresh[i] == nullptr) {
+    if (it == tensors_.end() && d.initial_value.empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor ", d.name,
                        " does not exist yet; its declaration must "
@@ -291,8 +271,13 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
     }
     if (it != tensors_.end()) {
       WEIGHTD_RETURN_IF_ERROR(CheckHeld(*it->second, d, worker_id));
+    } else {
+      new_bytes += d.initial_value.size() * kFloatBytes;
+      ++new_tensors;
     }
   }
+  WEIGHTD_RETURN_IF_ERROR(
+      AdmitJoinLocked(worker_id, claimant.principal, new_tensors, new_bytes));
 
   Worker& worker = workers_[worker_id];
   if (!worker.id.empty()) {
@@ -321,25 +306,31 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
   result.takeover = takeover;
   result.lease_id = worker.lease_id;
   result.next_sequence = worker.max_sequence + 1;
-  for (std::size_t i = 0; i < declarations.size(); ++i) {
-    const Declaration& d = declarations[i];
+  for (Declaration& d : declarations) {
     auto& slot = tensors_[d.name];
     const bool created = slot == nullptr;
     if (created) {
-      const std::uint64_t bytes = fresh[i]->elements() * kFloatBytes;
+      const std::uint64_t bytes = d.initial_value.size() * kFloatBytes;
       tensor_bytes_ += bytes;
       if (!claimant.principal.empty()) {
         Created& by = created_by_[claimant.principal];
         ++by.tensors;
         by.bytes += bytes;
       }
-      slot = std::move(fresh[i]);
+      slot = std::make_shared<SharedTensor>(d.name, d.shape,
+                                            std::move(d.initial_value),
+                                            &options_, d.whole_shape);
     }
     slot->AddParticipant(worker.id);
     worker.tensors.push_back(d.name);
     result.tensors.push_back(JoinedTensor{InfoOf(*slot), created});
   }
   std::sort(worker.tensors.begin(), worker.tensors.end());
+  // The lease's clock starts now, not when the lock was taken: building a
+  // large new tensor (its accumulator allocated and zeroed) takes a while
+  // (a 256 MiB one took 6.8 s under TSan, and the lease had lapsed before
+  // its worker got it).
+  worker.last_seen = options_.now();
   return result;
 }
 

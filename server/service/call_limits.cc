@@ -43,12 +43,18 @@ StallWatch::Reader::~Reader() {
   watch_->readers_.erase(this);
 }
 
+// Neither overwrites kCut: a cut call stays cut.
 void StallWatch::Reader::Reading() {
-  since_.store(absl::ToUnixNanos(absl::Now()), std::memory_order_relaxed);
+  std::int64_t was = since_.load();
+  while (was != kCut &&
+         !since_.compare_exchange_weak(was, absl::ToUnixNanos(absl::Now()))) {
+  }
 }
 
 void StallWatch::Reader::Idle() {
-  since_.store(kIdle, std::memory_order_relaxed);
+  std::int64_t was = since_.load();
+  while (was != kCut && !since_.compare_exchange_weak(was, kIdle)) {
+  }
 }
 
 std::unique_ptr<StallWatch::Reader> StallWatch::Watch(Cut cut) {
@@ -65,10 +71,14 @@ void StallWatch::Check(absl::Time now) {
     absl::MutexLock lock(&mu_);
     std::vector<Reader*> stalled;
     for (Reader* reader : readers_) {
-      const std::int64_t since = reader->since_.load(std::memory_order_relaxed);
-      if (since == Reader::kIdle) continue;
+      std::int64_t since = reader->since_.load();
+      if (since == Reader::kIdle || since == Reader::kCut) continue;
       const absl::Duration waited = now - absl::FromUnixNanos(since);
       if (waited <= timeout_) continue;
+      // Marked cut unless its read completed (or restarted) meanwhile.
+      if (!reader->since_.compare_exchange_strong(since, Reader::kCut)) {
+        continue;
+      }
       stalled.push_back(reader);
       due.emplace_back(reader->cut_, waited);
     }

@@ -94,16 +94,23 @@ class StallWatch {
     // A read was started / completed. Any thread.
     void Reading();
     void Idle();
+    // Whether the watch cut this call: set before the cut runs. A reactor
+    // whose read fails checks it besides IsCancelled(), which gRPC may set
+    // only after the failed read is reported: a cut call's end of stream
+    // must not be taken for the client's.
+    bool was_cut() const { return since_.load() == kCut; }
 
    private:
     friend class StallWatch;
     static constexpr std::int64_t kIdle = INT64_MIN;
+    static constexpr std::int64_t kCut = INT64_MIN + 1;
     Reader(StallWatch* watch, Cut cut)
         : watch_(watch), cut_(std::make_shared<const Cut>(std::move(cut))) {}
 
     StallWatch* const watch_;
     const std::shared_ptr<const Cut> cut_;  // Shared with Check() as it runs.
-    // When the outstanding read started (absl::ToUnixNanos), or kIdle.
+    // When the outstanding read started (absl::ToUnixNanos), kIdle, or
+    // kCut (final).
     std::atomic<std::int64_t> since_{kIdle};
   };
 

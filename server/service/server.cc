@@ -37,17 +37,35 @@ int ArgMs(absl::Duration d) {
 }
 
 // Limits that cannot work stop the server at start.
-absl::Status CheckLimits(const ServerLimits& l) {
+absl::Status CheckLimits(const ServerOptions& options) {
+  const ServerLimits& l = options.limits;
+  // A member of a sync round holds its push (or PushPull) while the round
+  // waits, besides a heartbeat and a barrier: fewer places than that for
+  // every worker admitted could leave a round waiting for pushes refused.
+  const std::uint64_t workers = options.store.max_workers;
+  if (l.max_calls > 0 && workers > 0 && l.max_calls < 3 * workers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_calls ", l.max_calls, " leaves fewer than 3 calls for each of ",
+        "the ", workers,
+        " workers max_workers admits (a push waiting for its round, a "
+        "heartbeat, a barrier): a round could wait for pushes that are "
+        "refused. Raise max_calls to at least 3 x max_workers, or lower "
+        "max_workers"));
+  }
+  // Each stream may have two chunks in flight, and a message header room.
+  const std::uint64_t stream_bytes =
+      2 * options.store.chunk_bytes + kHeaderSlackBytes;
+  if (l.max_receive_memory < 4 * stream_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_receive_memory ", l.max_receive_memory,
+                     " is below what 4 streams may hold in flight (",
+                     4 * stream_bytes, " bytes: two chunks of chunk_bytes and ",
+                     kHeaderSlackBytes, " bytes of header room each)"));
+  }
   if (l.max_streams_per_connection < 1) {
     return absl::InvalidArgumentError(
         "max_streams_per_connection must be at least 1: a worker needs a "
         "stream for each call it makes");
-  }
-  if (l.max_receive_memory < (std::uint64_t{16} << 20)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "max_receive_memory ", l.max_receive_memory,
-        " is below 16 MiB: gRPC could not hold one connection's buffers and "
-        "a chunk in flight"));
   }
   for (const auto& [name, d] :
        {std::pair{"stall_timeout", l.stall_timeout},
@@ -102,7 +120,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
         "auth: no --auth_policy: every client that connects may make every "
         "call as any worker");
   }
-  WEIGHTD_RETURN_IF_ERROR(CheckLimits(options.limits));
+  WEIGHTD_RETURN_IF_ERROR(CheckLimits(options));
   const ServerLimits& limits = options.limits;
   spdlog::info(
       "limits: {} calls at once (--max_calls), {} per connection "

@@ -33,15 +33,17 @@ class WeightdService;
 // (docs/security.md, "Limits"). Each is a weightd flag of the same name.
 struct ServerLimits {
   // Calls served at once over all connections (0: no limit). Over it a new
-  // call gets UNAVAILABLE, which clients retry with backoff.
-  std::uint32_t max_calls = 10000;
+  // call gets UNAVAILABLE, which clients retry with backoff. At least 3 x
+  // store.max_workers (checked at start).
+  std::uint32_t max_calls = 40000;
   // Calls one connection may have open at once (HTTP/2
   // SETTINGS_MAX_CONCURRENT_STREAMS: well-behaved clients queue beyond it;
   // a stream over it is refused, UNAVAILABLE).
   std::uint32_t max_streams_per_connection = 100;
   // Memory gRPC may hold for connections and the data they bring in before
   // the calls consume it (its resource quota). Under pressure gRPC stops
-  // reading and then cancels streams with RESOURCE_EXHAUSTED.
+  // reading and then cancels streams with RESOURCE_EXHAUSTED. At least 4
+  // streams' worth: 4 x (2 x chunk_bytes + 8 MiB), checked at start.
   std::uint64_t max_receive_memory = std::uint64_t{1} << 30;
   // How long a Join, Push or PushPull may leave a read of its stream
   // waiting for the client before the call is cut (DEADLINE_EXCEEDED; what

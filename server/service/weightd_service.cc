@@ -227,7 +227,7 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   void OnReadDone(bool ok) override {
     if (stall_ != nullptr) stall_->Idle();
     if (!ok) {
-      if (context_->IsCancelled()) {
+      if (context_->IsCancelled() || (stall_ != nullptr && stall_->was_cut())) {
         return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
       }
       const absl::Status joined = Complete();
@@ -436,7 +436,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   void OnReadDone(bool ok) override {
     if (stall_ != nullptr) stall_->Idle();
     if (!ok) {
-      if (context_->IsCancelled()) {
+      if (context_->IsCancelled() || (stall_ != nullptr && stall_->was_cut())) {
         return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
       }
       absl::StatusOr<std::vector<core::PushResult>> results = reader_.Finish();
@@ -542,7 +542,7 @@ class PushPullReactor final
   void OnReadDone(bool ok) override {
     if (stall_ != nullptr) stall_->Idle();
     if (!ok) {
-      if (context_->IsCancelled()) {
+      if (context_->IsCancelled() || (stall_ != nullptr && stall_->was_cut())) {
         return End(absl::CancelledError("cancelled"));
       }
       StopPacing();

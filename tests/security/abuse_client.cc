@@ -164,8 +164,8 @@ int main(int argc, char** argv) {
       // No more writes, no WritesDone: the push stalls after its header.
       const grpc::Status status = stream->Finish();
       absl::MutexLock lock(&mu);
-      ended.push_back({status.error_code(), status.error_message(),
-                       absl::Now() - start});
+      ended.push_back(
+          {status.error_code(), status.error_message(), absl::Now() - start});
     });
   }
   {
@@ -188,7 +188,10 @@ int main(int argc, char** argv) {
     std::sort(times.begin(), times.end());
     const Ended* example = nullptr;
     for (const Ended& e : ended) {
-      if (static_cast<int>(e.code) == key.first) example = &e;
+      if (static_cast<int>(e.code) == key.first &&
+          e.message.substr(0, e.message.find(" for ")) == key.second) {
+        example = &e;
+      }
     }
     std::printf("stalled: %zu ended with %s after %.1f..%.1f s: %s\n",
                 times.size(),
@@ -196,8 +199,7 @@ int main(int argc, char** argv) {
                     ? "DEADLINE_EXCEEDED"
                     : absl::StrCat("code ", key.first).c_str(),
                 absl::ToDoubleSeconds(times.front()),
-                absl::ToDoubleSeconds(times.back()),
-                example->message.c_str());
+                absl::ToDoubleSeconds(times.back()), example->message.c_str());
   }
   std::fflush(stdout);
 
