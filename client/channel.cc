@@ -51,7 +51,7 @@ absl::StatusOr<std::unique_ptr<ShardClient::Channel>> ShardClient::OpenChannel(
   // Notice a server that vanished without closing the connection (a cut
   // link, a frozen host) within 30 s, even while a call waits for a round
   // or a barrier and no data flows; the call then fails and is retried.
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kClientPingIntervalMs);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   WEIGHTD_ASSIGN_OR_RETURN(

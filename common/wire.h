@@ -36,6 +36,11 @@ inline constexpr std::uint64_t kMaxChunkBytes = 16 << 20;
 inline constexpr std::uint64_t kBatchChunksBelow = 64 << 10;
 inline constexpr std::size_t kMaxBatchChunks = 4096;
 
+// How often weightd's clients ping a connection during a long wait
+// (keepalive), in milliseconds: the server must accept pings this close
+// together (its --min_client_ping_interval is at most this).
+inline constexpr int kClientPingIntervalMs = 20000;
+
 // Number of bytes chunk `offset` of a tensor of `tensor_bytes` must carry.
 inline std::uint64_t ChunkLength(std::uint64_t tensor_bytes,
                                  std::uint64_t chunk_bytes,

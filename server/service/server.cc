@@ -20,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/status_macros.h"
+#include "common/wire.h"
 #include "server/service/weightd_service.h"
 #include "spdlog/spdlog.h"
 
@@ -77,12 +78,14 @@ absl::Status CheckLimits(const ServerOptions& options) {
           absl::StrCat(name, " must be positive"));
     }
   }
-  if (l.min_client_ping_interval > absl::Seconds(20)) {
+  if (l.min_client_ping_interval > absl::Milliseconds(kClientPingIntervalMs)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "min_client_ping_interval ",
         absl::FormatDuration(l.min_client_ping_interval),
-        " is longer than the 20 s at which weightd's clients ping during a "
-        "long wait: the server would close their connections"));
+        " is longer than the ",
+        absl::FormatDuration(absl::Milliseconds(kClientPingIntervalMs)),
+        " at which weightd's clients ping during a long wait: the server "
+        "would close their connections"));
   }
   return absl::OkStatus();
 }
