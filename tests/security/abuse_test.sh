@@ -14,6 +14,17 @@
 source "$(dirname "$0")/../fault/lib.sh"
 fault_init "${1:?usage: abuse_test.sh BUILD_DIR}" abuse
 here=$(cd "$(dirname "$0")" && pwd)
+# On failure, the workers' and the abusing client's last lines too.
+eval "lib_$(declare -f fail)"
+fail() {
+  local out
+  for out in "$work"/*.worker.* "$work"/*.out "$work"/*.err; do
+    [[ -f $out ]] || continue
+    echo "--- last lines of $(basename "$out")"
+    tail -n 5 "$out"
+  done
+  lib_fail "$@"
+}
 abuser=$build/tests/abuse_client
 certs=$work/certs
 "$here/../testing/make_certs.sh" "$certs" >/dev/null 2>&1 ||
