@@ -46,8 +46,13 @@ absl::StatusOr<std::unique_ptr<ShardClient::Channel>> ShardClient::OpenChannel(
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kStreamWindowBytes);
   // Reconnect quickly after a server restart; our own retries pace calls.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // gRPC's name for how long one connection attempt (TCP, TLS and HTTP/2
+  // handshakes) may take: long enough for a TLS handshake with a loaded
+  // server (at 100 ms, handshakes on a busy host timed out and, taken for
+  // bad certificates, ended workers), short enough that an attempt lost to
+  // a cut link is made again soon after the link is back.
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
   // Notice a server that vanished without closing the connection (a cut
   // link, a frozen host) within 30 s, even while a call waits for a round
   // or a barrier and no data flows; the call then fails and is retried.
@@ -102,7 +107,7 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(
       why = client->WhyUnreachable(std::min(give_up, now + absl::Seconds(1)));
       // A certificate that does not verify will not verify on the next
       // attempt either: say so now rather than at the end of the timeout.
-      if (UsesTls(options.tls) && IsTlsFailure(why)) {
+      if (UsesTls(options.tls) && IsCertificateFailure(why)) {
         return absl::UnavailableError(absl::StrCat(
             "the TLS handshake with weightd at ", address, " failed: ", why,
             "; ", ConnectHint(options.tls, why)));

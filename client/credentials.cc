@@ -56,8 +56,8 @@ absl::Status CheckTls(const TlsOptions& tls) {
   return absl::OkStatus();
 }
 
-}  // namespace
-
+// Whether gRPC's reason for a failed connection is a TLS handshake that
+// failed, for whatever reason.
 bool IsTlsFailure(absl::string_view why) {
   // "Tls handshake failed: SSL_ERROR_SSL: ...certificate verify failed",
   // "Handshake read failed", ...
@@ -67,11 +67,26 @@ bool IsTlsFailure(absl::string_view why) {
   return false;
 }
 
+}  // namespace
+
+bool IsCertificateFailure(absl::string_view why) {
+  // "...CERTIFICATE_VERIFY_FAILED: certificate verify failed" (another CA,
+  // expired), "Custom verification check failed with error:
+  // UNAUTHENTICATED: Hostname Verification Check failed." (another name).
+  return absl::StrContains(why, "ertificate") ||
+         absl::StrContains(why, "erification check failed");
+}
+
 std::string ConnectHint(const TlsOptions& tls, absl::string_view why) {
-  if (UsesTls(tls) && IsTlsFailure(why)) {
+  if (UsesTls(tls) && IsCertificateFailure(why)) {
     return "check that --tls_ca (WEIGHTD_TLS_CA) holds the CA that signed "
            "the server's certificate, that the certificate names the host "
            "dialled (else set --tls_server_name) and has not expired";
+  }
+  if (UsesTls(tls) && IsTlsFailure(why)) {
+    return "the TLS handshake did not complete: the server or the link may "
+           "be overloaded, or the server serves plaintext (then leave out "
+           "--tls_ca)";
   }
   // Under TLS 1.3 a server that refuses the client's certificate (or its
   // absence) closes the connection after the client's side of the

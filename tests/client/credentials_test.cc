@@ -40,5 +40,31 @@ TEST(CreateChannelTest, TlsFieldsWithoutACaAreRefused) {
                        HasSubstr("needs the CA too")));
 }
 
+// gRPC's reasons, as the client saw them (tests/security/tls_test.sh makes
+// each happen for real).
+TEST(ConnectHintTest, OnlyACertificateThatDidNotVerifyFailsForGood) {
+  const std::string bad_ca =
+      "failed to connect to all addresses; last error: UNKNOWN: "
+      "ipv4:127.0.0.1:7070: Tls handshake failed (TSI_PROTOCOL_FAILURE): "
+      "SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:"
+      "CERTIFICATE_VERIFY_FAILED: certificate verify failed";
+  const std::string slow =
+      "failed to connect to all addresses; last error: UNKNOWN: "
+      "ipv4:127.0.0.1:7070: Handshake read failed";
+  const std::string bad_name =
+      "failed to connect to all addresses; last error: UNKNOWN: "
+      "ipv4:127.0.0.1:7070: Custom verification check failed with error: "
+      "UNAUTHENTICATED: Hostname Verification Check failed.";
+  EXPECT_TRUE(IsCertificateFailure(bad_ca));
+  EXPECT_TRUE(IsCertificateFailure(bad_name));
+  EXPECT_FALSE(IsCertificateFailure(slow));
+  TlsOptions tls;
+  tls.ca_file = "ca.crt";
+  EXPECT_THAT(ConnectHint(tls, bad_ca), HasSubstr("holds the CA that signed"));
+  EXPECT_THAT(ConnectHint(tls, bad_name), HasSubstr("--tls_server_name"));
+  EXPECT_THAT(ConnectHint(tls, slow),
+              HasSubstr("the TLS handshake did not complete"));
+}
+
 }  // namespace
 }  // namespace weightd

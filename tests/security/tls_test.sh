@@ -10,7 +10,10 @@
 #     handshakes, and the workers finish their training;
 #  4. new certificate files are served to new connections without a
 #     restart, an open connection keeps working, and unusable new files
-#     are logged as an error.
+#     are logged as an error;
+#  5. a handshake that takes 2 s (tests/security/slow_proxy.py) connects;
+#     one that never ends is waited for up to --connect_timeout; a
+#     certificate of another name is refused at once.
 # Usage: tls_test.sh BUILD_DIR
 source "$(dirname "$0")/../fault/lib.sh"
 fault_init "${1:?usage: tls_test.sh BUILD_DIR}" tls
@@ -205,4 +208,35 @@ served "$certs/server.crt"
 "$weightctl" health --server="$address" "${client[@]}" >/dev/null ||
   fail "the daemon does not serve after the files were fixed"
 stop_weightd
-echo "PASS: TLS refusals, training over mutual TLS, rotation"
+
+echo "--- 5. a slow handshake is waited for, not taken for a bad certificate"
+# Through a proxy that holds each connection 2 s before it forwards a byte
+# (a loaded host, a slow link), a worker's TLS handshake takes 2 s: it must
+# connect and train. Through one that never forwards, the worker must wait
+# out --connect_timeout and say it could not reach the server, not blame
+# the certificates at once.
+start_weightd "$work/slow.log" 127.0.0.1:0 \
+  --tls_cert="$certs/server.crt" --tls_key="$certs/server.key"
+# proxy DELAY NAME: a slow_proxy.py in front of the daemon; sets proxied.
+proxy() {
+  /usr/bin/python3 "$here/slow_proxy.py" "${address##*:}" "$1" "$work/$2.port" &
+  pids+=($!)
+  for ((i = 0; i < 100; i++)); do [[ -s $work/$2.port ]] && break; sleep 0.05; done
+  [[ -s $work/$2.port ]] || fail "slow_proxy.py did not start"
+  proxied=127.0.0.1:$(cat "$work/$2.port")
+}
+proxy 2 slow
+timeout 120 "$worker" --server="$proxied" --tls_ca="$ca" --workers=1 \
+  --rounds=2 --local_steps=10 >"$work/slow.out" 2>&1 ||
+  fail "a worker whose TLS handshake takes 2 s did not train: $(tail -n 3 "$work/slow.out")"
+echo "a worker whose TLS handshake took 2 s connected and trained"
+proxy 1000 silent
+refused "a worker expecting another server name" \
+  'the TLS handshake with weightd at .* failed: .*Hostname Verification Check failed.*--tls_server_name' \
+  "$worker" --server="$address" --tls_ca="$ca" --tls_server_name=other.example \
+  --workers=1 --connect_timeout=60s
+refused "a worker facing a server that never answers its handshake" \
+  'cannot reach weightd at .* within 6s \(--connect_timeout\)' \
+  "$worker" --server="$proxied" --tls_ca="$ca" --workers=1 --connect_timeout=6s
+stop_weightd
+echo "PASS: TLS refusals, training over mutual TLS, rotation, slow handshakes"
