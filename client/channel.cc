@@ -106,8 +106,9 @@ absl::StatusOr<std::unique_ptr<ShardClient>> ShardClient::Connect(
       asked = now;
       why = client->WhyUnreachable(std::min(give_up, now + absl::Seconds(1)));
       // A certificate that does not verify will not verify on the next
-      // attempt either: say so now rather than at the end of the timeout.
-      if (UsesTls(options.tls) && IsCertificateFailure(why)) {
+      // attempt either (nor will a plaintext server speak TLS): say so now
+      // rather than at the end of the timeout.
+      if (UsesTls(options.tls) && IsLastingTlsFailure(why)) {
         return absl::UnavailableError(absl::StrCat(
             "the TLS handshake with weightd at ", address, " failed: ", why,
             "; ", ConnectHint(options.tls, why)));

@@ -67,8 +67,7 @@ bool IsTlsFailure(absl::string_view why) {
   return false;
 }
 
-}  // namespace
-
+// Whether `why` is a server certificate that did not verify on this side.
 bool IsCertificateFailure(absl::string_view why) {
   // "...CERTIFICATE_VERIFY_FAILED: certificate verify failed" (another CA,
   // expired), "Custom verification check failed with error:
@@ -77,16 +76,31 @@ bool IsCertificateFailure(absl::string_view why) {
          absl::StrContains(why, "erification check failed");
 }
 
+// Whether `why` is a server that answered the TLS hello with something that
+// is not TLS ("SSL_ERROR_SSL: ...:wrong version number"): plaintext.
+bool IsNotTls(absl::string_view why) {
+  return absl::StrContains(why, "wrong version number");
+}
+
+}  // namespace
+
+bool IsLastingTlsFailure(absl::string_view why) {
+  return IsCertificateFailure(why) || IsNotTls(why);
+}
+
 std::string ConnectHint(const TlsOptions& tls, absl::string_view why) {
   if (UsesTls(tls) && IsCertificateFailure(why)) {
     return "check that --tls_ca (WEIGHTD_TLS_CA) holds the CA that signed "
            "the server's certificate, that the certificate names the host "
            "dialled (else set --tls_server_name) and has not expired";
   }
+  if (UsesTls(tls) && IsNotTls(why)) {
+    return "the server does not speak TLS on this port: if it serves "
+           "plaintext, leave out --tls_ca (WEIGHTD_TLS_CA)";
+  }
   if (UsesTls(tls) && IsTlsFailure(why)) {
     return "the TLS handshake did not complete: the server or the link may "
-           "be overloaded, or the server serves plaintext (then leave out "
-           "--tls_ca)";
+           "be overloaded";
   }
   // Under TLS 1.3 a server that refuses the client's certificate (or its
   // absence) closes the connection after the client's side of the

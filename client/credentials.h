@@ -34,10 +34,11 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(
 inline bool UsesTls(const TlsOptions& tls) { return !tls.ca_file.empty(); }
 
 // Whether gRPC's reason for a failed connection (`why`: "failed to connect
-// to all addresses; last error: ...") is a certificate that did not verify on
-// this side (another CA, another name, expired): it will not on the next try
-// either. A handshake that timed out or was cut is not: the next may complete.
-bool IsCertificateFailure(absl::string_view why);
+// to all addresses; last error: ...") is a TLS failure the next attempt
+// will meet too: a server certificate that did not verify on this side
+// (another CA, another name, expired), or a server that does not speak TLS.
+// A handshake that timed out or was cut is not: the next may complete.
+bool IsLastingTlsFailure(absl::string_view why);
 
 // What a person should check when a channel made with `tls` cannot
 // connect for reason `why`: the TLS options that fit the failure, or

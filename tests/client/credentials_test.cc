@@ -55,13 +55,20 @@ TEST(ConnectHintTest, OnlyACertificateThatDidNotVerifyFailsForGood) {
       "failed to connect to all addresses; last error: UNKNOWN: "
       "ipv4:127.0.0.1:7070: Custom verification check failed with error: "
       "UNAUTHENTICATED: Hostname Verification Check failed.";
-  EXPECT_TRUE(IsCertificateFailure(bad_ca));
-  EXPECT_TRUE(IsCertificateFailure(bad_name));
-  EXPECT_FALSE(IsCertificateFailure(slow));
+  EXPECT_TRUE(IsLastingTlsFailure(bad_ca));
+  EXPECT_TRUE(IsLastingTlsFailure(bad_name));
+  const std::string plaintext =
+      "failed to connect to all addresses; last error: UNKNOWN: "
+      "ipv4:127.0.0.1:7070: Tls handshake failed: SSL_ERROR_SSL: "
+      "error:0A00010B:SSL routines::wrong version number";
+  EXPECT_TRUE(IsLastingTlsFailure(plaintext));
+  EXPECT_FALSE(IsLastingTlsFailure(slow));
   TlsOptions tls;
   tls.ca_file = "ca.crt";
   EXPECT_THAT(ConnectHint(tls, bad_ca), HasSubstr("holds the CA that signed"));
   EXPECT_THAT(ConnectHint(tls, bad_name), HasSubstr("--tls_server_name"));
+  EXPECT_THAT(ConnectHint(tls, plaintext),
+              HasSubstr("does not speak TLS on this port"));
   EXPECT_THAT(ConnectHint(tls, slow),
               HasSubstr("the TLS handshake did not complete"));
 }

@@ -13,7 +13,8 @@
 #     are logged as an error;
 #  5. a handshake that takes 2 s (tests/security/slow_proxy.py) connects;
 #     one that never ends is waited for up to --connect_timeout; a
-#     certificate of another name is refused at once.
+#     certificate of another name, or a plaintext server, is refused at
+#     once.
 # Usage: tls_test.sh BUILD_DIR
 source "$(dirname "$0")/../fault/lib.sh"
 fault_init "${1:?usage: tls_test.sh BUILD_DIR}" tls
@@ -238,5 +239,10 @@ refused "a worker expecting another server name" \
 refused "a worker facing a server that never answers its handshake" \
   'cannot reach weightd at .* within 6s \(--connect_timeout\)' \
   "$worker" --server="$proxied" --tls_ca="$ca" --workers=1 --connect_timeout=6s
+stop_weightd
+start_weightd "$work/plain2.log" 127.0.0.1:0 --insecure
+refused "a worker speaking TLS to a plaintext server" \
+  'the TLS handshake with weightd at .* failed: .*wrong version number; the server does not speak TLS on this port' \
+  "$worker" --server="$address" --tls_ca="$ca" --workers=1 --connect_timeout=60s
 stop_weightd
 echo "PASS: TLS refusals, training over mutual TLS, rotation, slow handshakes"
