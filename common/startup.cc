@@ -123,6 +123,7 @@ constexpr EnvironmentVariable kEnvironment[] = {
     // in the shell that runs the tools as well).
     {"WEIGHTD_JOB", "deploy/docker-compose.yml", ""},
     {"WEIGHTD_PORT", "deploy/docker-compose.yml", ""},
+    {"WEIGHTD_SECRETS", "deploy/docker-compose.yml", ""},
     {"WEIGHTD_TAG", "deploy/docker-compose.yml", ""},
     // tests/container/container_test.sh: where its images are cached.
     {"WEIGHTD_CONTAINER_CACHE", "tests/container/container_test.sh", ""},

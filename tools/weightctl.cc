@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/status/status.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "client/credential_flags.h"
@@ -47,8 +48,11 @@ int Failed(const char* what, const grpc::Status& status) {
       unavailable ? "; " + weightd::ConnectHint(weightd::TlsOptionsFromFlags(),
                                                 status.error_message())
                   : "";
-  std::fprintf(stderr, "weightctl: %s: %s: %s%s\n", what,
-               unavailable ? "UNAVAILABLE" : "error",
+  // The code's name (UNAUTHENTICATED, PERMISSION_DENIED, ...): what
+  // docs/errors.md lists.
+  const std::string code = absl::StatusCodeToString(
+      static_cast<absl::StatusCode>(status.error_code()));
+  std::fprintf(stderr, "weightctl: %s: %s: %s%s\n", what, code.c_str(),
                status.error_message().c_str(), hint.c_str());
   return unavailable ? 2 : 1;
 }

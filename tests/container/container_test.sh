@@ -12,7 +12,9 @@
 #  2. A probe: `podman run --rm` of the base image running `true`. Where
 #     podman cannot run containers, the test prints SKIP and exits 77.
 #  3. `podman build --pull=never` of the Dockerfile's two targets.
-#  4. docker-compose.yml: `podman-compose up --scale worker=4` (podman-compose
+#  4. docker-compose.yml, with the secrets scripts/dev_secrets.sh makes:
+#     TLS and tokens by default (plaintext and a call without a token are
+#     refused). `podman-compose up --scale worker=4` (podman-compose
 #     1.0.3 ignores --scale; the file's deploy.replicas makes the 4). The
 #     server container's process is killed mid-run: its restart policy brings
 #     it back and it restores from the snapshot volume. Then the workers go
@@ -269,6 +271,11 @@ free_port() {
 }
 
 # --- 4. docker-compose.yml: 4 workers, a server crash, 4 -> 6 workers ----------
+# The secrets the Compose files default to, made the documented way
+# (deploy/secrets in a checkout; here a scratch directory).
+export WEIGHTD_SECRETS=$work/secrets
+"$repo/scripts/dev_secrets.sh" "$WEIGHTD_SECRETS" >>"$work/compose.log" 2>&1 ||
+  fail "scripts/dev_secrets.sh failed"
 p=wdct$$
 projects+=("$p")
 server=${p}_weightd_1
@@ -285,11 +292,34 @@ wait_healthy "$server" 60
 # From the host, through the published port (this tree's weightctl, else
 # the image's in the host's network namespace).
 host_weightctl=("$build/tools/weightctl")
-[[ -x ${host_weightctl[0]} ]] ||
-  host_weightctl=(podman run --rm --net host --entrypoint weightctl "weightd:$tag")
-timeout 60 "${host_weightctl[@]}" health --server="127.0.0.1:$WEIGHTD_PORT" >/dev/null ||
+secrets=$WEIGHTD_SECRETS
+if [[ ! -x ${host_weightctl[0]} ]]; then
+  host_weightctl=(podman run --rm --net host --user 0 -v "$WEIGHTD_SECRETS:/secrets:ro"
+    --entrypoint weightctl "weightd:$tag")
+  secrets=/secrets
+fi
+timeout 60 "${host_weightctl[@]}" health --server="127.0.0.1:$WEIGHTD_PORT" \
+  --tls_ca="$secrets/ca.crt" >/dev/null ||
   fail "weightctl health through the published port $WEIGHTD_PORT failed"
 say "health: SERVING (HEALTHCHECK in the container, and through host port $WEIGHTD_PORT)"
+# TLS and the policy by default: plaintext and a call without a token are
+# refused, the admin token is let in.
+podman logs "$server" 2>&1 | grep -q 'TLS: serving certificate CN=weightd' ||
+  fail "the Compose daemon does not serve TLS"
+podman logs "$server" 2>&1 | grep -q 'auth: policy /run/secrets/policy.json in force: 3 principal' ||
+  fail "the Compose daemon does not enforce the policy"
+! timeout 60 "${host_weightctl[@]}" status --server="127.0.0.1:$WEIGHTD_PORT" \
+  >"$work/ctl.out" 2>&1 || fail "weightctl in plaintext was let in"
+grep -q 'UNAVAILABLE.*if it serves TLS, give --tls_ca' "$work/ctl.out" ||
+  fail "weightctl in plaintext: $(cat "$work/ctl.out")"
+! timeout 60 "${host_weightctl[@]}" status --server="127.0.0.1:$WEIGHTD_PORT" \
+  --tls_ca="$secrets/ca.crt" >"$work/ctl.out" 2>&1 || fail "weightctl without a token was let in"
+grep -q UNAUTHENTICATED "$work/ctl.out" ||
+  fail "weightctl without a token: $(cat "$work/ctl.out")"
+timeout 60 "${host_weightctl[@]}" status --server="127.0.0.1:$WEIGHTD_PORT" \
+  --tls_ca="$secrets/ca.crt" --token_file="$secrets/admin.token" >"$work/ctl.out" 2>&1 ||
+  fail "weightctl with admin.token: $(cat "$work/ctl.out")"
+say "TLS and tokens by default: plaintext refused, no token UNAUTHENTICATED, admin.token let in"
 
 # The server crashes after round 12 (snapshots every 10 rounds).
 wait_log "$server" 'round closed tensor=hidden/w round=12 ' 300
@@ -313,7 +343,11 @@ mapfile -t cmd < <(podman inspect --format '{{range .Config.Cmd}}{{println .}}{{
 for n in 5 6; do
   podman run -d --name "${p}_worker_$n" --net "${p}_default" --network-alias worker \
     --label "io.podman.compose.project=$p" --label com.docker.compose.service=worker \
-    --restart on-failure -e "WEIGHTD_SERVERS=$servers" "$image" "${cmd[@]}" \
+    --restart on-failure -e "WEIGHTD_SERVERS=$servers" \
+    -v "$WEIGHTD_SECRETS/ca.crt:/run/secrets/ca.crt:ro" \
+    -v "$WEIGHTD_SECRETS/worker.token:/run/secrets/worker.token:ro" \
+    -e WEIGHTD_TLS_CA=/run/secrets/ca.crt -e WEIGHTD_TOKEN_FILE=/run/secrets/worker.token \
+    "$image" "${cmd[@]}" \
     >>"$work/compose.log" 2>&1 || fail "podman run of an extra worker failed"
   workers+=("${p}_worker_$n")
 done

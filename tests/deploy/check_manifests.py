@@ -4,8 +4,10 @@ docker-compose resolved them) have the fields a deployment needs and agree
 with each other, and the Dockerfile builds with the scripts CI runs and
 ships every library the binaries link.
 
-Usage: check_manifests.py REPO BUILD_DIR COMPOSE_JSON...
-Each COMPOSE_JSON is `docker-compose -f F config` output (YAML) of F.
+Usage: check_manifests.py REPO BUILD_DIR SECRETS COMPOSE_JSON...
+SECRETS is a directory scripts/dev_secrets.sh filled: every secret file the
+deployments name must be one it makes. Each COMPOSE_JSON is
+`docker-compose -f F config` output (YAML) of F.
 Prints one line per check; exits 1 on the first failure.
 """
 import os
@@ -15,8 +17,9 @@ import sys
 
 import yaml
 
-repo, build = sys.argv[1], sys.argv[2]
-composed = sys.argv[3:]
+repo, build, secrets = sys.argv[1], sys.argv[2], sys.argv[3]
+composed = sys.argv[4:]
+made = set(os.listdir(secrets))
 
 
 def fail(why):
@@ -64,9 +67,57 @@ if int(env.get("WEIGHTD_SHARD_COUNT", "0")) != replicas:
     fail("WEIGHTD_SHARD_COUNT %s != replicas %d" %
          (env.get("WEIGHTD_SHARD_COUNT"), replicas))
 port = shard["ports"][0]["containerPort"]
+
+
+def mounted_secrets(pod, container):
+    """{mount path: secret name} of the container's secret volumes."""
+    volumes = {v["name"]: v["secret"]["secretName"]
+               for v in pod.get("volumes", []) if "secret" in v}
+    return {m["mountPath"]: volumes[m["name"]]
+            for m in container.get("volumeMounts", []) if m["name"] in volumes}
+
+
+def secret_of(mounts, path, where):
+    """The secret a file path is read from, and the file's name in it."""
+    for mount, secret in mounts.items():
+        if path.startswith(mount + "/"):
+            return secret, path[len(mount) + 1:]
+    fail("%s: %s is on no secret volume" % (where, path))
+
+
+# TLS and the policy from secret volumes, as flags: the probes' weightctl
+# would take WEIGHTD_TLS_* variables for its own.
+shard_mounts = mounted_secrets(pod, shard)
+
+
+def flags_of(args):
+    """{flag: value} of the --flag=value arguments (a bare --flag: "")."""
+    return dict((a[2:].split("=", 1) + [""])[:2] for a in args
+                if a.startswith("--"))
+
+
+shard_args = flags_of(shard.get("args", []))
+needs = {}  # secret name -> files the pods read from it
+for flag in ("tls_cert", "tls_key", "auth_policy"):
+    if flag not in shard_args:
+        fail("the shards are not given --%s" % flag)
+    secret, name = secret_of(shard_mounts, shard_args[flag], "--" + flag)
+    needs.setdefault(secret, set()).add(name)
+if any(k.startswith("WEIGHTD_TLS_") for k in env):
+    fail("the shards' WEIGHTD_TLS_* variables would be weightctl's too")
 for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-    if shard.get(probe, {}).get("grpc", {}).get("port") != port:
-        fail("%s is not a gRPC health probe on port %d" % (probe, port))
+    command = shard.get(probe, {}).get("exec", {}).get("command", [])
+    if command[:2] != ["weightctl", "health"] or \
+            "--server=127.0.0.1:%d" % port not in command:
+        fail("%s does not run weightctl health on port %d" % (probe, port))
+    ca = [a for a in command if a.startswith("--tls_ca=")]
+    if not ca:
+        fail("%s does not trust the CA (--tls_ca): the listener serves TLS" % probe)
+    secret, name = secret_of(shard_mounts, ca[0].split("=", 1)[1], probe)
+    needs.setdefault(secret, set()).add(name)
+    if shard[probe].get("timeoutSeconds", 1) < 3:
+        fail("%s: weightctl gets %d s (timeoutSeconds)" %
+             (probe, shard[probe].get("timeoutSeconds", 1)))
 
 
 def budget(probe):
@@ -89,7 +140,7 @@ if not claims or claims[0] not in mounts or \
     fail("snapshots are not on the per-shard PersistentVolumeClaim")
 if not pod.get("securityContext", {}).get("runAsNonRoot"):
     fail("shards may run as root")
-ok("StatefulSet of %d shards behind headless Service %s, gRPC startup "
+ok("StatefulSet of %d shards behind headless Service %s, health startup "
    "(%d s), readiness and liveness probes, PVC per shard" %
    (replicas, svc["metadata"]["name"], startup_s))
 
@@ -110,6 +161,44 @@ if sorted(servers) != sorted(want):
     fail("WEIGHTD_SERVERS %s is not every shard %s" % (servers, want))
 ok("Indexed Job of %d workers naming all %d shards" %
    (jspec["completions"], replicas))
+worker_mounts = mounted_secrets(jspec["template"]["spec"], worker)
+for var in ("WEIGHTD_TLS_CA", "WEIGHTD_TOKEN_FILE"):
+    path = env_of(worker).get(var)
+    if not path:
+        fail("the workers are given no %s" % var)
+    secret, name = secret_of(worker_mounts, path, var)
+    needs.setdefault(secret, set()).add(name)
+for p_, c_ in ((pod, "StatefulSet"), (jspec["template"]["spec"], "Job")):
+    if p_.get("securityContext", {}).get("fsGroup") is None:
+        fail("%s: no fsGroup, its user cannot read secret volumes of mode 0440" % c_)
+
+# deploy/kustomization.yaml makes each of those secrets from the files
+# scripts/dev_secrets.sh writes, under fixed names (rotation in place).
+with open(os.path.join(repo, "deploy", "kustomization.yaml")) as f:
+    kust = yaml.safe_load(f)
+if sorted(kust["resources"]) != ["k8s/weightd.yaml", "k8s/workers.yaml"]:
+    fail("kustomization resources %s" % kust["resources"])
+if not kust.get("generatorOptions", {}).get("disableNameSuffixHash"):
+    fail("generated secrets get a hash suffix: a renewal would need a rollout")
+generated = {}
+for g in kust["secretGenerator"]:
+    files = set()
+    for f_ in g["files"]:
+        if not f_.startswith("secrets/") or f_[len("secrets/"):] not in made:
+            fail("secret %s: %s is not a file scripts/dev_secrets.sh makes" %
+                 (g["name"], f_))
+        files.add(f_[len("secrets/"):])
+    generated[g["name"]] = files
+for secret, names in needs.items():
+    if not names <= generated.get(secret, set()):
+        fail("the pods read %s from secret %s, which holds %s" %
+             (sorted(names), secret, sorted(generated.get(secret, set()))))
+if "ca.key" in set().union(*generated.values()) or \
+        "admin.token" in set().union(*generated.values()):
+    fail("the CA's key or the admin token goes into the cluster")
+ok("Kubernetes: TLS, policy and probes' CA from secret volumes; workers "
+   "trust the CA and send worker.token; kustomization makes %s"
+   % ", ".join(sorted(generated)))
 
 # Images: an explicit version, never :latest (with IfNotPresent a node keeps
 # whichever :latest it pulled first); one version everywhere.
@@ -140,10 +229,49 @@ for path in composed:
         fail("%s: needs weightd service(s) and a worker service" % path)
     count = len(shards)
     indices = set()
+    declared = {name: os.path.basename(d["file"])
+                for name, d in c.get("secrets", {}).items()}
+    for name, f_ in declared.items():
+        if f_ not in made:
+            fail("%s: secret %s is %s, not a file scripts/dev_secrets.sh makes"
+                 % (path, name, f_))
+
+    def secret_file(service, where, arg):
+        """The dev_secrets.sh file behind /run/secrets/NAME in `arg`."""
+        name = arg.split("=", 1)[1]
+        if not name.startswith("/run/secrets/"):
+            fail("%s: %s %s is not a secret" % (path, where, arg))
+        name = name[len("/run/secrets/"):]
+        have = [x if isinstance(x, str) else x["source"]
+                for x in service.get("secrets", [])]
+        if name not in have or name not in declared:
+            fail("%s: %s reads secret %s, which it is not given" %
+                 (path, where, name))
+        return declared[name]
+
     for n, s in shards.items():
         e = s.get("environment", {})
-        if "weightctl" not in " ".join(s.get("healthcheck", {}).get("test", [])):
+        test = s.get("healthcheck", {}).get("test", [])
+        if "weightctl" not in " ".join(test):
             fail("%s: %s has no health check through weightctl" % (path, n))
+        ca = [a for a in test if a.startswith("--tls_ca=")]
+        if not ca or secret_file(s, n + " healthcheck", ca[0]) != "ca.crt":
+            fail("%s: %s's health check does not trust ca.crt" % (path, n))
+        args = flags_of(s.get("command", []))
+        # The check's weightctl must get its answer before the check times
+        # out (docker-compose config prints the timeout as e.g. "5s").
+        check_s = float(str(s["healthcheck"].get("timeout", "30s")).rstrip("s"))
+        ctl_s = float(flags_of(test).get("timeout", "5s").rstrip("s"))
+        if ctl_s >= check_s:
+            fail("%s: %s's health check times out after %gs, before its "
+                 "weightctl (--timeout=%gs)" % (path, n, check_s, ctl_s))
+        for flag, want in (("tls_cert", "tls.crt"), ("tls_key", "tls.key"),
+                           ("auth_policy", "policy.json")):
+            if flag not in args or \
+                    secret_file(s, n, "--%s=%s" % (flag, args[flag])) != want:
+                fail("%s: %s does not serve --%s from %s" % (path, n, flag, want))
+        if any(k.startswith("WEIGHTD_TLS_") for k in e):
+            fail("%s: %s's WEIGHTD_TLS_* would be its healthcheck's too" % (path, n))
         if s.get("restart") not in ("always", "unless-stopped", "on-failure"):
             fail("%s: %s has no restart policy" % (path, n))
         if not any(str(v).endswith(":/var/lib/weightd:rw") or
@@ -162,6 +290,12 @@ for path in composed:
     if sorted(h.split(":")[0] for h in named) != sorted(shards):
         fail("%s: WEIGHTD_SERVERS %s is not the weightd services %s" %
              (path, named, sorted(shards)))
+    we = w["environment"]
+    for var, want in (("WEIGHTD_TLS_CA", "ca.crt"),
+                      ("WEIGHTD_TOKEN_FILE", "worker.token")):
+        if var not in we or secret_file(w, "worker " + var,
+                                        "%s=%s" % (var, we[var])) != want:
+            fail("%s: the workers' %s is not %s" % (path, var, want))
     if "--rank=-1" not in w.get("command", []):
         fail("%s: scaled workers need --rank=-1" % path)
     n = [a for a in w["command"] if a.startswith("--workers=")]
@@ -171,8 +305,9 @@ for path in composed:
              (path, n, replicas_c))
     for n_, s_ in list(shards.items()) + [("worker", w)]:
         image_version("%s %s" % (os.path.basename(path), n_), s_["image"])
-    ok("%s: %d weightd service(s) with health checks, restart, volumes; "
-       "worker names them all" % (os.path.basename(path), count))
+    ok("%s: %d weightd service(s) serving TLS and the policy from secrets, "
+       "with health checks, restart, volumes; workers name them all, trust "
+       "ca.crt, send worker.token" % (os.path.basename(path), count))
 
 if len(versions) != 1:
     fail("image versions differ: %s" % versions)

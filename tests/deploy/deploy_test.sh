@@ -10,13 +10,41 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/weightd-deploy.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
+# The secrets the deployments run with, as a user makes them.
+"$repo/scripts/dev_secrets.sh" "$work/secrets" >/dev/null ||
+  { echo "FAIL: scripts/dev_secrets.sh"; exit 1; }
 for f in docker-compose.yml docker-compose.shards.yml; do
-  docker-compose -f "$repo/deploy/$f" config >"$work/$f" ||
+  WEIGHTD_SECRETS=$work/secrets docker-compose -f "$repo/deploy/$f" config >"$work/$f" ||
     { echo "FAIL: docker-compose rejects deploy/$f"; exit 1; }
   echo "ok: docker-compose config parses deploy/$f"
 done
 /usr/bin/python3 "$repo/tests/deploy/check_manifests.py" "$repo" "$build" \
-  "$work/docker-compose.yml" "$work/docker-compose.shards.yml"
+  "$work/secrets" "$work/docker-compose.yml" "$work/docker-compose.shards.yml"
+# kustomize builds deploy/ with those secrets, where kubectl is installed
+# (no Debian 12 package the test installs has a current one).
+if command -v kubectl >/dev/null && kubectl kustomize --help >/dev/null 2>&1; then
+  mkdir -p "$work/kustomize"
+  cp -r "$repo/deploy/kustomization.yaml" "$repo/deploy/k8s" "$work/kustomize/"
+  cp -r "$work/secrets" "$work/kustomize/secrets"
+  kubectl kustomize "$work/kustomize" >"$work/kustomized.yaml" 2>&1 ||
+    { echo "FAIL: kubectl kustomize deploy: $(cat "$work/kustomized.yaml")"; exit 1; }
+  echo "ok: kubectl kustomize deploy renders $(grep -c '^kind:' "$work/kustomized.yaml") objects"
+else
+  echo "skipped: kubectl kustomize (no kubectl here)"
+fi
+
+# Every WEIGHTD_* variable deploy/ names is one the programs know: an
+# unknown one in the environment stops weightd, weightctl and the worker at
+# start (common/startup.cc lists them).
+for name in $(grep -ohE '\bWEIGHTD_[A-Z_]+[A-Z]\b' -r "$repo/deploy" | sort -u); do
+  out=$(env "$name=x" "$build/tools/weightctl" health --server=127.0.0.1:9 \
+    --timeout=1ms 2>&1) || true
+  if [[ $out == *"is not a variable of"* ]]; then
+    echo "FAIL: deploy/ uses $name, which common/startup.cc does not list: $out"
+    exit 1
+  fi
+done
+echo "ok: every WEIGHTD_* variable in deploy/ is one common/startup.cc lists"
 
 # systemd: the unit as installed, pointing at the binary built here.
 sed "s|^ExecStart=/usr/local/bin/weightd|ExecStart=$build/server/weightd|" \
