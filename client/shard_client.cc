@@ -108,8 +108,36 @@ absl::Status ShardClient::Retrying(absl::string_view what,
   return RetryWithBackoff(policy, retry_env_, what, address_, [&] {
     if (!first) ++stats_.retries;
     first = false;
+    // A call made while the channel is not connected waits for it without
+    // polling it: gRPC then saw its connection attempts complete only when
+    // its backup poller ran (every 5 s), and after a server restart
+    // attempts timed out in a loop (two of four workers never came back).
+    // (A quarter of the retry budget at most: a budget makes attempts.)
+    WEIGHTD_RETURN_IF_ERROR(AwaitConnection(
+        what, std::min(kAwaitConnection, options_.retry_budget / 4)));
     return attempt();
   });
+}
+
+absl::Status ShardClient::AwaitConnection(absl::string_view what,
+                                          absl::Duration limit) {
+  grpc::Channel& channel = *channel_->channel;
+  if (channel.GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_READY) {
+    return absl::OkStatus();
+  }
+  const absl::Time give_up = absl::Now() + limit;
+  for (absl::Time now = absl::Now(); now < give_up; now = absl::Now()) {
+    if (Cancelled()) return Cancellation::Status(what);
+    // Short slices: a cancellation ends the wait within 0.1 s.
+    const absl::Time slice = std::min(give_up, now + absl::Milliseconds(100));
+    if (channel.WaitForConnected(absl::ToChronoTime(slice))) {
+      return absl::OkStatus();
+    }
+  }
+  return absl::UnavailableError(
+      absl::StrCat(what, ": not connected to weightd at ", address_, " within ",
+                   absl::FormatDuration(limit), ": ",
+                   WhyUnreachable(absl::Now() + absl::Seconds(1))));
 }
 
 absl::Status ShardClient::Push(absl::Span<const TensorRef> tensors,

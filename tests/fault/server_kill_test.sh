@@ -5,10 +5,17 @@
 # of an uninterrupted run with the same seeds, and no round may have counted
 # a worker twice (a round of the shared layer closes with at most 4
 # contributions, once per server life).
+# Over TLS, dialling localhost (a name: gRPC tries ::1, then 127.0.0.1),
+# as deployments do. (tests/container/container_test.sh restarts a server
+# whose workers are a snapshot ahead of it, the case in which workers once
+# never reconnected.)
 # Usage: server_kill_test.sh BUILD_DIR
 source "$(dirname "$0")/lib.sh"
 fault_init "${1:?usage: server_kill_test.sh BUILD_DIR}" fault1
-server_flags=(--snapshot_dir="$work/snaps" --snapshot_every=1 --lease_timeout=30s)
+"$(dirname "$0")/../testing/make_certs.sh" "$work/certs" >/dev/null 2>&1 ||
+  fail "openssl could not make the test certificates"
+server_flags=(--snapshot_dir="$work/snaps" --snapshot_every=1 --lease_timeout=30s
+  --tls_cert="$work/certs/server.crt" --tls_key="$work/certs/server.key")
 
 # Runs the 4 workers against $address in the background; logs $1.RANK.
 start_workers() {
@@ -16,7 +23,8 @@ start_workers() {
   for rank in 0 1 2 3; do
     local eval=()
     [[ $rank -eq 0 ]] && eval=(--eval)
-    "$worker" --server="$address" --rank=$rank --workers=4 --rounds=14 \
+    "$worker" --server="localhost:${address##*:}" --tls_ca="$work/certs/ca.crt" \
+      --rank=$rank --workers=4 --rounds=14 \
       --local_steps=100 --check_counts "${eval[@]}" >"$1.$rank" 2>&1 &
     worker_pids+=($!)
     pids+=($!)
