@@ -34,6 +34,11 @@ struct RoundClosed {
   std::uint64_t non_finite_chunks = 0;
   // Participants it closed without (on its quorum, at its timeout).
   std::uint32_t missing = 0;
+  // How long the last contributor kept the round waiting: from the
+  // contribution before the last to the close (from the first chunk if
+  // there was one contribution). Closed without some participants: from
+  // the latest contribution to the close. Zero in async mode.
+  absl::Duration last_wait;
 };
 
 // Reported when a worker's push to a sync round completes (counted once;

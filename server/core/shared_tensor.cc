@@ -288,6 +288,8 @@ absl::StatusOr<bool> SharedTensor::ClaimChunkLocked(const ContributionKey& key,
     chunk_weight_.assign((elements_ + chunk_elements_ - 1) / chunk_elements_,
                          0.0);
     round_start_ = options_->now();
+    round_latest_done_ = round_start_;
+    round_previous_done_ = round_start_;
   }
   acc_kind_ = key.kind;  // The round collects this kind from now on.
   summing_.insert(k);
@@ -323,6 +325,8 @@ absl::StatusOr<ContributionResult> SharedTensor::Complete(
     c.complete = true;
     c.ready_version = c.round + 1;
     ++round_contributors_;
+    round_previous_done_ = round_latest_done_;
+    round_latest_done_ = options_->now();
     if (options_->on_contribution) {
       deferred.Add([cb = options_->on_contribution,
                     counted = ContributionCounted{
@@ -385,7 +389,8 @@ absl::StatusOr<ContributionResult> SharedTensor::ApplyPush(
   c.progress = bytes();
   c.complete = true;
   PublishLocked(
-      RoundClosed{name_, version_, 1, bytes(), options_->now() - start, 0},
+      RoundClosed{name_, version_, 1, bytes(), options_->now() - start, 0, 0,
+                  absl::ZeroDuration()},
       deferred);
   c.round = version_;
   c.ready_version = version_;
@@ -505,14 +510,21 @@ void SharedTensor::CloseRoundLocked(Deferred& deferred) {
   storage.resize(elements_);
   acc_ = recycler_->Publish(std::move(storage));
 
+  const absl::Time now = options_->now();
+  const std::uint32_t missing =
+      WaitedForCountLocked() - CompleteParticipantsLocked();
   const RoundClosed closed{
       name_,
       version_,
       round_contributors_,
       round_bytes_,
-      options_->now() - round_start_,
+      now - round_start_,
       round_non_finite_chunks_,
-      WaitedForCountLocked() - CompleteParticipantsLocked()};
+      missing,
+      // Closed by its last contribution: the wait since the one before.
+      // Closed without some (quorum, timeout): the wait for them since the
+      // latest.
+      now - (missing > 0 ? round_latest_done_ : round_previous_done_)};
   round_started_ = false;
   result_bytes_ = 0;
   members_.reset();

@@ -359,6 +359,10 @@ class SharedTensor {
   std::uint32_t round_contributors_ ABSL_GUARDED_BY(mu_) = 0;
   std::uint64_t round_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time round_start_ ABSL_GUARDED_BY(mu_);
+  // When the round's latest complete contribution came, and the one
+  // before it (round_start_ before there were two): RoundClosed::last_wait.
+  absl::Time round_latest_done_ ABSL_GUARDED_BY(mu_);
+  absl::Time round_previous_done_ ABSL_GUARDED_BY(mu_);
 
   std::vector<Waiter> waiters_ ABSL_GUARDED_BY(mu_);
   std::uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 1;

@@ -1405,6 +1405,9 @@ TEST_F(QuorumTest, RoundClosesOnItsQuorumOnceTheTimeoutPassed) {
     ASSERT_EQ(closed_.size(), 1u);
     EXPECT_EQ(closed_[0].contributors, 2u);
     EXPECT_EQ(closed_[0].missing, 1u);
+    EXPECT_EQ(closed_[0].duration, absl::Seconds(5));
+    // It waited for c from b's contribution (at 1 s) to the close.
+    EXPECT_EQ(closed_[0].last_wait, absl::Seconds(4));
   }
   // c's push to the closed round is aborted, naming the current round, and
   // changes nothing; c is still a participant of the next round.
@@ -1414,6 +1417,28 @@ TEST_F(QuorumTest, RoundClosesOnItsQuorumOnceTheTimeoutPassed) {
   EXPECT_THAT(Value("w"), ElementsAre(2.5, 5));
   EXPECT_EQ(store_->Describe("w")->participants, 3u);
   EXPECT_EQ(store_->CloseOverdueRounds(), 0);  // Round 1 has no push yet.
+}
+
+TEST_F(QuorumTest, TheLastContributorsWaitIsFromTheOneBefore) {
+  MakeQuorumStore(RoundQuorum{}, absl::ZeroDuration());
+  const auto a = Join("a", {{"w", {0}}});
+  const auto b = Join("b", {{"w", {0}}});
+  const auto c = Join("c", {{"w", {0}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {1}}}), IsOk());
+  now_ += absl::Seconds(1);
+  ASSERT_THAT(Push(b, 1, {{"w", 0, {2}}}), IsOk());
+  now_ += absl::Seconds(3);
+  ASSERT_THAT(Push(c, 1, {{"w", 0, {3}}}), IsOk());  // Closes round 0.
+  // Round 1: one participant left; its wait is from the first chunk.
+  ASSERT_THAT(store_->Leave(b), IsOk());
+  ASSERT_THAT(store_->Leave(c), IsOk());
+  ASSERT_THAT(Push(a, 2, {{"w", 1, {5}}}), IsOk());
+  absl::MutexLock lock(&closed_mu_);
+  ASSERT_EQ(closed_.size(), 2u);
+  EXPECT_EQ(closed_[0].duration, absl::Seconds(4));
+  EXPECT_EQ(closed_[0].last_wait, absl::Seconds(3));  // c after b.
+  EXPECT_EQ(closed_[0].missing, 0u);
+  EXPECT_EQ(closed_[1].last_wait, absl::ZeroDuration());
 }
 
 TEST_F(QuorumTest, LastQuorumPushClosesAnOverdueRound) {
