@@ -88,6 +88,8 @@ constexpr EnvironmentVariable kEnvironment[] = {
     {"WEIGHTD_MIN_CLIENT_PING_INTERVAL", "weightd", "min_client_ping_interval"},
     {"WEIGHTD_MAX_CONNECTION_IDLE", "weightd", "max_connection_idle"},
     {"WEIGHTD_HANDSHAKE_TIMEOUT", "weightd", "handshake_timeout"},
+    {"WEIGHTD_METRICS_LISTEN", "weightd", "metrics_listen"},
+    {"WEIGHTD_METRICS_TENSOR_SERIES", "weightd", "metrics_tensor_series"},
     {"WEIGHTD_ROUND_QUORUM", "weightd", "round_quorum"},
     {"WEIGHTD_ROUND_TIMEOUT", "weightd", "round_timeout"},
     {"WEIGHTD_ALLOW_NON_FINITE", "weightd", "allow_non_finite"},

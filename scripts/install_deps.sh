@@ -9,12 +9,15 @@ declare -A GROUPS_=(
   # libssl-dev: common/tls.cc reads and checks the TLS files with OpenSSL,
   # the library Debian's gRPC does TLS with.
   [build]="cmake ninja-build g++ pkg-config libjemalloc-dev libssl-dev"
-  [grpc]="libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev libspdlog-dev"
+  # prometheus-cpp-dev: the daemon's /metrics (server/service/metrics.h).
+  [grpc]="libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev libspdlog-dev prometheus-cpp-dev"
   # python3-dev, -venv, -setuptools, -wheel: the Python package's native
   # build and its offline `pip install ./python` test.
   # python3-grpcio: a gRPC client that is not weightd's, for the TLS tests
   # (tests/security/grpc_probe.py). openssl: their certificates.
-  [test]="openssl python3-grpcio googletest libgtest-dev libgmock-dev pybind11-dev python3-dev python3-numpy python3-pytest python3-venv python3-setuptools python3-wheel clang libclang-rt-14-dev llvm-14 dpkg-dev iproute2 procps util-linux docker-compose python3-yaml systemd"
+  # prometheus: promtool checks the metrics and alert rules, and a real
+  # Prometheus scrapes a daemon (tests/metrics/).
+  [test]="prometheus openssl python3-grpcio googletest libgtest-dev libgmock-dev pybind11-dev python3-dev python3-numpy python3-pytest python3-venv python3-setuptools python3-wheel clang libclang-rt-14-dev llvm-14 dpkg-dev iproute2 procps util-linux docker-compose python3-yaml systemd"
   [demo]="libeigen3-dev zlib1g-dev dataset-fashion-mnist"
   # The Python package and its examples (examples/python/, demo.sh --torch
   # and --cnn-rnn, ctest label python).

@@ -134,6 +134,14 @@ ABSL_FLAG(absl::Duration, max_connection_idle, absl::Minutes(10),
 ABSL_FLAG(absl::Duration, handshake_timeout, absl::Seconds(10),
           "A new connection must finish its TLS and HTTP/2 handshakes "
           "within this, or it is closed.");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT; port "
+          "0: any free one, logged). Plaintext HTTP without authentication: "
+          "bind it to an address only the scraper reaches. Empty: none.");
+ABSL_FLAG(std::uint32_t, metrics_tensor_series, 0,
+          "Also serve per-tensor series (weightd_tensor_*{tensor=...}) for "
+          "at most this many tensors, the first by name: each is a series "
+          "Prometheus stores. 0: none.");
 ABSL_FLAG(std::string, round_quorum, "all",
           "Sync mode: how many of a tensor's workers must have pushed before "
           "its round may close without the rest, once --round_timeout has "
@@ -405,6 +413,8 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_min_client_ping_interval);
   options.limits.max_connection_idle = absl::GetFlag(FLAGS_max_connection_idle);
   options.limits.handshake_timeout = absl::GetFlag(FLAGS_handshake_timeout);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.metrics.tensor_series = absl::GetFlag(FLAGS_metrics_tensor_series);
   options.store.round_timeout = absl::GetFlag(FLAGS_round_timeout);
   const std::string quorum = absl::GetFlag(FLAGS_round_quorum);
   std::uint32_t quorum_count = 0;

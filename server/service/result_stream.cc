@@ -11,11 +11,11 @@
 namespace weightd::service {
 
 ResultStream::ResultStream(Reactor* reactor, core::TensorStore* store,
-                           TrafficCounters* traffic, CallInfo call,
+                           PayloadCounters* payload, CallInfo call,
                            std::function<void()> before_finish)
     : reactor_(reactor),
       store_(store),
-      traffic_(traffic),
+      payload_(payload),
       call_(call),
       before_finish_(std::move(before_finish)) {}
 
@@ -33,6 +33,7 @@ void ResultStream::Start(std::vector<Tensor> tensors, WireFormat format,
                          bool batches, std::uint64_t lease_id) {
   tensors_ = std::move(tensors);
   lease_id_ = lease_id;
+  format_ = format;
   absl::Status error;
   v1::PullResponse header;
   std::vector<OutgoingTensor> outgoing;
@@ -219,7 +220,7 @@ void ResultStream::Write() {
   } else {
     bytes = writer_->Next(&message_).value_or(0);
     ready_chunks_ = 0;
-    traffic_->bytes_sent.fetch_add(bytes, std::memory_order_relaxed);
+    payload_->Sent(format_, PayloadPath::kStream, bytes);
   }
   {
     absl::MutexLock lock(&mu_);

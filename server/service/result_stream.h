@@ -45,7 +45,7 @@ class ResultStream {
   // `before_finish` (may be null) runs once, just before the call is
   // finished, on the thread that finishes it.
   ResultStream(Reactor* reactor, core::TensorStore* store,
-               TrafficCounters* traffic, CallInfo call,
+               PayloadCounters* payload, CallInfo call,
                std::function<void()> before_finish = nullptr);
   ResultStream(const ResultStream&) = delete;
   ResultStream& operator=(const ResultStream&) = delete;
@@ -92,7 +92,7 @@ class ResultStream {
 
   Reactor* const reactor_;
   core::TensorStore* const store_;
-  TrafficCounters* const traffic_;
+  PayloadCounters* const payload_;
   const CallInfo call_;
   const std::function<void()> before_finish_;
 
@@ -103,6 +103,7 @@ class ResultStream {
   std::optional<TensorStreamWriter> writer_;
   grpc::ByteBuffer header_;
   std::uint64_t lease_id_ = 0;
+  WireFormat format_ = WireFormat::kFloat32;
   grpc::ByteBuffer message_;  // The write in flight.
   // How many chunks of the next message (writer_->Peek()) are known to be
   // published.

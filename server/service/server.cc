@@ -21,6 +21,7 @@
 #include "absl/time/time.h"
 #include "common/status_macros.h"
 #include "common/wire.h"
+#include "prometheus/exposer.h"
 #include "server/service/weightd_service.h"
 #include "spdlog/spdlog.h"
 
@@ -145,18 +146,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   service.authorizer = server->authorizer_.get();
   service.max_calls = options.limits.max_calls;
   service.stall_timeout = options.limits.stall_timeout;
+  server->metrics_ = std::make_unique<Metrics>(options.metrics);
+  service.metrics = server->metrics_.get();
   server->service_ = std::make_unique<WeightdService>(service);
   EventLog* events = &server->service_->events();
+  Metrics* metrics = server->metrics_.get();
   options.store.on_worker_expired =
-      [events, user = std::move(options.store.on_worker_expired)](
+      [events, metrics, user = std::move(options.store.on_worker_expired)](
           const core::WorkerExpired& e) {
         events->Expired(e);
+        metrics->LeaseExpired();
         if (user) user(e);
       };
   options.store.on_round_closed =
-      [s = server.get(), events, log = options.log_rounds,
+      [s = server.get(), events, metrics, log = options.log_rounds,
        user = std::move(options.store.on_round_closed)](
           const core::RoundClosed& c) {
+        metrics->RoundClosed(c);
         if (log) events->RoundClosed(c);
         if (storage::Snapshotter* sink = s->round_sink_.load()) {
           sink->OnRoundClosed(c);
@@ -197,6 +203,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                              grpc::InsecureServerCredentials());
   }
   builder.RegisterService(server->service_.get());
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(server->metrics_->CallInterceptor());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.store.chunk_bytes) +
                                    kHeaderSlackBytes);
   builder.SetMaxSendMessageSize(static_cast<int>(options.store.chunk_bytes) +
@@ -281,18 +292,25 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (server->snapshot_dir_ != nullptr && !server->unusable_snapshots_) {
     server->snapshotter_ = std::make_unique<storage::Snapshotter>(
         server->store_.get(), server->snapshot_dir_.get(),
-        options.snapshot_every, [](const absl::StatusOr<std::string>& w) {
-          if (w.ok()) {
-            spdlog::info("snapshot written: {}", *w);
+        options.snapshot_every,
+        [metrics](const storage::SnapshotAttempt& attempt) {
+          if (attempt.file.ok()) {
+            metrics->SnapshotWritten(attempt.took, attempt.bytes, absl::Now());
+            spdlog::info("snapshot written ({} bytes in {}): {}", attempt.bytes,
+                         absl::FormatDuration(attempt.took), *attempt.file);
           } else {
+            metrics->SnapshotFailed(attempt.took);
             spdlog::error(
                 "snapshot failed (earlier snapshots are untouched): {}",
-                w.status().ToString());
+                attempt.file.status().ToString());
           }
         });
     server->round_sink_ = server->snapshotter_.get();
   }
   server->service_->Attach(server->store_.get(), server->snapshotter_.get());
+  if (!options.metrics_listen.empty()) {
+    WEIGHTD_RETURN_IF_ERROR(server->ServeMetrics(options.metrics_listen));
+  }
   server->server_->GetHealthCheckService()->SetServingStatus(
       !server->unusable_snapshots_);
   server->housekeeper_ =
@@ -383,6 +401,43 @@ void Server::HousekeepingLoop() {
     store_->CloseOverdueRounds();
     service_->events().Flush();
   }
+}
+
+absl::Status Server::ServeMetrics(const std::string& address) {
+  const bool sync = options_.store.mode == core::Mode::kSync;
+  metrics_->SetStateSource([this, sync] {
+    MetricsState state;
+    state.store = store_->Status();
+    for (const core::TensorInfo& t : state.store.tensors) {
+      std::uint64_t elements = 1;
+      for (std::int64_t d : t.shape) elements *= static_cast<std::uint64_t>(d);
+      state.value_bytes += elements * sizeof(float);
+    }
+    // A sync tensor sums its rounds into an accumulator of its size.
+    state.accumulator_bytes = sync ? state.value_bytes : 0;
+    state.payload = &service_->payload();
+    return state;
+  });
+  try {
+    // One thread: Prometheus scrapes one at a time.
+    exposer_ = std::make_unique<prometheus::Exposer>(address, 1);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on ", address,
+                     " (--metrics_listen): ", e.what()));
+  }
+  for (const std::weak_ptr<prometheus::Collectable>& c :
+       metrics_->collectables()) {
+    exposer_->RegisterCollectable(c);
+  }
+  const std::vector<int> ports = exposer_->GetListeningPorts();
+  const std::string host = address.substr(0, address.rfind(':'));
+  metrics_address_ = absl::StrCat(host, ":", ports.empty() ? 0 : ports.front());
+  spdlog::info(
+      "metrics: serving http://{}/metrics (Prometheus text format; plaintext, "
+      "no authentication)",
+      metrics_address_);
+  return absl::OkStatus();
 }
 
 Server::~Server() { Shutdown(); }

@@ -16,6 +16,7 @@
 #include "server/core/options.h"
 #include "server/core/tensor_store.h"
 #include "server/service/authorizer.h"
+#include "server/service/metrics.h"
 #include "server/service/server_tls.h"
 #include "server/storage/file_system.h"
 #include "server/storage/snapshot.h"
@@ -24,6 +25,10 @@
 namespace grpc {
 class Server;
 }  // namespace grpc
+
+namespace prometheus {
+class Exposer;
+}  // namespace prometheus
 
 namespace weightd::service {
 
@@ -94,6 +99,11 @@ struct ServerOptions {
   bool pace_pushes = true;
   core::StoreOptions store;
   ServerLimits limits;
+  // Serve Prometheus metrics at http://<metrics_listen>/metrics ("HOST:PORT",
+  // port 0: any free one); empty: none. Plaintext HTTP without
+  // authentication: bind it to an address only the scraper reaches.
+  std::string metrics_listen;
+  MetricsOptions metrics;
   // How long Shutdown() lets in-flight calls finish before cancelling them.
   absl::Duration shutdown_grace = absl::Seconds(5);
   // Log one info line per closed round.
@@ -131,6 +141,9 @@ class Server {
   // An address clients can dial, e.g. "127.0.0.1:41234".
   const std::string& address() const { return address_; }
   core::TensorStore& store() { return *store_; }
+  // The metrics address actually bound ("127.0.0.1:9464"); empty without
+  // metrics_listen.
+  const std::string& metrics_address() const { return metrics_address_; }
 
   // Graceful stop: health NOT_SERVING, waiting calls end with UNAVAILABLE,
   // new calls are refused, in-flight streams get `shutdown_grace` to finish.
@@ -155,6 +168,8 @@ class Server {
   std::unique_ptr<storage::SnapshotDir> snapshot_dir_;
   std::unique_ptr<storage::Snapshotter> snapshotter_;
   std::atomic<storage::Snapshotter*> round_sink_{nullptr};
+  // Before the service and gRPC's server, which report to it.
+  std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Authorizer> authorizer_;  // Before the service using it.
   std::unique_ptr<WeightdService> service_;
   std::unique_ptr<ServerTls> tls_;  // Null: plaintext.
@@ -166,6 +181,11 @@ class Server {
   void HousekeepingLoop();
   absl::Notification stop_housekeeping_;
   std::thread housekeeper_;
+
+  // Last: stops serving metrics before what they read is destroyed.
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::string metrics_address_;
+  absl::Status ServeMetrics(const std::string& address);
 };
 
 }  // namespace weightd::service

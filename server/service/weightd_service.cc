@@ -71,11 +71,11 @@ template <typename Reactor>
 class WaitThenStream {
  public:
   WaitThenStream(Reactor* reactor, core::TensorStore* store,
-                 TrafficCounters* traffic, CallInfo call)
+                 PayloadCounters* payload, CallInfo call)
       : reactor_(reactor),
         wait_(reactor, std::move(call)),
         store_(store),
-        traffic_(traffic) {}
+        payload_(payload) {}
 
   // Waits until every `(name, version)` is reached, then streams the names
   // in `format`, small chunks in batches if `batches`. The wait keeps the
@@ -117,7 +117,7 @@ class WaitThenStream {
   void WriteNext() {
     std::optional<std::uint64_t> bytes = streamer_->Next(&response_);
     if (!bytes.has_value()) return FinishOnce(absl::OkStatus());
-    traffic_->bytes_sent.fetch_add(*bytes, std::memory_order_relaxed);
+    payload_->Sent(format_, PayloadPath::kStream, *bytes);
     if (streamer_->finished()) {
       wait_.WriteAndFinishOnce(&response_);  // Last touch.
     } else {
@@ -128,7 +128,7 @@ class WaitThenStream {
   Reactor* const reactor_;
   ReactorWait<Reactor> wait_;
   core::TensorStore* const store_;
-  TrafficCounters* const traffic_;
+  PayloadCounters* const payload_;
   std::vector<std::string> names_;
   WireFormat format_ = WireFormat::kFloat32;
   bool batches_ = false;
@@ -205,16 +205,17 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
 
 class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
-  JoinReactor(core::TensorStore* store, TrafficCounters* traffic,
-              const v1::ShardInfo& shard, grpc::CallbackServerContext* context,
-              grpc::ByteBuffer* response, EventLog* events,
-              Permissions permissions, CallCounter::Slot slot,
+  JoinReactor(core::TensorStore* store, PayloadCounters* payload,
+              Metrics* metrics, const v1::ShardInfo& shard,
+              grpc::CallbackServerContext* context, grpc::ByteBuffer* response,
+              EventLog* events, Permissions permissions, CallCounter::Slot slot,
               std::unique_ptr<StallWatch::Reader> stall)
       : slot_(std::move(slot)),
         stall_(std::move(stall)),
         permissions_(std::move(permissions)),
         store_(store),
-        traffic_(traffic),
+        payload_(payload),
+        metrics_(metrics),
         shard_(shard),
         context_(context),
         response_bytes_(response),
@@ -299,7 +300,7 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     }
     WEIGHTD_RETURN_IF_ERROR(
         session_->AddChunk(chunk->tensor_index, chunk->offset, chunk->pieces));
-    traffic_->bytes_received.fetch_add(chunk->size, std::memory_order_relaxed);
+    payload_->Received(WireFormat::kFloat32, PayloadPath::kStream, chunk->size);
     return absl::OkStatus();
   }
 
@@ -307,6 +308,7 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     if (!have_header_) return MissingHeader("Join");
     WEIGHTD_ASSIGN_OR_RETURN(core::JoinResult joined, session_->Finish());
     events_->Joined(session_->worker_id(), context_->peer(), joined);
+    metrics_->Joined();
     response_.set_lease_id(joined.lease_id);
     response_.set_lease_timeout_ms(
         absl::ToInt64Milliseconds(store_->options().lease_timeout));
@@ -325,7 +327,8 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   const std::unique_ptr<StallWatch::Reader> stall_;  // Null: not watched.
   const Permissions permissions_;
   core::TensorStore* const store_;
-  TrafficCounters* const traffic_;
+  PayloadCounters* const payload_;
+  Metrics* const metrics_;
   const v1::ShardInfo shard_;
   grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer* const response_bytes_;
@@ -339,19 +342,69 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   std::unique_ptr<core::JoinSession> session_;  // Once the header is read.
 };
 
+// Counts one admitted push (Push, PushPull, PushSegment) in Metrics when it
+// goes out of scope: with the outcome it was last given, CANCELLED if none
+// (the client went away, or the call was cut).
+class PushTally {
+ public:
+  explicit PushTally(Metrics* metrics) : metrics_(metrics) {}
+  ~PushTally() { metrics_->PushEnded(code_, duplicate_); }
+  PushTally(const PushTally&) = delete;
+  PushTally& operator=(const PushTally&) = delete;
+
+  void Failed(const absl::Status& status) { code_ = status.code(); }
+  void Ended(const absl::StatusOr<std::vector<core::PushResult>>& results) {
+    if (!results.ok()) return Failed(results.status());
+    code_ = absl::StatusCode::kOk;
+    duplicate_ = std::all_of(
+        results->begin(), results->end(),
+        [](const core::PushResult& r) { return r.outcome.duplicate; });
+  }
+
+ private:
+  Metrics* const metrics_;
+  absl::StatusCode code_ = absl::StatusCode::kCancelled;
+  bool duplicate_ = false;
+};
+
 // Reads a push stream (header, then chunks) into a core::PushSession.
 // Shared by Push and PushPull, whose request messages are the same on the
 // wire. Chunks are summed straight from the slices they arrived in.
 class PushReader {
  public:
-  PushReader(core::TensorStore* store, TrafficCounters* traffic,
-             absl::string_view call, Permissions permissions)
+  PushReader(core::TensorStore* store, PayloadCounters* payload,
+             Metrics* metrics, absl::string_view call, Permissions permissions)
       : store_(store),
-        traffic_(traffic),
+        payload_(payload),
+        tally_(metrics),
         call_(call),
         permissions_(std::move(permissions)) {}
 
   absl::Status Handle(grpc::ByteBuffer* message) {
+    absl::Status status = Read(message);
+    if (!status.ok()) tally_.Failed(status);
+    return status;
+  }
+
+  absl::StatusOr<std::vector<core::PushResult>> Finish() {
+    absl::StatusOr<std::vector<core::PushResult>> results =
+        session_ == nullptr ? MissingHeader(call_) : session_->Finish();
+    tally_.Ended(results);
+    return results;
+  }
+
+  // Whether the header was read and accepted; then header().
+  bool has_header() const { return session_ != nullptr; }
+  const core::PushHeader& header() const { return session_->header(); }
+
+  // The push's wire format, and whether its result may come in batches
+  // (once the header was accepted).
+  WireFormat format() const { return session_->header().format; }
+  std::uint64_t lease_id() const { return session_->header().lease_id; }
+  bool accept_batches() const { return accept_batches_; }
+
+ private:
+  absl::Status Read(grpc::ByteBuffer* message) {
     v1::PushRequest request;  // Wire-identical to PushPullRequest.
     switch (stream_.Read(message, &request)) {
       case TensorStreamReader::Kind::kInvalid:
@@ -385,32 +438,17 @@ class PushReader {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<std::vector<core::PushResult>> Finish() {
-    if (session_ == nullptr) return MissingHeader(call_);
-    return session_->Finish();
-  }
-
-  // Whether the header was read and accepted; then header().
-  bool has_header() const { return session_ != nullptr; }
-  const core::PushHeader& header() const { return session_->header(); }
-
-  // The push's wire format, and whether its result may come in batches
-  // (once the header was accepted).
-  WireFormat format() const { return session_->header().format; }
-  std::uint64_t lease_id() const { return session_->header().lease_id; }
-  bool accept_batches() const { return accept_batches_; }
-
- private:
   absl::Status AddChunk(std::uint32_t index, std::uint64_t offset,
                         core::Pieces data) {
     WEIGHTD_RETURN_IF_ERROR(session_->AddChunk(index, offset, data));
-    traffic_->bytes_received.fetch_add(core::PiecesSize(data),
-                                       std::memory_order_relaxed);
+    payload_->Received(session_->header().format, PayloadPath::kStream,
+                       core::PiecesSize(data));
     return absl::OkStatus();
   }
 
   core::TensorStore* const store_;
-  TrafficCounters* const traffic_;
+  PayloadCounters* const payload_;
+  PushTally tally_;
   const absl::string_view call_;
   const Permissions permissions_;
   std::unique_ptr<core::PushSession> session_;
@@ -420,13 +458,14 @@ class PushReader {
 
 class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
-  PushReactor(core::TensorStore* store, TrafficCounters* traffic,
-              grpc::CallbackServerContext* context, grpc::ByteBuffer* response,
-              EventLog* events, Permissions permissions, CallCounter::Slot slot,
+  PushReactor(core::TensorStore* store, PayloadCounters* payload,
+              Metrics* metrics, grpc::CallbackServerContext* context,
+              grpc::ByteBuffer* response, EventLog* events,
+              Permissions permissions, CallCounter::Slot slot,
               std::unique_ptr<StallWatch::Reader> stall)
       : slot_(std::move(slot)),
         stall_(std::move(stall)),
-        reader_(store, traffic, "Push", std::move(permissions)),
+        reader_(store, payload, metrics, "Push", std::move(permissions)),
         context_(context),
         response_(response),
         call_{events, "Push", context} {
@@ -473,10 +512,10 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
 
 class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  PullReactor(core::TensorStore* store, TrafficCounters* traffic,
+  PullReactor(core::TensorStore* store, PayloadCounters* payload,
               grpc::ByteBuffer request_bytes, CallInfo call,
               const Permissions& permissions, CallCounter::Slot slot)
-      : slot_(std::move(slot)), stream_(this, store, traffic, std::move(call)) {
+      : slot_(std::move(slot)), stream_(this, store, payload, std::move(call)) {
     v1::PullRequest request;
     if (absl::Status s = ParseMessage(&request_bytes, &request, "Pull");
         !s.ok()) {
@@ -522,19 +561,19 @@ class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 class PushPullReactor final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  PushPullReactor(core::TensorStore* store, TrafficCounters* traffic,
-                  grpc::CallbackServerContext* context, EventLog* events,
-                  PushPacer* pacer, Permissions permissions,
+  PushPullReactor(core::TensorStore* store, PayloadCounters* payload,
+                  Metrics* metrics, grpc::CallbackServerContext* context,
+                  EventLog* events, PushPacer* pacer, Permissions permissions,
                   CallCounter::Slot slot,
                   std::unique_ptr<StallWatch::Reader> stall)
       : slot_(std::move(slot)),
         stall_(std::move(stall)),
         store_(store),
         pacer_(pacer),
-        reader_(store, traffic, "PushPull", std::move(permissions)),
+        reader_(store, payload, metrics, "PushPull", std::move(permissions)),
         context_(context),
-        stream_(this, store, traffic, CallInfo{events, "PushPull", context}),
-        result_(this, store, traffic, CallInfo{events, "PushPull", context},
+        stream_(this, store, payload, CallInfo{events, "PushPull", context}),
+        result_(this, store, payload, CallInfo{events, "PushPull", context},
                 [this] { BeforeFinish(); }) {
     Read();
   }
@@ -704,7 +743,7 @@ absl::Status WriteToSegment(
     const google::protobuf::RepeatedPtrField<v1::SegmentPlace>& places,
     const std::vector<std::string>& names,
     const std::vector<core::PublishedTensor>& published, WireFormat format,
-    TrafficCounters* traffic,
+    PayloadCounters* payload,
     google::protobuf::RepeatedPtrField<v1::TensorInfo>* out) {
   std::vector<std::uint64_t> bytes;
   for (const core::PublishedTensor& t : published) {
@@ -716,8 +755,8 @@ absl::Status WriteToSegment(
   for (std::size_t i = 0; i < published.size(); ++i) {
     const core::PublishedTensor& t = published[i];
     EncodeValues(t.value->data(), t.value->size(), format, ranges[i]);
-    traffic->bytes_sent.fetch_add(t.value->size() * ElementBytes(format),
-                                  std::memory_order_relaxed);
+    payload->Sent(format, PayloadPath::kSharedMemory,
+                  t.value->size() * ElementBytes(format));
     v1::TensorInfo* info = out->Add();
     info->set_name(names[i]);
     for (std::int64_t d : t.shape) info->add_shape(d);
@@ -732,7 +771,7 @@ absl::StatusOr<std::vector<core::PushResult>> PushFromSegment(
     core::TensorStore& store, core::PushSession& session,
     const Segment& segment,
     const google::protobuf::RepeatedPtrField<v1::SegmentPlace>& places,
-    TrafficCounters* traffic) {
+    PayloadCounters* payload) {
   const core::PushHeader& header = session.header();
   std::vector<std::string> names;
   std::vector<std::uint64_t> bytes;
@@ -751,7 +790,7 @@ absl::StatusOr<std::vector<core::PushResult>> PushFromSegment(
       const absl::string_view data(ranges[i] + offset / kFloatBytes * element,
                                    length / kFloatBytes * element);
       WEIGHTD_RETURN_IF_ERROR(session.AddChunk(i, offset, data));
-      traffic->bytes_received.fetch_add(data.size(), std::memory_order_relaxed);
+      payload->Received(header.format, PayloadPath::kSharedMemory, data.size());
       offset += length;
     }
   }
@@ -767,7 +806,7 @@ absl::StatusOr<std::vector<core::PushResult>> PushFromSegment(
 template <typename Call>
 void WaitThenWriteToSegment(
     Call* call, core::TensorStore* store, WorkQueue& writes,
-    TrafficCounters* traffic, const core::TensorStore::VersionRequest& wanted,
+    PayloadCounters* payload, const core::TensorStore::VersionRequest& wanted,
     std::uint64_t lease_id, std::shared_ptr<Segment> segment,
     const google::protobuf::RepeatedPtrField<v1::SegmentPlace>& places,
     WireFormat format,
@@ -778,15 +817,15 @@ void WaitThenWriteToSegment(
       [&](WaitDone done) {
         return store->WaitForVersions(wanted, std::move(done), lease_id);
       },
-      [call, store, &writes, traffic, segment = std::move(segment), &places,
+      [call, store, &writes, payload, segment = std::move(segment), &places,
        format, out, names = std::move(names)](absl::Status status) {
         if (!status.ok()) return call->Answer(status);
         writes.Post(
-            [call, store, traffic, segment, &places, format, out, names] {
+            [call, store, payload, segment, &places, format, out, names] {
               auto published = store->Read(names);
               if (!published.ok()) return call->Answer(published.status());
               call->Answer(WriteToSegment(*segment, places, names, *published,
-                                          format, traffic, out));
+                                          format, payload, out));
             });
       });
 }
@@ -849,7 +888,11 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
 }  // namespace
 
 WeightdService::WeightdService(const ServiceOptions& options)
-    : authorizer_(options.authorizer),
+    : own_metrics_(options.metrics == nullptr ? std::make_unique<Metrics>()
+                                              : nullptr),
+      metrics_(options.metrics != nullptr ? options.metrics
+                                          : own_metrics_.get()),
+      authorizer_(options.authorizer),
       shared_memory_(options.shared_memory),
       pacer_(options.pace_pushes ? kPushLeadBytes : 0, kPushStall),
       calls_(options.max_calls),
@@ -908,8 +951,8 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Join(
     return new FinishedReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>(
         CallInfo{&events_, "Join", context}.Answer(admitted.status()));
   }
-  return new JoinReactor(store, &traffic_, shard_, context, response, &events_,
-                         std::move(admitted->permissions),
+  return new JoinReactor(store, &payload_, metrics_, shard_, context, response,
+                         &events_, std::move(admitted->permissions),
                          std::move(admitted->slot),
                          WatchReads(context, "Join"));
 }
@@ -926,8 +969,8 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* WeightdService::Push(
     return new FinishedReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>(
         CallInfo{&events_, "Push", context}.Answer(admitted.status()));
   }
-  return new PushReactor(store, &traffic_, context, response, &events_,
-                         std::move(admitted->permissions),
+  return new PushReactor(store, &payload_, metrics_, context, response,
+                         &events_, std::move(admitted->permissions),
                          std::move(admitted->slot),
                          WatchReads(context, "Push"));
 }
@@ -945,7 +988,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* WeightdService::Pull(
         CallInfo{&events_, "Pull", context}.Answer(admitted.status()));
   }
   return new PullReactor(
-      store, &traffic_, *request, CallInfo{&events_, "Pull", context},
+      store, &payload_, *request, CallInfo{&events_, "Pull", context},
       std::move(admitted->permissions), std::move(admitted->slot));
 }
 
@@ -963,8 +1006,8 @@ WeightdService::PushPull(grpc::CallbackServerContext* context) {
         grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>(
         CallInfo{&events_, "PushPull", context}.Answer(admitted.status()));
   }
-  return new PushPullReactor(store, &traffic_, context, &events_, &pacer_,
-                             std::move(admitted->permissions),
+  return new PushPullReactor(store, &payload_, metrics_, context, &events_,
+                             &pacer_, std::move(admitted->permissions),
                              std::move(admitted->slot),
                              WatchReads(context, "PushPull"));
 }
@@ -991,6 +1034,7 @@ grpc::ServerUnaryReactor* WeightdService::Leave(
         absl::StatusOr<std::string> left = store->Leave(request.lease_id());
         if (left.ok()) {
           events_.Left(*left);
+          metrics_->Left();
           SweepSegments();
         }
         call->Answer(left.status());
@@ -1133,10 +1177,8 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
           out->set_waiting(b.waiting);
           out->set_released(b.released);
         }
-        response->set_bytes_received(
-            traffic_.bytes_received.load(std::memory_order_relaxed));
-        response->set_bytes_sent(
-            traffic_.bytes_sent.load(std::memory_order_relaxed));
+        response->set_bytes_received(payload_.total_received());
+        response->set_bytes_sent(payload_.total_sent());
         response->set_rounds_closed(status.rounds_closed);
         response->set_refused_unauthenticated(events_.unauthenticated());
         response->set_refused_permission_denied(events_.permission_denied());
@@ -1206,22 +1248,26 @@ grpc::ServerUnaryReactor* WeightdService::PushSegment(
       CallInfo{&events_, "PushSegment", context},
       [&](const v1::PushSegmentRequest& request,
           v1::PushSegmentResponse* response, auto* call) {
+        PushTally tally(metrics_);
+        auto refuse = [&](const absl::Status& status) {
+          tally.Failed(status);
+          return call->Answer(status);
+        };
         absl::StatusOr<core::PushHeader> header =
             PushHeaderFromProto(request.header());
-        if (!header.ok()) return call->Answer(header.status());
+        if (!header.ok()) return refuse(header.status());
         if (absl::Status s = MayPush(admitted->permissions, *store, *header);
             !s.ok()) {
-          return call->Answer(s);
+          return refuse(s);
         }
         std::shared_ptr<Segment> segment = segments_.Find(header->lease_id);
-        if (segment == nullptr) {
-          return call->Answer(NoSegment(header->lease_id));
-        }
+        if (segment == nullptr) return refuse(NoSegment(header->lease_id));
         absl::StatusOr<std::unique_ptr<core::PushSession>> session =
             store->BeginPush(*std::move(header));
-        if (!session.ok()) return call->Answer(session.status());
+        if (!session.ok()) return refuse(session.status());
         absl::StatusOr<std::vector<core::PushResult>> results = PushFromSegment(
-            *store, **session, *segment, request.places(), &traffic_);
+            *store, **session, *segment, request.places(), &payload_);
+        tally.Ended(results);
         if (!results.ok()) return call->Answer(results.status());
         for (const core::PushResult& r : *results) {
           PushResultToProto(r, response->add_tensors());
@@ -1233,7 +1279,7 @@ grpc::ServerUnaryReactor* WeightdService::PushSegment(
           wanted.emplace_back(r.name, r.outcome.ready_version);
         }
         const core::PushHeader& pushed = (*session)->header();
-        WaitThenWriteToSegment(call, store, segment_writes_, &traffic_, wanted,
+        WaitThenWriteToSegment(call, store, segment_writes_, &payload_, wanted,
                                pushed.lease_id, std::move(segment),
                                request.places(), pushed.format,
                                response->mutable_results());
@@ -1275,7 +1321,7 @@ grpc::ServerUnaryReactor* WeightdService::PullSegment(
           return call->Answer(
               absl::InvalidArgumentError("PullSegment names no tensors"));
         }
-        WaitThenWriteToSegment(call, store, segment_writes_, &traffic_, wanted,
+        WaitThenWriteToSegment(call, store, segment_writes_, &payload_, wanted,
                                pull.lease_id(), std::move(segment),
                                request.places(), *format,
                                response->mutable_tensors());

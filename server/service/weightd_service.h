@@ -15,6 +15,7 @@
 #include "server/service/authorizer.h"
 #include "server/service/call_limits.h"
 #include "server/service/event_log.h"
+#include "server/service/metrics.h"
 #include "server/service/push_pacer.h"
 #include "server/service/segments.h"
 #include "server/service/work_queue.h"
@@ -28,12 +29,6 @@ namespace weightd::service {
 inline constexpr std::uint64_t kPushLeadBytes = std::uint64_t{2} << 20;
 // How long a push may go without a message and still hold others back.
 inline constexpr absl::Duration kPushStall = absl::Milliseconds(500);
-
-// Payload traffic since start.
-struct TrafficCounters {
-  std::atomic<std::uint64_t> bytes_received{0};
-  std::atomic<std::uint64_t> bytes_sent{0};
-};
 
 // Every method is raw (grpc::ByteBuffer messages) and parses its messages
 // itself, so that one that does not parse is refused with INVALID_ARGUMENT
@@ -79,6 +74,9 @@ struct ServiceOptions {
   // waiting for the client before it is cut with DEADLINE_EXCEEDED
   // (InfiniteDuration: never). Cut by CutStalledReads().
   absl::Duration stall_timeout = absl::InfiniteDuration();
+  // Where joins, leaves and pushes are counted (not owned; null: a Metrics
+  // of the service's own, which nothing serves).
+  Metrics* metrics = nullptr;
 };
 
 class WeightdService final : public WeightdServiceBase {
@@ -92,6 +90,8 @@ class WeightdService final : public WeightdServiceBase {
 
   // Where memberships, refused calls and rounds are logged.
   EventLog& events() { return events_; }
+  Metrics& metrics() { return *metrics_; }
+  const PayloadCounters& payload() const { return payload_; }
 
   grpc::ServerReadReactor<grpc::ByteBuffer>* Join(
       grpc::CallbackServerContext* context,
@@ -159,8 +159,10 @@ class WeightdService final : public WeightdServiceBase {
   // only after store_ was seen non-null (acquire).
   std::atomic<core::TensorStore*> store_{nullptr};
   storage::Snapshotter* snapshotter_ = nullptr;
+  const std::unique_ptr<Metrics> own_metrics_;  // Without options.metrics.
+  Metrics* const metrics_;
   const Authorizer* const authorizer_;  // Null: no policy.
-  TrafficCounters traffic_;
+  PayloadCounters payload_;
   const bool shared_memory_;
   SegmentTable segments_;  // Same-host workers' shared memory, by lease.
   v1::ShardInfo shard_;

@@ -1,16 +1,18 @@
 #include "server/storage/snapshotter.h"
 
 #include <algorithm>
+#include <filesystem>
+#include <system_error>
 #include <utility>
 
 namespace weightd::storage {
 
 Snapshotter::Snapshotter(core::TensorStore* store, SnapshotDir* dir,
-                         SnapshotterOptions options, Done on_written)
+                         SnapshotterOptions options, Attempted on_attempt)
     : store_(store),
       dir_(dir),
       options_(std::move(options)),
-      on_written_(std::move(on_written)) {
+      on_attempt_(std::move(on_attempt)) {
   std::uint64_t version = 0;
   for (const core::TensorInfo& t : store_->Status().tensors) {
     version = std::max(version, t.version);
@@ -64,14 +66,18 @@ bool Snapshotter::IntervalDueLocked() const {
 
 absl::StatusOr<std::string> Snapshotter::WriteOnce() {
   absl::MutexLock lock(&write_mu_);
-  absl::StatusOr<std::string> written = dir_->Write(store_->Save());
-  if (written.ok()) {
+  const absl::Time start = absl::Now();
+  SnapshotAttempt attempt{dir_->Write(store_->Save()), absl::Now() - start};
+  if (attempt.file.ok()) {
     ++written_;
+    std::error_code error;
+    attempt.bytes = std::filesystem::file_size(*attempt.file, error);
+    if (error) attempt.bytes = 0;
   } else {
     ++failed_;
   }
-  if (on_written_) on_written_(written);
-  return written;
+  if (on_attempt_) on_attempt_(attempt);
+  return attempt.file;
 }
 
 void Snapshotter::Loop() {

@@ -40,15 +40,22 @@ struct SnapshotterOptions {
   std::function<absl::Time()> now = [] { return absl::Now(); };
 };
 
+// One attempt to write a snapshot: the file written, or the error.
+struct SnapshotAttempt {
+  absl::StatusOr<std::string> file;
+  absl::Duration took;      // Saving the state and writing it.
+  std::uint64_t bytes = 0;  // The file's size, once written.
+};
+
 class Snapshotter {
  public:
   using Done = std::function<void(absl::StatusOr<std::string>)>;
+  using Attempted = std::function<void(const SnapshotAttempt&)>;
 
-  // `store` and `dir` must outlive the Snapshotter. `on_written` is called
-  // (on the snapshot thread) with the file written or the error, after each
-  // attempt. Thread-safe.
+  // `store` and `dir` must outlive the Snapshotter. `on_attempt` is called
+  // (on the snapshot thread) after each attempt. Thread-safe.
   Snapshotter(core::TensorStore* store, SnapshotDir* dir,
-              SnapshotterOptions options, Done on_written);
+              SnapshotterOptions options, Attempted on_attempt);
   ~Snapshotter();  // Stop().
   Snapshotter(const Snapshotter&) = delete;
   Snapshotter& operator=(const Snapshotter&) = delete;
@@ -77,7 +84,7 @@ class Snapshotter {
   core::TensorStore* const store_;
   SnapshotDir* const dir_;
   const SnapshotterOptions options_;
-  const Done on_written_;
+  const Attempted on_attempt_;
   std::atomic<std::uint64_t> written_{0};
   std::atomic<std::uint64_t> failed_{0};
 

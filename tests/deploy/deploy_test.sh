@@ -46,6 +46,12 @@ for name in $(grep -ohE '\bWEIGHTD_[A-Z_]+[A-Z]\b' -r "$repo/deploy" | sort -u);
 done
 echo "ok: every WEIGHTD_* variable in deploy/ is one common/startup.cc lists"
 
+# The alert rules (deploy/prometheus/alerts.yml) parse and their
+# expressions are valid PromQL.
+promtool check rules "$repo/deploy/prometheus/alerts.yml" >"$work/rules.out" 2>&1 ||
+  { echo "FAIL: promtool check rules: $(cat "$work/rules.out")"; exit 1; }
+echo "ok: promtool check rules accepts deploy/prometheus/alerts.yml ($(grep -o 'SUCCESS: [0-9]* rules' "$work/rules.out"))"
+
 # systemd: the unit as installed, pointing at the binary built here.
 sed "s|^ExecStart=/usr/local/bin/weightd|ExecStart=$build/server/weightd|" \
   "$repo/deploy/systemd/weightd.service" >"$work/weightd.service"

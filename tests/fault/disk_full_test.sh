@@ -106,7 +106,7 @@ grep -q "restored from $old" "$work/server-2.log" || fail "the old snapshot was 
 rm "$snaps/filler"
 run_job job-4
 stop_weightd
-final=$(sed -n 's/.*snapshot written: //p' "$work/server-2.log" | tail -n 1)
+final=$(sed -n 's/.*snapshot written ([^)]*): //p' "$work/server-2.log" | tail -n 1)
 [[ -n $final && $final != "$old" ]] || fail "no final snapshot after freeing space"
 start_weightd "$work/server-3.log" 127.0.0.1:0 "${flags[@]}"
 grep -q "restored from $final" "$work/server-3.log" || fail "the final snapshot was not restored"

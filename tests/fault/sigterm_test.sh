@@ -34,7 +34,7 @@ timeout $((grace + 5)) tail --pid="$server_pid" -f /dev/null ||
 wait "$server_pid" || fail "weightd exited with an error after SIGTERM"
 took=$((SECONDS - start))
 grep -q 'received SIGTERM' "$work/server.log" || fail "SIGTERM not logged"
-final=$(sed -n 's/.*snapshot written: //p' "$work/server.log" | tail -n 1)
+final=$(sed -n 's/.*snapshot written ([^)]*): //p' "$work/server.log" | tail -n 1)
 [[ -n $final ]] || fail "no final snapshot"
 kill -CONT "${worker_pid[1]}"
 

@@ -66,9 +66,10 @@ class SnapshotterTest : public ::testing::Test {
     options.now = [this] { return clock_.Now(); };
     snapshotter_ = std::make_unique<Snapshotter>(
         store_.get(), dir_.get(), options,
-        [this](const absl::StatusOr<std::string>& written) {
+        [this](const SnapshotAttempt& attempt) {
           absl::MutexLock lock(&mu_);
-          results_.push_back(written.status());
+          results_.push_back(attempt.file.status());
+          if (attempt.file.ok()) sizes_.push_back(attempt.bytes);
         });
   }
 
@@ -96,6 +97,7 @@ class SnapshotterTest : public ::testing::Test {
   std::unique_ptr<Snapshotter> snapshotter_;
   absl::Mutex mu_;
   std::vector<absl::Status> results_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::uint64_t> sizes_ ABSL_GUARDED_BY(mu_);  // Of the files.
 };
 
 TEST_F(SnapshotterTest, SnapshotsWhenARoundClosesOnceTheIntervalPassed) {
@@ -118,6 +120,9 @@ TEST_F(SnapshotterTest, SnapshotsWhenARoundClosesOnceTheIntervalPassed) {
   EXPECT_EQ(snapshotter_->written(), 3u);  // With the final one.
   absl::MutexLock lock(&mu_);
   for (const absl::Status& s : results_) EXPECT_THAT(s, IsOk());
+  // Each attempt reports the size of the file it wrote.
+  ASSERT_EQ(sizes_.size(), 3u);
+  for (std::uint64_t size : sizes_) EXPECT_GT(size, 0u);
 }
 
 // With the interval long past but no round closed, the round that closes
