@@ -207,7 +207,9 @@ compose() {
 # matching line.
 wait_log() {
   local deadline=$((SECONDS + $3))
-  until podman logs "$1" 2>&1 | grep -qE "$2"; do
+  # grep reads it all (no -q): a grep that stopped at the match would end
+  # podman logs with SIGPIPE, and fail the pipe under pipefail.
+  until podman logs "$1" 2>&1 | grep -E "$2" >/dev/null; do
     ((SECONDS < deadline)) || fail "no line matching '$2' in $1's log within $3 s"
     sleep 0.5
   done
@@ -304,9 +306,10 @@ timeout 60 "${host_weightctl[@]}" health --server="127.0.0.1:$WEIGHTD_PORT" \
 say "health: SERVING (HEALTHCHECK in the container, and through host port $WEIGHTD_PORT)"
 # TLS and the policy by default: plaintext and a call without a token are
 # refused, the admin token is let in.
-podman logs "$server" 2>&1 | grep -q 'TLS: serving certificate CN=weightd' ||
+podman logs "$server" >"$work/server-start.log" 2>&1
+grep -q 'TLS: serving certificate CN=weightd' "$work/server-start.log" ||
   fail "the Compose daemon does not serve TLS"
-podman logs "$server" 2>&1 | grep -q 'auth: policy /run/secrets/policy.json in force: 3 principal' ||
+grep -q 'auth: policy /run/secrets/policy.json in force: 3 principal' "$work/server-start.log" ||
   fail "the Compose daemon does not enforce the policy"
 ! timeout 60 "${host_weightctl[@]}" status --server="127.0.0.1:$WEIGHTD_PORT" \
   >"$work/ctl.out" 2>&1 || fail "weightctl in plaintext was let in"
@@ -370,13 +373,13 @@ podman rm "${p}_worker_5" "${p}_worker_6" >>"$work/compose.log"  # podman-compos
 compose docker-compose.yml "$p" down
 compose docker-compose.yml "$p" up -d weightd
 wait_healthy "$server" 60
-podman logs "$server" 2>&1 | grep -q 'restored from ' ||
+podman logs "$server" 2>&1 | grep 'restored from ' >/dev/null ||
   fail "the next up on the same volume did not resume the job"
 say "up again on the same volume: the finished job is resumed ($(podman logs "$server" 2>&1 | grep -m1 -o 'restored from .*'))"
 compose docker-compose.yml "$p" down
 WEIGHTD_JOB=fresh compose docker-compose.yml "$p" up -d weightd
 wait_healthy "$server" 60
-! podman logs "$server" 2>&1 | grep -q 'restored from ' ||
+! podman logs "$server" 2>&1 | grep 'restored from ' >/dev/null ||
   fail "WEIGHTD_JOB=fresh restored a snapshot"
 say "WEIGHTD_JOB=fresh: a new job, nothing restored"
 down_and_check docker-compose.yml "$p"
