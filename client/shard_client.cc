@@ -112,32 +112,30 @@ absl::Status ShardClient::Retrying(absl::string_view what,
     // polling it: gRPC then saw its connection attempts complete only when
     // its backup poller ran (every 5 s), and after a server restart
     // attempts timed out in a loop (two of four workers never came back).
-    // (A quarter of the retry budget at most: a budget makes attempts.)
-    WEIGHTD_RETURN_IF_ERROR(AwaitConnection(
-        what, std::min(kAwaitConnection, options_.retry_budget / 4)));
+    // Connected or not after the wait (at most a quarter of the retry
+    // budget, so that a budget makes attempts), the call is made: it then
+    // fails, or not, for its own reason.
+    if (!AwaitConnection(
+            std::min(kAwaitConnection, options_.retry_budget / 4))) {
+      return Cancellation::Status(what);
+    }
     return attempt();
   });
 }
 
-absl::Status ShardClient::AwaitConnection(absl::string_view what,
-                                          absl::Duration limit) {
+bool ShardClient::AwaitConnection(absl::Duration limit) {
   grpc::Channel& channel = *channel_->channel;
   if (channel.GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_READY) {
-    return absl::OkStatus();
+    return true;
   }
   const absl::Time give_up = absl::Now() + limit;
   for (absl::Time now = absl::Now(); now < give_up; now = absl::Now()) {
-    if (Cancelled()) return Cancellation::Status(what);
+    if (Cancelled()) return false;
     // Short slices: a cancellation ends the wait within 0.1 s.
     const absl::Time slice = std::min(give_up, now + absl::Milliseconds(100));
-    if (channel.WaitForConnected(absl::ToChronoTime(slice))) {
-      return absl::OkStatus();
-    }
+    if (channel.WaitForConnected(absl::ToChronoTime(slice))) return true;
   }
-  return absl::UnavailableError(
-      absl::StrCat(what, ": not connected to weightd at ", address_, " within ",
-                   absl::FormatDuration(limit), ": ",
-                   WhyUnreachable(absl::Now() + absl::Seconds(1))));
+  return !Cancelled();
 }
 
 absl::Status ShardClient::Push(absl::Span<const TensorRef> tensors,

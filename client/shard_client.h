@@ -110,7 +110,7 @@ class ShardClient {
   };
   static constexpr int kMaxRejoins = 3;
   // How long one attempt of a call waits for the channel to connect
-  // (AwaitConnection) before it counts as failed and is retried.
+  // (AwaitConnection) before it is made anyway.
   static constexpr absl::Duration kAwaitConnection = absl::Seconds(5);
 
   // A call waiting for others (a round, a barrier), for progress reports.
@@ -208,11 +208,11 @@ class ShardClient {
   // Takes in the server's answer to a Push of `count` tensors.
   absl::Status RecordPushed(const v1::PushResponse& response,
                             std::size_t count);
-  // Returns once the channel is connected, waiting for at most `limit`
-  // (UNAVAILABLE, naming `what`, if it is not by then; CANCELLED once
-  // options_.cancellation is). While it waits this thread polls the
-  // channel, which is what lets gRPC see its connection attempts complete.
-  absl::Status AwaitConnection(absl::string_view what, absl::Duration limit);
+  // Returns once the channel is connected or `limit` passed; false once
+  // options_.cancellation is cancelled. While it waits this thread polls
+  // the channel, which is what lets gRPC see its connection attempts
+  // complete.
+  bool AwaitConnection(absl::Duration limit);
   // Runs `attempt` until it succeeds, fails for good, or the retry budget
   // is spent; CANCELLED once options_.cancellation is. `what` names the
   // call in messages. (RetryWithBackoff, client/retry.h, with options_.)

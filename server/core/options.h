@@ -36,8 +36,9 @@ struct RoundClosed {
   std::uint32_t missing = 0;
   // How long the last contributor kept the round waiting: from the
   // contribution before the last to the close (from the first chunk if
-  // there was one contribution). Closed without some participants: from
-  // the latest contribution to the close. Zero in async mode.
+  // there was one contribution). Closed otherwise (a quorum at its timeout,
+  // a participant that left or expired): from the latest contribution to
+  // the close. Zero in async mode.
   absl::Duration last_wait;
 };
 

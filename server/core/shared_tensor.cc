@@ -82,7 +82,7 @@ void SharedTensor::RemoveParticipant(absl::string_view worker,
   // its copy, so if it comes back it takes part from the next round.
   if (members_.has_value()) members_->erase(std::string(worker));
   if (RoundCanCloseLocked()) {
-    CloseRoundLocked(deferred);
+    CloseRoundLocked(/*by_contribution=*/false, deferred);
   } else {
     PublishReadyChunksLocked(deferred);  // It may have been the slowest.
   }
@@ -333,7 +333,9 @@ absl::StatusOr<ContributionResult> SharedTensor::Complete(
                         name_, std::string(worker), c.round,
                         round_contributors_}] { cb(counted); });
     }
-    if (RoundCanCloseLocked()) CloseRoundLocked(deferred);
+    if (RoundCanCloseLocked()) {
+      CloseRoundLocked(/*by_contribution=*/true, deferred);
+    }
   }
   result.round = c.round;
   result.ready_version = c.ready_version;
@@ -434,7 +436,7 @@ bool SharedTensor::CloseIfOverdue(Deferred& deferred) {
   if (options_->mode != Mode::kSync) return false;
   AwaitNoSumsLocked();
   if (!RoundCanCloseLocked()) return false;
-  CloseRoundLocked(deferred);
+  CloseRoundLocked(/*by_contribution=*/false, deferred);
   return true;
 }
 
@@ -494,7 +496,7 @@ void SharedTensor::PublishReadyChunksLocked(Deferred& deferred) {
   WakeWaitersLocked(deferred);
 }
 
-void SharedTensor::CloseRoundLocked(Deferred& deferred) {
+void SharedTensor::CloseRoundLocked(bool by_contribution, Deferred& deferred) {
   // The chunks not published yet (result_bytes_ is a chunk boundary or the
   // end).
   const std::uint64_t chunk_bytes = chunk_elements_ * 4;
@@ -514,17 +516,12 @@ void SharedTensor::CloseRoundLocked(Deferred& deferred) {
   const std::uint32_t missing =
       WaitedForCountLocked() - CompleteParticipantsLocked();
   const RoundClosed closed{
-      name_,
-      version_,
-      round_contributors_,
-      round_bytes_,
-      now - round_start_,
-      round_non_finite_chunks_,
-      missing,
+      name_, version_, round_contributors_, round_bytes_, now - round_start_,
+      round_non_finite_chunks_, missing,
       // Closed by its last contribution: the wait since the one before.
-      // Closed without some (quorum, timeout): the wait for them since the
-      // latest.
-      now - (missing > 0 ? round_latest_done_ : round_previous_done_)};
+      // Else (a quorum at its timeout, a participant gone): the wait since
+      // the latest contribution.
+      now - (by_contribution ? round_previous_done_ : round_latest_done_)};
   round_started_ = false;
   result_bytes_ = 0;
   members_.reset();

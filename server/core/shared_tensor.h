@@ -309,7 +309,10 @@ class SharedTensor {
   // timeout passed.
   bool RoundCanCloseLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sync: folds the accumulator into a new published value; version += 1.
-  void CloseRoundLocked(Deferred& deferred) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `by_contribution`: the round's last contribution closes it (else a
+  // participant left, or the round timed out on its quorum).
+  void CloseRoundLocked(bool by_contribution, Deferred& deferred)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string name_;
   const std::vector<std::int64_t> shape_;

@@ -66,7 +66,7 @@ class PayloadCounters {
 struct MetricsState {
   core::StoreStatus store;              // Tensors (by name) and workers.
   std::uint64_t value_bytes = 0;        // Published values, all tensors.
-  std::uint64_t accumulator_bytes = 0;  // Open rounds' accumulators.
+  std::uint64_t accumulator_bytes = 0;  // Sync tensors' accumulators.
   const PayloadCounters* payload = nullptr;
 };
 

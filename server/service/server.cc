@@ -148,6 +148,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   service.stall_timeout = options.limits.stall_timeout;
   server->metrics_ = std::make_unique<Metrics>(options.metrics);
   service.metrics = server->metrics_.get();
+  // Before anything else binds or loads: a metrics port that cannot be had
+  // stops the daemon before it serves (and snapshots) anything.
+  if (!options.metrics_listen.empty()) {
+    WEIGHTD_RETURN_IF_ERROR(server->ServeMetrics(options.metrics_listen));
+  }
   server->service_ = std::make_unique<WeightdService>(service);
   EventLog* events = &server->service_->events();
   Metrics* metrics = server->metrics_.get();
@@ -308,9 +313,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     server->round_sink_ = server->snapshotter_.get();
   }
   server->service_->Attach(server->store_.get(), server->snapshotter_.get());
-  if (!options.metrics_listen.empty()) {
-    WEIGHTD_RETURN_IF_ERROR(server->ServeMetrics(options.metrics_listen));
-  }
+  server->ReadStateForMetrics();
   server->server_->GetHealthCheckService()->SetServingStatus(
       !server->unusable_snapshots_);
   server->housekeeper_ =
@@ -403,7 +406,7 @@ void Server::HousekeepingLoop() {
   }
 }
 
-absl::Status Server::ServeMetrics(const std::string& address) {
+void Server::ReadStateForMetrics() {
   const bool sync = options_.store.mode == core::Mode::kSync;
   metrics_->SetStateSource([this, sync] {
     MetricsState state;
@@ -418,9 +421,12 @@ absl::Status Server::ServeMetrics(const std::string& address) {
     state.payload = &service_->payload();
     return state;
   });
+}
+
+absl::Status Server::ServeMetrics(const std::string& address) {
   try {
-    // One thread: Prometheus scrapes one at a time.
-    exposer_ = std::make_unique<prometheus::Exposer>(address, 1);
+    // Two threads (prometheus-cpp's default): an idle connection holds one.
+    exposer_ = std::make_unique<prometheus::Exposer>(address, 2);
   } catch (const std::exception& e) {
     return absl::UnavailableError(
         absl::StrCat("cannot serve metrics on ", address,

@@ -186,6 +186,9 @@ class Server {
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::string metrics_address_;
   absl::Status ServeMetrics(const std::string& address);
+  // Gives metrics_ the store and the service to read at each scrape (once
+  // both exist; until then scrapes serve the event metrics only).
+  void ReadStateForMetrics();
 };
 
 }  // namespace weightd::service

@@ -323,6 +323,13 @@ void SnapshotDir::RemoveUnfinished() const {
   }
 }
 
+absl::StatusOr<std::uint64_t> SnapshotDir::FileSize(
+    const std::string& path) const {
+  WEIGHTD_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> file,
+                           fs_->NewReadableFile(path));
+  return file->size();
+}
+
 absl::StatusOr<std::string> SnapshotDir::Write(const core::StoreState& state) {
   const std::string path =
       absl::StrFormat("%s/snapshot-%012d.wds", dir_, next_number_);

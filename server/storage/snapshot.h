@@ -66,6 +66,8 @@ class SnapshotDir {
   // (then the earlier snapshots are untouched, and the next Write reuses the
   // number). Not thread-safe: one writer.
   absl::StatusOr<std::string> Write(const core::StoreState& state);
+  // The size of a file Write() wrote, read through the FileSystem.
+  absl::StatusOr<std::uint64_t> FileSize(const std::string& path) const;
 
   struct Loaded {
     std::string path;

@@ -1,8 +1,6 @@
 #include "server/storage/snapshotter.h"
 
 #include <algorithm>
-#include <filesystem>
-#include <system_error>
 #include <utility>
 
 namespace weightd::storage {
@@ -70,9 +68,7 @@ absl::StatusOr<std::string> Snapshotter::WriteOnce() {
   SnapshotAttempt attempt{dir_->Write(store_->Save()), absl::Now() - start};
   if (attempt.file.ok()) {
     ++written_;
-    std::error_code error;
-    attempt.bytes = std::filesystem::file_size(*attempt.file, error);
-    if (error) attempt.bytes = 0;
+    attempt.bytes = dir_->FileSize(*attempt.file).value_or(0);
   } else {
     ++failed_;
   }

@@ -76,7 +76,8 @@ wait_workers "$work/worker"
 "$weightctl" status --server="$address" >"$work/status.out" 2>&1 ||
   fail "weightctl status: $(cat "$work/status.out")"
 closed=$(sed -n 's/.*rounds_closed \([0-9]*\).*/\1/p' "$work/status.out")
-((closed > 0)) || fail "GetStatus reports $closed rounds closed"
+# The demo model's 5 tensors, 20 rounds each.
+[[ $closed == 100 ]] || fail "GetStatus reports $closed rounds closed, not 100"
 # Prometheus scrapes each second: wait for a scrape after the last round.
 for ((i = 0; i < 100; i++)); do
   scraped=$(query 'sum(weightd_rounds_closed_total)')
@@ -90,21 +91,36 @@ durations=$(query 'sum(weightd_round_duration_seconds_count)')
   fail "the round-duration histogram counted $durations rounds, not $closed"
 joins=$(query 'weightd_joins_total')
 [[ $joins == 2 ]] || fail "weightd_joins_total is '$joins', not 2"
+# One push per worker and round (PushPull, or PushSegment through shared
+# memory), each applied once.
+applied=$(query 'sum(weightd_pushes_total{outcome="applied"})')
+[[ $applied == 40 ]] || fail "weightd_pushes_total counts $applied applied pushes, not 40"
+join_calls=$(query 'sum(weightd_call_duration_seconds_count{method="Join",code="OK"})')
+[[ $join_calls == 2 ]] || fail "the call histogram counts $join_calls Joins, not 2"
 echo "ok: Prometheus: sum(weightd_rounds_closed_total) $scraped == GetStatus rounds_closed $closed;" \
-  "round-duration histogram count $durations; joins $joins"
+  "round-duration histogram count $durations; joins $joins; $applied pushes applied; $join_calls Join calls"
 get "http://$metrics/metrics" >"$work/after.txt" || fail "GET /metrics failed"
 promtool check metrics <"$work/after.txt" >"$work/promtool.out" 2>&1 ||
   fail "promtool check metrics after training: $(cat "$work/promtool.out")"
 echo "ok: promtool accepts /metrics after training"
 
 echo "--- 3. the alert rules load"
+# Every rule loaded and was evaluated without error (health "ok").
 rules=$(/usr/bin/python3 - "$prom" <<'PY'
-import json, sys, urllib.request
-body = json.load(urllib.request.urlopen("http://%s/api/v1/rules" % sys.argv[1], timeout=5))
-print(sum(len(g["rules"]) for g in body["data"]["groups"]))
+import json, sys, time, urllib.request
+for _ in range(50):  # Evaluated each second: allow a few.
+    body = json.load(urllib.request.urlopen("http://%s/api/v1/rules" % sys.argv[1], timeout=5))
+    rules = [r for g in body["data"]["groups"] for r in g["rules"]]
+    if rules and all(r.get("health") == "ok" for r in rules):
+        break
+    time.sleep(0.1)
+print(len(rules), sum(r.get("health") == "ok" for r in rules))
 PY
 )
-((rules > 0)) || fail "Prometheus loaded no rule of deploy/prometheus/alerts.yml"
-echo "ok: Prometheus loaded $rules alert rule(s) of deploy/prometheus/alerts.yml"
+read -r total healthy <<<"$rules"
+want=$(grep -c '^      - alert:' "$repo/deploy/prometheus/alerts.yml")
+[[ $total == "$want" && $healthy == "$want" ]] ||
+  fail "Prometheus loaded $total rule(s), $healthy healthy, of the $want in deploy/prometheus/alerts.yml"
+echo "ok: Prometheus loaded and evaluated all $total alert rules of deploy/prometheus/alerts.yml"
 stop_weightd
 echo "PASS: /metrics passes promtool; Prometheus scraped $scraped rounds, the count GetStatus reports"

@@ -1429,16 +1429,30 @@ TEST_F(QuorumTest, TheLastContributorsWaitIsFromTheOneBefore) {
   ASSERT_THAT(Push(b, 1, {{"w", 0, {2}}}), IsOk());
   now_ += absl::Seconds(3);
   ASSERT_THAT(Push(c, 1, {{"w", 0, {3}}}), IsOk());  // Closes round 0.
-  // Round 1: one participant left; its wait is from the first chunk.
-  ASSERT_THAT(store_->Leave(b), IsOk());
-  ASSERT_THAT(store_->Leave(c), IsOk());
+  // Round 1: a and b contribute, c leaves 5 s after b: the round waited
+  // for c from b's contribution.
   ASSERT_THAT(Push(a, 2, {{"w", 1, {5}}}), IsOk());
+  now_ += absl::Seconds(2);
+  ASSERT_THAT(Push(b, 2, {{"w", 1, {5}}}), IsOk());
+  now_ += absl::Seconds(5);
+  ASSERT_THAT(store_->Leave(c), IsOk());  // Closes round 1.
+  // Round 2: a alone; its wait is from its first chunk.
+  ASSERT_THAT(store_->Leave(b), IsOk());
+  auto session = store_->BeginPush(
+      PushHeader{a, 3, UpdateKind::kWeights, 1.0, {{"w", 2}}});
+  ASSERT_THAT(session, IsOk());
+  const std::vector<float> six = {6};
+  ASSERT_THAT((*session)->AddChunk(0, 0, FloatBytes(six, 0, 4)), IsOk());
+  now_ += absl::Seconds(1);
+  ASSERT_THAT((*session)->Finish(), IsOk());
   absl::MutexLock lock(&closed_mu_);
-  ASSERT_EQ(closed_.size(), 2u);
+  ASSERT_EQ(closed_.size(), 3u);
   EXPECT_EQ(closed_[0].duration, absl::Seconds(4));
   EXPECT_EQ(closed_[0].last_wait, absl::Seconds(3));  // c after b.
   EXPECT_EQ(closed_[0].missing, 0u);
-  EXPECT_EQ(closed_[1].last_wait, absl::ZeroDuration());
+  EXPECT_EQ(closed_[1].duration, absl::Seconds(7));
+  EXPECT_EQ(closed_[1].last_wait, absl::Seconds(5));  // Since b's.
+  EXPECT_EQ(closed_[2].last_wait, absl::Seconds(1));  // Its first chunk.
 }
 
 TEST_F(QuorumTest, LastQuorumPushClosesAnOverdueRound) {
@@ -1551,21 +1565,23 @@ TEST_F(TensorStoreTest, PerPrincipalLimitsCountWhatEachPrincipalCreated) {
   MakeStoreWith(std::move(options));
   const Claimant team_a{1, "", "team-a"};
   const Claimant team_b{2, "", "team-b"};
-  ASSERT_THAT(store_->Join("a-0", {Declaration{"x", {4}, {1, 1, 1, 1}}},
-                           team_a),
-              IsOk());
+  ASSERT_THAT(
+      store_->Join("a-0", {Declaration{"x", {4}, {1, 1, 1, 1}}}, team_a),
+      IsOk());
   // Over the bytes: 4 + 8 floats.
-  EXPECT_THAT(store_->Join("a-1", {Declaration{"x", {4}, {}},
-                                   Declaration{"y", {8}, std::vector<float>(8)}},
+  EXPECT_THAT(store_->Join("a-1",
+                           {Declaration{"x", {4}, {}},
+                            Declaration{"y", {8}, std::vector<float>(8)}},
                            team_a),
               StatusIs(absl::StatusCode::kResourceExhausted,
                        HasSubstr("principal team-a created 16 of at most 40 "
                                  "(--max_bytes_per_principal)")));
   EXPECT_THAT(store_->Describe("y"), StatusIs(absl::StatusCode::kNotFound));
-  ASSERT_THAT(store_->Join("a-1", {Declaration{"x", {4}, {}},
-                                   Declaration{"y", {2}, {2, 2}}},
-                           team_a),
-              IsOk());
+  ASSERT_THAT(
+      store_->Join("a-1",
+                   {Declaration{"x", {4}, {}}, Declaration{"y", {2}, {2, 2}}},
+                   team_a),
+      IsOk());
   // Over the count: a third tensor, even a small one.
   JoinHeader header;
   header.worker_id = "a-2";
@@ -1576,14 +1592,15 @@ TEST_F(TensorStoreTest, PerPrincipalLimitsCountWhatEachPrincipalCreated) {
                        HasSubstr("principal team-a created 2 of at most 2 "
                                  "(--max_tensors_per_principal)")));
   // Joining what exists is free; team-b counts on its own.
-  EXPECT_THAT(store_->Join("a-2", {Declaration{"x", {4}, {}},
-                                   Declaration{"y", {2}, {}}},
-                           team_a),
+  EXPECT_THAT(store_->Join(
+                  "a-2", {Declaration{"x", {4}, {}}, Declaration{"y", {2}, {}}},
+                  team_a),
               IsOk());
-  EXPECT_THAT(store_->Join("b-0", {Declaration{"x", {4}, {}},
-                                   Declaration{"z", {1}, {3}}},
-                           team_b),
-              IsOk());
+  EXPECT_THAT(
+      store_->Join("b-0",
+                   {Declaration{"x", {4}, {}}, Declaration{"z", {1}, {3}}},
+                   team_b),
+      IsOk());
   // No policy: no principal, no per-principal count.
   EXPECT_THAT(store_->Join("n-0", {Declaration{"n1", {1}, {1}},
                                    Declaration{"n2", {1}, {1}},

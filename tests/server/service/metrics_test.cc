@@ -109,6 +109,7 @@ TEST(MetricsTest, StateIsReadAtEachScrapeAndTensorSeriesAreCapped) {
   payload.Received(WireFormat::kBfloat16, PayloadPath::kStream, 100);
   payload.Sent(WireFormat::kFloat32, PayloadPath::kSharedMemory, 64);
   int scrapes = 0;
+  int workers = 3;
   metrics.SetStateSource([&] {
     ++scrapes;
     MetricsState state;
@@ -120,7 +121,7 @@ TEST(MetricsTest, StateIsReadAtEachScrapeAndTensorSeriesAreCapped) {
                            /*participants=*/3, /*contributed=*/
                            std::string(name) == "a" ? 2u : 0u});
     }
-    state.store.workers.resize(3);
+    state.store.workers.resize(workers);
     state.value_bytes = 48;
     state.accumulator_bytes = 48;
     state.payload = &payload;
@@ -144,6 +145,10 @@ TEST(MetricsTest, StateIsReadAtEachScrapeAndTensorSeriesAreCapped) {
   EXPECT_THAT(text, HasSubstr("weightd_tensor_version{tensor=\"b\"} 7\n"));
   EXPECT_THAT(text, Not(HasSubstr("tensor=\"c\"")));
   EXPECT_THAT(text, HasSubstr("weightd_tensor_series_omitted 1\n"));
+  // The next scrape reads the state again.
+  workers = 1;
+  EXPECT_THAT(Scrape(metrics), HasSubstr("weightd_members 1\n"));
+  EXPECT_EQ(scrapes, 2);
 }
 
 }  // namespace
