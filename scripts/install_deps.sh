@@ -35,6 +35,21 @@ if [[ $(id -u) -ne 0 ]]; then
   SUDO="sudo"
 fi
 
+# Packages are installed, never started: without this, installing
+# `prometheus` on a machine running systemd would start a Prometheus server
+# on port 9090 (the tests start their own). policy-rc.d answers "not
+# allowed" to every service start during the install, and is removed after.
+policy=/usr/sbin/policy-rc.d
+made_policy=0
+no_service_starts() {
+  [[ -e $policy ]] && return 0
+  printf '#!/bin/sh\n# scripts/install_deps.sh: no service starts.\nexit 101\n' |
+    $SUDO tee "$policy" >/dev/null
+  $SUDO chmod 755 "$policy"
+  made_policy=1
+  trap '[[ $made_policy -eq 1 ]] && $SUDO rm -f "$policy"' EXIT
+}
+
 updated=0
 for group in "${ORDER[@]}"; do
   pkgs=${GROUPS_[$group]:?unknown group $group}
@@ -51,5 +66,6 @@ for group in "${ORDER[@]}"; do
     $SUDO apt-get update -qq >/dev/null
     updated=1
   fi
+  no_service_starts
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 done
