@@ -104,6 +104,14 @@ void AddCounter(MetricFamily& family, double value,
   family.metric.push_back(std::move(metric));
 }
 
+// A gauge family of one unlabelled value.
+MetricFamily OneGauge(std::string name, std::string help, double value) {
+  MetricFamily family =
+      Family(std::move(name), std::move(help), MetricType::Gauge);
+  AddGauge(family, value);
+  return family;
+}
+
 // Times one call and reports it when its status is sent.
 class CallTimer final : public grpc::experimental::Interceptor {
  public:
@@ -202,15 +210,12 @@ class Metrics::StateCollector final : public prometheus::Collectable {
     const MetricsState state = source();
     std::vector<MetricFamily> families;
 
-    MetricFamily members = Family("weightd_members", "Workers holding a lease.",
-                                  MetricType::Gauge);
-    AddGauge(members, static_cast<double>(state.store.workers.size()));
-    families.push_back(std::move(members));
-
-    MetricFamily tensors =
-        Family("weightd_tensors", "Tensors held.", MetricType::Gauge);
-    AddGauge(tensors, static_cast<double>(state.store.tensors.size()));
-    families.push_back(std::move(tensors));
+    families.push_back(
+        OneGauge("weightd_members", "Workers holding a lease.",
+                 static_cast<double>(state.store.workers.size())));
+    families.push_back(
+        OneGauge("weightd_tensors", "Tensors held.",
+                 static_cast<double>(state.store.tensors.size())));
 
     MetricFamily bytes = Family(
         "weightd_tensor_bytes",
@@ -231,25 +236,17 @@ class Metrics::StateCollector final : public prometheus::Collectable {
       participants += t.participants;
       contributed += t.contributed;
     }
-    MetricFamily open_rounds =
-        Family("weightd_open_rounds",
-               "Tensors whose current round has contributions and is not "
-               "closed yet.",
-               MetricType::Gauge);
-    AddGauge(open_rounds, open);
-    families.push_back(std::move(open_rounds));
-    MetricFamily open_participants =
-        Family("weightd_open_round_participants",
-               "Participants of the open rounds, summed over them.",
-               MetricType::Gauge);
-    AddGauge(open_participants, participants);
-    families.push_back(std::move(open_participants));
-    MetricFamily open_contributed =
-        Family("weightd_open_round_contributions",
-               "Complete contributions to the open rounds, summed over them.",
-               MetricType::Gauge);
-    AddGauge(open_contributed, contributed);
-    families.push_back(std::move(open_contributed));
+    families.push_back(OneGauge("weightd_open_rounds",
+                                "Tensors whose current round has "
+                                "contributions and is not closed yet.",
+                                open));
+    families.push_back(OneGauge(
+        "weightd_open_round_participants",
+        "Participants of the open rounds, summed over them.", participants));
+    families.push_back(
+        OneGauge("weightd_open_round_contributions",
+                 "Complete contributions to the open rounds, summed over them.",
+                 contributed));
 
     if (state.payload != nullptr) {
       MetricFamily payload = Family(
@@ -292,16 +289,13 @@ class Metrics::StateCollector final : public prometheus::Collectable {
         AddGauge(tensor_participants, t.participants, {{"tensor", t.name}});
         AddGauge(tensor_contributed, t.contributed, {{"tensor", t.name}});
       }
-      MetricFamily omitted = Family(
-          "weightd_tensor_series_omitted",
-          "Tensors without per-tensor series (over --metrics_tensor_series).",
-          MetricType::Gauge);
-      AddGauge(omitted,
-               static_cast<double>(state.store.tensors.size() - shown));
       families.push_back(std::move(version));
       families.push_back(std::move(tensor_participants));
       families.push_back(std::move(tensor_contributed));
-      families.push_back(std::move(omitted));
+      families.push_back(OneGauge(
+          "weightd_tensor_series_omitted",
+          "Tensors without per-tensor series (over --metrics_tensor_series).",
+          static_cast<double>(state.store.tensors.size() - shown)));
     }
     return families;
   }
