@@ -18,7 +18,8 @@ declare -A GROUPS_=(
   # prometheus: promtool checks the metrics and alert rules, and a real
   # Prometheus scrapes a daemon (tests/metrics/).
   [test]="prometheus openssl python3-grpcio googletest libgtest-dev libgmock-dev pybind11-dev python3-dev python3-numpy python3-pytest python3-venv python3-setuptools python3-wheel clang libclang-rt-14-dev llvm-14 dpkg-dev iproute2 procps util-linux docker-compose python3-yaml systemd"
-  [demo]="libeigen3-dev zlib1g-dev dataset-fashion-mnist"
+  # python3-matplotlib: the demo's per-round chart (scripts/plot_rounds.py).
+  [demo]="libeigen3-dev zlib1g-dev dataset-fashion-mnist python3-matplotlib"
   # The Python package and its examples (examples/python/, demo.sh --torch
   # and --cnn-rnn, ctest label python).
   [torch]="python3-torch python3-numpy pybind11-dev"
