@@ -92,6 +92,7 @@ constexpr EnvironmentVariable kEnvironment[] = {
     {"WEIGHTD_METRICS_TENSOR_SERIES", "weightd", "metrics_tensor_series"},
     {"WEIGHTD_ROUND_QUORUM", "weightd", "round_quorum"},
     {"WEIGHTD_ROUND_TIMEOUT", "weightd", "round_timeout"},
+    {"WEIGHTD_HISTORY_PER_TENSOR", "weightd", "history_per_tensor"},
     {"WEIGHTD_ALLOW_NON_FINITE", "weightd", "allow_non_finite"},
     {"WEIGHTD_LEASE_TIMEOUT", "weightd", "lease_timeout"},
     {"WEIGHTD_SNAPSHOT_DIR", "weightd", "snapshot_dir"},

@@ -152,6 +152,11 @@ ABSL_FLAG(absl::Duration, round_timeout, absl::ZeroDuration(),
           "With --round_quorum: how long a round waits for the workers "
           "beyond its quorum, from its first push. 0s: it closes as soon as "
           "the quorum has pushed.");
+ABSL_FLAG(std::uint32_t, history_per_tensor, 64,
+          "Each tensor keeps the record of its last N published versions "
+          "(who contributed, how the round closed, when; weightctl history), "
+          "in snapshots too. About 100 bytes plus 60 per contribution each. "
+          "0: none. At most 1000000.");
 ABSL_FLAG(bool, allow_non_finite, false,
           "Accept NaN and Inf in pushed values (rejected by default).");
 ABSL_FLAG(absl::Duration, lease_timeout, absl::Seconds(6),
@@ -283,6 +288,12 @@ int main(int argc, char** argv) {
       kUsage,
       "server/main.cc",
       {{"listen", [] { return ListenProblem(absl::GetFlag(FLAGS_listen)); }},
+       {"history_per_tensor",
+        [] {
+          return absl::GetFlag(FLAGS_history_per_tensor) > 1000000
+                     ? std::string("must be <= 1000000 (0: no records)")
+                     : std::string();
+        }},
        {"shard_count",
         [] {
           return absl::GetFlag(FLAGS_shard_count) < 1
@@ -416,6 +427,7 @@ int main(int argc, char** argv) {
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.metrics.tensor_series = absl::GetFlag(FLAGS_metrics_tensor_series);
   options.store.round_timeout = absl::GetFlag(FLAGS_round_timeout);
+  options.store.history_per_tensor = absl::GetFlag(FLAGS_history_per_tensor);
   const std::string quorum = absl::GetFlag(FLAGS_round_quorum);
   std::uint32_t quorum_count = 0;
   double quorum_fraction = 0;

@@ -132,10 +132,14 @@ std::vector<BarrierInfo> Barriers::Waiting() const {
     absl::MutexLock lock(&mu_);
     for (const auto& [name, barrier] : barriers_) {
       if (barrier.waiting.empty()) continue;
-      waiting.push_back(
-          BarrierInfo{name, barrier.count,
-                      static_cast<std::uint32_t>(barrier.waiting.size()),
-                      barrier.released});
+      BarrierInfo info{name, barrier.count,
+                       static_cast<std::uint32_t>(barrier.waiting.size()),
+                       barrier.released};
+      for (const auto& [worker, entry] : barrier.waiting) {
+        info.waiting_workers.push_back(worker);
+      }
+      std::sort(info.waiting_workers.begin(), info.waiting_workers.end());
+      waiting.push_back(std::move(info));
     }
   }
   std::sort(waiting.begin(), waiting.end(),

@@ -24,6 +24,7 @@ struct BarrierInfo {
   std::uint32_t count = 0;     // Workers it waits for.
   std::uint32_t waiting = 0;   // Workers waiting now.
   std::uint64_t released = 0;  // Generations released so far.
+  std::vector<std::string> waiting_workers = {};  // Sorted.
 };
 
 // How a worker passed a barrier (TensorStore::EnterBarrier).

@@ -285,12 +285,14 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
     leases_.erase(worker.lease_id);
     for (const std::string& name : worker.tensors) {
       if (!declared.contains(name)) {
-        tensors_.at(name)->RemoveParticipant(worker_id, deferred);
+        tensors_.at(name)->RemoveParticipant(worker_id, ClosedOn::kLeave,
+                                             deferred);
       }
     }
   }
   worker.id = std::string(worker_id);
   worker.last_seen = now;
+  worker.joined = now;
   worker.instance = claimant.instance;
   worker.peer = claimant.peer;
   worker.principal = claimant.principal;
@@ -320,6 +322,7 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
       slot = std::make_shared<SharedTensor>(d.name, d.shape,
                                             std::move(d.initial_value),
                                             &options_, d.whole_shape);
+      dropped_names_.erase(d.name);
     }
     slot->AddParticipant(worker.id);
     worker.tensors.push_back(d.name);

@@ -22,9 +22,10 @@ absl::StatusOr<TensorStore::Worker*> TensorStore::WorkerForLeaseLocked(
   return worker;
 }
 
-void TensorStore::EndMembershipLocked(Worker& worker, Deferred& deferred) {
+void TensorStore::EndMembershipLocked(Worker& worker, ClosedOn why,
+                                      Deferred& deferred) {
   for (const std::string& name : worker.tensors) {
-    tensors_.at(name)->RemoveParticipant(worker.id, deferred);
+    tensors_.at(name)->RemoveParticipant(worker.id, why, deferred);
   }
   // The worker entry stays (without a lease) so that a re-join continues
   // its push sequence; each tensor keeps its push history for dedupe.
@@ -54,7 +55,7 @@ absl::StatusOr<std::string> TensorStore::Leave(std::uint64_t lease_id) {
   Deferred deferred;
   absl::MutexLock lock(&mu_);
   WEIGHTD_ASSIGN_OR_RETURN(Worker * worker, WorkerForLeaseLocked(lease_id));
-  EndMembershipLocked(*worker, deferred);
+  EndMembershipLocked(*worker, ClosedOn::kLeave, deferred);
   return worker->id;
 }
 
@@ -97,7 +98,7 @@ int TensorStore::ExpireLeases() {
            info = WorkerExpired{worker.id, worker.tensors,
                                 now - worker.last_seen}] { cb(info); });
     }
-    EndMembershipLocked(worker, deferred);
+    EndMembershipLocked(worker, ClosedOn::kLeaseExpiry, deferred);
     ++expired;
   }
   return expired;

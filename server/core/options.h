@@ -23,6 +23,38 @@ enum class Mode {
 
 using ::weightd::UpdateKind;  // common/update_kind.h
 
+// How a version came to be published (VersionRecord::closed_on).
+enum class ClosedOn {
+  kAll,          // Sync: every participant it waited for contributed.
+  kQuorum,       // Sync: its quorum, at StoreOptions::round_timeout.
+  kLeave,        // Sync: the last participant missing left.
+  kLeaseExpiry,  // Sync: ... its lease expired.
+  kPush,         // Async: one push applied.
+};
+
+// One contribution a published version was made of.
+struct HistoryContribution {
+  std::string worker;
+  std::uint64_t sequence = 0;
+  double weight = 1.0;
+  UpdateKind kind = UpdateKind::kWeights;
+  // False: the worker delivered part of the tensor, then the round closed
+  // without it; the chunks it delivered are in the mean.
+  bool complete = true;
+};
+
+// Where one published version of a tensor came from (its provenance).
+struct VersionRecord {
+  std::uint64_t version = 0;  // Published: the round that closed + 1.
+  ClosedOn closed_on = ClosedOn::kAll;
+  std::vector<HistoryContribution> contributions;  // Sorted by worker.
+  // Participants the round closed without: those of a quorum that had not
+  // contributed, or the worker whose departure closed it.
+  std::vector<std::string> dropped;
+  absl::Time first_contribution;  // The round's first chunk (async: push).
+  absl::Time closed;
+};
+
 // Reported once per closed round (sync) or applied push (async).
 struct RoundClosed {
   std::string tensor;
@@ -110,6 +142,9 @@ struct StoreOptions {
   // the others to the closed round are then ABORTED.
   RoundQuorum round_quorum;
   absl::Duration round_timeout = absl::ZeroDuration();
+  // Each tensor keeps the VersionRecord of its last `history_per_tensor`
+  // published versions (0: none), in snapshots too.
+  std::uint32_t history_per_tensor = 64;
   // Time source (tests inject a fake).
   std::function<absl::Time()> now = [] { return absl::Now(); };
   // Called outside every lock, on the thread that completed the push,

@@ -74,12 +74,15 @@ absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
     staged.resize((offset + expected) / kFloatBytes);
     DecodePieces(data, format, staged.data() + offset / kFloatBytes);
   } else {
-    const ContributionKey key{worker_, header_.sequence,
-                              header_.entries[index].round, header_.kind,
-                              header_.entries[index].held_bytes};
+    const ContributionKey key{worker_,
+                              header_.sequence,
+                              header_.entries[index].round,
+                              header_.kind,
+                              header_.entries[index].held_bytes,
+                              header_.weight};
     Deferred deferred;  // Wakes the pulls of published chunks, unlocked.
-    if (absl::Status s = tensor.AddChunk(key, header_.weight, offset, data,
-                                         format, expected, deferred);
+    if (absl::Status s =
+            tensor.AddChunk(key, offset, data, format, expected, deferred);
         !s.ok()) {
       return fail(s);
     }
@@ -111,7 +114,8 @@ absl::StatusOr<std::vector<PushResult>> PushSession::Finish() {
             : tensor->ApplyPush(
                   ContributionKey{worker_, header_.sequence,
                                   header_.entries[i].round, header_.kind,
-                                  header_.entries[i].held_bytes},
+                                  header_.entries[i].held_bytes,
+                                  header_.weight},
                   staged_[i], deferred);
     if (!outcome.ok()) {
       error_ = outcome.status();

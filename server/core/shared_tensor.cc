@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "server/core/kernels.h"
 
 namespace weightd::core {
@@ -72,7 +73,7 @@ void SharedTensor::AddParticipant(absl::string_view worker) {
   participants_.emplace(worker);
 }
 
-void SharedTensor::RemoveParticipant(absl::string_view worker,
+void SharedTensor::RemoveParticipant(absl::string_view worker, ClosedOn why,
                                      Deferred& deferred) {
   absl::MutexLock lock(&mu_);
   participants_.erase(std::string(worker));
@@ -82,7 +83,7 @@ void SharedTensor::RemoveParticipant(absl::string_view worker,
   // its copy, so if it comes back it takes part from the next round.
   if (members_.has_value()) members_->erase(std::string(worker));
   if (RoundCanCloseLocked()) {
-    CloseRoundLocked(/*by_contribution=*/false, deferred);
+    CloseRoundLocked(why, worker, deferred);
   } else {
     PublishReadyChunksLocked(deferred);  // It may have been the slowest.
   }
@@ -157,8 +158,17 @@ std::uint64_t SharedTensor::HeldLocked(const ContributionKey& key,
   return resumed ? previous->progress : 0;
 }
 
+absl::Status SharedTensor::CheckNotDroppedLocked() const {
+  if (!dropped_) return absl::OkStatus();
+  return absl::NotFoundError(absl::StrCat(
+      "tensor ", name_,
+      " was dropped by an admin (weightctl drop); it no longer exists on "
+      "this server"));
+}
+
 absl::Status SharedTensor::CheckPushLocked(const ContributionKey& key,
                                            const Contribution* previous) const {
+  WEIGHTD_RETURN_IF_ERROR(CheckNotDroppedLocked());
   if (key.held_bytes > bytes()) {
     return absl::InvalidArgumentError(
         absl::StrCat("push says the server holds ", key.held_bytes,
@@ -191,10 +201,11 @@ absl::Status SharedTensor::CheckContribution(const ContributionKey& key) const {
                          it == contributions_.end() ? nullptr : &it->second);
 }
 
-absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
+absl::Status SharedTensor::AddChunk(const ContributionKey& key,
                                     std::uint64_t offset, Pieces data,
                                     WireFormat format, std::uint64_t length,
                                     Deferred& deferred) {
+  const double weight = key.weight;
   const std::uint64_t first = offset / 4;
   const std::uint64_t k = first / chunk_elements_;
   float* into;  // Chunk k of the accumulator, once this push may sum it.
@@ -213,6 +224,7 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key, double weight,
     if (!*claimed) return absl::OkStatus();  // Delivered before.
     into = acc_->data() + first;
     store = chunk_weight_[k] == 0.0;
+    contributions_.at(key.worker).weight = weight;
   }
   // The sum, outside the lock: pushes of different workers sum different
   // chunks in parallel. Nothing else touches chunk k meanwhile: it is not
@@ -300,6 +312,7 @@ absl::StatusOr<ContributionResult> SharedTensor::Complete(
     absl::string_view worker, std::uint64_t sequence, Deferred& deferred) {
   absl::MutexLock lock(&mu_);
   AwaitNoSumsLocked();  // It may close the round.
+  WEIGHTD_RETURN_IF_ERROR(CheckNotDroppedLocked());
   auto it = contributions_.find(worker);
   if (it == contributions_.end() || it->second.sequence != sequence) {
     return absl::AbortedError(
@@ -334,7 +347,7 @@ absl::StatusOr<ContributionResult> SharedTensor::Complete(
                         round_contributors_}] { cb(counted); });
     }
     if (RoundCanCloseLocked()) {
-      CloseRoundLocked(/*by_contribution=*/true, deferred);
+      CloseRoundLocked(ClosedOn::kAll, "", deferred);
     }
   }
   result.round = c.round;
@@ -390,10 +403,19 @@ absl::StatusOr<ContributionResult> SharedTensor::ApplyPush(
   c.kind = key.kind;
   c.progress = bytes();
   c.complete = true;
-  PublishLocked(
-      RoundClosed{name_, version_, 1, bytes(), options_->now() - start, 0, 0,
-                  absl::ZeroDuration()},
-      deferred);
+  c.weight = key.weight;
+  const absl::Time now = options_->now();
+  RecordLocked(
+      VersionRecord{version_ + 1,
+                    ClosedOn::kPush,
+                    {HistoryContribution{std::string(key.worker), key.sequence,
+                                         key.weight, key.kind, true}},
+                    {},
+                    start,
+                    now});
+  PublishLocked(RoundClosed{name_, version_, 1, bytes(), now - start, 0, 0,
+                            absl::ZeroDuration()},
+                deferred);
   c.round = version_;
   c.ready_version = version_;
   return ContributionResult{c.round, c.ready_version, version_, false};
@@ -436,7 +458,7 @@ bool SharedTensor::CloseIfOverdue(Deferred& deferred) {
   if (options_->mode != Mode::kSync) return false;
   AwaitNoSumsLocked();
   if (!RoundCanCloseLocked()) return false;
-  CloseRoundLocked(/*by_contribution=*/false, deferred);
+  CloseRoundLocked(ClosedOn::kQuorum, "", deferred);
   return true;
 }
 
@@ -496,7 +518,8 @@ void SharedTensor::PublishReadyChunksLocked(Deferred& deferred) {
   WakeWaitersLocked(deferred);
 }
 
-void SharedTensor::CloseRoundLocked(bool by_contribution, Deferred& deferred) {
+void SharedTensor::CloseRoundLocked(ClosedOn cause, absl::string_view departed,
+                                    Deferred& deferred) {
   // The chunks not published yet (result_bytes_ is a chunk boundary or the
   // end).
   const std::uint64_t chunk_bytes = chunk_elements_ * 4;
@@ -515,6 +538,35 @@ void SharedTensor::CloseRoundLocked(bool by_contribution, Deferred& deferred) {
   const absl::Time now = options_->now();
   const std::uint32_t missing =
       WaitedForCountLocked() - CompleteParticipantsLocked();
+  const bool by_contribution = cause == ClosedOn::kAll;
+  VersionRecord record{
+      version_ + 1, by_contribution && missing > 0 ? ClosedOn::kQuorum : cause,
+      {},           {},
+      round_start_, now};
+  for (const auto& [worker, c] : contributions_) {
+    if (c.round != version_ || (!c.complete && c.progress == 0)) continue;
+    record.contributions.push_back(
+        HistoryContribution{worker, c.sequence, c.weight, c.kind, c.complete});
+  }
+  std::sort(record.contributions.begin(), record.contributions.end(),
+            [](const HistoryContribution& a, const HistoryContribution& b) {
+              return a.worker < b.worker;
+            });
+  auto contributed = [this](const std::string& worker)
+                         ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                           auto it = contributions_.find(worker);
+                           return it != contributions_.end() &&
+                                  it->second.round == version_ &&
+                                  it->second.complete;
+                         };
+  if (!departed.empty() && !contributed(std::string(departed))) {
+    record.dropped.emplace_back(departed);
+  }
+  for (const std::string& p : participants_) {
+    if (WaitedForLocked(p) && !contributed(p)) record.dropped.push_back(p);
+  }
+  std::sort(record.dropped.begin(), record.dropped.end());
+  RecordLocked(std::move(record));
   const RoundClosed closed{
       name_, version_, round_contributors_, round_bytes_, now - round_start_,
       round_non_finite_chunks_, missing,
@@ -560,10 +612,12 @@ void SharedTensor::WakeWaitersLocked(Deferred& deferred) {
 }
 
 void SharedTensor::Restore(std::uint64_t version,
-                           const std::vector<SavedContribution>& pushes) {
+                           const std::vector<SavedContribution>& pushes,
+                           std::vector<VersionRecord> history) {
   absl::MutexLock lock(&mu_);
   version_ = version;
   restored_ = true;
+  for (VersionRecord& record : history) RecordLocked(std::move(record));
   for (const SavedContribution& p : pushes) {
     Contribution& c = contributions_[p.worker];
     c.sequence = p.sequence;
@@ -576,8 +630,7 @@ void SharedTensor::Restore(std::uint64_t version,
   }
 }
 
-std::pair<PublishedTensor, std::vector<SavedContribution>> SharedTensor::Save()
-    const {
+TensorSave SharedTensor::Save() const {
   absl::MutexLock lock(&mu_);
   std::vector<SavedContribution> pushes;
   for (const auto& [worker, c] : contributions_) {
@@ -594,7 +647,62 @@ std::pair<PublishedTensor, std::vector<SavedContribution>> SharedTensor::Save()
               return a.worker < b.worker;
             });
   return {PublishedTensor{value_, version_, shape_, nullptr},
-          std::move(pushes)};
+          std::move(pushes),
+          {history_.begin(), history_.end()}};
+}
+
+void SharedTensor::RecordLocked(VersionRecord record) {
+  if (options_->history_per_tensor == 0) return;
+  while (history_.size() >= options_->history_per_tensor) {
+    history_.pop_front();
+  }
+  history_.push_back(std::move(record));
+}
+
+std::pair<std::vector<VersionRecord>, std::uint64_t> SharedTensor::History(
+    std::uint64_t from, std::uint64_t to) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<VersionRecord> records;
+  for (const VersionRecord& r : history_) {
+    if (r.version >= from && (to == 0 || r.version <= to)) {
+      records.push_back(r);
+    }
+  }
+  return {std::move(records), history_.empty() ? 0 : history_.front().version};
+}
+
+std::vector<std::string> SharedTensor::Participants() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> participants(participants_.begin(),
+                                        participants_.end());
+  std::sort(participants.begin(), participants.end());
+  return participants;
+}
+
+std::vector<std::string> SharedTensor::WaitingFor() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> waiting;
+  if (options_->mode != Mode::kSync || !round_started_) return waiting;
+  for (const std::string& p : participants_) {
+    if (!WaitedForLocked(p)) continue;
+    auto it = contributions_.find(p);
+    if (it == contributions_.end() || it->second.round != version_ ||
+        !it->second.complete) {
+      waiting.push_back(p);
+    }
+  }
+  std::sort(waiting.begin(), waiting.end());
+  return waiting;
+}
+
+void SharedTensor::MarkDropped(Deferred& deferred) {
+  absl::MutexLock lock(&mu_);
+  dropped_ = true;
+  const absl::Status status = CheckNotDroppedLocked();
+  for (Waiter& w : waiters_) {
+    deferred.Add([done = std::move(w.done), status] { done(status); });
+  }
+  waiters_.clear();
 }
 
 absl::StatusOr<RoundResult> SharedTensor::ReadResult(

@@ -4,6 +4,7 @@
 #define WEIGHTD_SERVER_CORE_SHARED_TENSOR_H_
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -125,6 +126,16 @@ struct ContributionKey {
   // has (a PushPull's result was written over them): the tensor must hold
   // them from this push already, else the push is refused (ABORTED).
   std::uint64_t held_bytes = 0;
+  // Of the push in the round's mean (sync); recorded in the history.
+  double weight = 1.0;
+};
+
+// What a snapshot keeps of a tensor (SharedTensor::Save).
+struct TensorSave {
+  PublishedTensor published;
+  // The completed pushes of closed rounds (for dedupe after a restart).
+  std::vector<SavedContribution> pushes;
+  std::vector<VersionRecord> history;  // Ascending versions.
 };
 
 // Thread-safe. Lock order: TensorStore::mu_ before SharedTensor::mu_.
@@ -144,17 +155,36 @@ class SharedTensor {
   std::uint64_t elements() const { return elements_; }
   std::uint64_t bytes() const { return elements_ * 4; }
 
-  // Sets the version and the push history from a snapshot (see
-  // TensorStore::Restore); only before the tensor is shared.
+  // Sets the version, the push history and the version records from a
+  // snapshot (see TensorStore::Restore); only before the tensor is shared.
+  // Records past StoreOptions::history_per_tensor are dropped, oldest
+  // first.
   void Restore(std::uint64_t version,
-               const std::vector<SavedContribution>& pushes);
-  // The published value and version, with the completed pushes of closed
-  // rounds (what a snapshot keeps).
-  std::pair<PublishedTensor, std::vector<SavedContribution>> Save() const;
+               const std::vector<SavedContribution>& pushes,
+               std::vector<VersionRecord> history);
+  // What a snapshot keeps of the tensor.
+  TensorSave Save() const;
+
+  // The records of versions `from` to `to` (inclusive; 0: from the oldest
+  // kept, to the newest), ascending, and the oldest version still kept (0:
+  // none).
+  std::pair<std::vector<VersionRecord>, std::uint64_t> History(
+      std::uint64_t from, std::uint64_t to) const;
 
   void AddParticipant(absl::string_view worker);
-  // The group shrinks; a sync round waiting only on `worker` closes.
-  void RemoveParticipant(absl::string_view worker, Deferred& deferred);
+  // The group shrinks; a sync round waiting only on `worker` closes, its
+  // record saying `why` (kLeave or kLeaseExpiry).
+  void RemoveParticipant(absl::string_view worker, ClosedOn why,
+                         Deferred& deferred);
+  // The participants, sorted.
+  std::vector<std::string> Participants() const;
+  // Sync: the participants the open round still waits for, sorted; empty
+  // before its first chunk.
+  std::vector<std::string> WaitingFor() const;
+  // Marks the tensor dropped (TensorStore::Drop): every later push to it
+  // fails with NOT_FOUND saying so, and so do the waits pending now. Its
+  // open round never closes.
+  void MarkDropped(Deferred& deferred);
 
   // Non-mutating check that `key` may start, resume or resend a push.
   // A round ahead of the open one counts in the open one if the tensor was
@@ -167,7 +197,8 @@ class SharedTensor {
   absl::Status CheckContribution(const ContributionKey& key) const;
 
   // Sync mode. Sums the chunk at byte `offset` (validated by the caller:
-  // aligned, right length, finite) into the open round. A chunk this
+  // aligned, right length, finite) into the open round, with weight
+  // key.weight. A chunk this
   // worker's contribution to the round already delivered is skipped, so a
   // resend, or a new push after an interrupted one, applies each chunk once.
   // Codes as CheckContribution, and ABORTED for a chunk whose part of the
@@ -175,9 +206,9 @@ class SharedTensor {
   // `length` is the chunk's float32 bytes; `data` holds its values in
   // `format`. Publishes the chunks of the result every member has now
   // delivered (see ReadResult), waking the waits for them.
-  absl::Status AddChunk(const ContributionKey& key, double weight,
-                        std::uint64_t offset, Pieces data, WireFormat format,
-                        std::uint64_t length, Deferred& deferred);
+  absl::Status AddChunk(const ContributionKey& key, std::uint64_t offset,
+                        Pieces data, WireFormat format, std::uint64_t length,
+                        Deferred& deferred);
 
   // Sync mode. Marks the push complete and closes the round if it was the
   // last one missing. INVALID_ARGUMENT if not all bytes arrived, ABORTED if
@@ -242,6 +273,7 @@ class SharedTensor {
     std::uint64_t progress = 0;  // Bytes applied, a prefix of the tensor.
     bool complete = false;
     std::uint64_t ready_version = 0;  // Set when complete.
+    double weight = 1.0;              // Of its latest push.
   };
   struct Waiter {
     std::uint64_t id;
@@ -309,10 +341,15 @@ class SharedTensor {
   // timeout passed.
   bool RoundCanCloseLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sync: folds the accumulator into a new published value; version += 1.
-  // `by_contribution`: the round's last contribution closes it (else a
-  // participant left, or the round timed out on its quorum).
-  void CloseRoundLocked(bool by_contribution, Deferred& deferred)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `cause`: kAll when a contribution closes it (kQuorum in the record if
+  // some participant had not contributed), kQuorum at the round's timeout,
+  // else the departure of `departed` (kLeave, kLeaseExpiry).
+  void CloseRoundLocked(ClosedOn cause, absl::string_view departed,
+                        Deferred& deferred) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Keeps `record`, forgetting the oldest beyond history_per_tensor.
+  void RecordLocked(VersionRecord record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // NOT_FOUND once dropped, else OK.
+  absl::Status CheckNotDroppedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string name_;
   const std::vector<std::int64_t> shape_;
@@ -366,6 +403,10 @@ class SharedTensor {
   // before it (round_start_ before there were two): RoundClosed::last_wait.
   absl::Time round_latest_done_ ABSL_GUARDED_BY(mu_);
   absl::Time round_previous_done_ ABSL_GUARDED_BY(mu_);
+
+  // The records of the latest published versions, oldest first.
+  std::deque<VersionRecord> history_ ABSL_GUARDED_BY(mu_);
+  bool dropped_ ABSL_GUARDED_BY(mu_) = false;
 
   std::vector<Waiter> waiters_ ABSL_GUARDED_BY(mu_);
   std::uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 1;

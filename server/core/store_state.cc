@@ -35,7 +35,7 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Restore(
     store->tensor_bytes_ += count * kFloatBytes;
     slot = std::make_shared<SharedTensor>(t.name, t.shape, *t.value,
                                           &store->options_, t.whole_shape);
-    slot->Restore(t.version, t.contributions);
+    slot->Restore(t.version, t.contributions, std::move(t.history));
   }
   const absl::Time now = store->options_.now();
   for (SavedWorker& w : state.workers) {
@@ -45,6 +45,7 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Restore(
     worker.max_sequence = w.max_sequence;
     worker.principal = w.principal;
     worker.last_seen = now;  // A full lease period to come back.
+    worker.joined = now;
     if (w.lease_id == 0) continue;
     worker.restored = true;  // The next Join of this id claims it.
     worker.peer = "(restored from a snapshot)";
@@ -71,10 +72,11 @@ StoreState TensorStore::Save() const {
   StoreState state;
   absl::ReaderMutexLock lock(&mu_);
   for (const auto& [name, tensor] : tensors_) {
-    auto [published, pushes] = tensor->Save();
+    TensorSave saved = tensor->Save();
     state.tensors.push_back(SavedTensor{
-        name, std::move(published.shape), published.version,
-        std::move(published.value), std::move(pushes), tensor->whole_shape()});
+        name, std::move(saved.published.shape), saved.published.version,
+        std::move(saved.published.value), std::move(saved.pushes),
+        tensor->whole_shape(), std::move(saved.history)});
   }
   std::sort(state.tensors.begin(), state.tensors.end(),
             [](const SavedTensor& a, const SavedTensor& b) {

@@ -4,10 +4,12 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/wire.h"
 #include "server/core/errors.h"
@@ -130,6 +132,12 @@ absl::StatusOr<std::shared_ptr<SharedTensor>> TensorStore::FindLocked(
     absl::string_view name) const {
   auto it = tensors_.find(name);
   if (it == tensors_.end()) {
+    if (dropped_names_.contains(name)) {
+      return absl::NotFoundError(absl::StrCat(
+          "tensor \"", name,
+          "\" was dropped by an admin (weightctl drop); a worker must declare "
+          "it in Join to create it again"));
+    }
     return absl::NotFoundError(absl::StrCat(
         "no tensor named \"", name, "\"; a worker must declare it in Join"));
   }
@@ -270,20 +278,71 @@ absl::StatusOr<TensorInfo> TensorStore::Describe(absl::string_view name) const {
   return InfoOf(*tensor);
 }
 
+absl::StatusOr<TensorHistory> TensorStore::History(absl::string_view name,
+                                                   std::uint64_t from,
+                                                   std::uint64_t to) const {
+  std::shared_ptr<SharedTensor> tensor;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    WEIGHTD_ASSIGN_OR_RETURN(tensor, FindLocked(name));
+  }
+  TensorHistory history;
+  std::tie(history.records, history.oldest_kept) = tensor->History(from, to);
+  history.version = tensor->version();
+  return history;
+}
+
+absl::StatusOr<DropResult> TensorStore::Drop(absl::string_view name,
+                                             bool force) {
+  Deferred deferred;  // Runs after the lock: waiters, round observers.
+  absl::MutexLock lock(&mu_);
+  if (closed()) return ClosedError();
+  WEIGHTD_ASSIGN_OR_RETURN(std::shared_ptr<SharedTensor> tensor,
+                           FindLocked(name));
+  DropResult result;
+  result.removed_workers = tensor->Participants();
+  if (!result.removed_workers.empty() && !force) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "tensor ", name, " is shared by ", result.removed_workers.size(),
+        " worker(s) (", absl::StrJoin(result.removed_workers, ", "),
+        "); stop them first, or drop with force (weightctl drop --force), "
+        "which takes the tensor out of their sharing"));
+  }
+  for (const std::string& id : result.removed_workers) {
+    auto it = workers_.find(id);
+    if (it != workers_.end()) {
+      std::vector<std::string>& held = it->second.tensors;
+      held.erase(std::remove(held.begin(), held.end(), name), held.end());
+    }
+  }
+  tensor->MarkDropped(deferred);
+  result.freed_bytes = tensor->AllocatedBytes();
+  tensor_bytes_ -= tensor->bytes();
+  tensors_.erase(tensors_.find(name));
+  if (dropped_names_.size() >= kMaxDroppedNames) dropped_names_.clear();
+  dropped_names_.emplace(name);
+  return result;
+}
+
 StoreStatus TensorStore::Status() const {
   StoreStatus status;
   status.barriers = barriers_.Waiting();  // Its lock is never held with mu_.
   absl::ReaderMutexLock lock(&mu_);
+  const absl::Time now = options_.now();
   for (const auto& [name, tensor] : tensors_) {
-    status.tensors.push_back(InfoOf(*tensor));
+    TensorInfo info = InfoOf(*tensor);
+    info.whole_shape = tensor->whole_shape();
+    info.waiting_for = tensor->WaitingFor();
+    status.tensors.push_back(std::move(info));
   }
   std::sort(
       status.tensors.begin(), status.tensors.end(),
       [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
   for (const auto& [id, worker] : workers_) {
     if (worker.lease_id == 0) continue;  // Left.
-    status.workers.push_back(
-        WorkerInfo{id, worker.lease_id, worker.tensors, worker.peer});
+    status.workers.push_back(WorkerInfo{id, worker.lease_id, worker.tensors,
+                                        worker.peer, now - worker.joined,
+                                        now - worker.last_seen});
   }
   std::sort(status.workers.begin(), status.workers.end(),
             [](const WorkerInfo& a, const WorkerInfo& b) {

@@ -22,6 +22,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -52,6 +53,10 @@ struct TensorInfo {
   std::uint64_t version = 0;
   std::uint32_t participants = 0;
   std::uint32_t contributed = 0;
+  // Status() only: of the whole tensor if this is a shard's part (else
+  // empty), and the participants the open round still waits for.
+  std::vector<std::int64_t> whole_shape = {};
+  std::vector<std::string> waiting_for = {};
 };
 
 struct JoinedTensor {
@@ -125,6 +130,8 @@ struct WorkerInfo {
   std::uint64_t lease_id = 0;
   std::vector<std::string> tensors;  // Sorted.
   std::string peer;                  // Of its last Join (Claimant::peer).
+  absl::Duration member_for;         // Since its last Join (or restore).
+  absl::Duration idle;               // Since its last call renewed the lease.
 };
 
 // Everything a restarted server needs to continue where a snapshot was
@@ -139,6 +146,7 @@ struct SavedTensor {
   TensorValue value;  // Shared with the live store: no copy is made.
   std::vector<SavedContribution> contributions;
   std::vector<std::int64_t> whole_shape = {};  // See Declaration.
+  std::vector<VersionRecord> history = {};     // Ascending versions.
 };
 
 struct SavedWorker {
@@ -158,6 +166,19 @@ struct LeaseHolder {
 struct StoreState {
   std::vector<SavedTensor> tensors;
   std::vector<SavedWorker> workers;
+};
+
+// The records of a tensor's versions (TensorStore::History).
+struct TensorHistory {
+  std::vector<VersionRecord> records;  // Ascending versions.
+  std::uint64_t oldest_kept = 0;       // 0: none kept.
+  std::uint64_t version = 0;           // The tensor's current version.
+};
+
+// What TensorStore::Drop did.
+struct DropResult {
+  std::vector<std::string> removed_workers;  // Left its group; sorted.
+  std::uint64_t freed_bytes = 0;             // Value, accumulator, encodings.
 };
 
 struct StoreStatus {
@@ -445,6 +466,19 @@ class TensorStore {
   // Tensor metadata (no payloads).
   absl::StatusOr<TensorInfo> Describe(absl::string_view name) const;
 
+  // The records of versions `from` to `to` of tensor `name` (inclusive; 0:
+  // from the oldest kept / to the newest). NOT_FOUND.
+  absl::StatusOr<TensorHistory> History(absl::string_view name,
+                                        std::uint64_t from,
+                                        std::uint64_t to) const;
+
+  // Removes tensor `name` and frees its memory once the pulls streaming it
+  // end. FAILED_PRECONDITION while it has participants, unless `force`:
+  // they leave its group (its open round is abandoned), and their later
+  // pushes and pulls of it get NOT_FOUND saying it was dropped, as do the
+  // waits pending on it now. NOT_FOUND, UNAVAILABLE (closed).
+  absl::StatusOr<DropResult> Drop(absl::string_view name, bool force);
+
   StoreStatus Status() const;
 
   // Bytes held by all tensors' values and accumulators.
@@ -467,6 +501,7 @@ class TensorStore {
     std::uint64_t instance = 0;  // Claimant::instance of its last Join.
     std::string peer;            // Claimant::peer of its last Join.
     std::string principal;       // Claimant::principal of its last Join.
+    absl::Time joined;           // Its last Join (or the restore).
     bool restored = false;  // Restored from a snapshot and not yet claimed.
     int holds = 0;          // Open waits keeping the lease alive.
   };
@@ -483,8 +518,8 @@ class TensorStore {
   // FAILED_PRECONDITION if none does.
   absl::StatusOr<Worker*> WorkerForLeaseLocked(std::uint64_t lease_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Ends `worker`'s membership (Leave and expiry).
-  void EndMembershipLocked(Worker& worker, Deferred& deferred)
+  // Ends `worker`'s membership (Leave and expiry: `why`).
+  void EndMembershipLocked(Worker& worker, ClosedOn why, Deferred& deferred)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Keeps the lease of `worker` alive until the returned function is called
   // (by the Wait that holds it).
@@ -529,6 +564,11 @@ class TensorStore {
     std::uint64_t bytes = 0;
   };
   absl::flat_hash_map<std::string, Created> created_by_ ABSL_GUARDED_BY(mu_);
+  // Names of tensors an admin dropped (Drop), for the NOT_FOUND of the
+  // calls naming them; forgotten when the name is created again. Bounded:
+  // cleared beyond kMaxDroppedNames.
+  static constexpr std::size_t kMaxDroppedNames = 4096;
+  absl::flat_hash_set<std::string> dropped_names_ ABSL_GUARDED_BY(mu_);
   absl::BitGen bitgen_ ABSL_GUARDED_BY(mu_);
 
   Barriers barriers_;  // Its lock is never held together with mu_.

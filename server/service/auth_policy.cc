@@ -76,6 +76,10 @@ absl::string_view RpcName(Rpc rpc) {
       return "GetStatus";
     case Rpc::kTakeSnapshot:
       return "TakeSnapshot";
+    case Rpc::kGetHistory:
+      return "GetHistory";
+    case Rpc::kDropTensor:
+      return "DropTensor";
     case Rpc::kAttachSegment:
       return "AttachSegment";
     case Rpc::kPushSegment:
@@ -103,10 +107,11 @@ bool RoleAllows(Role role, Rpc rpc) {
     case Role::kAdmin:
       return true;
     case Role::kReader:
-      return rpc == Rpc::kPull || rpc == Rpc::kGetStatus;
+      return rpc == Rpc::kPull || rpc == Rpc::kGetStatus ||
+             rpc == Rpc::kGetHistory;
     case Role::kWorker:
       // GetStatus too: a client learns the chunk size from it before Join.
-      return rpc != Rpc::kTakeSnapshot;
+      return rpc != Rpc::kTakeSnapshot && rpc != Rpc::kDropTensor;
   }
   return false;
 }

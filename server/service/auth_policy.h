@@ -31,6 +31,8 @@ enum class Rpc {
   kBarrier,
   kGetStatus,
   kTakeSnapshot,
+  kGetHistory,
+  kDropTensor,
   kAttachSegment,
   kPushSegment,
   kPullSegment,

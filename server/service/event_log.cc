@@ -49,6 +49,20 @@ void EventLog::Left(absl::string_view worker) {
   spdlog::info("worker {} left", std::string(worker));
 }
 
+void EventLog::Dropped(absl::string_view tensor, absl::string_view peer,
+                       const core::DropResult& dropped) {
+  if (dropped.removed_workers.empty()) {
+    spdlog::info("tensor {} dropped by {}: {} bytes freed", std::string(tensor),
+                 std::string(peer), dropped.freed_bytes);
+    return;
+  }
+  spdlog::warn(
+      "tensor {} dropped by {} with force: {} bytes freed; workers {} left its "
+      "group, and their calls naming it now get NOT_FOUND",
+      std::string(tensor), std::string(peer), dropped.freed_bytes,
+      absl::StrJoin(dropped.removed_workers, ", "));
+}
+
 void EventLog::SegmentAttached(std::uint64_t lease_id, absl::string_view peer,
                                std::uint32_t pid, std::uint64_t bytes) {
   spdlog::info(

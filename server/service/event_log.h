@@ -39,6 +39,9 @@ class EventLog {
   void Joined(absl::string_view worker, absl::string_view peer,
               const core::JoinResult& result);
   void Left(absl::string_view worker);
+  // An admin dropped a tensor (from `peer`).
+  void Dropped(absl::string_view tensor, absl::string_view peer,
+               const core::DropResult& dropped);
   // A worker (by lease) now moves its values through shared memory.
   void SegmentAttached(std::uint64_t lease_id, absl::string_view peer,
                        std::uint32_t pid, std::uint64_t bytes);

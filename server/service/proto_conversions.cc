@@ -30,6 +30,42 @@ void InfoToProto(const core::TensorInfo& info, v1::TensorInfo* out) {
   out->set_version(info.version);
   out->set_participants(info.participants);
   out->set_contributed(info.contributed);
+  for (std::int64_t d : info.whole_shape) out->add_whole_shape(d);
+  for (const std::string& w : info.waiting_for) out->add_waiting_for(w);
+}
+
+void RecordToProto(const core::VersionRecord& record, v1::VersionRecord* out) {
+  out->set_version(record.version);
+  switch (record.closed_on) {
+    case core::ClosedOn::kAll:
+      out->set_closed_on(v1::CLOSED_ON_ALL);
+      break;
+    case core::ClosedOn::kQuorum:
+      out->set_closed_on(v1::CLOSED_ON_QUORUM);
+      break;
+    case core::ClosedOn::kLeave:
+      out->set_closed_on(v1::CLOSED_ON_LEAVE);
+      break;
+    case core::ClosedOn::kLeaseExpiry:
+      out->set_closed_on(v1::CLOSED_ON_LEASE_EXPIRY);
+      break;
+    case core::ClosedOn::kPush:
+      out->set_closed_on(v1::CLOSED_ON_PUSH);
+      break;
+  }
+  for (const core::HistoryContribution& c : record.contributions) {
+    v1::HistoryContribution* o = out->add_contributions();
+    o->set_worker_id(c.worker);
+    o->set_sequence(c.sequence);
+    o->set_weight(c.weight);
+    o->set_kind(c.kind == core::UpdateKind::kWeights ? v1::UPDATE_KIND_WEIGHTS
+                                                     : v1::UPDATE_KIND_DELTA);
+    o->set_complete(c.complete);
+  }
+  for (const std::string& w : record.dropped) out->add_dropped(w);
+  out->set_first_contribution_unix_us(
+      absl::ToUnixMicros(record.first_contribution));
+  out->set_closed_unix_us(absl::ToUnixMicros(record.closed));
 }
 
 absl::StatusOr<core::PushHeader> PushHeaderFromProto(const v1::PushHeader& h) {

@@ -22,6 +22,7 @@ v1::Mode ModeToProto(core::Mode mode);
 
 // Fills `out` (owned by the caller) from `info`.
 void InfoToProto(const core::TensorInfo& info, v1::TensorInfo* out);
+void RecordToProto(const core::VersionRecord& record, v1::VersionRecord* out);
 
 // A push header for the core; weight 1 if it has none. INVALID_ARGUMENT
 // for an unknown update kind or wire format.

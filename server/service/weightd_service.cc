@@ -1168,6 +1168,8 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
             if (admitted->permissions.admin()) out->set_lease_id(w.lease_id);
             for (const std::string& t : w.tensors) out->add_tensors(t);
             out->set_peer(w.peer);
+            out->set_member_for_ms(absl::ToInt64Milliseconds(w.member_for));
+            out->set_idle_ms(absl::ToInt64Milliseconds(w.idle));
           }
         }
         for (const core::BarrierInfo& b : status.barriers) {
@@ -1176,6 +1178,11 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
           out->set_count(b.count);
           out->set_waiting(b.waiting);
           out->set_released(b.released);
+          for (const std::string& w : b.waiting_workers) {
+            if (admitted->permissions.MayJoinAs(w).ok()) {
+              out->add_waiting_workers(w);
+            }
+          }
         }
         response->set_bytes_received(payload_.total_received());
         response->set_bytes_sent(payload_.total_sent());
@@ -1188,6 +1195,67 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
           response->set_snapshots_written(snapshotter_->written());
           response->set_snapshot_failures(snapshotter_->failed());
         }
+        call->Answer(absl::OkStatus());
+      });
+}
+
+grpc::ServerUnaryReactor* WeightdService::GetHistory(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  core::TensorStore* store = this->store();
+  if (store == nullptr) return FinishUnary(context, NotReady());
+  absl::StatusOr<Admitted> admitted = Admit(context, Rpc::kGetHistory);
+  if (!admitted.ok()) {
+    return FinishUnary(
+        context,
+        CallInfo{&events_, "GetHistory", context}.Answer(admitted.status()));
+  }
+  return UnaryReactor<v1::GetHistoryRequest, v1::GetHistoryResponse>::Serve(
+      *request, response, std::move(admitted->slot),
+      CallInfo{&events_, "GetHistory", context},
+      [&](const v1::GetHistoryRequest& request,
+          v1::GetHistoryResponse* response, auto* call) {
+        if (absl::Status s =
+                admitted->permissions.MayUseTensor(request.tensor());
+            !s.ok()) {
+          return call->Answer(s);
+        }
+        absl::StatusOr<core::TensorHistory> history = store->History(
+            request.tensor(), request.from_version(), request.to_version());
+        if (!history.ok()) return call->Answer(history.status());
+        for (const core::VersionRecord& r : history->records) {
+          RecordToProto(r, response->add_records());
+        }
+        response->set_oldest_kept(history->oldest_kept);
+        response->set_version(history->version);
+        call->Answer(absl::OkStatus());
+      });
+}
+
+grpc::ServerUnaryReactor* WeightdService::DropTensor(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  core::TensorStore* store = this->store();
+  if (store == nullptr) return FinishUnary(context, NotReady());
+  absl::StatusOr<Admitted> admitted = Admit(context, Rpc::kDropTensor);
+  if (!admitted.ok()) {
+    return FinishUnary(
+        context,
+        CallInfo{&events_, "DropTensor", context}.Answer(admitted.status()));
+  }
+  return UnaryReactor<v1::DropTensorRequest, v1::DropTensorResponse>::Serve(
+      *request, response, std::move(admitted->slot),
+      CallInfo{&events_, "DropTensor", context},
+      [&](const v1::DropTensorRequest& request,
+          v1::DropTensorResponse* response, auto* call) {
+        absl::StatusOr<core::DropResult> dropped =
+            store->Drop(request.tensor(), request.force());
+        if (!dropped.ok()) return call->Answer(dropped.status());
+        for (const std::string& w : dropped->removed_workers) {
+          response->add_removed_workers(w);
+        }
+        response->set_freed_bytes(dropped->freed_bytes);
+        events_.Dropped(request.tensor(), context->peer(), *dropped);
         call->Answer(absl::OkStatus());
       });
 }

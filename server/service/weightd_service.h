@@ -42,19 +42,19 @@ inline constexpr absl::Duration kPushStall = absl::Milliseconds(500);
 // tensor_streamer.h, reactor_wait.h.
 using WeightdServiceBase = v1::Weightd::WithRawCallbackMethod_Join<
     v1::Weightd::WithRawCallbackMethod_Push<v1::Weightd::WithRawCallbackMethod_Pull<
-        v1::Weightd::WithRawCallbackMethod_PushPull<
-            v1::Weightd::WithRawCallbackMethod_Leave<
-                v1::Weightd::WithRawCallbackMethod_Heartbeat<
-                    v1::Weightd::WithRawCallbackMethod_Barrier<
-                        v1::Weightd::WithRawCallbackMethod_GetStatus<
-                            v1::Weightd::WithRawCallbackMethod_TakeSnapshot<
-                                v1::Weightd::WithRawCallbackMethod_AttachSegment<
-                                    v1::Weightd::
-                                        WithRawCallbackMethod_PushSegment<
+        v1::Weightd::WithRawCallbackMethod_PushPull<v1::Weightd::WithRawCallbackMethod_Leave<
+            v1::Weightd::WithRawCallbackMethod_Heartbeat<
+                v1::Weightd::WithRawCallbackMethod_Barrier<
+                    v1::Weightd::WithRawCallbackMethod_GetStatus<
+                        v1::Weightd::WithRawCallbackMethod_TakeSnapshot<
+                            v1::Weightd::WithRawCallbackMethod_AttachSegment<
+                                v1::Weightd::WithRawCallbackMethod_PushSegment<
+                                    v1::Weightd::WithRawCallbackMethod_PullSegment<
+                                        v1::Weightd::WithRawCallbackMethod_GetHistory<
                                             v1::Weightd::
-                                                WithRawCallbackMethod_PullSegment<
+                                                WithRawCallbackMethod_DropTensor<
                                                     v1::Weightd::
-                                                        Service>>>>>>>>>>>>;
+                                                        Service>>>>>>>>>>>>>>;
 
 struct ServiceOptions {
   // This server's place in the shard layout (see v1::ShardInfo), reported
@@ -119,6 +119,12 @@ class WeightdService final : public WeightdServiceBase {
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
                                       const grpc::ByteBuffer* request,
                                       grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetHistory(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* DropTensor(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* AttachSegment(grpc::CallbackServerContext* context,
                                           const grpc::ByteBuffer* request,
                                           grpc::ByteBuffer* response) override;

@@ -16,11 +16,11 @@
 namespace weightd::storage {
 namespace {
 
-// Version 2 adds each tensor's whole shape, version 3 each membership's
-// principal; files of versions 1 and 2 still load.
-constexpr char kMagic[8] = {'W', 'D', 'S', 'N', 'A', 'P', '0', '3'};
-constexpr char kMagicV2[8] = {'W', 'D', 'S', 'N', 'A', 'P', '0', '2'};
-constexpr char kMagicV1[8] = {'W', 'D', 'S', 'N', 'A', 'P', '0', '1'};
+// "WDSNAP0" and the format's version: 2 adds each tensor's whole shape, 3
+// each membership's principal, 4 each tensor's version records; files of
+// versions 1 to 3 still load.
+constexpr char kMagicPrefix[7] = {'W', 'D', 'S', 'N', 'A', 'P', '0'};
+constexpr char kFormatVersion = '4';
 constexpr char kTrailer[8] = {'W', 'D', 'S', 'N', 'E', 'N', 'D', '1'};
 constexpr std::size_t kBufferBytes = 1 << 20;
 
@@ -128,8 +128,79 @@ class Reader {
   uLong crc_ = crc32_z(0L, Z_NULL, 0);
 };
 
+constexpr std::uint8_t kClosedOnCount =
+    static_cast<std::uint8_t>(core::ClosedOn::kPush) + 1;
+static_assert(
+    static_cast<int>(core::ClosedOn::kPush) == 4,
+    "ClosedOn values are stored in snapshots: append, never renumber");
+
+void EncodeHistory(const std::vector<core::VersionRecord>& history, Writer& w) {
+  w.Pod<std::uint64_t>(history.size());
+  for (const core::VersionRecord& r : history) {
+    w.Pod<std::uint64_t>(r.version);
+    w.Pod<std::uint8_t>(static_cast<std::uint8_t>(r.closed_on));
+    w.Pod<std::int64_t>(absl::ToUnixMicros(r.first_contribution));
+    w.Pod<std::int64_t>(absl::ToUnixMicros(r.closed));
+    w.Pod<std::uint64_t>(r.contributions.size());
+    for (const core::HistoryContribution& c : r.contributions) {
+      w.Str(c.worker);
+      w.Pod<std::uint64_t>(c.sequence);
+      w.Pod<double>(c.weight);
+      w.Pod<std::uint8_t>(c.kind == core::UpdateKind::kWeights ? 0 : 1);
+      w.Pod<std::uint8_t>(c.complete ? 1 : 0);
+    }
+    w.Pod<std::uint64_t>(r.dropped.size());
+    for (const std::string& worker : r.dropped) w.Str(worker);
+  }
+}
+
+absl::StatusOr<std::vector<core::VersionRecord>> DecodeHistory(Reader& r) {
+  std::vector<core::VersionRecord> history;
+  WEIGHTD_ASSIGN_OR_RETURN(std::uint64_t records, r.Count(41));
+  for (std::uint64_t i = 0; i < records; ++i) {
+    core::VersionRecord record;
+    std::uint8_t closed_on;
+    std::int64_t first_us, closed_us;
+    WEIGHTD_RETURN_IF_ERROR(r.Pod(&record.version));
+    WEIGHTD_RETURN_IF_ERROR(r.Pod(&closed_on));
+    if (closed_on >= kClosedOnCount) {
+      return r.Corrupt("a version record closed in an unknown way");
+    }
+    record.closed_on = static_cast<core::ClosedOn>(closed_on);
+    WEIGHTD_RETURN_IF_ERROR(r.Pod(&first_us));
+    WEIGHTD_RETURN_IF_ERROR(r.Pod(&closed_us));
+    record.first_contribution = absl::FromUnixMicros(first_us);
+    record.closed = absl::FromUnixMicros(closed_us);
+    WEIGHTD_ASSIGN_OR_RETURN(std::uint64_t contributions, r.Count(22));
+    for (std::uint64_t k = 0; k < contributions; ++k) {
+      core::HistoryContribution c;
+      std::uint8_t kind, complete;
+      WEIGHTD_ASSIGN_OR_RETURN(c.worker, r.Str());
+      WEIGHTD_RETURN_IF_ERROR(r.Pod(&c.sequence));
+      WEIGHTD_RETURN_IF_ERROR(r.Pod(&c.weight));
+      WEIGHTD_RETURN_IF_ERROR(r.Pod(&kind));
+      WEIGHTD_RETURN_IF_ERROR(r.Pod(&complete));
+      if (kind > 1 || complete > 1) {
+        return r.Corrupt("an unknown update kind in a version record");
+      }
+      c.kind =
+          kind == 0 ? core::UpdateKind::kWeights : core::UpdateKind::kDelta;
+      c.complete = complete == 1;
+      record.contributions.push_back(std::move(c));
+    }
+    WEIGHTD_ASSIGN_OR_RETURN(std::uint64_t dropped, r.Count(4));
+    for (std::uint64_t k = 0; k < dropped; ++k) {
+      WEIGHTD_ASSIGN_OR_RETURN(std::string worker, r.Str());
+      record.dropped.push_back(std::move(worker));
+    }
+    history.push_back(std::move(record));
+  }
+  return history;
+}
+
 void Encode(const core::StoreState& state, Writer& w) {
-  w.Bytes(kMagic, sizeof(kMagic));
+  w.Bytes(kMagicPrefix, sizeof(kMagicPrefix));
+  w.Pod<char>(kFormatVersion);
   w.Pod<std::uint64_t>(state.tensors.size());
   for (const core::SavedTensor& t : state.tensors) {
     w.Str(t.name);
@@ -148,6 +219,7 @@ void Encode(const core::StoreState& state, Writer& w) {
       w.Pod<std::uint8_t>(c.kind == core::UpdateKind::kWeights ? 0 : 1);
       w.Pod<std::uint64_t>(c.ready_version);
     }
+    EncodeHistory(t.history, w);
   }
   w.Pod<std::uint64_t>(state.workers.size());
   for (const core::SavedWorker& worker : state.workers) {
@@ -161,13 +233,15 @@ void Encode(const core::StoreState& state, Writer& w) {
 }
 
 absl::StatusOr<core::StoreState> Decode(Reader& r) {
-  char magic[sizeof(kMagic)];
+  char magic[sizeof(kMagicPrefix) + 1];
   WEIGHTD_RETURN_IF_ERROR(r.Bytes(magic, sizeof(magic)));
-  const bool v1 = std::memcmp(magic, kMagicV1, sizeof(kMagicV1)) == 0;
-  const bool v2 = std::memcmp(magic, kMagicV2, sizeof(kMagicV2)) == 0;
-  if (!v1 && !v2 && std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) {
+  const char format = magic[sizeof(kMagicPrefix)];
+  if (std::memcmp(magic, kMagicPrefix, sizeof(kMagicPrefix)) != 0 ||
+      format < '1' || format > kFormatVersion) {
     return r.Corrupt("not a weightd snapshot (bad magic)");
   }
+  const bool v1 = format == '1';
+  const bool v2 = format == '2';
   core::StoreState state;
   WEIGHTD_ASSIGN_OR_RETURN(std::uint64_t tensors, r.Count(16));
   for (std::uint64_t i = 0; i < tensors; ++i) {
@@ -204,6 +278,9 @@ absl::StatusOr<core::StoreState> Decode(Reader& r) {
           kind == 0 ? core::UpdateKind::kWeights : core::UpdateKind::kDelta;
       WEIGHTD_RETURN_IF_ERROR(r.Pod(&c.ready_version));
       t.contributions.push_back(std::move(c));
+    }
+    if (format >= '4') {
+      WEIGHTD_ASSIGN_OR_RETURN(t.history, DecodeHistory(r));
     }
     state.tensors.push_back(std::move(t));
   }

@@ -485,7 +485,7 @@ grpc::Status Unary(FuzzedDataProvider& in, Harness& h) {
   grpc::ClientContext context;
   Credentials(in, context);
   SetDeadline(context, 100);
-  switch (in.ConsumeIntegralInRange(0, 4)) {
+  switch (in.ConsumeIntegralInRange(0, 6)) {
     case 0: {
       v1::LeaveRequest request;
       request.set_lease_id(Lease(in, h));
@@ -509,6 +509,21 @@ grpc::Status Unary(FuzzedDataProvider& in, Harness& h) {
     case 3: {
       v1::TakeSnapshotResponse response;
       return h.stub->TakeSnapshot(&context, {}, &response);
+    }
+    case 4: {
+      v1::GetHistoryRequest request;
+      request.set_tensor(Name(in));
+      request.set_from_version(in.ConsumeIntegral<std::uint64_t>());
+      request.set_to_version(in.ConsumeIntegral<std::uint64_t>());
+      v1::GetHistoryResponse response;
+      return h.stub->GetHistory(&context, request, &response);
+    }
+    case 5: {
+      v1::DropTensorRequest request;
+      request.set_tensor(Name(in));
+      request.set_force(in.ConsumeBool());
+      v1::DropTensorResponse response;
+      return h.stub->DropTensor(&context, request, &response);
     }
     default: {
       v1::GetStatusRequest request;

@@ -246,6 +246,22 @@ class Connection {
     return stub_->TakeSnapshot(context.get(), {}, &response);
   }
 
+  grpc::Status GetHistory(const Caller& caller, const std::string& tensor) {
+    auto context = Context(caller);
+    v1::GetHistoryRequest request;
+    request.set_tensor(tensor);
+    v1::GetHistoryResponse response;
+    return stub_->GetHistory(context.get(), request, &response);
+  }
+
+  grpc::Status DropTensor(const Caller& caller, const std::string& tensor) {
+    auto context = Context(caller);
+    v1::DropTensorRequest request;
+    request.set_tensor(tensor);
+    v1::DropTensorResponse response;
+    return stub_->DropTensor(context.get(), request, &response);
+  }
+
   grpc::Status AttachSegment(const Caller& caller, std::uint64_t lease) {
     auto context = Context(caller);
     v1::AttachSegmentRequest request;
@@ -469,6 +485,19 @@ TEST_F(AuthTest, EveryCallOfEveryRoleGetsItsCodeAndRefusalsChangeNothing) {
         {&kWorkerB, kDenied, [&] { return c.TakeSnapshot(kWorkerB); }},
         {&kWorkerA, kDenied, [&] { return c.TakeSnapshot(kWorkerA); }},
         {&kAdmin, kOk, [&] { return c.TakeSnapshot(kAdmin); }}}},
+      {"GetHistory",
+       {{&kNobody, kUnauth, [&] { return c.GetHistory(kNobody, "a/w"); }},
+        {&kReader, kDenied, [&] { return c.GetHistory(kReader, "a/w"); }},
+        {&kWorkerB, kDenied, [&] { return c.GetHistory(kWorkerB, "a/w"); }},
+        {&kWorkerA, kOk, [&] { return c.GetHistory(kWorkerA, "a/w"); }},
+        {&kAdmin, kOk, [&] { return c.GetHistory(kAdmin, "a/w"); }}}},
+      // Admins only; without force, a tensor workers share stays.
+      {"DropTensor",
+       {{&kNobody, kUnauth, [&] { return c.DropTensor(kNobody, "a/w"); }},
+        {&kReader, kDenied, [&] { return c.DropTensor(kReader, "a/w"); }},
+        {&kWorkerB, kDenied, [&] { return c.DropTensor(kWorkerB, "a/w"); }},
+        {&kWorkerA, kDenied, [&] { return c.DropTensor(kWorkerA, "a/w"); }},
+        {&kAdmin, kPrecondition, [&] { return c.DropTensor(kAdmin, "a/w"); }}}},
       // Past the checks of who may, the shared-memory calls fail on their
       // own terms here (no memfd, no segment): FAILED_PRECONDITION.
       {"AttachSegment",
@@ -517,13 +546,13 @@ TEST_F(AuthTest, EveryCallOfEveryRoleGetsItsCodeAndRefusalsChangeNothing) {
       }
     }
   }
-  EXPECT_EQ(refused, 40);
+  EXPECT_EQ(refused, 48);
   // Each refusal is counted, by its code (the segment calls' own
   // FAILED_PRECONDITIONs are not refusals of who may).
   v1::GetStatusResponse status;
   ASSERT_TRUE(c.GetStatus(kAdmin, &status).ok());
-  EXPECT_EQ(status.refused_unauthenticated(), 12u);
-  EXPECT_EQ(status.refused_permission_denied(), 22u);
+  EXPECT_EQ(status.refused_unauthenticated(), 14u);
+  EXPECT_EQ(status.refused_permission_denied(), 27u);
   // The pushes that were let in moved a/w (async: halfway each time).
   EXPECT_NE(Weights().find("a/w@4;"), std::string::npos) << Weights();
 }

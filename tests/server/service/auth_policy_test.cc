@@ -95,15 +95,17 @@ TEST(AuthPolicyTest, BadOrMissingCredentialsAreUnauthenticated) {
 }
 
 TEST(AuthPolicyTest, RolesAllowTheirCalls) {
-  for (Rpc rpc :
-       {Rpc::kJoin, Rpc::kPush, Rpc::kPull, Rpc::kPushPull, Rpc::kLeave,
-        Rpc::kHeartbeat, Rpc::kBarrier, Rpc::kGetStatus, Rpc::kTakeSnapshot,
-        Rpc::kAttachSegment, Rpc::kPushSegment, Rpc::kPullSegment}) {
+  for (Rpc rpc : {Rpc::kJoin, Rpc::kPush, Rpc::kPull, Rpc::kPushPull,
+                  Rpc::kLeave, Rpc::kHeartbeat, Rpc::kBarrier, Rpc::kGetStatus,
+                  Rpc::kTakeSnapshot, Rpc::kAttachSegment, Rpc::kPushSegment,
+                  Rpc::kPullSegment, Rpc::kGetHistory, Rpc::kDropTensor}) {
     EXPECT_TRUE(RoleAllows(Role::kAdmin, rpc)) << RpcName(rpc);
-    EXPECT_EQ(RoleAllows(Role::kWorker, rpc), rpc != Rpc::kTakeSnapshot)
+    EXPECT_EQ(RoleAllows(Role::kWorker, rpc),
+              rpc != Rpc::kTakeSnapshot && rpc != Rpc::kDropTensor)
         << RpcName(rpc);
-    EXPECT_EQ(RoleAllows(Role::kReader, rpc),
-              rpc == Rpc::kPull || rpc == Rpc::kGetStatus)
+    EXPECT_EQ(RoleAllows(Role::kReader, rpc), rpc == Rpc::kPull ||
+                                                  rpc == Rpc::kGetStatus ||
+                                                  rpc == Rpc::kGetHistory)
         << RpcName(rpc);
   }
 }

@@ -221,6 +221,73 @@ TEST_F(SnapshotTest, AVersionTwoFileStillLoadsWithUnownedMemberships) {
   EXPECT_THAT(*state->tensors[0].value, ElementsAre(3.0f));
 }
 
+TEST_F(SnapshotTest, VersionRecordsSurviveTheFile) {
+  auto store = MakeStore();  // Version 1: a and b; round 1 open.
+  const std::string path = dir_ + "/records.wds";
+  ASSERT_THAT(WriteSnapshotFile(path, store->Save()), IsOk());
+  auto state = ReadSnapshotFile(path);
+  ASSERT_THAT(state, IsOk());
+  const core::SavedTensor& w = state->tensors[1];
+  ASSERT_EQ(w.name, "w");
+  const std::vector<core::VersionRecord> saved =
+      store->Save().tensors[1].history;
+  ASSERT_EQ(w.history.size(), 1u);
+  ASSERT_EQ(saved.size(), 1u);
+  const core::VersionRecord& r = w.history[0];
+  EXPECT_EQ(r.version, 1u);
+  EXPECT_EQ(r.closed_on, core::ClosedOn::kAll);
+  ASSERT_EQ(r.contributions.size(), 2u);
+  EXPECT_EQ(r.contributions[0].worker, "a");
+  EXPECT_EQ(r.contributions[1].worker, "b");
+  EXPECT_EQ(r.contributions[1].sequence, 1u);
+  EXPECT_EQ(r.contributions[1].weight, 1.0);
+  EXPECT_TRUE(r.contributions[1].complete);
+  // Microseconds are what the file keeps.
+  EXPECT_EQ(absl::ToUnixMicros(r.first_contribution),
+            absl::ToUnixMicros(saved[0].first_contribution));
+  EXPECT_EQ(absl::ToUnixMicros(r.closed), absl::ToUnixMicros(saved[0].closed));
+  EXPECT_TRUE(state->tensors[0].history.empty());  // "own": never pushed.
+}
+
+TEST_F(SnapshotTest, AVersionThreeFileStillLoadsWithoutRecords) {
+  // Format 3: format 2 plus each membership's principal.
+  std::string body("WDSNAP03", 8);
+  auto put = [&body](const auto& v) {
+    body.append(reinterpret_cast<const char*>(&v), sizeof(v));
+  };
+  auto str = [&](const std::string& text) {
+    put(static_cast<std::uint32_t>(text.size()));
+    body += text;
+  };
+  put(std::uint64_t{1});
+  str("w");
+  put(std::uint32_t{1});  // Rank.
+  put(std::int64_t{1});
+  put(std::uint32_t{0});  // Whole rank.
+  put(std::uint64_t{2});  // Version.
+  put(std::uint64_t{1});  // Elements.
+  put(3.0f);
+  put(std::uint64_t{0});  // Pushes.
+  put(std::uint64_t{1});  // Workers.
+  str("a");
+  put(std::uint64_t{7});  // Lease.
+  put(std::uint64_t{4});  // Sequence.
+  put(std::uint32_t{1});  // Tensors.
+  str("w");
+  str("workers");  // Principal.
+  put(static_cast<std::uint32_t>(
+      crc32_z(crc32_z(0L, Z_NULL, 0),
+              reinterpret_cast<const Bytef*>(body.data()), body.size())));
+  body += std::string("WDSNEND1", 8);
+  const std::string path = dir_ + "/v3.wds";
+  std::ofstream(path, std::ios::binary) << body;
+  auto state = ReadSnapshotFile(path);
+  ASSERT_THAT(state, IsOk());
+  EXPECT_EQ(state->workers[0].principal, "workers");
+  EXPECT_EQ(state->tensors[0].version, 2u);
+  EXPECT_TRUE(state->tensors[0].history.empty());
+}
+
 TEST_F(SnapshotTest, CorruptOrTruncatedFilesAreDataLoss) {
   auto store = MakeStore();
   const std::string path = dir_ + "/s.wds";
