@@ -11,7 +11,9 @@
 #     (images, build cache) lives there too, apart from the machine's.
 #  2. A probe: `podman run --rm` of the base image running `true`. Where
 #     podman cannot run containers, the test prints SKIP and exits 77.
-#  3. `podman build --pull=never` of the Dockerfile's two targets.
+#  3. `podman build --pull=never` of the Dockerfile's targets (weightd,
+#     worker, and prometheus: Debian's package for the Compose files'
+#     prometheus service).
 #  4. docker-compose.yml, with the secrets scripts/dev_secrets.sh makes:
 #     TLS and tokens by default (plaintext and a call without a token are
 #     refused). `podman-compose up --scale worker=4` (podman-compose
@@ -21,10 +23,14 @@
 #     from 4 to 6 mid-run: as podman-compose cannot scale, the 2 extra
 #     replicas are started with `podman run --net <project>_default` on the
 #     Compose network, as a user would. Every worker must finish and print
-#     `final test accuracy` >= $min_accuracy.
+#     `final test accuracy` >= $min_accuracy. The Compose prometheus
+#     service (its API on a free 127.0.0.1 port) has the daemon's target
+#     up and scraped weightd_rounds_closed_total equal to GetStatus's
+#     rounds_closed (weightctl status) after the training.
 #  5. The snapshot volume resumes the finished job on the next `up`
 #     (`restored from` in the log); WEIGHTD_JOB=<new name> starts afresh.
-#  6. docker-compose.shards.yml: 2 shards and 4 workers train the same way.
+#  6. docker-compose.shards.yml: 2 shards and 4 workers train the same way;
+#     its prometheus scrapes both shards (both up, rounds closed on each).
 #  7. After each file: `down -v`, the project network removed (podman-compose
 #     1.0.3 leaves it), and no container, volume or network of the project
 #     may remain.
@@ -167,11 +173,12 @@ tag=$(sed -n 's/^ *image: weightd:\${WEIGHTD_TAG:-\([^}]*\)}$/\1/p' \
 [[ -n $tag ]] || fail "no image tag in deploy/docker-compose.yml"
 # The build stage too, under a tag of the test's own, so that the prune
 # below keeps it as the next run's build cache.
-for target in build weightd worker; do
+for target in build weightd worker prometheus; do
   case $target in
     build) image=weightd-container-test-build:latest ;;
     weightd) image=weightd:$tag ;;
     worker) image=weightd-worker:$tag ;;
+    prometheus) image=weightd-prometheus:$tag ;;
   esac
   t0=$SECONDS
   (cd "$repo" && timeout 1500 podman build --pull=never -f deploy/Dockerfile \
@@ -272,6 +279,37 @@ free_port() {
   /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# prom_query PROMQL: an instant query to the Compose prometheus service
+# through its port on the host's 127.0.0.1 ($PROMETHEUS_PORT), one line
+# "INSTANCE VALUE" per series, sorted (nothing when it does not answer).
+prom_query() {
+  /usr/bin/python3 - "$PROMETHEUS_PORT" "$1" <<'PY'
+import json, sys, urllib.parse, urllib.request
+url = "http://127.0.0.1:%s/api/v1/query?query=%s" % (
+    sys.argv[1], urllib.parse.quote(sys.argv[2]))
+try:
+    result = json.load(urllib.request.urlopen(url, timeout=5))["data"]["result"]
+except Exception:
+    sys.exit(0)
+for line in sorted("%s %s" % (r["metric"].get("instance", "-"), r["value"][1])
+                   for r in result):
+    print(line)
+PY
+}
+
+# wait_prom CONTAINER PROMQL WANT SECONDS: until prom_query PROMQL prints
+# WANT (lines joined by "; "); the service scrapes every 5 s.
+wait_prom() {
+  local deadline=$((SECONDS + $4)) got
+  until got=$(prom_query "$2" | paste -sd ';' | sed 's/;/; /g') && [[ $got == "$3" ]]; do
+    if ((SECONDS >= deadline)); then
+      podman logs "$1" >"$work/prometheus.log" 2>&1 || true
+      fail "the Compose Prometheus ($1, 127.0.0.1:$PROMETHEUS_PORT) answers '$2' with '$got', not '$3', within $4 s"
+    fi
+    sleep 1
+  done
+}
+
 # --- 4. docker-compose.yml: 4 workers, a server crash, 4 -> 6 workers ----------
 # The secrets the Compose files default to, made the documented way
 # (deploy/secrets in a checkout; here a scratch directory).
@@ -282,8 +320,9 @@ p=wdct$$
 projects+=("$p")
 server=${p}_weightd_1
 workers=("${p}_worker_1" "${p}_worker_2" "${p}_worker_3" "${p}_worker_4")
-export WEIGHTD_PORT
+export WEIGHTD_PORT PROMETHEUS_PORT
 WEIGHTD_PORT=$(free_port)
+PROMETHEUS_PORT=$(free_port)
 t0=$SECONDS
 compose docker-compose.yml "$p" up -d --scale worker=4
 for w in "${workers[@]}"; do
@@ -368,6 +407,22 @@ say "the 4 replicas trained on 4 distinct data shards"
 say "docker-compose.yml: all 6 workers finished in $((SECONDS - t0)) s; final test accuracy: $accuracies"
 podman logs "$server" >"$work/server.log" 2>&1
 
+# The Compose prometheus service scraped the daemon (the process restarted
+# after the kill -9) on the Compose network: its target is up, and the
+# rounds it scraped reach what GetStatus reports now that no round closes.
+timeout 60 "${host_weightctl[@]}" status --server="127.0.0.1:$WEIGHTD_PORT" \
+  --tls_ca="$secrets/ca.crt" --token_file="$secrets/admin.token" >"$work/status.out" 2>&1 ||
+  fail "weightctl status: $(cat "$work/status.out")"
+closed=$(sed -n 's/.*rounds_closed \([0-9]*\).*/\1/p' "$work/status.out")
+[[ $closed -gt 0 ]] || fail "GetStatus reports '$closed' rounds closed: $(cat "$work/status.out")"
+t1=$SECONDS
+wait_prom "${p}_prometheus_1" 'up{job="weightd"}' "weightd:9100 1" 30
+wait_prom "${p}_prometheus_1" 'sum by (instance) (weightd_rounds_closed_total{job="weightd"})' \
+  "weightd:9100 $closed" 30
+rules=$(prom_query 'count(ALERTS) or vector(0)')
+say "Compose Prometheus (127.0.0.1:$PROMETHEUS_PORT): target weightd:9100 up, scraped" \
+  "weightd_rounds_closed_total $closed == GetStatus rounds_closed (in $((SECONDS - t1)) s); alerts firing or pending: ${rules#- }"
+
 # --- 5. The volume resumes the finished job; a new WEIGHTD_JOB starts fresh ---
 podman rm "${p}_worker_5" "${p}_worker_6" >>"$work/compose.log"  # podman-compose does not know them
 compose docker-compose.yml "$p" down
@@ -397,6 +452,13 @@ for s in 0 1; do
   grep -q 'round closed tensor=hidden/w' "$work/shard-$s.log" ||
     fail "shard $s closed no round of hidden/w"
 done
+# Its prometheus scrapes both shards, and each closed rounds.
+t1=$SECONDS
+wait_prom "${p}_prometheus_1" 'up{job="weightd"}' "weightd-0:9100 1; weightd-1:9100 1" 30
+wait_prom "${p}_prometheus_1" 'sum by (instance) (weightd_rounds_closed_total{job="weightd"}) > bool 0' \
+  "weightd-0:9100 1; weightd-1:9100 1" 30
+say "Compose Prometheus: both shards' targets up, each scraped rounds closed ($(prom_query \
+  'sum by (instance) (weightd_rounds_closed_total)' | paste -sd ' '); in $((SECONDS - t1)) s)"
 say "docker-compose.shards.yml: 4 workers over 2 shards finished in $((SECONDS - t0)) s; final test accuracy: $accuracies"
 down_and_check docker-compose.shards.yml "$p"
 

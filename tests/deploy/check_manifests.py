@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """Checks deploy/: the Kubernetes manifests and the Compose files (as
 docker-compose resolved them) have the fields a deployment needs and agree
-with each other, and the Dockerfile builds with the scripts CI runs and
-ships every library the binaries link.
+with each other (metrics included: every daemon serves them, the Compose
+Prometheus scrapes every daemon, Kubernetes names the port), and the
+Dockerfile builds with the scripts CI runs and ships every library the
+binaries link.
 
 Usage: check_manifests.py REPO BUILD_DIR SECRETS COMPOSE_JSON...
 SECRETS is a directory scripts/dev_secrets.sh filled: every secret file the
@@ -33,6 +35,24 @@ def ok(what):
 
 def env_of(container):
     return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def listen_port(where, flags):
+    """The port of --metrics_listen=0.0.0.0:PORT in `flags`."""
+    addr = flags.get("metrics_listen")
+    if not addr:
+        fail("%s runs without --metrics_listen: nothing can scrape it" % where)
+    host, _, p = addr.rpartition(":")
+    if host != "0.0.0.0" or not p.isdigit() or int(p) == 0:
+        fail("%s: --metrics_listen=%s, not 0.0.0.0:PORT (a fixed port other "
+             "containers reach)" % (where, addr))
+    return int(p)
+
+
+def flags_of(args):
+    """{flag: value} of the --flag=value arguments (a bare --flag: "")."""
+    return dict((a[2:].split("=", 1) + [""])[:2] for a in args
+                if a.startswith("--"))
 
 
 # --- Kubernetes ------------------------------------------------------------
@@ -90,12 +110,6 @@ def secret_of(mounts, path, where):
 shard_mounts = mounted_secrets(pod, shard)
 
 
-def flags_of(args):
-    """{flag: value} of the --flag=value arguments (a bare --flag: "")."""
-    return dict((a[2:].split("=", 1) + [""])[:2] for a in args
-                if a.startswith("--"))
-
-
 shard_args = flags_of(shard.get("args", []))
 needs = {}  # secret name -> files the pods read from it
 for flag in ("tls_cert", "tls_key", "auth_policy"):
@@ -144,6 +158,65 @@ ok("StatefulSet of %d shards behind headless Service %s, health startup "
    "(%d s), readiness and liveness probes, PVC per shard" %
    (replicas, svc["metadata"]["name"], startup_s))
 
+# Metrics: the shards serve them on a named port the Service names too,
+# and the pods carry the prometheus.io/* annotations for it.
+metrics_port = listen_port("the StatefulSet's shards", shard_args)
+cports = {p_["name"]: p_["containerPort"] for p_ in shard["ports"]}
+if cports.get("metrics") != metrics_port or metrics_port == port:
+    fail("the shards' container port \"metrics\" is %s, not --metrics_listen's "
+         "%d (gRPC: %d)" % (cports.get("metrics"), metrics_port, port))
+sports = {p_["name"]: p_ for p_ in svc["spec"]["ports"]}
+if sports.get("metrics", {}).get("targetPort") not in ("metrics", metrics_port):
+    fail("the Service has no port \"metrics\" to the shards' metrics port")
+annotations = sts["spec"]["template"]["metadata"].get("annotations", {})
+want_ann = {"prometheus.io/scrape": "true", "prometheus.io/port": str(metrics_port),
+            "prometheus.io/path": "/metrics"}
+for k, v in want_ann.items():
+    if annotations.get(k) != v:
+        fail("the shards' pod annotation %s is %r, not %r" %
+             (k, annotations.get(k), v))
+# The examples beside them (not in the kustomization): a ServiceMonitor on
+# the Service's metrics port, and a NetworkPolicy that lets only a named
+# scraper reach it while gRPC stays open.
+with open(os.path.join(repo, "deploy", "k8s", "servicemonitor.yaml")) as f:
+    smon = yaml.safe_load(f)
+if smon.get("kind") != "ServiceMonitor" or \
+        any(svc["metadata"]["labels"].get(k) != v
+            for k, v in smon["spec"]["selector"]["matchLabels"].items()):
+    fail("servicemonitor.yaml: not a ServiceMonitor selecting Service %s" %
+         svc["metadata"]["name"])
+for e in smon["spec"]["endpoints"]:
+    if e.get("port") not in sports or e.get("port") != "metrics" or \
+            e.get("path", "/metrics") != "/metrics":
+        fail("servicemonitor.yaml: endpoint %s is not the Service's metrics port" % e)
+with open(os.path.join(repo, "deploy", "k8s", "networkpolicy.yaml")) as f:
+    npol = yaml.safe_load(f)
+plabels = sts["spec"]["template"]["metadata"]["labels"]
+if npol.get("kind") != "NetworkPolicy" or \
+        any(plabels.get(k) != v for k, v in
+            npol["spec"]["podSelector"]["matchLabels"].items()) or \
+        "Ingress" not in npol["spec"].get("policyTypes", []):
+    fail("networkpolicy.yaml: not an Ingress NetworkPolicy on the shards' pods")
+
+
+def allows(rule, number, name):
+    return not rule.get("ports") or any(
+        p_.get("port") in (number, name) for p_ in rule["ports"])
+
+
+ingress = npol["spec"].get("ingress", [])
+if not any(allows(r, port, "grpc") for r in ingress):
+    fail("networkpolicy.yaml cuts the workers off gRPC port %d" % port)
+for r in ingress:
+    if allows(r, metrics_port, "metrics") and not r.get("from"):
+        fail("networkpolicy.yaml lets anyone reach the metrics port %d: %s"
+             % (metrics_port, r))
+if not any(allows(r, metrics_port, "metrics") for r in ingress):
+    fail("networkpolicy.yaml lets nobody scrape port %d" % metrics_port)
+ok("Kubernetes metrics: --metrics_listen on port \"metrics\" %d, in the "
+   "Service, prometheus.io/* pod annotations; servicemonitor.yaml scrapes it; "
+   "networkpolicy.yaml lets only its `from` reach it, gRPC open" % metrics_port)
+
 jspec = job["spec"]
 if jspec.get("completionMode") != "Indexed":
     fail("the worker Job is not an Indexed Job")
@@ -176,6 +249,8 @@ for p_, c_ in ((pod, "StatefulSet"), (jspec["template"]["spec"], "Job")):
 # scripts/dev_secrets.sh writes, under fixed names (rotation in place).
 with open(os.path.join(repo, "deploy", "kustomization.yaml")) as f:
     kust = yaml.safe_load(f)
+# The ServiceMonitor is a custom resource: `kubectl apply -k deploy` would
+# fail on a cluster without the Prometheus Operator.
 if sorted(kust["resources"]) != ["k8s/weightd.yaml", "k8s/workers.yaml"]:
     fail("kustomization resources %s" % kust["resources"])
 if not kust.get("generatorOptions", {}).get("disableNameSuffixHash"):
@@ -220,6 +295,17 @@ for kind, c in (("StatefulSet", shard), ("Job", worker)):
         fail("%s: imagePullPolicy %s" % (kind, c.get("imagePullPolicy")))
 
 # --- Compose ---------------------------------------------------------------
+build_targets = set()
+
+
+def container_port(spec):
+    """The container port of a Compose `ports` entry (as docker-compose
+    config prints it: "[IP:]HOST:CONTAINER/tcp", or a long-syntax dict)."""
+    if isinstance(spec, dict):
+        return int(spec["target"])
+    return int(str(spec).split("/")[0].rsplit(":", 1)[-1].split("-")[0])
+
+
 for path in composed:
     with open(path) as f:
         c = yaml.safe_load(f)
@@ -249,8 +335,21 @@ for path in composed:
                  (path, where, name))
         return declared[name]
 
+    for s in services.values():
+        if s.get("build", {}).get("target"):
+            build_targets.add(s["build"]["target"])
+    shard_metrics = {}
     for n, s in shards.items():
         e = s.get("environment", {})
+        # Metrics on a fixed port of the Compose network, never published:
+        # /metrics is plaintext HTTP without authentication.
+        shard_metrics[n] = listen_port("%s: %s" % (path, n),
+                                       flags_of(s.get("command", [])))
+        published = [p_ for p_ in s.get("ports", [])
+                     if container_port(p_) == shard_metrics[n]]
+        if published:
+            fail("%s: %s publishes its plaintext metrics port: %s" %
+                 (path, n, published))
         test = s.get("healthcheck", {}).get("test", [])
         if "weightctl" not in " ".join(test):
             fail("%s: %s has no health check through weightctl" % (path, n))
@@ -303,11 +402,56 @@ for path in composed:
     if not n or replicas_c is None or int(n[0].split("=")[1]) != int(replicas_c):
         fail("%s: worker --workers %s != deploy.replicas %s" %
              (path, n, replicas_c))
-    for n_, s_ in list(shards.items()) + [("worker", w)]:
+    # The prometheus service scrapes every daemon by its service name, and
+    # loads the alert rules; its UI/API only on the host's loopback.
+    if "prometheus" not in services:
+        fail("%s: no prometheus service" % path)
+    prom = services["prometheus"]
+    for p_ in prom.get("ports", []):
+        ip = p_.get("host_ip") if isinstance(p_, dict) else \
+            (str(p_).split(":")[0] if str(p_).count(":") == 2 else None)
+        if ip != "127.0.0.1":
+            fail("%s: prometheus publishes %s beyond 127.0.0.1" % (path, p_))
+    config = flags_of(prom.get("command", [])).get("config.file")
+    if not config:
+        fail("%s: prometheus is given no --config.file" % path)
+    host_config = None
+    for v in prom.get("volumes", []):
+        parts = v.split(":") if isinstance(v, str) else [v["source"], v["target"]]
+        src, dst = parts[0], parts[1]
+        if os.path.isabs(src) and config.startswith(dst.rstrip("/") + "/"):
+            host_config = os.path.join(src, config[len(dst.rstrip("/")) + 1:])
+    if not host_config or not os.path.isfile(host_config):
+        fail("%s: prometheus's %s is no file mounted from the host" %
+             (path, config))
+    with open(host_config) as f:
+        pconf = yaml.safe_load(f)
+    rules = [os.path.normpath(os.path.join(os.path.dirname(host_config), r))
+             for r in pconf.get("rule_files", [])]
+    if os.path.join(repo, "deploy", "prometheus", "alerts.yml") not in rules:
+        fail("%s: %s does not load deploy/prometheus/alerts.yml (%s)" %
+             (path, host_config, rules))
+    targets = {}
+    for job_ in pconf.get("scrape_configs", []):
+        for sc in job_.get("static_configs", []):
+            for t in sc.get("targets", []):
+                targets[t] = job_["job_name"]
+    want_t = {"%s:%d" % (n, p_) for n, p_ in shard_metrics.items()}
+    if set(targets) != want_t:
+        fail("%s: %s scrapes %s, not every daemon's metrics port %s" %
+             (path, os.path.basename(host_config), sorted(targets),
+              sorted(want_t)))
+    if any(not j.startswith("weightd") for j in targets.values()):
+        fail("%s: the alerts match job=~\"weightd.*\"; %s scrapes them as %s"
+             % (path, os.path.basename(host_config), sorted(set(targets.values()))))
+    for n_, s_ in list(shards.items()) + [("worker", w), ("prometheus", prom)]:
         image_version("%s %s" % (os.path.basename(path), n_), s_["image"])
     ok("%s: %d weightd service(s) serving TLS and the policy from secrets, "
-       "with health checks, restart, volumes; workers name them all, trust "
-       "ca.crt, send worker.token" % (os.path.basename(path), count))
+       "with health checks, restart, volumes, unpublished metrics; workers "
+       "name them all, trust ca.crt, send worker.token; prometheus (%s, on "
+       "127.0.0.1) scrapes %s and loads alerts.yml" %
+       (os.path.basename(path), count, os.path.basename(host_config),
+        " ".join(sorted(targets))))
 
 if len(versions) != 1:
     fail("image versions differ: %s" % versions)
@@ -353,6 +497,14 @@ for needed in ("HEALTHCHECK", "weightctl\", \"health", "VOLUME /var/lib/weightd"
                "USER weightd"):
     if needed not in dockerfile:
         fail("the Dockerfile lacks %s" % needed)
+if not build_targets <= set(stages):
+    fail("the Compose files build targets %s the Dockerfile lacks" %
+         sorted(build_targets - set(stages)))
+prom_stage = dockerfile.split("AS prometheus", 1)[-1].split("FROM", 1)[0]
+if not re.search(r"install [^\n]*\\\n\s*prometheus[ \t]*\\?$", prom_stage, re.M) or \
+        "USER prometheus" not in prom_stage:
+    fail("the Dockerfile's prometheus stage does not install Debian's "
+         "prometheus and run as its user")
 # Every library the binaries need comes from a package the runtime stage
 # installs (or one those depend on, or the slim base).
 runtime = dockerfile.split("AS runtime", 1)[1].split("FROM", 1)[0]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Validates deploy/ without a Docker engine or a cluster: docker-compose
 # (Debian's package) parses both Compose files, the manifests and Compose
-# files have what a deployment needs (check_manifests.py), and systemd
-# accepts the unit.
+# files have what a deployment needs (check_manifests.py: metrics and the
+# Compose Prometheus's targets too), promtool accepts the alert rules and
+# the Compose Prometheus's configurations, and systemd accepts the unit.
 # Usage: deploy_test.sh BUILD_DIR
 set -euo pipefail
 build=$(cd "${1:?usage: deploy_test.sh BUILD_DIR}" && pwd)
@@ -51,6 +52,20 @@ echo "ok: every WEIGHTD_* variable in deploy/ is one common/startup.cc lists"
 promtool check rules "$repo/deploy/prometheus/alerts.yml" >"$work/rules.out" 2>&1 ||
   { echo "FAIL: promtool check rules: $(cat "$work/rules.out")"; exit 1; }
 echo "ok: promtool check rules accepts deploy/prometheus/alerts.yml ($(grep -o 'SUCCESS: [0-9]* rules' "$work/rules.out"))"
+
+# The Compose Prometheus's configurations (check_manifests.py checked that
+# they scrape every daemon and name alerts.yml) parse, and the rule files
+# they name, taken from the configuration's directory as Prometheus does,
+# load: checked from elsewhere, so a path relative to the working
+# directory would not resolve.
+configs=("$repo"/deploy/prometheus/prometheus*.yml)
+for config in "${configs[@]}"; do
+  (cd "$work" && promtool check config "$config") >"$work/config.out" 2>&1 ||
+    { echo "FAIL: promtool check config ${config#"$repo"/}: $(cat "$work/config.out")"; exit 1; }
+  grep -q 'SUCCESS: [1-9][0-9]* rules found' "$work/config.out" ||
+    { echo "FAIL: ${config#"$repo"/} loads no rules: $(cat "$work/config.out")"; exit 1; }
+done
+echo "ok: promtool check config accepts ${configs[*]#"$repo"/} and the rules they load"
 
 # systemd: the unit as installed, pointing at the binary built here.
 sed "s|^ExecStart=/usr/local/bin/weightd|ExecStart=$build/server/weightd|" \
