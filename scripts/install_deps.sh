@@ -10,7 +10,9 @@ declare -A GROUPS_=(
   # the library Debian's gRPC does TLS with.
   [build]="cmake ninja-build g++ pkg-config libjemalloc-dev libssl-dev"
   # prometheus-cpp-dev: the daemon's /metrics (server/service/metrics.h).
-  [grpc]="libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev libspdlog-dev prometheus-cpp-dev"
+  # nlohmann-json3-dev, libzip-dev: weightctl's --json output and its
+  # safetensors (a JSON header) and .npz (a zip archive) files.
+  [grpc]="libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev libspdlog-dev prometheus-cpp-dev nlohmann-json3-dev libzip-dev"
   # python3-dev, -venv, -setuptools, -wheel: the Python package's native
   # build and its offline `pip install ./python` test.
   # python3-grpcio: a gRPC client that is not weightd's, for the TLS tests

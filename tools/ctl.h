@@ -40,10 +40,10 @@ struct Context {
   // The command's positional arguments (after the command's name).
   std::vector<std::string> args;
   // Command flags (tools/weightctl.cc defines them all).
-  std::string out;      // export --out
-  std::string format;   // export --format: safetensors, npz (else by --out)
-  std::string prefix;   // import --prefix
-  bool force = false;   // drop --force
+  std::string out;        // export --out
+  std::string format;     // export --format: safetensors, npz (else by --out)
+  std::string prefix;     // import --prefix
+  bool force = false;     // drop --force
   std::int64_t last = 0;  // history --last
 
   // Now + timeout, for a call's deadline.
