@@ -39,6 +39,7 @@ sanitizer_build=(-DCMAKE_BUILD_TYPE=RelWithDebInfo
 # everything.
 CXX=clang++ scripts/build.sh build/asan "${sanitizer_build[@]}" \
   -DWEIGHTD_BUILD_EXAMPLES=OFF -DWEIGHTD_BUILD_BENCHMARKS=OFF -DWEIGHTD_FUZZ=ON \
+  -DWEIGHTD_BUILD_TOOLS=OFF \
   -DWEIGHTD_THREAD_SAFETY=ON \
   "-DCMAKE_CXX_FLAGS=-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
   "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined"
@@ -50,6 +51,7 @@ CXX=clang++ scripts/build.sh build/asan "${sanitizer_build[@]}" \
 scripts/tsan_deps.sh build/tsan-deps
 CC=clang CXX=clang++ scripts/build.sh build/tsan "${sanitizer_build[@]}" \
   -DWEIGHTD_BUILD_EXAMPLES=OFF -DWEIGHTD_BUILD_BENCHMARKS=OFF \
+  -DWEIGHTD_BUILD_TOOLS=OFF \
   "-DCMAKE_PREFIX_PATH=$PWD/build/tsan-deps" \
   "-DWEIGHTD_GRPC_SOURCE_DIR=$PWD/build/tsan-deps/grpc-src" \
   "-DCMAKE_C_FLAGS=-fsanitize=thread -fno-omit-frame-pointer" \

@@ -20,7 +20,8 @@
 namespace weightd::ctl {
 
 // Exit codes: 0 ok, 1 the server answered with a failure (or is not
-// serving), 2 usage, connection or local file errors.
+// serving), 2 usage, connection or local file errors. `health` exits 1 for
+// an unreachable server too (a Docker HEALTHCHECK must exit 0 or 1).
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitRefused = 1;
 inline constexpr int kExitUsage = 2;

@@ -51,8 +51,16 @@ class Table {
 };
 
 void PrintJson(const json& document) {
-  std::printf("%s\n", document.dump(2).c_str());
+  // Bytes that are not UTF-8 (a worker id from a crafted snapshot) are
+  // replaced, not thrown over.
+  std::printf(
+      "%s\n",
+      document.dump(2, ' ', false, json::error_handler_t::replace).c_str());
 }
+
+// The most records `history --last` asks for (the server answers at most
+// 10000 at once).
+constexpr std::int64_t kMaxLast = 10000;
 
 std::string Shape(const google::protobuf::RepeatedField<std::int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
@@ -362,7 +370,7 @@ int History(const Context& context) {
   std::vector<std::string> header = {
       "VERSION", "CLOSED ON", "CONTRIBUTIONS", "DROPPED", "FIRST CONTRIBUTION",
       "CLOSED",  "TOOK"};
-  if (Sharded(context)) header.insert(header.begin(), "SHARD");
+  if (Sharded(context)) header.insert(header.begin(), "SERVER");
   Table table(header);
   int found = 0;
   for (std::size_t i = 0; i < context.channels.size(); ++i) {
@@ -371,6 +379,8 @@ int History(const Context& context) {
     call.set_deadline(context.Deadline());
     v1::GetHistoryRequest request;
     request.set_tensor(tensor);
+    request.set_last(static_cast<std::uint32_t>(
+        std::min<std::int64_t>(context.last, kMaxLast)));
     v1::GetHistoryResponse response;
     const grpc::Status status = stub->GetHistory(&call, request, &response);
     // A tensor lives on one shard, or in parts on several.
@@ -382,12 +392,7 @@ int History(const Context& context) {
       return Failed(context, absl::StrCat("history of ", tensor), status);
     }
     ++found;
-    const int size = response.records_size();
-    const int first = context.last > 0
-                          ? std::max(0, size - static_cast<int>(context.last))
-                          : 0;
-    for (int k = first; k < size; ++k) {
-      const v1::VersionRecord& r = response.records(k);
+    for (const v1::VersionRecord& r : response.records()) {
       // CLOSED_ON_LEASE_EXPIRY -> lease_expiry
       const std::string closed_on = absl::AsciiStrToLower(
           absl::StripPrefix(v1::ClosedOn_Name(r.closed_on()), "CLOSED_ON_"));
@@ -413,7 +418,8 @@ int History(const Context& context) {
       std::vector<std::string> contributions;
       for (const auto& c : r.contributions()) {
         contributions.push_back(
-            absl::StrCat(c.worker_id(), " #", c.sequence(), " w=", c.weight(),
+            absl::StrCat(c.worker_id().empty() ? "(hidden)" : c.worker_id(),
+                         " #", c.sequence(), " w=", c.weight(),
                          c.kind() == v1::UPDATE_KIND_DELTA ? " delta" : "",
                          c.complete() ? "" : " (partial)"));
       }
@@ -434,9 +440,11 @@ int History(const Context& context) {
       }
       table.Add(std::move(row));
     }
-    if (!context.json && size == 0) {
-      std::printf("%s: no version published since its records began\n",
-                  tensor.c_str());
+    if (!context.json && response.records().empty()) {
+      std::printf(
+          "%s: no version recorded on %s (--history_per_tensor=0, "
+          "or none published since the records began)\n",
+          tensor.c_str(), context.targets[i].c_str());
     }
   }
   if (found == 0) {
@@ -477,8 +485,29 @@ int Snapshot(const Context& context) {
 
 int Drop(const Context& context) {
   const std::string& tensor = context.args[0];
+  if (Sharded(context) && !context.force) {
+    // All or nothing: a split tensor shared on one shard must not lose its
+    // parts on the others. The servers refuse on their own too; this only
+    // keeps the shards that would agree from going first.
+    std::vector<v1::GetStatusResponse> all;
+    if (int failed = StatusOfAll(context, true, false, &all)) return failed;
+    for (std::size_t i = 0; i < all.size(); ++i) {
+      for (const v1::TensorInfo& t : all[i].tensors()) {
+        if (t.name() != tensor || t.participants() == 0) continue;
+        return Failed(
+            context, absl::StrCat("drop ", tensor),
+            grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                         absl::StrCat("tensor ", tensor, " is shared by ",
+                                      t.participants(), " worker(s) on ",
+                                      context.targets[i],
+                                      "; nothing was dropped: stop them "
+                                      "first, or drop with --force")));
+      }
+    }
+  }
   json document = json::array();
   int found = 0;
+  std::vector<std::string> dropped_on;
   for (std::size_t i = 0; i < context.channels.size(); ++i) {
     auto stub = v1::Weightd::NewStub(context.channels[i]);
     grpc::ClientContext call;
@@ -493,9 +522,17 @@ int Drop(const Context& context) {
       continue;
     }
     if (!status.ok()) {
-      return Failed(context, absl::StrCat("drop ", tensor), status);
+      // Say what is done already: the parts on earlier shards are gone.
+      return Failed(context,
+                    dropped_on.empty()
+                        ? absl::StrCat("drop ", tensor)
+                        : absl::StrCat("drop ", tensor, " (already dropped on ",
+                                       absl::StrJoin(dropped_on, ", "),
+                                       "; failed on ", context.targets[i], ")"),
+                    status);
     }
     ++found;
+    dropped_on.push_back(context.targets[i]);
     if (context.json) {
       document.push_back(
           {{"server", context.targets[i]},

@@ -770,6 +770,19 @@ absl::StatusOr<NamedTensor> ReadNpyMember(zip_t* archive, zip_uint64_t index,
         absl::StrCat(path, ": tensor ", name, ": ", count.status().message()));
   }
   const std::size_t item = InfoOf(*dtype).bytes;
+  // A deflated member can claim far more than the file holds (a zip
+  // bomb): its data and the float32 copy must fit in half of this
+  // machine's memory, else it is refused before anything is inflated.
+  const std::uint64_t needed = *count * (item + 4);
+  const std::uint64_t memory =
+      static_cast<std::uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
+      static_cast<std::uint64_t>(::sysconf(_SC_PAGE_SIZE));
+  if (needed > memory / 2) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        path, ": tensor ", name, " of shape ", ShapeString(info->shape),
+        " needs ", needed, " bytes to read, more than half this machine's ",
+        memory, " bytes of memory"));
+  }
   std::string data;
   read = ReadMember(file.get(), path, member, *count * item, &data);
   if (!read.ok()) return read;

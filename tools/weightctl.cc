@@ -231,6 +231,10 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::string> token = weightd::TokenFromFlags();
   if (!token.ok()) return weightd::ctl::Failed("token", token.status());
   context.token = *token;
+  // Status and history answers of big deployments pass gRPC's default
+  // 4 MiB; the server bounds them (e.g. 10000 history records).
+  grpc::ChannelArguments channel_args;
+  channel_args.SetMaxReceiveMessageSize(256 << 20);
   for (absl::string_view target : absl::StrSplit(context.address, ',')) {
     target = absl::StripAsciiWhitespace(target);
     if (target.empty()) {
@@ -240,7 +244,7 @@ int main(int argc, char** argv) {
     }
     absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
         weightd::CreateChannel(context.tls, context.token, std::string(target),
-                               grpc::ChannelArguments());
+                               channel_args);
     if (!channel.ok()) return weightd::ctl::Failed("connect", channel.status());
     context.targets.emplace_back(target);
     context.channels.push_back(*std::move(channel));

@@ -263,6 +263,15 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
   std::uint32_t new_tensors = 0;
   for (const Declaration& d : declarations) {
     auto it = tensors_.find(d.name);
+    if (it == tensors_.end() && d.initial_value.empty() &&
+        dropped_names_.contains(d.name)) {
+      // It existed at BeginJoin (its value was not kept), and an admin
+      // dropped it since.
+      return absl::AbortedError(
+          absl::StrCat("tensor ", d.name,
+                       " was dropped by an admin while this Join was in "
+                       "progress; join again to create it"));
+    }
     if (it == tensors_.end() && d.initial_value.empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor ", d.name,
@@ -318,6 +327,7 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
         Created& by = created_by_[claimant.principal];
         ++by.tensors;
         by.bytes += bytes;
+        creators_[d.name] = claimant.principal;
       }
       slot = std::make_shared<SharedTensor>(d.name, d.shape,
                                             std::move(d.initial_value),

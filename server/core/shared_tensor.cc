@@ -81,9 +81,13 @@ void SharedTensor::RemoveParticipant(absl::string_view worker, ClosedOn why,
   AwaitNoSumsLocked();
   // The round stops waiting for it: published chunks may no longer hold
   // its copy, so if it comes back it takes part from the next round.
+  // Whether the round waited for it: if not, its departure is not what
+  // closes the round (the quorum is).
+  const bool waited = WaitedForLocked(std::string(worker));
   if (members_.has_value()) members_->erase(std::string(worker));
   if (RoundCanCloseLocked()) {
-    CloseRoundLocked(why, worker, deferred);
+    CloseRoundLocked(waited ? why : ClosedOn::kQuorum, waited ? worker : "",
+                     deferred);
   } else {
     PublishReadyChunksLocked(deferred);  // It may have been the slowest.
   }
@@ -455,7 +459,7 @@ bool SharedTensor::RoundCanCloseLocked() const {
 
 bool SharedTensor::CloseIfOverdue(Deferred& deferred) {
   absl::MutexLock lock(&mu_);
-  if (options_->mode != Mode::kSync) return false;
+  if (options_->mode != Mode::kSync || dropped_) return false;
   AwaitNoSumsLocked();
   if (!RoundCanCloseLocked()) return false;
   CloseRoundLocked(ClosedOn::kQuorum, "", deferred);
@@ -660,14 +664,17 @@ void SharedTensor::RecordLocked(VersionRecord record) {
 }
 
 std::pair<std::vector<VersionRecord>, std::uint64_t> SharedTensor::History(
-    std::uint64_t from, std::uint64_t to) const {
+    std::uint64_t from, std::uint64_t to, std::size_t last) const {
   absl::MutexLock lock(&mu_);
   std::vector<VersionRecord> records;
-  for (const VersionRecord& r : history_) {
-    if (r.version >= from && (to == 0 || r.version <= to)) {
-      records.push_back(r);
+  // Newest first, then reversed: `last` stops the copy early.
+  for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
+    if (last != 0 && records.size() == last) break;
+    if (it->version >= from && (to == 0 || it->version <= to)) {
+      records.push_back(*it);
     }
   }
+  std::reverse(records.begin(), records.end());
   return {std::move(records), history_.empty() ? 0 : history_.front().version};
 }
 

@@ -165,11 +165,11 @@ class SharedTensor {
   // What a snapshot keeps of the tensor.
   TensorSave Save() const;
 
-  // The records of versions `from` to `to` (inclusive; 0: from the oldest
-  // kept, to the newest), ascending, and the oldest version still kept (0:
-  // none).
+  // The newest `last` (0: all) records of versions `from` to `to`
+  // (inclusive; 0: from the oldest kept, to the newest), ascending, and the
+  // oldest version still kept (0: none).
   std::pair<std::vector<VersionRecord>, std::uint64_t> History(
-      std::uint64_t from, std::uint64_t to) const;
+      std::uint64_t from, std::uint64_t to, std::size_t last) const;
 
   void AddParticipant(absl::string_view worker);
   // The group shrinks; a sync round waiting only on `worker` closes, its

@@ -280,14 +280,16 @@ absl::StatusOr<TensorInfo> TensorStore::Describe(absl::string_view name) const {
 
 absl::StatusOr<TensorHistory> TensorStore::History(absl::string_view name,
                                                    std::uint64_t from,
-                                                   std::uint64_t to) const {
+                                                   std::uint64_t to,
+                                                   std::size_t last) const {
   std::shared_ptr<SharedTensor> tensor;
   {
     absl::ReaderMutexLock lock(&mu_);
     WEIGHTD_ASSIGN_OR_RETURN(tensor, FindLocked(name));
   }
   TensorHistory history;
-  std::tie(history.records, history.oldest_kept) = tensor->History(from, to);
+  std::tie(history.records, history.oldest_kept) =
+      tensor->History(from, to, last);
   history.version = tensor->version();
   return history;
 }
@@ -318,6 +320,12 @@ absl::StatusOr<DropResult> TensorStore::Drop(absl::string_view name,
   tensor->MarkDropped(deferred);
   result.freed_bytes = tensor->AllocatedBytes();
   tensor_bytes_ -= tensor->bytes();
+  if (auto it = creators_.find(name); it != creators_.end()) {
+    Created& by = created_by_[it->second];
+    by.tensors -= std::min<std::uint32_t>(by.tensors, 1);
+    by.bytes -= std::min(by.bytes, tensor->bytes());
+    creators_.erase(it);
+  }
   tensors_.erase(tensors_.find(name));
   if (dropped_names_.size() >= kMaxDroppedNames) dropped_names_.clear();
   dropped_names_.emplace(name);

@@ -466,11 +466,12 @@ class TensorStore {
   // Tensor metadata (no payloads).
   absl::StatusOr<TensorInfo> Describe(absl::string_view name) const;
 
-  // The records of versions `from` to `to` of tensor `name` (inclusive; 0:
-  // from the oldest kept / to the newest). NOT_FOUND.
+  // The newest `last` (0: all) records of versions `from` to `to` of
+  // tensor `name` (inclusive; 0: from the oldest kept / to the newest).
+  // NOT_FOUND.
   absl::StatusOr<TensorHistory> History(absl::string_view name,
-                                        std::uint64_t from,
-                                        std::uint64_t to) const;
+                                        std::uint64_t from, std::uint64_t to,
+                                        std::size_t last = 0) const;
 
   // Removes tensor `name` and frees its memory once the pulls streaming it
   // end. FAILED_PRECONDITION while it has participants, unless `force`:
@@ -564,6 +565,9 @@ class TensorStore {
     std::uint64_t bytes = 0;
   };
   absl::flat_hash_map<std::string, Created> created_by_ ABSL_GUARDED_BY(mu_);
+  // The principal whose join created each tensor (named principals only),
+  // so that Drop gives its quota back.
+  absl::flat_hash_map<std::string, std::string> creators_ ABSL_GUARDED_BY(mu_);
   // Names of tensors an admin dropped (Drop), for the NOT_FOUND of the
   // calls naming them; forgotten when the name is created again. Bounded:
   // cleared beyond kMaxDroppedNames.

@@ -1154,8 +1154,15 @@ grpc::ServerUnaryReactor* WeightdService::GetStatus(
         response->set_worker_count(status.workers.size());
         // A non-admin sees the tensors and workers its patterns name.
         if (request.include_tensors()) {
-          for (const core::TensorInfo& t : status.tensors) {
+          for (core::TensorInfo t : status.tensors) {
             if (!admitted->permissions.MayUseTensor(t.name).ok()) continue;
+            t.waiting_for.erase(
+                std::remove_if(
+                    t.waiting_for.begin(), t.waiting_for.end(),
+                    [&](const std::string& w) {
+                      return !admitted->permissions.MayJoinAs(w).ok();
+                    }),
+                t.waiting_for.end());
             InfoToProto(t, response->add_tensors());
           }
         }
@@ -1220,11 +1227,29 @@ grpc::ServerUnaryReactor* WeightdService::GetHistory(
             !s.ok()) {
           return call->Answer(s);
         }
-        absl::StatusOr<core::TensorHistory> history = store->History(
-            request.tensor(), request.from_version(), request.to_version());
+        // Bounded: a response of at most kMaxHistoryRecords records.
+        const std::size_t last =
+            request.last() == 0
+                ? kMaxHistoryRecords
+                : std::min<std::size_t>(request.last(), kMaxHistoryRecords);
+        absl::StatusOr<core::TensorHistory> history =
+            store->History(request.tensor(), request.from_version(),
+                           request.to_version(), last);
         if (!history.ok()) return call->Answer(history.status());
+        const Permissions& permissions = admitted->permissions;
         for (const core::VersionRecord& r : history->records) {
-          RecordToProto(r, response->add_records());
+          v1::VersionRecord* out = response->add_records();
+          RecordToProto(r, out);
+          // Worker ids the caller's patterns do not show, as GetStatus.
+          for (v1::HistoryContribution& c : *out->mutable_contributions()) {
+            if (!permissions.MayJoinAs(c.worker_id()).ok()) c.clear_worker_id();
+          }
+          auto* dropped = out->mutable_dropped();
+          dropped->erase(std::remove_if(dropped->begin(), dropped->end(),
+                                        [&](const std::string& w) {
+                                          return !permissions.MayJoinAs(w).ok();
+                                        }),
+                         dropped->end());
         }
         response->set_oldest_kept(history->oldest_kept);
         response->set_version(history->version);
@@ -1255,7 +1280,13 @@ grpc::ServerUnaryReactor* WeightdService::DropTensor(
           response->add_removed_workers(w);
         }
         response->set_freed_bytes(dropped->freed_bytes);
-        events_.Dropped(request.tensor(), context->peer(), *dropped);
+        events_.Dropped(
+            request.tensor(),
+            admitted->permissions.principal_name().empty()
+                ? context->peer()
+                : absl::StrCat(admitted->permissions.principal_name(), " (",
+                               context->peer(), ")"),
+            *dropped);
         call->Answer(absl::OkStatus());
       });
 }

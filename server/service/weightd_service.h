@@ -27,6 +27,9 @@ namespace weightd::service {
 // How far (in received bytes) a sync round's push may run ahead of the
 // round's slowest live push before the service stops reading it.
 inline constexpr std::uint64_t kPushLeadBytes = std::uint64_t{2} << 20;
+// Most version records one GetHistory answers.
+inline constexpr std::size_t kMaxHistoryRecords = 10000;
+
 // How long a push may go without a message and still hold others back.
 inline constexpr absl::Duration kPushStall = absl::Milliseconds(500);
 

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/certs.h"
 #include "tests/testing/daemon_process.h"
@@ -35,6 +36,7 @@ namespace weightd {
 namespace {
 
 using grpc::StatusCode;
+using ::testing::ElementsAre;
 
 std::string g_weightd;  // argv[1]
 
@@ -246,12 +248,14 @@ class Connection {
     return stub_->TakeSnapshot(context.get(), {}, &response);
   }
 
-  grpc::Status GetHistory(const Caller& caller, const std::string& tensor) {
+  grpc::Status GetHistory(const Caller& caller, const std::string& tensor,
+                          v1::GetHistoryResponse* response = nullptr) {
     auto context = Context(caller);
     v1::GetHistoryRequest request;
     request.set_tensor(tensor);
-    v1::GetHistoryResponse response;
-    return stub_->GetHistory(context.get(), request, &response);
+    v1::GetHistoryResponse ignored;
+    return stub_->GetHistory(context.get(), request,
+                             response != nullptr ? response : &ignored);
   }
 
   grpc::Status DropTensor(const Caller& caller, const std::string& tensor) {
@@ -555,6 +559,27 @@ TEST_F(AuthTest, EveryCallOfEveryRoleGetsItsCodeAndRefusalsChangeNothing) {
   EXPECT_EQ(status.refused_permission_denied(), 27u);
   // The pushes that were let in moved a/w (async: halfway each time).
   EXPECT_NE(Weights().find("a/w@4;"), std::string::npos) << Weights();
+}
+
+TEST_F(AuthTest, WorkerIdsShowOnlyToWhoseWorkerIdPatternsNameThem) {
+  // a-0 and b-0 push shared/w (async: a version each). team-a sees its own
+  // worker's id in the history and not b-0's; the reader sees none; the
+  // admin sees both.
+  ASSERT_TRUE(c_->Push(kWorkerA, lease_a_, "shared/w", 3).ok());
+  ASSERT_TRUE(c_->Push(kWorkerB, lease_b_, "shared/w", 5).ok());
+  auto ids = [this](const Caller& caller) {
+    v1::GetHistoryResponse response;
+    const grpc::Status status = c_->GetHistory(caller, "shared/w", &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    std::vector<std::string> ids;
+    for (const v1::VersionRecord& r : response.records()) {
+      for (const auto& c : r.contributions()) ids.push_back(c.worker_id());
+    }
+    return ids;
+  };
+  EXPECT_THAT(ids(kAdmin), ElementsAre("a-0", "b-0"));
+  EXPECT_THAT(ids(kWorkerA), ElementsAre("a-0", ""));
+  EXPECT_THAT(ids(kReader), ElementsAre("", ""));
 }
 
 TEST_F(AuthTest, AWorkerIsHeldToItsOwnTensorsAtJoinAndPull) {

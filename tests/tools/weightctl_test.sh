@@ -50,15 +50,19 @@ ctl workers >"$work/workers.out" || fail "weightctl workers failed"
 grep -qE '^fashion10-0 +[0-9.]+m?s +[0-9.]+m?s +ipv4:127\.0\.0\.1:[0-9]+ ' \
   "$work/workers.out" || fail "weightctl workers: $(cat "$work/workers.out")"
 echo "ok: workers: $(tail -n 1 "$work/workers.out")"
+cp "$work/out" "$work/barriers.out"
 ctl status --json >"$work/status.json" || fail "weightctl status --json failed"
-for out in "$work/workers.out" "$work/status.json"; do
+ctl status >"$work/status.out" || fail "weightctl status failed"
+ctl tensors >"$work/tensors.out" || fail "weightctl tensors failed"
+ctl workers --json >"$work/workers.json" || fail "weightctl workers --json failed"
+for out in "$work"/{workers,barriers,status,tensors}.out "$work"/{status,workers}.json; do
   # Lease ids are random 64-bit numbers: 12 digits or more.
   ! grep -qiE 'lease_?id|[0-9]{12,}' "$out" ||
     fail "a lease id is printed: $(cat "$out")"
 done
 [[ $(json_get "$work/status.json" 'd[0]["workers"][0]["worker_id"]') == fashion10-0 ]] ||
   fail "status --json: $(cat "$work/status.json")"
-echo "ok: no lease id in the tables or in --json"
+echo "ok: no lease id in status, tensors, workers, barriers (tables and --json)"
 
 echo "--- 2. tensors: who a round waits for; a lease expiry"
 "$worker" --server="$address" --workers=2 --rank=1 --rounds=400 \
@@ -83,6 +87,8 @@ echo "--- 3. history"
 wait_for_line "$work/weightd.log" 'round closed tensor=hidden/w round=30 ' 60
 ctl history hidden/w --last=3 >"$work/history.out" ||
   fail "weightctl history failed"
+! grep -qiE 'lease_?id|[0-9]{12,}' "$work/history.out" "$work/history.json" ||
+  fail "history prints a lease id"
 [[ $(grep -cE '^[0-9]+ +all +fashion10-0 #[0-9]+ w=[0-9]+, fashion10-1 #[0-9]+ w=[0-9]+ ' \
   "$work/history.out") == 3 ]] ||
   fail "history --last=3 is not 3 rounds of both workers: $(cat "$work/history.out")"
@@ -159,5 +165,9 @@ for args in "history" "drop" "history a b" "nope" ""; do
   "$weightctl" --server="$address" $args >"$work/out" 2>&1 || status=$?
   [[ $status == 2 ]] || fail "'weightctl $args' exited $status: $(cat "$work/out")"
 done
-echo "ok: 10 commands have --help; usage errors exit 2"
+status=0
+"$weightctl" status --server=127.0.0.1:1 --timeout=2s >"$work/out" 2>&1 || status=$?
+[[ $status == 2 ]] && grep -q 'UNAVAILABLE' "$work/out" ||
+  fail "an unreachable server: exit $status: $(cat "$work/out")"
+echo "ok: 10 commands have --help; usage errors and an unreachable server exit 2"
 echo "PASS: weightctl_test"

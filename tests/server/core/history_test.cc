@@ -131,11 +131,15 @@ TEST_F(HistoryTest, ALeaveThatClosesTheRoundIsRecordedAsSuch) {
   const auto a = Join("a", {{"w", {0}}});
   const auto b = Join("b", {{"w", {0}}});
   ASSERT_THAT(Push(a, 1, {{"w", 0, {1}}}), IsOk());
+  Advance(absl::Seconds(1));
   ASSERT_THAT(store_->Leave(b), IsOk());
   const std::vector<VersionRecord> records = Records("w");
   ASSERT_EQ(records.size(), 1u);
   EXPECT_EQ(records[0].closed_on, ClosedOn::kLeave);
+  EXPECT_THAT(Workers(records[0]), ElementsAre("a"));
   EXPECT_THAT(records[0].dropped, ElementsAre("b"));
+  EXPECT_EQ(records[0].closed - records[0].first_contribution,
+            absl::Seconds(1));
 }
 
 TEST_F(HistoryTest, AsyncRecordsEveryPush) {
@@ -324,6 +328,65 @@ TEST_F(HistoryTest, AForcedDropFailsAPushInFlight) {
       session->AddChunk(0, kChunk,
                         ::weightd::testing::FloatBytes(ones, kChunk, kChunk)),
       StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(HistoryTest, WorkersOfADroppedTensorLeaveExpireAndRejoinSafely) {
+  // Their memberships no longer name the tensor: ending them must not
+  // look it up.
+  MakeClockedStore();
+  const auto a = Join("a", {{"w", {0}}, {"own", {0}}});
+  const auto b = Join("b", {{"w", {0}}});
+  ASSERT_THAT(store_->Drop("w", /*force=*/true), IsOk());
+  ASSERT_THAT(store_->Leave(a), IsOk());
+  Advance(absl::Seconds(7));
+  EXPECT_EQ(store_->ExpireLeases(), 1);  // b.
+  auto rejoined = store_->Join("b", {Declaration{"w", {1}, {3}}});
+  ASSERT_THAT(rejoined, IsOk());
+  EXPECT_TRUE(rejoined->tensors[0].created);
+  EXPECT_THAT(Value("w"), ElementsAre(3));
+}
+
+TEST_F(HistoryTest, ADroppedTensorsOpenRoundNeverCloses) {
+  StoreOptions options = TestOptions();
+  options.now = [this] { return now_; };
+  options.round_quorum.count = 1;
+  options.round_timeout = absl::Seconds(1);
+  MakeStoreWith(std::move(options));
+  const auto a = Join("a", {{"w", {0}}});
+  Join("b", {{"w", {0}}});
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {2}}}), IsOk());
+  ASSERT_THAT(store_->Drop("w", /*force=*/true), IsOk());
+  Advance(absl::Seconds(2));
+  EXPECT_EQ(store_->CloseOverdueRounds(), 0);
+  EXPECT_THAT(Closed(), IsEmpty());
+}
+
+TEST_F(HistoryTest, DropGivesTheCreatorsQuotaBack) {
+  StoreOptions options = TestOptions();
+  options.max_tensors_per_principal = 1;
+  MakeStoreWith(std::move(options));
+  Claimant team{1, "peer", "team"};
+  auto first = store_->Join("a", {Declaration{"w", {1}, {1}}}, team);
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT(store_->Leave(first->lease_id), IsOk());
+  EXPECT_THAT(store_->Join("a", {Declaration{"v", {1}, {1}}}, team),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  ASSERT_THAT(store_->Drop("w", /*force=*/false), IsOk());
+  EXPECT_THAT(store_->Join("a", {Declaration{"v", {1}, {1}}}, team), IsOk());
+}
+
+TEST_F(HistoryTest, AJoinThatADropOvertookIsAbortedNotBlamedOnTheCaller) {
+  MakeClockedStore();
+  const auto a = Join("a", {{"w", {0}}});
+  ASSERT_THAT(store_->Leave(a), IsOk());
+  // b's Join began while w existed: its value for w is not kept.
+  auto session =
+      store_->BeginJoin(JoinHeader{"b", {}, {Declaration{"w", {1}, {}}}});
+  ASSERT_THAT(session, IsOk());
+  ASSERT_THAT(store_->Drop("w", /*force=*/false), IsOk());
+  EXPECT_THAT((*session)->Finish(),
+              StatusIs(absl::StatusCode::kAborted,
+                       HasSubstr("dropped by an admin while this Join")));
 }
 
 }  // namespace
