@@ -15,6 +15,11 @@ inline constexpr std::size_t kMaxNameBytes = 256;
 // INVALID_ARGUMENT naming `what` ("tensor name", "worker id").
 absl::Status ValidateName(absl::string_view what, absl::string_view name);
 
+// `pattern` matches all of `text`; '*' matches any run of characters, '/'
+// included. The --auth_policy's tensor and worker id patterns, and
+// weightctl export's.
+bool PatternMatches(absl::string_view pattern, absl::string_view text);
+
 }  // namespace weightd
 
 #endif  // WEIGHTD_COMMON_NAMES_H_

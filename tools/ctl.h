@@ -62,6 +62,10 @@ int Failed(const Context& context, const std::string& what,
 // The same for a local error: "weightctl: WHAT: message"; kExitUsage.
 int Failed(const std::string& what, const absl::Status& status);
 
+// Prints `rows` (the first is the header) as columns padded to their
+// widest cell, two spaces apart.
+void PrintTable(const std::vector<std::vector<std::string>>& rows);
+
 using CommandFn = int (*)(const Context&);
 
 // ctl_status.cc

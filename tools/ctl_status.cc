@@ -22,29 +22,14 @@ namespace {
 
 using nlohmann::json;
 
-// Columns padded to their widest cell, two spaces apart.
+// Rows under a header, printed by PrintTable.
 class Table {
  public:
   explicit Table(std::vector<std::string> header) {
     rows_.push_back(std::move(header));
   }
   void Add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
-  void Print() const {
-    std::vector<std::size_t> width(rows_[0].size(), 0);
-    for (const auto& row : rows_) {
-      for (std::size_t i = 0; i < row.size(); ++i) {
-        width[i] = std::max(width[i], row[i].size());
-      }
-    }
-    for (const auto& row : rows_) {
-      std::string line;
-      for (std::size_t i = 0; i < row.size(); ++i) {
-        line += row[i];
-        if (i + 1 < row.size()) line.append(width[i] - row[i].size() + 2, ' ');
-      }
-      std::printf("%s\n", line.c_str());
-    }
-  }
+  void Print() const { PrintTable(rows_); }
 
  private:
   std::vector<std::vector<std::string>> rows_;

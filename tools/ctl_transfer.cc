@@ -50,29 +50,6 @@ using tensor_files::TensorFileFormat;
 // common/wire.h): the client library's receive limit, above gRPC's 4 MiB.
 constexpr int kMaxReceiveBytes = 64 << 20;
 
-// The auth policy's glob (server/service/auth_policy.cc PatternMatches),
-// copied: weightctl does not link the server's libraries. '*' matches any
-// run of characters, '/' included; everything else itself.
-bool PatternMatches(absl::string_view pattern, absl::string_view text) {
-  std::size_t p = 0, t = 0, star = absl::string_view::npos, mark = 0;
-  while (t < text.size()) {
-    if (p < pattern.size() && pattern[p] == '*') {
-      star = p++;
-      mark = t;
-    } else if (p < pattern.size() && pattern[p] == text[t]) {
-      ++p;
-      ++t;
-    } else if (star != absl::string_view::npos) {
-      p = star + 1;
-      t = ++mark;
-    } else {
-      return false;
-    }
-  }
-  while (p < pattern.size() && pattern[p] == '*') ++p;
-  return p == pattern.size();
-}
-
 std::string ShapeString(const std::vector<std::int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
 }
@@ -321,24 +298,6 @@ std::uint64_t Fingerprint(const std::vector<float>& values) {
     h = (h ^ p[i]) * 1099511628211ull;
   }
   return h;
-}
-
-// Columns padded to their widest cell, two spaces apart.
-void PrintTable(const std::vector<std::vector<std::string>>& rows) {
-  std::vector<std::size_t> width(rows[0].size(), 0);
-  for (const auto& row : rows) {
-    for (std::size_t i = 0; i < row.size(); ++i) {
-      width[i] = std::max(width[i], row[i].size());
-    }
-  }
-  for (const auto& row : rows) {
-    std::string line;
-    for (std::size_t i = 0; i < row.size(); ++i) {
-      line += row[i];
-      if (i + 1 < row.size()) line.append(width[i] - row[i].size() + 2, ' ');
-    }
-    std::printf("%s\n", line.c_str());
-  }
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 // local file errors.
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -156,6 +157,23 @@ int Failed(const Context& context, const std::string& what,
   std::fprintf(stderr, "weightctl: %s: %s: %s%s\n", what.c_str(), code.c_str(),
                status.error_message().c_str(), hint.c_str());
   return unavailable ? kExitUsage : kExitRefused;
+}
+
+void PrintTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> width(rows[0].size(), 0);
+  for (const auto& row : rows) {
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      width[i] = std::max(width[i], row[i].size());
+    }
+  }
+  for (const auto& row : rows) {
+    std::string line;
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) line.append(width[i] - row[i].size() + 2, ' ');
+    }
+    std::printf("%s\n", line.c_str());
+  }
 }
 
 int Failed(const std::string& what, const absl::Status& status) {

@@ -116,27 +116,6 @@ bool RoleAllows(Role role, Rpc rpc) {
   return false;
 }
 
-bool PatternMatches(absl::string_view pattern, absl::string_view text) {
-  // Greedy glob with backtracking to the last '*': linear in practice.
-  std::size_t p = 0, t = 0, star = absl::string_view::npos, mark = 0;
-  while (t < text.size()) {
-    if (p < pattern.size() && pattern[p] == '*') {
-      star = p++;
-      mark = t;
-    } else if (p < pattern.size() && pattern[p] == text[t]) {
-      ++p;
-      ++t;
-    } else if (star != absl::string_view::npos) {
-      p = star + 1;
-      t = ++mark;
-    } else {
-      return false;
-    }
-  }
-  while (p < pattern.size() && pattern[p] == '*') ++p;
-  return p == pattern.size();
-}
-
 absl::StatusOr<std::shared_ptr<const AuthPolicy>> AuthPolicy::Parse(
     absl::string_view json, absl::string_view source) {
   v1::AuthPolicy file;

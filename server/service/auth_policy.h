@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "common/names.h"
 
 namespace weightd::service {
 
@@ -45,8 +46,8 @@ absl::string_view RoleName(Role role);  // "worker"
 // of the call are checked by Permissions).
 bool RoleAllows(Role role, Rpc rpc);
 
-// `pattern` matches all of `text`; '*' matches any run of characters.
-bool PatternMatches(absl::string_view pattern, absl::string_view text);
+// A principal's patterns are common/names.h's.
+using ::weightd::PatternMatches;
 
 struct Principal {
   std::string name;

@@ -335,7 +335,7 @@ TEST_F(HistoryTest, WorkersOfADroppedTensorLeaveExpireAndRejoinSafely) {
   // look it up.
   MakeClockedStore();
   const auto a = Join("a", {{"w", {0}}, {"own", {0}}});
-  const auto b = Join("b", {{"w", {0}}});
+  Join("b", {{"w", {0}}});
   ASSERT_THAT(store_->Drop("w", /*force=*/true), IsOk());
   ASSERT_THAT(store_->Leave(a), IsOk());
   Advance(absl::Seconds(7));
