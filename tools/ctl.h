@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "client/types.h"
+#include "weightd/v1/weightd.grpc.pb.h"
 
 namespace weightd::ctl {
 
@@ -61,6 +62,11 @@ int Failed(const Context& context, const std::string& what,
            const grpc::Status& status);
 // The same for a local error: "weightctl: WHAT: message"; kExitUsage.
 int Failed(const std::string& what, const absl::Status& status);
+
+// GetStatus of every server, in --server's order, lease ids cleared.
+// Returns kExitOk, or the exit code of the first failure (printed).
+int StatusOfAll(const Context& context, bool tensors, bool workers,
+                std::vector<v1::GetStatusResponse>* responses);
 
 // Prints `rows` (the first is the header) as columns padded to their
 // widest cell, two spaces apart.

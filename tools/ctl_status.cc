@@ -68,30 +68,6 @@ std::vector<std::string> Strings(
   return {list.begin(), list.end()};
 }
 
-// GetStatus of every server, in --server's order. Returns 0, or the exit
-// code of the first failure (printed).
-int StatusOfAll(const Context& context, bool tensors, bool workers,
-                std::vector<v1::GetStatusResponse>* responses) {
-  for (std::size_t i = 0; i < context.channels.size(); ++i) {
-    auto stub = v1::Weightd::NewStub(context.channels[i]);
-    grpc::ClientContext call;
-    call.set_deadline(context.Deadline());
-    v1::GetStatusRequest request;
-    request.set_include_tensors(tensors);
-    request.set_include_workers(workers);
-    v1::GetStatusResponse response;
-    const grpc::Status status = stub->GetStatus(&call, request, &response);
-    if (!status.ok()) {
-      return Failed(context, absl::StrCat("status of ", context.targets[i]),
-                    status);
-    }
-    // Never shown: a lease id is a worker's credential for its calls.
-    for (v1::WorkerInfo& w : *response.mutable_workers()) w.clear_lease_id();
-    responses->push_back(std::move(response));
-  }
-  return kExitOk;
-}
-
 // The shard column: only for a sharded deployment.
 bool Sharded(const Context& context) { return context.channels.size() > 1; }
 
@@ -127,6 +103,28 @@ json BarrierJson(const v1::BarrierInfo& b) {
 }
 
 }  // namespace
+
+int StatusOfAll(const Context& context, bool tensors, bool workers,
+                std::vector<v1::GetStatusResponse>* responses) {
+  for (std::size_t i = 0; i < context.channels.size(); ++i) {
+    auto stub = v1::Weightd::NewStub(context.channels[i]);
+    grpc::ClientContext call;
+    call.set_deadline(context.Deadline());
+    v1::GetStatusRequest request;
+    request.set_include_tensors(tensors);
+    request.set_include_workers(workers);
+    v1::GetStatusResponse response;
+    const grpc::Status status = stub->GetStatus(&call, request, &response);
+    if (!status.ok()) {
+      return Failed(context, absl::StrCat("status of ", context.targets[i]),
+                    status);
+    }
+    // Never shown: a lease id is a worker's credential for its calls.
+    for (v1::WorkerInfo& w : *response.mutable_workers()) w.clear_lease_id();
+    responses->push_back(std::move(response));
+  }
+  return kExitOk;
+}
 
 int Health(const Context& context) {
   int result = kExitOk;

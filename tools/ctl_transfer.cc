@@ -101,27 +101,6 @@ struct Listed {
   std::vector<Part> parts;          // As the servers listed them.
 };
 
-// GetStatus (with the tensors) of every server, in --server's order.
-// Returns 0, or the exit code of the first failure (printed).
-int StatusOfAll(const Context& context,
-                std::vector<v1::GetStatusResponse>* responses) {
-  for (std::size_t i = 0; i < context.channels.size(); ++i) {
-    auto stub = v1::Weightd::NewStub(context.channels[i]);
-    grpc::ClientContext call;
-    call.set_deadline(context.Deadline());
-    v1::GetStatusRequest request;
-    request.set_include_tensors(true);
-    v1::GetStatusResponse response;
-    const grpc::Status status = stub->GetStatus(&call, request, &response);
-    if (!status.ok()) {
-      return Failed(context, absl::StrCat("status of ", context.targets[i]),
-                    status);
-    }
-    responses->push_back(std::move(response));
-  }
-  return kExitOk;
-}
-
 // The tensors of every server, whole, by name (RowParts checks that the
 // parts of a split tensor fit together).
 std::map<std::string, Listed> ListTensors(
@@ -314,7 +293,10 @@ int Export(const Context& context) {
   if (!format.ok()) return Failed("export", format.status());
 
   std::vector<v1::GetStatusResponse> responses;
-  if (int code = StatusOfAll(context, &responses); code != kExitOk) return code;
+  if (int code =
+          StatusOfAll(context, /*tensors=*/true, /*workers=*/false, &responses);
+      code != kExitOk)
+    return code;
   std::map<std::string, Listed> listed = ListTensors(responses);
 
   // Every pattern must name something: a typo should not silently export
@@ -471,7 +453,10 @@ int Import(const Context& context) {
   }
 
   std::vector<v1::GetStatusResponse> responses;
-  if (int code = StatusOfAll(context, &responses); code != kExitOk) return code;
+  if (int code =
+          StatusOfAll(context, /*tensors=*/true, /*workers=*/false, &responses);
+      code != kExitOk)
+    return code;
   const std::map<std::string, Listed> existing = ListTensors(responses);
   // Per tensor of the file: the existing one of that name, if any.
   std::vector<const Listed*> found(tensors.size(), nullptr);
