@@ -32,6 +32,14 @@ class HistoryTest : public TensorStoreTest {
     options.history_per_tensor = history_per_tensor;
     MakeStoreWith(std::move(options));
   }
+  // Sync rounds that may close on one contribution, 1 s after their first.
+  void MakeQuorumStore() {
+    StoreOptions options = TestOptions();
+    options.now = [this] { return now_; };
+    options.round_quorum.count = 1;
+    options.round_timeout = absl::Seconds(1);
+    MakeStoreWith(std::move(options));
+  }
   void Advance(absl::Duration d) { now_ += d; }
   std::vector<VersionRecord> Records(const std::string& name) {
     auto history = store_->History(name, 0, 0);
@@ -76,11 +84,7 @@ TEST_F(HistoryTest, ARoundOfEveryParticipantRecordsItsContributions) {
 }
 
 TEST_F(HistoryTest, AQuorumCloseNamesWhoItDidNotWaitFor) {
-  StoreOptions options = TestOptions();
-  options.now = [this] { return now_; };
-  options.round_quorum.count = 1;
-  options.round_timeout = absl::Seconds(1);
-  MakeStoreWith(std::move(options));
+  MakeQuorumStore();
   const auto a = Join("a", {{"w", {0}}});
   Join("b", {{"w", {0}}});
   Join("c", {{"w", {0}}});
@@ -347,11 +351,7 @@ TEST_F(HistoryTest, WorkersOfADroppedTensorLeaveExpireAndRejoinSafely) {
 }
 
 TEST_F(HistoryTest, ADroppedTensorsOpenRoundNeverCloses) {
-  StoreOptions options = TestOptions();
-  options.now = [this] { return now_; };
-  options.round_quorum.count = 1;
-  options.round_timeout = absl::Seconds(1);
-  MakeStoreWith(std::move(options));
+  MakeQuorumStore();
   const auto a = Join("a", {{"w", {0}}});
   Join("b", {{"w", {0}}});
   ASSERT_THAT(Push(a, 1, {{"w", 0, {2}}}), IsOk());
