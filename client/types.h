@@ -24,6 +24,12 @@ struct TensorRef {
   std::string name;
   std::vector<std::int64_t> shape;
   absl::Span<float> data;
+  // How the server combines the tensor's pushes (docs/algorithms.md), as
+  // text: e.g. "consistency=bounded staleness=2 optimizer=adam lr=0.01
+  // aggregator=median". Read at Join only. A field it leaves out is the
+  // tensor's (if it exists) or the server's default; a field it names must
+  // match an existing tensor's (else Join fails with ALREADY_EXISTS).
+  std::string policy = {};
 };
 
 // TLS towards the servers (docs/security.md). TLS is on when `ca_file` is
