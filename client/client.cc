@@ -224,8 +224,8 @@ absl::StatusOr<std::vector<std::vector<TensorRef>>> Client::Split(
     const Placement& last = it->second.back();
     WEIGHTD_RETURN_IF_ERROR(CheckBufferHolds(t, last.first + last.elements));
     for (const Placement& p : it->second) {
-      lists[p.shard].push_back(
-          TensorRef{t.name, p.shape, t.data.subspan(p.first, p.elements)});
+      lists[p.shard].push_back(TensorRef{
+          t.name, p.shape, t.data.subspan(p.first, p.elements), t.policy});
     }
   }
   return lists;

@@ -11,11 +11,24 @@
 #include "client/channel.h"
 #include "client/shard_client.h"
 #include "client/stream_io.h"
+#include "common/policy_proto.h"
 #include "common/status_macros.h"
 #include "common/wire.h"
 #include "weightd/v1/weightd.grpc.pb.h"
 
 namespace weightd {
+namespace {
+
+// Whether the tensor has sync rounds: its policy says (a server that
+// predates policies: its mode).
+bool IsSync(const v1::JoinResponse& response, const v1::TensorInfo& info) {
+  const v1::Mode mode = info.policy().consistency() != v1::MODE_UNSPECIFIED
+                            ? info.policy().consistency()
+                            : response.mode();
+  return mode != v1::MODE_ASYNC && mode != v1::MODE_BOUNDED;
+}
+
+}  // namespace
 
 absl::Status ShardClient::Join(
     absl::Span<const TensorRef> tensors,
@@ -26,9 +39,15 @@ absl::Status ShardClient::Join(
   std::vector<Declared> declared;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const TensorRef& t = tensors[i];
+    absl::StatusOr<PolicySpec> policy = ParsePolicySpec(t.policy);
+    if (!policy.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", t.name, ": ", policy.status().message()));
+    }
     declared.push_back(
         {t.name, t.shape, t.data,
-         whole_shapes.empty() ? std::vector<std::int64_t>{} : whole_shapes[i]});
+         whole_shapes.empty() ? std::vector<std::int64_t>{} : whole_shapes[i],
+         *std::move(policy)});
   }
   v1::JoinResponse response;
   WEIGHTD_RETURN_IF_ERROR(JoinRetrying(declared, &response));
@@ -39,6 +58,8 @@ absl::Status ShardClient::Join(
     Tracked& t = tracked_[tensors[i].name];
     t.shape = tensors[i].shape;
     t.whole_shape = declared[i].whole_shape;
+    t.policy = declared[i].policy;
+    t.sync = IsSync(response, joined.info());
     t.elements = tensors[i].data.size();
     t.version = joined.info().version();
     if (!joined.created()) existing.push_back(tensors[i]);
@@ -85,6 +106,7 @@ absl::Status ShardClient::JoinOnce(absl::Span<const Declared> declared,
     out->set_name(d.name);
     for (std::int64_t dim : d.shape) out->add_shape(dim);
     for (std::int64_t dim : d.whole_shape) out->add_whole_shape(dim);
+    if (!d.policy.empty()) PolicySpecToProto(d.policy, out->mutable_policy());
   }
   bool ok = stream->Write(msg);
   msg.Clear();
@@ -113,7 +135,6 @@ absl::Status ShardClient::JoinOnce(absl::Span<const Declared> declared,
   }
   lease_id_ = response->lease_id();
   chunk_bytes_ = response->chunk_bytes();
-  sync_mode_ = response->mode() != v1::MODE_ASYNC;
   next_sequence_ = response->next_sequence();
   if (options_.heartbeat && response->lease_timeout_ms() > 0) {
     StartHeartbeat(lease_id_,
@@ -136,7 +157,7 @@ absl::Status ShardClient::Rejoin(absl::Span<const TensorRef> in_hand) {
     for (const TensorRef& r : in_hand) {
       if (r.name == name) value = r.data;
     }
-    declared.push_back({name, t.shape, value, t.whole_shape});
+    declared.push_back({name, t.shape, value, t.whole_shape, t.policy});
   }
   v1::JoinResponse response;
   WEIGHTD_RETURN_IF_ERROR(JoinRetrying(declared, &response));
@@ -144,8 +165,9 @@ absl::Status ShardClient::Rejoin(absl::Span<const TensorRef> in_hand) {
   std::uint64_t lost = 0, before = 0;
   for (std::size_t i = 0; i < declared.size(); ++i) {
     Tracked& t = tracked_.at(declared[i].name);
-    const std::uint64_t now =
-        response.tensors(static_cast<int>(i)).info().version();
+    const v1::TensorInfo& info = response.tensors(static_cast<int>(i)).info();
+    const std::uint64_t now = info.version();
+    t.sync = IsSync(response, info);
     if (now < t.version && t.version - now > lost) {
       worst = i, lost = t.version - now, before = t.version;
     }

@@ -240,12 +240,12 @@ absl::Status ShardClient::RecordPushed(const v1::PushResponse& response,
     Tracked& t = found->second;
     // Sync: counted in an earlier round than it named, the server's
     // rounds went back.
-    if (sync_mode_ && r.round() < t.version) {
+    if (t.sync && r.round() < t.version) {
       ReportRollback(r.name(), t.version, r.round());
     }
     // Sync: the round's result is the next version. Async: the version
     // this push produced.
-    t.wait_version = sync_mode_ ? r.round() + 1 : r.round();
+    t.wait_version = t.sync ? r.round() + 1 : r.round();
   }
   return absl::OkStatus();
 }

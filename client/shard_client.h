@@ -31,6 +31,7 @@
 #include "client/retry.h"
 #include "client/shard_plan.h"
 #include "client/types.h"
+#include "common/policy_spec.h"
 #include "common/wire_format.h"
 
 namespace grpc {
@@ -96,6 +97,10 @@ class ShardClient {
   struct Tracked {
     std::vector<std::int64_t> shape;
     std::vector<std::int64_t> whole_shape;  // If it is a part (see Join).
+    PolicySpec policy;  // As declared (declared again by Rejoin).
+    // Its policy's consistency is sync (rounds); else each push is applied
+    // alone and its version counts pushes.
+    bool sync = true;
     std::uint64_t elements = 0;
     std::uint64_t version = 0;       // Of the value the caller holds.
     std::uint64_t wait_version = 0;  // Pull waits for this (after a push).
@@ -107,6 +112,7 @@ class ShardClient {
     std::vector<std::int64_t> shape;
     absl::Span<const float> value;
     std::vector<std::int64_t> whole_shape;
+    PolicySpec policy;
   };
   static constexpr int kMaxRejoins = 3;
   // How long one attempt of a call waits for the channel to connect
@@ -249,7 +255,6 @@ class ShardClient {
   std::uint64_t lease_id_ = 0;
   std::uint64_t chunk_bytes_ = 0;
   std::uint64_t next_sequence_ = 1;
-  bool sync_mode_ = true;
   absl::flat_hash_map<std::string, Tracked> tracked_;
   // The same-host data path, once attached (null: the stream calls).
   // Shared with the SharedBuffers lent out of it.

@@ -21,8 +21,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/policy_spec.h"
 #include "common/startup.h"
 #include "common/wire.h"
+#include "server/core/policy.h"
 #include "server/service/grpc_log.h"
 #include "server/service/server.h"
 #include "server/storage/crash_point_file_system.h"
@@ -89,6 +91,21 @@ ABSL_FLAG(double, server_lr, 1.0,
 ABSL_FLAG(double, async_mix, 0.5,
           "Async weights pushes: value += async_mix * (pushed - value). In "
           "(0, 1].");
+ABSL_FLAG(std::string, policy, "",
+          "How a tensor combines pushes when its creating worker's "
+          "declaration names nothing else (docs/algorithms.md), over "
+          "--mode, --server_lr and --async_mix: e.g. \"optimizer=adam "
+          "lr=0.01\", \"aggregator=median\", \"consistency=bounded "
+          "staleness=2\".");
+ABSL_FLAG(std::string, policy_file, "",
+          "File of per-tensor defaults: lines NAME_GLOB POLICY (e.g. "
+          "\"hidden/* optimizer=adam\"), '*' any run of characters, the "
+          "first match over --policy; '#' comments. Read at start.");
+ABSL_FLAG(uint64_t, max_buffered_bytes, uint64_t{1} << 30,
+          "Median, trimmed_mean and clipped_mean hold a copy of every "
+          "participant's push (participants x tensor bytes per tensor); a "
+          "Join that would take their sum past this gets RESOURCE_EXHAUSTED. "
+          "0: no limit.");
 ABSL_FLAG(uint64_t, chunk_bytes, weightd::kDefaultChunkBytes,
           "Size of the chunks tensors travel in, in bytes; a multiple of 4 "
           "between 4 KiB and 16 MiB.");
@@ -405,6 +422,30 @@ int main(int argc, char** argv) {
   }
   options.store.server_lr = absl::GetFlag(FLAGS_server_lr);
   options.store.async_mix = absl::GetFlag(FLAGS_async_mix);
+  {
+    absl::StatusOr<weightd::PolicySpec> policy =
+        weightd::ParsePolicySpec(absl::GetFlag(FLAGS_policy));
+    if (!policy.ok()) {
+      return Fail(absl::StrCat("--policy: ", policy.status().message()));
+    }
+    options.store.default_policy = *std::move(policy);
+    const std::string file = absl::GetFlag(FLAGS_policy_file);
+    if (!file.empty()) {
+      std::ifstream in(file);
+      std::string contents((std::istreambuf_iterator<char>(in)),
+                           std::istreambuf_iterator<char>());
+      if (!in.good() && !in.eof()) {
+        return Fail(absl::StrCat("--policy_file=", file, ": cannot read it"));
+      }
+      auto patterns = weightd::core::ParsePolicyFile(contents);
+      if (!patterns.ok()) {
+        return Fail(absl::StrCat("--policy_file=", file, ": ",
+                                 patterns.status().message()));
+      }
+      options.store.policy_patterns = *std::move(patterns);
+    }
+  }
+  options.store.max_buffered_bytes = absl::GetFlag(FLAGS_max_buffered_bytes);
   options.store.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
   options.store.max_tensor_bytes = absl::GetFlag(FLAGS_max_tensor_bytes);
   options.store.allow_non_finite = absl::GetFlag(FLAGS_allow_non_finite);

@@ -192,12 +192,16 @@ absl::StatusOr<std::unique_ptr<JoinSession>> TensorStore::BeginJoin(
     absl::ReaderMutexLock lock(&mu_);
     std::uint64_t new_bytes = 0;
     std::uint32_t new_tensors = 0;
+    std::uint64_t buffered = BufferedBytesLocked();
     for (std::size_t i = 0; i < declarations.size(); ++i) {
       auto it = tensors_.find(declarations[i].name);
       if (it != tensors_.end()) {
         WEIGHTD_RETURN_IF_ERROR(
             CheckHeld(*it->second, declarations[i], worker_id));
       }
+      WEIGHTD_RETURN_IF_ERROR(AdmitPolicyLocked(
+          declarations[i], it == tensors_.end() ? nullptr : it->second.get(),
+          worker_id, buffered));
       keep.push_back(it == tensors_.end());
       if (it == tensors_.end()) {
         new_bytes += bytes[i];
@@ -261,6 +265,7 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
   // INVALID_ARGUMENT, not over a limit).
   std::uint64_t new_bytes = 0;
   std::uint32_t new_tensors = 0;
+  std::uint64_t buffered = BufferedBytesLocked();
   for (const Declaration& d : declarations) {
     auto it = tensors_.find(d.name);
     if (it == tensors_.end() && d.initial_value.empty() &&
@@ -284,6 +289,9 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
       new_bytes += d.initial_value.size() * kFloatBytes;
       ++new_tensors;
     }
+    WEIGHTD_RETURN_IF_ERROR(
+        AdmitPolicyLocked(d, it == tensors_.end() ? nullptr : it->second.get(),
+                          worker_id, buffered));
   }
   WEIGHTD_RETURN_IF_ERROR(
       AdmitJoinLocked(worker_id, claimant.principal, new_tensors, new_bytes));
@@ -329,9 +337,10 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
         by.bytes += bytes;
         creators_[d.name] = claimant.principal;
       }
-      slot = std::make_shared<SharedTensor>(d.name, d.shape,
-                                            std::move(d.initial_value),
-                                            &options_, d.whole_shape);
+      // Admitted above: its policy is valid.
+      slot = std::make_shared<SharedTensor>(
+          d.name, d.shape, std::move(d.initial_value), &options_, d.whole_shape,
+          *PolicyFor(d));
       dropped_names_.erase(d.name);
     }
     slot->AddParticipant(worker.id);
@@ -345,6 +354,61 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
   // its worker got it).
   worker.last_seen = options_.now();
   return result;
+}
+
+absl::StatusOr<TensorPolicy> TensorStore::PolicyFor(
+    const Declaration& d) const {
+  return ApplyPolicySpec(policy_defaults_.For(d.name), d.policy);
+}
+
+std::uint64_t TensorStore::BufferedBytesLocked() const {
+  std::uint64_t total = 0;
+  for (const auto& [name, tensor] : tensors_) {
+    if (tensor->buffered())
+      total += tensor->participant_count() * tensor->bytes();
+  }
+  return total;
+}
+
+absl::Status TensorStore::AdmitPolicyLocked(const Declaration& d,
+                                            const SharedTensor* held,
+                                            absl::string_view worker_id,
+                                            std::uint64_t& buffered) const {
+  TensorPolicy policy;
+  if (held == nullptr) {
+    WEIGHTD_ASSIGN_OR_RETURN(policy, PolicyFor(d));
+  } else {
+    policy = held->policy();
+    WEIGHTD_ASSIGN_OR_RETURN(TensorPolicy declared,
+                             ApplyPolicySpec(policy, d.policy));
+    if (declared != policy) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "tensor ", d.name, " exists with policy \"", PolicyText(policy),
+          "\"; worker ", worker_id, " declared \"", PolicySpecText(d.policy),
+          "\" (a policy is fixed when the tensor is created: declare none, "
+          "or the same)"));
+    }
+    const std::vector<std::string> participants = held->Participants();
+    if (std::binary_search(participants.begin(), participants.end(),
+                           worker_id)) {
+      return absl::OkStatus();  // A re-join: it holds its place already.
+    }
+  }
+  if (policy.consistency != Mode::kSync) return absl::OkStatus();
+  if (!Compile(policy)->aggregator->buffered()) return absl::OkStatus();
+  const std::uint64_t bytes =
+      ElementCount(d.shape, ~std::uint64_t{0}).value_or(0) * kFloatBytes;
+  const std::uint64_t cap = options_.max_buffered_bytes;
+  if (cap != 0 && (buffered > cap || bytes > cap - buffered)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "worker ", worker_id, " cannot share tensor ", d.name, ": aggregator=",
+        policy.aggregator, " holds a copy of every participant's push (", bytes,
+        " bytes each), and the server's buffered aggregators hold ", buffered,
+        " of at most ", cap,
+        " bytes (--max_buffered_bytes); raise it, or use aggregator=mean"));
+  }
+  buffered += bytes;
+  return absl::OkStatus();
 }
 
 absl::Status TensorStore::AdmitJoinLocked(absl::string_view worker_id,

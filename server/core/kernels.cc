@@ -109,26 +109,10 @@ void StoreScaled(Pieces pieces, WireFormat f, float weight, float* acc) {
 }
 
 WEIGHTD_VECTOR_CLONES
-bool FinishMean(float* acc, const float* old, std::size_t count,
-                double weight_sum, bool delta, float lr) {
-  // One pass: the mean and its finiteness check together. Two loops so
-  // neither tests `delta` per value.
-  std::uint32_t bad = 0;
-  auto finish = [&](auto value_of) {
-    for (std::size_t i = 0; i < count; ++i) {
-      const float v = value_of(i, static_cast<float>(acc[i] / weight_sum));
-      acc[i] = v;
-      std::uint32_t bits;
-      std::memcpy(&bits, &v, 4);
-      bad |= static_cast<std::uint32_t>(!IsFiniteBits(bits));
-    }
-  };
-  if (delta) {
-    finish([old, lr](std::size_t i, float mean) { return old[i] + lr * mean; });
-  } else {
-    finish([](std::size_t, float mean) { return mean; });
+void MeanInPlace(float* acc, std::size_t count, double weight_sum) {
+  for (std::size_t i = 0; i < count; ++i) {
+    acc[i] = static_cast<float>(acc[i] / weight_sum);
   }
-  return bad == 0;
 }
 
 }  // namespace weightd::core

@@ -29,11 +29,8 @@ void AccumulateScaled(Pieces pieces, WireFormat f, float weight, float* acc);
 // zeroing pass.
 void StoreScaled(Pieces pieces, WireFormat f, float weight, float* acc);
 
-// The close of a round over `count` values: out[i] = acc[i] / weight_sum
-// (weights), or old[i] + lr * acc[i] / weight_sum (deltas), in place in
-// `acc`. Returns whether every result is finite.
-bool FinishMean(float* acc, const float* old, std::size_t count,
-                double weight_sum, bool delta, float lr);
+// The mean of a chunk of a round: acc[i] /= weight_sum.
+void MeanInPlace(float* acc, std::size_t count, double weight_sum);
 
 }  // namespace weightd::core
 

@@ -11,15 +11,12 @@
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/policy_spec.h"
 #include "common/update_kind.h"
 #include "common/wire.h"
+#include "server/core/policy.h"
 
 namespace weightd::core {
-
-enum class Mode {
-  kSync,   // Round r of a tensor closes when all its participants contributed.
-  kAsync,  // Every push is applied as soon as it completes.
-};
 
 using ::weightd::UpdateKind;  // common/update_kind.h
 
@@ -109,11 +106,26 @@ struct RoundQuorum {
 };
 
 struct StoreOptions {
+  // The consistency of a tensor whose policy names none.
   Mode mode = Mode::kSync;
-  // Step size for delta updates.
+  // optimizer=plain's parameters where a policy names none: the step size
+  // for delta updates (lr), and for async weights (mix: value += mix *
+  // (pushed - value), in (0, 1]).
   double server_lr = 1.0;
-  // Async weights: value += async_mix * (pushed - value). In (0, 1].
   double async_mix = 0.5;
+  // The policy of a tensor whose creator names none (docs/algorithms.md),
+  // over the base above (mode, optimizer=plain, aggregator=mean); and
+  // (name glob, policy) pairs, the first that matches a tensor's name
+  // applying over `default_policy`. Checked by TensorStore::Create.
+  PolicySpec default_policy;
+  std::vector<std::pair<std::string, PolicySpec>> policy_patterns;
+  // Aggregators that hold every contribution of a round (median, trimmed
+  // mean, clipped mean) hold participants x tensor bytes per tensor; a Join
+  // that would take the sum over all tensors past this is refused
+  // (RESOURCE_EXHAUSTED). 0: no limit.
+  std::uint64_t max_buffered_bytes = std::uint64_t{1} << 30;
+  // Seeds the noise of clipped_mean (0: a random seed; tests set it).
+  std::uint64_t random_seed = 0;
   // Storage and wire chunk size; a multiple of 4 in [kMinChunkBytes,
   // kMaxChunkBytes].
   std::uint64_t chunk_bytes = kDefaultChunkBytes;

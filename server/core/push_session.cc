@@ -20,9 +20,8 @@ PushSession::PushSession(TensorStore* store, std::string worker,
       worker_(std::move(worker)),
       header_(std::move(header)),
       tensors_(std::move(tensors)),
-      next_offset_(tensors_.size(), 0) {
-  if (store_->options().mode == Mode::kAsync) staged_.resize(tensors_.size());
-}
+      next_offset_(tensors_.size(), 0),
+      staged_(tensors_.size()) {}
 
 std::uint64_t PushSession::tensor_bytes(std::uint32_t index) const {
   return tensors_.at(index)->bytes();
@@ -68,8 +67,8 @@ absl::Status PushSession::AddChunk(std::uint32_t index, std::uint64_t offset,
         absl::StrCat("chunk of tensor ", tensor.name(), " at offset ", offset,
                      " contains NaN or Inf; nothing of it was applied")));
   }
-  if (!staged_.empty()) {
-    // Async: staged whole, applied by Finish().
+  if (!tensor.sync()) {
+    // Async, bounded: staged whole, applied by Finish().
     std::vector<float>& staged = staged_[index];
     staged.resize((offset + expected) / kFloatBytes);
     DecodePieces(data, format, staged.data() + offset / kFloatBytes);
@@ -109,14 +108,13 @@ absl::StatusOr<std::vector<PushResult>> PushSession::Finish() {
   for (std::size_t i = 0; i < tensors_.size(); ++i) {
     const auto& tensor = tensors_[i];
     absl::StatusOr<ContributionResult> outcome =
-        staged_.empty()
-            ? tensor->Complete(worker_, header_.sequence, deferred)
-            : tensor->ApplyPush(
-                  ContributionKey{worker_, header_.sequence,
-                                  header_.entries[i].round, header_.kind,
-                                  header_.entries[i].held_bytes,
-                                  header_.weight},
-                  staged_[i], deferred);
+        tensor->sync() ? tensor->Complete(worker_, header_.sequence, deferred)
+                       : tensor->ApplyPush(
+                             ContributionKey{
+                                 worker_, header_.sequence,
+                                 header_.entries[i].round, header_.kind,
+                                 header_.entries[i].held_bytes, header_.weight},
+                             staged_[i], deferred);
     if (!outcome.ok()) {
       error_ = outcome.status();
       return error_;
@@ -124,6 +122,26 @@ absl::StatusOr<std::vector<PushResult>> PushSession::Finish() {
     results.push_back(PushResult{tensor->name(), *outcome});
   }
   return results;
+}
+
+bool PushSession::waits_for_turn() const {
+  return std::any_of(tensors_.begin(), tensors_.end(), [](const auto& t) {
+    return t->policy().consistency == Mode::kBounded;
+  });
+}
+
+absl::StatusOr<std::unique_ptr<Wait>> PushSession::AwaitTurn(
+    std::function<void(absl::Status)> done) {
+  std::vector<TensorStore::WaitTarget> targets;
+  for (const auto& tensor : tensors_) {
+    if (tensor->policy().consistency != Mode::kBounded) continue;
+    TensorStore::WaitTarget target;
+    target.name = tensor->name();
+    target.turn_of = worker_;
+    target.sequence = header_.sequence;
+    targets.push_back(target);
+  }
+  return store_->WaitFor(targets, std::move(done), header_.lease_id);
 }
 
 absl::StatusOr<std::unique_ptr<PushSession>> TensorStore::BeginPush(

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -13,6 +14,18 @@ namespace {
 
 absl::string_view KindName(UpdateKind kind) {
   return kind == UpdateKind::kWeights ? "weights" : "delta";
+}
+
+// The aggregator's noise: from StoreOptions::random_seed and the tensor's
+// name if a seed is set (tests), else from the system.
+absl::BitGen NoiseSource(std::uint64_t seed, const std::string& name) {
+  if (seed == 0) return absl::BitGen();
+  std::uint64_t h = 14695981039346656037ull;  // FNV-1a: stable across runs.
+  for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+  std::seed_seq seq{
+      static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32),
+      static_cast<std::uint32_t>(h), static_cast<std::uint32_t>(h >> 32)};
+  return absl::BitGen(seq);
 }
 
 }  // namespace
@@ -54,30 +67,43 @@ void ValueRecycler::Give(std::vector<float> storage) {
 SharedTensor::SharedTensor(std::string name, std::vector<std::int64_t> shape,
                            std::vector<float> initial,
                            const StoreOptions* options,
-                           std::vector<std::int64_t> whole_shape)
+                           std::vector<std::int64_t> whole_shape,
+                           TensorPolicy policy)
     : name_(std::move(name)),
       shape_(std::move(shape)),
       whole_shape_(std::move(whole_shape)),
       elements_(initial.size()),
       options_(options),
       chunk_elements_(options->chunk_bytes / 4),
+      policy_(Compile(std::move(policy))),
       recycler_(std::make_shared<ValueRecycler>()),
-      value_(recycler_->Publish(std::move(initial))) {
-  if (options_->mode == Mode::kSync) {
-    acc_ = recycler_->Publish(std::vector<float>(elements_));
+      value_(recycler_->Publish(std::move(initial))),
+      rng_(NoiseSource(options->random_seed, name_)) {
+  if (sync()) acc_ = recycler_->Publish(std::vector<float>(elements_));
+  const Optimizer& optimizer = *policy_->optimizer;
+  for (int slot = 0; slot < optimizer.state_slots(); ++slot) {
+    state_.emplace_back(elements_, optimizer.initial_state(slot));
   }
 }
 
 void SharedTensor::AddParticipant(absl::string_view worker) {
   absl::MutexLock lock(&mu_);
-  participants_.emplace(worker);
+  if (participants_.emplace(worker).second &&
+      policy_->policy.consistency == Mode::kBounded) {
+    // A newcomer starts level with the slowest: no one waits for it to
+    // catch up, and it is not ahead of anyone.
+    clocks_.emplace(worker, clocks_.empty() ? 0 : MinClockLocked());
+  }
 }
 
 void SharedTensor::RemoveParticipant(absl::string_view worker, ClosedOn why,
                                      Deferred& deferred) {
   absl::MutexLock lock(&mu_);
   participants_.erase(std::string(worker));
-  if (options_->mode != Mode::kSync) return;
+  if (clocks_.erase(std::string(worker)) > 0) {
+    WakeTurnWaitersLocked(deferred);  // It may have been the slowest.
+  }
+  if (!sync()) return;
   AwaitNoSumsLocked();
   // The round stops waiting for it: published chunks may no longer hold
   // its copy, so if it comes back it takes part from the next round.
@@ -96,7 +122,7 @@ void SharedTensor::RemoveParticipant(absl::string_view worker, ClosedOn why,
 absl::Status SharedTensor::CheckResendLocked(
     const ContributionKey& key, const Contribution& previous) const {
   if (previous.kind == key.kind &&
-      (options_->mode != Mode::kSync || previous.named_round == key.round)) {
+      (!sync() || previous.named_round == key.round)) {
     return absl::OkStatus();
   }
   return absl::InvalidArgumentError(absl::StrCat(
@@ -113,7 +139,7 @@ absl::Status SharedTensor::CheckNewLocked(const ContributionKey& key,
                      " is older than its last push (sequence ",
                      previous->sequence, ") to tensor ", name_));
   }
-  if (options_->mode == Mode::kAsync) return absl::OkStatus();
+  if (!sync()) return absl::OkStatus();
   if (acc_kind_.has_value() && *acc_kind_ != key.kind) {
     return absl::FailedPreconditionError(absl::StrCat(
         "tensor ", name_, " is collecting ", KindName(*acc_kind_),
@@ -157,8 +183,8 @@ std::uint64_t SharedTensor::HeldLocked(const ContributionKey& key,
                                        const Contribution* previous) const {
   if (previous == nullptr) return 0;
   if (previous->sequence == key.sequence) return previous->progress;
-  const bool resumed = options_->mode == Mode::kSync &&
-                       previous->round == version_ && !previous->complete;
+  const bool resumed =
+      sync() && previous->round == version_ && !previous->complete;
   return resumed ? previous->progress : 0;
 }
 
@@ -226,15 +252,25 @@ absl::Status SharedTensor::AddChunk(const ContributionKey& key,
     absl::StatusOr<bool> claimed = ClaimChunkLocked(key, offset, k);
     if (!claimed.ok()) return claimed.status();
     if (!*claimed) return absl::OkStatus();  // Delivered before.
-    into = acc_->data() + first;
-    store = chunk_weight_[k] == 0.0;
+    if (buffered()) {
+      // Each contribution kept whole (heap storage: stable while the map
+      // grows), as pushed.
+      std::vector<float>& buffer = buffers_[key.worker];
+      buffer.resize(elements_);
+      into = buffer.data() + first;
+      store = true;
+    } else {
+      into = acc_->data() + first;
+      store = chunk_weight_[k] == 0.0;
+    }
     contributions_.at(key.worker).weight = weight;
   }
   // The sum, outside the lock: pushes of different workers sum different
   // chunks in parallel. Nothing else touches chunk k meanwhile: it is not
   // published and the round does not close while it is in summing_.
   if (store) {
-    StoreScaled(data, format, static_cast<float>(weight), into);
+    StoreScaled(data, format, buffered() ? 1.0f : static_cast<float>(weight),
+                into);
   } else {
     AccumulateScaled(data, format, static_cast<float>(weight), into);
   }
@@ -374,31 +410,38 @@ absl::StatusOr<ContributionResult> SharedTensor::ApplyPush(
       it == contributions_.end() ? nullptr : &it->second;
   if (absl::Status s = CheckPushLocked(key, previous); !s.ok()) return s;
 
-  const absl::Time start = options_->now();
-  const float* old = value_->data();
-  const float* x = payload.data();
-  const bool delta = key.kind == UpdateKind::kDelta;
-  const float step =
-      static_cast<float>(delta ? options_->server_lr : options_->async_mix);
-  auto updated = [&](std::uint64_t i) {
-    return delta ? old[i] + step * x[i] : old[i] + step * (x[i] - old[i]);
-  };
-  if (!options_->allow_non_finite) {
-    // Checked before anything is written: the push applies whole or not.
-    for (std::uint64_t i = 0; i < elements_; ++i) {
-      if (!std::isfinite(updated(i))) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "applying this push to tensor ", name_,
-            " would overflow float32 at element ", i, "; nothing was applied"));
-      }
-    }
+  if (!TurnLocked(std::string(key.worker))) {
+    return absl::AbortedError(absl::StrCat(
+        "worker ", key.worker, " is already ", policy_->policy.staleness(),
+        " push(es) ahead of the slowest participant of tensor ", name_,
+        " (consistency=bounded); this push was not applied: push again"));
   }
+  const absl::Time start = options_->now();
   // The current value stays intact for the pulls streaming it: the result
   // goes to other storage (recycled from an earlier value if possible).
   std::vector<float> target = recycler_->Take();
   target.resize(elements_);
-  float* out = target.data();
-  for (std::uint64_t i = 0; i < elements_; ++i) out[i] = updated(i);
+  const float* values = payload.data();
+  const double weight = key.weight;
+  AggregateInput one{absl::MakeConstSpan(&values, 1),
+                     absl::MakeConstSpan(&weight, 1),
+                     {},
+                     value_->data(),
+                     elements_,
+                     key.kind};
+  std::vector<double> scales;
+  if (policy_->aggregator->scales_whole()) {
+    scales = policy_->aggregator->Scales(one);
+    one.scales = scales;
+  }
+  policy_->aggregator->Combine(one, target.data(), rng_);
+  // Checked before anything is published: the push applies whole or not.
+  if (!StepLocked(0, elements_, key.kind, /*single_push=*/true,
+                  target.data())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("applying this push to tensor ", name_,
+                     " would overflow float32; nothing was applied"));
+  }
   recycler_->Retire(
       std::exchange(value_, recycler_->Publish(std::move(target))));
 
@@ -422,6 +465,10 @@ absl::StatusOr<ContributionResult> SharedTensor::ApplyPush(
                 deferred);
   c.round = version_;
   c.ready_version = version_;
+  if (auto clock = clocks_.find(key.worker); clock != clocks_.end()) {
+    ++clock->second;
+    WakeTurnWaitersLocked(deferred);  // It may have been the slowest.
+  }
   return ContributionResult{c.round, c.ready_version, version_, false};
 }
 
@@ -459,7 +506,7 @@ bool SharedTensor::RoundCanCloseLocked() const {
 
 bool SharedTensor::CloseIfOverdue(Deferred& deferred) {
   absl::MutexLock lock(&mu_);
-  if (options_->mode != Mode::kSync || dropped_) return false;
+  if (!sync() || dropped_) return false;
   AwaitNoSumsLocked();
   if (!RoundCanCloseLocked()) return false;
   CloseRoundLocked(ClosedOn::kQuorum, "", deferred);
@@ -470,21 +517,137 @@ void SharedTensor::FinishChunkLocked(std::uint64_t k) {
   const float* old = value_->data();
   float* acc = acc_->data();
   const std::uint64_t begin = k * chunk_elements_;
-  const std::uint64_t end = std::min(elements_, begin + chunk_elements_);
-  const double w = chunk_weight_[k];
-  if (w == 0.0) {
-    std::copy(old + begin, old + end, acc + begin);
+  const std::uint64_t n = std::min(elements_, begin + chunk_elements_) - begin;
+  if (!AggregateChunkLocked(k, begin, n, acc + begin)) {
+    std::copy(old + begin, old + begin + n, acc + begin);  // Nobody's chunk.
     return;
   }
-  // Finite inputs can still overflow in the sum: such a chunk keeps its
-  // old value rather than publishing Inf or NaN.
-  if (!FinishMean(acc + begin, old + begin, end - begin, w,
-                  acc_kind_ == UpdateKind::kDelta,
-                  static_cast<float>(options_->server_lr)) &&
-      !options_->allow_non_finite) {
-    std::copy(old + begin, old + end, acc + begin);
+  // Finite inputs can still overflow in the sum or the step: such a chunk
+  // keeps its old value rather than publishing Inf or NaN.
+  if (!StepLocked(begin, n, *acc_kind_, /*single_push=*/false, acc + begin)) {
+    std::copy(old + begin, old + begin + n, acc + begin);
     ++round_non_finite_chunks_;
   }
+}
+
+bool SharedTensor::AggregateChunkLocked(std::uint64_t k, std::uint64_t begin,
+                                        std::uint64_t n, float* out) {
+  if (!buffered()) {
+    const double w = chunk_weight_[k];
+    if (w == 0.0) return false;
+    MeanInPlace(out, n, w);
+    return true;
+  }
+  const Aggregator& aggregator = *policy_->aggregator;
+  if (aggregator.scales_whole() && !scales_.has_value()) {
+    // Over the complete contributions, sorted by worker: the same result
+    // whatever order they came in.
+    std::vector<std::string> workers;
+    for (const auto& [worker, c] : contributions_) {
+      if (c.round == version_ && c.complete && buffers_.contains(worker)) {
+        workers.push_back(worker);
+      }
+    }
+    std::sort(workers.begin(), workers.end());
+    std::vector<const float*> values;
+    std::vector<double> weights;
+    for (const std::string& worker : workers) {
+      values.push_back(buffers_.at(worker).data());
+      weights.push_back(contributions_.at(worker).weight);
+    }
+    const std::vector<double> scales = aggregator.Scales(AggregateInput{
+        values, weights, {}, value_->data(), elements_, *acc_kind_});
+    scales_.emplace();
+    for (std::size_t j = 0; j < workers.size(); ++j) {
+      scales_->emplace(workers[j], scales[j]);
+    }
+  }
+  // The contributions that delivered these elements (complete ones only if
+  // the aggregator scales them whole), sorted by worker.
+  const std::uint64_t end_byte = (begin + n) * 4;
+  std::vector<std::pair<absl::string_view, const Contribution*>> in;
+  for (const auto& [worker, c] : contributions_) {
+    if (c.round != version_ || c.progress < end_byte ||
+        !buffers_.contains(worker) ||
+        (scales_.has_value() && !scales_->contains(worker))) {
+      continue;
+    }
+    in.emplace_back(worker, &c);
+  }
+  if (in.empty()) return false;
+  std::sort(in.begin(), in.end());
+  std::vector<const float*> values;
+  std::vector<double> weights;
+  std::vector<double> scales;
+  for (const auto& [worker, c] : in) {
+    values.push_back(buffers_.find(worker)->second.data() + begin);
+    weights.push_back(c->weight);
+    if (scales_.has_value()) scales.push_back(scales_->find(worker)->second);
+  }
+  aggregator.Combine(AggregateInput{values, weights, scales,
+                                    value_->data() + begin, n, *acc_kind_},
+                     out, rng_);
+  return true;
+}
+
+bool SharedTensor::StepLocked(std::uint64_t begin, std::uint64_t n,
+                              UpdateKind kind, bool single_push, float* out) {
+  std::vector<float*> state;
+  for (std::vector<float>& slot : state_) state.push_back(slot.data() + begin);
+  const bool check = !options_->allow_non_finite;
+  if (check && !state.empty()) {
+    state_backup_.resize(state.size() * n);
+    for (std::size_t s = 0; s < state.size(); ++s) {
+      std::copy(state[s], state[s] + n, state_backup_.data() + s * n);
+    }
+  }
+  policy_->optimizer->Step(
+      OptimizerStep{value_->data() + begin, out, state, n, kind, single_push});
+  if (!check || AllFinite(reinterpret_cast<const char*>(out), n)) return true;
+  for (std::size_t s = 0; s < state.size(); ++s) {
+    std::copy(state_backup_.data() + s * n, state_backup_.data() + (s + 1) * n,
+              state[s]);
+  }
+  return false;
+}
+
+bool SharedTensor::TurnLocked(const std::string& worker) const {
+  if (policy_->policy.consistency != Mode::kBounded) return true;
+  auto it = clocks_.find(worker);
+  return it == clocks_.end() ||
+         it->second < MinClockLocked() + policy_->policy.staleness();
+}
+
+std::uint64_t SharedTensor::MinClockLocked() const {
+  std::uint64_t least = ~std::uint64_t{0};
+  for (const auto& [worker, clock] : clocks_) least = std::min(least, clock);
+  return least;
+}
+
+void SharedTensor::WakeTurnWaitersLocked(Deferred& deferred) {
+  auto ready = std::stable_partition(
+      turn_waiters_.begin(), turn_waiters_.end(),
+      [this](const TurnWaiter& w) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        return !TurnLocked(w.worker);  // Under mu_, as every caller.
+      });
+  for (auto it = ready; it != turn_waiters_.end(); ++it) {
+    deferred.Add([done = std::move(it->done)] { done(absl::OkStatus()); });
+  }
+  turn_waiters_.erase(ready, turn_waiters_.end());
+}
+
+std::optional<std::uint64_t> SharedTensor::WaitForTurn(absl::string_view worker,
+                                                       std::uint64_t sequence,
+                                                       WaitCallback done) {
+  absl::MutexLock lock(&mu_);
+  if (dropped_ || TurnLocked(std::string(worker))) return std::nullopt;
+  auto it = contributions_.find(worker);
+  if (it != contributions_.end() && it->second.sequence == sequence) {
+    return std::nullopt;  // A resend: a duplicate, applied already.
+  }
+  turn_waiters_.push_back(
+      TurnWaiter{next_waiter_id_++, std::string(worker), std::move(done)});
+  return turn_waiters_.back().id;
 }
 
 void SharedTensor::AwaitNoSumsLocked() {
@@ -499,12 +662,16 @@ void SharedTensor::PublishReadyChunksLocked(Deferred& deferred) {
   // The prefix every participant the round waits for has delivered.
   std::uint64_t ready = bytes();
   bool anyone = false;
+  // An aggregator that scales each contribution by its whole update makes
+  // nothing before every contribution is complete.
+  const bool whole = policy_->aggregator->scales_whole() && buffered();
   for (const std::string& p : participants_) {
     if (!WaitedForLocked(p)) continue;
     anyone = true;
     auto it = contributions_.find(p);
-    const bool in_round =
-        it != contributions_.end() && it->second.round == version_;
+    const bool in_round = it != contributions_.end() &&
+                          it->second.round == version_ &&
+                          (!whole || it->second.complete);
     ready = std::min(ready, in_round ? it->second.progress : 0);
   }
   // Not past a chunk still being summed: it is not final yet.
@@ -581,6 +748,12 @@ void SharedTensor::CloseRoundLocked(ClosedOn cause, absl::string_view departed,
   round_started_ = false;
   result_bytes_ = 0;
   members_.reset();
+  scales_.reset();
+  // The values of workers that left are not needed again.
+  absl::erase_if(buffers_,
+                 [this](const auto& entry) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                   return !participants_.contains(entry.first);
+                 });
   round_non_finite_chunks_ = 0;
   acc_kind_.reset();
   round_contributors_ = 0;
@@ -615,10 +788,25 @@ void SharedTensor::WakeWaitersLocked(Deferred& deferred) {
   waiters_.erase(ready, waiters_.end());
 }
 
-void SharedTensor::Restore(std::uint64_t version,
-                           const std::vector<SavedContribution>& pushes,
-                           std::vector<VersionRecord> history) {
+absl::Status SharedTensor::Restore(
+    std::uint64_t version, const std::vector<SavedContribution>& pushes,
+    std::vector<VersionRecord> history,
+    std::vector<std::vector<float>> optimizer_state) {
   absl::MutexLock lock(&mu_);
+  if (!optimizer_state.empty()) {
+    if (optimizer_state.size() != state_.size() ||
+        std::any_of(optimizer_state.begin(), optimizer_state.end(),
+                    [this](const std::vector<float>& slot) {
+                      return slot.size() != elements_;
+                    })) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", name_, ": the snapshot holds ", optimizer_state.size(),
+          " optimizer state slot(s) of the wrong size; optimizer=",
+          policy_->policy.optimizer, " has ", state_.size(), " of ", elements_,
+          " floats"));
+    }
+    state_ = std::move(optimizer_state);
+  }
   version_ = version;
   restored_ = true;
   for (VersionRecord& record : history) RecordLocked(std::move(record));
@@ -632,6 +820,7 @@ void SharedTensor::Restore(std::uint64_t version,
     c.complete = true;
     c.ready_version = p.ready_version;
   }
+  return absl::OkStatus();
 }
 
 TensorSave SharedTensor::Save() const {
@@ -640,7 +829,7 @@ TensorSave SharedTensor::Save() const {
   for (const auto& [worker, c] : contributions_) {
     // Sync: a push to the open round lives in the accumulator, which a
     // snapshot does not keep; after a restore it is a new push.
-    if (!c.complete || (options_->mode == Mode::kSync && c.round >= version_)) {
+    if (!c.complete || (sync() && c.round >= version_)) {
       continue;
     }
     pushes.push_back(SavedContribution{worker, c.sequence, c.round, c.kind,
@@ -651,6 +840,8 @@ TensorSave SharedTensor::Save() const {
               return a.worker < b.worker;
             });
   return {PublishedTensor{value_, version_, shape_, nullptr},
+          policy_->policy,
+          state_,
           std::move(pushes),
           {history_.begin(), history_.end()}};
 }
@@ -689,7 +880,16 @@ std::vector<std::string> SharedTensor::Participants() const {
 std::vector<std::string> SharedTensor::WaitingFor() const {
   absl::MutexLock lock(&mu_);
   std::vector<std::string> waiting;
-  if (options_->mode != Mode::kSync || !round_started_) return waiting;
+  if (!turn_waiters_.empty()) {
+    // Bounded: a push waits for the slowest participants.
+    const std::uint64_t least = MinClockLocked();
+    for (const auto& [worker, clock] : clocks_) {
+      if (clock == least) waiting.push_back(worker);
+    }
+    std::sort(waiting.begin(), waiting.end());
+    return waiting;
+  }
+  if (!sync() || !round_started_) return waiting;
   for (const std::string& p : participants_) {
     if (!WaitedForLocked(p)) continue;
     auto it = contributions_.find(p);
@@ -705,17 +905,13 @@ std::vector<std::string> SharedTensor::WaitingFor() const {
 void SharedTensor::MarkDropped(Deferred& deferred) {
   absl::MutexLock lock(&mu_);
   dropped_ = true;
-  const absl::Status status = CheckNotDroppedLocked();
-  for (Waiter& w : waiters_) {
-    deferred.Add([done = std::move(w.done), status] { done(status); });
-  }
-  waiters_.clear();
+  FailWaitersLocked(CheckNotDroppedLocked(), deferred);
 }
 
 absl::StatusOr<RoundResult> SharedTensor::ReadResult(
     std::uint64_t round) const {
   absl::MutexLock lock(&mu_);
-  if (options_->mode == Mode::kSync && round == version_) {
+  if (sync() && round == version_) {
     return RoundResult{acc_, round + 1, result_bytes_};
   }
   if (round + 1 == version_) return RoundResult{value_, version_, bytes()};
@@ -769,10 +965,25 @@ std::uint64_t SharedTensor::AllocatedBytes() const {
              recycler_->spare_floats()) *
                 sizeof(float) +
             chunk_weight_.capacity() * sizeof(double);
+    bytes += PolicyBytesLocked();
   }
   absl::MutexLock lock(&encoded_mu_);
   for (const EncodedValue& encoded : encoded_) {
     if (encoded != nullptr) bytes += encoded->capacity();
+  }
+  return bytes;
+}
+
+std::uint64_t SharedTensor::PolicyBytes() const {
+  absl::MutexLock lock(&mu_);
+  return PolicyBytesLocked();
+}
+
+std::uint64_t SharedTensor::PolicyBytesLocked() const {
+  std::uint64_t bytes = 0;
+  for (const auto& slot : state_) bytes += slot.capacity() * sizeof(float);
+  for (const auto& [worker, buffer] : buffers_) {
+    bytes += buffer.capacity() * sizeof(float);
   }
   return bytes;
 }
@@ -792,17 +1003,32 @@ bool SharedTensor::CancelWait(std::uint64_t id) {
   absl::MutexLock lock(&mu_);
   auto it = std::find_if(waiters_.begin(), waiters_.end(),
                          [id](const Waiter& w) { return w.id == id; });
-  if (it == waiters_.end()) return false;
-  waiters_.erase(it);
+  if (it != waiters_.end()) {
+    waiters_.erase(it);
+    return true;
+  }
+  auto turn = std::find_if(turn_waiters_.begin(), turn_waiters_.end(),
+                           [id](const TurnWaiter& w) { return w.id == id; });
+  if (turn == turn_waiters_.end()) return false;
+  turn_waiters_.erase(turn);
   return true;
 }
 
 void SharedTensor::FailWaiters(const absl::Status& status, Deferred& deferred) {
   absl::MutexLock lock(&mu_);
+  FailWaitersLocked(status, deferred);
+}
+
+void SharedTensor::FailWaitersLocked(const absl::Status& status,
+                                     Deferred& deferred) {
   for (Waiter& w : waiters_) {
     deferred.Add([done = std::move(w.done), status] { done(status); });
   }
   waiters_.clear();
+  for (TurnWaiter& w : turn_waiters_) {
+    deferred.Add([done = std::move(w.done), status] { done(status); });
+  }
+  turn_waiters_.clear();
 }
 
 }  // namespace weightd::core

@@ -14,6 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -22,6 +23,7 @@
 #include "absl/types/span.h"
 #include "server/core/kernels.h"
 #include "server/core/options.h"
+#include "server/core/policy.h"
 
 namespace weightd::core {
 
@@ -133,6 +135,9 @@ struct ContributionKey {
 // What a snapshot keeps of a tensor (SharedTensor::Save).
 struct TensorSave {
   PublishedTensor published;
+  TensorPolicy policy;
+  // The optimizer's state slots, each elements() floats (a copy).
+  std::vector<std::vector<float>> optimizer_state;
   // The completed pushes of closed rounds (for dedupe after a restart).
   std::vector<SavedContribution> pushes;
   std::vector<VersionRecord> history;  // Ascending versions.
@@ -143,9 +148,10 @@ class SharedTensor {
  public:
   // `initial` must hold exactly the element count of `shape`.
   // `whole_shape`: of the whole tensor if this is one shard's part of it.
+  // `policy` decides how pushes are combined (server/core/policy.h).
   SharedTensor(std::string name, std::vector<std::int64_t> shape,
                std::vector<float> initial, const StoreOptions* options,
-               std::vector<std::int64_t> whole_shape = {});
+               std::vector<std::int64_t> whole_shape, TensorPolicy policy);
   SharedTensor(const SharedTensor&) = delete;
   SharedTensor& operator=(const SharedTensor&) = delete;
 
@@ -154,14 +160,22 @@ class SharedTensor {
   const std::vector<std::int64_t>& whole_shape() const { return whole_shape_; }
   std::uint64_t elements() const { return elements_; }
   std::uint64_t bytes() const { return elements_ * 4; }
+  const TensorPolicy& policy() const { return policy_->policy; }
+  // Sync rounds (else each push is applied alone: async, bounded).
+  bool sync() const { return policy_->policy.consistency == Mode::kSync; }
+  // Holds a copy of every contribution of a round (see Aggregator).
+  bool buffered() const { return sync() && policy_->aggregator->buffered(); }
 
-  // Sets the version, the push history and the version records from a
-  // snapshot (see TensorStore::Restore); only before the tensor is shared.
-  // Records past StoreOptions::history_per_tensor are dropped, oldest
-  // first.
-  void Restore(std::uint64_t version,
-               const std::vector<SavedContribution>& pushes,
-               std::vector<VersionRecord> history);
+  // Sets the version, the push history, the version records and the
+  // optimizer's state from a snapshot (see TensorStore::Restore); only
+  // before the tensor is shared. Records past
+  // StoreOptions::history_per_tensor are dropped, oldest first.
+  // INVALID_ARGUMENT if `optimizer_state` is not the optimizer's slots of
+  // elements() floats each (empty: the initial state).
+  absl::Status Restore(std::uint64_t version,
+                       const std::vector<SavedContribution>& pushes,
+                       std::vector<VersionRecord> history,
+                       std::vector<std::vector<float>> optimizer_state);
   // What a snapshot keeps of the tensor.
   TensorSave Save() const;
 
@@ -217,10 +231,12 @@ class SharedTensor {
                                               std::uint64_t sequence,
                                               Deferred& deferred);
 
-  // Async mode. Applies a whole push (`payload` holds elements() values) at
-  // once and publishes a new version; a resend of an applied push is a
-  // duplicate. INVALID_ARGUMENT if the result would not be finite (nothing
-  // applied), plus the codes of CheckContribution.
+  // Async and bounded. Applies a whole push (`payload` holds elements()
+  // values) at once and publishes a new version; a resend of an applied push
+  // is a duplicate. INVALID_ARGUMENT if the result would not be finite
+  // (nothing applied), ABORTED if bounded and the worker is `staleness`
+  // pushes ahead of the slowest participant (WaitForTurn first), plus the
+  // codes of CheckContribution.
   absl::StatusOr<ContributionResult> ApplyPush(const ContributionKey& key,
                                                absl::Span<const float> payload,
                                                Deferred& deferred);
@@ -246,9 +262,12 @@ class SharedTensor {
 
   std::uint32_t participant_count() const;
   std::uint32_t contributed_count() const;
-  // Bytes held by value, accumulator and 16-bit encodings (for memory
-  // accounting and tests).
+  // Bytes held by value, accumulator and 16-bit encodings, and PolicyBytes
+  // (for memory accounting and tests).
   std::uint64_t AllocatedBytes() const;
+  // Bytes the policy holds: the optimizer's state and a buffered
+  // aggregator's copies of contributions.
+  std::uint64_t PolicyBytes() const;
 
   using WaitCallback = std::function<void(absl::Status)>;
   // If the version is already >= `version`, or `bytes` of it are published
@@ -259,7 +278,15 @@ class SharedTensor {
   std::optional<std::uint64_t> WaitForResult(std::uint64_t version,
                                              std::uint64_t bytes,
                                              WaitCallback done);
-  // True if the waiter was removed before being called.
+  // Bounded: returns nullopt if `worker` may apply push `sequence` now (it
+  // is fewer than `staleness` pushes ahead of the slowest participant, or
+  // the push is a resend, or it is not a participant, or the tensor is not
+  // bounded). Otherwise calls `done(OK)` once it may, as WaitForResult.
+  std::optional<std::uint64_t> WaitForTurn(absl::string_view worker,
+                                           std::uint64_t sequence,
+                                           WaitCallback done);
+  // True if the waiter (WaitForResult, WaitForTurn) was removed before being
+  // called.
   bool CancelWait(std::uint64_t id);
   // Calls every waiter with `status` (the store is closing).
   void FailWaiters(const absl::Status& status, Deferred& deferred);
@@ -279,6 +306,11 @@ class SharedTensor {
     std::uint64_t id;
     std::uint64_t version;  // Fires at this version,
     std::uint64_t bytes;    // or when this much of it is published.
+    WaitCallback done;
+  };
+  struct TurnWaiter {
+    std::uint64_t id;
+    std::string worker;
     WaitCallback done;
   };
 
@@ -337,6 +369,25 @@ class SharedTensor {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sync: turns chunk `k` of the accumulator into the round's result.
   void FinishChunkLocked(std::uint64_t k) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sync: the aggregate of the round's contributions to the `n` elements
+  // from `begin` (chunk `k`) into `out`; false if none delivered them.
+  bool AggregateChunkLocked(std::uint64_t k, std::uint64_t begin,
+                            std::uint64_t n, float* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The optimizer's step over the `n` elements from `begin`: `out` holds
+  // the aggregate and gets the new value. False (state unchanged) if a
+  // result is not finite and the server does not allow that.
+  bool StepLocked(std::uint64_t begin, std::uint64_t n, UpdateKind kind,
+                  bool single_push, float* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Bounded: whether `worker` may apply a push now.
+  bool TurnLocked(const std::string& worker) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Bounded: the fewest pushes any participant applied (since it joined).
+  std::uint64_t MinClockLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Bounded: hands `deferred` the turn waiters whose turn came.
+  void WakeTurnWaitersLocked(Deferred& deferred)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sync: every participant contributed, or the quorum did and the round's
   // timeout passed.
   bool RoundCanCloseLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -348,6 +399,10 @@ class SharedTensor {
                         Deferred& deferred) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Keeps `record`, forgetting the oldest beyond history_per_tensor.
   void RecordLocked(VersionRecord record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Calls every waiter (WaitForResult, WaitForTurn) with `status`.
+  void FailWaitersLocked(const absl::Status& status, Deferred& deferred)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::uint64_t PolicyBytesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // NOT_FOUND once dropped, else OK.
   absl::Status CheckNotDroppedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -357,6 +412,7 @@ class SharedTensor {
   const std::uint64_t elements_;
   const StoreOptions* const options_;  // Owned by the store; outlives this.
   const std::uint64_t chunk_elements_;
+  const std::shared_ptr<const CompiledPolicy> policy_;
 
   const std::shared_ptr<ValueRecycler> recycler_;
 
@@ -403,6 +459,26 @@ class SharedTensor {
   // before it (round_start_ before there were two): RoundClosed::last_wait.
   absl::Time round_latest_done_ ABSL_GUARDED_BY(mu_);
   absl::Time round_previous_done_ ABSL_GUARDED_BY(mu_);
+
+  // The optimizer's state: state_slots() arrays of elements_ floats, and
+  // room to put a chunk's back if its step is thrown away.
+  std::vector<std::vector<float>> state_ ABSL_GUARDED_BY(mu_);
+  std::vector<float> state_backup_ ABSL_GUARDED_BY(mu_);
+  // Buffered aggregators: each worker's values pushed to the open round
+  // (its first `progress` bytes are this round's), kept for its next
+  // rounds while it is a participant.
+  absl::flat_hash_map<std::string, std::vector<float>> buffers_
+      ABSL_GUARDED_BY(mu_);
+  // Aggregator::Scales of the open round's complete contributions, by
+  // worker; made when the round's first chunk is finished.
+  std::optional<absl::flat_hash_map<std::string, double>> scales_
+      ABSL_GUARDED_BY(mu_);
+  // Bounded: pushes each participant applied since it joined (a worker
+  // joining starts at the slowest participant's count), and the pushes
+  // waiting for their turn.
+  absl::flat_hash_map<std::string, std::uint64_t> clocks_ ABSL_GUARDED_BY(mu_);
+  std::vector<TurnWaiter> turn_waiters_ ABSL_GUARDED_BY(mu_);
+  absl::BitGen rng_ ABSL_GUARDED_BY(mu_);  // Aggregator noise.
 
   // The records of the latest published versions, oldest first.
   std::deque<VersionRecord> history_ ABSL_GUARDED_BY(mu_);

@@ -33,9 +33,20 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Restore(
     // The value is immutable once published, so the copy here is the one
     // place a restored value is duplicated.
     store->tensor_bytes_ += count * kFloatBytes;
+    // The policy it was created with; a snapshot of before policies: the
+    // server's default for its name.
+    absl::StatusOr<TensorPolicy> policy =
+        ApplyPolicySpec(store->policy_defaults_.For(t.name), t.policy);
+    if (!policy.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "saved tensor ", t.name, ": ", policy.status().message()));
+    }
     slot = std::make_shared<SharedTensor>(t.name, t.shape, *t.value,
-                                          &store->options_, t.whole_shape);
-    slot->Restore(t.version, t.contributions, std::move(t.history));
+                                          &store->options_, t.whole_shape,
+                                          *std::move(policy));
+    WEIGHTD_RETURN_IF_ERROR(slot->Restore(t.version, t.contributions,
+                                          std::move(t.history),
+                                          std::move(t.optimizer_state)));
   }
   const absl::Time now = store->options_.now();
   for (SavedWorker& w : state.workers) {
@@ -76,7 +87,8 @@ StoreState TensorStore::Save() const {
     state.tensors.push_back(SavedTensor{
         name, std::move(saved.published.shape), saved.published.version,
         std::move(saved.published.value), std::move(saved.pushes),
-        tensor->whole_shape(), std::move(saved.history)});
+        tensor->whole_shape(), std::move(saved.history), SpecOf(saved.policy),
+        std::move(saved.optimizer_state)});
   }
   std::sort(state.tensors.begin(), state.tensors.end(),
             [](const SavedTensor& a, const SavedTensor& b) {

@@ -114,10 +114,24 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Create(
   if (options.round_timeout < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("round_timeout must be >= 0");
   }
-  return std::unique_ptr<TensorStore>(new TensorStore(std::move(options)));
+  if (options.max_buffered_bytes != 0 &&
+      options.max_buffered_bytes < kFloatBytes) {
+    return absl::InvalidArgumentError("max_buffered_bytes must be 0 or >= 4");
+  }
+  // The base every policy is over: --mode, plain with --server_lr and
+  // --async_mix, the weighted mean.
+  TensorPolicy base;
+  base.consistency = options.mode;
+  base.params = {{"lr", options.server_lr}, {"mix", options.async_mix}};
+  absl::StatusOr<PolicyDefaults> defaults = PolicyDefaults::Make(
+      base, options.default_policy, options.policy_patterns);
+  if (!defaults.ok()) return defaults.status();
+  return std::unique_ptr<TensorStore>(
+      new TensorStore(std::move(options), *std::move(defaults)));
 }
 
-TensorStore::TensorStore(StoreOptions options) : options_(std::move(options)) {
+TensorStore::TensorStore(StoreOptions options, PolicyDefaults defaults)
+    : options_(std::move(options)), policy_defaults_(std::move(defaults)) {
   // Count closed rounds ahead of the caller's observer.
   options_.on_round_closed = [this, user = std::move(options_.on_round_closed)](
                                  const RoundClosed& closed) {
@@ -145,14 +159,16 @@ absl::StatusOr<std::shared_ptr<SharedTensor>> TensorStore::FindLocked(
 }
 
 TensorInfo TensorStore::InfoOf(const SharedTensor& tensor) {
-  return TensorInfo{tensor.name(), tensor.shape(), tensor.version(),
-                    tensor.participant_count(), tensor.contributed_count()};
+  TensorInfo info{tensor.name(), tensor.shape(), tensor.version(),
+                  tensor.participant_count(), tensor.contributed_count()};
+  info.policy = tensor.policy();
+  info.policy_bytes = tensor.PolicyBytes();
+  return info;
 }
 
 int TensorStore::CloseOverdueRounds() {
   const RoundQuorum& quorum = options_.round_quorum;
-  if (options_.mode != Mode::kSync ||
-      (quorum.count == 0 && quorum.fraction >= 1.0)) {
+  if (quorum.count == 0 && quorum.fraction >= 1.0) {
     return 0;  // Rounds close only when complete, as each push checks.
   }
   std::vector<std::shared_ptr<SharedTensor>> tensors;
@@ -220,9 +236,13 @@ absl::StatusOr<std::unique_ptr<Wait>> TensorStore::WaitFor(
     // Registered under mu_ so that Close() either sees every waiter or
     // happened before (and we returned UNAVAILABLE above).
     for (std::size_t i = 0; i < tensors.size(); ++i) {
-      std::optional<std::uint64_t> id = tensors[i]->WaitForResult(
-          targets[i].version, targets[i].bytes,
-          [countdown](absl::Status s) { countdown->Arrive(s); });
+      auto arrive = [countdown](absl::Status s) { countdown->Arrive(s); };
+      std::optional<std::uint64_t> id =
+          targets[i].turn_of.empty()
+              ? tensors[i]->WaitForResult(targets[i].version, targets[i].bytes,
+                                          std::move(arrive))
+              : tensors[i]->WaitForTurn(targets[i].turn_of, targets[i].sequence,
+                                        std::move(arrive));
       if (id.has_value()) {
         ids.emplace_back(tensors[i], *id);
       } else {

@@ -31,6 +31,7 @@
 #include "server/core/barriers.h"
 #include "server/core/kernels.h"
 #include "server/core/options.h"
+#include "server/core/policy.h"
 #include "server/core/shared_tensor.h"
 
 namespace weightd::core {
@@ -45,6 +46,10 @@ struct Declaration {
   std::vector<float> initial_value;
   // Of the whole tensor, if this is one shard's part of it; else empty.
   std::vector<std::int64_t> whole_shape = {};
+  // How its pushes are to be combined (server/core/policy.h). A new tensor
+  // gets it over the server's default for its name; for one that exists,
+  // each field it names must be the tensor's.
+  PolicySpec policy = {};
 };
 
 struct TensorInfo {
@@ -57,6 +62,10 @@ struct TensorInfo {
   // empty), and the participants the open round still waits for.
   std::vector<std::int64_t> whole_shape = {};
   std::vector<std::string> waiting_for = {};
+  TensorPolicy policy = {};
+  // Bytes its policy holds beside the value: the optimizer's state, and a
+  // buffered aggregator's copies of the round's contributions.
+  std::uint64_t policy_bytes = 0;
 };
 
 struct JoinedTensor {
@@ -147,6 +156,12 @@ struct SavedTensor {
   std::vector<SavedContribution> contributions;
   std::vector<std::int64_t> whole_shape = {};  // See Declaration.
   std::vector<VersionRecord> history = {};     // Ascending versions.
+  // Every field named (empty: a snapshot of before policies, restored with
+  // the server's default for the name).
+  PolicySpec policy = {};
+  // The optimizer's state slots, each of the value's size (empty: none,
+  // or restored as the optimizer's initial state).
+  std::vector<std::vector<float>> optimizer_state = {};
 };
 
 struct SavedWorker {
@@ -202,6 +217,7 @@ absl::StatusOr<std::uint64_t> ElementCount(
     const std::vector<std::int64_t>& shape, std::uint64_t max_bytes);
 
 class TensorStore;
+class Wait;
 
 // One Join in flight: created by TensorStore::BeginJoin, fed the initial
 // values of the declared tensors chunk by chunk, then finished. Nothing in
@@ -253,11 +269,12 @@ class JoinSession {
 
 // One push in flight: created by TensorStore::BeginPush, fed chunks in
 // order, then finished. Not thread-safe (one stream drives it).
-// Sync mode: chunks are summed into the open round as they arrive; if the
-// session ends unfinished, the chunks it delivered stay in the round and the
-// worker's next push to that round continues after them (each chunk counts
-// once). Async mode: chunks are staged in the session and the push is applied
-// whole by Finish(), or not at all.
+// A sync tensor's chunks are summed into the open round as they arrive; if
+// the session ends unfinished, the chunks it delivered stay in the round and
+// the worker's next push to that round continues after them (each chunk
+// counts once). An async or bounded tensor's chunks are staged in the
+// session and the push is applied whole by Finish(), or not at all; a
+// bounded one's after AwaitTurn().
 class PushSession {
  public:
   PushSession(const PushSession&) = delete;
@@ -288,6 +305,16 @@ class PushSession {
   // it are completed.
   absl::StatusOr<std::vector<PushResult>> Finish();
 
+  // Calls `done(OK)` once every bounded tensor of the push lets the worker
+  // apply it (it is fewer than `staleness` pushes ahead of the tensor's
+  // slowest participant), at once if they all do; `done(error)` if a
+  // tensor is dropped or the store closes first. The wait keeps the
+  // worker's lease alive. Call before Finish(). UNAVAILABLE (closed).
+  absl::StatusOr<std::unique_ptr<Wait>> AwaitTurn(
+      std::function<void(absl::Status)> done);
+  // Whether the push has a bounded tensor (AwaitTurn before Finish).
+  bool waits_for_turn() const;
+
  private:
   friend class TensorStore;
   PushSession(TensorStore* store, std::string worker, PushHeader header,
@@ -298,7 +325,8 @@ class PushSession {
   const PushHeader header_;
   const std::vector<std::shared_ptr<SharedTensor>> tensors_;
   std::vector<std::uint64_t> next_offset_;
-  std::vector<std::vector<float>> staged_;  // Async mode only.
+  // Async and bounded tensors' values (empty for a sync one's).
+  std::vector<std::vector<float>> staged_;
   absl::Status error_;
 };
 
@@ -508,8 +536,9 @@ class TensorStore {
   };
 
   friend class JoinSession;
+  friend class PushSession;
 
-  explicit TensorStore(StoreOptions options);
+  TensorStore(StoreOptions options, PolicyDefaults defaults);
   // The part of a Join that takes the lock: takeover, limits and the tensors'
   // state checked again, then the membership committed.
   absl::StatusOr<JoinResult> CommitJoin(const std::string& worker_id,
@@ -538,17 +567,37 @@ class TensorStore {
       absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   static TensorInfo InfoOf(const SharedTensor& tensor);
   // What WaitForVersions and WaitForResult wait for, per tensor: `version`,
-  // or its first `bytes` published.
+  // or its first `bytes` published. PushSession::AwaitTurn: if `turn_of` is
+  // set, worker turn_of's turn to apply push `sequence`
+  // (SharedTensor::WaitForTurn) instead.
   struct WaitTarget {
     absl::string_view name;
     std::uint64_t version = 0;
     std::uint64_t bytes = ~std::uint64_t{0};
+    absl::string_view turn_of = {};
+    std::uint64_t sequence = 0;
   };
   absl::StatusOr<std::unique_ptr<Wait>> WaitFor(
       absl::Span<const WaitTarget> targets,
       std::function<void(absl::Status)> done, std::uint64_t lease_id);
 
+  // The policy a tensor whose declaration names none gets, and the
+  // policy of a declaration: ApplyPolicySpec over the default for `name`.
+  absl::StatusOr<TensorPolicy> PolicyFor(const Declaration& d) const;
+  // Whether `d` may join or create its tensor (`held`, null if new) as to
+  // its policy: INVALID_ARGUMENT (a policy that cannot be), ALREADY_EXISTS
+  // (one that differs from the tensor's), RESOURCE_EXHAUSTED (a buffered
+  // aggregator past max_buffered_bytes: `buffered` is what the tensors
+  // hold now plus what the join adds before `d`, and grows by `d`'s).
+  absl::Status AdmitPolicyLocked(const Declaration& d, const SharedTensor* held,
+                                 absl::string_view worker_id,
+                                 std::uint64_t& buffered) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // What buffered aggregators hold: participants x bytes, summed.
+  std::uint64_t BufferedBytesLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
   StoreOptions options_;
+  PolicyDefaults policy_defaults_;  // Made from options_ by Create().
   std::atomic<std::uint64_t> rounds_closed_{0};
   // Written under mu_ (so waits registered under mu_ see it), read anywhere.
   std::atomic<bool> closing_{false};

@@ -219,13 +219,16 @@ class Metrics::StateCollector final : public prometheus::Collectable {
 
     MetricFamily bytes = Family(
         "weightd_tensor_bytes",
-        "Bytes of tensors held: published values, and the accumulators of "
-        "sync rounds.",
+        "Bytes of tensors held: published values, the accumulators of sync "
+        "rounds, and what policies hold (optimizer state, buffered "
+        "contributions).",
         MetricType::Gauge);
     AddGauge(bytes, static_cast<double>(state.value_bytes),
              {{"part", "value"}});
     AddGauge(bytes, static_cast<double>(state.accumulator_bytes),
              {{"part", "accumulator"}});
+    AddGauge(bytes, static_cast<double>(state.policy_bytes),
+             {{"part", "policy"}});
     families.push_back(std::move(bytes));
 
     // Open rounds: tensors whose round has contributions but has not closed.

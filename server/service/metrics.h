@@ -67,6 +67,8 @@ struct MetricsState {
   core::StoreStatus store;              // Tensors (by name) and workers.
   std::uint64_t value_bytes = 0;        // Published values, all tensors.
   std::uint64_t accumulator_bytes = 0;  // Sync tensors' accumulators.
+  // Optimizer state and buffered contributions (TensorInfo::policy_bytes).
+  std::uint64_t policy_bytes = 0;
   const PayloadCounters* payload = nullptr;
 };
 

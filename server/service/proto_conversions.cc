@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/chunk_codec.h"
+#include "common/policy_proto.h"
 #include "common/status_macros.h"
 #include "common/tensor_stream.h"
 
@@ -21,7 +22,15 @@ absl::StatusOr<core::UpdateKind> KindFromProto(v1::UpdateKind kind) {
 }
 
 v1::Mode ModeToProto(core::Mode mode) {
-  return mode == core::Mode::kSync ? v1::MODE_SYNC : v1::MODE_ASYNC;
+  switch (mode) {
+    case core::Mode::kSync:
+      return v1::MODE_SYNC;
+    case core::Mode::kAsync:
+      return v1::MODE_ASYNC;
+    case core::Mode::kBounded:
+      return v1::MODE_BOUNDED;
+  }
+  return v1::MODE_UNSPECIFIED;
 }
 
 void InfoToProto(const core::TensorInfo& info, v1::TensorInfo* out) {
@@ -32,6 +41,8 @@ void InfoToProto(const core::TensorInfo& info, v1::TensorInfo* out) {
   out->set_contributed(info.contributed);
   for (std::int64_t d : info.whole_shape) out->add_whole_shape(d);
   for (const std::string& w : info.waiting_for) out->add_waiting_for(w);
+  PolicySpecToProto(core::SpecOf(info.policy), out->mutable_policy());
+  out->set_policy_bytes(info.policy_bytes);
 }
 
 void RecordToProto(const core::VersionRecord& record, v1::VersionRecord* out) {

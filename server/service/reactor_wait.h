@@ -63,24 +63,31 @@ class ReactorWait {
   using Register =
       std::function<absl::StatusOr<std::unique_ptr<core::Wait>>(WaitDone)>;
 
-  // Registers the wait through `start`, once; `ready` runs once it fires
-  // (also when it fires inside `start`, but only after `start` returned),
-  // unless the call was cancelled first, in which case the call finishes
-  // with CANCELLED. `ready` must end in a Finish...Once() call.
+  // Registers the wait through `start`; `ready` runs once it fires (also
+  // when it fires inside `start`, but only after `start` returned), unless
+  // the call was cancelled first, in which case the call finishes with
+  // CANCELLED. `ready` must end in a Finish...Once() call, or Start the next
+  // wait of a sequence (a push's turn, then its result's version).
   void Start(const Register& start, WaitDone ready) {
+    {
+      absl::MutexLock lock(&mu_);
+      started_ = false;  // A new wait: the one before it fired.
+      early_.reset();
+    }
     ready_ = std::move(ready);
     auto wait = start([this](absl::Status s) { OnFired(std::move(s)); });
     if (!wait.ok()) return FinishOnce(wait.status());
     std::optional<absl::Status> fired;
     bool cancelled;
+    std::unique_ptr<core::Wait> previous;  // Destroyed outside the lock.
     {
       absl::MutexLock lock(&mu_);
-      wait_ = std::move(*wait);
+      previous = std::exchange(wait_, std::move(*wait));
       started_ = true;
       fired = std::move(early_);
       cancelled = cancelled_;
     }
-    if (fired.has_value()) return ready_(*fired);
+    if (fired.has_value()) return std::exchange(ready_, nullptr)(*fired);
     if (cancelled) CancelWait();
   }
 
@@ -126,9 +133,15 @@ class ReactorWait {
   }
 
  private:
-  // wait_ is set once, in Start(), before this can run.
-  void CancelWait() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    if (wait_->Cancel()) {
+  // Cancels the current wait (core::Wait::Cancel calls nothing back, so it
+  // may run under mu_).
+  void CancelWait() {
+    bool cancelled;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled = wait_ != nullptr && wait_->Cancel();
+    }
+    if (cancelled) {
       FinishOnce(absl::CancelledError("the call was cancelled while waiting"));
     }
   }
@@ -141,12 +154,13 @@ class ReactorWait {
         return;
       }
     }
-    ready_(status);
+    // Taken out first: `ready` may Start the next wait, which sets ready_.
+    std::exchange(ready_, nullptr)(status);
   }
 
   Reactor* const reactor_;
   const Call call_;
-  WaitDone ready_;  // Set by Start() before the wait can fire.
+  WaitDone ready_;  // Set by Start() before its wait can fire.
   absl::Mutex mu_;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;

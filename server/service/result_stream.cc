@@ -21,10 +21,12 @@ ResultStream::ResultStream(Reactor* reactor, core::TensorStore* store,
 
 bool ResultStream::Applies(const core::TensorStore& store,
                            const std::vector<Tensor>& tensors) {
-  if (store.options().mode != core::Mode::kSync) return false;
   for (const Tensor& t : tensors) {
     absl::StatusOr<core::TensorInfo> info = store.Describe(t.name);
-    if (!info.ok() || info->version != t.round) return false;
+    if (!info.ok() || info->version != t.round ||
+        info->policy.consistency != core::Mode::kSync) {
+      return false;
+    }
   }
   return true;
 }

@@ -407,17 +407,19 @@ void Server::HousekeepingLoop() {
 }
 
 void Server::ReadStateForMetrics() {
-  const bool sync = options_.store.mode == core::Mode::kSync;
-  metrics_->SetStateSource([this, sync] {
+  metrics_->SetStateSource([this] {
     MetricsState state;
     state.store = store_->Status();
     for (const core::TensorInfo& t : state.store.tensors) {
       std::uint64_t elements = 1;
       for (std::int64_t d : t.shape) elements *= static_cast<std::uint64_t>(d);
       state.value_bytes += elements * sizeof(float);
+      // A sync tensor sums its rounds into an accumulator of its size.
+      if (t.policy.consistency == core::Mode::kSync) {
+        state.accumulator_bytes += elements * sizeof(float);
+      }
+      state.policy_bytes += t.policy_bytes;
     }
-    // A sync tensor sums its rounds into an accumulator of its size.
-    state.accumulator_bytes = sync ? state.value_bytes : 0;
     state.payload = &service_->payload();
     return state;
   });

@@ -16,6 +16,7 @@
 #include "common/chunk_codec.h"
 #include "common/duration.h"
 #include "common/grpc_status.h"
+#include "common/policy_proto.h"
 #include "common/status_macros.h"
 #include "common/tensor_stream.h"
 #include "common/wire.h"
@@ -90,6 +91,13 @@ class WaitThenStream {
           return store_->WaitForVersions(request, std::move(done), lease_id);
         },
         [this](absl::Status status) { Stream(status); });
+  }
+
+  // Runs another wait first (a push's turn, ReactorWait::Start): `ready`
+  // then Start()s or FinishOnce()s.
+  void Await(const typename ReactorWait<Reactor>::Register& start,
+             WaitDone ready) {
+    wait_.Start(start, std::move(ready));
   }
 
   void OnCancel() { wait_.OnCancel(); }
@@ -288,6 +296,12 @@ class JoinReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         decl.name = d.name();
         decl.shape.assign(d.shape().begin(), d.shape().end());
         decl.whole_shape.assign(d.whole_shape().begin(), d.whole_shape().end());
+        absl::StatusOr<PolicySpec> policy = PolicySpecFromProto(d.policy());
+        if (!policy.ok()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "tensor ", d.name(), ": ", policy.status().message()));
+        }
+        decl.policy = *std::move(policy);
         header.declarations.push_back(std::move(decl));
       }
       // Refused before any initial value is buffered.
@@ -393,6 +407,15 @@ class PushReader {
     return results;
   }
 
+  // Whether the push must wait for its turn (a bounded tensor's) before
+  // Finish(): then AwaitTurn.
+  bool waits_for_turn() const {
+    return session_ != nullptr && session_->waits_for_turn();
+  }
+  absl::StatusOr<std::unique_ptr<core::Wait>> AwaitTurn(WaitDone done) {
+    return session_->AwaitTurn(std::move(done));
+  }
+
   // Whether the header was read and accepted; then header().
   bool has_header() const { return session_ != nullptr; }
   const core::PushHeader& header() const { return session_->header(); }
@@ -468,7 +491,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         reader_(store, payload, metrics, "Push", std::move(permissions)),
         context_(context),
         response_(response),
-        call_{events, "Push", context} {
+        wait_(this, CallInfo{events, "Push", context}) {
     Read();
   }
 
@@ -476,26 +499,37 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     if (stall_ != nullptr) stall_->Idle();
     if (!ok) {
       if (context_->IsCancelled() || (stall_ != nullptr && stall_->was_cut())) {
-        return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+        return wait_.FinishOnce(absl::CancelledError("cancelled"));
       }
-      absl::StatusOr<std::vector<core::PushResult>> results = reader_.Finish();
-      if (!results.ok()) return Finish(call_.Answer(results.status()));
-      v1::PushResponse response;
-      for (const core::PushResult& r : *results) {
-        PushResultToProto(r, response.add_tensors());
-      }
-      *response_ = ToBytes(response);
-      return Finish(grpc::Status::OK);
+      if (!reader_.waits_for_turn()) return Complete();
+      return wait_.Start(
+          [this](WaitDone done) { return reader_.AwaitTurn(std::move(done)); },
+          [this](absl::Status status) {
+            if (!status.ok()) return wait_.FinishOnce(status);
+            Complete();
+          });
     }
     if (absl::Status s = reader_.Handle(&request_); !s.ok()) {
-      return Finish(call_.Answer(s));
+      return wait_.FinishOnce(s);
     }
     Read();
   }
 
+  void OnCancel() override { wait_.OnCancel(); }
   void OnDone() override { delete this; }
 
  private:
+  // Applies the push and answers.
+  void Complete() {
+    absl::StatusOr<std::vector<core::PushResult>> results = reader_.Finish();
+    if (!results.ok()) return wait_.FinishOnce(results.status());
+    v1::PushResponse response;
+    for (const core::PushResult& r : *results) {
+      PushResultToProto(r, response.add_tensors());
+    }
+    wait_.FinishOnce(absl::OkStatus(), [&] { *response_ = ToBytes(response); });
+  }
+
   void Read() {
     if (stall_ != nullptr) stall_->Reading();
     StartRead(&request_);
@@ -506,7 +540,8 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   PushReader reader_;
   grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer* const response_;
-  const CallInfo call_;
+  // A bounded push's wait for its turn; every answer goes through it.
+  ReactorWait<PushReactor> wait_;
   grpc::ByteBuffer request_;
 };
 
@@ -585,15 +620,14 @@ class PushPullReactor final
         return End(absl::CancelledError("cancelled"));
       }
       StopPacing();
-      absl::StatusOr<std::vector<core::PushResult>> results = reader_.Finish();
-      if (pipelined_) return result_.PushEnded(std::move(results));
-      if (!results.ok()) return stream_.FinishOnce(results.status());
-      core::TensorStore::VersionRequest wanted;
-      for (const core::PushResult& r : *results) {
-        wanted.emplace_back(r.name, r.outcome.ready_version);
-      }
-      return stream_.Start(std::move(wanted), reader_.format(),
-                           reader_.accept_batches(), reader_.lease_id());
+      if (pipelined_) return result_.PushEnded(reader_.Finish());
+      if (!reader_.waits_for_turn()) return CompleteThenStream();
+      return stream_.Await(
+          [this](WaitDone done) { return reader_.AwaitTurn(std::move(done)); },
+          [this](absl::Status status) {
+            if (!status.ok()) return stream_.FinishOnce(status);
+            CompleteThenStream();
+          });
     }
     const bool had_header = reader_.has_header();
     const std::uint64_t bytes = request_.Length();
@@ -635,6 +669,19 @@ class PushPullReactor final
   void Read() {
     if (stall_ != nullptr) stall_->Reading();
     StartRead(&request_);
+  }
+
+  // Not pipelined: applies the push, then streams the value once it
+  // includes it.
+  void CompleteThenStream() {
+    absl::StatusOr<std::vector<core::PushResult>> results = reader_.Finish();
+    if (!results.ok()) return stream_.FinishOnce(results.status());
+    core::TensorStore::VersionRequest wanted;
+    for (const core::PushResult& r : *results) {
+      wanted.emplace_back(r.name, r.outcome.ready_version);
+    }
+    stream_.Start(std::move(wanted), reader_.format(), reader_.accept_batches(),
+                  reader_.lease_id());
   }
 
   // The push header was accepted: stream its result now if it can.
@@ -765,9 +812,9 @@ absl::Status WriteToSegment(
   return absl::OkStatus();
 }
 
-// Sums a push whose values are in `segment` through `session`, chunk by
-// chunk as the stream path does, and completes it.
-absl::StatusOr<std::vector<core::PushResult>> PushFromSegment(
+// Sums (sync) or stages (async, bounded) a push whose values are in
+// `segment` through `session`, chunk by chunk as the stream path does.
+absl::Status StageFromSegment(
     core::TensorStore& store, core::PushSession& session,
     const Segment& segment,
     const google::protobuf::RepeatedPtrField<v1::SegmentPlace>& places,
@@ -794,7 +841,7 @@ absl::StatusOr<std::vector<core::PushResult>> PushFromSegment(
       offset += length;
     }
   }
-  return session.Finish();
+  return absl::OkStatus();
 }
 
 // A segment call's answer: waits until every `wanted` version is reached
@@ -1347,9 +1394,10 @@ grpc::ServerUnaryReactor* WeightdService::PushSegment(
       CallInfo{&events_, "PushSegment", context},
       [&](const v1::PushSegmentRequest& request,
           v1::PushSegmentResponse* response, auto* call) {
-        PushTally tally(metrics_);
+        // Counted when the push ends (after its turn, if it waits).
+        auto tally = std::make_shared<PushTally>(metrics_);
         auto refuse = [&](const absl::Status& status) {
-          tally.Failed(status);
+          tally->Failed(status);
           return call->Answer(status);
         };
         absl::StatusOr<core::PushHeader> header =
@@ -1361,27 +1409,48 @@ grpc::ServerUnaryReactor* WeightdService::PushSegment(
         }
         std::shared_ptr<Segment> segment = segments_.Find(header->lease_id);
         if (segment == nullptr) return refuse(NoSegment(header->lease_id));
-        absl::StatusOr<std::unique_ptr<core::PushSession>> session =
+        absl::StatusOr<std::unique_ptr<core::PushSession>> begun =
             store->BeginPush(*std::move(header));
-        if (!session.ok()) return refuse(session.status());
-        absl::StatusOr<std::vector<core::PushResult>> results = PushFromSegment(
-            *store, **session, *segment, request.places(), &payload_);
-        tally.Ended(results);
-        if (!results.ok()) return call->Answer(results.status());
-        for (const core::PushResult& r : *results) {
-          PushResultToProto(r, response->add_tensors());
-        }
-        if (!request.pull_result()) return call->Answer(absl::OkStatus());
-        // The round's result, once published, over the pushed values.
-        core::TensorStore::VersionRequest wanted;
-        for (const core::PushResult& r : *results) {
-          wanted.emplace_back(r.name, r.outcome.ready_version);
-        }
-        const core::PushHeader& pushed = (*session)->header();
-        WaitThenWriteToSegment(call, store, segment_writes_, &payload_, wanted,
-                               pushed.lease_id, std::move(segment),
-                               request.places(), pushed.format,
-                               response->mutable_results());
+        if (!begun.ok()) return refuse(begun.status());
+        std::shared_ptr<core::PushSession> session = *std::move(begun);
+        // Sums (sync) or stages the values; then applies them and answers.
+        absl::Status staged = StageFromSegment(*store, *session, *segment,
+                                               request.places(), &payload_);
+        if (!staged.ok()) return refuse(staged);
+        auto complete = [this, store, session, segment, call, &request,
+                         response, tally]() mutable {
+          absl::StatusOr<std::vector<core::PushResult>> results =
+              session->Finish();
+          tally->Ended(results);
+          if (!results.ok()) return call->Answer(results.status());
+          for (const core::PushResult& r : *results) {
+            PushResultToProto(r, response->add_tensors());
+          }
+          if (!request.pull_result()) return call->Answer(absl::OkStatus());
+          // The round's result, once published, over the pushed values.
+          core::TensorStore::VersionRequest wanted;
+          for (const core::PushResult& r : *results) {
+            wanted.emplace_back(r.name, r.outcome.ready_version);
+          }
+          const core::PushHeader& pushed = session->header();
+          WaitThenWriteToSegment(call, store, segment_writes_, &payload_,
+                                 wanted, pushed.lease_id, std::move(segment),
+                                 request.places(), pushed.format,
+                                 response->mutable_results());
+        };
+        if (!session->waits_for_turn()) return complete();
+        // A bounded tensor's push waits for its turn first.
+        call->Wait(
+            [session](WaitDone done) {
+              return session->AwaitTurn(std::move(done));
+            },
+            [call, tally, complete](absl::Status status) mutable {
+              if (!status.ok()) {
+                tally->Failed(status);
+                return call->Answer(status);
+              }
+              complete();
+            });
       });
 }
 
