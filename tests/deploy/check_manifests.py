@@ -505,6 +505,49 @@ if not re.search(r"install [^\n]*\\\n\s*prometheus[ \t]*\\?$", prom_stage, re.M)
         "USER prometheus" not in prom_stage:
     fail("the Dockerfile's prometheus stage does not install Debian's "
          "prometheus and run as its user")
+# The build stage. CI's container test does not run it (it replaces the
+# stage by build/release's binaries with podman's --build-context), so it
+# is checked here, without a build: each file it COPYs is in the context,
+# each install_deps.sh group it names exists, its RUN lines parse as shell,
+# each -DWEIGHTD_ option it passes is one CMakeLists.txt declares, and each
+# binary it copies to /out/bin/ (what the runtime stages COPY --from=build)
+# is at that path in BUILD_DIR, a tree of the same CMake project.
+stage = dockerfile.split(" AS build\n", 1)[1].split("\nFROM ", 1)[0]
+instructions = re.sub(r"\\\n", " ", stage).splitlines()
+with open(os.path.join(repo, "scripts", "install_deps.sh")) as f:
+    groups = set(re.findall(r"^\s*\[(\w+)\]=", f.read(), re.M))
+with open(os.path.join(repo, "CMakeLists.txt")) as f:
+    options = set(re.findall(r"^option\((\w+)", f.read(), re.M))
+copied = []
+for line in instructions:
+    if line.startswith("COPY ") and "--from" not in line and line.split()[1] != ".":
+        if not os.path.exists(os.path.join(repo, line.split()[1])):
+            fail("the build stage copies %s, which the repository lacks" % line.split()[1])
+    if not line.startswith("RUN "):
+        continue
+    run = line[4:]
+    parsed = subprocess.run(["bash", "-n", "-c", run], capture_output=True, text=True)
+    if parsed.returncode != 0:
+        fail("the build stage's RUN does not parse: %s" % parsed.stderr.strip())
+    for named in re.findall(r"install_deps\.sh((?: [a-z]+)+)", run):
+        if not set(named.split()) <= groups:
+            fail("the build stage installs groups %s; install_deps.sh has %s"
+                 % (named.split(), sorted(groups)))
+    for option in re.findall(r"-D(WEIGHTD_\w+)=", run):
+        if option not in options:
+            fail("the build stage passes -D%s, which CMakeLists.txt does not declare" % option)
+    copied += re.findall(r"build/image/(\S+)", run)
+if "/out/bin" not in stage or "COPY --from=build /out/bin/" not in dockerfile:
+    fail("the runtime stages no longer take the build stage's /out/bin/")
+for binary in copied:
+    if not os.access(os.path.join(build, binary), os.X_OK):
+        fail("the build stage copies build/image/%s, which %s does not have"
+             % (binary, build))
+if not copied:
+    fail("the build stage copies no build/image/... binary to /out/bin/")
+ok("Dockerfile build stage (not built in CI): copies what exists, installs "
+   "groups install_deps.sh has, its RUN lines parse, -D options declared, "
+   "copies %s, which %s has" % (" ".join(copied), build))
 # Every library the binaries need comes from a package the runtime stage
 # installs (or one those depend on, or the slim base).
 runtime = dockerfile.split("AS runtime", 1)[1].split("FROM", 1)[0]
@@ -515,7 +558,7 @@ closure = set(subprocess.run(
      "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances"] + listed,
     capture_output=True, text=True, check=True).stdout.split())
 closure |= set(listed) | {"libc6", "libgcc-s1", "libstdc++6", "zlib1g"}
-for binary in ("server/weightd", "tools/weightctl", "examples/weightd_worker"):
+for binary in copied:
     path = os.path.join(build, binary)
     libs = subprocess.run(["ldd", path], capture_output=True, text=True,
                           check=True).stdout
@@ -534,5 +577,5 @@ for binary in ("server/weightd", "tools/weightctl", "examples/weightd_worker"):
             fail("%s needs %s (%s), which the runtime image does not install"
                  % (binary, real, pkg or "no package"))
 ok("Dockerfile: build stage runs install_deps.sh and build.sh; runtime "
-   "installs %s, which provide every library of weightd, weightctl and "
-   "weightd_worker" % " ".join(listed))
+   "installs %s, which provide every library of %s"
+   % (" ".join(listed), ", ".join(os.path.basename(b) for b in copied)))
