@@ -24,6 +24,29 @@
 // unless the round moved on without it. A round that counted a worker or a
 // chunk of its push twice, or silently dropped a push, fails the worker.
 //
+// Experiments (issue 17; bench/experiments.py runs them):
+//   --policy=TEXT  declares how the server combines this worker's tensors
+//     (docs/algorithms.md), e.g. "optimizer=adam lr=0.01 aggregator=median":
+//     TensorRef.policy of the model's tensors. The bookkeeping tensors
+//     (metrics/..., checks/counts) get only its consistency and staleness,
+//     plus "optimizer=plain aggregator=mean": the train loss stays the
+//     workers' mean (and checks/counts exact) whatever the model's policy.
+//     Empty (the default): nothing declared, the server's defaults apply.
+//   --partition=dirichlet --dirichlet_alpha=A --partition_seed=N: label-
+//     skewed shards instead of the IID ones (examples/partition.h): for each
+//     class, its examples are split over the --workers shards in proportions
+//     drawn from Dirichlet(A). Every worker computes the same partition from
+//     the seed and keeps shard --rank. Each worker logs its shard's class
+//     histogram to stderr at start (IID shards too).
+//   --corrupt=signflip|noise --corrupt_scale=S: a bad worker. It trains as
+//     usual, but what it pushes as its model's weights (same update kind,
+//     same push weight as an honest worker) is its weights times -S
+//     (signflip) or i.i.d. normal values with mean 0 and standard deviation
+//     S (noise; the default S = 10 is about 200 times the spread of the
+//     initial hidden weights). It still pulls the average and trains on.
+//   --slowdown=F: a straggler. After the local steps of a round it sleeps
+//     F - 1 times as long as they took, so it is F times slower.
+//
 // The worker with --eval prints, after every round,
 //   round R  train_loss L  test_acc A  bytes B  secs S
 // (B: payload bytes the server has received and sent so far; S: seconds since
@@ -43,6 +66,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <memory>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -52,9 +76,11 @@
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "client/client.h"
@@ -62,8 +88,10 @@
 #include "client/shard_plan.h"
 #include "common/startup.h"
 #include "common/status_macros.h"
+#include "examples/corruption.h"
 #include "examples/fashion_mnist.h"
 #include "examples/mlp.h"
+#include "examples/partition.h"
 
 ABSL_FLAG(std::string, server, "",
           "weightd's address (gRPC target), or every shard's as a "
@@ -122,6 +150,37 @@ ABSL_FLAG(bool, check_counts, false,
           "of distinct workers including this one (see the top of "
           "train_worker.cc). Sync mode, distinct --rank values below 7, the "
           "same --local_steps and --batch on every worker.");
+ABSL_FLAG(std::string, policy, "",
+          "How the server combines the model's tensors, declared at Join "
+          "(docs/algorithms.md), e.g. \"optimizer=adam lr=0.01 "
+          "aggregator=median\" or \"consistency=bounded staleness=2\". The "
+          "metrics/ and checks/ tensors get only its consistency and "
+          "staleness, with optimizer=plain aggregator=mean. Empty: the "
+          "server's defaults (--policy, --policy_file of weightd).");
+ABSL_FLAG(std::string, partition, "iid",
+          "How the training set is split over the --workers shards: iid "
+          "(example i goes to shard i % workers) or dirichlet (label skew: "
+          "each class is split over the shards in proportions drawn from "
+          "Dirichlet(--dirichlet_alpha), seeded by --partition_seed, the "
+          "same on every worker; examples/partition.h).");
+ABSL_FLAG(double, dirichlet_alpha, 0.5,
+          "--partition=dirichlet: the concentration; 0.1 gives each shard "
+          "mostly one or two classes, 100 is close to iid.");
+ABSL_FLAG(std::uint64_t, partition_seed, 1,
+          "--partition=dirichlet: seeds the partition; every worker of a job "
+          "must use the same value.");
+ABSL_FLAG(std::string, corrupt, "none",
+          "A bad worker, for robust-aggregation experiments: none; signflip "
+          "(pushes its weights times -S); noise (pushes i.i.d. normal values, "
+          "mean 0, standard deviation S), where S is --corrupt_scale. The "
+          "update kind and push weight are an honest worker's; it still pulls "
+          "the average.");
+ABSL_FLAG(double, corrupt_scale, 10,
+          "S of --corrupt: the factor of signflip, the standard deviation of "
+          "noise (10: about 200 times the initial hidden weights' spread).");
+ABSL_FLAG(double, slowdown, 1,
+          "A straggler: after each round's local steps, sleep F - 1 times as "
+          "long as they took (F >= 1; 3: three times slower).");
 ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
           "Directory holding the gzipped Fashion-MNIST IDX files.");
 
@@ -165,9 +224,21 @@ struct WorkerConfig {
   bool standalone = false;
   WireFormat wire_format = WireFormat::kFloat32;
   bool check_counts = false;
+  std::string policy;
+  bool dirichlet = false;  // --partition=dirichlet; else iid.
+  double dirichlet_alpha = 0;
+  std::uint64_t partition_seed = 0;
+  Corruption corruption = Corruption::kNone;
+  float corrupt_scale = 0;
+  double slowdown = 1;
   std::string data_dir;
   std::string token;  // --token_file's.
 };
+
+// Every shard of a Dirichlet partition holds at least this many examples
+// (the draw is repeated otherwise), whatever --batch: every worker of a job
+// must compute the same partition.
+constexpr int kMinShardExamples = 64;
 
 // Reads and checks the flags. INVALID_ARGUMENT names the first bad one.
 absl::StatusOr<WorkerConfig> ConfigFromFlags() {
@@ -197,6 +268,34 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
   config.eval = absl::GetFlag(FLAGS_eval) || config.standalone;
   config.data_dir = absl::GetFlag(FLAGS_data_dir);
   config.check_counts = absl::GetFlag(FLAGS_check_counts);
+  config.policy = absl::GetFlag(FLAGS_policy);
+  const std::string partition = absl::GetFlag(FLAGS_partition);
+  if (partition != "iid" && partition != "dirichlet") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--partition=", partition, ": use iid or dirichlet"));
+  }
+  config.dirichlet = partition == "dirichlet";
+  config.dirichlet_alpha = absl::GetFlag(FLAGS_dirichlet_alpha);
+  if (!(config.dirichlet_alpha > 0 && std::isfinite(config.dirichlet_alpha))) {
+    return absl::InvalidArgumentError(
+        "--dirichlet_alpha must be positive and finite");
+  }
+  config.partition_seed = absl::GetFlag(FLAGS_partition_seed);
+  if (!ParseCorruption(absl::GetFlag(FLAGS_corrupt), &config.corruption)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--corrupt=", absl::GetFlag(FLAGS_corrupt),
+                     ": use none, signflip or noise"));
+  }
+  const double corrupt_scale = absl::GetFlag(FLAGS_corrupt_scale);
+  if (!(corrupt_scale > 0 && corrupt_scale < 1e30)) {
+    return absl::InvalidArgumentError(
+        "--corrupt_scale must be positive and finite");
+  }
+  config.corrupt_scale = static_cast<float>(corrupt_scale);
+  config.slowdown = absl::GetFlag(FLAGS_slowdown);
+  if (!(config.slowdown >= 1 && config.slowdown < 1e6)) {
+    return absl::InvalidArgumentError("--slowdown must be in [1, 1e6)");
+  }
   if (!ParseWireFormat(absl::GetFlag(FLAGS_wire_format), &config.wire_format)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--wire_format=", absl::GetFlag(FLAGS_wire_format),
@@ -241,6 +340,10 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
   if (config.train_limit < 0) {
     return absl::InvalidArgumentError("--train_limit must be >= 0");
   }
+  if (config.standalone && config.corruption != Corruption::kNone) {
+    return absl::InvalidArgumentError(
+        "--corrupt needs a server to push to; not with --standalone");
+  }
   if (config.check_counts &&
       (config.rank < 0 || config.workers > kMaxChecked)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -249,15 +352,51 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
   return config;
 }
 
-// The worker's training data: shard `config.rank` of `all`, cut to
-// --train_limit and labeled for its task.
+// The worker's training data: shard `config.rank` of `all` (--partition),
+// cut to --train_limit and labeled for its task. Logs the shard's histogram
+// of the 10 Fashion-MNIST classes to stderr, with `prefix`.
 absl::StatusOr<Dataset> TrainShard(const WorkerConfig& config,
-                                   const Dataset& all) {
-  WEIGHTD_ASSIGN_OR_RETURN(Dataset shard,
-                           Shard(all, config.rank, config.workers));
+                                   const Dataset& all,
+                                   absl::string_view prefix) {
+  Dataset shard;
+  std::string how = "iid";
+  if (config.dirichlet) {
+    WEIGHTD_ASSIGN_OR_RETURN(
+        const std::vector<std::vector<int>> shards,
+        DirichletPartition(all.labels, kFashionClasses, config.workers,
+                           config.dirichlet_alpha, config.partition_seed,
+                           kMinShardExamples));
+    shard = Subset(all, shards[config.rank]);
+    how = absl::StrCat("dirichlet alpha ", config.dirichlet_alpha, " seed ",
+                       config.partition_seed);
+  } else {
+    WEIGHTD_ASSIGN_OR_RETURN(shard, Shard(all, config.rank, config.workers));
+  }
   if (config.train_limit > 0) Truncate(&shard, config.train_limit);
+  absl::FPrintF(stderr, "%s: shard %d of %d (%s): %s\n", prefix, config.rank,
+                config.workers, how,
+                HistogramText(ClassHistogram(shard, kFashionClasses)));
   if (config.task == "upper2") ToUpperBodyLabels(&shard);
   return shard;
+}
+
+// The policy the worker declares for its bookkeeping tensors (metrics/...,
+// checks/counts) when --policy is `policy`: its consistency and staleness
+// (a PushPull moves every tensor in one call), and the plain mean, so that
+// they report the workers' mean. Empty for an empty `policy`.
+std::string BookkeepingPolicy(absl::string_view policy) {
+  if (policy.empty()) return "";
+  std::vector<std::string> kept;
+  for (absl::string_view token :
+       absl::StrSplit(policy, absl::ByAnyChar(" \t\n,"), absl::SkipEmpty())) {
+    if (absl::StartsWith(token, "consistency=") ||
+        absl::StartsWith(token, "staleness=")) {
+      kept.emplace_back(token);
+    }
+  }
+  kept.push_back("optimizer=plain");
+  kept.push_back("aggregator=mean");
+  return absl::StrJoin(kept, " ");
 }
 
 absl::StatusOr<Dataset> LoadTestSet(const WorkerConfig& config) {
@@ -327,10 +466,15 @@ float RoundLearningRate(float lr, int round, int rounds) {
 // Trains for config.rounds rounds, averaging `shared` (which must include
 // `*train_loss`, and `*counts` if not null) through `client` after each one;
 // `client` is null when standalone. The tensors must already be joined.
+// With --corrupt, the values of `model_tensors` (the model's, among
+// `shared`) are corrupted before each push. --slowdown sleeps through
+// `cancellation`.
 absl::Status TrainRounds(const WorkerConfig& config, const Dataset& train,
                          const Dataset& test, Mlp* model,
-                         absl::Span<const TensorRef> shared, float* train_loss,
-                         std::vector<float>* counts, Client* client,
+                         absl::Span<const TensorRef> shared,
+                         absl::Span<const TensorRef> model_tensors,
+                         float* train_loss, std::vector<float>* counts,
+                         Client* client, Cancellation* cancellation,
                          SteadyClock::time_point start) {
   // A batch order of its own for every worker.
   WEIGHTD_ASSIGN_OR_RETURN(
@@ -340,18 +484,34 @@ absl::Status TrainRounds(const WorkerConfig& config, const Dataset& train,
           config.seed ^ (0x9E3779B97F4A7C15ULL * (config.rank + 1))));
   const double samples_per_round =
       static_cast<double>(config.local_steps) * config.batch;
+  // --corrupt=noise: a stream of its own for every worker.
+  std::mt19937_64 corruption_rng(config.seed ^
+                                 (0xD1B54A32D192ED03ULL * (config.rank + 1)));
   double accuracy = 0;
   for (int round = 1; round <= config.rounds; ++round) {
     if (Stopping()) break;
     const float lr = RoundLearningRate(config.lr, round, config.rounds);
     double loss_sum = 0;
+    const SteadyClock::time_point steps_start = SteadyClock::now();
     for (int step = 0; step < config.local_steps && !Stopping(); ++step) {
       WEIGHTD_ASSIGN_OR_RETURN(double loss,
                                model->TrainStep(train, sampler->Next(), lr));
       loss_sum += loss;
     }
+    if (config.slowdown > 1 && !Stopping()) {
+      const std::chrono::duration<double> took =
+          SteadyClock::now() - steps_start;
+      cancellation->SleepFor(
+          absl::Seconds(took.count() * (config.slowdown - 1)));
+    }
     if (Stopping()) break;
     *train_loss = static_cast<float>(loss_sum / config.local_steps);
+    if (client != nullptr) {
+      for (const TensorRef& tensor : model_tensors) {
+        Corrupt(config.corruption, config.corrupt_scale, &corruption_rng,
+                tensor.data);
+      }
+    }
     std::uint64_t bytes = 0;
     // The server's number of the round this worker took part in (the
     // version before it closed), as the server's log numbers it.
@@ -424,27 +584,34 @@ absl::Status Run(WorkerConfig config, SteadyClock::time_point start,
                                         .seed = config.seed}));
 
   // Tensors() order: hidden w, hidden b, head w, head b.
-  std::vector<TensorRef> shared =
+  std::vector<TensorRef> model_tensors =
       model->Tensors("hidden", absl::StrCat(config.task, "/head"));
-  if (!config.share_head) shared.resize(2);
+  if (!config.share_head) model_tensors.resize(2);
+  for (TensorRef& tensor : model_tensors) tensor.policy = config.policy;
+  std::vector<TensorRef> shared = model_tensors;
+  const std::string bookkeeping_policy = BookkeepingPolicy(config.policy);
   float train_loss = 0;
   shared.push_back({absl::StrCat("metrics/", config.task, "/train_loss"),
                     {1},
-                    absl::MakeSpan(&train_loss, 1)});
+                    absl::MakeSpan(&train_loss, 1),
+                    bookkeeping_policy});
 
   // First in every push: a chunk of it applied twice shows.
   std::vector<float> counts(kCountsElements);
   if (config.check_counts && !config.standalone) {
     shared.insert(shared.begin(), {"checks/counts",
                                    {static_cast<std::int64_t>(counts.size())},
-                                   absl::MakeSpan(counts)});
-  }
-  if (config.standalone) {
-    WEIGHTD_ASSIGN_OR_RETURN(const Dataset train, TrainShard(config, all));
-    return TrainRounds(config, train, test, model.get(), shared, &train_loss,
-                       nullptr, nullptr, start);
+                                   absl::MakeSpan(counts),
+                                   bookkeeping_policy});
   }
   const std::string prefix = absl::StrCat("weightd_worker ", config.worker_id);
+  if (config.standalone) {
+    WEIGHTD_ASSIGN_OR_RETURN(const Dataset train,
+                             TrainShard(config, all, prefix));
+    return TrainRounds(config, train, test, model.get(), shared, model_tensors,
+                       &train_loss, nullptr, nullptr, cancellation.get(),
+                       start);
+  }
   ClientOptions options{.address = config.server,
                         .worker_id = config.worker_id,
                         .connect_timeout = config.connect_timeout,
@@ -491,12 +658,13 @@ absl::Status Run(WorkerConfig config, SteadyClock::time_point start,
   if (status.ok()) {
     absl::FPrintF(stderr, "%s: training on data shard %d of %d\n", prefix,
                   config.rank, config.workers);
-    absl::StatusOr<Dataset> train = TrainShard(config, all);
+    absl::StatusOr<Dataset> train = TrainShard(config, all, prefix);
     status = train.status();
     if (status.ok()) {
-      status = TrainRounds(config, *train, test, model.get(), shared,
-                           &train_loss, config.check_counts ? &counts : nullptr,
-                           client.get(), start);
+      status =
+          TrainRounds(config, *train, test, model.get(), shared, model_tensors,
+                      &train_loss, config.check_counts ? &counts : nullptr,
+                      client.get(), cancellation.get(), start);
     }
   }
   if (absl::IsCancelled(status) && Stopping()) {
