@@ -11,16 +11,20 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
+#include "common/policy_spec.h"
 #include "common/status_macros.h"
 
 namespace weightd::storage {
 namespace {
 
 // "WDSNAP0" and the format's version: 2 adds each tensor's whole shape, 3
-// each membership's principal, 4 each tensor's version records; files of
-// versions 1 to 3 still load.
+// each membership's principal, 4 each tensor's version records, 5 each
+// tensor's policy and optimizer state; files of versions 1 to 4 still load
+// (their tensors get the server's default policy).
 constexpr char kMagicPrefix[7] = {'W', 'D', 'S', 'N', 'A', 'P', '0'};
-constexpr char kFormatVersion = '4';
+constexpr char kFormatVersion = '5';
+// More optimizer state slots than any rule has: a corrupt count.
+constexpr std::uint32_t kMaxStateSlots = 16;
 constexpr char kTrailer[8] = {'W', 'D', 'S', 'N', 'E', 'N', 'D', '1'};
 constexpr std::size_t kBufferBytes = 1 << 20;
 
@@ -220,6 +224,12 @@ void Encode(const core::StoreState& state, Writer& w) {
       w.Pod<std::uint64_t>(c.ready_version);
     }
     EncodeHistory(t.history, w);
+    w.Str(PolicySpecText(t.policy));
+    w.Pod<std::uint32_t>(static_cast<std::uint32_t>(t.optimizer_state.size()));
+    for (const std::vector<float>& slot : t.optimizer_state) {
+      w.Pod<std::uint64_t>(slot.size());
+      w.Bytes(slot.data(), slot.size() * sizeof(float));
+    }
   }
   w.Pod<std::uint64_t>(state.workers.size());
   for (const core::SavedWorker& worker : state.workers) {
@@ -281,6 +291,26 @@ absl::StatusOr<core::StoreState> Decode(Reader& r) {
     }
     if (format >= '4') {
       WEIGHTD_ASSIGN_OR_RETURN(t.history, DecodeHistory(r));
+    }
+    if (format >= '5') {
+      WEIGHTD_ASSIGN_OR_RETURN(std::string text, r.Str());
+      absl::StatusOr<PolicySpec> policy = ParsePolicySpec(text);
+      if (!policy.ok()) return r.Corrupt("a policy that does not parse");
+      t.policy = *std::move(policy);
+      std::uint32_t slots;
+      WEIGHTD_RETURN_IF_ERROR(r.Pod(&slots));
+      if (slots > kMaxStateSlots) {
+        return r.Corrupt("more optimizer state slots than any optimizer has");
+      }
+      for (std::uint32_t k = 0; k < slots; ++k) {
+        WEIGHTD_ASSIGN_OR_RETURN(std::uint64_t n, r.Count(sizeof(float)));
+        if (n != elements) {
+          return r.Corrupt("optimizer state of another size than the value");
+        }
+        std::vector<float> slot(n);
+        WEIGHTD_RETURN_IF_ERROR(r.Bytes(slot.data(), n * sizeof(float)));
+        t.optimizer_state.push_back(std::move(slot));
+      }
     }
     state.tensors.push_back(std::move(t));
   }

@@ -1,9 +1,9 @@
 // Snapshots of a TensorStore on disk: one file per snapshot, written
 // atomically, checked by a CRC-32 on load.
 //
-// File format (little-endian), version 2 (version 1, "WDSNAP01", has no
-// whole dims and still loads):
-//   "WDSNAP02"                         magic
+// File format (little-endian), version 5; files of versions 1 to 4 still
+// load (snapshot.cc says what each version added):
+//   "WDSNAP05"                         magic
 //   u64 tensor count, then per tensor:
 //     str name, u32 rank, i64 dims[rank],
 //     u32 whole rank, i64 whole dims[whole rank] (of the whole tensor if this
@@ -11,8 +11,12 @@
 //     u64 version, u64 elements,
 //     f32 values[elements], u64 push count, then per push:
 //       str worker, u64 sequence, u64 round, u8 kind, u64 ready_version
+//     (version 4) the tensor's version records (snapshot.cc),
+//     (version 5) str policy (common/policy_spec.h text, every field),
+//       u32 slots, per slot: u64 elements, f32 optimizer state[elements]
 //   u64 worker count, then per worker:
-//     str id, u64 lease, u64 max_sequence, u32 n, str tensors[n]
+//     str id, u64 lease, u64 max_sequence, u32 n, str tensors[n],
+//     (version 3) str principal
 //   u32 CRC-32 (zlib) of every byte above
 //   "WDSNEND1"                         trailer
 // where str is u32 length + bytes.

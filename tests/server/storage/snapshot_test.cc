@@ -7,10 +7,12 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <string>
 #include <vector>
 
+#include "common/policy_spec.h"
 #include "common/status_macros.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -286,6 +288,94 @@ TEST_F(SnapshotTest, AVersionThreeFileStillLoadsWithoutRecords) {
   EXPECT_EQ(state->workers[0].principal, "workers");
   EXPECT_EQ(state->tensors[0].version, 2u);
   EXPECT_TRUE(state->tensors[0].history.empty());
+}
+
+TEST_F(SnapshotTest, APolicyAndItsOptimizerStateSurviveTheFileBitForBit) {
+  core::StoreOptions options;
+  options.chunk_bytes = kMinChunkBytes;
+  auto store = std::move(core::TensorStore::Create(options)).value();
+  core::Declaration d{"w", {3}, {1, 2, 3}};
+  d.policy.optimizer = "adam";
+  d.policy.params = {{"lr", 0.05}};
+  auto joined = store->Join("a", {d});
+  ASSERT_THAT(joined, IsOk());
+  for (std::uint64_t round = 0; round < 3; ++round) {
+    auto session = store->BeginPush({joined->lease_id,
+                                     round + 1,
+                                     core::UpdateKind::kWeights,
+                                     1.0,
+                                     {{"w", round}}});
+    ASSERT_THAT(session, IsOk());
+    const std::vector<float> pushed = {0.5f * round, -1.0f, 7.0f};
+    ASSERT_THAT(
+        (*session)->AddChunk(
+            0, 0,
+            absl::string_view(reinterpret_cast<const char*>(pushed.data()),
+                              pushed.size() * 4)),
+        IsOk());
+    ASSERT_THAT((*session)->Finish(), IsOk());
+  }
+  const core::StoreState saved = store->Save();
+  ASSERT_EQ(saved.tensors[0].optimizer_state.size(), 2u);  // m and v.
+  const std::string path = dir_ + "/policy.wds";
+  ASSERT_THAT(WriteSnapshotFile(path, saved), IsOk());
+  auto loaded = ReadSnapshotFile(path);
+  ASSERT_THAT(loaded, IsOk());
+  const core::SavedTensor& w = loaded->tensors[0];
+  EXPECT_EQ(PolicySpecText(w.policy),
+            "consistency=sync optimizer=adam aggregator=mean beta1=0.9 "
+            "beta2=0.99 lr=0.05 tau=0.001");
+  ASSERT_EQ(w.optimizer_state.size(), 2u);
+  for (std::size_t s = 0; s < 2; ++s) {
+    const std::vector<float>& before = saved.tensors[0].optimizer_state[s];
+    ASSERT_EQ(w.optimizer_state[s].size(), before.size());
+    EXPECT_EQ(std::memcmp(w.optimizer_state[s].data(), before.data(),
+                          before.size() * sizeof(float)),
+              0);
+  }
+  auto restored = core::TensorStore::Restore(options, *std::move(loaded));
+  ASSERT_THAT(restored, IsOk());
+  auto info = (*restored)->Describe("w");
+  ASSERT_THAT(info, IsOk());
+  EXPECT_EQ(info->policy, store->Describe("w")->policy);
+  EXPECT_EQ(info->policy_bytes, 2u * 3u * sizeof(float));
+}
+
+TEST_F(SnapshotTest, AVersionFourFileLoadsWithTheServersDefaultPolicy) {
+  // Format 4: format 3 plus each tensor's version records.
+  std::string body("WDSNAP04", 8);
+  auto put = [&body](const auto& v) {
+    body.append(reinterpret_cast<const char*>(&v), sizeof(v));
+  };
+  auto str = [&](const std::string& text) {
+    put(static_cast<std::uint32_t>(text.size()));
+    body += text;
+  };
+  put(std::uint64_t{1});
+  str("w");
+  put(std::uint32_t{1});  // Rank.
+  put(std::int64_t{1});
+  put(std::uint32_t{0});  // Whole rank.
+  put(std::uint64_t{2});  // Version.
+  put(std::uint64_t{1});  // Elements.
+  put(3.0f);
+  put(std::uint64_t{0});  // Pushes.
+  put(std::uint64_t{0});  // Version records.
+  put(std::uint64_t{0});  // Workers.
+  put(static_cast<std::uint32_t>(
+      crc32_z(crc32_z(0L, Z_NULL, 0),
+              reinterpret_cast<const Bytef*>(body.data()), body.size())));
+  body += std::string("WDSNEND1", 8);
+  const std::string path = dir_ + "/v4.wds";
+  std::ofstream(path, std::ios::binary) << body;
+  auto state = ReadSnapshotFile(path);
+  ASSERT_THAT(state, IsOk());
+  EXPECT_TRUE(state->tensors[0].policy.empty());
+  core::StoreOptions options;
+  options.default_policy.optimizer = "momentum";
+  auto restored = core::TensorStore::Restore(options, *std::move(state));
+  ASSERT_THAT(restored, IsOk());
+  EXPECT_EQ((*restored)->Describe("w")->policy.optimizer, "momentum");
 }
 
 TEST_F(SnapshotTest, CorruptOrTruncatedFilesAreDataLoss) {
