@@ -5,6 +5,7 @@
 #include <grpcpp/impl/client_unary_call.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -17,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -1625,6 +1627,93 @@ TEST_F(ServiceTest, AsyncModeAppliesPushesImmediately) {
   ASSERT_THAT(ca->PushPull({TensorRef{"w", {8}, absl::MakeSpan(a)}}), IsOk());
   EXPECT_THAT(a, ::testing::Each(1.0f));  // Halfway (async_mix 0.5).
   EXPECT_EQ(*ca->Version("w"), 1u);
+}
+
+// Bounded staleness over the wire, through the gRPC stream and through a
+// shared-memory segment: a push that would put its worker more than
+// `staleness` pushes ahead of the slowest participant waits in the server
+// (the call stays open) until the slowest pushes, then is applied.
+TEST_F(ServiceTest, ABoundedPushWaitsForTheSlowestWorkersPush) {
+  for (const bool shared_memory : {false, true}) {
+    SCOPED_TRACE(shared_memory ? "segment" : "stream");
+    StartServer(core::Mode::kSync);
+    std::vector<std::string> said;
+    absl::Mutex said_mu;
+    auto connect = [&](const std::string& worker) {
+      ClientOptions options = testing::TestClientOptions();
+      options.address = server_->address();
+      options.worker_id = worker;
+      options.shared_memory = shared_memory;
+      options.call_timeout = absl::Seconds(60);
+      options.log = [&](absl::string_view line) {
+        absl::MutexLock lock(&said_mu);
+        said.emplace_back(line);
+      };
+      return std::move(Client::Connect(options)).value();
+    };
+    auto fast = connect("fast");
+    auto slow = connect("slow");
+    std::vector<float> f(4, 0.0f), w(4, 0.0f);
+    const std::string policy = "consistency=bounded staleness=1";
+    ASSERT_THAT(fast->Join({TensorRef{"w", {4}, absl::MakeSpan(f), policy}}),
+                IsOk());
+    ASSERT_THAT(slow->Join({TensorRef{"w", {4}, absl::MakeSpan(w)}}), IsOk());
+    {
+      absl::MutexLock lock(&said_mu);
+      EXPECT_EQ(std::count_if(said.begin(), said.end(),
+                              [](const std::string& line) {
+                                return absl::StrContains(line, "shared memory");
+                              }),
+                shared_memory ? 2 : 0);
+    }
+    auto push = [](Client& c, std::vector<float>& v, float x) {
+      v.assign(4, x);
+      return c.PushPull({TensorRef{"w", {4}, absl::MakeSpan(v)}});
+    };
+    ASSERT_THAT(push(*fast, f, 2.0f), IsOk());  // 1 ahead: applied.
+    EXPECT_EQ(server_->store().Describe("w")->version, 1u);
+    absl::Status second;
+    absl::Notification done;
+    std::thread waiting([&] {
+      second = push(*fast, f, 4.0f);
+      done.Notify();
+    });
+    EXPECT_FALSE(done.WaitForNotificationWithTimeout(absl::Milliseconds(500)));
+    EXPECT_EQ(server_->store().Describe("w")->version, 1u);
+    EXPECT_THAT(server_->store().Status().tensors[0].waiting_for,
+                ElementsAre("slow"));
+    ASSERT_THAT(push(*slow, w, 8.0f), IsOk());  // The slowest moves: 1 ahead.
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    waiting.join();
+    EXPECT_THAT(second, IsOk());
+    // Three pushes applied alone (plain, mix 0.5): 0 -> 1 -> 4.5 -> 4.25,
+    // the last two in either order of the slow and the fast push.
+    EXPECT_EQ(server_->store().Describe("w")->version, 3u);
+    const float v = server_->store().Read({"w"}).value()[0].value->at(0);
+    EXPECT_TRUE(v == 4.25f || v == 3.25f) << v;  // 1->4.5->4.25 or 1->2.5->3.25
+  }
+}
+
+TEST_F(ServiceTest, ADeclarationOfAnotherPolicyIsAlreadyExistsOverTheWire) {
+  std::vector<float> a(4, 0.0f), b(4, 0.0f);
+  auto ca = Connect("a");
+  auto cb = Connect("b");
+  ASSERT_THAT(
+      ca->Join({TensorRef{
+          "w", {4}, absl::MakeSpan(a), "optimizer=adam aggregator=median"}}),
+      IsOk());
+  EXPECT_THAT(
+      cb->Join({TensorRef{"w", {4}, absl::MakeSpan(b), "aggregator=mean"}}),
+      StatusIs(absl::StatusCode::kAlreadyExists,
+               HasSubstr("exists with policy \"consistency=sync "
+                         "optimizer=adam aggregator=median")));
+  EXPECT_THAT(
+      cb->Join({TensorRef{"w", {4}, absl::MakeSpan(b), "lr=oops"}}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a number")));
+  EXPECT_THAT(
+      cb->Join({TensorRef{"w", {4}, absl::MakeSpan(b), "optimizer=adam"}}),
+      IsOk());
+  EXPECT_EQ(server_->store().Describe("w")->participants, 2u);
 }
 
 // Bytes that parse as no weightd message: a length-delimited field 1 whose
