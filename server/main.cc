@@ -550,6 +550,17 @@ int main(int argc, char** argv) {
       options.unix_socket.empty() ? "" : " and unix:" + options.unix_socket,
       mode, options.store.chunk_bytes, options.store.server_lr,
       options.shard_index, options.shard_count);
+  const weightd::core::PolicyDefaults& defaults =
+      (*server)->store().policy_defaults();
+  spdlog::info(
+      "policy: a tensor gets \"{}\" unless its creating worker declares "
+      "otherwise (--policy){}",
+      weightd::core::PolicyText(defaults.fallback()),
+      defaults.patterns().empty() ? "" : ", or the first of these it matches:");
+  for (const auto& [pattern, policy] : defaults.patterns()) {
+    spdlog::info("policy: {} -> \"{}\" (--policy_file)", pattern,
+                 weightd::core::PolicyText(policy));
+  }
   // gRPC clients refuse messages over 4 MiB unless told otherwise; a pull
   // streams chunks of chunk_bytes plus a small header.
   if (options.store.chunk_bytes > (std::uint64_t{4} << 20) - (64 << 10)) {

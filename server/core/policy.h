@@ -82,6 +82,10 @@ class PolicyDefaults {
 
   // The policy a tensor named `name` gets when its creator names none.
   const TensorPolicy& For(absl::string_view name) const;
+  const TensorPolicy& fallback() const { return fallback_; }
+  const std::vector<std::pair<std::string, TensorPolicy>>& patterns() const {
+    return patterns_;
+  }
 
  private:
   TensorPolicy fallback_;

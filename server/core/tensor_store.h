@@ -377,6 +377,8 @@ class TensorStore {
   TensorStore& operator=(const TensorStore&) = delete;
 
   const StoreOptions& options() const { return options_; }
+  // The policies new tensors get unless their creator declares others.
+  const PolicyDefaults& policy_defaults() const { return policy_defaults_; }
 
   // Starts a Join of `header.worker_id` (it starts or, for a known worker
   // id, replaces a membership; see Join). Checks the header before any

@@ -1,6 +1,8 @@
 #include "server/service/event_log.h"
 
 #include <algorithm>
+#include <map>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -43,6 +45,18 @@ void EventLog::Joined(absl::string_view worker, absl::string_view peer,
       std::string(worker), TakeoverText(result.takeover), std::string(peer),
       result.tensors.size(), created, result.tensors.size() - created,
       max_version);
+  // The policies it created tensors with: one line per distinct policy.
+  std::map<std::string, std::pair<std::size_t, std::string>> policies;
+  for (const core::JoinedTensor& t : result.tensors) {
+    if (!t.created) continue;
+    auto& [count, first] = policies[core::PolicyText(t.info.policy)];
+    if (count++ == 0) first = t.info.name;
+  }
+  for (const auto& [policy, created_with] : policies) {
+    spdlog::info("worker {} created {} tensor(s) ({}{}) with policy \"{}\"",
+                 std::string(worker), created_with.first, created_with.second,
+                 created_with.first > 1 ? ", ..." : "", policy);
+  }
 }
 
 void EventLog::Left(absl::string_view worker) {
