@@ -1,23 +1,23 @@
 // Per-tensor policies (server/core/policy.h, server/core/rules/): the text
 // form, how a declaration resolves over the server's defaults, and what
-// each rule computes, against numbers worked out by hand.
+// each rule computes, against numbers worked out by hand. The store-wide
+// behaviour of policies (the staleness bound, Save/Restore, mixed policies,
+// the memory cap) is in policy_store_test.cc.
 #include "server/core/policy.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <memory>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "common/policy_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/server/core/store_fixture.h"
+#include "tests/server/core/policy_fixture.h"
 #include "tests/testing/status_matchers.h"
 
 namespace weightd::core {
@@ -26,15 +26,8 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::FloatEq;
 using ::testing::HasSubstr;
-using ::testing::IsEmpty;
 using ::weightd::testing::IsOk;
 using ::weightd::testing::StatusIs;
-
-PolicySpec Spec(const std::string& text) {
-  absl::StatusOr<PolicySpec> spec = ParsePolicySpec(text);
-  EXPECT_THAT(spec, IsOk()) << text;
-  return spec.ok() ? *spec : PolicySpec{};
-}
 
 TensorPolicy Base() {
   TensorPolicy base;
@@ -119,101 +112,6 @@ TEST(PolicyDefaultsTest, CreateRefusesAnInvalidDefault) {
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("the policy of pattern enc/*")));
 }
-
-class PolicyStoreTest : public TensorStoreTest {
- protected:
-  // TestOptions() on the test's clock.
-  StoreOptions ClockedOptions() {
-    StoreOptions options = TestOptions();
-    options.now = [this] { return now_; };
-    return options;
-  }
-  static Declaration Decl(const std::string& name, std::vector<float> value,
-                          const std::string& policy = "") {
-    Declaration d{name, {static_cast<std::int64_t>(value.size())}, value};
-    d.policy = Spec(policy);
-    return d;
-  }
-  std::uint64_t JoinAll(const std::string& worker,
-                        std::vector<Declaration> declarations) {
-    auto joined = store_->Join(worker, std::move(declarations));
-    EXPECT_THAT(joined, IsOk()) << worker;
-    return joined.ok() ? joined->lease_id : 0;
-  }
-  std::uint64_t JoinWith(const std::string& worker, const std::string& name,
-                         std::vector<float> value, const std::string& policy) {
-    return JoinAll(worker, {Decl(name, std::move(value), policy)});
-  }
-  TensorPolicy PolicyOf(const std::string& name) {
-    auto info = store_->Describe(name);
-    EXPECT_THAT(info, IsOk());
-    return info.ok() ? info->policy : TensorPolicy{};
-  }
-  std::uint64_t PolicyBytes(const std::string& name) {
-    auto info = store_->Describe(name);
-    EXPECT_THAT(info, IsOk());
-    return info.ok() ? info->policy_bytes : 0;
-  }
-
-  // Two sync rounds of "w" (initial value 1) under `policy`, shared by a
-  // and b: round r's mean update is u[r] (as a delta; as weights, the value
-  // plus it), a pushing it minus 1 and b plus 1. The value after each.
-  std::vector<float> TwoRounds(const std::string& policy, UpdateKind kind,
-                               float u1, float u2) {
-    MakeStore();
-    const std::uint64_t a = JoinWith("a", "w", {1.0f}, policy);
-    const std::uint64_t b = JoinWith("b", "w", {1.0f}, "");
-    std::vector<float> after;
-    for (const float u : {u1, u2}) {
-      const std::uint64_t round = after.size();
-      const float mean = kind == UpdateKind::kWeights ? Value("w")[0] + u : u;
-      EXPECT_THAT(Push(a, round + 1, {{"w", round, {mean - 1}}}, 1.0, kind),
-                  IsOk());
-      EXPECT_THAT(Push(b, round + 1, {{"w", round, {mean + 1}}}, 1.0, kind),
-                  IsOk());
-      after.push_back(Value("w")[0]);
-    }
-    return after;
-  }
-
-  // Push `sequence` of `lease` of `values` to the async or bounded tensor
-  // "w", delivered whole and not finished yet.
-  std::unique_ptr<PushSession> Staged(std::uint64_t lease,
-                                      std::uint64_t sequence,
-                                      std::vector<float> values) {
-    auto session = store_->BeginPush(
-        PushHeader{lease, sequence, UpdateKind::kDelta, 1.0, {{"w", 0}}});
-    EXPECT_THAT(session, IsOk());
-    if (!session.ok()) return nullptr;
-    EXPECT_THAT(
-        (*session)->AddChunk(
-            0, 0, ::weightd::testing::FloatBytes(values, 0, values.size() * 4)),
-        IsOk());
-    return std::move(*session);
-  }
-  // Bounded staleness 2 on "w" (value 0) shared by a and b (on the test's
-  // clock); a pushes deltas of 1 twice: it is exactly 2 ahead of b.
-  void MakeATwoAhead() {
-    MakeStoreWith(ClockedOptions());
-    a_ = JoinWith("a", "w", {0.0f}, "consistency=bounded staleness=2");
-    b_ = JoinWith("b", "w", {0.0f}, "");
-    for (std::uint64_t sequence : {1, 2}) {
-      ASSERT_THAT(
-          Push(a_, sequence, {{"w", 0, {1.0f}}}, 1.0, UpdateKind::kDelta),
-          IsOk());
-    }
-    ASSERT_EQ(Value("w")[0], 2.0f);
-  }
-  std::vector<std::string> WaitingFor() {
-    const StoreStatus status = store_->Status();
-    return status.tensors.empty() ? std::vector<std::string>{}
-                                  : status.tensors[0].waiting_for;
-  }
-
-  absl::Time now_ = absl::FromUnixSeconds(1700000000);
-  std::uint64_t a_ = 0;
-  std::uint64_t b_ = 0;
-};
 
 // FedAdam, one round of two workers on one element, by hand:
 // mean = (3 + 5) / 2 = 4, u = 4 - 1 = 3; m = 0.1 * 3 = 0.3;
@@ -310,10 +208,34 @@ TEST_F(PolicyStoreTest, APartialDeclarationMatchesATensorOfOtherFields) {
 // update is the mean minus the value, or the mean delta, so both give the
 // same values. Numbers chosen so every step is exact in float32.
 
+class OptimizerTest : public PolicyStoreTest {
+ protected:
+  // Two sync rounds of "w" (initial value 1) under `policy`, shared by a
+  // and b: round r's mean update is u[r] (as a delta; as weights, the value
+  // plus it), a pushing it minus 1 and b plus 1. The value after each.
+  std::vector<float> TwoRounds(const std::string& policy, UpdateKind kind,
+                               float u1, float u2) {
+    MakeStore();
+    const std::uint64_t a = JoinWith("a", "w", {1.0f}, policy);
+    const std::uint64_t b = JoinWith("b", "w", {1.0f}, "");
+    std::vector<float> after;
+    for (const float u : {u1, u2}) {
+      const std::uint64_t round = after.size();
+      const float mean = kind == UpdateKind::kWeights ? Value("w")[0] + u : u;
+      EXPECT_THAT(Push(a, round + 1, {{"w", round, {mean - 1}}}, 1.0, kind),
+                  IsOk());
+      EXPECT_THAT(Push(b, round + 1, {{"w", round, {mean + 1}}}, 1.0, kind),
+                  IsOk());
+      after.push_back(Value("w")[0]);
+    }
+    return after;
+  }
+};
+
 // FedAvg, weights: the round's mean weighted by the pushes' weights, every
 // contribution counted: (2*1 + 6*3 + 38*4) / 8 = 172 / 8 = 21.5 and
 // (0*1 + 4*3 + -1*4) / 8 = 1; the value (7) plays no part.
-TEST_F(PolicyStoreTest, PlainWeightsRoundIsTheWeightedMean) {
+TEST_F(OptimizerTest, PlainWeightsRoundIsTheWeightedMean) {
   MakeStore();
   const std::uint64_t a = JoinWith("a", "w", {7, 7}, "optimizer=plain");
   const std::uint64_t b = JoinWith("b", "w", {7, 7}, "");
@@ -325,7 +247,7 @@ TEST_F(PolicyStoreTest, PlainWeightsRoundIsTheWeightedMean) {
 }
 
 // FedAvg, deltas, lr=0.5: mean delta (2*1 + 6*3) / 4 = 5; 1 + 0.5*5 = 3.5.
-TEST_F(PolicyStoreTest, PlainDeltaAddsLrTimesTheMeanDelta) {
+TEST_F(OptimizerTest, PlainDeltaAddsLrTimesTheMeanDelta) {
   MakeStore();
   const std::uint64_t a = JoinWith("a", "w", {1}, "lr=0.5");
   const std::uint64_t b = JoinWith("b", "w", {1}, "");
@@ -336,7 +258,7 @@ TEST_F(PolicyStoreTest, PlainDeltaAddsLrTimesTheMeanDelta) {
 
 // Async, each push alone: weights mix=0.25: 1 + 0.25*(5 - 1) = 2, then
 // 2 + 0.25*(6 - 2) = 3; a delta, lr=0.5: 3 + 0.5*4 = 5. b never pushes.
-TEST_F(PolicyStoreTest, PlainAsyncWeightsMixAndDeltasAddLrTimesThem) {
+TEST_F(OptimizerTest, PlainAsyncWeightsMixAndDeltasAddLrTimesThem) {
   MakeStore();
   const std::uint64_t a =
       JoinWith("a", "w", {1}, "consistency=async mix=0.25 lr=0.5");
@@ -353,7 +275,7 @@ TEST_F(PolicyStoreTest, PlainAsyncWeightsMixAndDeltasAddLrTimesThem) {
 // FedAvgM, lr=0.5 momentum=0.5, u = 2, 2:
 // round 1: m = 0.5*0 + 2 = 2, value = 1 + 0.5*2 = 2;
 // round 2: m = 0.5*2 + 2 = 3 (the momentum carries), value = 2 + 1.5 = 3.5.
-TEST_F(PolicyStoreTest, MomentumCarriesAcrossRounds) {
+TEST_F(OptimizerTest, MomentumCarriesAcrossRounds) {
   for (UpdateKind kind : {UpdateKind::kWeights, UpdateKind::kDelta}) {
     SCOPED_TRACE(kind == UpdateKind::kWeights ? "weights" : "delta");
     EXPECT_THAT(TwoRounds("optimizer=momentum lr=0.5 momentum=0.5", kind, 2, 2),
@@ -366,7 +288,7 @@ TEST_F(PolicyStoreTest, MomentumCarriesAcrossRounds) {
 //   value = 1 + 0.5 / (1.25 + 0.75) = 1.25;
 // round 2: m = 0.25 + 1.5 = 1.75, v = 1.5625 + 9 = 10.5625 (sqrt 3.25),
 //   value = 1.25 + 1.75 / 4 = 1.6875.
-TEST_F(PolicyStoreTest, FedAdagradSumsSquaredUpdates) {
+TEST_F(OptimizerTest, FedAdagradSumsSquaredUpdates) {
   for (UpdateKind kind : {UpdateKind::kWeights, UpdateKind::kDelta}) {
     SCOPED_TRACE(kind == UpdateKind::kWeights ? "weights" : "delta");
     EXPECT_THAT(
@@ -380,7 +302,7 @@ TEST_F(PolicyStoreTest, FedAdagradSumsSquaredUpdates) {
 //   value = 1 + 0.75 / 1.5 = 1.5;
 // round 2: m = 0.375 + 1.5 = 1.875, v = 0.625*1 + 0.375*9 = 4 (sqrt 2),
 //   value = 1.5 + 1.875 / 2.5 = 2.25.
-TEST_F(PolicyStoreTest, FedAdamTwoRounds) {
+TEST_F(OptimizerTest, FedAdamTwoRounds) {
   for (UpdateKind kind : {UpdateKind::kWeights, UpdateKind::kDelta}) {
     SCOPED_TRACE(kind == UpdateKind::kWeights ? "weights" : "delta");
     EXPECT_THAT(TwoRounds("optimizer=adam lr=1 beta1=0.5 beta2=0.625 tau=0.5",
@@ -394,7 +316,7 @@ TEST_F(PolicyStoreTest, FedAdamTwoRounds) {
 //   rule would give 4.78125), m = 1.5, value = 1 + 1.5 / 3 = 1.5;
 // round 2: u^2 = 4 < v: v = 5.0625 - 0.5*4 = 3.0625 (sqrt 1.75),
 //   m = 0.75 + 1 = 1.75, value = 1.5 + 1.75 / 2.5 = 2.2.
-TEST_F(PolicyStoreTest, FedYogiMovesVTowardUSquaredBothWays) {
+TEST_F(OptimizerTest, FedYogiMovesVTowardUSquaredBothWays) {
   for (UpdateKind kind : {UpdateKind::kWeights, UpdateKind::kDelta}) {
     SCOPED_TRACE(kind == UpdateKind::kWeights ? "weights" : "delta");
     EXPECT_THAT(TwoRounds("optimizer=yogi lr=1 beta1=0.5 beta2=0.5 tau=0.75",
@@ -406,7 +328,7 @@ TEST_F(PolicyStoreTest, FedYogiMovesVTowardUSquaredBothWays) {
 // Async FedAdam: a push is stepped alone, at once (b never pushes); as in
 // FedAdamTwoRounds' first round: weights 2.5 on value 1 (u = 1.5), or the
 // delta 1.5: value 1.5.
-TEST_F(PolicyStoreTest, AnAsyncPushStepsFedAdamAlone) {
+TEST_F(OptimizerTest, AnAsyncPushStepsFedAdamAlone) {
   MakeStore();
   const std::string adam =
       "consistency=async optimizer=adam lr=1 beta1=0.5 beta2=0.625 tau=0.5";
@@ -424,10 +346,12 @@ TEST_F(PolicyStoreTest, AnAsyncPushStepsFedAdamAlone) {
 // each contribution once and ignore the pushes' weights, which a bad worker
 // chooses: the weights below would move a weighted mean far.
 
+using AggregatorTest = PolicyStoreTest;
+
 // Odd count (3), column by column: {1, 7, 3} -> 3; ties {2, 5, 2} -> 2;
 // all equal -> 4; {-1, -5, 0} -> -1. Deltas (lr=0.5): value 10 + 0.5 *
 // median{1, 7, 3} = 11.5.
-TEST_F(PolicyStoreTest, MedianOfAnOddCountIsTheMiddleValue) {
+TEST_F(AggregatorTest, MedianOfAnOddCountIsTheMiddleValue) {
   MakeStore();
   const std::string median = "aggregator=median lr=0.5";
   std::vector<std::uint64_t> leases;
@@ -452,7 +376,7 @@ TEST_F(PolicyStoreTest, MedianOfAnOddCountIsTheMiddleValue) {
 // Even count (4): the mean of the two middle values. {1, 7, 3, 4} ->
 // (3 + 4) / 2 = 3.5; ties in the middle {2, 2, 9, 1} -> 2; all equal -> 4;
 // {1, 2, 10, 20} -> 6 (the lower middle alone would be 2, the upper 10).
-TEST_F(PolicyStoreTest, MedianOfAnEvenCountIsTheMeanOfTheTwoMiddle) {
+TEST_F(AggregatorTest, MedianOfAnEvenCountIsTheMeanOfTheTwoMiddle) {
   MakeStore();
   std::vector<std::uint64_t> leases;
   for (const char* w : {"a", "b", "c", "d"}) {
@@ -471,7 +395,7 @@ TEST_F(PolicyStoreTest, MedianOfAnEvenCountIsTheMeanOfTheTwoMiddle) {
 // side: {1, 7, 3, 4} -> (3 + 4) / 2 = 3.5; {10, -10, 1, 2} -> 1.5; all
 // equal -> 5. trim=0.2 drops floor(0.8) = 0: the unweighted mean,
 // (1 + 7 + 3 + 4) / 4 = 3.75, (10 - 10 + 1 + 2) / 4 = 0.75, 5.
-TEST_F(PolicyStoreTest, TrimmedMeanDropsFloorOfTrimTimesCountPerSide) {
+TEST_F(AggregatorTest, TrimmedMeanDropsFloorOfTrimTimesCountPerSide) {
   MakeStore();
   std::vector<std::uint64_t> leases;
   for (const char* w : {"a", "b", "c", "d"}) {
@@ -495,7 +419,7 @@ TEST_F(PolicyStoreTest, TrimmedMeanDropsFloorOfTrimTimesCountPerSide) {
 // trim < 0.5 (0.5 is refused) drops fewer than half of each side, so at
 // least one stays: trim=0.499999 of 3 drops floor(1.499997) = 1 per side
 // and keeps the middle one, {1, 7, 3} -> 3.
-TEST_F(PolicyStoreTest, ATrimKeepsAtLeastOneContribution) {
+TEST_F(AggregatorTest, ATrimKeepsAtLeastOneContribution) {
   MakeStore();
   EXPECT_THAT(
       store_->Join("a", {Decl("t", {0}, "aggregator=trimmed_mean trim=0.5")}),
@@ -517,7 +441,7 @@ TEST_F(PolicyStoreTest, ATrimKeepsAtLeastOneContribution) {
 // once (weights 1 and 9 ignored): {0.55, 0.4}; value {1.55, 1.4}. As weights
 // the update is relative to the value: a pushes {4, 5} (whose own norm,
 // 6.4, plays no part) and b {1.5, 1}; as deltas, the updates themselves.
-TEST_F(PolicyStoreTest, ClippedMeanScalesOnlyUpdatesOverTheNorm) {
+TEST_F(AggregatorTest, ClippedMeanScalesOnlyUpdatesOverTheNorm) {
   MakeStore();
   const std::string clipped = "aggregator=clipped_mean clip_norm=1";
   const std::uint64_t a =
@@ -540,7 +464,7 @@ TEST_F(PolicyStoreTest, ClippedMeanScalesOnlyUpdatesOverTheNorm) {
 // sample standard deviation is 0.75 within 0.04 (its standard error is
 // 0.75 / sqrt(2 * 8192) = 0.006), its mean 0 within 0.05. The same seed
 // gives the same noise, another seed other noise.
-TEST_F(PolicyStoreTest, ClippedMeanNoiseIsSeededWithTheStatedSpread) {
+TEST_F(AggregatorTest, ClippedMeanNoiseIsSeededWithTheStatedSpread) {
   auto noisy_round = [this](std::uint64_t seed) {
     StoreOptions options = TestOptions();
     options.random_seed = seed;
@@ -574,7 +498,7 @@ TEST_F(PolicyStoreTest, ClippedMeanNoiseIsSeededWithTheStatedSpread) {
 // A push with NaN or Inf is refused whole and changes nothing, in a round
 // (median) or applied alone (async FedAdam); the round then closes on the
 // finite pushes: median{5, 1, 3} = 3, median{5, 1, 9} = 5.
-TEST_F(PolicyStoreTest, ANonFinitePushIsRefusedAndChangesNothing) {
+TEST_F(AggregatorTest, ANonFinitePushIsRefusedAndChangesNothing) {
   MakeStore();
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const float inf = std::numeric_limits<float>::infinity();
@@ -604,7 +528,7 @@ TEST_F(PolicyStoreTest, ANonFinitePushIsRefusedAndChangesNothing) {
 // only. The first chunk is median{1, 5, 2} = 2; the second has a's and b's
 // only: median{1, 5} = 3 (c's undelivered chunk would make it median{0, 1,
 // 5} = 1 if it counted as zeros).
-TEST_F(PolicyStoreTest, AQuorumCloseUnderMedianCountsOnlyDeliveredChunks) {
+TEST_F(AggregatorTest, AQuorumCloseUnderMedianCountsOnlyDeliveredChunks) {
   StoreOptions options = ClockedOptions();
   options.round_quorum.count = 2;
   options.round_timeout = absl::Seconds(1);
@@ -636,236 +560,5 @@ TEST_F(PolicyStoreTest, AQuorumCloseUnderMedianCountsOnlyDeliveredChunks) {
       static_cast<std::size_t>(std::count(value.begin(), value.end(), 2.0f)),
       n / 2);
 }
-
-// Bounded staleness (s = 2; MakeATwoAhead: a applied 2 pushes, b none).
-
-// a's third push waits: its turn does not come, Finish() without it is
-// ABORTED and applies nothing, and Status names b as what it waits for.
-// b's push (10) puts a 1 ahead: the waiting push's turn comes, and it
-// applies (2 + 10 + 1 = 13). a's next is 2 ahead again, and waits.
-TEST_F(PolicyStoreTest, BoundedStalenessStopsAWorkerExactlySAhead) {
-  MakeATwoAhead();
-  bool turn = false;
-  auto refused = Staged(a_, 3, {1});
-  auto wait = refused->AwaitTurn([&turn](absl::Status s) {
-    EXPECT_THAT(s, IsOk());
-    turn = true;
-  });
-  ASSERT_THAT(wait, IsOk());
-  EXPECT_FALSE(turn);
-  EXPECT_THAT(WaitingFor(), ElementsAre("b"));
-  EXPECT_THAT(refused->Finish(),
-              StatusIs(absl::StatusCode::kAborted,
-                       HasSubstr("2 push(es) ahead of the slowest")));
-  EXPECT_EQ(Value("w")[0], 2.0f);
-  EXPECT_EQ(Version("w"), 2u);
-  wait->reset();
-
-  auto pending = Staged(a_, 3, {1});
-  auto pending_wait = pending->AwaitTurn([&turn](absl::Status s) {
-    EXPECT_THAT(s, IsOk());
-    turn = true;
-  });
-  ASSERT_THAT(pending_wait, IsOk());
-  EXPECT_FALSE(turn);
-  ASSERT_THAT(Push(b_, 1, {{"w", 0, {10}}}, 1.0, UpdateKind::kDelta), IsOk());
-  EXPECT_TRUE(turn);
-  EXPECT_THAT(WaitingFor(), IsEmpty());
-  ASSERT_THAT(pending->Finish(), IsOk());
-  EXPECT_EQ(Value("w")[0], 13.0f);
-
-  turn = false;
-  auto next = Staged(a_, 4, {1});
-  auto next_wait = next->AwaitTurn([&turn](absl::Status) { turn = true; });
-  ASSERT_THAT(next_wait, IsOk());
-  EXPECT_FALSE(turn);
-  EXPECT_THAT(WaitingFor(), ElementsAre("b"));
-}
-
-// The slowest worker leaving, or its lease expiring, releases the wait (a's
-// own lease is held by its waiting push).
-TEST_F(PolicyStoreTest, BoundedWaitEndsWhenTheSlowestLeavesOrExpires) {
-  for (const bool expire : {false, true}) {
-    SCOPED_TRACE(expire ? "expires" : "leaves");
-    MakeATwoAhead();
-    bool turn = false;
-    auto push = Staged(a_, 3, {1});
-    auto wait = push->AwaitTurn([&turn](absl::Status) { turn = true; });
-    ASSERT_THAT(wait, IsOk());
-    EXPECT_FALSE(turn);
-    if (expire) {
-      now_ += absl::Seconds(7);  // lease_timeout: 6 s.
-      EXPECT_EQ(store_->ExpireLeases(), 1);
-    } else {
-      ASSERT_THAT(store_->Leave(b_), IsOk());
-    }
-    EXPECT_TRUE(turn);
-    ASSERT_THAT(push->Finish(), IsOk());
-    EXPECT_EQ(Value("w")[0], 3.0f);
-    EXPECT_THAT(store_->Describe("w")->participants, 1u);
-  }
-}
-
-// A resend of push 2 (applied) does not wait, and is not applied again.
-TEST_F(PolicyStoreTest, BoundedResendOfAnAppliedPushDoesNotWait) {
-  MakeATwoAhead();
-  bool turn = false;
-  auto resend = Staged(a_, 2, {1});
-  auto wait = resend->AwaitTurn([&turn](absl::Status) { turn = true; });
-  ASSERT_THAT(wait, IsOk());
-  EXPECT_TRUE(turn);
-  auto done = resend->Finish();
-  ASSERT_THAT(done, IsOk());
-  EXPECT_TRUE((*done)[0].outcome.duplicate);
-  EXPECT_EQ(Value("w")[0], 2.0f);
-}
-
-// FedAdam's moments are saved and restored: after 3 rounds (default
-// parameters, 5 elements), one more identical round on the store and on
-// its restored copy gives bit-identical values and moments.
-TEST_F(PolicyStoreTest, OptimizerStateSurvivesSaveAndRestoreBitIdentically) {
-  MakeStore();
-  const std::vector<float> initial = {0.5f, -1.25f, 3.0f, 0.1f, -0.3f};
-  const std::uint64_t a = JoinWith("a", "w", initial, "optimizer=adam");
-  const std::uint64_t b = JoinWith("b", "w", initial, "");
-  auto round = [&](std::uint64_t r) {
-    std::vector<float> pa;
-    std::vector<float> pb;
-    for (std::size_t i = 0; i < initial.size(); ++i) {
-      pa.push_back(initial[i] + 0.37f * i - 0.11f * r);
-      pb.push_back(initial[i] - 0.23f * i + 0.07f * r * r);
-    }
-    EXPECT_THAT(Push(a, r + 1, {{"w", r, pa}}), IsOk());
-    EXPECT_THAT(Push(b, r + 1, {{"w", r, pb}}), IsOk());
-  };
-  for (std::uint64_t r = 0; r < 3; ++r) round(r);
-  absl::StatusOr<std::unique_ptr<TensorStore>> restored =
-      TensorStore::Restore(TestOptions(), store_->Save());
-  ASSERT_THAT(restored, IsOk());
-  round(3);
-  std::swap(store_, *restored);  // The fixture's calls go to store_.
-  EXPECT_EQ(PolicyOf("w"), (*restored)->Describe("w")->policy);
-  round(3);
-  const StoreState original = (*restored)->Save();
-  const StoreState copy = store_->Save();
-  ASSERT_EQ(original.tensors.size(), 1u);
-  ASSERT_EQ(copy.tensors.size(), 1u);
-  EXPECT_EQ(copy.tensors[0].version, 4u);
-  const std::vector<float>& value = *original.tensors[0].value;
-  ASSERT_EQ(copy.tensors[0].value->size(), value.size());
-  EXPECT_EQ(std::memcmp(copy.tensors[0].value->data(), value.data(),
-                        value.size() * 4),
-            0);
-  EXPECT_NE(value, initial);
-  ASSERT_EQ(original.tensors[0].optimizer_state.size(), 2u);
-  ASSERT_EQ(copy.tensors[0].optimizer_state.size(), 2u);
-  for (int slot = 0; slot < 2; ++slot) {
-    const std::vector<float>& m = original.tensors[0].optimizer_state[slot];
-    ASSERT_EQ(copy.tensors[0].optimizer_state[slot].size(), m.size());
-    EXPECT_EQ(std::memcmp(copy.tensors[0].optimizer_state[slot].data(),
-                          m.data(), m.size() * 4),
-              0)
-        << "slot " << slot;
-  }
-}
-
-// One store, one push per worker listing its tensors: "enc" (sync, median)
-// shared by a, b, c; "head_a" (async, FedAdam as in FedAdamTwoRounds) by a;
-// "head_b" (sync, plain) by b and c. head_a steps at a's push while enc's
-// round is still open: 1 -> 1.5 (u = 1.5). enc: median{9, 1, 4} = 4 (b's
-// weight 3 ignored). head_b: (2*3 + 6*1) / 4 = 3 (weighted).
-TEST_F(PolicyStoreTest, MixedPoliciesInOneJobEachFollowTheirOwnRule) {
-  MakeStore();
-  const std::uint64_t a =
-      JoinAll("a", {Decl("enc", {0}, "aggregator=median"),
-                    Decl("head_a", {1},
-                         "consistency=async optimizer=adam lr=1 beta1=0.5 "
-                         "beta2=0.625 tau=0.5")});
-  const std::uint64_t b =
-      JoinAll("b", {Decl("enc", {0}), Decl("head_b", {0}, "optimizer=plain")});
-  const std::uint64_t c = JoinAll("c", {Decl("enc", {0}), Decl("head_b", {0})});
-  ASSERT_THAT(Push(a, 1, {{"enc", 0, {9}}, {"head_a", 0, {2.5f}}}), IsOk());
-  EXPECT_EQ(Value("head_a")[0], 1.5f);
-  EXPECT_EQ(Version("head_a"), 1u);
-  EXPECT_EQ(Version("enc"), 0u);
-  ASSERT_THAT(Push(b, 1, {{"enc", 0, {1}}, {"head_b", 0, {2}}}, 3.0), IsOk());
-  ASSERT_THAT(Push(c, 1, {{"enc", 0, {4}}, {"head_b", 0, {6}}}, 1.0), IsOk());
-  EXPECT_EQ(Value("enc")[0], 4.0f);
-  EXPECT_EQ(Value("head_b")[0], 3.0f);
-  EXPECT_EQ(Value("head_a")[0], 1.5f);
-  EXPECT_EQ(Version("enc"), 1u);
-  EXPECT_EQ(Version("head_b"), 1u);
-  EXPECT_EQ(Version("head_a"), 1u);
-  EXPECT_EQ(PolicyOf("head_b").aggregator, "mean");
-  EXPECT_EQ(PolicyOf("head_a").consistency, Mode::kAsync);
-}
-
-// The memory cap.
-
-std::string Summary(const StoreStatus& status) {
-  std::string out;
-  for (const TensorInfo& t : status.tensors) {
-    absl::StrAppend(&out, t.name, " v", t.version, " n", t.participants, " ",
-                    PolicyText(t.policy), " ", t.policy_bytes, " [",
-                    absl::StrJoin(t.waiting_for, ","), "]\n");
-  }
-  for (const WorkerInfo& w : status.workers) {
-    absl::StrAppend(&out, w.worker_id, " ", w.lease_id, " [",
-                    absl::StrJoin(w.tensors, ","), "]\n");
-  }
-  return out;
-}
-
-// Cap 48 bytes: "m" (median, 16 bytes) takes 3 participants, the fourth
-// is refused, as is a new trimmed-mean tensor. A mean tensor (256 bytes,
-// over the cap alone) and an async clipped mean (each push applied alone)
-// hold no copies and are never counted.
-TEST_F(PolicyStoreTest, AJoinPastMaxBufferedBytesIsRefusedAndChangesNothing) {
-  StoreOptions options = ClockedOptions();
-  options.max_buffered_bytes = 48;
-  MakeStoreWith(options);
-  const std::vector<float> big(64, 0.0f);
-  JoinAll("a",
-          {Decl("big", big), Decl("m", {0, 0, 0, 0}, "aggregator=median")});
-  JoinAll("b", {Decl("big", big), Decl("m", {0, 0, 0, 0})});
-  JoinAll("c", {Decl("m", {0, 0, 0, 0})});
-  const std::string before = Summary(store_->Status());
-  EXPECT_THAT(store_->Join("d", {Decl("big", big), Decl("m", {0, 0, 0, 0})}),
-              StatusIs(absl::StatusCode::kResourceExhausted,
-                       HasSubstr("--max_buffered_bytes")));
-  EXPECT_THAT(store_->Join("d", {Decl("t", {0}, "aggregator=trimmed_mean")}),
-              StatusIs(absl::StatusCode::kResourceExhausted,
-                       HasSubstr("--max_buffered_bytes")));
-  EXPECT_EQ(Summary(store_->Status()), before);
-  EXPECT_THAT(store_->Describe("t"), StatusIs(absl::StatusCode::kNotFound));
-  EXPECT_FALSE(before.find("\nd ") != std::string::npos);
-  JoinAll("d",
-          {Decl("big", big),
-           Decl("async", big, "consistency=async aggregator=clipped_mean")});
-  EXPECT_EQ(store_->Describe("big")->participants, 3u);
-}
-
-// policy_bytes: FedAdam 2 floats of state per element, FedAvgM 1, plain
-// none; a median round holds each participant's push (4 elements: 16
-// bytes), from its first chunk, and keeps them between rounds.
-TEST_F(PolicyStoreTest, PolicyBytesReportStateAndBuffers) {
-  MakeStore();
-  const std::vector<float> four(4, 0.0f);
-  const std::uint64_t a = JoinAll(
-      "a", {Decl("adam", four, "optimizer=adam"),
-            Decl("momentum", four, "optimizer=momentum"), Decl("plain", four),
-            Decl("median", four, "optimizer=adam aggregator=median")});
-  const std::uint64_t b = JoinWith("b", "median", four, "");
-  EXPECT_EQ(PolicyBytes("adam"), 32u);
-  EXPECT_EQ(PolicyBytes("momentum"), 16u);
-  EXPECT_EQ(PolicyBytes("plain"), 0u);
-  EXPECT_EQ(PolicyBytes("median"), 32u);
-  ASSERT_THAT(Push(a, 1, {{"median", 0, four}}), IsOk());
-  EXPECT_EQ(PolicyBytes("median"), 32u + 16u);
-  ASSERT_THAT(Push(b, 1, {{"median", 0, four}}), IsOk());
-  EXPECT_EQ(Version("median"), 1u);
-  EXPECT_EQ(PolicyBytes("median"), 32u + 2 * 16u);
-}
-
 }  // namespace
 }  // namespace weightd::core
