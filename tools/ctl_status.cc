@@ -71,6 +71,31 @@ std::vector<std::string> Strings(
 // The shard column: only for a sharded deployment.
 bool Sharded(const Context& context) { return context.channels.size() > 1; }
 
+// "sync", "async", "bounded" ("" from a server that predates policies).
+std::string PolicyConsistency(const v1::TensorPolicy& p) {
+  switch (p.consistency()) {
+    case v1::MODE_SYNC:
+      return "sync";
+    case v1::MODE_ASYNC:
+      return "async";
+    case v1::MODE_BOUNDED:
+      return "bounded";
+    default:
+      return "";
+  }
+}
+
+// The table's short form: consistency (staleness), optimizer, aggregator,
+// e.g. "bounded(2) adam median"; every parameter is in --json.
+std::string PolicySummary(const v1::TensorPolicy& p) {
+  std::string consistency = PolicyConsistency(p);
+  if (consistency.empty()) return "-";
+  if (auto it = p.params().find("staleness"); it != p.params().end()) {
+    absl::StrAppend(&consistency, "(", it->second, ")");
+  }
+  return absl::StrCat(consistency, "/", p.optimizer(), "/", p.aggregator());
+}
+
 json TensorJson(const v1::TensorInfo& t) {
   json j = {
       {"name", t.name()},
@@ -83,6 +108,14 @@ json TensorJson(const v1::TensorInfo& t) {
     j["whole_shape"] = std::vector<std::int64_t>(t.whole_shape().begin(),
                                                  t.whole_shape().end());
   }
+  const v1::TensorPolicy& p = t.policy();
+  json params = json::object();
+  for (const auto& [key, value] : p.params()) params[key] = value;
+  j["policy"] = {{"consistency", PolicyConsistency(p)},
+                 {"optimizer", p.optimizer()},
+                 {"aggregator", p.aggregator()},
+                 {"params", std::move(params)}};
+  j["policy_bytes"] = t.policy_bytes();
   return j;
 }
 
@@ -260,9 +293,9 @@ int Tensors(const Context& context) {
     PrintJson(document);
     return kExitOk;
   }
-  std::vector<std::string> header = {"TENSOR",      "SHAPE",
-                                     "VERSION",     "PARTICIPANTS",
-                                     "CONTRIBUTED", "WAITING FOR"};
+  std::vector<std::string> header = {"TENSOR",       "SHAPE",       "VERSION",
+                                     "PARTICIPANTS", "CONTRIBUTED", "POLICY",
+                                     "WAITING FOR"};
   if (Sharded(context)) header.insert(header.begin(), "SHARD");
   Table table(header);
   for (std::size_t i = 0; i < all.size(); ++i) {
@@ -275,6 +308,7 @@ int Tensors(const Context& context) {
           absl::StrCat(t.version()),
           absl::StrCat(t.participants()),
           absl::StrCat(t.contributed()),
+          PolicySummary(t.policy()),
           OrDash(absl::StrJoin(t.waiting_for(), ","))};
       if (Sharded(context)) {
         row.insert(row.begin(), absl::StrCat(all[i].shard().index()));

@@ -65,8 +65,10 @@ constexpr Command kCommands[] = {
      "barriers (one block per server of a sharded deployment).",
      Status},
     {"tensors", "",
-     "Each tensor: shape, version, participants, and, for a sync round "
-     "under way, who it still waits for.",
+     "Each tensor: shape, version, participants, its policy (consistency/"
+     "optimizer/aggregator; every parameter and the bytes it holds with "
+     "--json), and who it still waits for: a sync round under way, or a "
+     "bounded tensor's slowest workers while a push waits.",
      Tensors},
     {"workers", "",
      "Each joined worker: how long it has been a member, how long since its "

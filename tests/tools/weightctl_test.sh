@@ -71,7 +71,7 @@ worker_pids[1]=$!
 pids+=($!)
 wait_for_line "$work/weightd.log" 'round closed tensor=hidden/w round=5 ' 60
 kill -STOP "${worker_pids[1]}"
-until_output 5 '^hidden/w +\[784,128\] +[0-9]+ +2 +1 +fashion10-1$' ctl tensors
+until_output 5 '^hidden/w +\[784,128\] +[0-9]+ +2 +1 +sync/plain/mean +fashion10-1$' ctl tensors
 echo "ok: tensors: $(grep '^hidden/w' "$work/out")"
 wait_for_line "$work/weightd.log" 'worker fashion10-1 dropped: no call for' 20
 kill -CONT "${worker_pids[1]}"
