@@ -358,7 +358,7 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
 
 absl::StatusOr<TensorPolicy> TensorStore::PolicyFor(
     const Declaration& d) const {
-  return ApplyPolicySpec(policy_defaults_.For(d.name), d.policy);
+  return policy_defaults_.Apply(d.name, d.policy);
 }
 
 std::uint64_t TensorStore::BufferedBytesLocked() const {
@@ -380,7 +380,7 @@ absl::Status TensorStore::AdmitPolicyLocked(const Declaration& d,
   } else {
     policy = held->policy();
     WEIGHTD_ASSIGN_OR_RETURN(TensorPolicy declared,
-                             ApplyPolicySpec(policy, d.policy));
+                             policy_defaults_.Apply(policy, d.policy));
     if (declared != policy) {
       return absl::AlreadyExistsError(absl::StrCat(
           "tensor ", d.name, " exists with policy \"", PolicyText(policy),

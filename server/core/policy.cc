@@ -77,16 +77,28 @@ std::uint32_t TensorPolicy::staleness() const {
 }
 
 absl::StatusOr<TensorPolicy> ApplyPolicySpec(const TensorPolicy& base,
-                                             const PolicySpec& spec) {
+                                             const PolicySpec& spec,
+                                             const TensorPolicy* origin) {
   TensorPolicy policy = base;
   const std::string text = PolicySpecText(spec);
   auto invalid = [&text](auto&&... parts) {
     return absl::InvalidArgumentError(
         absl::StrCat("policy \"", text, "\": ", parts...));
   };
-  // A rule that changes drops the old rule's parameters.
+  // A rule that changes drops the old rule's parameters, and takes the
+  // origin's if the origin has that rule.
   auto forget = [&policy](const std::vector<RuleParam>& params) {
     for (const RuleParam& p : params) policy.params.erase(p.name);
+  };
+  auto adopt = [&policy, origin](const std::vector<RuleParam>& params,
+                                 const std::string& rule,
+                                 const std::string& origin_rule) {
+    if (origin == nullptr || rule != origin_rule) return;
+    for (const RuleParam& p : params) {
+      if (auto it = origin->params.find(p.name); it != origin->params.end()) {
+        policy.params[p.name] = it->second;
+      }
+    }
   };
   if (!spec.consistency.empty()) {
     absl::StatusOr<Mode> mode = ParseMode(spec.consistency);
@@ -106,6 +118,8 @@ absl::StatusOr<TensorPolicy> ApplyPolicySpec(const TensorPolicy& base,
     if (optimizer != nullptr) forget(optimizer->params);
     optimizer = named;
     policy.optimizer = spec.optimizer;
+    if (origin != nullptr)
+      adopt(named->params, spec.optimizer, origin->optimizer);
   }
   if (!spec.aggregator.empty() && spec.aggregator != policy.aggregator) {
     const AggregatorRule* named = FindRule(AggregatorRules(), spec.aggregator);
@@ -116,6 +130,9 @@ absl::StatusOr<TensorPolicy> ApplyPolicySpec(const TensorPolicy& base,
     if (aggregator != nullptr) forget(aggregator->params);
     aggregator = named;
     policy.aggregator = spec.aggregator;
+    if (origin != nullptr) {
+      adopt(named->params, spec.aggregator, origin->aggregator);
+    }
   }
   if (optimizer == nullptr || aggregator == nullptr) {
     return invalid("the base policy names an unknown rule");
@@ -185,11 +202,13 @@ absl::StatusOr<PolicyDefaults> PolicyDefaults::Make(
     const TensorPolicy& base, const PolicySpec& fallback,
     const std::vector<std::pair<std::string, PolicySpec>>& patterns) {
   PolicyDefaults defaults;
+  defaults.base_ = base;
   absl::StatusOr<TensorPolicy> policy = ApplyPolicySpec(base, fallback);
   if (!policy.ok()) return policy.status();
   defaults.fallback_ = *std::move(policy);
   for (const auto& [pattern, spec] : patterns) {
-    absl::StatusOr<TensorPolicy> p = ApplyPolicySpec(defaults.fallback_, spec);
+    absl::StatusOr<TensorPolicy> p =
+        ApplyPolicySpec(defaults.fallback_, spec, &defaults.base_);
     if (!p.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "the policy of pattern ", pattern, ": ", p.status().message()));
@@ -197,6 +216,16 @@ absl::StatusOr<PolicyDefaults> PolicyDefaults::Make(
     defaults.patterns_.emplace_back(pattern, *std::move(p));
   }
   return defaults;
+}
+
+absl::StatusOr<TensorPolicy> PolicyDefaults::Apply(
+    absl::string_view name, const PolicySpec& spec) const {
+  return ApplyPolicySpec(For(name), spec, &base_);
+}
+
+absl::StatusOr<TensorPolicy> PolicyDefaults::Apply(
+    const TensorPolicy& held, const PolicySpec& spec) const {
+  return ApplyPolicySpec(held, spec, &base_);
 }
 
 const TensorPolicy& PolicyDefaults::For(absl::string_view name) const {

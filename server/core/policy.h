@@ -48,13 +48,15 @@ struct TensorPolicy {
 };
 
 // `spec` over `base`, field by field: a rule it names replaces the base's
-// (with its parameters: the base's if it is the same rule, else the rule's
-// defaults), a parameter it gives replaces that parameter. INVALID_ARGUMENT
-// for an unknown rule, a parameter of none of the chosen rules, a value out
-// of its range, or an aggregator that needs a round on a tensor that has
-// none (async, bounded).
-absl::StatusOr<TensorPolicy> ApplyPolicySpec(const TensorPolicy& base,
-                                             const PolicySpec& spec);
+// (with its parameters: the base's if it is the same rule, else those of
+// `origin` (the server's flags) if it has that rule, else the rule's
+// defaults), a parameter it gives replaces that parameter.
+// INVALID_ARGUMENT for an unknown rule, a parameter of none of the chosen
+// rules, a value out of its range, or an aggregator that needs a round on a
+// tensor that has none (async, bounded).
+absl::StatusOr<TensorPolicy> ApplyPolicySpec(
+    const TensorPolicy& base, const PolicySpec& spec,
+    const TensorPolicy* origin = nullptr);
 
 // The spec naming every field of `policy` (its text: PolicySpecText).
 PolicySpec SpecOf(const TensorPolicy& policy);
@@ -82,12 +84,19 @@ class PolicyDefaults {
 
   // The policy a tensor named `name` gets when its creator names none.
   const TensorPolicy& For(absl::string_view name) const;
+  // ApplyPolicySpec(For(name), spec) with the server's flags as origin.
+  absl::StatusOr<TensorPolicy> Apply(absl::string_view name,
+                                     const PolicySpec& spec) const;
+  // ApplyPolicySpec(held, spec) with the server's flags as origin.
+  absl::StatusOr<TensorPolicy> Apply(const TensorPolicy& held,
+                                     const PolicySpec& spec) const;
   const TensorPolicy& fallback() const { return fallback_; }
   const std::vector<std::pair<std::string, TensorPolicy>>& patterns() const {
     return patterns_;
   }
 
  private:
+  TensorPolicy base_;  // From the flags: --mode, --server_lr, --async_mix.
   TensorPolicy fallback_;
   std::vector<std::pair<std::string, TensorPolicy>> patterns_;
 };

@@ -36,7 +36,7 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Restore(
     // The policy it was created with; a snapshot of before policies: the
     // server's default for its name.
     absl::StatusOr<TensorPolicy> policy =
-        ApplyPolicySpec(store->policy_defaults_.For(t.name), t.policy);
+        store->policy_defaults_.Apply(t.name, t.policy);
     if (!policy.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "saved tensor ", t.name, ": ", policy.status().message()));

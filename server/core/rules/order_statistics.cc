@@ -32,11 +32,9 @@ class OrderStatistic final : public Aggregator {
                absl::BitGenRef) const override {
     const std::size_t m = in.values.size();
     std::vector<float> column(m);
-    std::size_t drop = 0;
-    if (trim_ >= 0) {
-      drop = static_cast<std::size_t>(std::floor(trim_ * m));
-      if (2 * drop >= m) drop = (m - 1) / 2;
-    }
+    // trim < 0.5 (its range): at least one value stays.
+    const std::size_t drop =
+        trim_ < 0 ? 0 : static_cast<std::size_t>(std::floor(trim_ * m));
     for (std::size_t i = 0; i < in.n; ++i) {
       for (std::size_t j = 0; j < m; ++j) column[j] = in.values[j][i];
       if (trim_ < 0) {

@@ -164,6 +164,12 @@ TEST_F(PolicyStoreTest, ADeclarationNamingNoneTakesTheServersDefault) {
   EXPECT_THAT(store_->Join("b", {Decl("enc/new", {0}, "trim=0.25")}),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("trim is a parameter of none")));
+  // A declaration of plain over a momentum default: plain's parameters are
+  // the server's flags (--server_lr 0.25, --async_mix 0.5), not the rule's.
+  JoinAll("c", {Decl("p", {0}, "optimizer=plain")});
+  EXPECT_EQ(PolicyText(PolicyOf("p")),
+            "consistency=sync optimizer=plain aggregator=mean lr=0.25 "
+            "mix=0.5");
   // Without defaults: plain with --server_lr, the mean, --mode.
   MakeStoreWith(TestOptions());
   JoinAll("a", {Decl("x", {0})});
