@@ -145,8 +145,14 @@ class PyClient {
     options_.log = nullptr;
   }
 
-  void Join(const py::dict& tensors) {
+  // `policies`: tensor name -> policy text (docs/algorithms.md).
+  void Join(const py::dict& tensors, const py::dict& policies) {
     std::vector<TensorRef> refs = Refs(tensors);
+    for (TensorRef& ref : refs) {
+      if (policies.contains(ref.name)) {
+        ref.policy = py::cast<std::string>(policies[py::str(ref.name)]);
+      }
+    }
     Call([&](Client* client) { return client->Join(refs); });
   }
   void Push(const py::dict& tensors, double weight, const std::string& kind) {
@@ -342,7 +348,7 @@ PYBIND11_MODULE(_weightd, m) {
            py::arg("held_id_wait"), py::arg("shared_memory"), py::arg("tls_ca"),
            py::arg("tls_cert"), py::arg("tls_key"), py::arg("tls_server_name"),
            py::arg("token"))
-      .def("join", &PyClient::Join, py::arg("tensors"))
+      .def("join", &PyClient::Join, py::arg("tensors"), py::arg("policies"))
       .def("push", &PyClient::Push, py::arg("tensors"), py::arg("weight"),
            py::arg("kind"))
       .def("pull", &PyClient::Pull, py::arg("tensors"))

@@ -192,12 +192,35 @@ class Client:
             env(tls_key, "WEIGHTD_TLS_KEY"),
             env(tls_server_name, "WEIGHTD_TLS_SERVER_NAME"), token or "")
 
-    def join(self, tensors: Tensors) -> None:
+    def join(self, tensors: Tensors,
+             policy: typing.Union[None, str, typing.Mapping[str, str]] = None
+             ) -> None:
         """Declares the tensors your model shares (name -> numpy array or
         torch tensor). A tensor the server lacks is created from your
         array; for one it holds, the shared value is written into your
-        array (weight transfer)."""
-        self._native.join(_arrays(tensors))
+        array (weight transfer).
+
+        ``policy``: how the server combines the tensors' pushes
+        (docs/algorithms.md), as text, e.g. ``"optimizer=adam lr=0.01"`` or
+        ``"consistency=bounded staleness=2"``: one for every tensor, or a
+        dict of tensor name -> text (tensors it leaves out name none). A
+        field it leaves out is the tensor's, or the server's default; a
+        field it names must match a tensor that exists (else
+        ``weightd.AlreadyExists``)."""
+        arrays = _arrays(tensors)
+        if policy is None:
+            policies = {}
+        elif isinstance(policy, str):
+            policies = {name: policy for name in arrays}
+        elif isinstance(policy, typing.Mapping):
+            unknown = sorted(set(policy) - set(arrays))
+            if unknown:
+                raise ValueError(f"policy names tensors not joined: {unknown}")
+            policies = {name: str(text) for name, text in policy.items()}
+        else:
+            raise TypeError("policy: expected None, a str, or a dict of "
+                            f"name -> str, got {type(policy).__name__}")
+        self._native.join(arrays, policies)
 
     def push(self, tensors: Tensors, weight: float = 1.0,
              kind: str = "weights") -> None:
