@@ -30,6 +30,8 @@
 #include <tuple>
 #include <vector>
 
+#include "common/policy_proto.h"
+#include "common/policy_spec.h"
 #include "server/service/server.h"
 #include "weightd/v1/weightd.grpc.pb.h"
 
@@ -254,6 +256,20 @@ grpc::Status GoodJoin(FuzzedDataProvider& in, Harness& h) {
     v1::TensorDeclaration* d = header.mutable_header()->add_tensors();
     d->set_name(known[k].name);
     for (std::int64_t dim : known[k].shape) d->add_shape(dim);
+    // A policy the pushes then run through (the first Join creating the
+    // tensor decides; another one later is ALREADY_EXISTS). No bounded
+    // staleness: a push waiting for its turn would hold up the run.
+    static const char* const kPolicies[] = {
+        "",
+        "aggregator=median",
+        "optimizer=adam",
+        "optimizer=yogi aggregator=trimmed_mean trim=0.25",
+        "aggregator=clipped_mean clip_norm=1 noise_multiplier=0.5",
+        "consistency=async optimizer=momentum"};
+    PolicySpecToProto(
+        *ParsePolicySpec(kPolicies[in.ConsumeIntegralInRange<std::size_t>(
+            0, std::size(kPolicies) - 1)]),
+        d->mutable_policy());
     names.push_back(known[k].name);
     WholeTensor<v1::JoinRequest>(
         in, names.size() - 1, known[k].bytes,
@@ -321,6 +337,22 @@ grpc::Status Join(FuzzedDataProvider& in, Harness& h) {
   for (int i = 0; i < tensors; ++i) {
     v1::TensorDeclaration* d = header.mutable_header()->add_tensors();
     d->set_name(Name(in));
+    if (in.ConsumeBool()) {  // Any policy, valid or not.
+      v1::TensorPolicy* p = d->mutable_policy();
+      p->set_consistency(
+          static_cast<v1::Mode>(in.ConsumeIntegralInRange(0, 5)));
+      p->set_optimizer(in.ConsumeBool() ? "adam"
+                                        : in.ConsumeRandomLengthString(20));
+      p->set_aggregator(in.ConsumeBool() ? "median"
+                                         : in.ConsumeRandomLengthString(20));
+      const int params = in.ConsumeIntegralInRange(0, 70);
+      for (int k = 0; k < params; ++k) {
+        (*p->mutable_params())[in.ConsumeBool()
+                                   ? std::string("lr")
+                                   : in.ConsumeRandomLengthString(70)] =
+            in.ConsumeFloatingPoint<double>();
+      }
+    }
     const int rank = in.ConsumeIntegralInRange(0, 3);
     for (int r = 0; r < rank; ++r) {
       d->add_shape(in.ConsumeIntegralInRange(0, 7) != 0
