@@ -158,11 +158,14 @@ absl::StatusOr<std::shared_ptr<SharedTensor>> TensorStore::FindLocked(
   return it->second;
 }
 
-TensorInfo TensorStore::InfoOf(const SharedTensor& tensor) {
+TensorInfo TensorStore::InfoOf(const SharedTensor& tensor, bool with_policy) {
   TensorInfo info{tensor.name(), tensor.shape(), tensor.version(),
                   tensor.participant_count(), tensor.contributed_count()};
-  info.policy = tensor.policy();
-  info.policy_bytes = tensor.PolicyBytes();
+  info.consistency = tensor.policy().consistency;
+  if (with_policy) {
+    info.policy = tensor.policy();
+    info.policy_bytes = tensor.PolicyBytes();
+  }
   return info;
 }
 
@@ -291,11 +294,12 @@ absl::StatusOr<std::vector<PublishedTensor>> TensorStore::Read(
   return published;
 }
 
-absl::StatusOr<TensorInfo> TensorStore::Describe(absl::string_view name) const {
+absl::StatusOr<TensorInfo> TensorStore::Describe(absl::string_view name,
+                                                 bool with_policy) const {
   absl::ReaderMutexLock lock(&mu_);
   WEIGHTD_ASSIGN_OR_RETURN(std::shared_ptr<SharedTensor> tensor,
                            FindLocked(name));
-  return InfoOf(*tensor);
+  return InfoOf(*tensor, with_policy);
 }
 
 absl::StatusOr<TensorHistory> TensorStore::History(absl::string_view name,

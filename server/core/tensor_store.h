@@ -62,9 +62,11 @@ struct TensorInfo {
   // empty), and the participants the open round still waits for.
   std::vector<std::int64_t> whole_shape = {};
   std::vector<std::string> waiting_for = {};
+  // Its policy's consistency; the whole policy and the bytes it holds
+  // beside the value (the optimizer's state, a buffered aggregator's
+  // copies of the round's contributions) unless asked without.
+  Mode consistency = Mode::kSync;
   TensorPolicy policy = {};
-  // Bytes its policy holds beside the value: the optimizer's state, and a
-  // buffered aggregator's copies of the round's contributions.
   std::uint64_t policy_bytes = 0;
 };
 
@@ -493,8 +495,10 @@ class TensorStore {
       const std::vector<std::string>& names,
       WireFormat format = WireFormat::kFloat32) const;
 
-  // Tensor metadata (no payloads).
-  absl::StatusOr<TensorInfo> Describe(absl::string_view name) const;
+  // Tensor metadata (no payloads). `with_policy` false: without
+  // TensorInfo::policy and policy_bytes (the push path's cheaper look).
+  absl::StatusOr<TensorInfo> Describe(absl::string_view name,
+                                      bool with_policy = true) const;
 
   // The newest `last` (0: all) records of versions `from` to `to` of
   // tensor `name` (inclusive; 0: from the oldest kept / to the newest).
@@ -567,7 +571,7 @@ class TensorStore {
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::shared_ptr<SharedTensor>> FindLocked(
       absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  static TensorInfo InfoOf(const SharedTensor& tensor);
+  static TensorInfo InfoOf(const SharedTensor& tensor, bool with_policy = true);
   // What WaitForVersions and WaitForResult wait for, per tensor: `version`,
   // or its first `bytes` published. PushSession::AwaitTurn: if `turn_of` is
   // set, worker turn_of's turn to apply push `sequence`

@@ -22,9 +22,10 @@ ResultStream::ResultStream(Reactor* reactor, core::TensorStore* store,
 bool ResultStream::Applies(const core::TensorStore& store,
                            const std::vector<Tensor>& tensors) {
   for (const Tensor& t : tensors) {
-    absl::StatusOr<core::TensorInfo> info = store.Describe(t.name);
+    absl::StatusOr<core::TensorInfo> info =
+        store.Describe(t.name, /*with_policy=*/false);
     if (!info.ok() || info->version != t.round ||
-        info->policy.consistency != core::Mode::kSync) {
+        info->consistency != core::Mode::kSync) {
       return false;
     }
   }
@@ -40,7 +41,8 @@ void ResultStream::Start(std::vector<Tensor> tensors, WireFormat format,
   v1::PullResponse header;
   std::vector<OutgoingTensor> outgoing;
   for (const Tensor& t : tensors_) {
-    absl::StatusOr<core::TensorInfo> info = store_->Describe(t.name);
+    absl::StatusOr<core::TensorInfo> info =
+        store_->Describe(t.name, /*with_policy=*/false);
     absl::StatusOr<core::RoundResult> result =
         info.ok() ? store_->ReadResult(t.name, t.round) : info.status();
     if (!result.ok()) {
