@@ -6,6 +6,8 @@
 
 namespace weightd {
 
+// `spec.consistency` is empty or one of sync, async, bounded
+// (ParsePolicySpec checks it).
 void PolicySpecToProto(const PolicySpec& spec, v1::TensorPolicy* out) {
   out->set_consistency(spec.consistency == "sync"      ? v1::MODE_SYNC
                        : spec.consistency == "async"   ? v1::MODE_ASYNC

@@ -66,6 +66,12 @@ absl::StatusOr<PolicySpec> ParsePolicySpec(absl::string_view text) {
             absl::StrCat("policy \"", text, "\": ", key, "=", value,
                          " is not a name (lower-case letters, digits, _)"));
       }
+      if (rule == &spec.consistency && value != "sync" && value != "async" &&
+          value != "bounded") {
+        return absl::InvalidArgumentError(
+            absl::StrCat("policy \"", text, "\": consistency=", value,
+                         " is not one of sync, async, bounded"));
+      }
       *rule = std::string(value);
       continue;
     }

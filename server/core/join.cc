@@ -363,10 +363,7 @@ absl::StatusOr<TensorPolicy> TensorStore::PolicyFor(
 
 std::uint64_t TensorStore::BufferedBytesLocked() const {
   std::uint64_t total = 0;
-  for (const auto& [name, tensor] : tensors_) {
-    if (tensor->buffered())
-      total += tensor->participant_count() * tensor->bytes();
-  }
+  for (const auto& [name, tensor] : tensors_) total += tensor->BufferedBytes();
   return total;
 }
 

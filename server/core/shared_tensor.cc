@@ -111,6 +111,12 @@ void SharedTensor::RemoveParticipant(absl::string_view worker, ClosedOn why,
   // closes the round (the quorum is).
   const bool waited = WaitedForLocked(std::string(worker));
   if (members_.has_value()) members_->erase(std::string(worker));
+  // Its copy of a push is needed only if the open round holds chunks of it.
+  if (auto it = contributions_.find(worker); it == contributions_.end() ||
+                                             it->second.round != version_ ||
+                                             it->second.progress == 0) {
+    buffers_.erase(std::string(worker));
+  }
   if (RoundCanCloseLocked()) {
     CloseRoundLocked(waited ? why : ClosedOn::kQuorum, waited ? worker : "",
                      deferred);
@@ -513,11 +519,20 @@ bool SharedTensor::CloseIfOverdue(Deferred& deferred) {
   return true;
 }
 
-void SharedTensor::FinishChunkLocked(std::uint64_t k) {
+void SharedTensor::FinishChunkLocked(std::uint64_t k, bool before_close) {
   const float* old = value_->data();
   float* acc = acc_->data();
   const std::uint64_t begin = k * chunk_elements_;
   const std::uint64_t n = std::min(elements_, begin + chunk_elements_) - begin;
+  if (before_close && !state_.empty()) {
+    // Published before the round closes: the state from before its step,
+    // for a snapshot taken meanwhile (Save).
+    round_state_.resize(state_.size() * elements_);
+    for (std::size_t s = 0; s < state_.size(); ++s) {
+      std::copy(state_[s].begin() + begin, state_[s].begin() + begin + n,
+                round_state_.begin() + s * elements_ + begin);
+    }
+  }
   if (!AggregateChunkLocked(k, begin, n, acc + begin)) {
     std::copy(old + begin, old + begin + n, acc + begin);  // Nobody's chunk.
     return;
@@ -594,21 +609,27 @@ bool SharedTensor::StepLocked(std::uint64_t begin, std::uint64_t n,
                               UpdateKind kind, bool single_push, float* out) {
   std::vector<float*> state;
   for (std::vector<float>& slot : state_) state.push_back(slot.data() + begin);
-  const bool check = !options_->allow_non_finite;
-  if (check && !state.empty()) {
-    state_backup_.resize(state.size() * n);
-    for (std::size_t s = 0; s < state.size(); ++s) {
-      std::copy(state[s], state[s] + n, state_backup_.data() + s * n);
-    }
+  // The state before the step: put back if the step is thrown away.
+  state_backup_.resize(state.size() * n);
+  for (std::size_t s = 0; s < state.size(); ++s) {
+    std::copy(state[s], state[s] + n, state_backup_.data() + s * n);
   }
   policy_->optimizer->Step(
       OptimizerStep{value_->data() + begin, out, state, n, kind, single_push});
-  if (!check || AllFinite(reinterpret_cast<const char*>(out), n)) return true;
-  for (std::size_t s = 0; s < state.size(); ++s) {
-    std::copy(state_backup_.data() + s * n, state_backup_.data() + (s + 1) * n,
-              state[s]);
+  // The state too: a finite push can overflow it (u * u) and leave a
+  // finite value that never moves again.
+  bool finite = AllFinite(reinterpret_cast<const char*>(out), n);
+  for (float* slot : state) {
+    finite = finite && AllFinite(reinterpret_cast<const char*>(slot), n);
   }
-  return false;
+  if (!finite && !options_->allow_non_finite) {
+    for (std::size_t s = 0; s < state.size(); ++s) {
+      std::copy(state_backup_.data() + s * n,
+                state_backup_.data() + (s + 1) * n, state[s]);
+    }
+    return false;
+  }
+  return true;
 }
 
 bool SharedTensor::TurnLocked(const std::string& worker) const {
@@ -683,7 +704,7 @@ void SharedTensor::PublishReadyChunksLocked(Deferred& deferred) {
   }
   for (std::uint64_t k = result_bytes_ / chunk_bytes; k * chunk_bytes < ready;
        ++k) {
-    FinishChunkLocked(k);
+    FinishChunkLocked(k, /*before_close=*/true);
   }
   result_bytes_ = ready;  // A chunk boundary, or the end: chunks go whole.
   WakeWaitersLocked(deferred);
@@ -696,7 +717,7 @@ void SharedTensor::CloseRoundLocked(ClosedOn cause, absl::string_view departed,
   const std::uint64_t chunk_bytes = chunk_elements_ * 4;
   for (std::uint64_t k = (result_bytes_ + chunk_bytes - 1) / chunk_bytes;
        k < chunk_weight_.size(); ++k) {
-    FinishChunkLocked(k);
+    FinishChunkLocked(k, /*before_close=*/false);
   }
   // The accumulator is the result; the old value's storage comes back as
   // the next accumulator once the pulls still streaming it are done (at
@@ -839,9 +860,19 @@ TensorSave SharedTensor::Save() const {
             [](const SavedContribution& a, const SavedContribution& b) {
               return a.worker < b.worker;
             });
+  // The open round's published chunks were stepped already; the snapshot
+  // keeps the value from before the round, so their state from before too.
+  std::vector<std::vector<float>> state = state_;
+  const std::uint64_t stepped = sync() ? result_bytes_ / 4 : 0;
+  if (stepped > 0 && round_state_.size() == state.size() * elements_) {
+    for (std::size_t s = 0; s < state.size(); ++s) {
+      const float* before = round_state_.data() + s * elements_;
+      std::copy(before, before + stepped, state[s].begin());
+    }
+  }
   return {PublishedTensor{value_, version_, shape_, nullptr},
           policy_->policy,
-          state_,
+          std::move(state),
           std::move(pushes),
           {history_.begin(), history_.end()}};
 }
@@ -906,6 +937,8 @@ void SharedTensor::MarkDropped(Deferred& deferred) {
   absl::MutexLock lock(&mu_);
   dropped_ = true;
   FailWaitersLocked(CheckNotDroppedLocked(), deferred);
+  AwaitNoSumsLocked();
+  buffers_.clear();
 }
 
 absl::StatusOr<RoundResult> SharedTensor::ReadResult(
@@ -979,8 +1012,15 @@ std::uint64_t SharedTensor::PolicyBytes() const {
   return PolicyBytesLocked();
 }
 
+std::uint64_t SharedTensor::BufferedBytes() const {
+  if (!buffered()) return 0;
+  absl::MutexLock lock(&mu_);
+  return std::max(participants_.size(), buffers_.size()) * bytes();
+}
+
 std::uint64_t SharedTensor::PolicyBytesLocked() const {
-  std::uint64_t bytes = 0;
+  std::uint64_t bytes =
+      (state_backup_.capacity() + round_state_.capacity()) * sizeof(float);
   for (const auto& slot : state_) bytes += slot.capacity() * sizeof(float);
   for (const auto& [worker, buffer] : buffers_) {
     bytes += buffer.capacity() * sizeof(float);

@@ -268,6 +268,9 @@ class SharedTensor {
   // Bytes the policy holds: the optimizer's state and a buffered
   // aggregator's copies of contributions.
   std::uint64_t PolicyBytes() const;
+  // A buffered aggregator's copies, held or due: the larger of the
+  // participants and the copies held, times bytes() (0 if not buffered).
+  std::uint64_t BufferedBytes() const;
 
   using WaitCallback = std::function<void(absl::Status)>;
   // If the version is already >= `version`, or `bytes` of it are published
@@ -368,7 +371,9 @@ class SharedTensor {
   void PublishReadyChunksLocked(Deferred& deferred)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sync: turns chunk `k` of the accumulator into the round's result.
-  void FinishChunkLocked(std::uint64_t k) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `before_close`: published while the round is open (see round_state_).
+  void FinishChunkLocked(std::uint64_t k, bool before_close)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sync: the aggregate of the round's contributions to the `n` elements
   // from `begin` (chunk `k`) into `out`; false if none delivered them.
   bool AggregateChunkLocked(std::uint64_t k, std::uint64_t begin,
@@ -376,7 +381,8 @@ class SharedTensor {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The optimizer's step over the `n` elements from `begin`: `out` holds
   // the aggregate and gets the new value. False (state unchanged) if a
-  // result is not finite and the server does not allow that.
+  // result or the new state is not finite and the server does not allow
+  // that.
   bool StepLocked(std::uint64_t begin, std::uint64_t n, UpdateKind kind,
                   bool single_push, float* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -464,6 +470,11 @@ class SharedTensor {
   // room to put a chunk's back if its step is thrown away.
   std::vector<std::vector<float>> state_ ABSL_GUARDED_BY(mu_);
   std::vector<float> state_backup_ ABSL_GUARDED_BY(mu_);
+  // Sync: the state from before the open round's step of the chunks it
+  // published before closing (its first result_bytes_), slot after slot of
+  // elements_ floats: a snapshot keeps the value from before the round, and
+  // so this state (Save). Allocated at the first such chunk, then kept.
+  std::vector<float> round_state_ ABSL_GUARDED_BY(mu_);
   // Buffered aggregators: each worker's values pushed to the open round
   // (its first `progress` bytes are this round's), kept for its next
   // rounds while it is a participant.

@@ -258,9 +258,11 @@ absl::StatusOr<std::unique_ptr<Wait>> TensorStore::WaitFor(
   countdown->Arrive(absl::OkStatus());
   return std::make_unique<Wait>(
       [countdown, ids = std::move(ids)] {
-        if (!countdown->Cancel()) return false;
+        // Every tensor's waiter goes, also when the countdown ended (one
+        // tensor failed it: the others' waiters are still registered).
+        const bool cancelled = countdown->Cancel();
         for (const auto& [tensor, id] : ids) tensor->CancelWait(id);
-        return true;
+        return cancelled;
       },
       std::move(release));
 }

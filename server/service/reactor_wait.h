@@ -78,17 +78,24 @@ class ReactorWait {
     auto wait = start([this](absl::Status s) { OnFired(std::move(s)); });
     if (!wait.ok()) return FinishOnce(wait.status());
     std::optional<absl::Status> fired;
-    bool cancelled;
+    bool cancelled = false;
     std::unique_ptr<core::Wait> previous;  // Destroyed outside the lock.
     {
       absl::MutexLock lock(&mu_);
       previous = std::exchange(wait_, std::move(*wait));
       started_ = true;
       fired = std::move(early_);
-      cancelled = cancelled_;
+      // Decided under the lock: once started_ is set another thread may
+      // fire the wait and finish the call (the reactor is then deleted; a
+      // later Start runs on a waker's thread, which holds no reference to
+      // it). A wait cancelled here never fires, so only this thread
+      // finishes.
+      if (!fired.has_value() && cancelled_) cancelled = wait_->Cancel();
     }
     if (fired.has_value()) return std::exchange(ready_, nullptr)(*fired);
-    if (cancelled) CancelWait();
+    if (cancelled) {
+      FinishOnce(absl::CancelledError("the call was cancelled while waiting"));
+    }
   }
 
   // From the reactor's OnCancel; any thread, before or after Start().

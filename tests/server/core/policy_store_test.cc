@@ -301,7 +301,58 @@ TEST_F(PolicyStoreTest, PolicyBytesReportStateAndBuffers) {
   EXPECT_EQ(PolicyBytes("median"), 32u + 16u);
   ASSERT_THAT(Push(b, 1, {{"median", 0, four}}), IsOk());
   EXPECT_EQ(Version("median"), 1u);
-  EXPECT_EQ(PolicyBytes("median"), 32u + 2 * 16u);
+  // State 32, two copies 2 x 16, the step's undo copy of its chunk 32, and
+  // the state from before the round of the chunk it published before
+  // closing (b's chunk completed it before b's push did) 32.
+  EXPECT_EQ(PolicyBytes("median"), 32u + 2 * 16u + 32u + 32u);
+  // A worker that leaves between rounds frees its copy.
+  ASSERT_THAT(store_->Leave(b), IsOk());
+  EXPECT_EQ(PolicyBytes("median"), 32u + 16u + 32u + 32u);
+}
+
+// A finite push can overflow the optimizer's state (u * u > FLT_MAX): the
+// step is thrown away, state and value unchanged, and the tensor still
+// moves in the next round, not frozen by an infinite v.
+TEST_F(PolicyStoreTest, AStepThatOverflowsTheStateIsThrownAwayWithIt) {
+  MakeStore();
+  const std::uint64_t a = JoinWith("a", "w", {1.0f}, "optimizer=adam");
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {1e20f}}}, 1.0, UpdateKind::kDelta), IsOk());
+  EXPECT_EQ(Version("w"), 1u);
+  EXPECT_EQ(Value("w")[0], 1.0f);
+  EXPECT_EQ(Closed().back().non_finite_chunks, 1u);
+  // u = 3 from fresh state: m = 0.3, v = 0.99e-6 + 0.09, as the first
+  // round of a fresh tensor: 1 + 0.01 * 0.3 / (0.30000165 + 0.001).
+  ASSERT_THAT(Push(a, 2, {{"w", 1, {3.0f}}}, 1.0, UpdateKind::kDelta), IsOk());
+  EXPECT_FLOAT_EQ(Value("w")[0], 1.0099667f);
+}
+
+// A snapshot taken while a round has published some chunks (stepped their
+// state) keeps the value from before the round, and so the state from
+// before the round: restored, the round is made again, and both stores
+// end bit-identical.
+TEST_F(PolicyStoreTest, ASnapshotMidRoundKeepsTheStateFromBeforeTheRound) {
+  MakeStore();
+  const std::vector<float> zeros(2 * 1024, 0.0f);  // Two chunks.
+  const std::uint64_t a = JoinWith("a", "w", zeros, "optimizer=momentum");
+  const std::uint64_t b = JoinWith("b", "w", zeros, "");
+  const StoreState before = store_->Save();
+  ASSERT_THAT(Push(a, 1, {{"w", 0, std::vector<float>(2048, 1.0f)}}), IsOk());
+  // b delivers the first chunk only: it is published (stepped), the second
+  // is not.
+  auto session = store_->BeginPush(
+      PushHeader{b, 1, UpdateKind::kWeights, 1.0, {{"w", 0}}});
+  ASSERT_THAT(session, IsOk());
+  const std::vector<float> threes(1024, 3.0f);
+  ASSERT_THAT(
+      (*session)->AddChunk(
+          0, 0,
+          absl::string_view(reinterpret_cast<const char*>(threes.data()),
+                            threes.size() * 4)),
+      IsOk());
+  const StoreState mid = store_->Save();
+  ASSERT_EQ(mid.tensors[0].version, 0u);
+  ASSERT_EQ(mid.tensors[0].optimizer_state.size(), 1u);
+  EXPECT_EQ(mid.tensors[0].optimizer_state, before.tensors[0].optimizer_state);
 }
 
 }  // namespace

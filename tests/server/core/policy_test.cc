@@ -57,6 +57,11 @@ TEST(PolicySpecTest, RefusesWhatIsNotKeyValue) {
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(ParsePolicySpec("lr=1 lr=2"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("twice")));
+  // A misspelt consistency is refused where it is written, not sent as
+  // "unspecified" (which would give the tensor the default).
+  EXPECT_THAT(ParsePolicySpec("consistency=asnyc"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("not one of sync, async, bounded")));
   EXPECT_THAT(ParsePolicySpec("optimizer=Adam"),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
