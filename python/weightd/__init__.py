@@ -216,7 +216,9 @@ class Client:
             unknown = sorted(set(policy) - set(arrays))
             if unknown:
                 raise ValueError(f"policy names tensors not joined: {unknown}")
-            policies = {name: str(text) for name, text in policy.items()}
+            if not all(isinstance(text, str) for text in policy.values()):
+                raise TypeError("policy: every value must be a str")
+            policies = dict(policy)
         else:
             raise TypeError("policy: expected None, a str, or a dict of "
                             f"name -> str, got {type(policy).__name__}")

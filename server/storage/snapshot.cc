@@ -3,6 +3,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <utility>
 
@@ -309,6 +310,11 @@ absl::StatusOr<core::StoreState> Decode(Reader& r) {
         }
         std::vector<float> slot(n);
         WEIGHTD_RETURN_IF_ERROR(r.Bytes(slot.data(), n * sizeof(float)));
+        // The server never keeps a step whose state is not finite.
+        if (!std::all_of(slot.begin(), slot.end(),
+                         [](float x) { return std::isfinite(x); })) {
+          return r.Corrupt("optimizer state that is not finite");
+        }
         t.optimizer_state.push_back(std::move(slot));
       }
     }
