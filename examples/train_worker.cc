@@ -49,7 +49,8 @@
 //
 // The worker with --eval prints, after every round,
 //   round R  train_loss L  test_acc A  bytes B  secs S
-// (B: payload bytes the server has received and sent so far; S: seconds since
+// (A: accuracy on the 10000 test images, or the first --test_limit; B:
+// payload bytes the server has received and sent so far; S: seconds since
 // this worker started) and finally `final test accuracy: 0.XXXX`. On error it
 // prints the status to stderr and exits with 1.
 #include <pthread.h>
@@ -130,6 +131,10 @@ ABSL_FLAG(int, train_limit, 0,
 ABSL_FLAG(bool, share_head, true,
           "Average the head with the other workers of the task too; the "
           "hidden layer is always averaged.");
+ABSL_FLAG(int, test_limit, 0,
+          "With --eval: evaluate on the first N of the 10000 test images "
+          "only (0: all of them), e.g. to keep evaluation from dominating "
+          "short rounds.");
 ABSL_FLAG(bool, eval, false,
           "Evaluate the averaged model on the 10000 test images after every "
           "round and print the progress.");
@@ -217,6 +222,7 @@ struct WorkerConfig {
   std::string task;
   int classes = 0;
   int train_limit = 0;
+  int test_limit = 0;
   bool share_head = true;
   bool eval = false;
   bool start_barrier = true;
@@ -261,6 +267,7 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
   config.seed = absl::GetFlag(FLAGS_seed);
   config.task = absl::GetFlag(FLAGS_task);
   config.train_limit = absl::GetFlag(FLAGS_train_limit);
+  config.test_limit = absl::GetFlag(FLAGS_test_limit);
   config.share_head = absl::GetFlag(FLAGS_share_head);
   config.start_barrier = absl::GetFlag(FLAGS_start_barrier);
   config.barrier_timeout = absl::GetFlag(FLAGS_barrier_timeout);
@@ -337,8 +344,9 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
   if (!(config.lr > 0 && std::isfinite(config.lr))) {
     return absl::InvalidArgumentError("--lr must be positive and finite");
   }
-  if (config.train_limit < 0) {
-    return absl::InvalidArgumentError("--train_limit must be >= 0");
+  if (config.train_limit < 0 || config.test_limit < 0) {
+    return absl::InvalidArgumentError(
+        "--train_limit and --test_limit must be >= 0");
   }
   if (config.standalone && config.corruption != Corruption::kNone) {
     return absl::InvalidArgumentError(
@@ -402,6 +410,7 @@ std::string BookkeepingPolicy(absl::string_view policy) {
 absl::StatusOr<Dataset> LoadTestSet(const WorkerConfig& config) {
   WEIGHTD_ASSIGN_OR_RETURN(Dataset test,
                            LoadFashionMnist(config.data_dir, Split::kTest));
+  if (config.test_limit > 0) Truncate(&test, config.test_limit);
   if (config.task == "upper2") ToUpperBodyLabels(&test);
   return test;
 }

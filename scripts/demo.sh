@@ -13,6 +13,14 @@
 #        scripts/demo.sh --cnn-rnn   a PyTorch CNN and a GRU share a row
 #                                    embedding and a head
 #                                    (examples/python/cnn_rnn_share.py).
+#        scripts/demo.sh --experiment NAME [ARGS]
+#                                    one of issue 17's experiments (noniid,
+#                                    attack, straggler, mixed) at a reduced
+#                                    size (--size=small, 1 repeat) through
+#                                    bench/experiments.py, which prints its
+#                                    table; ARGS go to it (e.g. --repeats 2,
+#                                    --size=full). Logs and the table:
+#                                    build/demo-experiment-NAME/.
 # Any other arguments go to scripts/local_job.sh (e.g. -- --rounds=10), or
 # with --torch and --cnn-rnn to the Python example (e.g. --rounds=10).
 # Then the evaluating worker's figures per round go to rounds.csv and a
@@ -28,6 +36,29 @@ example=""
 case "${1:-}" in
   --torch) example=fedavg_cnn ;;
   --cnn-rnn) example=cnn_rnn_share ;;
+  --experiment|--experiment=*)
+    if [[ $1 == --experiment=* ]]; then
+      name=${1#*=}
+      shift
+    else
+      name=${2:-}
+      shift $(($# < 2 ? $# : 2))
+    fi
+    case $name in
+      noniid|attack|straggler|mixed) ;;
+      *)
+        echo "demo: --experiment needs one of noniid, attack, straggler," \
+          "mixed (got '$name')" >&2
+        exit 2
+        ;;
+    esac
+    scripts/install_deps.sh build grpc test demo
+    scripts/build.sh build/release
+    # Debian's interpreter, as for the figures. Later ARGS win (--size).
+    exec /usr/bin/python3 bench/experiments.py --build build/release \
+      --size=small --repeats=1 --out "build/demo-experiment-$name" \
+      "$name" "$@"
+    ;;
 esac
 
 # Writes the per-round figures of the LOGs to DIR/rounds.csv and
