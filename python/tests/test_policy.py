@@ -57,3 +57,26 @@ def test_a_policy_that_differs_or_cannot_be_is_refused(server):
         with pytest.raises(ValueError, match="not joined"):
             ce.join({"w": np.zeros(2, np.float32)}, policy={"x": "lr=1"})
         ce.join({"w": np.zeros(2, np.float32)}, policy="optimizer=adam")
+
+
+def test_shared_parameters_declare_their_policy(server):
+    torch = pytest.importorskip("torch")
+    import weightd.torch
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1)
+        model.bias.fill_(0)
+    with weightd.Client(server, worker_id="t") as ct, \
+            weightd.Client(server, worker_id="u") as cu:
+        shared = weightd.torch.SharedParameters(
+            ct, model, names="m/",
+            policy="optimizer=momentum lr=2 momentum=0")
+        with pytest.raises(weightd.AlreadyExists, match="exists with policy"):
+            cu.join({"m/weight": np.zeros((1, 2), np.float32)},
+                    policy="optimizer=plain")
+        # The only worker pushes weight 1 + 1 = 2: u = 2 - 1 = 1 and the
+        # value 1 + 2 x 1 = 3 (plain, the FedAvg default, would give 2).
+        with torch.no_grad():
+            model.weight.add_(1)
+        shared.sync()
+        assert model.weight.tolist() == [[3.0, 3.0]]

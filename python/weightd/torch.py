@@ -15,7 +15,9 @@ the server already holds is written into your parameter: a model that joins
 late starts from the shared weights), then every ``every`` calls of
 ``step()`` pushes them, waits for the round, and writes the average into
 ``param.data`` in place (FedAvg: weighted by the samples given to ``step``
-since the last round). ``sync()`` runs a round now.
+since the last round). ``sync()`` runs a round now. ``policy=`` declares
+how the server combines them instead (e.g. ``"optimizer=adam lr=0.01"``:
+FedAdam; docs/algorithms.md).
 
 Optimizer state: an averaging round replaces the values of the shared
 parameters and nothing else. The optimizer's state (SGD momentum, Adam's
@@ -53,6 +55,12 @@ class SharedParameters:
     (the parameter's own name), a prefix string (``prefix + name``), a dict
     (parameter name -> shared name; names it lacks keep their own), or a
     callable. ``every``: local steps between averaging rounds (>= 1).
+    ``policy``: how the server combines the rounds of these tensors
+    (docs/algorithms.md), passed to ``Client.join``: None (declare none:
+    each tensor's, or the server's default), one text for every shared
+    tensor (e.g. ``"optimizer=adam lr=0.01"``), or a dict of shared tensor
+    name -> text. The rounds push weights, so a server optimizer steps by
+    the aggregated weights minus the tensor's value (the FedOpt update).
 
     Shared parameters must be CPU float32 contiguous tensors; they are
     checked, and joined, when this object is made.
@@ -60,7 +68,9 @@ class SharedParameters:
 
     def __init__(self, client: Client, module: torch.nn.Module, *,
                  share: typing.Union[None, str, typing.Iterable[str]] = None,
-                 names: Names = None, every: int = 1):
+                 names: Names = None, every: int = 1,
+                 policy: typing.Union[None, str,
+                                      typing.Mapping[str, str]] = None):
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every={every!r}: expected an int >= 1")
         self._client = client
@@ -83,7 +93,7 @@ class SharedParameters:
                     f"both be shared as {shared}")
             self._tensors[shared] = params[name].data
             self._names[name] = shared
-        client.join(self._tensors)
+        client.join(self._tensors, policy=policy)
 
     @property
     def names(self) -> typing.Dict[str, str]:
