@@ -13,6 +13,12 @@ through weightd every --local_steps steps (weightd.torch.SharedParameters).
                                      per round), the same learning rates
     fedavg_cnn.py --address=H:P --rank=R --workers=W
                                      one worker (the launcher runs these)
+    fedavg_cnn.py --workers=8 --dirichlet_alpha=0.1 \
+        --policy="optimizer=adam lr=0.03"
+                                     label-skewed shards (each worker sees
+                                     mostly one or two classes), the server
+                                     stepping with FedAdam instead of taking
+                                     the average (bench/experiments_python.py)
 
 Run it with Debian's /usr/bin/python3 (numpy, torch) and the weightd package
 importable (the launcher adds <--build>/python to the workers' PYTHONPATH).
@@ -24,6 +30,8 @@ import math
 import os
 import sys
 import time
+
+import numpy as np
 
 import fashion_mnist
 import local_job
@@ -53,7 +61,16 @@ def train(args, client=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # The same initial model everywhere.
     images, labels = fashion_mnist.load("train", args.data_dir)
-    if client is not None:
+    if client is not None and args.dirichlet_alpha is not None:
+        # At least a batch per shard: batches() needs one.
+        images, labels = fashion_mnist.dirichlet_shard(
+            images, labels, args.rank, args.workers, args.dirichlet_alpha,
+            args.seed, min_examples=args.batch)
+        counts = " ".join(f"{c}:{n}" for c, n in
+                          enumerate(np.bincount(labels, minlength=10)))
+        print(f"worker {args.rank}: {len(labels)} training images; per "
+              f"class {counts}", file=sys.stderr, flush=True)
+    elif client is not None:
         images, labels = fashion_mnist.shard(images, labels, args.rank,
                                              args.workers, args.seed)
     images = torch.from_numpy(fashion_mnist.standardize(images)).unsqueeze(1)
@@ -71,9 +88,10 @@ def train(args, client=None):
     if client is not None:
         import weightd.torch
         # Joins every parameter as fedavg/<name>; the first worker to join
-        # sets the initial values, the others receive them.
+        # sets the initial values and the policy (--policy; every worker
+        # declares the same), the others receive them.
         shared = weightd.torch.SharedParameters(
-            client, model, names="fedavg/", every=steps)
+            client, model, names="fedavg/", every=steps, policy=args.policy)
         # The first round then averages all W workers.
         client.barrier("fedavg/start", args.workers, timeout=args.timeout)
     else:
@@ -118,12 +136,16 @@ def launch(args):
     finished. Worker 0's output is ours."""
     began = time.monotonic()
     with local_job.Job(args.address, args.build, args.logs) as job:
+        shards = ("iid shards" if args.dirichlet_alpha is None else
+                  f"Dirichlet({args.dirichlet_alpha}) shards")
         print(f"fedavg_cnn: weightd at {job.address}, {args.workers} workers, "
-              f"{args.rounds} rounds of {args.local_steps} steps; logs in "
-              f"{job.logs}", file=sys.stderr, flush=True)
+              f"{args.rounds} rounds of {args.local_steps} steps, {shards}, "
+              f"policy {args.policy!r}; logs in {job.logs}",
+              file=sys.stderr, flush=True)
         forwarded = [f"--{k}={v}" for k, v in vars(args).items()
                      if k in ("rounds", "local_steps", "batch", "lr", "seed",
-                              "threads", "data_dir", "timeout")]
+                              "threads", "data_dir", "timeout", "policy",
+                              "dirichlet_alpha") and v is not None]
         workers = [
             job.start(f"worker {rank}", [
                 sys.executable, os.path.abspath(__file__),
@@ -151,7 +173,18 @@ def main():
                         help="SGD steps of each worker between two averages")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1,
+                        help="the initial model, the batches and the shards")
+    parser.add_argument("--dirichlet_alpha", type=float, metavar="A",
+                        help="label-skewed shards: each class's images split "
+                        "over the workers by proportions drawn from "
+                        "Dirichlet(A) (fashion_mnist.dirichlet_partition; "
+                        "0.1: mostly one or two classes per worker; default: "
+                        "equal random IID shards)")
+    parser.add_argument("--policy", metavar="TEXT",
+                        help="the policy every shared parameter is declared "
+                        "with (docs/algorithms.md), e.g. 'optimizer=adam "
+                        "lr=0.03' (default: none, the server's)")
     parser.add_argument("--threads", type=int,
                         help="torch threads per process (default: 1 per "
                         "worker; every core for --baseline)")
@@ -167,6 +200,9 @@ def main():
     args = parser.parse_args()
     if args.workers < 1:
         parser.error("--workers must be >= 1")
+    if args.dirichlet_alpha is not None and not (
+            math.isfinite(args.dirichlet_alpha) and args.dirichlet_alpha > 0):
+        parser.error("--dirichlet_alpha must be positive and finite")
     if args.threads is None:
         args.threads = os.cpu_count() if args.baseline else 1
 

@@ -103,6 +103,25 @@ def test_fedavg_cnn_four_workers_learn_the_same_model(logs):
     assert results[0]["accuracy"] == final
 
 
+def test_fedavg_cnn_declares_its_policy_on_label_skewed_shards(logs):
+    out = run([EXAMPLES / "fedavg_cnn.py", f"--build={BUILD}", f"--logs={logs}",
+               "--workers=2", "--rounds=2", "--local_steps=5",
+               "--dirichlet_alpha=0.1",
+               "--policy=optimizer=momentum lr=1 momentum=0.5"], timeout=120)
+    assert len([l for l in out.splitlines() if l.startswith("round ")]) == 2
+    # The first worker's Join created every parameter under the policy.
+    created = re.findall(r'created (\d+) tensor\(s\) \(fedavg/.*\) with '
+                         r'policy "([^"]*)"',
+                         (logs / "weightd.log").read_text())
+    assert len(created) == 1 and created[0][0] == "8", created
+    assert "optimizer=momentum" in created[0][1].split()
+    assert "momentum=0.5" in created[0][1].split()
+    # Both workers pulled the server's step: the same model.
+    results = [json.loads((logs / f"worker-{r}.json").read_text())
+               for r in range(2)]
+    assert results[0]["parameters_sha256"] == results[1]["parameters_sha256"]
+
+
 def test_cnn_rnn_share_shares_only_the_named_layers(logs):
     out = run([EXAMPLES / "cnn_rnn_share.py", f"--build={BUILD}",
                f"--logs={logs}", "--rounds=4", "--steps=25",
