@@ -101,6 +101,24 @@ void SharedTensor::RemoveParticipant(absl::string_view worker, ClosedOn why,
   absl::MutexLock lock(&mu_);
   participants_.erase(std::string(worker));
   if (clocks_.erase(std::string(worker)) > 0) {
+    // Its own pushes waiting for their turn end here: without a clock it
+    // would be its turn at once, and its push applied after it left.
+    auto own = std::stable_partition(
+        turn_waiters_.begin(), turn_waiters_.end(),
+        [worker](const TurnWaiter& w) { return w.worker != worker; });
+    if (own != turn_waiters_.end()) {
+      const absl::Status status = absl::AbortedError(absl::StrCat(
+          "worker ", worker,
+          why == ClosedOn::kLeaseExpiry ? "'s lease expired" : " left",
+          " while its push to tensor ", name_,
+          " waited for its turn (consistency=bounded staleness=",
+          policy_->policy.staleness(),
+          "); the push was not applied: join again to push"));
+      for (auto it = own; it != turn_waiters_.end(); ++it) {
+        deferred.Add([done = std::move(it->done), status] { done(status); });
+      }
+      turn_waiters_.erase(own, turn_waiters_.end());
+    }
     WakeTurnWaitersLocked(deferred);  // It may have been the slowest.
   }
   if (!sync()) return;
@@ -416,6 +434,15 @@ absl::StatusOr<ContributionResult> SharedTensor::ApplyPush(
       it == contributions_.end() ? nullptr : &it->second;
   if (absl::Status s = CheckPushLocked(key, previous); !s.ok()) return s;
 
+  if (policy_->policy.consistency == Mode::kBounded &&
+      !participants_.contains(key.worker)) {
+    // It left (or its lease expired) after its push began: it has no
+    // clock, so no turn to take.
+    return absl::AbortedError(absl::StrCat(
+        "worker ", key.worker, " is no longer a participant of tensor ", name_,
+        " (consistency=bounded): it left or its lease expired after this "
+        "push began; the push was not applied: join again to push"));
+  }
   if (!TurnLocked(std::string(key.worker))) {
     return absl::AbortedError(absl::StrCat(
         "worker ", key.worker, " is already ", policy_->policy.staleness(),

@@ -187,7 +187,9 @@ class SharedTensor {
 
   void AddParticipant(absl::string_view worker);
   // The group shrinks; a sync round waiting only on `worker` closes, its
-  // record saying `why` (kLeave or kLeaseExpiry).
+  // record saying `why` (kLeave or kLeaseExpiry). Bounded: the waits of
+  // `worker`'s own pushes for their turn (WaitForTurn) end ABORTED, saying
+  // it left or its lease expired.
   void RemoveParticipant(absl::string_view worker, ClosedOn why,
                          Deferred& deferred);
   // The participants, sorted.
@@ -235,8 +237,9 @@ class SharedTensor {
   // values) at once and publishes a new version; a resend of an applied push
   // is a duplicate. INVALID_ARGUMENT if the result would not be finite
   // (nothing applied), ABORTED if bounded and the worker is `staleness`
-  // pushes ahead of the slowest participant (WaitForTurn first), plus the
-  // codes of CheckContribution.
+  // pushes ahead of the slowest participant (WaitForTurn first) or is not
+  // a participant (it left, or its lease expired), plus the codes of
+  // CheckContribution.
   absl::StatusOr<ContributionResult> ApplyPush(const ContributionKey& key,
                                                absl::Span<const float> payload,
                                                Deferred& deferred);
@@ -283,8 +286,10 @@ class SharedTensor {
                                              WaitCallback done);
   // Bounded: returns nullopt if `worker` may apply push `sequence` now (it
   // is fewer than `staleness` pushes ahead of the slowest participant, or
-  // the push is a resend, or it is not a participant, or the tensor is not
-  // bounded). Otherwise calls `done(OK)` once it may, as WaitForResult.
+  // the push is a resend, or the tensor is not bounded) or never will (it
+  // is not a participant: ApplyPush refuses it). Otherwise calls `done(OK)`
+  // once it may, as WaitForResult, or `done(ABORTED)` if `worker` leaves
+  // or its lease expires first (RemoveParticipant).
   std::optional<std::uint64_t> WaitForTurn(absl::string_view worker,
                                            std::uint64_t sequence,
                                            WaitCallback done);

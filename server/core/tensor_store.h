@@ -303,15 +303,18 @@ class PushSession {
   // Completes the push for every tensor (sync: may close rounds; async:
   // applies it). INVALID_ARGUMENT if a tensor did not arrive whole or (async)
   // the result would overflow; ABORTED if superseded or its round closed
-  // meanwhile. Tensors are completed in order: on an error the ones before
-  // it are completed.
+  // meanwhile, or (bounded) if the worker is not a participant any more
+  // (it left, or its lease expired). Tensors are completed in order: on an
+  // error the ones before it are completed.
   absl::StatusOr<std::vector<PushResult>> Finish();
 
   // Calls `done(OK)` once every bounded tensor of the push lets the worker
   // apply it (it is fewer than `staleness` pushes ahead of the tensor's
   // slowest participant), at once if they all do; `done(error)` if a
-  // tensor is dropped or the store closes first. The wait keeps the
-  // worker's lease alive. Call before Finish(). UNAVAILABLE (closed).
+  // tensor is dropped (NOT_FOUND), the worker leaves (ABORTED, naming the
+  // tensor: the push is not applied) or the store closes (UNAVAILABLE)
+  // first. The wait keeps the worker's lease alive. Call before Finish().
+  // UNAVAILABLE (closed).
   absl::StatusOr<std::unique_ptr<Wait>> AwaitTurn(
       std::function<void(absl::Status)> done);
   // Whether the push has a bounded tensor (AwaitTurn before Finish).

@@ -141,6 +141,8 @@ class Server {
   // An address clients can dial, e.g. "127.0.0.1:41234".
   const std::string& address() const { return address_; }
   core::TensorStore& store() { return *store_; }
+  // What the server counts (served at metrics_listen, if any).
+  Metrics& metrics() { return *metrics_; }
   // The metrics address actually bound ("127.0.0.1:9464"); empty without
   // metrics_listen.
   const std::string& metrics_address() const { return metrics_address_; }

@@ -408,13 +408,18 @@ class PushReader {
   }
 
   // Whether the push must wait for its turn (a bounded tensor's) before
-  // Finish(): then AwaitTurn.
+  // Finish(): then AwaitTurn, and TurnFailed if the turn does not come.
   bool waits_for_turn() const {
     return session_ != nullptr && session_->waits_for_turn();
   }
   absl::StatusOr<std::unique_ptr<core::Wait>> AwaitTurn(WaitDone done) {
-    return session_->AwaitTurn(std::move(done));
+    auto wait = session_->AwaitTurn(std::move(done));
+    if (!wait.ok()) tally_.Failed(wait.status());
+    return wait;
   }
+  // The push ends with `status` without being applied: its turn did not
+  // come (the worker left, the tensor was dropped, the server closes).
+  void TurnFailed(const absl::Status& status) { tally_.Failed(status); }
 
   // Whether the header was read and accepted; then header().
   bool has_header() const { return session_ != nullptr; }
@@ -505,7 +510,10 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       return wait_.Start(
           [this](WaitDone done) { return reader_.AwaitTurn(std::move(done)); },
           [this](absl::Status status) {
-            if (!status.ok()) return wait_.FinishOnce(status);
+            if (!status.ok()) {
+              reader_.TurnFailed(status);
+              return wait_.FinishOnce(status);
+            }
             Complete();
           });
     }
@@ -625,7 +633,10 @@ class PushPullReactor final
       return stream_.Await(
           [this](WaitDone done) { return reader_.AwaitTurn(std::move(done)); },
           [this](absl::Status status) {
-            if (!status.ok()) return stream_.FinishOnce(status);
+            if (!status.ok()) {
+              reader_.TurnFailed(status);
+              return stream_.FinishOnce(status);
+            }
             CompleteThenStream();
           });
     }
@@ -1441,8 +1452,10 @@ grpc::ServerUnaryReactor* WeightdService::PushSegment(
         if (!session->waits_for_turn()) return complete();
         // A bounded tensor's push waits for its turn first.
         call->Wait(
-            [session](WaitDone done) {
-              return session->AwaitTurn(std::move(done));
+            [session, tally](WaitDone done) {
+              auto wait = session->AwaitTurn(std::move(done));
+              if (!wait.ok()) tally->Failed(wait.status());
+              return wait;
             },
             [call, tally, complete](absl::Status status) mutable {
               if (!status.ok()) {

@@ -26,6 +26,7 @@
 namespace weightd::core {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -138,6 +139,52 @@ TEST_F(BoundedStalenessTest, TheWaitEndsWhenTheSlowestLeavesOrExpires) {
     ASSERT_THAT(push->Finish(), IsOk());
     EXPECT_EQ(Value("w")[0], 3.0f);
     EXPECT_THAT(store_->Describe("w")->participants, 1u);
+  }
+}
+
+// a leaves while its own third push waits for its turn: the wait ends
+// ABORTED naming the tensor and the departure, and the push applies
+// nothing. A push begun before a leaves or its lease expires, whose turn
+// is asked for only then, is refused as well (a's lease is not held yet:
+// b heartbeats, a does not).
+TEST_F(BoundedStalenessTest, AWorkerThatLeavesWhileItsPushWaitsIsAborted) {
+  MakeATwoAhead();
+  absl::Status waited = absl::UnknownError("not called");
+  auto push = Staged(a_, 3, {1});
+  auto wait = push->AwaitTurn([&waited](absl::Status s) { waited = s; });
+  ASSERT_THAT(wait, IsOk());
+  EXPECT_THAT(waited, StatusIs(absl::StatusCode::kUnknown));
+  ASSERT_THAT(store_->Leave(a_), IsOk());
+  EXPECT_THAT(waited, StatusIs(absl::StatusCode::kAborted,
+                               AllOf(HasSubstr("tensor w"), HasSubstr("left"),
+                                     HasSubstr("not applied"))));
+  EXPECT_THAT(push->Finish(),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("tensor w")));
+  EXPECT_EQ(Value("w")[0], 2.0f);
+  EXPECT_EQ(Version("w"), 2u);
+  EXPECT_THAT(WaitingFor(), IsEmpty());
+  wait->reset();  // Before its store goes.
+
+  for (const bool expire : {false, true}) {
+    SCOPED_TRACE(expire ? "expires" : "leaves");
+    MakeATwoAhead();
+    auto late = Staged(a_, 3, {1});
+    if (expire) {
+      now_ += absl::Seconds(7);  // lease_timeout: 6 s.
+      ASSERT_THAT(store_->Heartbeat(b_), IsOk());
+      EXPECT_EQ(store_->ExpireLeases(), 1);
+    } else {
+      ASSERT_THAT(store_->Leave(a_), IsOk());
+    }
+    absl::Status turn = absl::UnknownError("not called");
+    auto late_wait = late->AwaitTurn([&turn](absl::Status s) { turn = s; });
+    ASSERT_THAT(late_wait, IsOk());
+    EXPECT_THAT(turn, IsOk());  // No clock, no wait: Finish refuses it.
+    EXPECT_THAT(late->Finish(), StatusIs(absl::StatusCode::kAborted,
+                                         AllOf(HasSubstr("tensor w"),
+                                               HasSubstr("not applied"))));
+    EXPECT_EQ(Value("w")[0], 2.0f);
+    EXPECT_EQ(Version("w"), 2u);
   }
 }
 

@@ -12,6 +12,7 @@
 #include <limits>
 #include <map>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -19,7 +20,9 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -29,6 +32,7 @@
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "prometheus/text_serializer.h"
 #include "server/service/server.h"
 #include "server/service/weightd_service.h"
 #include "tests/testing/client_options.h"
@@ -38,9 +42,11 @@
 namespace weightd {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::weightd::testing::IsOk;
 using ::weightd::testing::StatusIs;
 
@@ -1691,6 +1697,116 @@ TEST_F(ServiceTest, ABoundedPushWaitsForTheSlowestWorkersPush) {
     EXPECT_EQ(server_->store().Describe("w")->version, 3u);
     const float v = server_->store().Read({"w"}).value()[0].value->at(0);
     EXPECT_TRUE(v == 4.25f || v == 3.25f) << v;  // 1->4.5->4.25 or 1->2.5->3.25
+  }
+}
+
+// The weightd_pushes_total lines a scrape of `metrics` serves (the
+// Prometheus text format), each ending in a newline.
+std::string PushCounts(const service::Metrics& metrics) {
+  std::ostringstream out;
+  prometheus::TextSerializer serializer;
+  for (const auto& weak : metrics.collectables()) {
+    if (auto collectable = weak.lock()) {
+      serializer.Serialize(out, collectable->Collect());
+    }
+  }
+  std::string counts;
+  for (absl::string_view line : absl::StrSplit(out.str(), '\n')) {
+    if (absl::StartsWith(line, "weightd_pushes_total{")) {
+      absl::StrAppend(&counts, line, "\n");
+    }
+  }
+  return counts;
+}
+
+// The pushes PushCounts lists, summed.
+int PushesIn(absl::string_view counts) {
+  int pushes = 0;
+  for (absl::string_view line :
+       absl::StrSplit(counts, '\n', absl::SkipEmpty())) {
+    int n = 0;
+    if (absl::SimpleAtoi(line.substr(line.rfind(' ') + 1), &n)) pushes += n;
+  }
+  return pushes;
+}
+
+// A bounded push waiting in the server for its turn whose worker leaves
+// meanwhile ends ABORTED naming the tensor, changes nothing, and is counted
+// in weightd_pushes_total as ABORTED (not CANCELLED): through Push,
+// PushPull and a shared-memory segment (PushSegment).
+TEST_F(ServiceTest, ABoundedPushWhoseWorkerLeavesWhileItWaitsIsAborted) {
+  for (const std::string call : {"Push", "PushPull", "PushSegment"}) {
+    SCOPED_TRACE(call);
+    StartServer(core::Mode::kSync);
+    ClientOptions options = testing::TestClientOptions();
+    options.address = server_->address();
+    options.worker_id = "fast";
+    options.shared_memory = call == "PushSegment";
+    options.call_timeout = absl::Seconds(60);
+    auto fast = std::move(Client::Connect(options)).value();
+    std::vector<float> f(4, 0.0f);
+    const TensorRef ref{
+        "w", {4}, absl::MakeSpan(f), "consistency=bounded staleness=1"};
+    ASSERT_THAT(fast->Join({ref}), IsOk());
+    JoinZeros("slow", 4);
+    f.assign(4, 2.0f);
+    ASSERT_THAT(fast->Push({ref}), IsOk());  // 1 ahead of slow: applied.
+    ASSERT_EQ(server_->store().Describe("w")->version, 1u);
+    std::uint64_t lease = 0;
+    for (const core::WorkerInfo& w : server_->store().Status().workers) {
+      if (w.worker_id == "fast") lease = w.lease_id;
+    }
+    ASSERT_NE(lease, 0u);
+    const std::vector<float> four(4, 4.0f);
+    absl::Status second;
+    std::thread waiting([&] {
+      if (call == "Push") {
+        second = RawPush({Header(lease, 2, "w"), Chunk(0, 0, four)});
+      } else if (call == "PushPull") {
+        grpc::ClientContext context;
+        context.set_deadline(std::chrono::system_clock::now() +
+                             std::chrono::seconds(60));
+        auto stream = stub_->PushPull(&context);
+        v1::PushPullRequest m;
+        *m.mutable_header() = Header(lease, 2, "w").header();
+        stream->Write(m);
+        *m.mutable_chunk() = Chunk(0, 0, four).chunk();
+        stream->Write(m);
+        stream->WritesDone();
+        v1::PushPullResponse r;
+        while (stream->Read(&r)) {
+        }
+        second = FromGrpcStatus(stream->Finish());
+      } else {
+        f = four;
+        second = fast->Push({ref});
+      }
+    });
+    // Until the push waits in the server for slow's.
+    auto waits = [&] {
+      return !server_->store().Status().tensors.at(0).waiting_for.empty();
+    };
+    for (int i = 0; i < 2000 && !waits(); ++i) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    EXPECT_TRUE(waits());
+    ASSERT_THAT(server_->store().Leave(lease), IsOk());
+    waiting.join();
+    EXPECT_THAT(second,
+                StatusIs(absl::StatusCode::kAborted,
+                         AllOf(HasSubstr("tensor w"), HasSubstr("left"))));
+    EXPECT_EQ(server_->store().Describe("w")->version, 1u);
+    EXPECT_THAT(Stored("w"), ::testing::Each(1.0f));  // 0 -> 1 (mix 0.5).
+    // A push is counted once the server is done with its call, which may
+    // be just after the client has the answer: until both are counted.
+    std::string counts = PushCounts(server_->metrics());
+    for (int i = 0; i < 1000 && PushesIn(counts) < 2; ++i) {
+      absl::SleepFor(absl::Milliseconds(10));
+      counts = PushCounts(server_->metrics());
+    }
+    EXPECT_THAT(counts, HasSubstr("weightd_pushes_total{code=\"ABORTED\","
+                                  "outcome=\"aborted\"} 1\n"));
+    EXPECT_THAT(counts, Not(HasSubstr("code=\"CANCELLED\"")));
   }
 }
 
