@@ -25,6 +25,9 @@ namespace weightd::service {
 
 // How a core wait reports that it fired.
 using WaitDone = std::function<void(absl::Status)>;
+// Registers a core wait that reports to the WaitDone given.
+using RegisterWait =
+    std::function<absl::StatusOr<std::unique_ptr<core::Wait>>(WaitDone)>;
 
 // Which call a reactor serves, for the log of refused calls. The peer is
 // looked up only for a refusal: a string per call is not for the push
@@ -60,8 +63,7 @@ class ReactorWait {
   ReactorWait& operator=(const ReactorWait&) = delete;
 
   // Registers the wait; an error finishes the call with it.
-  using Register =
-      std::function<absl::StatusOr<std::unique_ptr<core::Wait>>(WaitDone)>;
+  using Register = RegisterWait;
 
   // Registers the wait through `start`; `ready` runs once it fires (also
   // when it fires inside `start`, but only after `start` returned), unless

@@ -93,10 +93,9 @@ class WaitThenStream {
         [this](absl::Status status) { Stream(status); });
   }
 
-  // Runs another wait first (a push's turn, ReactorWait::Start): `ready`
-  // then Start()s or FinishOnce()s.
-  void Await(const typename ReactorWait<Reactor>::Register& start,
-             WaitDone ready) {
+  // Runs another wait first (a push's turn: ReactorWait::Start): `ready`
+  // then Start()s the versions' wait or FinishOnce()s.
+  void Start(const RegisterWait& start, WaitDone ready) {
     wait_.Start(start, std::move(ready));
   }
 
@@ -187,8 +186,7 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
 
   // Runs one core wait (see ReactorWait::Start), ended with CANCELLED if the
   // call is cancelled first; `ready` must Answer().
-  void Wait(const typename ReactorWait<UnaryReactor>::Register& start,
-            WaitDone ready) {
+  void Wait(const RegisterWait& start, WaitDone ready) {
     wait_.Start(start, std::move(ready));
   }
 
@@ -381,6 +379,40 @@ class PushTally {
   bool duplicate_ = false;
 };
 
+// Runs a wait on behalf of a call: its reactor's ReactorWait::Start (or
+// what wraps it), given the wait to register and what to run once it fires.
+using StartWait = absl::FunctionRef<void(const RegisterWait&, WaitDone)>;
+
+// Applies a push once its turn came (Push, PushPull, PushSegment): runs
+// `complete` at once if `session` has no bounded tensor, else once the wait
+// for its turn, run through `start`, fires OK. If the turn does not come
+// (ABORTED: the worker left; NOT_FOUND: a tensor was dropped; UNAVAILABLE:
+// the server closes), `tally` counts that status and `fail` ends the call
+// with it; an error registering the wait is counted too (the ReactorWait
+// ends the call). A call cancelled meanwhile is ended by its ReactorWait
+// (CANCELLED, the tally's default). `session` and `tally` must live until
+// `complete` or `fail` has run (`complete` may own them).
+void CompleteInTurn(core::PushSession& session, PushTally& tally,
+                    StartWait start, std::function<void()> complete,
+                    std::function<void(const absl::Status&)> fail) {
+  if (!session.waits_for_turn()) return complete();
+  start(
+      [&session, &tally](WaitDone done) {
+        absl::StatusOr<std::unique_ptr<core::Wait>> wait =
+            session.AwaitTurn(std::move(done));
+        if (!wait.ok()) tally.Failed(wait.status());
+        return wait;
+      },
+      [&tally, complete = std::move(complete),
+       fail = std::move(fail)](absl::Status status) {
+        if (!status.ok()) {
+          tally.Failed(status);
+          return fail(status);
+        }
+        complete();
+      });
+}
+
 // Reads a push stream (header, then chunks) into a core::PushSession.
 // Shared by Push and PushPull, whose request messages are the same on the
 // wire. Chunks are summed straight from the slices they arrived in.
@@ -407,19 +439,21 @@ class PushReader {
     return results;
   }
 
-  // Whether the push must wait for its turn (a bounded tensor's) before
-  // Finish(): then AwaitTurn, and TurnFailed if the turn does not come.
-  bool waits_for_turn() const {
-    return session_ != nullptr && session_->waits_for_turn();
+  // Runs `complete` (which calls Finish()) once the push's turn came, the
+  // wait run and a failure ended through `call`'s Start and FinishOnce (a
+  // ReactorWait, WaitThenStream): see CompleteInTurn. At once without a
+  // header (Finish() refuses the push).
+  template <typename Call>
+  void CompleteInTurn(Call& call, std::function<void()> complete) {
+    if (session_ == nullptr) return complete();
+    service::CompleteInTurn(
+        *session_, tally_,
+        [&call](const RegisterWait& turn, WaitDone ready) {
+          call.Start(turn, std::move(ready));
+        },
+        std::move(complete),
+        [&call](const absl::Status& status) { call.FinishOnce(status); });
   }
-  absl::StatusOr<std::unique_ptr<core::Wait>> AwaitTurn(WaitDone done) {
-    auto wait = session_->AwaitTurn(std::move(done));
-    if (!wait.ok()) tally_.Failed(wait.status());
-    return wait;
-  }
-  // The push ends with `status` without being applied: its turn did not
-  // come (the worker left, the tensor was dropped, the server closes).
-  void TurnFailed(const absl::Status& status) { tally_.Failed(status); }
 
   // Whether the header was read and accepted; then header().
   bool has_header() const { return session_ != nullptr; }
@@ -506,16 +540,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       if (context_->IsCancelled() || (stall_ != nullptr && stall_->was_cut())) {
         return wait_.FinishOnce(absl::CancelledError("cancelled"));
       }
-      if (!reader_.waits_for_turn()) return Complete();
-      return wait_.Start(
-          [this](WaitDone done) { return reader_.AwaitTurn(std::move(done)); },
-          [this](absl::Status status) {
-            if (!status.ok()) {
-              reader_.TurnFailed(status);
-              return wait_.FinishOnce(status);
-            }
-            Complete();
-          });
+      return reader_.CompleteInTurn(wait_, [this] { Complete(); });
     }
     if (absl::Status s = reader_.Handle(&request_); !s.ok()) {
       return wait_.FinishOnce(s);
@@ -629,16 +654,7 @@ class PushPullReactor final
       }
       StopPacing();
       if (pipelined_) return result_.PushEnded(reader_.Finish());
-      if (!reader_.waits_for_turn()) return CompleteThenStream();
-      return stream_.Await(
-          [this](WaitDone done) { return reader_.AwaitTurn(std::move(done)); },
-          [this](absl::Status status) {
-            if (!status.ok()) {
-              reader_.TurnFailed(status);
-              return stream_.FinishOnce(status);
-            }
-            CompleteThenStream();
-          });
+      return reader_.CompleteInTurn(stream_, [this] { CompleteThenStream(); });
     }
     const bool had_header = reader_.has_header();
     const std::uint64_t bytes = request_.Length();
@@ -1449,21 +1465,13 @@ grpc::ServerUnaryReactor* WeightdService::PushSegment(
                                  request.places(), pushed.format,
                                  response->mutable_results());
         };
-        if (!session->waits_for_turn()) return complete();
-        // A bounded tensor's push waits for its turn first.
-        call->Wait(
-            [session, tally](WaitDone done) {
-              auto wait = session->AwaitTurn(std::move(done));
-              if (!wait.ok()) tally->Failed(wait.status());
-              return wait;
+        CompleteInTurn(
+            *session, *tally,
+            [call](const RegisterWait& turn, WaitDone ready) {
+              call->Wait(turn, std::move(ready));
             },
-            [call, tally, complete](absl::Status status) mutable {
-              if (!status.ok()) {
-                tally->Failed(status);
-                return call->Answer(status);
-              }
-              complete();
-            });
+            std::move(complete),
+            [call](const absl::Status& status) { call->Answer(status); });
       });
 }
 
