@@ -112,9 +112,11 @@ ABSL_FLAG(uint64_t, chunk_bytes, weightd::kDefaultChunkBytes,
 ABSL_FLAG(uint64_t, max_tensor_bytes, uint64_t{4} << 30,
           "Largest tensor a worker may declare, in bytes.");
 ABSL_FLAG(uint64_t, max_total_bytes, 0,
-          "Largest sum of all tensors' sizes, in bytes; a Join that would "
-          "exceed it gets RESOURCE_EXHAUSTED. The server needs about twice "
-          "this in memory (value plus accumulator). 0: no limit.");
+          "Largest sum of all tensors' sizes with their optimizer state "
+          "(adam: 4 floats per element beside the value, momentum 2), in "
+          "bytes; a Join that would exceed it gets RESOURCE_EXHAUSTED. A "
+          "sync tensor also holds its round's accumulator (one more value). "
+          "0: no limit.");
 ABSL_FLAG(uint32_t, max_workers, 10000,
           "Most workers that may be members at once; a Join of another gets "
           "RESOURCE_EXHAUSTED. 0: no limit.");

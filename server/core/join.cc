@@ -192,7 +192,7 @@ absl::StatusOr<std::unique_ptr<JoinSession>> TensorStore::BeginJoin(
     absl::ReaderMutexLock lock(&mu_);
     std::uint64_t new_bytes = 0;
     std::uint32_t new_tensors = 0;
-    std::uint64_t buffered = BufferedBytesLocked();
+    PolicyCost cost{BufferedBytesLocked()};
     for (std::size_t i = 0; i < declarations.size(); ++i) {
       auto it = tensors_.find(declarations[i].name);
       if (it != tensors_.end()) {
@@ -201,15 +201,16 @@ absl::StatusOr<std::unique_ptr<JoinSession>> TensorStore::BeginJoin(
       }
       WEIGHTD_RETURN_IF_ERROR(AdmitPolicyLocked(
           declarations[i], it == tensors_.end() ? nullptr : it->second.get(),
-          worker_id, buffered));
+          worker_id, cost));
       keep.push_back(it == tensors_.end());
       if (it == tensors_.end()) {
         new_bytes += bytes[i];
         ++new_tensors;
       }
     }
-    WEIGHTD_RETURN_IF_ERROR(AdmitJoinLocked(
-        worker_id, header.claimant.principal, new_tensors, new_bytes));
+    WEIGHTD_RETURN_IF_ERROR(
+        AdmitJoinLocked(worker_id, header.claimant.principal, new_tensors,
+                        new_bytes, cost.state));
   }
   return std::unique_ptr<JoinSession>(new JoinSession(
       this, std::move(header), std::move(bytes), std::move(keep)));
@@ -265,7 +266,7 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
   // INVALID_ARGUMENT, not over a limit).
   std::uint64_t new_bytes = 0;
   std::uint32_t new_tensors = 0;
-  std::uint64_t buffered = BufferedBytesLocked();
+  PolicyCost cost{BufferedBytesLocked()};
   for (const Declaration& d : declarations) {
     auto it = tensors_.find(d.name);
     if (it == tensors_.end() && d.initial_value.empty() &&
@@ -289,12 +290,11 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
       new_bytes += d.initial_value.size() * kFloatBytes;
       ++new_tensors;
     }
-    WEIGHTD_RETURN_IF_ERROR(
-        AdmitPolicyLocked(d, it == tensors_.end() ? nullptr : it->second.get(),
-                          worker_id, buffered));
+    WEIGHTD_RETURN_IF_ERROR(AdmitPolicyLocked(
+        d, it == tensors_.end() ? nullptr : it->second.get(), worker_id, cost));
   }
-  WEIGHTD_RETURN_IF_ERROR(
-      AdmitJoinLocked(worker_id, claimant.principal, new_tensors, new_bytes));
+  WEIGHTD_RETURN_IF_ERROR(AdmitJoinLocked(worker_id, claimant.principal,
+                                          new_tensors, new_bytes, cost.state));
 
   Worker& worker = workers_[worker_id];
   if (!worker.id.empty()) {
@@ -330,7 +330,6 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
     const bool created = slot == nullptr;
     if (created) {
       const std::uint64_t bytes = d.initial_value.size() * kFloatBytes;
-      tensor_bytes_ += bytes;
       if (!claimant.principal.empty()) {
         Created& by = created_by_[claimant.principal];
         ++by.tensors;
@@ -341,6 +340,7 @@ absl::StatusOr<JoinResult> TensorStore::CommitJoin(
       slot = std::make_shared<SharedTensor>(
           d.name, d.shape, std::move(d.initial_value), &options_, d.whole_shape,
           *PolicyFor(d));
+      total_bytes_ += slot->admitted_bytes();
       dropped_names_.erase(d.name);
     }
     slot->AddParticipant(worker.id);
@@ -370,10 +370,16 @@ std::uint64_t TensorStore::BufferedBytesLocked() const {
 absl::Status TensorStore::AdmitPolicyLocked(const Declaration& d,
                                             const SharedTensor* held,
                                             absl::string_view worker_id,
-                                            std::uint64_t& buffered) const {
+                                            PolicyCost& cost) const {
+  const std::uint64_t elements =
+      ElementCount(d.shape, ~std::uint64_t{0}).value_or(0);
   TensorPolicy policy;
+  std::shared_ptr<const CompiledPolicy> compiled;
   if (held == nullptr) {
     WEIGHTD_ASSIGN_OR_RETURN(policy, PolicyFor(d));
+    compiled = Compile(policy);
+    cost.state += SharedTensor::MaxStateBytes(
+        *compiled, elements, options_.chunk_bytes / kFloatBytes);
   } else {
     policy = held->policy();
     WEIGHTD_ASSIGN_OR_RETURN(TensorPolicy declared,
@@ -392,9 +398,10 @@ absl::Status TensorStore::AdmitPolicyLocked(const Declaration& d,
     }
   }
   if (policy.consistency != Mode::kSync) return absl::OkStatus();
-  if (!Compile(policy)->aggregator->buffered()) return absl::OkStatus();
-  const std::uint64_t bytes =
-      ElementCount(d.shape, ~std::uint64_t{0}).value_or(0) * kFloatBytes;
+  if (compiled == nullptr) compiled = Compile(policy);
+  if (!compiled->aggregator->buffered()) return absl::OkStatus();
+  const std::uint64_t bytes = elements * kFloatBytes;
+  const std::uint64_t buffered = cost.buffered;
   const std::uint64_t cap = options_.max_buffered_bytes;
   if (cap != 0 && (buffered > cap || bytes > cap - buffered)) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -404,14 +411,15 @@ absl::Status TensorStore::AdmitPolicyLocked(const Declaration& d,
         " of at most ", cap,
         " bytes (--max_buffered_bytes); raise it, or use aggregator=mean"));
   }
-  buffered += bytes;
+  cost.buffered += bytes;
   return absl::OkStatus();
 }
 
 absl::Status TensorStore::AdmitJoinLocked(absl::string_view worker_id,
                                           absl::string_view principal,
                                           std::uint32_t new_tensors,
-                                          std::uint64_t new_bytes) const {
+                                          std::uint64_t new_bytes,
+                                          std::uint64_t new_state_bytes) const {
   if (closed()) return ClosedError();
   if (options_.max_workers > 0 && leases_.size() >= options_.max_workers) {
     auto it = workers_.find(worker_id);
@@ -421,14 +429,18 @@ absl::Status TensorStore::AdmitJoinLocked(absl::string_view worker_id,
           " workers are members, the server's limit (--max_workers)"));
     }
   }
-  if (options_.max_total_bytes > 0 &&
-      (tensor_bytes_ >= options_.max_total_bytes ||
-       new_bytes > options_.max_total_bytes - tensor_bytes_) &&
-      new_bytes > 0) {
+  const std::uint64_t adding = new_bytes + new_state_bytes;
+  const std::uint64_t cap = options_.max_total_bytes;
+  if (cap > 0 && adding > 0 &&
+      (total_bytes_ >= cap || adding > cap - total_bytes_)) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "worker ", worker_id, " would create ", new_bytes,
-        " bytes of tensors; the server holds ", tensor_bytes_, " of at most ",
-        options_.max_total_bytes, " (--max_total_bytes)"));
+        "worker ", worker_id, " would create ", adding, " bytes of tensors",
+        new_state_bytes == 0
+            ? ""
+            : absl::StrCat(" (", new_bytes, " bytes of values and ",
+                           new_state_bytes, " bytes of optimizer state)"),
+        "; the server holds ", total_bytes_, " of at most ", cap,
+        " (--max_total_bytes)"));
   }
   if (principal.empty() || new_tensors == 0) return absl::OkStatus();
   Created created;

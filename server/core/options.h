@@ -133,8 +133,12 @@ struct StoreOptions {
   bool allow_non_finite = false;
   // Largest tensor a Join may create.
   std::uint64_t max_tensor_bytes = std::uint64_t{4} << 30;
-  // Largest sum of all tensors' sizes (0: no limit). The server holds about
-  // twice this (published value plus the open round's accumulator).
+  // Largest sum of all tensors' sizes, each with the most its optimizer's
+  // state can hold (SharedTensor::MaxStateBytes: adam 4 floats per element
+  // and, on a sync tensor, 2 per element of one chunk; momentum half that;
+  // plain none), 0: no limit. A sync tensor also holds its open round's
+  // accumulator (one more value), and buffered aggregators their copies
+  // (max_buffered_bytes).
   std::uint64_t max_total_bytes = 0;
   // Most workers that may be members at once (0: no limit).
   std::uint32_t max_workers = 0;

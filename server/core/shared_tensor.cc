@@ -1039,6 +1039,19 @@ std::uint64_t SharedTensor::PolicyBytes() const {
   return PolicyBytesLocked();
 }
 
+std::uint64_t SharedTensor::MaxStateBytes(const CompiledPolicy& policy,
+                                          std::uint64_t elements,
+                                          std::uint64_t chunk_elements) {
+  // state_, then round_state_ (sync) or state_backup_ of a whole push
+  // (async, bounded), then a sync chunk's state_backup_.
+  const std::uint64_t slots = policy.optimizer->state_slots();
+  const std::uint64_t copies =
+      2 * elements + (policy.policy.consistency == Mode::kSync
+                          ? std::min(elements, chunk_elements)
+                          : 0);
+  return slots * copies * sizeof(float);
+}
+
 std::uint64_t SharedTensor::BufferedBytes() const {
   if (!buffered()) return 0;
   absl::MutexLock lock(&mu_);

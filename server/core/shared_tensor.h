@@ -271,6 +271,19 @@ class SharedTensor {
   // Bytes the policy holds: the optimizer's state and a buffered
   // aggregator's copies of contributions.
   std::uint64_t PolicyBytes() const;
+  // The most bytes the optimizer of `policy` holds beside a value of
+  // `elements` floats stored in chunks of `chunk_elements`: its state
+  // slots, as many again (a sync tensor's state from before the open round,
+  // an async or bounded one's copy to undo a push's step), and a sync
+  // step's undo copy of one chunk.
+  static std::uint64_t MaxStateBytes(const CompiledPolicy& policy,
+                                     std::uint64_t elements,
+                                     std::uint64_t chunk_elements);
+  // What StoreOptions::max_total_bytes counts for this tensor: bytes() and
+  // the MaxStateBytes of its policy.
+  std::uint64_t admitted_bytes() const {
+    return bytes() + MaxStateBytes(*policy_, elements_, chunk_elements_);
+  }
   // A buffered aggregator's copies, held or due: the larger of the
   // participants and the copies held, times bytes() (0 if not buffered).
   std::uint64_t BufferedBytes() const;

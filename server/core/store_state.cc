@@ -32,7 +32,6 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Restore(
     }
     // The value is immutable once published, so the copy here is the one
     // place a restored value is duplicated.
-    store->tensor_bytes_ += count * kFloatBytes;
     // The policy it was created with; a snapshot of before policies: the
     // server's default for its name.
     absl::StatusOr<TensorPolicy> policy =
@@ -44,6 +43,7 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Restore(
     slot = std::make_shared<SharedTensor>(t.name, t.shape, *t.value,
                                           &store->options_, t.whole_shape,
                                           *std::move(policy));
+    store->total_bytes_ += slot->admitted_bytes();
     WEIGHTD_RETURN_IF_ERROR(slot->Restore(t.version, t.contributions,
                                           std::move(t.history),
                                           std::move(t.optimizer_state)));

@@ -345,7 +345,7 @@ absl::StatusOr<DropResult> TensorStore::Drop(absl::string_view name,
   }
   tensor->MarkDropped(deferred);
   result.freed_bytes = tensor->AllocatedBytes();
-  tensor_bytes_ -= tensor->bytes();
+  total_bytes_ -= tensor->admitted_bytes();
   if (auto it = creators_.find(name); it != creators_.end()) {
     Created& by = created_by_[it->second];
     by.tensors -= std::min<std::uint32_t>(by.tensors, 1);

@@ -566,11 +566,14 @@ class TensorStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseLease(const std::string& worker_id, std::uint64_t lease_id);
   // Whether a join of `worker_id` by `principal` may create `new_tensors`
-  // tensors of `new_bytes`: RESOURCE_EXHAUSTED over a limit.
+  // tensors of `new_bytes` whose optimizers hold `new_state_bytes` more
+  // (counted against max_total_bytes, not the principal's quota):
+  // RESOURCE_EXHAUSTED over a limit.
   absl::Status AdmitJoinLocked(absl::string_view worker_id,
                                absl::string_view principal,
                                std::uint32_t new_tensors,
-                               std::uint64_t new_bytes) const
+                               std::uint64_t new_bytes,
+                               std::uint64_t new_state_bytes) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::shared_ptr<SharedTensor>> FindLocked(
       absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
@@ -593,14 +596,21 @@ class TensorStore {
   // The policy a tensor whose declaration names none gets, and the
   // policy of a declaration: ApplyPolicySpec over the default for `name`.
   absl::StatusOr<TensorPolicy> PolicyFor(const Declaration& d) const;
+  // What the policies of a Join's declarations cost (AdmitPolicyLocked).
+  struct PolicyCost {
+    // What buffered aggregators hold now plus what the join adds.
+    std::uint64_t buffered = 0;
+    // SharedTensor::MaxStateBytes of the tensors the join creates.
+    std::uint64_t state = 0;
+  };
   // Whether `d` may join or create its tensor (`held`, null if new) as to
   // its policy: INVALID_ARGUMENT (a policy that cannot be), ALREADY_EXISTS
   // (one that differs from the tensor's), RESOURCE_EXHAUSTED (a buffered
-  // aggregator past max_buffered_bytes: `buffered` is what the tensors
-  // hold now plus what the join adds before `d`, and grows by `d`'s).
+  // aggregator past max_buffered_bytes: `cost.buffered` counts the
+  // declarations before `d`). Adds `d`'s to `cost`.
   absl::Status AdmitPolicyLocked(const Declaration& d, const SharedTensor* held,
                                  absl::string_view worker_id,
-                                 std::uint64_t& buffered) const
+                                 PolicyCost& cost) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // What buffered aggregators hold: participants x bytes, summed.
   std::uint64_t BufferedBytesLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
@@ -616,7 +626,9 @@ class TensorStore {
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::uint64_t, std::string> leases_ ABSL_GUARDED_BY(mu_);
-  std::uint64_t tensor_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // Sum of sizes.
+  // What max_total_bytes counts: the tensors' SharedTensor::admitted_bytes
+  // (values and the most their optimizers' state holds), summed.
+  std::uint64_t total_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   // What each principal's joins created since start (named principals).
   struct Created {
     std::uint32_t tensors = 0;

@@ -331,6 +331,46 @@ TEST_F(PolicyStoreTest, AJoinPastMaxBufferedBytesIsRefusedAndChangesNothing) {
   EXPECT_EQ(store_->Describe("big")->participants, 3u);
 }
 
+// --max_total_bytes counts, beside each value, the most its optimizer's
+// state can hold: adam on a sync tensor of 4 floats holds its two moments
+// (32 bytes), the state from before the open round (32) and the undo copy
+// of a chunk's step (32): 16 + 96 = 112 bytes. Under a cap of 111 its Join
+// is refused naming the bytes, and changes nothing (the same tensor under
+// plain, 16 bytes, fits). Under 112 it fits exactly and a 1-float tensor
+// more does not; after a round it holds what was counted; a restored store
+// counts it too; dropping it gives all 112 bytes back.
+TEST_F(PolicyStoreTest, MaxTotalBytesCountsOptimizerState) {
+  StoreOptions options = ClockedOptions();
+  options.max_total_bytes = 111;
+  MakeStoreWith(options);
+  const std::vector<float> four(4, 0.0f);
+  EXPECT_THAT(store_->Join("a", {Decl("w", four, "optimizer=adam")}),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       AllOf(HasSubstr("112 bytes"),
+                             HasSubstr("96 bytes of optimizer state"),
+                             HasSubstr("--max_total_bytes"))));
+  EXPECT_THAT(store_->Describe("w"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store_->Status().workers, IsEmpty());
+  JoinAll("a", {Decl("w", four)});
+
+  options.max_total_bytes = 112;
+  MakeStoreWith(options);
+  const std::uint64_t a = JoinAll("a", {Decl("w", four, "optimizer=adam")});
+  EXPECT_THAT(store_->Join("b", {Decl("one", {0.0f})}),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("--max_total_bytes")));
+  ASSERT_THAT(Push(a, 1, {{"w", 0, {1, 2, 3, 4}}}), IsOk());
+  EXPECT_EQ(Version("w"), 1u);
+  EXPECT_EQ(PolicyBytes("w"), 96u);
+  auto restored = TensorStore::Restore(options, store_->Save());
+  ASSERT_THAT(restored, IsOk());
+  EXPECT_THAT((*restored)->Join("b", {Decl("one", {0.0f})}),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("--max_total_bytes")));
+  ASSERT_THAT(store_->Drop("w", /*force=*/true), IsOk());
+  JoinAll("b", {Decl("all", std::vector<float>(28, 0.0f))});
+}
+
 // policy_bytes: FedAdam 2 floats of state per element, FedAvgM 1, plain
 // none; a median round holds each participant's push (4 elements: 16
 // bytes), from its first chunk, and keeps them between rounds.
