@@ -59,7 +59,8 @@ import sys
 import time
 
 ROUND_LINE = re.compile(
-    r"^round (\d+)  train_loss (\S+)  test_acc (\S+)  bytes (\d+)  secs (\S+)$")
+    r"^round (?P<round>\d+)  train_loss (?P<train_loss>\S+)  "
+    r"test_acc (?P<test_acc>\S+)  bytes (?P<bytes>\d+)  secs (?P<secs>\S+)$")
 FINAL_LINE = re.compile(r"^final test accuracy: (\S+)$")
 MISSED_LINE = re.compile(r"(\d+) round\(s\) moved on without this worker")
 
@@ -356,19 +357,19 @@ def tail(path, lines=5):
         return "(no log)"
 
 
-def parse_log(path):
-    """A worker's round lines, final accuracy and missed rounds."""
+def parse_log(path, round_line=ROUND_LINE):
+    """A worker's round lines (`round_line`'s named groups: round and bytes
+    as int, the rest as float), final accuracy and missed rounds."""
     rounds, final, missed = [], None, 0
     with open(path, errors="replace") as f:
         for line in f:
             line = line.rstrip("\n")
-            m = ROUND_LINE.match(line)
+            m = round_line.match(line)
             if m:
-                rounds.append({"round": int(m.group(1)),
-                               "train_loss": float(m.group(2)),
-                               "test_acc": float(m.group(3)),
-                               "bytes": int(m.group(4)),
-                               "secs": float(m.group(5))})
+                rounds.append({
+                    key: int(value) if key in ("round", "bytes")
+                    else float(value)
+                    for key, value in m.groupdict().items()})
                 continue
             m = FINAL_LINE.match(line)
             if m:

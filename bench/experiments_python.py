@@ -48,9 +48,11 @@ import experiments  # bench/experiments.py: table, spread, reached, CpuLock.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEDAVG_CNN = os.path.join(REPO, "examples", "python", "fedavg_cnn.py")
 
-ROUND_LINE = re.compile(r"^round\s+(\d+)\s+train_loss (\S+)\s+"
-                        r"test_acc\(2000\) (\S+)\s+secs (\S+)$")
-FINAL_LINE = re.compile(r"^final test accuracy: (\S+)$")
+# fedavg_cnn.py's worker 0, every round (its final line is
+# experiments.FINAL_LINE's).
+ROUND_LINE = re.compile(
+    r"^round\s+(?P<round>\d+)\s+train_loss (?P<train_loss>\S+)\s+"
+    r"test_acc\(2000\) (?P<test_acc>\S+)\s+secs (?P<secs>\S+)$")
 # weightd.log, at the first worker's Join (the launcher's daemon starts
 # with no --policy, so the tensors take what the workers declared).
 CREATED_LINE = re.compile(
@@ -86,25 +88,6 @@ class Failure(Exception):
     """A run that did not produce its figures."""
 
 
-def parse_output(path):
-    """Worker 0's round lines and final accuracy."""
-    rounds, final = [], None
-    with open(path, errors="replace") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            m = ROUND_LINE.match(line)
-            if m:
-                rounds.append({"round": int(m.group(1)),
-                               "train_loss": float(m.group(2)),
-                               "test_acc": float(m.group(3)),
-                               "secs": float(m.group(4))})
-                continue
-            m = FINAL_LINE.match(line)
-            if m:
-                final = float(m.group(1))
-    return {"rounds": rounds, "final": final}
-
-
 def policy_problems(declared, log_path):
     """How the policy weightd.log says the CNN's tensors were created with
     differs from the `declared` text (every key it names must have its
@@ -131,13 +114,11 @@ def policy_problems(declared, log_path):
     return problems
 
 
-def first_reaching(rounds, target):
-    """The number of rounds after which the evaluated accuracy first reached
-    `target`, or None."""
-    for r in rounds:
-        if r["test_acc"] >= target:
-            return r["round"]
-    return None
+def rounds_to(result, target):
+    """The rounds after which the evaluated accuracy first reached `target`,
+    or None."""
+    hit = experiments.first_reaching(result, target)
+    return hit[0] if hit else None
 
 
 class Runner:
@@ -184,7 +165,7 @@ class Runner:
         if code != 0:
             raise Failure("the launcher exited %d: %s" % (
                 code, experiments.tail(stderr_path, 3)))
-        result = parse_output(stdout_path)
+        result = experiments.parse_log(stdout_path, ROUND_LINE)
         if result["final"] is None or len(result["rounds"]) != a.rounds:
             raise Failure("worker 0 printed %d round line(s) of %d and %s "
                           "final accuracy (see %s)" % (
@@ -296,7 +277,7 @@ def main():
                           flush=True)
                     continue
                 results.setdefault(label, []).append(result)
-                hit = first_reaching(result["rounds"], args.target)
+                hit = rounds_to(result, args.target)
                 print("  %-24s seed %d: final acc %.4f, %.2f after round %s "
                       "(%.0f s)" % (
                           label, seed, result["final"], args.target,
@@ -320,7 +301,7 @@ def main():
     rows = []
     for label, policy in settings:
         runs = results.get(label, [])
-        hits = [first_reaching(r["rounds"], args.target) for r in runs]
+        hits = [rounds_to(r, args.target) for r in runs]
         failed = sum(1 for l, _, _ in failures if l == label)
         rows.append([
             label, "`%s`" % policy,
