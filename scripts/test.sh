@@ -105,10 +105,23 @@ echo "test: ctest under ASan/UBSan in build/asan"
 # container-overflow check can misfire on containers that code fills.
 ASAN_OPTIONS=detect_leaks=1:detect_container_overflow=0 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build/asan --output-on-failure -j 2 --timeout 900 "$@" || status=1
+  ctest --test-dir build/asan --output-on-failure -j 2 --timeout 900 "$@" \
+  2>&1 | tee build/asan/ctest.log || status=1
 echo "test: ctest under TSan in build/tsan"
 # Named, not looked up on PATH: without a symbolizer a report has no
 # function names, and tests/tsan.supp (which matches names) hides nothing.
 TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:external_symbolizer_path=/usr/lib/llvm-14/bin/llvm-symbolizer:suppressions=$PWD/tests/tsan.supp" \
-  ctest --test-dir build/tsan --output-on-failure -j 2 --timeout 900 "$@" || status=1
+  ctest --test-dir build/tsan --output-on-failure -j 2 --timeout 900 "$@" \
+  2>&1 | tee build/tsan/ctest.log || status=1
+
+# What failed, again at the very end: CI keeps the start and the end of a
+# long output, and a failed assertion sits in the middle of its test's.
+if ((status != 0)); then
+  logs=("$release_log" build/asan/ctest.log build/tsan/ctest.log)
+  echo "test: FAILED; the lines of the logs above that say what failed:"
+  grep -h -E '\*\*\*(Failed|Timeout|Exception)|^\[  FAILED  \] [^0-9]' \
+    "${logs[@]}" 2>/dev/null | sort -u | head -n 60 || true
+  grep -h -E -A 10 ': Failure$|^FAIL|^E  |SUMMARY: [A-Za-z]+Sanitizer' \
+    "${logs[@]}" 2>/dev/null | head -n 300 || true
+fi
 exit $status
