@@ -84,10 +84,12 @@ void StallWatch::Check(absl::Time now) {
     }
     for (Reader* reader : stalled) readers_.erase(reader);
   }
+  // Counted before any call hears of its cut: its client may ask GetStatus
+  // as soon as its call ends.
+  cut_.fetch_add(due.size(), std::memory_order_relaxed);
   // Without the lock: cutting a call may end it on this thread, and its
   // reactor's end destroys its Reader, which takes the lock.
   for (const auto& [cut, waited] : due) (*cut)(waited);
-  cut_.fetch_add(due.size(), std::memory_order_relaxed);
 }
 
 }  // namespace weightd::service

@@ -1,6 +1,7 @@
 #include "server/service/call_limits.h"
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -99,6 +100,19 @@ TEST(StallWatchTest, CutsOnlyAReadWaitingLongerThanTheTimeout) {
   watch.Check(start + absl::Seconds(30));
   EXPECT_EQ(cut_a.size(), 1u);
   EXPECT_EQ(watch.cut(), 1u);
+}
+
+// A cut ends its call, and the client may ask GetStatus at once: the count
+// already includes the cut when the call hears of it.
+TEST(StallWatchTest, ACutIsCountedBeforeItsCallHearsOfIt) {
+  StallWatch watch(absl::Seconds(1));
+  std::vector<std::uint64_t> counted_when_cut;
+  auto reader = watch.Watch(
+      [&](absl::Duration) { counted_when_cut.push_back(watch.cut()); });
+  ASSERT_NE(reader, nullptr);
+  reader->Reading();
+  watch.Check(absl::Now() + absl::Seconds(2));
+  EXPECT_THAT(counted_when_cut, ::testing::ElementsAre(1u));
 }
 
 TEST(StallWatchTest, AReaderGoneIsNeverCut) {

@@ -233,12 +233,13 @@ TEST_F(SegmentTest, AResentPushIsAppliedOnce) {
 }
 
 TEST_F(SegmentTest, TheDaemonLetsGoOfASegmentWhenItsLeaseEnds) {
-  Start(absl::Milliseconds(500));
+  // Long enough that b's lease outlives the checks before it goes silent
+  // on a loaded machine.
+  Start(absl::Seconds(2));
   const int before = MappedSegments();
   ClientOptions options = testing::TestClientOptions();
   options.shared_memory = true;
   options.address = server_->address();
-  options.heartbeat = false;  // So that b's lease can lapse.
   std::vector<std::string> said;
   absl::Mutex said_mu;
   options.log = [&](absl::string_view line) {
@@ -249,6 +250,7 @@ TEST_F(SegmentTest, TheDaemonLetsGoOfASegmentWhenItsLeaseEnds) {
   options.worker_id = "a";
   auto client_a = std::move(Client::Connect(options)).value();
   options.worker_id = "b";
+  options.heartbeat = false;  // So that b's lease can lapse; a's cannot.
   auto client_b = std::move(Client::Connect(options)).value();
   ASSERT_THAT(client_a->Join({TensorRef{"w", {kFloats}, absl::MakeSpan(a)}}),
               IsOk());

@@ -36,6 +36,7 @@
 #include "server/service/server.h"
 #include "server/service/weightd_service.h"
 #include "tests/testing/client_options.h"
+#include "tests/testing/joining_thread.h"
 #include "tests/testing/status_matchers.h"
 #include "weightd/v1/weightd.grpc.pb.h"
 
@@ -77,7 +78,9 @@ class ServiceTest : public ::testing::Test {
             const core::ContributionCounted& c) {
           {
             absl::MutexLock lock(&counted_mu_);
-            counted_[c.tensor] = c.contributed;
+            // Reports may arrive out of order: keep the newest.
+            auto& newest = counted_[c.tensor];
+            newest = std::max(newest, std::make_pair(c.round, c.contributed));
           }
           if (user) user(c);
         };
@@ -107,7 +110,7 @@ class ServiceTest : public ::testing::Test {
     absl::MutexLock lock(&counted_mu_);
     auto reached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(counted_mu_) {
       auto it = counted_.find(tensor);
-      return it != counted_.end() && it->second >= n;
+      return it != counted_.end() && it->second.second >= n;
     };
     return counted_mu_.AwaitWithTimeout(absl::Condition(&reached), timeout);
   }
@@ -185,8 +188,9 @@ class ServiceTest : public ::testing::Test {
 
   // Before server_, which reports to them until it is destroyed.
   absl::Mutex counted_mu_;
-  // Per tensor: complete pushes to its open round at the last report.
-  std::map<std::string, std::uint32_t> counted_ ABSL_GUARDED_BY(counted_mu_);
+  // Per tensor: its newest round reported, and the complete pushes to it.
+  std::map<std::string, std::pair<std::uint64_t, std::uint32_t>> counted_
+      ABSL_GUARDED_BY(counted_mu_);
   std::unique_ptr<service::Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Weightd::Stub> stub_;
@@ -504,7 +508,7 @@ TEST_F(ServiceTest, PullWaitsForVersionWithinDeadline) {
   std::vector<float> pulled(4, -1.0f);
   std::uint64_t pulled_version = 0;
   grpc::Status pull_status;
-  std::thread waiter([&] {
+  testing::JoiningThread waiter([&] {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::seconds(60));
@@ -584,10 +588,11 @@ TEST_F(ServiceTest, AStalledPushIsCutAfterTheStallTimeout) {
   v1::PushResponse response;
   auto stream = stub_->Push(&context, &response);
   ASSERT_TRUE(stream->Write(Header(lease, 1, "w")));
-  ASSERT_TRUE(stream->Write(Chunk(0, 0, std::vector<float>(1024, 5.0f))));
+  // The server's read waits from after the chunk arrived: later than this.
   const absl::Time start = absl::Now();
+  ASSERT_TRUE(stream->Write(Chunk(0, 0, std::vector<float>(1024, 5.0f))));
   const grpc::Status cut = stream->Finish();  // Ended by the server.
-  EXPECT_GE(absl::Now() - start, absl::Milliseconds(1900));
+  EXPECT_GE(absl::Now() - start, absl::Seconds(2));
   EXPECT_EQ(cut.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
       << cut.error_message();
   EXPECT_THAT(cut.error_message(), HasSubstr("--stall_timeout"));
@@ -698,11 +703,12 @@ TEST_F(ServiceTest, CallsMadeAgainAreCounted) {
   auto a = Connect("a");  // A retry budget of 1 s.
   std::vector<float> w(4, 1.0f);
   ASSERT_THAT(a->Join({TensorRef{"w", {4}, absl::MakeSpan(w)}}), IsOk());
-  EXPECT_EQ(a->stats().retries, 0u);
+  // 0 unless the join's connection was lost on a busy machine.
+  const std::uint64_t before = a->stats().retries;
   server_.reset();  // Nothing listens any more.
   EXPECT_THAT(a->Pull({TensorRef{"w", {4}, absl::MakeSpan(w)}}),
               StatusIs(absl::StatusCode::kUnavailable));
-  EXPECT_GE(a->stats().retries, 1u);
+  EXPECT_GE(a->stats().retries, before + 1);
 }
 
 // A unary call that ends its side without a request (a raw client, or one
@@ -858,7 +864,7 @@ TEST_F(ServiceTest, RejectedPushIsRetriedAndTheRoundCloses) {
   EXPECT_EQ(server_->store().Describe("x")->version, 0u);
   ay[3] = 1;
   absl::Status b_status;
-  std::thread tb([&] {
+  testing::JoiningThread tb([&] {
     bx.assign(4, 3);
     by.assign(4, 3);
     b_status = b->PushPull(bt);
@@ -928,7 +934,7 @@ TEST_F(ServiceTest, HealthIsServingAndShutdownReleasesWaiters) {
   ASSERT_THAT(cb->Join({TensorRef{"w", {4}, absl::MakeSpan(b)}}), IsOk());
   // a waits for a round b never joins; shutdown must release it.
   absl::Status waited;
-  std::thread waiter([&] {
+  testing::JoiningThread waiter([&] {
     waited = ca->PushPull({TensorRef{"w", {4}, absl::MakeSpan(a)}});
   });
   // Shut down only once a's contribution is recorded (it is waiting).
@@ -974,8 +980,8 @@ TEST_F(ServiceTest, BarrierReleasesAllWorkersTogether) {
   // an expired entry is withdrawn is a core test: here the client may see
   // its deadline before the server does.)
   std::vector<absl::Status> pair(2);
-  std::thread t0([&] { pair[0] = clients[1]->Barrier("start", 2); });
-  std::thread t1([&] { pair[1] = clients[2]->Barrier("start", 2); });
+  testing::JoiningThread t0([&] { pair[0] = clients[1]->Barrier("start", 2); });
+  testing::JoiningThread t1([&] { pair[1] = clients[2]->Barrier("start", 2); });
   t0.join();
   t1.join();
   EXPECT_THAT(pair[0], IsOk());
@@ -1091,7 +1097,7 @@ TEST_F(SnapshotServiceTest, ClientRidesThroughARestartOnTheSamePort) {
   const int port = server_->port();
   server_.reset();  // Final snapshot written; the port is free.
   absl::Status pushed;
-  std::thread worker([&] {
+  testing::JoiningThread worker([&] {
     std::fill(w.begin(), w.end(), 3.0f);
     pushed = client->PushPull({TensorRef{"w", {8}, absl::MakeSpan(w)}});
   });
@@ -1417,7 +1423,7 @@ TEST_F(ServiceTest, WorkersOverTcpAndUnixSocketShareARound) {
               IsOk());
   b.assign(3000, 3.0f);
   absl::Status unix_result;
-  std::thread t([&] {
+  testing::JoiningThread t([&] {
     unix_result =
         over_unix->PushPull({TensorRef{"w", {3000}, absl::MakeSpan(b)}});
   });
@@ -1453,6 +1459,7 @@ TEST_F(ServiceTest, SixteenBitWireFormatsAverageInFloat32) {
         IsOk());
   }
   const std::uint64_t pushed_before = clients[1]->stats().bytes_pushed;
+  const std::uint64_t retries_before = clients[1]->stats().retries;
   auto value = [](int w, std::size_t i) {
     return 1.0f + 0.001f * static_cast<float>(i) + 0.1234567f * w;
   };
@@ -1491,8 +1498,13 @@ TEST_F(ServiceTest, SixteenBitWireFormatsAverageInFloat32) {
     ASSERT_EQ(values[1][i], Bfloat16ToFloat(FloatToBfloat16(expected[i]))) << i;
     ASSERT_EQ(values[2][i], Float16ToFloat(FloatToFloat16(expected[i]))) << i;
   }
-  // Half the bytes on the wire.
-  EXPECT_EQ(clients[1]->stats().bytes_pushed - pushed_before, kSize * 2);
+  // Half the bytes on the wire (once, unless the push was made again
+  // after a lost connection on a busy machine).
+  if (clients[1]->stats().retries == retries_before) {
+    EXPECT_EQ(clients[1]->stats().bytes_pushed - pushed_before, kSize * 2);
+  } else {
+    EXPECT_GE(clients[1]->stats().bytes_pushed - pushed_before, kSize * 2);
+  }
 
   // A format the server does not know: INVALID_ARGUMENT, nothing changes.
   const std::uint64_t lease = server_->store().Status().workers.at(0).lease_id;
@@ -1522,7 +1534,7 @@ TEST_F(ServiceTest, AResultBatchWaitsForItsSlowestTensor) {
   ASSERT_THAT(cb->Join({{"x", {8}, absl::MakeSpan(bx)}}), IsOk());
   std::fill(bx.begin(), bx.end(), 3.0f);  // Join gave b the shared value.
   absl::Status sa;
-  std::thread t([&] {
+  testing::JoiningThread t([&] {
     sa = ca->PushPull(
         {{"x", {8}, absl::MakeSpan(ax)}, {"y", {8}, absl::MakeSpan(ay)}});
   });
@@ -1556,7 +1568,7 @@ TEST_F(ServiceTest, SmallTensorsTravelInBatchesAndOversizedBatchesAreRefused) {
     std::fill(b[i].begin(), b[i].end(), float(i) + 2.0f);
   }
   absl::Status sa;
-  std::thread t([&] { sa = ca->PushPull(refs(a)); });
+  testing::JoiningThread t([&] { sa = ca->PushPull(refs(a)); });
   ASSERT_THAT(cb->PushPull(refs(b)), IsOk());
   t.join();
   ASSERT_THAT(sa, IsOk());
@@ -1680,14 +1692,22 @@ TEST_F(ServiceTest, ABoundedPushWaitsForTheSlowestWorkersPush) {
     EXPECT_EQ(server_->store().Describe("w")->version, 1u);
     absl::Status second;
     absl::Notification done;
-    std::thread waiting([&] {
+    testing::JoiningThread waiting([&] {
       second = push(*fast, f, 4.0f);
       done.Notify();
     });
+    // Until the push waits in the server (not a fixed time: on a loaded
+    // machine it may take long to get there), then a while longer.
+    auto waiting_for = [&] {
+      return server_->store().Status().tensors.at(0).waiting_for;
+    };
+    for (int i = 0; i < 2000 && waiting_for().empty(); ++i) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    EXPECT_THAT(waiting_for(), ElementsAre("slow"));
     EXPECT_FALSE(done.WaitForNotificationWithTimeout(absl::Milliseconds(500)));
     EXPECT_EQ(server_->store().Describe("w")->version, 1u);
-    EXPECT_THAT(server_->store().Status().tensors[0].waiting_for,
-                ElementsAre("slow"));
+    EXPECT_THAT(waiting_for(), ElementsAre("slow"));
     ASSERT_THAT(push(*slow, w, 8.0f), IsOk());  // The slowest moves: 1 ahead.
     EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
     waiting.join();
@@ -1759,7 +1779,7 @@ TEST_F(ServiceTest, ABoundedPushWhoseWorkerLeavesWhileItWaitsIsAborted) {
     ASSERT_NE(lease, 0u);
     const std::vector<float> four(4, 4.0f);
     absl::Status second;
-    std::thread waiting([&] {
+    testing::JoiningThread waiting([&] {
       if (call == "Push") {
         second = RawPush({Header(lease, 2, "w"), Chunk(0, 0, four)});
       } else if (call == "PushPull") {
