@@ -78,10 +78,15 @@ wait_workers "$work/worker"
 closed=$(sed -n 's/.*rounds_closed \([0-9]*\).*/\1/p' "$work/status.out")
 # The demo model's 5 tensors, 20 rounds each.
 [[ $closed == 100 ]] || fail "GetStatus reports $closed rounds closed, not 100"
-# Prometheus scrapes each second: wait for a scrape after the last round.
+# Prometheus scrapes each second: wait for a scrape after the last round
+# and the last push (a push is counted when its call ends on the server,
+# which may be after its worker has its answer and after its round closed).
+# One push per worker and round (PushPull, or PushSegment through shared
+# memory), each applied once.
 for ((i = 0; i < 100; i++)); do
   scraped=$(query 'sum(weightd_rounds_closed_total)')
-  [[ $scraped == "$closed" ]] && break
+  applied=$(query 'sum(weightd_pushes_total{outcome="applied"})')
+  [[ $scraped == "$closed" && $applied == 40 ]] && break
   sleep 0.1
 done
 [[ $scraped == "$closed" ]] ||
@@ -91,9 +96,6 @@ durations=$(query 'sum(weightd_round_duration_seconds_count)')
   fail "the round-duration histogram counted $durations rounds, not $closed"
 joins=$(query 'weightd_joins_total')
 [[ $joins == 2 ]] || fail "weightd_joins_total is '$joins', not 2"
-# One push per worker and round (PushPull, or PushSegment through shared
-# memory), each applied once.
-applied=$(query 'sum(weightd_pushes_total{outcome="applied"})')
 [[ $applied == 40 ]] || fail "weightd_pushes_total counts $applied applied pushes, not 40"
 join_calls=$(query 'sum(weightd_call_duration_seconds_count{method="Join",code="OK"})')
 [[ $join_calls == 2 ]] || fail "the call histogram counts $join_calls Joins, not 2"
