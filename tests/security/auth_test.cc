@@ -22,7 +22,6 @@
 #include <map>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -30,6 +29,7 @@
 #include "gtest/gtest.h"
 #include "tests/testing/certs.h"
 #include "tests/testing/daemon_process.h"
+#include "tests/testing/eventually.h"
 #include "weightd/v1/weightd.grpc.pb.h"
 
 namespace weightd {
@@ -37,6 +37,7 @@ namespace {
 
 using grpc::StatusCode;
 using ::testing::ElementsAre;
+using ::weightd::testing::Eventually;
 
 std::string g_weightd;  // argv[1]
 
@@ -626,15 +627,6 @@ TEST_F(AuthTest, AnotherPrincipalsLeaseIsRefusedAndItsOwnerCarriesOn) {
   ASSERT_EQ(admin_view.workers_size(), 2);
   EXPECT_EQ(admin_view.workers(0).lease_id(), lease_a_);
   EXPECT_EQ(admin_view.workers(1).lease_id(), lease_b_);
-}
-
-// Waits (10 s at most) until `ok` holds.
-bool Eventually(const std::function<bool()>& ok) {
-  for (int i = 0; i < 200; ++i) {
-    if (ok()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return ok();
 }
 
 TEST_F(AuthTest, SighupRefusesARemovedTokenAndKeepsThePolicyOverABadFile) {

@@ -31,6 +31,7 @@
 #include "gtest/gtest.h"
 #include "server/service/server.h"
 #include "tests/testing/client_options.h"
+#include "tests/testing/eventually.h"
 #include "tests/testing/status_matchers.h"
 #include "weightd/v1/weightd.grpc.pb.h"
 
@@ -267,10 +268,7 @@ TEST_F(SegmentTest, TheDaemonLetsGoOfASegmentWhenItsLeaseEnds) {
   ASSERT_THAT(client_a->Leave(), IsOk());
   EXPECT_EQ(MappedSegments(), before + 3);
   // b goes silent; housekeeping drops its lease, then its segment.
-  const absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (MappedSegments() > before + 2 && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(50));
-  }
+  testing::Eventually([&] { return MappedSegments() <= before + 2; });
   EXPECT_EQ(MappedSegments(), before + 2);
 }
 
@@ -377,10 +375,7 @@ TEST_F(SegmentTest, ALentBufferStaysInPlaceWhenTheLeaseLapsesAndComesBack) {
   // The lease lapses and the daemon lets go of the segment (this process
   // maps it twice: the client and the daemon).
   const int mapped = MappedSegments();
-  const absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (MappedSegments() == mapped && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(50));
-  }
+  testing::Eventually([&] { return MappedSegments() != mapped; });
   ASSERT_EQ(MappedSegments(), mapped - 1);
   ASSERT_THAT(client->PushPull({TensorRef{"w", {kFloats}, buffer->values}}),
               IsOk());

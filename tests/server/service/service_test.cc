@@ -36,6 +36,7 @@
 #include "server/service/server.h"
 #include "server/service/weightd_service.h"
 #include "tests/testing/client_options.h"
+#include "tests/testing/eventually.h"
 #include "tests/testing/joining_thread.h"
 #include "tests/testing/status_matchers.h"
 #include "weightd/v1/weightd.grpc.pb.h"
@@ -670,9 +671,7 @@ TEST_F(ServiceTest, CallsOverTheLimitAreRefusedUntilOneEnds) {
     }
     return std::uint32_t{0};
   };
-  for (int i = 0; i < 1000 && entered() < 2; ++i) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  ASSERT_TRUE(testing::Eventually([&] { return entered() >= 2; }));
   ASSERT_EQ(entered(), 2u);
   v1::GetStatusResponse status;
   {
@@ -1700,9 +1699,8 @@ TEST_F(ServiceTest, ABoundedPushWaitsForTheSlowestWorkersPush) {
     auto waiting_for = [&] {
       return server_->store().Status().tensors.at(0).waiting_for;
     };
-    for (int i = 0; i < 2000 && waiting_for().empty(); ++i) {
-      absl::SleepFor(absl::Milliseconds(10));
-    }
+    EXPECT_TRUE(testing::Eventually([&] { return !waiting_for().empty(); },
+                                    absl::Seconds(20)));
     EXPECT_THAT(waiting_for(), ElementsAre("slow"));
     EXPECT_FALSE(done.WaitForNotificationWithTimeout(absl::Milliseconds(500)));
     EXPECT_EQ(server_->store().Describe("w")->version, 1u);
@@ -1805,10 +1803,7 @@ TEST_F(ServiceTest, ABoundedPushWhoseWorkerLeavesWhileItWaitsIsAborted) {
     auto waits = [&] {
       return !server_->store().Status().tensors.at(0).waiting_for.empty();
     };
-    for (int i = 0; i < 2000 && !waits(); ++i) {
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    EXPECT_TRUE(waits());
+    EXPECT_TRUE(testing::Eventually(waits, absl::Seconds(20)));
     ASSERT_THAT(server_->store().Leave(lease), IsOk());
     waiting.join();
     EXPECT_THAT(second,
@@ -1818,11 +1813,11 @@ TEST_F(ServiceTest, ABoundedPushWhoseWorkerLeavesWhileItWaitsIsAborted) {
     EXPECT_THAT(Stored("w"), ::testing::Each(1.0f));  // 0 -> 1 (mix 0.5).
     // A push is counted once the server is done with its call, which may
     // be just after the client has the answer: until both are counted.
-    std::string counts = PushCounts(server_->metrics());
-    for (int i = 0; i < 1000 && PushesIn(counts) < 2; ++i) {
-      absl::SleepFor(absl::Milliseconds(10));
+    std::string counts;
+    testing::Eventually([&] {
       counts = PushCounts(server_->metrics());
-    }
+      return PushesIn(counts) >= 2;
+    });
     EXPECT_THAT(counts, HasSubstr("weightd_pushes_total{code=\"ABORTED\","
                                   "outcome=\"aborted\"} 1\n"));
     EXPECT_THAT(counts, Not(HasSubstr("code=\"CANCELLED\"")));
